@@ -1,0 +1,245 @@
+//! The HTTP client shared by all connectors of a source: timeouts, gzip, a user agent,
+//! a bounded response size, a per-source request rate limit and request counters.
+//!
+//! It classifies transport failures into [`ConnectorError`]s but never retries: the sync
+//! engine owns retries. Error texts name the path, never a header or a body with secrets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::{RequestBuilder, StatusCode};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::ConnectorError;
+
+/// Responses larger than this are refused rather than buffered.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+    stats: Arc<HttpStats>,
+    max_body: usize,
+}
+
+/// Counters the engine reads into `sync_runs` and metrics.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl HttpStats {
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// A response whose body has been read in full (within the size bound).
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The `Retry-After` header as a duration (seconds form only).
+    pub fn retry_after(&self) -> Option<Duration> {
+        retry_after(&self.headers)
+    }
+}
+
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+impl HttpClient {
+    pub fn new(
+        requests_per_second: f64,
+        request_timeout: Duration,
+    ) -> Result<Self, ConnectorError> {
+        let inner = reqwest::Client::builder()
+            .user_agent(concat!("chatvault/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(request_timeout)
+            .gzip(true)
+            .build()
+            .map_err(|e| ConnectorError::Permanent(format!("cannot build http client: {e}")))?;
+        Ok(HttpClient {
+            inner,
+            limiter: Arc::new(RateLimiter::new(requests_per_second)),
+            stats: Arc::new(HttpStats::default()),
+            max_body: DEFAULT_MAX_BODY,
+        })
+    }
+
+    pub fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
+        self
+    }
+
+    pub fn stats(&self) -> Arc<HttpStats> {
+        self.stats.clone()
+    }
+
+    pub fn request(&self, method: reqwest::Method, url: &str) -> RequestBuilder {
+        self.inner.request(method, url)
+    }
+
+    /// Send a request, waiting for the rate limiter first, and read the whole body.
+    /// `what` names the request in errors (a path, never a query with secrets).
+    pub async fn send(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+    ) -> Result<Response, ConnectorError> {
+        self.limiter.acquire().await;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.send_inner(request, what).await;
+        if result.is_err() {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn send_inner(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+    ) -> Result<Response, ConnectorError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(what, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(len) = response.content_length() {
+            if len as usize > self.max_body {
+                return Err(ConnectorError::Permanent(format!(
+                    "{what}: response of {len} bytes exceeds the limit of {} bytes",
+                    self.max_body
+                )));
+            }
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| transport_error(what, &e))?;
+            if body.len() + chunk.len() > self.max_body {
+                return Err(ConnectorError::Permanent(format!(
+                    "{what}: response exceeds the limit of {} bytes",
+                    self.max_body
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn transport_error(what: &str, e: &reqwest::Error) -> ConnectorError {
+    // reqwest's Display includes the URL; ours carry no secrets in URLs, but strip it anyway
+    // so that a query string can never leak.
+    let e = e.without_url_ref();
+    ConnectorError::Transient(format!("{what}: {e}"))
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let kind = if self.is_timeout() {
+            "timed out"
+        } else if self.is_connect() {
+            "connection failed"
+        } else if self.is_body() || self.is_decode() {
+            "connection dropped while reading the body"
+        } else if self.is_request() {
+            "request failed"
+        } else {
+            "transport error"
+        };
+        let mut detail = String::new();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            detail = s.to_string();
+            source = s.source();
+        }
+        if detail.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind} ({detail})")
+        }
+    }
+}
+
+/// A token bucket of one: requests are spaced at least `1 / rate` apart.
+struct RateLimiter {
+    interval: Option<Duration>,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(requests_per_second: f64) -> Self {
+        let interval = (requests_per_second.is_finite() && requests_per_second > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / requests_per_second));
+        RateLimiter {
+            interval,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn acquire(&self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let wait_until = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(wait_until).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_rejects_garbage() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "-1".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[tokio::test]
+    async fn rate_limiter_spaces_requests() {
+        let limiter = RateLimiter::new(50.0);
+        let start = Instant::now();
+        for _ in 0..6 {
+            limiter.acquire().await;
+        }
+        // five intervals of 20 ms after the first, immediate one
+        assert!(start.elapsed() >= Duration::from_millis(95));
+    }
+}

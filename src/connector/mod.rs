@@ -1,0 +1,146 @@
+//! Connectors: one module per platform, wired in the single [`build`] match.
+//!
+//! A connector only fetches and maps. It never touches PostgreSQL, the index or the
+//! schedule, and it never retries by itself: it classifies each failure as a
+//! [`ConnectorError`] and the sync engine decides what to do (STYLE rule 3).
+
+pub mod http;
+pub mod tangsengdaodao;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::config::{PlatformConfig, SourceConfig};
+use crate::model::{
+    ConversationObservation, Cursor, MessageObservation, Platform, QuarantineRecord,
+    ReactionObservation, SeqGap,
+};
+
+/// How a connector failed, so that the engine can choose: log in again, wait, retry,
+/// quarantine, or give up on one conversation.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Credentials missing, wrong or expired. The engine logs in again once, then fails.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Upstream asked us to slow down. The engine waits and repeats the same request.
+    #[error("rate limited by upstream")]
+    RateLimited { retry_after: Option<Duration> },
+    /// A timeout, a dropped connection, a 5xx: worth retrying with backoff.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Upstream refused the request for good (bad parameters, gone, forbidden).
+    #[error("{0}")]
+    Permanent(String),
+    /// The response could not be decoded. `raw` keeps what was received for quarantine.
+    #[error("could not decode response: {message}")]
+    Decode { message: String, raw: Option<Value> },
+}
+
+impl ConnectorError {
+    /// Whether repeating the same request may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ConnectorError::RateLimited { .. } | ConnectorError::Transient(_)
+        )
+    }
+}
+
+/// A conversation the archive already knows, with the cursors of its feeds.
+#[derive(Clone, Debug)]
+pub struct KnownConversation {
+    pub conversation: ConversationObservation,
+    /// Cursor per feed name (the same names [`Connector::feeds`] returns).
+    pub cursors: BTreeMap<String, Cursor>,
+}
+
+/// What a connector found when asked for the conversation list.
+#[derive(Clone, Debug, Default)]
+pub struct Discovery {
+    /// Conversations to archive: new ones and the current state of known ones. A known
+    /// conversation missing here is still synced (upstream lists are not trusted to be
+    /// complete).
+    pub conversations: Vec<ConversationObservation>,
+    /// Conversations whose feeds have nothing new since their cursors, by id. The engine
+    /// skips fetching them unless the run is `--full`. Empty: fetch all.
+    pub unchanged: Vec<String>,
+    pub quarantine: Vec<QuarantineRecord>,
+}
+
+/// One page of one feed of one conversation.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    /// Where the feed stands after this page.
+    pub next_cursor: Cursor,
+    pub conversations: Vec<ConversationObservation>,
+    pub messages: Vec<MessageObservation>,
+    pub reactions: Vec<ReactionObservation>,
+    pub gaps: Vec<SeqGap>,
+    pub quarantine: Vec<QuarantineRecord>,
+    /// `true` when the feed has nothing more right now.
+    pub done: bool,
+}
+
+impl Fetched {
+    pub fn empty(next_cursor: Cursor, done: bool) -> Self {
+        Fetched {
+            next_cursor,
+            conversations: Vec::new(),
+            messages: Vec::new(),
+            reactions: Vec::new(),
+            gaps: Vec::new(),
+            quarantine: Vec::new(),
+            done,
+        }
+    }
+}
+
+/// A request for the next page of one feed.
+#[derive(Clone, Debug)]
+pub struct FetchRequest<'a> {
+    pub conversation: &'a ConversationObservation,
+    pub feed: &'a str,
+    /// The stored cursor, or `None` to start from the beginning (first run or `--full`).
+    pub cursor: Option<&'a Cursor>,
+    /// A `--full` pass: re-read everything, ignoring upstream shortcuts.
+    pub full: bool,
+}
+
+#[async_trait]
+pub trait Connector: Send + Sync {
+    fn platform(&self) -> Platform;
+
+    /// Obtain credentials (or new ones after [`ConnectorError::Unauthorized`]).
+    async fn login(&self) -> Result<(), ConnectorError>;
+
+    /// List the account's conversations.
+    async fn discover(&self, known: &[KnownConversation]) -> Result<Discovery, ConnectorError>;
+
+    /// The feeds of a conversation, in the order they are synced (e.g. messages before
+    /// the edits and reactions that refer to them).
+    fn feeds(&self, conversation: &ConversationObservation) -> Vec<&'static str>;
+
+    /// Fetch the page of `request.feed` that follows `request.cursor`.
+    async fn fetch(&self, request: FetchRequest<'_>) -> Result<Fetched, ConnectorError>;
+}
+
+/// The one place where platforms are wired.
+pub fn build(source: &SourceConfig, http: http::HttpClient) -> anyhow::Result<Box<dyn Connector>> {
+    match &source.platform {
+        PlatformConfig::Tangsengdaodao(cfg) => Ok(Box::new(tangsengdaodao::TsddConnector::new(
+            source, cfg, http,
+        )?)),
+        PlatformConfig::Yunxin(_) => anyhow::bail!(
+            "source {}: the yunxin connector is not available in this build yet",
+            source.name
+        ),
+        PlatformConfig::Yunhu(_) => anyhow::bail!(
+            "source {}: the yunhu connector is not available in this build yet",
+            source.name
+        ),
+    }
+}

@@ -1,0 +1,13 @@
+//! chatvault: a complete, append-only, searchable archive of chat accounts in PostgreSQL.
+//!
+//! See `ARCHITECTURE.md` for the data flow and the invariants, and which module keeps each.
+
+pub mod cli;
+pub mod config;
+pub mod connector;
+pub mod model;
+pub mod pg;
+pub mod sim;
+pub mod store;
+pub mod sync;
+pub mod telemetry;

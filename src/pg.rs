@@ -1,0 +1,1 @@
+//! Embedded PostgreSQL: find the server binaries, initialise, start, stop.

@@ -1,0 +1,3 @@
+//! Fake upstreams of the supported platforms, for tests, benchmarks and the demo.
+
+pub mod tangsengdaodao;

@@ -1,0 +1,1 @@
+//! The archive store: all SQL lives here.
