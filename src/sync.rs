@@ -1,1 +1,607 @@
-//! The sync engine.
+//! The sync engine, platform-neutral: for one source, load its cursors, ask the connector
+//! for conversations, then page every feed of every conversation from its cursor, handing
+//! each page to the store in one transaction together with the new cursor (invariant 2).
+//!
+//! It owns retries: transient failures back off exponentially with jitter, rate limits wait
+//! (honouring `Retry-After`) and repeat the same request, an expired login is renewed once.
+//! A conversation that fails for good is reported and the others go on; the run ends with a
+//! per-source result recorded in `archive.sync_runs`. One writer per source is ensured by a
+//! PostgreSQL advisory lock held for the run on a dedicated connection.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::json;
+use sqlx::Connection;
+use tokio::sync::watch;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::SourceConfig;
+use crate::connector::http::HttpClient;
+use crate::connector::{self, Connector, ConnectorError, FetchRequest, KnownConversation};
+use crate::model::{ConversationObservation, Cursor, Page, QuarantineRecord, SourceName};
+use crate::store::{RunCounts, RunStatus, Store, StoreError};
+
+/// How the engine retries and reports.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Re-read everything from the beginning (still idempotent).
+    pub full: bool,
+    /// Attempts of one request that failed transiently, before the conversation fails.
+    pub max_retries: u32,
+    /// The first backoff delay; it doubles per attempt up to `max_backoff`.
+    pub backoff_base: Duration,
+    pub max_backoff: Duration,
+    /// Rate-limit waits for one request before giving up on the conversation.
+    pub max_rate_limit_waits: u32,
+    /// Show an interactive progress bar (a terminal); otherwise log progress periodically.
+    pub progress_bar: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            full: false,
+            max_retries: 5,
+            backoff_base: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            max_rate_limit_waits: 30,
+            progress_bar: false,
+        }
+    }
+}
+
+/// How one source's run ended.
+#[derive(Clone, Debug)]
+pub struct SourceResult {
+    pub source: SourceName,
+    pub run_id: Option<i64>,
+    pub status: RunStatus,
+    pub counts: RunCounts,
+    pub conversations: usize,
+    /// Conversations that failed, with why.
+    pub failed_conversations: Vec<(String, String)>,
+    /// Why the whole source failed, or a summary of the failed conversations.
+    pub error: Option<String>,
+    /// Another process holds this source's lock; nothing was done.
+    pub skipped: bool,
+}
+
+impl SourceResult {
+    pub fn ok(&self) -> bool {
+        self.status == RunStatus::Ok
+    }
+}
+
+/// Why a source could not be synced at all.
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A stop signal: `true` once shutdown was asked for.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// The advisory lock class of source locks (the second key is the source name's hash).
+const LOCK_CLASS: i32 = 0x6376; // "cv"
+
+/// Sync one source: take its lock, run, record the run. Never panics on upstream data;
+/// every failure ends up in the returned result and in `archive.sync_runs`.
+pub async fn sync_source(
+    store: &Store,
+    source: &SourceConfig,
+    options: &SyncOptions,
+    shutdown: Option<Shutdown>,
+) -> SourceResult {
+    let span = info_span!("sync", source = %source.name, platform = %source.platform_key());
+    async move {
+        let mut result = SourceResult {
+            source: source.name.clone(),
+            run_id: None,
+            status: RunStatus::Failed,
+            counts: RunCounts::default(),
+            conversations: 0,
+            failed_conversations: Vec::new(),
+            error: None,
+            skipped: false,
+        };
+        // The lock lives on its own connection for the whole run; if this process dies the
+        // connection drops and another daemon can take over.
+        let mut lock_conn = match store.pool().acquire().await {
+            Ok(c) => c.detach(),
+            Err(e) => {
+                result.error = Some(format!("cannot connect to the database: {e}"));
+                return result;
+            }
+        };
+        let locked: Result<bool, sqlx::Error> =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .bind(LOCK_CLASS)
+                .bind(source.name.as_str())
+                .fetch_one(&mut lock_conn)
+                .await;
+        match locked {
+            Ok(true) => {}
+            Ok(false) => {
+                result.skipped = true;
+                result.status = RunStatus::Ok;
+                result.error = Some("another chatvault process is syncing this source".into());
+                info!("skipped: another process holds the source lock");
+                return result;
+            }
+            Err(e) => {
+                result.error = Some(format!("cannot take the source lock: {e}"));
+                return result;
+            }
+        }
+        run_locked(store, source, options, shutdown, &mut result).await;
+        let _ = lock_conn.close().await;
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_locked(
+    store: &Store,
+    source: &SourceConfig,
+    options: &SyncOptions,
+    shutdown: Option<Shutdown>,
+    result: &mut SourceResult,
+) {
+    if let Err(e) = store
+        .register_source(&source.name, source.platform_key())
+        .await
+    {
+        result.error = Some(e.to_string());
+        return;
+    }
+    let run_id = match store.start_run(&source.name).await {
+        Ok(id) => id,
+        Err(e) => {
+            result.error = Some(e.to_string());
+            return;
+        }
+    };
+    result.run_id = Some(run_id);
+    let started = Instant::now();
+    let http = match HttpClient::new(source.requests_per_second, source.request_timeout) {
+        Ok(h) => h,
+        Err(e) => {
+            result.error = Some(e.to_string());
+            finish(store, source, run_id, result).await;
+            return;
+        }
+    };
+    let stats = http.stats();
+    let outcome = match connector::build(source, http) {
+        Ok(conn) => {
+            let mut run = Run {
+                store,
+                source,
+                options,
+                connector: conn.as_ref(),
+                shutdown,
+                counts: RunCounts::default(),
+                relogged: false,
+                progress: Progress::new(source.name.as_str(), options.progress_bar),
+            };
+            let r = run.run(result).await;
+            run.progress.finish();
+            result.counts = std::mem::take(&mut run.counts);
+            r
+        }
+        Err(e) => Err(SourceError::Other(format!("{e:#}"))),
+    };
+    result.counts.requests = stats.requests();
+    match outcome {
+        Ok(interrupted) => {
+            if interrupted {
+                result.status = RunStatus::Interrupted;
+                result.error = Some("stopped by shutdown".into());
+            } else if result.failed_conversations.is_empty() {
+                result.status = RunStatus::Ok;
+            } else {
+                result.status = RunStatus::Failed;
+                let n = result.failed_conversations.len();
+                let first = &result.failed_conversations[0];
+                result.error = Some(format!(
+                    "{n} of {} conversations failed; first: conversation {}: {}",
+                    result.conversations, first.0, first.1
+                ));
+            }
+        }
+        Err(e) => {
+            result.status = RunStatus::Failed;
+            result.error = Some(e.to_string());
+        }
+    }
+    info!(
+        status = result.status.as_str(),
+        new = result.counts.messages_new,
+        changed = result.counts.messages_changed,
+        requests = result.counts.requests,
+        retries = result.counts.retries,
+        seconds = started.elapsed().as_secs_f64(),
+        "sync run finished"
+    );
+    finish(store, source, run_id, result).await;
+}
+
+async fn finish(store: &Store, source: &SourceConfig, run_id: i64, result: &SourceResult) {
+    if let Err(e) = store
+        .finish_run(
+            &source.name,
+            run_id,
+            result.status,
+            &result.counts,
+            result.error.as_deref(),
+        )
+        .await
+    {
+        warn!(error = %e, "could not record the end of the run");
+    }
+}
+
+struct Run<'a> {
+    store: &'a Store,
+    source: &'a SourceConfig,
+    options: &'a SyncOptions,
+    connector: &'a dyn Connector,
+    shutdown: Option<Shutdown>,
+    counts: RunCounts,
+    relogged: bool,
+    progress: Progress,
+}
+
+fn cursor_key(feed: &str, conversation_id: &str) -> String {
+    format!("{feed}/{conversation_id}")
+}
+
+impl Run<'_> {
+    fn stopping(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// Returns `Ok(true)` when interrupted by shutdown.
+    async fn run(&mut self, result: &mut SourceResult) -> Result<bool, SourceError> {
+        let name = &self.source.name;
+        let connector = self.connector;
+        self.call(|| connector.login()).await?;
+        let mut cursors = self.store.cursors(name).await?;
+        let held = self.store.conversations(name).await?;
+        let known: Vec<KnownConversation> = held
+            .iter()
+            .map(|c| KnownConversation {
+                conversation: c.clone(),
+                cursors: self
+                    .connector
+                    .feeds(c)
+                    .into_iter()
+                    .filter_map(|f| {
+                        cursors
+                            .get(&cursor_key(f, &c.conversation_id))
+                            .map(|v| (f.to_string(), v.clone()))
+                    })
+                    .collect(),
+            })
+            .collect();
+        let discovery = self.call(|| connector.discover(&known)).await?;
+
+        // Record what discovery saw, in its own page.
+        let mut page = Page::new(
+            "conversations",
+            cursors.get("conversations").cloned(),
+            Cursor(json!({"v": 1})),
+        );
+        page.conversations = discovery.conversations.clone();
+        page.quarantine = discovery.quarantine.clone();
+        if !(page.conversations.is_empty()
+            && page.quarantine.is_empty()
+            && page.expected_cursor.as_ref() == Some(&page.next_cursor))
+        {
+            let out = self.store.apply_page(name, &page).await?;
+            cursors.insert("conversations".into(), page.next_cursor.clone());
+            self.counts.messages_changed += out.messages_changed;
+        }
+
+        // Everything discovered, plus everything held that discovery did not list.
+        let mut todo: BTreeMap<String, ConversationObservation> = held
+            .into_iter()
+            .map(|c| (c.conversation_id.clone(), c))
+            .collect();
+        for c in discovery.conversations {
+            todo.insert(c.conversation_id.clone(), c);
+        }
+        if !self.options.full {
+            for id in &discovery.unchanged {
+                todo.remove(id);
+            }
+        }
+        result.conversations = todo.len();
+        self.progress.set_total(todo.len() as u64);
+        for conversation in todo.values() {
+            if self.stopping() {
+                return Ok(true);
+            }
+            let span = info_span!("conversation", conversation = %conversation.conversation_id);
+            let r = self
+                .sync_conversation(conversation, &mut cursors)
+                .instrument(span)
+                .await;
+            match r {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(SourceError::Connector(ConnectorError::Unauthorized(msg))) => {
+                    return Err(SourceError::Connector(ConnectorError::Unauthorized(msg)));
+                }
+                Err(SourceError::Store(e @ StoreError::CursorConflict { .. })) => {
+                    return Err(SourceError::Store(e));
+                }
+                Err(SourceError::Store(StoreError::Database(e))) => {
+                    return Err(SourceError::Store(StoreError::Database(e)));
+                }
+                Err(e) => {
+                    warn!(conversation = %conversation.conversation_id, error = %e, "conversation failed; continuing with the others");
+                    result
+                        .failed_conversations
+                        .push((conversation.conversation_id.clone(), e.to_string()));
+                }
+            }
+            self.progress.conversation_done(&self.counts);
+        }
+        Ok(false)
+    }
+
+    /// Page every feed of one conversation to its end. `Ok(true)`: interrupted.
+    async fn sync_conversation(
+        &mut self,
+        conversation: &ConversationObservation,
+        cursors: &mut BTreeMap<String, Cursor>,
+    ) -> Result<bool, SourceError> {
+        for feed in self.connector.feeds(conversation) {
+            let key = cursor_key(feed, &conversation.conversation_id);
+            let mut from_start = self.options.full;
+            let mut stalled = 0u32;
+            loop {
+                if self.stopping() {
+                    return Ok(true);
+                }
+                let stored = cursors.get(&key).cloned();
+                let request_cursor = if from_start { None } else { stored.clone() };
+                let connector = self.connector;
+                let full = self.options.full;
+                let fetched = self
+                    .call(|| {
+                        connector.fetch(FetchRequest {
+                            conversation,
+                            feed,
+                            cursor: request_cursor.as_ref(),
+                            full,
+                        })
+                    })
+                    .await;
+                let fetched = match fetched {
+                    Ok(f) => f,
+                    Err(ConnectorError::Decode { message, raw }) => {
+                        // Keep what could not be decoded, then give up on this conversation.
+                        if let Some(raw) = raw {
+                            let reason = format!(
+                                "{feed} page of conversation {}: {message}",
+                                conversation.conversation_id
+                            );
+                            self.quarantine(cursors, QuarantineRecord { reason, raw })
+                                .await?;
+                        }
+                        return Err(SourceError::Connector(ConnectorError::Decode {
+                            message,
+                            raw: None,
+                        }));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                from_start = false;
+                let progressed = stored.as_ref() != Some(&fetched.next_cursor);
+                let mut page = Page::new(key.clone(), stored, fetched.next_cursor.clone());
+                page.conversations = fetched.conversations;
+                page.messages = fetched.messages;
+                page.reactions = fetched.reactions;
+                page.gaps = fetched.gaps;
+                page.quarantine = fetched.quarantine;
+                let empty = page.conversations.is_empty()
+                    && page.messages.is_empty()
+                    && page.reactions.is_empty()
+                    && page.gaps.is_empty()
+                    && page.quarantine.is_empty();
+                if !(empty && !progressed) {
+                    let out = self.store.apply_page(&self.source.name, &page).await?;
+                    self.counts.messages_new += out.messages_new;
+                    self.counts.messages_changed += out.messages_changed;
+                    cursors.insert(key.clone(), page.next_cursor.clone());
+                    self.progress.page_applied(out.messages_new);
+                }
+                if fetched.done {
+                    break;
+                }
+                if progressed || !empty {
+                    stalled = 0;
+                } else {
+                    stalled += 1;
+                    if stalled >= 3 {
+                        return Err(SourceError::Other(format!(
+                            "the {feed} feed made no progress in three pages; stopping it"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Keep a record that could not be decoded at all, outside any feed's cursor.
+    async fn quarantine(
+        &self,
+        cursors: &mut BTreeMap<String, Cursor>,
+        record: QuarantineRecord,
+    ) -> Result<(), SourceError> {
+        let next = Cursor(json!({"v": 1}));
+        let mut page = Page::new("quarantine", cursors.get("quarantine").cloned(), next.clone());
+        page.quarantine.push(record);
+        self.store.apply_page(&self.source.name, &page).await?;
+        cursors.insert("quarantine".into(), next);
+        Ok(())
+    }
+
+    /// Call the connector with the engine's retry policy.
+    async fn call<T, Fut, F>(&mut self, f: F) -> Result<T, ConnectorError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ConnectorError>>,
+    {
+        let mut transient = 0u32;
+        let mut limited = 0u32;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(ConnectorError::Unauthorized(msg)) => {
+                    if self.relogged {
+                        return Err(ConnectorError::Unauthorized(msg));
+                    }
+                    self.relogged = true;
+                    info!("upstream refused the login; logging in again");
+                    self.connector.login().await?;
+                    self.counts.retries += 1;
+                }
+                Err(ConnectorError::RateLimited { retry_after }) => {
+                    limited += 1;
+                    if limited > self.options.max_rate_limit_waits {
+                        return Err(ConnectorError::Transient(format!(
+                            "still rate limited after {} waits",
+                            self.options.max_rate_limit_waits
+                        )));
+                    }
+                    let wait = retry_after.unwrap_or_else(|| self.backoff(limited));
+                    info!(wait_ms = wait.as_millis() as u64, "rate limited by upstream; waiting");
+                    self.counts.retries += 1;
+                    self.sleep(wait).await;
+                }
+                Err(ConnectorError::Transient(msg)) => {
+                    transient += 1;
+                    if transient > self.options.max_retries {
+                        return Err(ConnectorError::Transient(format!(
+                            "{msg} (gave up after {} retries)",
+                            self.options.max_retries
+                        )));
+                    }
+                    let wait = self.backoff(transient);
+                    warn!(error = %msg, attempt = transient, wait_ms = wait.as_millis() as u64, "transient upstream failure; retrying");
+                    self.counts.retries += 1;
+                    self.sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .options
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.options.max_backoff);
+        // full jitter in [50%, 100%]
+        let factor = rand::thread_rng().gen_range(0.5..=1.0);
+        capped.mul_f64(factor)
+    }
+
+    async fn sleep(&self, d: Duration) {
+        match &self.shutdown {
+            Some(s) => {
+                let mut s = s.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = s.wait_for(|v| *v) => {}
+                }
+            }
+            None => tokio::time::sleep(d).await,
+        }
+    }
+}
+
+/// Progress on a terminal (a bar) or in the log (a line every ten seconds).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    source: String,
+    started: Instant,
+    last_log: Instant,
+    total: u64,
+    done: u64,
+    messages: u64,
+}
+
+impl Progress {
+    fn new(source: &str, bar: bool) -> Progress {
+        let bar = bar.then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} conversations, {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_prefix(source.to_string());
+            b
+        });
+        Progress {
+            bar,
+            source: source.to_string(),
+            started: Instant::now(),
+            last_log: Instant::now(),
+            total: 0,
+            done: 0,
+            messages: 0,
+        }
+    }
+
+    fn set_total(&mut self, total: u64) {
+        self.total = total;
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.started.elapsed().as_secs_f64().max(0.001)
+    }
+
+    fn page_applied(&mut self, new_messages: u64) {
+        self.messages += new_messages;
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{} messages, {:.0}/s", self.messages, self.rate()));
+        } else if self.last_log.elapsed() >= Duration::from_secs(10) {
+            self.last_log = Instant::now();
+            info!(source = %self.source, conversations_done = self.done, conversations = self.total, messages = self.messages, rate = format!("{:.0}/s", self.rate()), "sync progress");
+        }
+    }
+
+    fn conversation_done(&mut self, _counts: &RunCounts) {
+        self.done += 1;
+        if let Some(b) = &self.bar {
+            b.set_position(self.done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

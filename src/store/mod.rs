@@ -1,1 +1,180 @@
 //! The archive store: all SQL lives here.
+//!
+//! Base tables live in schema `vault`; the public views in schema `archive` (the SQL
+//! contract, see `migrations/`). The store keeps these invariants:
+//! - 1 (nothing lost or overwritten): versions and events are only ever inserted (and
+//!   guarded by triggers); marks are set once; see [`diff`].
+//! - 2 (data and cursor in one transaction): [`Store::apply_page`] writes a page's
+//!   observations, events and cursor in one transaction, after checking that the stored
+//!   cursor is the one the page started from.
+//! - 5 (tamper evidence): every event is appended to its source's hash chain
+//!   ([`canonical`]); [`Store::verify`] recomputes it.
+//! - 6 (quarantine): records that cannot be applied are kept raw with the reason.
+
+mod apply;
+pub mod canonical;
+pub mod diff;
+mod runs;
+mod verify;
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub use apply::PageOutcome;
+pub use runs::{RunCounts, RunStatus, SourceStatus};
+pub use verify::{ExpectedHead, VerifyFailure, VerifyReport};
+
+use crate::model::{ConversationObservation, ConversationType, Cursor, Platform, SourceName};
+
+/// Migrations embedded in the binary, applied at start and by `chatvault migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stored cursor is not the one the page started from: another writer moved it,
+    /// or the page is stale. Nothing was written.
+    #[error("source {source_name}: cursor {key} moved (expected {expected}, found {found}); the page was not applied")]
+    CursorConflict {
+        source_name: String,
+        key: String,
+        expected: String,
+        found: String,
+    },
+    #[error("source {source_name} is archived as platform {archived}, but configured as {configured}; use a new source name")]
+    PlatformMismatch {
+        source_name: String,
+        archived: String,
+        configured: String,
+    },
+    #[error("source {0} is not registered in the archive")]
+    UnknownSource(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Apply the embedded migrations that are not applied yet.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether every embedded migration is applied (for `/readyz` and `status`).
+    pub async fn migrations_current(&self) -> Result<bool> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !exists {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    /// Make sure `source` exists with its chain head. A source name keeps its platform
+    /// forever: its archive and chain belong to that account.
+    pub async fn register_source(&self, source: &SourceName, platform: Platform) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO vault.sources (source, platform) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(source.as_str())
+            .bind(platform.key())
+            .execute(&mut *tx)
+            .await?;
+        let archived: String =
+            sqlx::query_scalar("SELECT platform FROM vault.sources WHERE source = $1")
+                .bind(source.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        if archived != platform.key() {
+            return Err(StoreError::PlatformMismatch {
+                source_name: source.to_string(),
+                archived,
+                configured: platform.key().to_string(),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO vault.chain_heads (source, event_seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(source.as_str())
+        .bind(&canonical::GENESIS[..])
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every cursor of a source, by key.
+    pub async fn cursors(&self, source: &SourceName) -> Result<BTreeMap<String, Cursor>> {
+        let rows: Vec<(String, serde_json::Value)> =
+            sqlx::query_as("SELECT key, value FROM vault.cursors WHERE source = $1")
+                .bind(source.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(k, v)| (k, Cursor(v))).collect())
+    }
+
+    /// Every conversation archived for a source, as last observed.
+    pub async fn conversations(&self, source: &SourceName) -> Result<Vec<ConversationObservation>> {
+        let rows: Vec<(String, String, Option<String>, serde_json::Value)> = sqlx::query_as(
+            "SELECT conversation_id, conversation_type, name, metadata FROM vault.conversations
+             WHERE source = $1 ORDER BY conversation_id",
+        )
+        .bind(source.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, ty, name, metadata)| ConversationObservation {
+                conversation_id: id,
+                conversation_type: ConversationType::parse(&ty),
+                name,
+                metadata,
+            })
+            .collect())
+    }
+
+    /// The registered sources with their platforms.
+    pub async fn sources(&self) -> Result<Vec<(SourceName, String)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT source, platform FROM vault.sources ORDER BY source")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, p)| (SourceName::new(s), p))
+            .collect())
+    }
+}

@@ -1,0 +1,923 @@
+//! Applying one page in one transaction: load what is held for the page's keys (a few
+//! set-based queries), diff in memory ([`super::diff`]), then write rows, versions,
+//! reactions, events (chained) and the cursor with one statement each.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+
+use super::canonical::{self, chain_hash, strip_nul, strip_nul_value, EventFields, Hash};
+use super::diff::{self, EventDraft, MessageState, ReactionBook};
+use super::{Result, Store, StoreError};
+use crate::model::{
+    ConversationObservation, ConversationType, Mark, MessageHeader, Page,
+    QuarantineRecord, SourceName,
+};
+
+/// What a page did to the archive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageOutcome {
+    pub messages_new: u64,
+    pub messages_changed: u64,
+    pub events: u64,
+    pub quarantined: u64,
+    pub gaps: u64,
+    /// The chain head after the page: `(event_seq, hash)`.
+    pub chain_seq: i64,
+    pub chain_head: Hash,
+}
+
+type MsgKey = (String, String);
+
+/// A held or new message row, with what must be written back.
+struct Row {
+    state: Option<MessageState>,
+    in_db: bool,
+    loaded_raw_hash: Option<Hash>,
+    dirty: bool,
+}
+
+impl Store {
+    /// Apply a page in one transaction (invariant 2). Fails with
+    /// [`StoreError::CursorConflict`] and changes nothing if the stored cursor is not
+    /// `page.expected_cursor`.
+    pub async fn apply_page(&self, source: &SourceName, page: &Page) -> Result<PageOutcome> {
+        let observed_at = crate::model::to_micros(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        let outcome = apply_in(&mut tx, source, page, observed_at).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    source: &SourceName,
+    page: &Page,
+    observed_at: DateTime<Utc>,
+) -> Result<PageOutcome> {
+    let src = source.as_str();
+    // 1. Lock the chain head: one writer per source from here to commit.
+    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT event_seq, hash FROM vault.chain_heads WHERE source = $1 FOR UPDATE",
+    )
+    .bind(src)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((mut chain_seq, head_hash)) = head else {
+        return Err(StoreError::UnknownSource(src.to_string()));
+    };
+    let mut chain_head: Hash = head_hash.try_into().unwrap_or(canonical::GENESIS);
+
+    // 2. The optimistic cursor check.
+    let stored: Option<Value> = sqlx::query_scalar(
+        "SELECT value FROM vault.cursors WHERE source = $1 AND key = $2 FOR UPDATE",
+    )
+    .bind(src)
+    .bind(&page.cursor_key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let expected = page.expected_cursor.as_ref().map(|c| &c.0);
+    if stored.as_ref() != expected {
+        let show = |v: Option<&Value>| v.map_or("none".to_string(), |v| v.to_string());
+        return Err(StoreError::CursorConflict {
+            source_name: src.to_string(),
+            key: page.cursor_key.clone(),
+            expected: show(expected),
+            found: show(stored.as_ref()),
+        });
+    }
+
+    let mut events: Vec<EventDraft> = Vec::new();
+    let mut quarantine: Vec<QuarantineRecord> = page.quarantine.clone();
+
+    // 3. Conversations: the observed ones, and placeholders for any only referenced.
+    let mut conv_ids: BTreeSet<&str> = BTreeSet::new();
+    conv_ids.extend(page.conversations.iter().map(|c| c.conversation_id.as_str()));
+    conv_ids.extend(page.messages.iter().map(|m| m.conversation_id.as_str()));
+    conv_ids.extend(page.reactions.iter().map(|r| r.conversation_id.as_str()));
+    let conv_ids: Vec<String> = conv_ids.into_iter().map(str::to_string).collect();
+    let held: Vec<(String, String, Option<String>, Value)> = sqlx::query_as(
+        "SELECT conversation_id, conversation_type, name, metadata FROM vault.conversations
+         WHERE source = $1 AND conversation_id = ANY($2)",
+    )
+    .bind(src)
+    .bind(&conv_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut convs: HashMap<String, (Option<ConversationObservation>, bool)> = held
+        .into_iter()
+        .map(|(id, ty, name, metadata)| {
+            let obs = ConversationObservation {
+                conversation_id: id.clone(),
+                conversation_type: ConversationType::parse(&ty),
+                name,
+                metadata,
+            };
+            (id, (Some(obs), false))
+        })
+        .collect();
+    let mut new_convs: BTreeSet<String> = BTreeSet::new();
+    for obs in &page.conversations {
+        let obs = clean_conversation(obs);
+        let entry = convs
+            .entry(obs.conversation_id.clone())
+            .or_insert((None, false));
+        if entry.0.is_none() {
+            new_convs.insert(obs.conversation_id.clone());
+        }
+        if let Some(event) = diff::apply_conversation(&mut entry.0, &obs) {
+            entry.1 = true;
+            events.push(event);
+        }
+    }
+    for id in &conv_ids {
+        let entry = convs.entry(id.clone()).or_insert((None, false));
+        if entry.0.is_none() {
+            let placeholder = ConversationObservation {
+                conversation_id: id.clone(),
+                conversation_type: ConversationType::Other,
+                name: None,
+                metadata: Value::Object(Default::default()),
+            };
+            new_convs.insert(id.clone());
+            events.extend(diff::apply_conversation(&mut entry.0, &placeholder));
+            entry.1 = true;
+        }
+    }
+
+    // 4. Messages held for the page's keys.
+    let mut keys: Vec<MsgKey> = page
+        .messages
+        .iter()
+        .map(|m| (m.conversation_id.clone(), m.message_id.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut rows: HashMap<MsgKey, Row> = load_messages(tx, src, &keys).await?;
+    for key in &keys {
+        rows.entry(key.clone()).or_insert(Row {
+            state: None,
+            in_db: false,
+            loaded_raw_hash: None,
+            dirty: false,
+        });
+    }
+
+    // 5. Open reaction episodes for every message the page touches.
+    let mut reaction_keys: Vec<MsgKey> = keys.clone();
+    reaction_keys.extend(
+        page.reactions
+            .iter()
+            .map(|r| (r.conversation_id.clone(), r.message_id.clone())),
+    );
+    reaction_keys.sort();
+    reaction_keys.dedup();
+    let mut books = load_reactions(tx, src, &reaction_keys).await?;
+
+    // 6. Diff, in page order.
+    let mut versions: Vec<(MsgKey, diff::NewVersion)> = Vec::new();
+    let mut new_msgs: BTreeSet<MsgKey> = BTreeSet::new();
+    let mut changed_msgs: BTreeSet<MsgKey> = BTreeSet::new();
+    for obs in &page.messages {
+        let obs = clean_message(obs);
+        let key = (obs.conversation_id.clone(), obs.message_id.clone());
+        let row = rows.get_mut(&key).expect("every page key has a row");
+        let out = match diff::apply_message(&mut row.state, &obs, observed_at) {
+            Ok(out) => out,
+            Err(e) => {
+                quarantine.push(QuarantineRecord {
+                    reason: e.to_string(),
+                    raw: obs.raw.clone(),
+                });
+                continue;
+            }
+        };
+        if out.created {
+            new_msgs.insert(key.clone());
+        }
+        if out.changed && !new_msgs.contains(&key) {
+            changed_msgs.insert(key.clone());
+        }
+        row.dirty |= out.dirty;
+        events.extend(out.events);
+        versions.extend(out.versions.into_iter().map(|v| (key.clone(), v)));
+        if let Some(set) = &obs.reactions {
+            let book = books.entry(key.clone()).or_default();
+            let before = events.len();
+            book.apply_set(&key.0, &key.1, set, observed_at, &mut events);
+            if events.len() > before && !new_msgs.contains(&key) {
+                changed_msgs.insert(key.clone());
+            }
+        }
+    }
+    for obs in &page.reactions {
+        let key = (obs.conversation_id.clone(), obs.message_id.clone());
+        let book = books.entry(key.clone()).or_default();
+        let before = events.len();
+        book.apply_change(obs, observed_at, &mut events);
+        if events.len() > before && !new_msgs.contains(&key) {
+            changed_msgs.insert(key);
+        }
+    }
+
+    // 7. Write.
+    write_conversations(tx, src, &convs, &new_convs, observed_at).await?;
+    write_messages(tx, src, &rows, observed_at).await?;
+    write_versions(tx, src, &versions, observed_at).await?;
+    write_reactions(tx, src, &books).await?;
+    update_conversation_counts(tx, src, &rows, &new_msgs).await?;
+    let n_events = events.len() as u64;
+    write_events(tx, src, &events, observed_at, &mut chain_seq, &mut chain_head).await?;
+    let gaps = write_gaps(tx, src, page, observed_at).await?;
+    let quarantined = write_quarantine(tx, src, &quarantine, observed_at).await?;
+    sqlx::query(
+        "INSERT INTO vault.cursors (source, key, value, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (source, key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(src)
+    .bind(&page.cursor_key)
+    .bind(&*strip_nul_value(&page.next_cursor.0))
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+
+    Ok(PageOutcome {
+        messages_new: new_msgs.len() as u64,
+        messages_changed: changed_msgs.len() as u64,
+        events: n_events,
+        quarantined,
+        gaps,
+        chain_seq,
+        chain_head,
+    })
+}
+
+fn clean_conversation(obs: &ConversationObservation) -> ConversationObservation {
+    ConversationObservation {
+        conversation_id: strip_nul(&obs.conversation_id).into_owned(),
+        conversation_type: obs.conversation_type,
+        name: obs.name.as_deref().map(|n| strip_nul(n).into_owned()),
+        metadata: strip_nul_value(&obs.metadata).into_owned(),
+    }
+}
+
+fn clean_message(obs: &crate::model::MessageObservation) -> crate::model::MessageObservation {
+    let s = |v: &str| strip_nul(v).into_owned();
+    let so = |v: &Option<String>| v.as_deref().map(|v| strip_nul(v).into_owned());
+    let content = |c: &crate::model::Content| crate::model::Content {
+        kind: c.kind,
+        text: s(&c.text),
+        content: strip_nul_value(&c.content).into_owned(),
+    };
+    let mark = |m: &Option<Mark>| {
+        m.as_ref().map(|m| Mark {
+            at: m.at.map(crate::model::to_micros),
+            by: so(&m.by),
+        })
+    };
+    crate::model::MessageObservation {
+        conversation_id: s(&obs.conversation_id),
+        message_id: s(&obs.message_id),
+        header: obs.header.as_ref().map(|h| MessageHeader {
+            seq: h.seq,
+            sender_id: so(&h.sender_id),
+            sender_name: so(&h.sender_name),
+            sent_at: crate::model::to_micros(h.sent_at),
+            reply_to: so(&h.reply_to),
+        }),
+        content: obs.content.as_ref().map(content),
+        edited_at: obs.edited_at.map(crate::model::to_micros),
+        earlier_versions: obs
+            .earlier_versions
+            .iter()
+            .map(|e| crate::model::EarlierVersion {
+                content: content(&e.content),
+                replaced_at: e.replaced_at.map(crate::model::to_micros),
+            })
+            .collect(),
+        recalled: mark(&obs.recalled),
+        deleted: mark(&obs.deleted),
+        reactions: obs.reactions.as_ref().map(|rs| {
+            rs.iter()
+                .map(|r| crate::model::ReactionState {
+                    user_id: s(&r.user_id),
+                    user_name: so(&r.user_name),
+                    emoji: s(&r.emoji),
+                })
+                .collect()
+        }),
+        raw: strip_nul_value(&obs.raw).into_owned(),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct HeldMessage {
+    conversation_id: String,
+    message_id: String,
+    seq: Option<i64>,
+    sender_id: Option<String>,
+    sender_name: Option<String>,
+    sent_at: DateTime<Utc>,
+    reply_to: Option<String>,
+    current_version: i32,
+    version_hashes: Vec<u8>,
+    edited_at: Option<DateTime<Utc>>,
+    recalled_at: Option<DateTime<Utc>>,
+    recalled_by: Option<String>,
+    deleted_at: Option<DateTime<Utc>>,
+    deleted_by: Option<String>,
+    raw_hash: Vec<u8>,
+}
+
+fn to_hash(bytes: &[u8]) -> Hash {
+    bytes.try_into().unwrap_or([0u8; 32])
+}
+
+async fn load_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    keys: &[MsgKey],
+) -> Result<HashMap<MsgKey, Row>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (convs, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(c, m)| (c.as_str(), m.as_str())).unzip();
+    let held: Vec<HeldMessage> = sqlx::query_as(
+        "SELECT m.conversation_id, m.message_id, m.seq, m.sender_id, m.sender_name, m.sent_at,
+                m.reply_to, m.current_version, m.version_hashes, m.edited_at, m.recalled_at,
+                m.recalled_by, m.deleted_at, m.deleted_by, m.raw_hash
+         FROM vault.messages m
+         JOIN unnest($2::text[], $3::text[]) AS k(conversation_id, message_id)
+           ON m.conversation_id = k.conversation_id AND m.message_id = k.message_id
+         WHERE m.source = $1",
+    )
+    .bind(src)
+    .bind(&convs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(held
+        .into_iter()
+        .map(|h| {
+            let raw_hash = to_hash(&h.raw_hash);
+            let mark = |at: Option<DateTime<Utc>>, by: Option<String>| {
+                at.map(|at| Mark { at: Some(at), by })
+            };
+            let state = MessageState {
+                header: MessageHeader {
+                    seq: h.seq,
+                    sender_id: h.sender_id,
+                    sender_name: h.sender_name,
+                    sent_at: h.sent_at,
+                    reply_to: h.reply_to,
+                },
+                current_version: h.current_version,
+                version_hashes: h.version_hashes.chunks_exact(32).map(to_hash).collect(),
+                edited_at: h.edited_at,
+                raw: Value::Null,
+                raw_hash,
+                recalled: mark(h.recalled_at, h.recalled_by),
+                deleted: mark(h.deleted_at, h.deleted_by),
+            };
+            (
+                (h.conversation_id, h.message_id),
+                Row {
+                    state: Some(state),
+                    in_db: true,
+                    loaded_raw_hash: Some(raw_hash),
+                    dirty: false,
+                },
+            )
+        })
+        .collect())
+}
+
+async fn load_reactions(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    keys: &[MsgKey],
+) -> Result<HashMap<MsgKey, ReactionBook>> {
+    let mut books: HashMap<MsgKey, ReactionBook> = HashMap::new();
+    if keys.is_empty() {
+        return Ok(books);
+    }
+    let (convs, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(c, m)| (c.as_str(), m.as_str())).unzip();
+    #[allow(clippy::type_complexity)]
+    let open: Vec<(i64, String, String, String, Option<String>, String, DateTime<Utc>)> =
+        sqlx::query_as(
+            "SELECT r.reaction_id, r.conversation_id, r.message_id, r.user_id, r.user_name,
+                    r.emoji, r.reacted_at
+             FROM vault.reactions r
+             JOIN unnest($2::text[], $3::text[]) AS k(conversation_id, message_id)
+               ON r.conversation_id = k.conversation_id AND r.message_id = k.message_id
+             WHERE r.source = $1 AND r.removed_at IS NULL
+             ORDER BY r.reaction_id",
+        )
+        .bind(src)
+        .bind(&convs)
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+    for (id, conv, msg, user_id, user_name, emoji, reacted_at) in open {
+        books
+            .entry((conv.clone(), msg.clone()))
+            .or_default()
+            .episodes
+            .push(diff::Episode {
+                reaction_id: Some(id),
+                conversation_id: conv,
+                message_id: msg,
+                user_id,
+                user_name,
+                emoji,
+                reacted_at,
+                removed_at: None,
+                newly_removed: false,
+            });
+    }
+    Ok(books)
+}
+
+async fn write_conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    convs: &HashMap<String, (Option<ConversationObservation>, bool)>,
+    new_convs: &BTreeSet<String>,
+    observed_at: DateTime<Utc>,
+) -> Result<()> {
+    let mut ids = Vec::new();
+    let mut types = Vec::new();
+    let mut names: Vec<Option<String>> = Vec::new();
+    let mut metadata = Vec::new();
+    let mut is_new = Vec::new();
+    for (id, (obs, changed)) in convs {
+        let Some(obs) = obs else { continue };
+        if !changed {
+            continue;
+        }
+        ids.push(id.clone());
+        types.push(obs.conversation_type.as_str());
+        names.push(obs.name.clone());
+        metadata.push(obs.metadata.to_string());
+        is_new.push(new_convs.contains(id));
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO vault.conversations AS c
+             (source, conversation_id, conversation_type, name, metadata, first_seen_at, updated_at)
+         SELECT $1, id, ty, name, md::jsonb, $6, $6
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, ty, name, md)
+         ON CONFLICT (source, conversation_id) DO UPDATE
+         SET conversation_type = EXCLUDED.conversation_type, name = EXCLUDED.name,
+             metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(src)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&names)
+    .bind(&metadata)
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    rows: &HashMap<MsgKey, Row>,
+    observed_at: DateTime<Utc>,
+) -> Result<()> {
+    #[derive(Default)]
+    struct Cols {
+        conv: Vec<String>,
+        id: Vec<String>,
+        seq: Vec<Option<i64>>,
+        sender_id: Vec<Option<String>>,
+        sender_name: Vec<Option<String>>,
+        sent_at: Vec<DateTime<Utc>>,
+        reply_to: Vec<Option<String>>,
+        version: Vec<i32>,
+        hashes: Vec<Vec<u8>>,
+        edited_at: Vec<Option<DateTime<Utc>>>,
+        recalled_at: Vec<Option<DateTime<Utc>>>,
+        recalled_by: Vec<Option<String>>,
+        deleted_at: Vec<Option<DateTime<Utc>>>,
+        deleted_by: Vec<Option<String>>,
+        raw: Vec<Option<String>>,
+        raw_hash: Vec<Vec<u8>>,
+    }
+    let mut inserts = Cols::default();
+    let mut updates = Cols::default();
+    for ((conv, id), row) in rows {
+        if !row.dirty {
+            continue;
+        }
+        let Some(st) = &row.state else { continue };
+        let cols = if row.in_db { &mut updates } else { &mut inserts };
+        cols.conv.push(conv.clone());
+        cols.id.push(id.clone());
+        cols.seq.push(st.header.seq);
+        cols.sender_id.push(st.header.sender_id.clone());
+        cols.sender_name.push(st.header.sender_name.clone());
+        cols.sent_at.push(st.header.sent_at);
+        cols.reply_to.push(st.header.reply_to.clone());
+        cols.version.push(st.current_version);
+        cols.hashes.push(st.version_hashes.concat());
+        cols.edited_at.push(st.edited_at);
+        cols.recalled_at.push(st.recalled.as_ref().and_then(|m| m.at));
+        cols.recalled_by.push(st.recalled.as_ref().and_then(|m| m.by.clone()));
+        cols.deleted_at.push(st.deleted.as_ref().and_then(|m| m.at));
+        cols.deleted_by.push(st.deleted.as_ref().and_then(|m| m.by.clone()));
+        let raw_changed = row.loaded_raw_hash != Some(st.raw_hash);
+        cols.raw.push(raw_changed.then(|| st.raw.to_string()));
+        cols.raw_hash.push(st.raw_hash.to_vec());
+    }
+    if !inserts.conv.is_empty() {
+        let c = inserts;
+        sqlx::query(
+            "INSERT INTO vault.messages
+                 (source, conversation_id, message_id, seq, sender_id, sender_name, sent_at,
+                  reply_to, current_version, version_hashes, edited_at, recalled_at,
+                  recalled_by, deleted_at, deleted_by, archived_at, raw, raw_hash)
+             SELECT $1, conv, id, seq, sender_id, sender_name, sent_at, reply_to, version,
+                    hashes, edited_at, recalled_at, recalled_by, deleted_at, deleted_by, $17,
+                    raw::jsonb, raw_hash
+             FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+                         $7::timestamptz[], $8::text[], $9::int4[], $10::bytea[],
+                         $11::timestamptz[], $12::timestamptz[], $13::text[],
+                         $14::timestamptz[], $15::text[], $16::text[], $18::bytea[])
+               AS u(conv, id, seq, sender_id, sender_name, sent_at, reply_to, version, hashes,
+                    edited_at, recalled_at, recalled_by, deleted_at, deleted_by, raw, raw_hash)",
+        )
+        .bind(src)
+        .bind(&c.conv)
+        .bind(&c.id)
+        .bind(&c.seq)
+        .bind(&c.sender_id)
+        .bind(&c.sender_name)
+        .bind(&c.sent_at)
+        .bind(&c.reply_to)
+        .bind(&c.version)
+        .bind(&c.hashes)
+        .bind(&c.edited_at)
+        .bind(&c.recalled_at)
+        .bind(&c.recalled_by)
+        .bind(&c.deleted_at)
+        .bind(&c.deleted_by)
+        .bind(&c.raw)
+        .bind(observed_at)
+        .bind(&c.raw_hash)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !updates.conv.is_empty() {
+        let c = updates;
+        sqlx::query(
+            "UPDATE vault.messages m
+             SET current_version = u.version, version_hashes = u.hashes, edited_at = u.edited_at,
+                 recalled_at = u.recalled_at, recalled_by = u.recalled_by,
+                 deleted_at = u.deleted_at, deleted_by = u.deleted_by,
+                 raw = COALESCE(u.raw::jsonb, m.raw), raw_hash = u.raw_hash
+             FROM unnest($2::text[], $3::text[], $4::int4[], $5::bytea[], $6::timestamptz[],
+                         $7::timestamptz[], $8::text[], $9::timestamptz[], $10::text[],
+                         $11::text[], $12::bytea[])
+               AS u(conv, id, version, hashes, edited_at, recalled_at, recalled_by, deleted_at,
+                    deleted_by, raw, raw_hash)
+             WHERE m.source = $1 AND m.conversation_id = u.conv AND m.message_id = u.id",
+        )
+        .bind(src)
+        .bind(&c.conv)
+        .bind(&c.id)
+        .bind(&c.version)
+        .bind(&c.hashes)
+        .bind(&c.edited_at)
+        .bind(&c.recalled_at)
+        .bind(&c.recalled_by)
+        .bind(&c.deleted_at)
+        .bind(&c.deleted_by)
+        .bind(&c.raw)
+        .bind(&c.raw_hash)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_versions(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    versions: &[(MsgKey, diff::NewVersion)],
+    observed_at: DateTime<Utc>,
+) -> Result<()> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let mut conv = Vec::with_capacity(versions.len());
+    let mut id = Vec::with_capacity(versions.len());
+    let mut version = Vec::with_capacity(versions.len());
+    let mut kind = Vec::with_capacity(versions.len());
+    let mut text = Vec::with_capacity(versions.len());
+    let mut content = Vec::with_capacity(versions.len());
+    let mut edited_at = Vec::with_capacity(versions.len());
+    for ((c, m), v) in versions {
+        conv.push(c.as_str());
+        id.push(m.as_str());
+        version.push(v.version);
+        kind.push(v.content.kind.as_str());
+        text.push(v.content.text.as_str());
+        content.push(v.content.content.to_string());
+        edited_at.push(v.edited_at);
+    }
+    sqlx::query(
+        "INSERT INTO vault.message_versions
+             (source, conversation_id, message_id, version, kind, text, content, edited_at, observed_at)
+         SELECT $1, conv, id, version, kind, text, content::jsonb, edited_at, $9
+         FROM unnest($2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::text[],
+                     $8::timestamptz[])
+           AS u(conv, id, version, kind, text, content, edited_at)",
+    )
+    .bind(src)
+    .bind(&conv)
+    .bind(&id)
+    .bind(&version)
+    .bind(&kind)
+    .bind(&text)
+    .bind(&content)
+    .bind(&edited_at)
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_reactions(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    books: &HashMap<MsgKey, ReactionBook>,
+) -> Result<()> {
+    let mut conv = Vec::new();
+    let mut msg = Vec::new();
+    let mut user = Vec::new();
+    let mut user_name: Vec<Option<String>> = Vec::new();
+    let mut emoji = Vec::new();
+    let mut reacted = Vec::new();
+    let mut removed: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut closed_ids = Vec::new();
+    let mut closed_at = Vec::new();
+    for book in books.values() {
+        for e in &book.episodes {
+            match e.reaction_id {
+                None => {
+                    conv.push(e.conversation_id.as_str());
+                    msg.push(e.message_id.as_str());
+                    user.push(e.user_id.as_str());
+                    user_name.push(e.user_name.clone());
+                    emoji.push(e.emoji.as_str());
+                    reacted.push(e.reacted_at);
+                    removed.push(e.removed_at);
+                }
+                Some(id) if e.newly_removed => {
+                    closed_ids.push(id);
+                    closed_at.push(e.removed_at.expect("removed episodes have a time"));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if !closed_ids.is_empty() {
+        sqlx::query(
+            "UPDATE vault.reactions r SET removed_at = u.at
+             FROM unnest($2::int8[], $3::timestamptz[]) AS u(id, at)
+             WHERE r.source = $1 AND r.reaction_id = u.id",
+        )
+        .bind(src)
+        .bind(&closed_ids)
+        .bind(&closed_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !conv.is_empty() {
+        sqlx::query(
+            "INSERT INTO vault.reactions
+                 (source, conversation_id, message_id, user_id, user_name, emoji, reacted_at, removed_at)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                      $7::timestamptz[], $8::timestamptz[])",
+        )
+        .bind(src)
+        .bind(&conv)
+        .bind(&msg)
+        .bind(&user)
+        .bind(&user_name)
+        .bind(&emoji)
+        .bind(&reacted)
+        .bind(&removed)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn update_conversation_counts(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    rows: &HashMap<MsgKey, Row>,
+    new_msgs: &BTreeSet<MsgKey>,
+) -> Result<()> {
+    let mut per_conv: HashMap<&str, (i64, DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+    for key in new_msgs {
+        let Some(st) = rows.get(key).and_then(|r| r.state.as_ref()) else {
+            continue;
+        };
+        let t = st.header.sent_at;
+        let e = per_conv.entry(key.0.as_str()).or_insert((0, t, t));
+        e.0 += 1;
+        e.1 = e.1.min(t);
+        e.2 = e.2.max(t);
+    }
+    if per_conv.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    let mut counts = Vec::new();
+    let mut firsts = Vec::new();
+    let mut lasts = Vec::new();
+    for (id, (n, first, last)) in per_conv {
+        ids.push(id);
+        counts.push(n);
+        firsts.push(first);
+        lasts.push(last);
+    }
+    sqlx::query(
+        "UPDATE vault.conversations c
+         SET message_count = c.message_count + u.n,
+             first_message_at = LEAST(c.first_message_at, u.first),
+             last_message_at = GREATEST(c.last_message_at, u.last)
+         FROM unnest($2::text[], $3::int8[], $4::timestamptz[], $5::timestamptz[])
+           AS u(id, n, first, last)
+         WHERE c.source = $1 AND c.conversation_id = u.id",
+    )
+    .bind(src)
+    .bind(&ids)
+    .bind(&counts)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_events(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    events: &[EventDraft],
+    observed_at: DateTime<Utc>,
+    chain_seq: &mut i64,
+    chain_head: &mut Hash,
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len();
+    let mut seqs = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut convs = Vec::with_capacity(n);
+    let mut msgs: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    let mut details = Vec::with_capacity(n);
+    let mut prevs = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    for e in events {
+        *chain_seq += 1;
+        let occurred_at = e.occurred_at.map(crate::model::to_micros);
+        let fields = EventFields {
+            source: src,
+            event_seq: *chain_seq,
+            kind: e.kind,
+            conversation_id: Some(&e.conversation_id),
+            message_id: e.message_id.as_deref(),
+            occurred_at,
+            observed_at,
+            detail: &e.detail,
+        };
+        let hash = chain_hash(chain_head, &fields);
+        seqs.push(*chain_seq);
+        kinds.push(e.kind);
+        convs.push(e.conversation_id.as_str());
+        msgs.push(e.message_id.as_deref());
+        occurred.push(occurred_at);
+        details.push(e.detail.to_string());
+        prevs.push(chain_head.to_vec());
+        hashes.push(hash.to_vec());
+        *chain_head = hash;
+    }
+    sqlx::query(
+        "INSERT INTO vault.events
+             (source, event_seq, kind, conversation_id, message_id, occurred_at, observed_at,
+              detail, prev_hash, hash)
+         SELECT $1, seq, kind, conv, msg, occ, $10, detail::jsonb, prev, hash
+         FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::text[], $8::bytea[], $9::bytea[])
+           AS u(seq, kind, conv, msg, occ, detail, prev, hash)",
+    )
+    .bind(src)
+    .bind(&seqs)
+    .bind(&kinds)
+    .bind(&convs)
+    .bind(&msgs)
+    .bind(&occurred)
+    .bind(&details)
+    .bind(&prevs)
+    .bind(&hashes)
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE vault.chain_heads SET event_seq = $2, hash = $3 WHERE source = $1")
+        .bind(src)
+        .bind(*chain_seq)
+        .bind(&chain_head[..])
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn write_gaps(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    page: &Page,
+    observed_at: DateTime<Utc>,
+) -> Result<u64> {
+    if page.gaps.is_empty() {
+        return Ok(0);
+    }
+    let convs: Vec<String> = page
+        .gaps
+        .iter()
+        .map(|g| strip_nul(&g.conversation_id).into_owned())
+        .collect();
+    let from: Vec<i64> = page.gaps.iter().map(|g| g.from_seq).collect();
+    let to: Vec<i64> = page.gaps.iter().map(|g| g.to_seq).collect();
+    let reasons: Vec<String> = page
+        .gaps
+        .iter()
+        .map(|g| strip_nul(&g.reason).into_owned())
+        .collect();
+    let done = sqlx::query(
+        "INSERT INTO vault.seq_gaps (source, conversation_id, from_seq, to_seq, reason, observed_at)
+         SELECT $1, c, f, t, r, $6 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[]) AS u(c, f, t, r)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(src)
+    .bind(&convs)
+    .bind(&from)
+    .bind(&to)
+    .bind(&reasons)
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+async fn write_quarantine(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    records: &[QuarantineRecord],
+    observed_at: DateTime<Utc>,
+) -> Result<u64> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let raws: Vec<Value> = records
+        .iter()
+        .map(|r| strip_nul_value(&r.raw).into_owned())
+        .collect();
+    let hashes: Vec<Vec<u8>> = raws
+        .iter()
+        .map(|r| canonical::value_hash(r).to_vec())
+        .collect();
+    let raw_text: Vec<String> = raws.iter().map(Value::to_string).collect();
+    let reasons: Vec<String> = records
+        .iter()
+        .map(|r| strip_nul(&r.reason).into_owned())
+        .collect();
+    let done = sqlx::query(
+        "INSERT INTO vault.quarantine (source, raw_hash, observed_at, reason, raw)
+         SELECT $1, h, $5, r, raw::jsonb FROM unnest($2::bytea[], $3::text[], $4::text[]) AS u(h, r, raw)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(src)
+    .bind(&hashes)
+    .bind(&reasons)
+    .bind(&raw_text)
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
