@@ -1,1 +1,169 @@
-//! The command line.
+//! The command line: one enum of subcommands (DESIGN.md, "Command line").
+//!
+//! Stdout carries only a command's output; logs and errors go to stderr.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatvault",
+    version,
+    about = "A complete, append-only, searchable archive of chat accounts in PostgreSQL",
+    long_about = "chatvault pulls conversations and messages incrementally from TangSengDaoDao, \
+NetEase Yunxin and Yunhu into PostgreSQL, and records every later change to a message: edits \
+with all their versions, recalls, deletions and reactions. Every change is an event in a \
+per-source hash chain that `chatvault verify` checks.",
+    after_help = "Examples:\n  chatvault status\n  chatvault --config chatvault.toml sync --source acme-tsdd\n  chatvault config check"
+)]
+pub struct Cli {
+    /// Configuration file (default: $CHATVAULT_CONFIG, else ./chatvault.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr (default: pretty on a terminal, json otherwise).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: every source on its schedule, the indexer and the HTTP API.
+    Run,
+    /// Sync every enabled source once (or the named ones); exit 1 if any failed.
+    #[command(after_help = "Examples:\n  chatvault sync\n  chatvault sync --source acme-tsdd --full")]
+    Sync(SyncArgs),
+    /// Search the archive.
+    Search(SearchArgs),
+    /// Per source: conversations, messages, versions, events, chain head, quarantine, last run.
+    #[command(after_help = "Examples:\n  chatvault status\n  chatvault status --json | jq .chain_head")]
+    Status(StatusArgs),
+    /// Recompute every hash chain and check the stored versions against it.
+    #[command(after_help = "Save the chain heads `status` prints somewhere outside the database; \
+`verify --head SOURCE=SEQ:HASH` later proves the chain was not rewritten since.\n\nExamples:\n  \
+chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…")]
+    Verify(VerifyArgs),
+    /// Export messages as JSONL or CSV.
+    Export(ExportArgs),
+    /// Rebuild the search index from PostgreSQL.
+    Reindex,
+    /// Apply the database migrations (also done automatically at start).
+    Migrate,
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Everything embedded: fake upstreams, a database, the web page, in one command.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Sync only this source (repeatable).
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// Re-read everything from the beginning (idempotent: nothing is duplicated).
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Words, "phrases", -exclude, OR.
+    pub query: String,
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub conversation: Option<String>,
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// RFC 3339 time or date.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One JSON object per source, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A chain head saved earlier, as SOURCE=SEQ:HASH (repeatable).
+    #[arg(long = "head", value_name = "SOURCE=SEQ:HASH")]
+    pub heads: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub conversation: Option<String>,
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    pub format: ExportFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration without touching the network; one line per problem.
+    #[command(after_help = "Examples:\n  chatvault --config chatvault.toml config check")]
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sync_takes_repeated_sources() {
+        let cli = Cli::parse_from(["chatvault", "sync", "--source", "a", "--source", "b", "--full"]);
+        let Command::Sync(args) = cli.command else {
+            panic!("not sync")
+        };
+        assert_eq!(args.sources, ["a", "b"]);
+        assert!(args.full);
+    }
+}

@@ -1,1 +1,37 @@
-//! Logging and metrics.
+//! Logging: a `tracing` subscriber on stderr, pretty on a terminal and JSON otherwise.
+//!
+//! The level comes from `CHATVAULT_LOG` (or `RUST_LOG`), defaulting to `info` for the
+//! long-running commands and `warn` for the others. Secrets never reach a log line: they are
+//! [`crate::config::Secret`]s, and spans record names and ids only.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+pub fn init(format: Option<LogFormat>, default_level: &str) {
+    let filter = std::env::var("CHATVAULT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::new(format!(
+                "{default_level},sqlx=warn,hyper=warn,reqwest=warn,tower=warn"
+            ))
+        });
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}

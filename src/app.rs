@@ -1,0 +1,322 @@
+//! What each subcommand does: open the configuration and the store, run, print.
+//!
+//! Output for people goes to stdout (one JSON object per line with `--json`); logs and
+//! errors go to stderr. Every command returns an exit code.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::watch;
+
+use crate::cli::{Cli, Command, ConfigCommand, StatusArgs, SyncArgs, VerifyArgs};
+use crate::config::{self, Config};
+use crate::pg::EmbeddedPostgres;
+use crate::store::{ExpectedHead, Store};
+use crate::sync::{self, SyncOptions};
+
+/// Exit codes.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_UNAVAILABLE: i32 = 2;
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
+        Command::Migrate => {
+            let config = load_config(cli.config.as_deref())?;
+            with_store(&config, false, |store| async move {
+                store.migrate().await.context("applying migrations")?;
+                let n = crate::store::MIGRATOR.iter().count();
+                println!("migrations current ({n} applied)");
+                Ok(EXIT_OK)
+            })
+            .await
+        }
+        Command::Status(args) => {
+            let config = load_config(cli.config.as_deref())?;
+            with_store(&config, true, |store| status(store, args)).await
+        }
+        Command::Verify(args) => {
+            let config = load_config(cli.config.as_deref())?;
+            with_store(&config, true, |store| verify(store, args)).await
+        }
+        Command::Sync(args) => {
+            let config = load_config(cli.config.as_deref())?;
+            let config2 = config.clone();
+            with_store(&config, true, move |store| sync(store, config2, args)).await
+        }
+        Command::Run => unavailable("run", "the daemon (scheduler and HTTP API)"),
+        Command::Search(_) => unavailable("search", "the full-text index"),
+        Command::Reindex => unavailable("reindex", "the full-text index"),
+        Command::Export(_) => unavailable("export", "the export formats"),
+        Command::Demo(_) => unavailable("demo", "the demo and web page"),
+    }
+}
+
+fn unavailable(command: &str, part: &str) -> anyhow::Result<i32> {
+    eprintln!(
+        "error: `chatvault {command}` is not available in this version yet; it arrives with {part}"
+    );
+    Ok(EXIT_UNAVAILABLE)
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(loaded.config)
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                eprintln!("{p}");
+            }
+            bail!(
+                "the configuration has {} problem(s); `chatvault config check` lists them",
+                errors.0.len()
+            )
+        }
+    }
+}
+
+fn config_check(path: Option<&Path>) -> anyhow::Result<i32> {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                println!("warning: {w}");
+            }
+            let file = loaded
+                .config
+                .path
+                .as_ref()
+                .map_or("no configuration file, defaults".to_string(), |p| {
+                    p.display().to_string()
+                });
+            println!(
+                "config ok: {file}: {} source(s)",
+                loaded.config.sources.len()
+            );
+            Ok(EXIT_OK)
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                println!("{p}");
+            }
+            eprintln!("error: {} problem(s) in the configuration", errors.0.len());
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// Open the store (starting the embedded cluster when no URL is configured), run `f`, and
+/// stop the embedded cluster again if this process started it.
+async fn with_store<F, Fut>(config: &Config, migrate: bool, f: F) -> anyhow::Result<i32>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<i32>>,
+{
+    let (options, embedded) = match &config.database.url {
+        Some(url) => {
+            let options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
+                anyhow::anyhow!("database.url is not a valid PostgreSQL URL (postgres://user@host/db)")
+            })?;
+            (options, None)
+        }
+        None => {
+            let data_dir = &config.storage.data_dir;
+            std::fs::create_dir_all(data_dir).with_context(|| {
+                format!("cannot create the data directory {}", data_dir.display())
+            })?;
+            let pg = EmbeddedPostgres::start(data_dir).await?;
+            (pg.connect_options(), Some(pg))
+        }
+    };
+    let result = async {
+        let store = Store::connect(options, config.database.max_connections)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        if migrate {
+            store.migrate().await.context("applying migrations")?;
+            for source in &config.sources {
+                store
+                    .register_source(&source.name, source.platform_key())
+                    .await?;
+            }
+        }
+        let code = f(store.clone()).await;
+        store.pool().close().await;
+        code
+    }
+    .await;
+    if let Some(pg) = embedded {
+        if let Err(e) = pg.stop().await {
+            tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+        }
+    }
+    result
+}
+
+async fn status(store: Store, args: StatusArgs) -> anyhow::Result<i32> {
+    let statuses = store.status().await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &statuses {
+            writeln!(out, "{}", serde_json::to_string(s)?)?;
+        }
+        return Ok(EXIT_OK);
+    }
+    if statuses.is_empty() {
+        writeln!(
+            out,
+            "no sources yet: add a [[source]] to the configuration (see deploy/chatvault.example.toml), then run `chatvault sync`"
+        )?;
+        return Ok(EXIT_OK);
+    }
+    for s in &statuses {
+        writeln!(out, "{} ({})", s.source, s.platform)?;
+        writeln!(
+            out,
+            "  conversations {}  messages {}  versions {}  reactions {}  events {}",
+            s.conversations, s.messages, s.versions, s.reactions, s.events
+        )?;
+        writeln!(
+            out,
+            "  quarantine {}  seq gaps {}  cursors {}",
+            s.quarantine, s.gaps, s.cursors
+        )?;
+        writeln!(out, "  chain head {}", s.chain_head)?;
+        match &s.last_run {
+            Some(r) => {
+                let lag = s
+                    .lag_seconds
+                    .map_or("never succeeded".to_string(), |l| format!("{l}s since the last success"));
+                writeln!(
+                    out,
+                    "  last run #{} {} at {} ({} new, {} changed, {} requests, {} retries; {lag})",
+                    r.run_id,
+                    r.status,
+                    r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    r.messages_new,
+                    r.messages_changed,
+                    r.requests,
+                    r.retries
+                )?;
+                if let Some(e) = &r.error {
+                    writeln!(out, "  error: {e}")?;
+                }
+            }
+            None => writeln!(out, "  never synced")?,
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn verify(store: Store, args: VerifyArgs) -> anyhow::Result<i32> {
+    let mut heads = Vec::new();
+    for h in &args.heads {
+        heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);
+    }
+    let report = store.verify(&heads).await?;
+    let mut out = std::io::stdout().lock();
+    for (source, events, head) in &report.sources {
+        writeln!(out, "{source}: {events} events, head {head}")?;
+    }
+    writeln!(out, "{} message versions checked", report.versions_checked)?;
+    if report.ok() {
+        writeln!(out, "ok: every chain is intact")?;
+        return Ok(EXIT_OK);
+    }
+    for f in &report.failures {
+        match f.event_seq {
+            Some(seq) => eprintln!("verify failed: source {}, event {seq}: {}", f.source, f.problem),
+            None => eprintln!("verify failed: source {}: {}", f.source, f.problem),
+        }
+    }
+    Ok(EXIT_FAILED)
+}
+
+async fn sync(store: Store, config: Config, args: SyncArgs) -> anyhow::Result<i32> {
+    for name in &args.sources {
+        if !config.sources.iter().any(|s| s.name.as_str() == name) {
+            let known: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "no source named {name:?} in the configuration (configured: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            );
+        }
+    }
+    let selected: Vec<_> = config
+        .sources
+        .iter()
+        .filter(|s| {
+            if args.sources.is_empty() {
+                s.enabled
+            } else {
+                args.sources.iter().any(|n| n == s.name.as_str())
+            }
+        })
+        .cloned()
+        .collect();
+    if selected.is_empty() {
+        bail!("no sources to sync: add a [[source]] to the configuration (see deploy/chatvault.example.toml)");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("stopping after the current pages (Ctrl-C again to exit at once)");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let options = SyncOptions {
+        full: args.full,
+        max_retries: config.sync.max_retries,
+        progress_bar: std::io::stderr().is_terminal(),
+        ..SyncOptions::default()
+    };
+    let limit = config.sync.max_concurrent_sources.max(1);
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut tasks = Vec::new();
+    for source in selected {
+        let store = store.clone();
+        let options = options.clone();
+        let stop = stop_rx.clone();
+        let semaphore = semaphore.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            sync::sync_source(&store, &source, &options, Some(stop)).await
+        }));
+    }
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for task in tasks {
+        let r = task.await.context("a sync task panicked")?;
+        let c = &r.counts;
+        if r.skipped {
+            writeln!(out, "{}: skipped, another chatvault process is syncing it", r.source)?;
+            continue;
+        }
+        let line = format!(
+            "{}: {}, {} conversations, {} new, {} changed, {} requests, {} retries",
+            r.source,
+            r.status.as_str(),
+            r.conversations,
+            c.messages_new,
+            c.messages_changed,
+            c.requests,
+            c.retries
+        );
+        writeln!(out, "{line}")?;
+        if let Some(e) = &r.error {
+            writeln!(out, "{}: {e}", r.source)?;
+        }
+        failed |= !r.ok();
+    }
+    Ok(if failed { EXIT_FAILED } else { EXIT_OK })
+}
