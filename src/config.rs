@@ -1,15 +1,34 @@
 //! Configuration: a TOML file layered with `CHATVAULT_*` environment variables.
 //!
-//! Secrets are [`Secret`]s: their `Debug` and `Display` print `***` (invariant 7). Each
-//! secret key `x` may be given as `x_env` (a variable name) or `x_file` (a path); inline
-//! secrets are accepted with a warning.
+//! [`load`] finds the file (an explicit path, else `CHATVAULT_CONFIG`, else `./chatvault.toml`
+//! if it exists, else none: all defaults and no sources), checks it against the schema and
+//! returns a validated [`Config`] with warnings, or *every* problem found at once
+//! ([`ConfigErrors`]), each with its file, line and dotted key. `deploy/chatvault.example.toml`
+//! is the commented reference of every key; a test keeps it loadable.
+//!
+//! The file is walked by hand (with `toml_edit` spans for line numbers) rather than through
+//! `serde`, so that one pass reports all unknown keys with suggestions, keys of the wrong
+//! platform and values of the wrong type, instead of stopping at the first.
+//!
+//! Layering: `CHATVAULT_DATABASE_URL`, `CHATVAULT_DATA_DIR`, `CHATVAULT_LISTEN` and
+//! `CHATVAULT_SERVER_TOKEN` win over the file; a secret they override is not resolved from the
+//! file at all. A bad value there is a problem keyed by the variable's name.
+//!
+//! Secrets are [`Secret`]s: their `Debug` and `Display` print `***` (invariant 7), and no
+//! problem or warning ever quotes one. Each secret key `x` is given as exactly one of `x_env`
+//! (a variable name), `x_file` (a path; trailing newlines are trimmed) or `x` inline, which is
+//! accepted with a warning (for `database.url` only when it holds a password).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::model::{Platform, SourceName};
 
@@ -140,4 +159,1620 @@ pub struct YunhuConfig {
     pub token: Secret,
     pub rescan_messages: u32,
     pub rescan_days: u32,
+}
+
+/// The file read when neither a path nor `CHATVAULT_CONFIG` is given, if it exists.
+pub const DEFAULT_FILE: &str = "chatvault.toml";
+/// The file format version this build reads (`version = 1`, optional).
+pub const CONFIG_VERSION: i64 = 1;
+
+const ENV_CONFIG: &str = "CHATVAULT_CONFIG";
+const ENV_DATABASE_URL: &str = "CHATVAULT_DATABASE_URL";
+const ENV_DATA_DIR: &str = "CHATVAULT_DATA_DIR";
+const ENV_LISTEN: &str = "CHATVAULT_LISTEN";
+const ENV_SERVER_TOKEN: &str = "CHATVAULT_SERVER_TOKEN";
+
+const DEFAULT_DATA_DIR: &str = "./chatvault-data";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
+const DEFAULT_YUNXIN_BASE_URL: &str = "https://open.yunxinapi.com";
+const DEFAULT_YUNHU_BASE_URL: &str = "https://chat-go.jwzhd.com";
+
+const TOP_KEYS: &[&str] = &["version", "database", "storage", "server", "sync", "source"];
+const DATABASE_KEYS: &[&str] = &["url", "url_env", "url_file", "max_connections"];
+const STORAGE_KEYS: &[&str] = &["data_dir"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "token",
+    "token_env",
+    "token_file",
+    "shutdown_timeout",
+];
+const SYNC_KEYS: &[&str] = &["max_concurrent_sources", "schedule_jitter", "max_retries"];
+const SOURCE_KEYS: &[&str] = &[
+    "name",
+    "platform",
+    "enabled",
+    "schedule",
+    "requests_per_second",
+    "request_timeout",
+];
+const TSDD_KEYS: &[&str] = &[
+    "base_url",
+    "username",
+    "password",
+    "password_env",
+    "password_file",
+    "token",
+    "token_env",
+    "token_file",
+    "device_flag",
+    "page_size",
+];
+const YUNXIN_KEYS: &[&str] = &[
+    "base_url",
+    "app_key",
+    "app_secret",
+    "app_secret_env",
+    "app_secret_file",
+    "accounts",
+    "history_start",
+    "rescan_days",
+];
+const YUNHU_KEYS: &[&str] = &[
+    "base_url",
+    "token",
+    "token_env",
+    "token_file",
+    "rescan_messages",
+    "rescan_days",
+];
+
+fn platform_keys(platform: Platform) -> &'static [&'static str] {
+    match platform {
+        Platform::Tangsengdaodao => TSDD_KEYS,
+        Platform::Yunxin => YUNXIN_KEYS,
+        Platform::Yunhu => YUNHU_KEYS,
+    }
+}
+
+/// A validated configuration and what was worth a warning on the way (inline secrets).
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// One line each, e.g. `source "acme": password is given inline; prefer password_env or
+    /// password_file`. Never holds a secret.
+    pub warnings: Vec<String>,
+}
+
+/// One thing wrong with the configuration. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file; `None` for environment variables.
+    pub file: Option<PathBuf>,
+    /// 1-based line in `file`, when known.
+    pub line: Option<usize>,
+    /// Dotted path of the key (`server.listen`, `source "acme".schedule`, `source[2]`), the
+    /// environment variable, or empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, Some(line)) => write!(f, "line {line}: ")?,
+            (None, None) => {}
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a configuration, in file order. `Display` prints one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Looks up an environment variable; tests pass a map instead of the process environment.
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Finds, reads and validates the configuration, layering the `CHATVAULT_*` variables on top.
+///
+/// The file is `path` if given (it must exist), else `$CHATVAULT_CONFIG` (it must exist), else
+/// `./chatvault.toml` if it exists; with none of them, every setting takes its default and
+/// there are no sources.
+pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
+    load_with(
+        path,
+        &|name| std::env::var(name).ok(),
+        Path::new(DEFAULT_FILE),
+    )
+}
+
+/// Validates `text` as a configuration file that was not read from disk, looking variables up
+/// with `env` (for `*_env` secrets and the `CHATVAULT_*` overrides).
+pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
+    parse(text, None, env)
+}
+
+fn load_with(path: Option<&Path>, env: Env, default_file: &Path) -> Result<Loaded, ConfigErrors> {
+    let Some(file) = resolve_path(path, env, default_file) else {
+        return parse("", None, env);
+    };
+    let text = std::fs::read_to_string(&file).map_err(|err| {
+        ConfigErrors(vec![Problem {
+            file: Some(file.clone()),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read config file: {err}"),
+        }])
+    })?;
+    parse(&text, Some(&file), env)
+}
+
+fn resolve_path(explicit: Option<&Path>, env: Env, default_file: &Path) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = env(ENV_CONFIG).filter(|path| !path.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    default_file.exists().then(|| default_file.to_path_buf())
+}
+
+fn parse(text: &str, file: Option<&Path>, env: Env) -> Result<Loaded, ConfigErrors> {
+    let mut cx = Cx {
+        file: file.map(Path::to_path_buf),
+        text,
+        env,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let document = match ImDocument::parse(text) {
+        Ok(document) => document,
+        Err(err) => {
+            cx.problem(err.span(), "", one_line(err.message()));
+            return Err(cx.into_errors());
+        }
+    };
+    let root = Section {
+        table: Some(document.as_table()),
+        path: String::new(),
+        span: None,
+    };
+    let config = read_config(&mut cx, &root);
+    if cx.problems.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: cx.warnings,
+        })
+    } else {
+        Err(cx.into_errors())
+    }
+}
+
+/// What one pass over the file collects.
+struct Cx<'a> {
+    file: Option<PathBuf>,
+    text: &'a str,
+    env: Env<'a>,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Cx<'_> {
+    fn problem(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|span| {
+            let start = span.start.min(self.text.len());
+            1 + self.text.as_bytes()[..start]
+                .iter()
+                .filter(|byte| **byte == b'\n')
+                .count()
+        });
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn env_problem(&mut self, variable: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: None,
+            line: None,
+            key: variable.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// A `CHATVAULT_*` override: `None` when unset, a problem when set but empty.
+    fn env_override(&mut self, variable: &str) -> Option<String> {
+        let value = (self.env)(variable)?;
+        if value.is_empty() {
+            self.env_problem(variable, "is set but empty; unset it or give a value");
+            return None;
+        }
+        Some(value)
+    }
+
+    fn into_errors(self) -> ConfigErrors {
+        let mut problems = self.problems;
+        problems.sort_by_key(|problem| (problem.line.is_none(), problem.line));
+        ConfigErrors(problems)
+    }
+}
+
+/// A table of the file (or an absent one: every key then takes its default).
+struct Section<'t> {
+    table: Option<&'t dyn TableLike>,
+    /// Dotted path for problems: empty for the root, `server`, `source "acme"`.
+    path: String,
+    /// Where the table starts, for problems about the table as a whole.
+    span: Option<Range<usize>>,
+}
+
+impl<'t> Section<'t> {
+    fn child(&self, cx: &mut Cx, name: &str) -> Section<'t> {
+        let path = self.key_path(name);
+        let Some((item, span)) = self.get(name) else {
+            return Section {
+                table: None,
+                path,
+                span: None,
+            };
+        };
+        match item.as_table_like() {
+            Some(table) => Section {
+                table: Some(table),
+                path,
+                span: item.span().or(span),
+            },
+            None => {
+                cx.problem(span.clone(), &path, expected("a table", item));
+                Section {
+                    table: None,
+                    path,
+                    span,
+                }
+            }
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The item under `key` and the span of its key.
+    fn get(&self, key: &str) -> Option<(&'t Item, Option<Range<usize>>)> {
+        let (key, item) = self.table?.get_key_value(key)?;
+        if item.is_none() {
+            return None;
+        }
+        Some((item, key.span().or_else(|| item.span())))
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        self.get(key).and_then(|(_, span)| span)
+    }
+
+    fn missing(&self, cx: &mut Cx, key: &str, hint: &str) {
+        cx.problem(
+            self.span.clone(),
+            &self.path,
+            format!("missing required key \"{key}\"{hint}"),
+        );
+    }
+
+    /// The value under `key` converted by `convert`; a problem naming `expected_type` when it
+    /// does not convert. `None` when absent or wrong.
+    fn typed<T>(
+        &self,
+        cx: &mut Cx,
+        key: &str,
+        expected_type: &str,
+        convert: impl FnOnce(&'t Value) -> Option<T>,
+    ) -> Option<(T, Option<Range<usize>>)> {
+        let (item, span) = self.get(key)?;
+        match item.as_value().and_then(convert) {
+            Some(value) => Some((value, span)),
+            None => {
+                cx.problem(span, self.key_path(key), expected(expected_type, item));
+                None
+            }
+        }
+    }
+
+    fn string(&self, cx: &mut Cx, key: &str) -> Option<(&'t str, Option<Range<usize>>)> {
+        let (value, span) = self.typed(cx, key, "a string", Value::as_str)?;
+        if value.is_empty() {
+            cx.problem(span, self.key_path(key), "must not be empty");
+            return None;
+        }
+        Some((value, span))
+    }
+
+    fn required_string(&self, cx: &mut Cx, key: &str) -> Option<&'t str> {
+        if !self.has(key) {
+            self.missing(cx, key, "");
+            return None;
+        }
+        self.string(cx, key).map(|(value, _)| value)
+    }
+
+    fn integer(&self, cx: &mut Cx, key: &str, range: RangeInclusive<i64>) -> Option<i64> {
+        let (value, span) = self.typed(cx, key, "an integer", Value::as_integer)?;
+        if range.contains(&value) {
+            return Some(value);
+        }
+        let (min, max) = (*range.start(), *range.end());
+        let message = if max < 1_000_000 {
+            format!("must be between {min} and {max}, got {value}")
+        } else if value < min {
+            format!("must be at least {min}, got {value}")
+        } else {
+            format!("must be at most {max}, got {value}")
+        };
+        cx.problem(span, self.key_path(key), message);
+        None
+    }
+
+    fn u32_or(&self, cx: &mut Cx, key: &str, default: u32, range: RangeInclusive<u32>) -> u32 {
+        let range = i64::from(*range.start())..=i64::from(*range.end());
+        self.integer(cx, key, range)
+            .and_then(|value| u32::try_from(value).ok())
+            .unwrap_or(default)
+    }
+
+    fn seconds_or(&self, cx: &mut Cx, key: &str, default: u64, min: u64) -> Duration {
+        let range = i64::try_from(min).unwrap_or(i64::MAX)..=i64::from(u32::MAX);
+        let seconds = self
+            .integer(cx, key, range)
+            .and_then(|value| u64::try_from(value).ok())
+            .unwrap_or(default);
+        Duration::from_secs(seconds)
+    }
+
+    fn bool_or(&self, cx: &mut Cx, key: &str, default: bool) -> bool {
+        self.typed(cx, key, "a boolean", Value::as_bool)
+            .map_or(default, |(value, _)| value)
+    }
+
+    fn positive_f64_or(&self, cx: &mut Cx, key: &str, default: f64) -> f64 {
+        let number = |value: &Value| {
+            value
+                .as_float()
+                .or_else(|| value.as_integer().map(|n| n as f64))
+        };
+        let Some((value, span)) = self.typed(cx, key, "a number", number) else {
+            return default;
+        };
+        if !(value.is_finite() && value > 0.0) {
+            cx.problem(
+                span,
+                self.key_path(key),
+                format!("must be a number greater than 0, got {value}"),
+            );
+            return default;
+        }
+        value
+    }
+
+    /// An http(s) url, without a trailing `/`. Required when there is no default.
+    fn http_url(&self, cx: &mut Cx, key: &str, default: Option<&str>) -> Option<String> {
+        if !self.has(key) {
+            if default.is_none() {
+                self.missing(cx, key, "");
+            }
+            return default.map(str::to_owned);
+        }
+        let (raw, span) = self.string(cx, key)?;
+        let problem = match reqwest::Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                return Some(raw.trim_end_matches('/').to_owned())
+            }
+            Ok(_) => format!("invalid url {raw:?}: expected an http:// or https:// url"),
+            Err(err) => format!("invalid url {raw:?}: {err}"),
+        };
+        cx.problem(span, self.key_path(key), problem);
+        None
+    }
+
+    fn has_secret(&self, key: &str) -> bool {
+        self.has(key) || self.has(&format!("{key}_env")) || self.has(&format!("{key}_file"))
+    }
+
+    fn missing_secret(&self, cx: &mut Cx, key: &str) {
+        self.missing(cx, key, &format!(" (give {key}_env or {key}_file)"));
+    }
+
+    fn required_secret(&self, cx: &mut Cx, key: &str) -> Option<Secret> {
+        if !self.has_secret(key) {
+            self.missing_secret(cx, key);
+            return None;
+        }
+        self.secret(cx, key, |_| true)
+    }
+
+    /// The secret `key`, given as one of `key_env`, `key_file` or `key` inline (with a warning
+    /// when `inline_is_sensitive` says so). `None` when absent or wrong.
+    fn secret(
+        &self,
+        cx: &mut Cx,
+        key: &str,
+        inline_is_sensitive: fn(&str) -> bool,
+    ) -> Option<Secret> {
+        let env_key = format!("{key}_env");
+        let file_key = format!("{key}_file");
+        let given: Vec<&str> = [env_key.as_str(), file_key.as_str(), key]
+            .into_iter()
+            .filter(|key| self.has(key))
+            .collect();
+        if given.len() > 1 {
+            cx.problem(
+                self.span_of(given[1]),
+                &self.path,
+                format!(
+                    "give only one of {env_key}, {file_key} or {key}, not {}",
+                    given.join(" and ")
+                ),
+            );
+            return None;
+        }
+        match given.first().copied() {
+            None => None,
+            Some(given) if given == env_key => {
+                let (variable, span) = self.string(cx, &env_key)?;
+                let value = (cx.env)(variable);
+                let problem = match value {
+                    Some(value) if !value.is_empty() => return Some(Secret::new(value)),
+                    Some(_) => format!("environment variable \"{variable}\" is empty"),
+                    None => format!("environment variable \"{variable}\" is not set"),
+                };
+                cx.problem(span, self.key_path(&env_key), problem);
+                None
+            }
+            Some(given) if given == file_key => {
+                let (path, span) = self.string(cx, &file_key)?;
+                let problem = match std::fs::read_to_string(path) {
+                    Ok(text) => {
+                        let value = text.trim_end_matches(['\r', '\n']);
+                        if !value.is_empty() {
+                            return Some(Secret::new(value));
+                        }
+                        format!("secret file {path:?} is empty")
+                    }
+                    Err(err) => format!("cannot read secret file {path:?}: {err}"),
+                };
+                cx.problem(span, self.key_path(&file_key), problem);
+                None
+            }
+            Some(_) => {
+                let (value, _) = self.string(cx, key)?;
+                if inline_is_sensitive(value) {
+                    cx.warnings.push(format!(
+                        "{}: {key} is given inline; prefer {key}_env or {key}_file",
+                        self.path
+                    ));
+                }
+                Some(Secret::new(value))
+            }
+        }
+    }
+
+    /// Reports every key not in `allowed`, suggesting the nearest; in a source of `platform`,
+    /// a key of another platform is named as such.
+    fn check_keys(&self, cx: &mut Cx, allowed: &[&str], platform: Option<Platform>) {
+        let Some(table) = self.table else {
+            return;
+        };
+        for (key, item) in table.iter() {
+            if allowed.contains(&key) {
+                continue;
+            }
+            let span = table
+                .key(key)
+                .and_then(|key| key.span())
+                .or_else(|| item.span());
+            let owners: Vec<&str> = Platform::ALL
+                .into_iter()
+                .filter(|other| platform_keys(*other).contains(&key))
+                .map(Platform::key)
+                .collect();
+            let message = match (platform, suggest(key, allowed.iter().copied())) {
+                (Some(platform), _) if !owners.is_empty() => format!(
+                    "\"{key}\" is not a key of platform {platform} (only of {})",
+                    owners.join(", ")
+                ),
+                (_, Some(nearest)) => {
+                    format!("unknown key \"{key}\", did you mean \"{nearest}\"?")
+                }
+                (_, None) => format!("unknown key \"{key}\""),
+            };
+            cx.problem(span, &self.path, message);
+        }
+    }
+}
+
+/// The candidate closest to `given`, if it is close enough to be a likely typo.
+fn suggest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::jaro_winkler(given, candidate), candidate))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+fn expected(expected_type: &str, found: &Item) -> String {
+    let found = match found.type_name() {
+        "string" => "a string",
+        "integer" => "an integer",
+        "float" => "a float",
+        "boolean" => "a boolean",
+        "datetime" => "a datetime",
+        "array" => "an array",
+        "table" | "inline table" => "a table",
+        "array of tables" => "an array of tables",
+        _ => "nothing",
+    };
+    format!("expected {expected_type}, found {found}")
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why `cron` rejected `expression`, on one line. Its own message repeats the expression with
+/// a caret under the error on the next line, then sometimes says why.
+fn cron_reason(expression: &str, err: &cron::error::Error) -> String {
+    let fields = expression.split_whitespace().count();
+    if !(6..=7).contains(&fields) {
+        return format!(
+            "expected 6 or 7 fields (sec min hour day-of-month month day-of-week [year]), \
+             found {fields}"
+        );
+    }
+    let message = err.to_string();
+    let lines: Vec<&str> = message.lines().collect();
+    let reason = lines.get(2..).map(|rest| one_line(&rest.join("\n")));
+    match reason.filter(|reason| !reason.is_empty()) {
+        Some(reason) => reason,
+        None => {
+            let column = lines
+                .get(1)
+                .map_or(0, |caret| caret.len().saturating_sub(1));
+            let rest = expression.get(column..).unwrap_or(expression);
+            format!("syntax error at {rest:?}")
+        }
+    }
+}
+
+/// Whether a database url carries a password (`user:password@host` or `password=`).
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let userinfo = authority.rsplit_once('@').map(|(userinfo, _)| userinfo);
+    userinfo.is_some_and(|userinfo| userinfo.contains(':')) || url.contains("password=")
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+fn valid_source_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn read_config(cx: &mut Cx, root: &Section) -> Config {
+    root.check_keys(cx, TOP_KEYS, None);
+    if let Some(version) = root.integer(cx, "version", i64::MIN..=i64::MAX) {
+        if version != CONFIG_VERSION {
+            cx.problem(
+                root.span_of("version"),
+                "version",
+                format!(
+                    "unsupported config version {version}; \
+                     this chatvault reads version {CONFIG_VERSION}"
+                ),
+            );
+        }
+    }
+    let database = read_database(cx, root);
+    let storage = read_storage(cx, root);
+    let server = read_server(cx, root);
+    let sync = read_sync(cx, root);
+    let sources = read_sources(cx, root);
+    Config {
+        path: cx.file.clone(),
+        database,
+        storage,
+        server,
+        sync,
+        sources,
+    }
+}
+
+fn read_database(cx: &mut Cx, root: &Section) -> DatabaseConfig {
+    let section = &root.child(cx, "database");
+    section.check_keys(cx, DATABASE_KEYS, None);
+    let max_connections = section.u32_or(cx, "max_connections", 8, 1..=u32::MAX);
+    let url = if let Some(url) = cx.env_override(ENV_DATABASE_URL) {
+        if !is_postgres_url(&url) {
+            cx.env_problem(
+                ENV_DATABASE_URL,
+                "expected a postgres:// or postgresql:// url",
+            );
+        }
+        Some(Secret::new(url))
+    } else {
+        let url = section.secret(cx, "url", url_has_password);
+        if let Some(url) = &url {
+            if !is_postgres_url(url.expose()) {
+                let span = ["url", "url_env", "url_file"]
+                    .into_iter()
+                    .find_map(|key| section.span_of(key));
+                cx.problem(
+                    span,
+                    section.key_path("url"),
+                    "expected a postgres:// or postgresql:// url",
+                );
+            }
+        }
+        url
+    };
+    DatabaseConfig {
+        url,
+        max_connections,
+    }
+}
+
+fn read_storage(cx: &mut Cx, root: &Section) -> StorageConfig {
+    let section = &root.child(cx, "storage");
+    section.check_keys(cx, STORAGE_KEYS, None);
+    let from_file = section
+        .string(cx, "data_dir")
+        .map(|(dir, _)| dir.to_owned());
+    let data_dir = cx
+        .env_override(ENV_DATA_DIR)
+        .or(from_file)
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned());
+    StorageConfig {
+        data_dir: PathBuf::from(data_dir),
+    }
+}
+
+fn read_server(cx: &mut Cx, root: &Section) -> ServerConfig {
+    let section = &root.child(cx, "server");
+    section.check_keys(cx, SERVER_KEYS, None);
+    let default_listen: SocketAddr = DEFAULT_LISTEN.parse().expect("the default is an address");
+    let invalid = |listen: &str, err: std::net::AddrParseError| {
+        format!(
+            "invalid socket address {listen:?}: {err}; expected ip:port such as {DEFAULT_LISTEN}"
+        )
+    };
+    let listen_from_env = cx.env_override(ENV_LISTEN);
+    let listen = if let Some(listen) = &listen_from_env {
+        listen
+            .parse()
+            .map_err(|err| cx.env_problem(ENV_LISTEN, invalid(listen, err)))
+    } else if let Some((listen, span)) = section.string(cx, "listen") {
+        listen
+            .parse()
+            .map_err(|err| cx.problem(span, section.key_path("listen"), invalid(listen, err)))
+    } else if section.has("listen") {
+        Err(())
+    } else {
+        Ok(default_listen)
+    };
+
+    let token_given = section.has_secret("token") || (cx.env)(ENV_SERVER_TOKEN).is_some();
+    let token = match cx.env_override(ENV_SERVER_TOKEN) {
+        Some(token) => Some(Secret::new(token)),
+        None => section.secret(cx, "token", |_| true),
+    };
+    if let Ok(listen) = listen {
+        if !listen.ip().is_loopback() && !token_given {
+            let message = format!(
+                "binding a non-loopback address needs server.token \
+                 (give token_env or token_file, or set {ENV_SERVER_TOKEN})"
+            );
+            if listen_from_env.is_some() {
+                cx.env_problem(ENV_LISTEN, message);
+            } else {
+                cx.problem(
+                    section.span_of("listen"),
+                    section.key_path("listen"),
+                    message,
+                );
+            }
+        }
+    }
+    ServerConfig {
+        listen: listen.unwrap_or(default_listen),
+        token,
+        shutdown_timeout: section.seconds_or(cx, "shutdown_timeout", 30, 0),
+    }
+}
+
+fn read_sync(cx: &mut Cx, root: &Section) -> SyncConfig {
+    let section = &root.child(cx, "sync");
+    section.check_keys(cx, SYNC_KEYS, None);
+    let max_concurrent_sources = section.u32_or(cx, "max_concurrent_sources", 4, 1..=u32::MAX);
+    SyncConfig {
+        max_concurrent_sources: usize::try_from(max_concurrent_sources).unwrap_or(usize::MAX),
+        schedule_jitter: section.seconds_or(cx, "schedule_jitter", 5, 0),
+        max_retries: section.u32_or(cx, "max_retries", 5, 1..=u32::MAX),
+    }
+}
+
+fn read_sources(cx: &mut Cx, root: &Section) -> Vec<SourceConfig> {
+    let Some((item, span)) = root.get("source") else {
+        return Vec::new();
+    };
+    let mut tables: Vec<(&dyn TableLike, Option<Range<usize>>)> = Vec::new();
+    match item {
+        Item::ArrayOfTables(array) => {
+            for table in array.iter() {
+                tables.push((table, table.span()));
+            }
+        }
+        Item::Value(Value::Array(array)) => {
+            for (index, value) in array.iter().enumerate() {
+                match value.as_inline_table() {
+                    Some(table) => tables.push((table, table.span())),
+                    None => cx.problem(
+                        value.span(),
+                        format!("source[{index}]"),
+                        expected("a table", &Item::Value(value.clone())),
+                    ),
+                }
+            }
+        }
+        other => {
+            cx.problem(
+                span,
+                "source",
+                expected("an array of tables ([[source]])", other),
+            );
+            return Vec::new();
+        }
+    }
+    let mut first_index_of_name: HashMap<&str, usize> = HashMap::new();
+    let mut sources = Vec::new();
+    for (index, (table, span)) in tables.into_iter().enumerate() {
+        let section = Section {
+            table: Some(table),
+            path: format!("source[{index}]"),
+            span,
+        };
+        let problems_before = cx.problems.len();
+        match read_source(cx, section, index, &mut first_index_of_name) {
+            Some(source) => sources.push(source),
+            None => debug_assert!(
+                cx.problems.len() > problems_before,
+                "a source is only dropped with a problem"
+            ),
+        }
+    }
+    sources
+}
+
+fn read_source<'t>(
+    cx: &mut Cx,
+    mut section: Section<'t>,
+    index: usize,
+    first_index_of_name: &mut HashMap<&'t str, usize>,
+) -> Option<SourceConfig> {
+    // The name comes first: it labels the other problems of this source.
+    let name = section.required_string(cx, "name");
+    if let Some(name) = name {
+        let span = section.span_of("name");
+        if !valid_source_name(name) {
+            cx.problem(
+                span,
+                section.key_path("name"),
+                format!("invalid name {name:?}: use 1 to 64 characters of A-Z a-z 0-9 _ . -"),
+            );
+        } else if let Some(first) = first_index_of_name.get(name) {
+            cx.problem(
+                span,
+                &section.path,
+                format!("duplicate name \"{name}\", already used by source[{first}]"),
+            );
+        } else {
+            first_index_of_name.insert(name, index);
+            section.path = format!("source \"{name}\"");
+        }
+    }
+
+    let platform = if !section.has("platform") {
+        section.missing(cx, "platform", " (tangsengdaodao, yunxin or yunhu)");
+        None
+    } else {
+        section
+            .string(cx, "platform")
+            .and_then(|(key, span)| match Platform::from_key(key) {
+                Some(platform) => Some(platform),
+                None => {
+                    let all = Platform::ALL.map(Platform::key);
+                    let message = match suggest(key, all) {
+                        Some(nearest) => {
+                            format!("unknown platform \"{key}\", did you mean \"{nearest}\"?")
+                        }
+                        None => format!(
+                            "unknown platform \"{key}\" (expected one of {})",
+                            all.join(", ")
+                        ),
+                    };
+                    cx.problem(span, section.key_path("platform"), message);
+                    None
+                }
+            })
+    };
+
+    let mut allowed: Vec<&str> = SOURCE_KEYS.to_vec();
+    match platform {
+        Some(platform) => allowed.extend(platform_keys(platform)),
+        // Unknown platform: only flag keys that no platform has.
+        None => Platform::ALL
+            .into_iter()
+            .for_each(|platform| allowed.extend(platform_keys(platform))),
+    }
+    section.check_keys(cx, &allowed, platform);
+
+    let enabled = section.bool_or(cx, "enabled", true);
+    let schedule = match section.string(cx, "schedule") {
+        Some((expression, span)) => {
+            if let Err(err) = cron::Schedule::from_str(expression) {
+                cx.problem(
+                    span,
+                    section.key_path("schedule"),
+                    format!(
+                        "invalid cron expression {expression:?}: {}",
+                        cron_reason(expression, &err)
+                    ),
+                );
+            }
+            expression.to_owned()
+        }
+        None => DEFAULT_SCHEDULE.to_owned(),
+    };
+    let requests_per_second = section.positive_f64_or(cx, "requests_per_second", 20.0);
+    let request_timeout = section.seconds_or(cx, "request_timeout", 30, 1);
+
+    let platform = match platform? {
+        Platform::Tangsengdaodao => PlatformConfig::Tangsengdaodao(read_tsdd(cx, &section)?),
+        Platform::Yunxin => PlatformConfig::Yunxin(read_yunxin(cx, &section)?),
+        Platform::Yunhu => PlatformConfig::Yunhu(read_yunhu(cx, &section)?),
+    };
+    Some(SourceConfig {
+        name: SourceName::new(name?),
+        schedule,
+        requests_per_second,
+        request_timeout,
+        enabled,
+        platform,
+    })
+}
+
+fn read_tsdd(cx: &mut Cx, section: &Section) -> Option<TsddConfig> {
+    let base_url = section.http_url(cx, "base_url", None);
+    let auth = read_tsdd_auth(cx, section);
+    let device_flag = match section.integer(cx, "device_flag", i64::MIN..=i64::MAX) {
+        None | Some(1) => 1,
+        Some(2) => 2,
+        Some(flag) => {
+            let message = if flag == 0 {
+                "device_flag 0 is the APP device class: logging in with it logs the user's \
+                 phone out; use 1 (web) or 2 (PC)"
+                    .to_owned()
+            } else {
+                format!("must be 1 (web) or 2 (PC), got {flag}")
+            };
+            cx.problem(
+                section.span_of("device_flag"),
+                section.key_path("device_flag"),
+                message,
+            );
+            1
+        }
+    };
+    let page_size = section.u32_or(cx, "page_size", 500, 1..=10_000);
+    Some(TsddConfig {
+        base_url: base_url?,
+        auth: auth?,
+        device_flag,
+        page_size,
+    })
+}
+
+fn read_tsdd_auth(cx: &mut Cx, section: &Section) -> Option<TsddAuth> {
+    let password_given = section.has("username") || section.has_secret("password");
+    let token_given = section.has_secret("token");
+    match (password_given, token_given) {
+        (true, true) => {
+            cx.problem(
+                section.span.clone(),
+                &section.path,
+                "give either username and password, or token, not both",
+            );
+            None
+        }
+        (false, false) => {
+            cx.problem(
+                section.span.clone(),
+                &section.path,
+                "missing credentials: give username and password_env (or password_file), \
+                 or token_env (or token_file)",
+            );
+            None
+        }
+        (false, true) => section.secret(cx, "token", |_| true).map(TsddAuth::Token),
+        (true, false) => {
+            let username = section.required_string(cx, "username");
+            let password = section.required_secret(cx, "password");
+            Some(TsddAuth::Password {
+                username: username?.to_owned(),
+                password: password?,
+            })
+        }
+    }
+}
+
+fn read_yunxin(cx: &mut Cx, section: &Section) -> Option<YunxinConfig> {
+    let base_url = section.http_url(cx, "base_url", Some(DEFAULT_YUNXIN_BASE_URL));
+    let app_key = section.required_string(cx, "app_key");
+    let app_secret = section.required_secret(cx, "app_secret");
+    let accounts = read_accounts(cx, section);
+    let history_start = read_history_start(cx, section);
+    let rescan_days = section.u32_or(cx, "rescan_days", 7, 0..=u32::MAX);
+    Some(YunxinConfig {
+        base_url: base_url?,
+        app_key: app_key?.to_owned(),
+        app_secret: app_secret?,
+        accounts: accounts?,
+        history_start: history_start?,
+        rescan_days,
+    })
+}
+
+fn read_accounts(cx: &mut Cx, section: &Section) -> Option<Vec<String>> {
+    if !section.has("accounts") {
+        section.missing(cx, "accounts", "");
+        return None;
+    }
+    let (array, span) = section.typed(cx, "accounts", "an array of strings", Value::as_array)?;
+    if array.is_empty() {
+        cx.problem(
+            span,
+            section.key_path("accounts"),
+            "must list at least one account",
+        );
+        return None;
+    }
+    let mut accounts: Vec<String> = Vec::new();
+    let mut all_valid = true;
+    for (index, value) in array.iter().enumerate() {
+        let problem = match value.as_str() {
+            Some("") => "must not be empty".to_owned(),
+            Some(account) if accounts.iter().any(|seen| seen == account) => {
+                format!("account \"{account}\" is listed twice")
+            }
+            Some(account) => {
+                accounts.push(account.to_owned());
+                continue;
+            }
+            None => expected("a string", &Item::Value(value.clone())),
+        };
+        all_valid = false;
+        let key = format!("{}[{index}]", section.key_path("accounts"));
+        cx.problem(value.span().or(span.clone()), key, problem);
+    }
+    all_valid.then_some(accounts)
+}
+
+/// `Some(None)` when absent, `None` when wrong.
+fn read_history_start(cx: &mut Cx, section: &Section) -> Option<Option<DateTime<Utc>>> {
+    let Some((item, span)) = section.get("history_start") else {
+        return Some(None);
+    };
+    let key = section.key_path("history_start");
+    let text = match item.as_value() {
+        Some(Value::String(text)) => text.value().clone(),
+        Some(Value::Datetime(datetime)) => datetime.value().to_string(),
+        _ => {
+            cx.problem(span, key, expected("an RFC 3339 timestamp", item));
+            return None;
+        }
+    };
+    match DateTime::parse_from_rfc3339(&text) {
+        Ok(start) => Some(Some(start.with_timezone(&Utc))),
+        Err(err) => {
+            cx.problem(
+                span,
+                key,
+                format!(
+                    "invalid RFC 3339 timestamp {text:?}: {err}; write e.g. 2024-01-01T00:00:00Z"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn read_yunhu(cx: &mut Cx, section: &Section) -> Option<YunhuConfig> {
+    let base_url = section.http_url(cx, "base_url", Some(DEFAULT_YUNHU_BASE_URL));
+    let token = section.required_secret(cx, "token");
+    Some(YunhuConfig {
+        base_url: base_url?,
+        token: token?,
+        rescan_messages: section.u32_or(cx, "rescan_messages", 200, 0..=u32::MAX),
+        rescan_days: section.u32_or(cx, "rescan_days", 7, 0..=u32::MAX),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../deploy/chatvault.example.toml");
+
+    fn env_from(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    fn check(text: &str, vars: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+        parse(text, Some(Path::new("chatvault.toml")), &env_from(vars))
+    }
+
+    fn problems(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+        match check(text, vars) {
+            Ok(loaded) => panic!("expected problems, loaded {:?}", loaded.config),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn loaded(text: &str, vars: &[(&str, &str)]) -> Loaded {
+        check(text, vars).unwrap_or_else(|errors| panic!("unexpected problems:\n{errors}"))
+    }
+
+    /// A valid tangsengdaodao source named "a" with `extra` appended.
+    fn tsdd(extra: &str) -> String {
+        format!(
+            "[[source]]\nname = \"a\"\nplatform = \"tangsengdaodao\"\n\
+             base_url = \"https://im.example/api\"\n{extra}"
+        )
+    }
+
+    const TSDD_PASSWORD_ENV: &str = "username = \"u\"\npassword_env = \"PW\"\n";
+
+    #[test]
+    fn unknown_key_suggests_the_nearest() {
+        let text = tsdd(&format!("{TSDD_PASSWORD_ENV}pasword = \"x\"\n"));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [r#"chatvault.toml:7: source "a": unknown key "pasword", did you mean "password"?"#]
+        );
+        assert_eq!(
+            problems("[sources]\nx = 1\n", &[]),
+            [r#"chatvault.toml:1: unknown key "sources", did you mean "source"?"#]
+        );
+        assert_eq!(
+            problems("[server]\nlisten_addr = \"127.0.0.1:1\"\nzzz = 1\n", &[]),
+            [
+                r#"chatvault.toml:2: server: unknown key "listen_addr", did you mean "listen"?"#,
+                r#"chatvault.toml:3: server: unknown key "zzz""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn key_of_another_platform_is_named_as_such() {
+        let text = tsdd(&format!(
+            "{TSDD_PASSWORD_ENV}app_key = \"k\"\nrescan_days = 3\n"
+        ));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [
+                r#"chatvault.toml:7: source "a": "app_key" is not a key of platform tangsengdaodao (only of yunxin)"#,
+                r#"chatvault.toml:8: source "a": "rescan_days" is not a key of platform tangsengdaodao (only of yunxin, yunhu)"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_platform_suggests_the_nearest() {
+        let text = "[[source]]\nname = \"a\"\nplatform = \"yunxn\"\n";
+        assert_eq!(
+            problems(text, &[]),
+            [
+                r#"chatvault.toml:3: source "a".platform: unknown platform "yunxn", did you mean "yunxin"?"#
+            ]
+        );
+        let text = "[[source]]\nname = \"a\"\nplatform = \"wechat\"\n";
+        assert_eq!(
+            problems(text, &[]),
+            [
+                r#"chatvault.toml:3: source "a".platform: unknown platform "wechat" (expected one of tangsengdaodao, yunxin, yunhu)"#
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_cron_expression() {
+        let text = tsdd(&format!(
+            "{TSDD_PASSWORD_ENV}schedule = \"every 5 minutes\"\n"
+        ));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [
+                r#"chatvault.toml:7: source "a".schedule: invalid cron expression "every 5 minutes": expected 6 or 7 fields (sec min hour day-of-month month day-of-week [year]), found 3"#
+            ]
+        );
+        let text = tsdd(&format!(
+            "{TSDD_PASSWORD_ENV}schedule = \"0 0 0 * * Mox\"\n"
+        ));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [
+                r#"chatvault.toml:7: source "a".schedule: invalid cron expression "0 0 0 * * Mox": 'Mox' is not a valid day of the week."#
+            ]
+        );
+        let text = tsdd(&format!("{TSDD_PASSWORD_ENV}schedule = \"0 0 0 * * 1/\"\n"));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [
+                r#"chatvault.toml:7: source "a".schedule: invalid cron expression "0 0 0 * * 1/": syntax error at "/""#
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_source_names() {
+        let one = "[[source]]\nname = \"a\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n";
+        let text = format!("{one}{one}");
+        assert_eq!(
+            problems(&text, &[("T", "t")]),
+            [r#"chatvault.toml:6: source[1]: duplicate name "a", already used by source[0]"#]
+        );
+    }
+
+    #[test]
+    fn invalid_source_name() {
+        let text = "[[source]]\nname = \"a b\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n";
+        assert_eq!(
+            problems(text, &[("T", "t")]),
+            [
+                r#"chatvault.toml:2: source[0].name: invalid name "a b": use 1 to 64 characters of A-Z a-z 0-9 _ . -"#
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_environment_variable() {
+        let text = tsdd("token_env = \"TSDD_TOKEN\"\n");
+        assert_eq!(
+            problems(&text, &[]),
+            [
+                r#"chatvault.toml:5: source "a".token_env: environment variable "TSDD_TOKEN" is not set"#
+            ]
+        );
+        assert_eq!(
+            problems(&text, &[("TSDD_TOKEN", "")]),
+            [
+                r#"chatvault.toml:5: source "a".token_env: environment variable "TSDD_TOKEN" is empty"#
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let text = tsdd(&format!("token_file = {:?}\n", missing.to_str().unwrap()));
+        assert_eq!(
+            problems(&text, &[]),
+            [format!(
+                r#"chatvault.toml:5: source "a".token_file: cannot read secret file {:?}: No such file or directory (os error 2)"#,
+                missing.to_str().unwrap()
+            )]
+        );
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trailing_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "t0ken\n").unwrap();
+        let text = tsdd(&format!("token_file = {:?}\n", path.to_str().unwrap()));
+        let loaded = loaded(&text, &[]);
+        assert!(loaded.warnings.is_empty());
+        let PlatformConfig::Tangsengdaodao(tsdd) = &loaded.config.sources[0].platform else {
+            panic!("not tangsengdaodao");
+        };
+        let TsddAuth::Token(token) = &tsdd.auth else {
+            panic!("not a token");
+        };
+        assert_eq!(token.expose(), "t0ken");
+    }
+
+    #[test]
+    fn device_flag_0_is_rejected_with_the_reason() {
+        let text = tsdd(&format!("{TSDD_PASSWORD_ENV}device_flag = 0\n"));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [
+                r#"chatvault.toml:7: source "a".device_flag: device_flag 0 is the APP device class: logging in with it logs the user's phone out; use 1 (web) or 2 (PC)"#
+            ]
+        );
+        let text = tsdd(&format!("{TSDD_PASSWORD_ENV}device_flag = 3\n"));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [r#"chatvault.toml:7: source "a".device_flag: must be 1 (web) or 2 (PC), got 3"#]
+        );
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        let text = "[[source]]\nname = \"a\"\nplatform = \"tangsengdaodao\"\nusername = \"u\"\n";
+        assert_eq!(
+            problems(text, &[]),
+            [
+                r#"chatvault.toml:1: source "a": missing required key "base_url""#,
+                r#"chatvault.toml:1: source "a": missing required key "password" (give password_env or password_file)"#,
+            ]
+        );
+        let text = "[[source]]\nplatform = \"yunxin\"\napp_key = \"k\"\napp_secret_env = \"S\"\n";
+        assert_eq!(
+            problems(text, &[("S", "s")]),
+            [
+                r#"chatvault.toml:1: source[0]: missing required key "name""#,
+                r#"chatvault.toml:1: source[0]: missing required key "accounts""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn password_and_token_together() {
+        let text = tsdd(&format!("{TSDD_PASSWORD_ENV}token_env = \"TOKEN\"\n"));
+        assert_eq!(
+            problems(&text, &[("PW", "p"), ("TOKEN", "t")]),
+            [
+                r#"chatvault.toml:1: source "a": give either username and password, or token, not both"#
+            ]
+        );
+        let text = tsdd("");
+        assert_eq!(
+            problems(&text, &[]),
+            [
+                r#"chatvault.toml:1: source "a": missing credentials: give username and password_env (or password_file), or token_env (or token_file)"#
+            ]
+        );
+    }
+
+    #[test]
+    fn more_than_one_form_of_a_secret() {
+        let text = tsdd("token_env = \"T\"\ntoken_file = \"/t\"\n");
+        assert_eq!(
+            problems(&text, &[("T", "t")]),
+            [
+                r#"chatvault.toml:6: source "a": give only one of token_env, token_file or token, not token_env and token_file"#
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_expected_type() {
+        let text = "[database]\nmax_connections = \"8\"\n[server]\nshutdown_timeout = 1.5\n\
+                    [sync]\nmax_concurrent_sources = 0\n";
+        assert_eq!(
+            problems(text, &[]),
+            [
+                "chatvault.toml:2: database.max_connections: expected an integer, found a string",
+                "chatvault.toml:4: server.shutdown_timeout: expected an integer, found a float",
+                "chatvault.toml:6: sync.max_concurrent_sources: must be at least 1, got 0",
+            ]
+        );
+        let text = tsdd(&format!(
+            "{TSDD_PASSWORD_ENV}enabled = \"yes\"\npage_size = 0\n"
+        ));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [
+                r#"chatvault.toml:7: source "a".enabled: expected a boolean, found a string"#,
+                r#"chatvault.toml:8: source "a".page_size: must be between 1 and 10000, got 0"#,
+            ]
+        );
+        assert_eq!(
+            problems("server = 1\nsource = \"x\"\n", &[]),
+            [
+                "chatvault.toml:1: server: expected a table, found an integer",
+                "chatvault.toml:2: source: expected an array of tables ([[source]]), found a string",
+            ]
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_in_file_order() {
+        let text = "[[source]]\nname = \"a\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n\
+                    schedule = \"x\"\n[server]\nlisten = \"nowhere\"\n[database]\nurl = 1\n";
+        let errors = check(text, &[]).unwrap_err();
+        let lines: Vec<Option<usize>> = errors.0.iter().map(|problem| problem.line).collect();
+        assert_eq!(lines, [Some(4), Some(5), Some(7), Some(9)], "{errors}");
+        assert_eq!(errors.to_string().lines().count(), 4);
+    }
+
+    #[test]
+    fn toml_syntax_error_has_its_line() {
+        let problems = problems("[server]\nlisten = \n", &[]);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("chatvault.toml:2: "),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_a_token() {
+        let text = "[server]\nlisten = \"0.0.0.0:8080\"\n";
+        assert_eq!(
+            problems(text, &[]),
+            ["chatvault.toml:2: server.listen: binding a non-loopback address needs server.token \
+              (give token_env or token_file, or set CHATVAULT_SERVER_TOKEN)"]
+        );
+        let with_token = "[server]\nlisten = \"0.0.0.0:8080\"\ntoken_env = \"API\"\n";
+        let config = loaded(with_token, &[("API", "t")]).config;
+        assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.server.token.unwrap().expose(), "t");
+        let config = loaded(text, &[("CHATVAULT_SERVER_TOKEN", "t")]).config;
+        assert_eq!(config.server.token.unwrap().expose(), "t");
+        assert_eq!(
+            problems("", &[("CHATVAULT_LISTEN", "0.0.0.0:80")]),
+            [
+                "CHATVAULT_LISTEN: binding a non-loopback address needs server.token \
+              (give token_env or token_file, or set CHATVAULT_SERVER_TOKEN)"
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let text = "[storage]\ndata_dir = \"/from/file\"\n[server]\nlisten = \"127.0.0.1:1\"\n";
+        let env = [
+            ("CHATVAULT_DATA_DIR", "/from/env"),
+            ("CHATVAULT_LISTEN", "[::1]:9000"),
+            ("CHATVAULT_DATABASE_URL", "postgres://u:pw@db/chatvault"),
+        ];
+        let config = loaded(text, &env).config;
+        assert_eq!(config.storage.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(config.server.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(
+            config.database.url.unwrap().expose(),
+            "postgres://u:pw@db/chatvault"
+        );
+
+        let config = loaded(text, &[]).config;
+        assert_eq!(config.storage.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.server.listen, "127.0.0.1:1".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_environment_values_are_keyed_by_the_variable() {
+        let env = [
+            ("CHATVAULT_LISTEN", "localhost"),
+            ("CHATVAULT_DATA_DIR", ""),
+            ("CHATVAULT_DATABASE_URL", "mysql://u:pw@db/x"),
+        ];
+        let problems = problems("", &env);
+        assert_eq!(
+            problems,
+            [
+                "CHATVAULT_DATABASE_URL: expected a postgres:// or postgresql:// url",
+                "CHATVAULT_DATA_DIR: is set but empty; unset it or give a value",
+                "CHATVAULT_LISTEN: invalid socket address \"localhost\": invalid socket address \
+                 syntax; expected ip:port such as 127.0.0.1:8080",
+            ]
+        );
+        assert!(!problems.concat().contains("pw"));
+    }
+
+    #[test]
+    fn defaults_when_there_is_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("chatvault.toml");
+        let loaded = load_with(None, &env_from(&[]), &absent).unwrap();
+        assert!(loaded.warnings.is_empty());
+        let config = loaded.config;
+        assert_eq!(config.path, None);
+        assert!(config.database.url.is_none());
+        assert_eq!(config.database.max_connections, 8);
+        assert_eq!(config.storage.data_dir, PathBuf::from("./chatvault-data"));
+        assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(config.server.token.is_none());
+        assert_eq!(config.server.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.sync.max_concurrent_sources, 4);
+        assert_eq!(config.sync.schedule_jitter, Duration::from_secs(5));
+        assert_eq!(config.sync.max_retries, 5);
+        assert!(config.sources.is_empty());
+    }
+
+    #[test]
+    fn file_resolution_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let default_file = dir.path().join("chatvault.toml");
+        let from_env = dir.path().join("from-env.toml");
+        std::fs::write(&default_file, "[sync]\nmax_retries = 1\n").unwrap();
+        std::fs::write(&from_env, "[sync]\nmax_retries = 2\n").unwrap();
+        let env_path = from_env.to_str().unwrap();
+
+        let retries = |explicit: Option<&Path>, vars: &[(&str, &str)]| {
+            let loaded = load_with(explicit, &env_from(vars), &default_file).unwrap();
+            (loaded.config.path, loaded.config.sync.max_retries)
+        };
+        assert_eq!(retries(None, &[]), (Some(default_file.clone()), 1));
+        assert_eq!(
+            retries(None, &[("CHATVAULT_CONFIG", env_path)]),
+            (Some(from_env.clone()), 2)
+        );
+        assert_eq!(
+            retries(Some(&default_file), &[("CHATVAULT_CONFIG", env_path)]),
+            (Some(default_file.clone()), 1)
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let errors = load_with(Some(&missing), &env_from(&[]), &default_file).unwrap_err();
+        assert_eq!(
+            errors.to_string(),
+            format!(
+                "{}: cannot read config file: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_warnings() {
+        let text = "[database]\nurl = \"postgres://u:db-s3cret@db/x\"\n\
+                    [server]\ntoken = \"api-s3cret\"\n\
+                    [[source]]\nname = \"a\"\nplatform = \"tangsengdaodao\"\n\
+                    base_url = \"https://im.example\"\nusername = \"u\"\npassword = \"pw-s3cret\"\n\
+                    [[source]]\nname = \"b\"\nplatform = \"yunhu\"\ntoken = \"yh-s3cret\"\n";
+        let loaded = loaded(text, &[]);
+        let debug = format!("{:?}", loaded.config);
+        assert!(debug.contains("***"), "{debug}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert_eq!(
+            loaded.warnings,
+            [
+                "database: url is given inline; prefer url_env or url_file",
+                "server: token is given inline; prefer token_env or token_file",
+                r#"source "a": password is given inline; prefer password_env or password_file"#,
+                r#"source "b": token is given inline; prefer token_env or token_file"#,
+            ]
+        );
+        // A database url without a password is not a secret worth a warning.
+        let loaded = check("[database]\nurl = \"postgres://u@db/x\"\n", &[]).unwrap();
+        assert!(loaded.warnings.is_empty());
+        assert_eq!(format!("{}", Secret::new("x")), "***");
+    }
+
+    #[test]
+    fn yunxin_values() {
+        let text = "[[source]]\nname = \"x\"\nplatform = \"yunxin\"\napp_key = \"k\"\n\
+                    app_secret_env = \"S\"\naccounts = [\"a\", \"b\"]\n\
+                    history_start = 2024-01-01T08:00:00+08:00\n";
+        let source = loaded(text, &[("S", "s")]).config.sources.remove(0);
+        assert_eq!(source.platform_key(), Platform::Yunxin);
+        assert_eq!(source.schedule, "0 */5 * * * *");
+        assert_eq!(source.requests_per_second, 20.0);
+        let PlatformConfig::Yunxin(yunxin) = source.platform else {
+            panic!("not yunxin");
+        };
+        assert_eq!(yunxin.base_url, "https://open.yunxinapi.com");
+        assert_eq!(yunxin.accounts, ["a", "b"]);
+        assert_eq!(
+            yunxin.history_start.unwrap().to_rfc3339(),
+            "2024-01-01T00:00:00+00:00"
+        );
+        assert_eq!(yunxin.rescan_days, 7);
+
+        let text = "[[source]]\nname = \"x\"\nplatform = \"yunxin\"\napp_key = \"k\"\n\
+                    app_secret_env = \"S\"\naccounts = []\nhistory_start = \"2024-01-01\"\n";
+        let problems = problems(text, &[("S", "s")]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(
+            problems[0],
+            r#"chatvault.toml:6: source "x".accounts: must list at least one account"#
+        );
+        assert!(problems[1]
+            .starts_with(r#"chatvault.toml:7: source "x".history_start: invalid RFC 3339 timestamp "2024-01-01": "#));
+    }
+
+    #[test]
+    fn example_file_loads_without_problems() {
+        let env = [
+            ("ACME_TSDD_PASSWORD", "p"),
+            ("ACME_YUNXIN_APP_SECRET", "s"),
+            ("ACME_YUNHU_TOKEN", "t"),
+        ];
+        let loaded = check(EXAMPLE, &env).unwrap_or_else(|errors| panic!("{errors}"));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let platforms: Vec<Platform> = loaded
+            .config
+            .sources
+            .iter()
+            .map(SourceConfig::platform_key)
+            .collect();
+        assert_eq!(platforms, Platform::ALL);
+    }
+
+    #[test]
+    fn example_file_mentions_every_key() {
+        let keys = [
+            TOP_KEYS,
+            DATABASE_KEYS,
+            STORAGE_KEYS,
+            SERVER_KEYS,
+            SYNC_KEYS,
+            SOURCE_KEYS,
+            TSDD_KEYS,
+            YUNXIN_KEYS,
+            YUNHU_KEYS,
+        ];
+        for key in keys.concat() {
+            // Inline secrets are described once in the header, not shown per key.
+            let inline_secret = ["token", "password", "app_secret"].contains(&key);
+            let mentioned = [format!("{key} ="), format!("[{key}]"), format!("[[{key}]]")]
+                .iter()
+                .any(|form| EXAMPLE.contains(form.as_str()));
+            assert!(
+                inline_secret || mentioned,
+                "the example does not mention {key}"
+            );
+        }
+    }
 }
