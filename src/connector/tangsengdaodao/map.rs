@@ -1,0 +1,1154 @@
+//! Pure mapping of TangSengDaoDao JSON (spec §3, §5, §6, §7, §10) to observations.
+//!
+//! Every record is decoded on its own from a [`serde_json::Value`], so one malformed record
+//! becomes a [`QuarantineRecord`] while the rest of its page still maps (invariant 6). Ids
+//! are read as strings (`message_idstr`, `message_id_str`) or as exact integers, never
+//! through `f64`: snowflake ids exceed 2^53.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::model::{
+    Content, ConversationObservation, ConversationType, EarlierVersion, Mark, MessageHeader,
+    MessageKind, MessageObservation, QuarantineRecord, ReactionObservation, ReactionState,
+};
+
+/// An id as exact text: a non-empty string, or an integer JSON number (never a float).
+pub fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => n
+            .as_u64()
+            .map(|u| u.to_string())
+            .or_else(|| n.as_i64().map(|i| i.to_string())),
+        _ => None,
+    }
+}
+
+/// An integer field; absent, `null` or non-integer gives `None`.
+fn int(value: &Value, key: &str) -> Option<i64> {
+    let v = value.get(key)?;
+    v.as_i64().or_else(|| v.as_u64().map(|u| u as i64))
+}
+
+/// An `omitempty` flag: absent means 0.
+fn flag(value: &Value, key: &str) -> bool {
+    int(value, key) == Some(1)
+}
+
+/// A non-empty string field.
+fn text_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key)?.as_str().filter(|s| !s.is_empty())
+}
+
+fn unix_seconds(secs: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(secs, 0)
+}
+
+/// Copy the listed keys that are present (and not `null`) from `from` into `to`, renaming
+/// each `(upstream, ours)`.
+fn pick(to: &mut Map<String, Value>, from: &Value, keys: &[(&str, &str)]) {
+    for (upstream, ours) in keys {
+        if let Some(v) = from.get(*upstream).filter(|v| !v.is_null()) {
+            to.insert((*ours).to_string(), v.clone());
+        }
+    }
+}
+
+/// The normalised `reply`: who and what is quoted, without the quoted `payload`, which TSDD
+/// rewrites when the quoted message is edited (§4.5) and would look like an edit of ours.
+fn normalised_reply(reply: &Value) -> Value {
+    let mut out = Map::new();
+    if let Some(id) = reply.get("message_id").and_then(id_text) {
+        out.insert("message_id".into(), Value::String(id));
+    }
+    pick(
+        &mut out,
+        reply,
+        &[("message_seq", "message_seq"), ("from_uid", "from_uid")],
+    );
+    Value::Object(out)
+}
+
+fn normalised_mention(mention: &Value) -> Option<Value> {
+    let all = flag(mention, "all");
+    let uids: Vec<Value> = mention
+        .get("uids")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter(|u| u.is_string()).cloned().collect())
+        .unwrap_or_default();
+    (all || !uids.is_empty()).then(|| json!({"all": all, "uids": uids}))
+}
+
+fn duration_label(label: &str, seconds: Option<i64>) -> String {
+    match seconds {
+        Some(s) if s > 0 => format!("[{label} {s}s]"),
+        _ => format!("[{label}]"),
+    }
+}
+
+/// Fill `{0}`, `{1}`… of a system template from `extra[i].name` (§10).
+pub fn render_template(template: &str, extra: Option<&Value>) -> String {
+    let mut text = template.to_string();
+    let Some(items) = extra.and_then(Value::as_array) else {
+        return text;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let name = text_field(item, "name").or_else(|| text_field(item, "uid"));
+        if let Some(name) = name {
+            text = text.replace(&format!("{{{i}}}"), name);
+        }
+    }
+    text
+}
+
+/// Map one payload (§10) to a [`Content`]: kind, plain text and normalised content.
+pub fn map_payload(payload: &Value) -> Content {
+    let content_type = int(payload, "type").unwrap_or(0);
+    let mut out = Map::new();
+    out.insert("type".into(), json!(content_type));
+    let (kind, text) = match content_type {
+        1 => (
+            MessageKind::Text,
+            text_field(payload, "content").unwrap_or("").to_string(),
+        ),
+        2 => {
+            pick(
+                &mut out,
+                payload,
+                &[("url", "url"), ("width", "width"), ("height", "height")],
+            );
+            (MessageKind::Image, "[image]".to_string())
+        }
+        3 | 12 | 13 => {
+            pick(
+                &mut out,
+                payload,
+                &[
+                    ("url", "url"),
+                    ("width", "width"),
+                    ("height", "height"),
+                    ("category", "category"),
+                    ("title", "title"),
+                    ("format", "format"),
+                ],
+            );
+            let text = match text_field(payload, "title") {
+                Some(title) => format!("[sticker] {title}"),
+                None => "[sticker]".to_string(),
+            };
+            (MessageKind::Sticker, text)
+        }
+        4 => {
+            pick(
+                &mut out,
+                payload,
+                &[("url", "url"), ("timeTrad", "duration")],
+            );
+            let text = duration_label("voice", int(payload, "timeTrad"));
+            (MessageKind::Voice, text)
+        }
+        5 => {
+            pick(
+                &mut out,
+                payload,
+                &[
+                    ("url", "url"),
+                    ("cover", "cover"),
+                    ("size", "size"),
+                    ("width", "width"),
+                    ("height", "height"),
+                    ("second", "duration"),
+                ],
+            );
+            let text = duration_label("video", int(payload, "second"));
+            (MessageKind::Video, text)
+        }
+        6 => {
+            pick(
+                &mut out,
+                payload,
+                &[
+                    ("lng", "lng"),
+                    ("lat", "lat"),
+                    ("title", "title"),
+                    ("address", "address"),
+                    ("img", "img"),
+                ],
+            );
+            let place: Vec<&str> = [text_field(payload, "title"), text_field(payload, "address")]
+                .into_iter()
+                .flatten()
+                .collect();
+            let text = if place.is_empty() {
+                "[location]".to_string()
+            } else {
+                format!("[location] {}", place.join(" "))
+            };
+            (MessageKind::Location, text)
+        }
+        7 => {
+            pick(
+                &mut out,
+                payload,
+                &[("uid", "uid"), ("name", "name"), ("avatar", "avatar")],
+            );
+            let text = match text_field(payload, "name") {
+                Some(name) => format!("[card] {name}"),
+                None => "[card]".to_string(),
+            };
+            (MessageKind::Card, text)
+        }
+        8 => {
+            pick(
+                &mut out,
+                payload,
+                &[
+                    ("url", "url"),
+                    ("name", "name"),
+                    ("size", "size"),
+                    ("ext", "ext"),
+                ],
+            );
+            let text = match text_field(payload, "name") {
+                Some(name) => format!("[file] {name}"),
+                None => "[file]".to_string(),
+            };
+            (MessageKind::File, text)
+        }
+        11 => map_forward(payload, &mut out),
+        14 => match text_field(payload, "content") {
+            Some(text) => {
+                pick(&mut out, payload, &[("entities", "entities")]);
+                (MessageKind::Text, text.to_string())
+            }
+            None => return verbatim(payload, MessageKind::Other, String::new()),
+        },
+        97 => {
+            return verbatim(
+                payload,
+                MessageKind::Other,
+                "[content not decodable]".to_string(),
+            )
+        }
+        98 => return verbatim(payload, MessageKind::Other, "[encrypted]".to_string()),
+        99 => {
+            pick(&mut out, payload, &[("cmd", "cmd"), ("param", "param")]);
+            let text = match text_field(payload, "cmd") {
+                Some(cmd) => format!("[cmd {cmd}]"),
+                None => "[cmd]".to_string(),
+            };
+            (MessageKind::System, text)
+        }
+        1000..=2000 => {
+            let template = text_field(payload, "content").unwrap_or("");
+            let text = render_template(template, payload.get("extra"));
+            pick(
+                &mut out,
+                payload,
+                &[
+                    ("content", "template"),
+                    ("extra", "extra"),
+                    ("creator", "creator"),
+                    ("from_uid", "from_uid"),
+                ],
+            );
+            (MessageKind::System, text)
+        }
+        9989 => {
+            let text = text_field(payload, "content")
+                .unwrap_or("[call]")
+                .to_string();
+            return verbatim(payload, MessageKind::Call, text);
+        }
+        _ => {
+            let text = text_field(payload, "content").unwrap_or("").to_string();
+            return verbatim(payload, MessageKind::Other, text);
+        }
+    };
+    add_common(payload, &mut out);
+    Content {
+        kind,
+        text,
+        content: Value::Object(out),
+    }
+}
+
+/// Mention and reply, kept on every type.
+fn add_common(payload: &Value, out: &mut Map<String, Value>) {
+    if let Some(mention) = payload.get("mention").and_then(normalised_mention) {
+        out.insert("mention".into(), mention);
+    }
+    if let Some(reply) = payload.get("reply").filter(|r| r.is_object()) {
+        out.insert("reply".into(), normalised_reply(reply));
+    }
+}
+
+/// Types whose shape is not specified upstream (§10, "store raw"): the payload as is, with
+/// the volatile `reply.payload` removed.
+fn verbatim(payload: &Value, kind: MessageKind, text: String) -> Content {
+    let mut content = payload.clone();
+    if let Some(obj) = content.as_object_mut() {
+        if let Some(reply) = obj.get("reply").filter(|r| r.is_object()) {
+            let reply = normalised_reply(reply);
+            obj.insert("reply".into(), reply);
+        }
+    }
+    Content {
+        kind,
+        text,
+        content,
+    }
+}
+
+/// A merged forward (type 11): the texts of its messages, one per line.
+fn map_forward(payload: &Value, out: &mut Map<String, Value>) -> (MessageKind, String) {
+    let mut lines = Vec::new();
+    let mut msgs = Vec::new();
+    for msg in payload
+        .get("msgs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let inner = msg.get("payload").map(map_payload);
+        if let Some(inner) = &inner {
+            if !inner.text.is_empty() {
+                lines.push(inner.text.clone());
+            }
+        }
+        let mut entry = Map::new();
+        if let Some(id) = msg.get("message_id").and_then(id_text) {
+            entry.insert("message_id".into(), Value::String(id));
+        }
+        pick(
+            &mut entry,
+            msg,
+            &[("from_uid", "from_uid"), ("timestamp", "timestamp")],
+        );
+        if let Some(inner) = inner {
+            entry.insert("kind".into(), json!(inner.kind.as_str()));
+            entry.insert("text".into(), Value::String(inner.text));
+        }
+        msgs.push(Value::Object(entry));
+    }
+    let users: Vec<Value> = payload
+        .get("users")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let mut entry = Map::new();
+            pick(&mut entry, u, &[("uid", "uid"), ("name", "name")]);
+            Value::Object(entry)
+        })
+        .collect();
+    pick(out, payload, &[("channel_type", "channel_type")]);
+    out.insert("users".into(), Value::Array(users));
+    out.insert("msgs".into(), Value::Array(msgs));
+    (MessageKind::Forward, lines.join("\n"))
+}
+
+/// A `content_edit` is an object, or (defensively) the JSON text of one (§6.3).
+fn content_edit(extra: &Value) -> Option<Value> {
+    match extra.get("content_edit")? {
+        v @ Value::Object(_) => Some(v.clone()),
+        Value::String(s) => serde_json::from_str::<Value>(s)
+            .ok()
+            .filter(Value::is_object),
+        _ => None,
+    }
+}
+
+/// Recall mark from `revoke`/`revoker` on any of the given objects.
+fn recall_mark(objects: &[&Value]) -> Option<Mark> {
+    if !objects.iter().any(|o| flag(o, "revoke")) {
+        return None;
+    }
+    let by = objects
+        .iter()
+        .find_map(|o| text_field(o, "revoker"))
+        .map(str::to_string);
+    Some(Mark { at: None, by })
+}
+
+fn mutual_delete_mark(extra: &Value) -> Option<Mark> {
+    flag(extra, "is_mutual_deleted").then(Mark::default)
+}
+
+/// A message mapped from a channel-sync record, with any sub-records set aside.
+#[derive(Debug)]
+pub struct MappedMessage {
+    pub observation: MessageObservation,
+    pub seq: u64,
+    /// Reaction rows that could not be read (the reaction set is then left unknown).
+    pub quarantine: Vec<QuarantineRecord>,
+}
+
+/// Map one message record (§5) of the channel `conversation_id` that was requested.
+///
+/// `Err` is the quarantine reason. `names` are user names learned elsewhere (discovery,
+/// login), used for `sender_name`.
+pub fn map_message(
+    conversation_id: &str,
+    record: &Value,
+    names: &HashMap<String, String>,
+) -> Result<MappedMessage, String> {
+    if !record.is_object() {
+        return Err("message is not a JSON object".into());
+    }
+    let message_id = record
+        .get("message_idstr")
+        .and_then(id_text)
+        .or_else(|| record.get("message_id").and_then(id_text))
+        .ok_or("message has neither message_idstr nor an integer message_id")?;
+    let seq = record
+        .get("message_seq")
+        .and_then(Value::as_u64)
+        .ok_or("message_seq is missing or not an unsigned integer")?;
+    let sent_at = int(record, "timestamp")
+        .and_then(unix_seconds)
+        .ok_or("timestamp is missing or not unix seconds")?;
+    let sender_id = match record.get("from_uid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("from_uid is not a string".into()),
+    };
+    let payload = record
+        .get("payload")
+        .filter(|p| p.is_object())
+        .ok_or("payload is missing or not a JSON object")?;
+    let extra = match record.get("message_extra") {
+        None | Some(Value::Null) => Value::Null,
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err("message_extra is not a JSON object".into()),
+    };
+
+    let reply_to = payload
+        .get("reply")
+        .and_then(|r| r.get("message_id"))
+        .and_then(id_text);
+    let sender_name = sender_id.as_ref().and_then(|uid| names.get(uid)).cloned();
+
+    let original = map_payload(payload);
+    let (content, earlier_versions, edited_at) = match content_edit(&extra) {
+        Some(edit) => (
+            map_payload(&edit),
+            vec![EarlierVersion {
+                content: original,
+                replaced_at: None,
+            }],
+            int(&extra, "edited_at").and_then(unix_seconds),
+        ),
+        None => (original, Vec::new(), None),
+    };
+
+    let mut quarantine = Vec::new();
+    let reactions = match record.get("reactions") {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Array(rows)) => {
+            let mut standing = Vec::new();
+            let mut complete = true;
+            for row in rows {
+                match reaction_state(row) {
+                    Ok(Some(state)) => standing.push(state),
+                    Ok(None) => {}
+                    Err(reason) => {
+                        complete = false;
+                        quarantine.push(QuarantineRecord {
+                            reason: format!("message {message_id}: {reason}"),
+                            raw: row.clone(),
+                        });
+                    }
+                }
+            }
+            standing.sort();
+            standing.dedup();
+            complete.then_some(standing)
+        }
+        Some(_) => return Err("reactions is not an array".into()),
+    };
+
+    let observation = MessageObservation {
+        conversation_id: conversation_id.to_string(),
+        message_id,
+        header: Some(MessageHeader {
+            seq: Some(seq as i64),
+            sender_id,
+            sender_name,
+            sent_at,
+            reply_to,
+        }),
+        content: Some(content),
+        edited_at,
+        earlier_versions,
+        recalled: recall_mark(&[record, &extra]),
+        deleted: mutual_delete_mark(&extra),
+        reactions,
+        raw: record.clone(),
+    };
+    Ok(MappedMessage {
+        observation,
+        seq,
+        quarantine,
+    })
+}
+
+/// A standing reaction from a message's `reactions` row; `None` for a removed one.
+fn reaction_state(row: &Value) -> Result<Option<ReactionState>, String> {
+    let user_id = text_field(row, "uid").ok_or("reaction row has no uid")?;
+    let emoji = text_field(row, "emoji").ok_or("reaction row has no emoji")?;
+    if flag(row, "is_deleted") {
+        return Ok(None);
+    }
+    Ok(Some(ReactionState {
+        user_id: user_id.to_string(),
+        user_name: text_field(row, "name").map(str::to_string),
+        emoji: emoji.to_string(),
+    }))
+}
+
+/// A best-effort seq of a record that could not be mapped, so that a quarantined message
+/// is not also reported as missing.
+pub fn lenient_seq(record: &Value) -> Option<u64> {
+    match record.get("message_seq")? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Map one message-extra row (§6.2) to a change-only observation. Returns the observation
+/// and the row's `extra_version`; `Err` is the quarantine reason.
+pub fn map_extra(conversation_id: &str, row: &Value) -> Result<(MessageObservation, i64), String> {
+    if !row.is_object() {
+        return Err("message extra row is not a JSON object".into());
+    }
+    let message_id = row
+        .get("message_id_str")
+        .and_then(id_text)
+        .or_else(|| row.get("message_id").and_then(id_text))
+        .ok_or("message extra row has neither message_id_str nor an integer message_id")?;
+    let version =
+        int(row, "extra_version").ok_or("message extra row has no integer extra_version")?;
+    let (content, edited_at) = match content_edit(row) {
+        Some(edit) => (
+            Some(map_payload(&edit)),
+            int(row, "edited_at").and_then(unix_seconds),
+        ),
+        None => (None, None),
+    };
+    let observation = MessageObservation {
+        conversation_id: conversation_id.to_string(),
+        message_id,
+        header: None,
+        content,
+        edited_at,
+        earlier_versions: Vec::new(),
+        recalled: recall_mark(&[row]),
+        deleted: mutual_delete_mark(row),
+        reactions: None,
+        raw: row.clone(),
+    };
+    Ok((observation, version))
+}
+
+/// Map one reaction-sync row (§7.2). Returns the observation and the row's `seq`; `Err` is
+/// the quarantine reason.
+pub fn map_reaction(
+    conversation_id: &str,
+    row: &Value,
+) -> Result<(ReactionObservation, i64), String> {
+    if !row.is_object() {
+        return Err("reaction row is not a JSON object".into());
+    }
+    let message_id = row
+        .get("message_id")
+        .and_then(id_text)
+        .ok_or("reaction row has no message_id")?;
+    let seq = int(row, "seq").ok_or("reaction row has no integer seq")?;
+    let user_id = text_field(row, "uid").ok_or("reaction row has no uid")?;
+    let emoji = text_field(row, "emoji").ok_or("reaction row has no emoji")?;
+    let observation = ReactionObservation {
+        conversation_id: conversation_id.to_string(),
+        message_id,
+        user_id: user_id.to_string(),
+        user_name: text_field(row, "name").map(str::to_string),
+        emoji: emoji.to_string(),
+        present: !flag(row, "is_deleted"),
+        one_per_user: true,
+        at: None,
+    };
+    Ok((observation, seq))
+}
+
+/// A conversation from `conversation/sync` (§3.3), with what paging needs.
+#[derive(Debug)]
+pub struct DiscoveredChannel {
+    pub observation: ConversationObservation,
+    pub channel_type: u8,
+    /// The newest seq upstream reports: the target of message paging.
+    pub last_msg_seq: Option<u64>,
+}
+
+/// What `conversation/sync` yields.
+#[derive(Debug, Default)]
+pub struct DiscoveredPage {
+    pub channels: Vec<DiscoveredChannel>,
+    /// `uid -> name` from the `users` array.
+    pub user_names: Vec<(String, String)>,
+    pub quarantine: Vec<QuarantineRecord>,
+}
+
+/// The conversation type a channel type maps to (§2.1).
+pub fn conversation_type(channel_type: u8) -> ConversationType {
+    match channel_type {
+        1 => ConversationType::Direct,
+        2 => ConversationType::Group,
+        _ => ConversationType::Other,
+    }
+}
+
+/// Stable facts of a group (not counts, versions or the caller's own settings, which change
+/// without the conversation changing).
+const GROUP_FACTS: &[(&str, &str)] = &[
+    ("group_type", "group_type"),
+    ("category", "category"),
+    ("created_at", "created_at"),
+];
+
+/// Stable facts of a person channel's peer.
+const USER_FACTS: &[(&str, &str)] = &[("category", "category"), ("robot", "robot")];
+
+/// Map a `conversation/sync` response. `known` supplies the name and metadata of a known
+/// conversation when the response lacks the user or group details, so that a missing detail
+/// never reads as a conversation change.
+pub fn map_conversations(
+    response: &Value,
+    known: &HashMap<String, &ConversationObservation>,
+) -> Result<DiscoveredPage, String> {
+    if !response.is_object() {
+        return Err("conversation sync response is not a JSON object".into());
+    }
+    let mut page = DiscoveredPage::default();
+    let mut users: HashMap<&str, &Value> = HashMap::new();
+    for user in array(response, "users") {
+        if let Some(uid) = text_field(user, "uid") {
+            users.insert(uid, user);
+            if let Some(name) = text_field(user, "name") {
+                page.user_names.push((uid.to_string(), name.to_string()));
+            }
+        }
+    }
+    let mut groups: HashMap<&str, &Value> = HashMap::new();
+    for group in array(response, "groups") {
+        if let Some(no) = text_field(group, "group_no") {
+            groups.insert(no, group);
+        }
+    }
+
+    for conversation in array(response, "conversations") {
+        let Some(channel_id) = text_field(conversation, "channel_id") else {
+            page.quarantine.push(QuarantineRecord {
+                reason: "conversation has no channel_id".into(),
+                raw: conversation.clone(),
+            });
+            continue;
+        };
+        let Some(channel_type) = conversation
+            .get("channel_type")
+            .and_then(Value::as_u64)
+            .and_then(|t| u8::try_from(t).ok())
+        else {
+            page.quarantine.push(QuarantineRecord {
+                reason: format!("conversation {channel_id}: channel_type is not a small integer"),
+                raw: conversation.clone(),
+            });
+            continue;
+        };
+        let details = match channel_type {
+            1 => users.get(channel_id).map(|u| (*u, USER_FACTS)),
+            2 => groups.get(channel_id).map(|g| (*g, GROUP_FACTS)),
+            _ => None,
+        };
+        let previous = known.get(channel_id).copied();
+        let (name, metadata) = match (details, previous) {
+            (Some((details, facts)), _) => {
+                let mut metadata = Map::new();
+                metadata.insert("channel_type".into(), json!(channel_type));
+                pick(&mut metadata, details, facts);
+                (
+                    text_field(details, "name").map(str::to_string),
+                    Value::Object(metadata),
+                )
+            }
+            (None, Some(previous)) => (previous.name.clone(), previous.metadata.clone()),
+            (None, None) => (None, json!({"channel_type": channel_type})),
+        };
+        let last_msg_seq = conversation.get("last_msg_seq").and_then(Value::as_u64);
+        page.channels.push(DiscoveredChannel {
+            observation: ConversationObservation {
+                conversation_id: channel_id.to_string(),
+                conversation_type: conversation_type(channel_type),
+                name,
+                metadata,
+            },
+            channel_type,
+            last_msg_seq,
+        });
+    }
+    Ok(page)
+}
+
+fn array<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_names() -> HashMap<String, String> {
+        HashMap::new()
+    }
+
+    fn message(seq: u64, payload: Value) -> Value {
+        json!({
+            "header": {"no_persist": 0, "red_dot": 1, "sync_once": 0},
+            "setting": 0,
+            "message_id": 1824334157854015488u64 + seq,
+            "message_idstr": (1824334157854015488u64 + seq).to_string(),
+            "message_seq": seq,
+            "client_msg_no": format!("c{seq}"),
+            "from_uid": "u2",
+            "channel_id": "u1",
+            "channel_type": 1,
+            "timestamp": 1723790132,
+            "payload": payload,
+            "signal_payload": "",
+            "is_deleted": 0,
+            "readed": 0,
+            "extra_version": 0
+        })
+    }
+
+    #[test]
+    fn text_maps_to_text_with_mentions_kept() {
+        let c = map_payload(&json!({
+            "type": 1, "content": "@Ann hello",
+            "mention": {"all": 0, "uids": ["u3"]}
+        }));
+        assert_eq!(c.kind, MessageKind::Text);
+        assert_eq!(c.text, "@Ann hello");
+        assert_eq!(c.content["mention"], json!({"all": false, "uids": ["u3"]}));
+        // an empty mention is not content
+        let c = map_payload(&json!({"type": 1, "content": "x", "mention": {}}));
+        assert!(c.content.get("mention").is_none());
+    }
+
+    #[test]
+    fn reply_keeps_the_reference_but_not_the_rewritable_quoted_payload() {
+        let record = message(
+            9,
+            json!({
+                "type": 1, "content": "yes",
+                "reply": {"message_id": "1824334157854015400", "message_seq": 3,
+                          "from_uid": "u1", "from_name": "Bob",
+                          "payload": {"type": 1, "content": "edited later"}}
+            }),
+        );
+        let m = map_message("u2", &record, &no_names()).unwrap().observation;
+        assert_eq!(
+            m.header.as_ref().unwrap().reply_to.as_deref(),
+            Some("1824334157854015400")
+        );
+        let content = m.content.unwrap().content;
+        assert_eq!(
+            content["reply"],
+            json!({"message_id": "1824334157854015400", "message_seq": 3, "from_uid": "u1"})
+        );
+        assert!(!content.to_string().contains("edited later"));
+    }
+
+    #[test]
+    fn media_types_map_to_their_kinds() {
+        let image = map_payload(
+            &json!({"type": 2, "url": "file/preview/a.png", "width": 640, "height": 480}),
+        );
+        assert_eq!(image.kind, MessageKind::Image);
+        assert_eq!(image.text, "[image]");
+        assert_eq!(
+            image.content,
+            json!({"type": 2, "url": "file/preview/a.png", "width": 640, "height": 480})
+        );
+
+        let voice =
+            map_payload(&json!({"type": 4, "url": "v.mp3", "timeTrad": 5, "waveform": "AAEC"}));
+        assert_eq!(voice.kind, MessageKind::Voice);
+        assert_eq!(voice.text, "[voice 5s]");
+        assert_eq!(
+            voice.content,
+            json!({"type": 4, "url": "v.mp3", "duration": 5})
+        );
+
+        let video = map_payload(
+            &json!({"type": 5, "url": "v.mp4", "cover": "c.jpg", "size": 1024,
+                                        "width": 1280, "height": 720, "second": 12}),
+        );
+        assert_eq!(video.kind, MessageKind::Video);
+        assert_eq!(video.text, "[video 12s]");
+        assert_eq!(video.content["duration"], 12);
+        assert_eq!(video.content["cover"], "c.jpg");
+        assert_eq!(video.content["size"], 1024);
+
+        let location = map_payload(&json!({"type": 6, "lng": 116.39, "lat": 39.9,
+                                           "title": "Tiananmen", "address": "Beijing", "img": "m.png"}));
+        assert_eq!(location.kind, MessageKind::Location);
+        assert_eq!(location.text, "[location] Tiananmen Beijing");
+        assert_eq!(location.content["lat"], 39.9);
+
+        let card = map_payload(
+            &json!({"type": 7, "uid": "u9", "name": "Carol", "avatar": "a.png", "vercode": "x"}),
+        );
+        assert_eq!(card.kind, MessageKind::Card);
+        assert_eq!(card.text, "[card] Carol");
+        assert_eq!(
+            card.content,
+            json!({"type": 7, "uid": "u9", "name": "Carol", "avatar": "a.png"})
+        );
+
+        let file =
+            map_payload(&json!({"type": 8, "url": "f.pdf", "name": "report.pdf", "size": 2048}));
+        assert_eq!(file.kind, MessageKind::File);
+        assert_eq!(file.text, "[file] report.pdf");
+        assert_eq!(file.content["name"], "report.pdf");
+
+        let gif = map_payload(&json!({"type": 3, "url": "g.gif", "width": 1, "height": 1}));
+        assert_eq!(gif.kind, MessageKind::Sticker);
+        let lottie = map_payload(&json!({"type": 12, "url": "s.json"}));
+        assert_eq!(lottie.kind, MessageKind::Sticker);
+
+        let call = map_payload(&json!({"type": 9989, "content": "call ended 01:02"}));
+        assert_eq!(call.kind, MessageKind::Call);
+        assert_eq!(call.text, "call ended 01:02");
+    }
+
+    #[test]
+    fn merged_forward_concatenates_the_forwarded_texts() {
+        let c = map_payload(&json!({
+            "type": 11, "channel_type": 2,
+            "users": [{"uid": "u1", "name": "Bob", "avatar": "a"}],
+            "msgs": [
+                {"message_id": 1824334157854015001u64, "from_uid": "u1", "timestamp": 1,
+                 "payload": {"type": 1, "content": "first"}},
+                {"message_id": "1824334157854015002", "from_uid": "u1", "timestamp": 2,
+                 "payload": {"type": 2, "url": "x.png"}}
+            ]
+        }));
+        assert_eq!(c.kind, MessageKind::Forward);
+        assert_eq!(c.text, "first\n[image]");
+        assert_eq!(c.content["msgs"][0]["message_id"], "1824334157854015001");
+        assert_eq!(c.content["users"], json!([{"uid": "u1", "name": "Bob"}]));
+    }
+
+    #[test]
+    fn system_template_is_filled_from_extra_names() {
+        let c = map_payload(&json!({
+            "type": 1002,
+            "content": "{0}邀请{1}、{2}加入群聊",
+            "extra": [{"uid": "u1", "name": "Bob"}, {"uid": "u2", "name": "Ann"}, {"uid": "u3"}],
+            "from_uid": "u1"
+        }));
+        assert_eq!(c.kind, MessageKind::System);
+        assert_eq!(c.text, "Bob邀请Ann、u3加入群聊");
+        assert_eq!(c.content["template"], "{0}邀请{1}、{2}加入群聊");
+        let cmd = map_payload(&json!({"type": 99, "cmd": "groupMemberUpdate", "param": {}}));
+        assert_eq!(cmd.kind, MessageKind::System);
+    }
+
+    #[test]
+    fn unknown_and_unspecified_types_are_kept_verbatim_as_other() {
+        let c = map_payload(&json!({"type": 4242, "foo": [1, 2], "content": "hm"}));
+        assert_eq!(c.kind, MessageKind::Other);
+        assert_eq!(c.text, "hm");
+        assert_eq!(
+            c.content,
+            json!({"type": 4242, "foo": [1, 2], "content": "hm"})
+        );
+        assert_eq!(map_payload(&json!({"type": 98})).kind, MessageKind::Other);
+        assert_eq!(map_payload(&json!({"type": 97})).kind, MessageKind::Other);
+        let rich = map_payload(&json!({"type": 14, "content": "bold", "entities": []}));
+        assert_eq!((rich.kind, rich.text.as_str()), (MessageKind::Text, "bold"));
+        assert_eq!(map_payload(&json!({"type": 14})).kind, MessageKind::Other);
+    }
+
+    #[test]
+    fn message_header_uses_the_requested_channel_and_learned_names() {
+        let mut names = HashMap::new();
+        names.insert("u2".to_string(), "Ann".to_string());
+        let record = message(5, json!({"type": 1, "content": "hi"}));
+        let m = map_message("u2", &record, &names).unwrap();
+        assert_eq!(m.seq, 5);
+        let o = m.observation;
+        assert_eq!(
+            o.conversation_id, "u2",
+            "not the alternating message.channel_id"
+        );
+        let h = o.header.unwrap();
+        assert_eq!(h.seq, Some(5));
+        assert_eq!(h.sender_id.as_deref(), Some("u2"));
+        assert_eq!(h.sender_name.as_deref(), Some("Ann"));
+        assert_eq!(h.sent_at.timestamp(), 1723790132);
+        assert_eq!(o.reactions, Some(vec![]));
+        assert_eq!(o.raw, record);
+        assert!(o.recalled.is_none() && o.deleted.is_none());
+
+        let mut system = message(
+            6,
+            json!({"type": 1001, "content": "{0}创建了群聊", "extra": [{"uid": "u1", "name": "Bob"}]}),
+        );
+        system["from_uid"] = json!("");
+        let h = map_message("g_9", &system, &names)
+            .unwrap()
+            .observation
+            .header
+            .unwrap();
+        assert_eq!(h.sender_id, None);
+    }
+
+    #[test]
+    fn edited_message_keeps_the_original_as_an_earlier_version() {
+        let mut record = message(7, json!({"type": 1, "content": "tpyo"}));
+        record["message_extra"] = json!({
+            "message_id": 1824334157854015495u64, "message_id_str": "1824334157854015495",
+            "content_edit": {"type": 1, "content": "typo"}, "edited_at": 1723790200,
+            "extra_version": 1723790201123456u64
+        });
+        let o = map_message("u2", &record, &no_names()).unwrap().observation;
+        assert_eq!(o.content.unwrap().text, "typo");
+        assert_eq!(o.earlier_versions.len(), 1);
+        assert_eq!(o.earlier_versions[0].content.text, "tpyo");
+        assert_eq!(o.edited_at.unwrap().timestamp(), 1723790200);
+    }
+
+    #[test]
+    fn revoke_and_mutual_delete_are_marks_but_per_viewer_is_deleted_is_not() {
+        let mut record = message(8, json!({"type": 1, "content": "oops"}));
+        record["message_extra"] = json!({"revoke": 1, "revoker": "u1", "extra_version": 5});
+        let o = map_message("u2", &record, &no_names()).unwrap().observation;
+        assert_eq!(
+            o.recalled,
+            Some(Mark {
+                at: None,
+                by: Some("u1".into())
+            })
+        );
+        assert_eq!(
+            o.content.unwrap().text,
+            "oops",
+            "the payload of a recall is kept"
+        );
+
+        let mut legacy = message(9, json!({"type": 1, "content": "x"}));
+        legacy["revoke"] = json!(1);
+        assert!(map_message("u2", &legacy, &no_names())
+            .unwrap()
+            .observation
+            .recalled
+            .is_some());
+
+        let mut per_viewer = message(10, json!({"type": 1, "content": "x"}));
+        per_viewer["is_deleted"] = json!(1);
+        assert!(map_message("u2", &per_viewer, &no_names())
+            .unwrap()
+            .observation
+            .deleted
+            .is_none());
+
+        let mut mutual = message(11, json!({"type": 1, "content": "x"}));
+        mutual["is_deleted"] = json!(1);
+        mutual["message_extra"] = json!({"is_mutual_deleted": 1, "extra_version": 6});
+        assert_eq!(
+            map_message("u2", &mutual, &no_names())
+                .unwrap()
+                .observation
+                .deleted,
+            Some(Mark::default())
+        );
+    }
+
+    #[test]
+    fn message_reactions_are_the_standing_rows() {
+        let mut record = message(12, json!({"type": 1, "content": "x"}));
+        record["reactions"] = json!([
+            {"seq": 1000002, "uid": "u3", "name": "Ann", "emoji": "👍", "is_deleted": 0, "created_at": "2024-08-16 14:35:33"},
+            {"seq": 1000003, "uid": "u4", "name": "Dan", "emoji": "❤", "is_deleted": 1, "created_at": "2024-08-16 14:35:34"}
+        ]);
+        let o = map_message("g_9", &record, &no_names())
+            .unwrap()
+            .observation;
+        assert_eq!(
+            o.reactions,
+            Some(vec![ReactionState {
+                user_id: "u3".into(),
+                user_name: Some("Ann".into()),
+                emoji: "👍".into()
+            }])
+        );
+    }
+
+    #[test]
+    fn malformed_records_give_a_reason() {
+        let names = no_names();
+        let mut seq_string = message(1, json!({"type": 1, "content": "x"}));
+        seq_string["message_seq"] = json!("1");
+        assert!(map_message("u2", &seq_string, &names)
+            .unwrap_err()
+            .contains("message_seq"));
+        assert_eq!(lenient_seq(&seq_string), Some(1));
+
+        let mut bad_payload = message(2, json!("aGVsbG8="));
+        bad_payload["payload"] = json!("aGVsbG8=");
+        assert!(map_message("u2", &bad_payload, &names)
+            .unwrap_err()
+            .contains("payload"));
+
+        let mut no_id = message(3, json!({"type": 1}));
+        no_id.as_object_mut().unwrap().remove("message_idstr");
+        no_id["message_id"] = json!(1.8243341578540155e18);
+        assert!(map_message("u2", &no_id, &names)
+            .unwrap_err()
+            .contains("message_id"));
+
+        assert!(map_message("u2", &json!([1]), &names).is_err());
+    }
+
+    #[test]
+    fn ids_above_2_pow_53_stay_exact() {
+        let big = 9_007_199_254_740_993u64; // 2^53 + 1: not representable as f64
+        let mut record = message(1, json!({"type": 1, "content": "x"}));
+        record.as_object_mut().unwrap().remove("message_idstr");
+        record["message_id"] = json!(big);
+        let raw_text = record.to_string();
+        let parsed: Value = serde_json::from_str(&raw_text).unwrap();
+        let o = map_message("u2", &parsed, &no_names()).unwrap().observation;
+        assert_eq!(o.message_id, "9007199254740993");
+
+        let mut with_str = message(1, json!({"type": 1}));
+        with_str["message_id"] = json!(1824334157854015500u64); // a rounded copy
+        with_str["message_idstr"] = json!("1824334157854015488");
+        let o = map_message("u2", &with_str, &no_names())
+            .unwrap()
+            .observation;
+        assert_eq!(o.message_id, "1824334157854015488", "message_idstr wins");
+
+        let row: Value = serde_json::from_str(
+            r#"{"message_id":9007199254740993,"extra_version":1723790201123456,"revoke":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            map_extra("g_9", &row).unwrap().0.message_id,
+            "9007199254740993"
+        );
+    }
+
+    #[test]
+    fn extra_rows_are_change_only_observations() {
+        let row = json!({"message_id": 1824334157854015488u64, "message_id_str": "1824334157854015488",
+                         "revoke": 1, "revoker": "u2", "readed_count": 4,
+                         "content_edit": {"type": 1, "content": "fixed"}, "edited_at": 1723790200,
+                         "extra_version": 1723790201123456u64});
+        let (o, version) = map_extra("g_9", &row).unwrap();
+        assert_eq!(version, 1723790201123456);
+        assert_eq!(o.conversation_id, "g_9");
+        assert!(o.header.is_none());
+        assert_eq!(o.content.unwrap().text, "fixed");
+        assert_eq!(o.edited_at.unwrap().timestamp(), 1723790200);
+        assert_eq!(o.recalled.unwrap().by.as_deref(), Some("u2"));
+        assert!(o.deleted.is_none());
+        assert!(o.reactions.is_none());
+        // omitempty: an unpin or a plain read-count row carries no content and no marks
+        let (o, _) = map_extra("g_9", &json!({"message_id_str": "1", "extra_version": 2})).unwrap();
+        assert!(o.content.is_none() && o.recalled.is_none() && o.deleted.is_none());
+        assert!(map_extra("g_9", &json!({"message_id_str": "1"})).is_err());
+    }
+
+    #[test]
+    fn reaction_removal_row_is_not_present() {
+        let row = json!({"message_id": "1824334157854015488", "channel_id": "g_9", "channel_type": 2,
+                         "seq": 1000007, "uid": "u3", "name": "Ann", "emoji": "👍", "is_deleted": 1,
+                         "created_at": "2024-08-16 14:35:33"});
+        let (r, seq) = map_reaction("g_9", &row).unwrap();
+        assert_eq!(seq, 1000007);
+        assert!(!r.present);
+        assert!(r.one_per_user);
+        assert_eq!(r.user_name.as_deref(), Some("Ann"));
+        assert_eq!(r.at, None);
+        let mut added = row.clone();
+        added.as_object_mut().unwrap().remove("is_deleted");
+        assert!(
+            map_reaction("g_9", &added).unwrap().0.present,
+            "absent is_deleted is 0"
+        );
+    }
+
+    #[test]
+    fn conversations_keep_only_stable_metadata() {
+        let response = json!({
+            "uid": "me",
+            "conversations": [
+                {"channel_id": "g_9", "channel_type": 2, "unread": 3, "timestamp": 1723790132,
+                 "last_msg_seq": 1688, "last_client_msg_no": "ba3e", "offset_msg_seq": 0,
+                 "version": 1723790132000000000u64, "recents": []},
+                {"channel_id": "u2", "channel_type": 1, "last_msg_seq": 12, "timestamp": 1},
+                {"channel_id": "cs1", "channel_type": 3, "last_msg_seq": 2},
+                {"channel_type": 1}
+            ],
+            "users": [{"uid": "u2", "name": "Ann", "category": "", "robot": 0, "online": 1}],
+            "groups": [{"group_no": "g_9", "name": "team", "group_type": 0, "category": "",
+                        "member_count": 7, "online_count": 2, "version": 99, "mute": 1}],
+            "channel_status": []
+        });
+        let page = map_conversations(&response, &HashMap::new()).unwrap();
+        assert_eq!(page.channels.len(), 3);
+        assert_eq!(page.quarantine.len(), 1);
+        let group = &page.channels[0];
+        assert_eq!(group.observation.conversation_type, ConversationType::Group);
+        assert_eq!(group.observation.name.as_deref(), Some("team"));
+        assert_eq!(
+            group.observation.metadata,
+            json!({"channel_type": 2, "group_type": 0, "category": ""})
+        );
+        assert_eq!(group.last_msg_seq, Some(1688));
+        let person = &page.channels[1];
+        assert_eq!(
+            person.observation.conversation_type,
+            ConversationType::Direct
+        );
+        assert_eq!(person.observation.name.as_deref(), Some("Ann"));
+        assert_eq!(
+            person.observation.metadata,
+            json!({"channel_type": 1, "category": "", "robot": 0})
+        );
+        assert_eq!(
+            page.channels[2].observation.conversation_type,
+            ConversationType::Other
+        );
+        assert_eq!(page.user_names, vec![("u2".to_string(), "Ann".to_string())]);
+
+        // without the details, a known conversation keeps what the archive holds
+        let held = group.observation.clone();
+        let known: HashMap<String, &ConversationObservation> =
+            [("g_9".to_string(), &held)].into_iter().collect();
+        let bare = json!({"conversations": [{"channel_id": "g_9", "channel_type": 2, "last_msg_seq": 1700}]});
+        let page = map_conversations(&bare, &known).unwrap();
+        assert_eq!(page.channels[0].observation, held);
+    }
+}
