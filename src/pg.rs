@@ -1,1 +1,0 @@
-//! Embedded PostgreSQL: find the server binaries, initialise, start, stop.

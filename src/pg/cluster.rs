@@ -1,0 +1,456 @@
+//! The operating-system side of a cluster: its directory layout, locks,
+//! `postmaster.pid`, and the `initdb` / `postgres` / `pg_ctl` command lines.
+//!
+//! Everything here is blocking; the async callers run it on a blocking thread.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::binaries::PgBinaries;
+pub(crate) use super::user::ClusterUser;
+use super::PgError;
+
+/// Superuser created by `initdb`, and the database chatvault keeps its data in.
+pub(crate) const SUPERUSER: &str = "chatvault";
+/// The port only names the socket file (`.s.PGSQL.5432`); no TCP port is ever opened.
+pub(crate) const PORT: u16 = 5432;
+/// `sizeof(sun_path) - 1` on Linux; PostgreSQL refuses longer socket paths.
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
+
+pub(crate) fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> PgError + 'a {
+    move |source| PgError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Paths of one cluster under a chatvault data directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// Canonical (absolute, symlink-free) data directory.
+    pub data_dir: PathBuf,
+    /// `data_dir/postgres`: the PostgreSQL data directory.
+    pub cluster: PathBuf,
+    /// `data_dir/run`: the only place the server listens (a Unix socket).
+    pub socket_dir: PathBuf,
+    /// `data_dir/postgres.log`: server and `initdb` output.
+    pub log: PathBuf,
+    /// `data_dir/postgres.lock`: serialises init, start and stop between processes.
+    pub start_lock: PathBuf,
+    /// `data_dir/postgres.users`: every process using the cluster holds a shared lock on it.
+    pub users_lock: PathBuf,
+    /// `data_dir/run/chatvault.pid`: pid of the postmaster a chatvault process started.
+    pub owner_marker: PathBuf,
+}
+
+impl Layout {
+    /// Creates `data_dir` if needed and checks that the socket path fits in `sun_path`.
+    pub fn new(data_dir: &Path) -> Result<Self, PgError> {
+        std::fs::create_dir_all(data_dir).map_err(io_error("create directory", data_dir))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(io_error("resolve directory", data_dir))?;
+        if data_dir.as_os_str().as_bytes().contains(&b'"') {
+            return Err(PgError::UnsupportedPath {
+                path: data_dir,
+                reason: "it contains a double quote",
+            });
+        }
+        let socket_dir = data_dir.join("run");
+        let socket = socket_dir.join(format!(".s.PGSQL.{PORT}"));
+        let len = socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(PgError::SocketPathTooLong {
+                path: socket,
+                len,
+                max: MAX_SOCKET_PATH,
+            });
+        }
+        Ok(Layout {
+            cluster: data_dir.join("postgres"),
+            log: data_dir.join("postgres.log"),
+            start_lock: data_dir.join("postgres.lock"),
+            users_lock: data_dir.join("postgres.users"),
+            owner_marker: socket_dir.join("chatvault.pid"),
+            socket_dir,
+            data_dir,
+        })
+    }
+
+    pub fn socket_file(&self) -> PathBuf {
+        self.socket_dir.join(format!(".s.PGSQL.{PORT}"))
+    }
+
+    /// Makes `data_dir` reachable for the cluster user and creates the private socket directory.
+    pub fn prepare(&self, user: &ClusterUser) -> Result<(), PgError> {
+        if user.switch {
+            self.make_reachable(user)?;
+        }
+        ensure_private_dir(&self.socket_dir, user)
+    }
+
+    /// Every ancestor of `data_dir` must let the cluster user through; `data_dir` itself gets
+    /// the execute bits (0700 -> 0711) when we own it, which exposes no file names.
+    fn make_reachable(&self, user: &ClusterUser) -> Result<(), PgError> {
+        for dir in self.data_dir.ancestors().skip(1) {
+            let meta = std::fs::metadata(dir).map_err(io_error("inspect directory", dir))?;
+            if !user.may_traverse(&meta) {
+                return Err(PgError::NotTraversable {
+                    dir: dir.to_owned(),
+                    user: user.name.clone(),
+                });
+            }
+        }
+        let meta = std::fs::metadata(&self.data_dir)
+            .map_err(io_error("inspect directory", &self.data_dir))?;
+        if user.may_traverse(&meta) {
+            return Ok(());
+        }
+        // SAFETY: geteuid has no preconditions.
+        if meta.uid() != unsafe { libc::geteuid() } {
+            return Err(PgError::NotTraversable {
+                dir: self.data_dir.clone(),
+                user: user.name.clone(),
+            });
+        }
+        let mode = (meta.permissions().mode() & 0o7777) | 0o111;
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(mode))
+            .map_err(io_error("change permissions of", &self.data_dir))
+    }
+}
+
+/// Creates `dir` if missing, owned by the cluster user, mode 0700.
+fn ensure_private_dir(dir: &Path, user: &ClusterUser) -> Result<(), PgError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(io_error("create directory", dir)(err)),
+    }
+    if user.switch {
+        std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+            .map_err(io_error("change owner of", dir))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_error("change permissions of", dir))
+}
+
+/// An open lock file; the `flock` is released when this is dropped (or the process dies).
+#[derive(Debug)]
+pub(crate) struct FileLock(File);
+
+impl FileLock {
+    /// Blocks until the lock is granted.
+    pub fn acquire(path: &Path, exclusive: bool) -> Result<Self, PgError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error("open lock file", path))?;
+        let operation = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: the descriptor is open for the duration of the call.
+            if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+                return Ok(FileLock(file));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(io_error("lock", path)(err));
+            }
+        }
+    }
+
+    /// Turns a shared lock into an exclusive one if nobody else holds the file; on failure the
+    /// lock may be lost (Linux drops the old lock before trying), so only call this when leaving.
+    pub fn try_upgrade(&self) -> bool {
+        // SAFETY: the descriptor is open for the duration of the call.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub(crate) fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let exists = unsafe { libc::kill(pid, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
+}
+
+/// What `postmaster.pid` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PostmasterPid {
+    pub pid: i32,
+    /// Line 8 is `ready` once the server accepts connections.
+    pub ready: bool,
+}
+
+pub(crate) fn read_postmaster_pid(cluster: &Path) -> Option<PostmasterPid> {
+    let text = std::fs::read_to_string(cluster.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let ready = lines.nth(6).is_some_and(|status| status.trim() == "ready");
+    Some(PostmasterPid { pid, ready })
+}
+
+/// Whether `pid` is a postmaster serving `cluster`: alive and, where `/proc` tells, working in
+/// that directory (a recycled pid belongs to some other program).
+pub(crate) fn serves_cluster(pid: i32, cluster: &Path) -> bool {
+    if !process_alive(pid) {
+        return false;
+    }
+    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => cwd == cluster,
+        Err(_) => true,
+    }
+}
+
+/// Removes what a killed server leaves behind: `postmaster.pid`, the socket and its lock file.
+pub(crate) fn remove_stale_files(layout: &Layout) -> Result<(), PgError> {
+    let socket = layout.socket_file();
+    let mut socket_lock = socket.clone().into_os_string();
+    socket_lock.push(".lock");
+    for path in [
+        layout.cluster.join("postmaster.pid"),
+        PathBuf::from(socket_lock),
+        socket,
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed stale postgres file"),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_error("remove stale file", &path)(err)),
+        }
+    }
+    Ok(())
+}
+
+/// Opens the server log for appending, returning it and its current length.
+pub(crate) fn open_log(layout: &Layout) -> Result<(File, u64), PgError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&layout.log)
+        .map_err(io_error("open log file", &layout.log))?;
+    let len = log
+        .metadata()
+        .map_err(io_error("inspect log file", &layout.log))?
+        .len();
+    Ok((log, len))
+}
+
+/// The last few lines written to the log since `offset`, joined into one line.
+pub(crate) fn log_excerpt(log: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(log) {
+        let len = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+        let start = offset.max(len.saturating_sub(4096));
+        if file.seek(SeekFrom::Start(start)).is_ok() {
+            let mut bytes = Vec::new();
+            let _ = file.read_to_end(&mut bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    if tail.is_empty() {
+        "no output".to_owned()
+    } else {
+        tail.join(" | ")
+    }
+}
+
+/// The major version recorded in `cluster/PG_VERSION`, if the cluster exists.
+pub(crate) fn cluster_version(cluster: &Path) -> Option<u32> {
+    std::fs::read_to_string(cluster.join("PG_VERSION"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Creates the cluster unless it exists. `initdb` writes into a scratch directory that is renamed
+/// into place, so an interrupted run never leaves a half-made cluster behind.
+pub(crate) fn init_cluster(
+    binaries: &PgBinaries,
+    layout: &Layout,
+    user: &ClusterUser,
+    no_sync: bool,
+) -> Result<(), PgError> {
+    if let Some(version) = cluster_version(&layout.cluster) {
+        if version != binaries.version {
+            return Err(PgError::VersionMismatch {
+                dir: layout.cluster.clone(),
+                cluster: version,
+                bindir: binaries.bindir.clone(),
+                binaries: binaries.version,
+            });
+        }
+        return Ok(());
+    }
+    if layout.cluster.exists() {
+        let empty = std::fs::read_dir(&layout.cluster)
+            .map_err(io_error("read directory", &layout.cluster))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(PgError::NotACluster {
+                path: layout.cluster.clone(),
+            });
+        }
+        std::fs::remove_dir(&layout.cluster)
+            .map_err(io_error("remove directory", &layout.cluster))?;
+    }
+    let scratch = layout.data_dir.join("postgres.initdb");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).map_err(io_error("remove directory", &scratch))?;
+    }
+    ensure_private_dir(&scratch, user)?;
+
+    let (log, offset) = open_log(layout)?;
+    let stderr = log
+        .try_clone()
+        .map_err(io_error("open log file", &layout.log))?;
+    let mut command = user.command(&binaries.initdb(), &scratch);
+    command
+        .arg("--pgdata")
+        .arg(&scratch)
+        .args(["--username", SUPERUSER, "--auth=trust", "--encoding=UTF8"])
+        .arg("--no-locale")
+        .stdout(log)
+        .stderr(stderr);
+    if no_sync {
+        command.arg("--no-sync");
+    }
+    let started = Instant::now();
+    let status = command
+        .status()
+        .map_err(io_error("run", &binaries.initdb()))?;
+    if !status.success() {
+        return Err(PgError::InitdbFailed {
+            dir: layout.cluster.clone(),
+            status,
+            detail: log_excerpt(&layout.log, offset),
+            log: layout.log.clone(),
+        });
+    }
+    std::fs::rename(&scratch, &layout.cluster).map_err(io_error("rename", &scratch))?;
+    tracing::info!(
+        cluster = %layout.cluster.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "initialised postgres cluster"
+    );
+    Ok(())
+}
+
+/// `postgres -D cluster` listening on the socket directory only, plus `settings`.
+pub(crate) fn postgres_command(
+    binaries: &PgBinaries,
+    layout: &Layout,
+    user: &ClusterUser,
+    settings: &[(&str, &str)],
+) -> Command {
+    let mut socket_dirs = OsString::from("unix_socket_directories=\"");
+    socket_dirs.push(&layout.socket_dir);
+    socket_dirs.push("\"");
+    let mut command = user.command(&binaries.postgres(), &layout.cluster);
+    command
+        .arg("-D")
+        .arg(&layout.cluster)
+        .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
+        .arg("-c")
+        .arg(socket_dirs);
+    for (name, value) in settings {
+        command.arg("-c").arg(format!("{name}={value}"));
+    }
+    command
+}
+
+/// Why waiting for a server failed.
+#[derive(Debug)]
+pub(crate) enum NotReady {
+    /// The server exited before it became ready.
+    Exited,
+    TimedOut,
+}
+
+/// Waits until `postmaster.pid` names `pid` and says `ready`, or the server exits.
+pub(crate) fn wait_ready(
+    cluster: &Path,
+    pid: i32,
+    timeout: Duration,
+    mut exited: impl FnMut() -> bool,
+) -> Result<(), NotReady> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if read_postmaster_pid(cluster) == Some(PostmasterPid { pid, ready: true }) {
+            return Ok(());
+        }
+        if exited() {
+            return Err(NotReady::Exited);
+        }
+        if Instant::now() >= deadline {
+            return Err(NotReady::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pg_ctl stop -m fast`: disconnects clients, checkpoints, waits until the server is gone.
+pub(crate) fn stop_cluster(
+    binaries: &PgBinaries,
+    layout: &Layout,
+    user: &ClusterUser,
+) -> Result<(), PgError> {
+    let (log, offset) = open_log(layout)?;
+    let stderr = log
+        .try_clone()
+        .map_err(io_error("open log file", &layout.log))?;
+    let status = user
+        .command(&binaries.pg_ctl(), &layout.cluster)
+        .arg("stop")
+        .arg("--pgdata")
+        .arg(&layout.cluster)
+        .args(["--mode=fast", "--wait", "--timeout=120"])
+        .stdout(log)
+        .stderr(stderr)
+        .status()
+        .map_err(io_error("run", &binaries.pg_ctl()))?;
+    if !status.success() {
+        return Err(PgError::StopFailed {
+            dir: layout.cluster.clone(),
+            detail: log_excerpt(&layout.log, offset),
+            log: layout.log.clone(),
+        });
+    }
+    Ok(())
+}
