@@ -51,7 +51,11 @@ fn page(i: usize, total: usize) -> Page {
         let conv = format!("c{:05}", n / PER_CONVERSATION);
         let seq = (n % PER_CONVERSATION) as i64 + 1;
         let id = (1u64 << 60) + n as u64;
-        let lang = if rng.gen_bool(0.7) { Lang::Chinese } else { Lang::English };
+        let lang = if rng.gen_bool(0.7) {
+            Lang::Chinese
+        } else {
+            Lang::English
+        };
         let text = chatvault::sim::text::message(&mut rng, lang);
         let sender = format!("u{}", rng.gen_range(0..300));
         let sent_at = DateTime::from_timestamp(1_700_000_000 + n as i64 * 7, 0).unwrap();
@@ -107,7 +111,9 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::connect(options.clone(), 4).await?;
     store.migrate().await?;
     let source = SourceName::new("bench");
-    store.register_source(&source, Platform::Tangsengdaodao).await?;
+    store
+        .register_source(&source, Platform::Tangsengdaodao)
+        .await?;
     println!(
         "store ingest benchmark: {total} messages, {} conversations, pages of {PAGE}",
         total.div_ceil(PER_CONVERSATION)
@@ -179,14 +185,26 @@ async fn main() -> anyhow::Result<()> {
     let copy = t.elapsed().as_secs_f64();
 
     let rate = |secs: f64| total as f64 / secs;
-    println!("store ingest (new):      {:>10.0} messages/s  ({ingest:.1} s)", rate(ingest));
-    println!("store replay (no change): {:>9.0} messages/s  ({replay:.1} s)", rate(replay));
-    println!("raw COPY baseline:       {:>10.0} messages/s  ({copy:.1} s)", rate(copy));
+    println!(
+        "store ingest (new):      {:>10.0} messages/s  ({ingest:.1} s)",
+        rate(ingest)
+    );
+    println!(
+        "store replay (no change): {:>9.0} messages/s  ({replay:.1} s)",
+        rate(replay)
+    );
+    println!(
+        "raw COPY baseline:       {:>10.0} messages/s  ({copy:.1} s)",
+        rate(copy)
+    );
     println!(
         "ratio store/COPY: {:.2} (target >= 0.33); replay speed-up: {:.2}x (target >= 3)",
         copy / ingest,
         ingest / replay
     );
-    println!("peak RSS of this process: {:.0} MB (target < 300)", peak_rss_mb());
+    println!(
+        "peak RSS of this process: {:.0} MB (target < 300)",
+        peak_rss_mb()
+    );
     Ok(())
 }

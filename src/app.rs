@@ -122,7 +122,9 @@ where
     let (options, embedded) = match &config.database.url {
         Some(url) => {
             let options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
-                anyhow::anyhow!("database.url is not a valid PostgreSQL URL (postgres://user@host/db)")
+                anyhow::anyhow!(
+                    "database.url is not a valid PostgreSQL URL (postgres://user@host/db)"
+                )
             })?;
             (options, None)
         }
@@ -191,9 +193,9 @@ async fn status(store: Store, args: StatusArgs) -> anyhow::Result<i32> {
         writeln!(out, "  chain head {}", s.chain_head)?;
         match &s.last_run {
             Some(r) => {
-                let lag = s
-                    .lag_seconds
-                    .map_or("never succeeded".to_string(), |l| format!("{l}s since the last success"));
+                let lag = s.lag_seconds.map_or("never succeeded".to_string(), |l| {
+                    format!("{l}s since the last success")
+                });
                 writeln!(
                     out,
                     "  last run #{} {} at {} ({} new, {} changed, {} requests, {} retries; {lag})",
@@ -232,7 +234,10 @@ async fn verify(store: Store, args: VerifyArgs) -> anyhow::Result<i32> {
     }
     for f in &report.failures {
         match f.event_seq {
-            Some(seq) => eprintln!("verify failed: source {}, event {seq}: {}", f.source, f.problem),
+            Some(seq) => eprintln!(
+                "verify failed: source {}, event {seq}: {}",
+                f.source, f.problem
+            ),
             None => eprintln!("verify failed: source {}: {}", f.source, f.problem),
         }
     }
@@ -245,7 +250,11 @@ async fn sync(store: Store, config: Config, args: SyncArgs) -> anyhow::Result<i3
             let known: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
             bail!(
                 "no source named {name:?} in the configuration (configured: {})",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             );
         }
     }
@@ -299,7 +308,11 @@ async fn sync(store: Store, config: Config, args: SyncArgs) -> anyhow::Result<i3
         let r = task.await.context("a sync task panicked")?;
         let c = &r.counts;
         if r.skipped {
-            writeln!(out, "{}: skipped, another chatvault process is syncing it", r.source)?;
+            writeln!(
+                out,
+                "{}: skipped, another chatvault process is syncing it",
+                r.source
+            )?;
             continue;
         }
         let line = format!(

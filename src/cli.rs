@@ -41,17 +41,23 @@ pub enum Command {
     /// Run the daemon: every source on its schedule, the indexer and the HTTP API.
     Run,
     /// Sync every enabled source once (or the named ones); exit 1 if any failed.
-    #[command(after_help = "Examples:\n  chatvault sync\n  chatvault sync --source acme-tsdd --full")]
+    #[command(
+        after_help = "Examples:\n  chatvault sync\n  chatvault sync --source acme-tsdd --full"
+    )]
     Sync(SyncArgs),
     /// Search the archive.
     Search(SearchArgs),
     /// Per source: conversations, messages, versions, events, chain head, quarantine, last run.
-    #[command(after_help = "Examples:\n  chatvault status\n  chatvault status --json | jq .chain_head")]
+    #[command(
+        after_help = "Examples:\n  chatvault status\n  chatvault status --json | jq .chain_head"
+    )]
     Status(StatusArgs),
     /// Recompute every hash chain and check the stored versions against it.
-    #[command(after_help = "Save the chain heads `status` prints somewhere outside the database; \
+    #[command(
+        after_help = "Save the chain heads `status` prints somewhere outside the database; \
 `verify --head SOURCE=SEQ:HASH` later proves the chain was not rewritten since.\n\nExamples:\n  \
-chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…")]
+chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…"
+    )]
     Verify(VerifyArgs),
     /// Export messages as JSONL or CSV.
     Export(ExportArgs),
@@ -159,7 +165,15 @@ mod tests {
 
     #[test]
     fn sync_takes_repeated_sources() {
-        let cli = Cli::parse_from(["chatvault", "sync", "--source", "a", "--source", "b", "--full"]);
+        let cli = Cli::parse_from([
+            "chatvault",
+            "sync",
+            "--source",
+            "a",
+            "--source",
+            "b",
+            "--full",
+        ]);
         let Command::Sync(args) = cli.command else {
             panic!("not sync")
         };

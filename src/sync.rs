@@ -452,7 +452,11 @@ impl Run<'_> {
         record: QuarantineRecord,
     ) -> Result<(), SourceError> {
         let next = Cursor(json!({"v": 1}));
-        let mut page = Page::new("quarantine", cursors.get("quarantine").cloned(), next.clone());
+        let mut page = Page::new(
+            "quarantine",
+            cursors.get("quarantine").cloned(),
+            next.clone(),
+        );
         page.quarantine.push(record);
         self.store.apply_page(&self.source.name, &page).await?;
         cursors.insert("quarantine".into(), next);
@@ -488,7 +492,10 @@ impl Run<'_> {
                         )));
                     }
                     let wait = retry_after.unwrap_or_else(|| self.backoff(limited));
-                    info!(wait_ms = wait.as_millis() as u64, "rate limited by upstream; waiting");
+                    info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "rate limited by upstream; waiting"
+                    );
                     self.counts.retries += 1;
                     self.sleep(wait).await;
                 }

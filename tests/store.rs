@@ -23,12 +23,27 @@ async fn snapshot(store: &Store) -> Vec<i64> {
         out.push(count(store, &format!("SELECT count(*) FROM {table}")).await);
     }
     // xmin changes when a row is rewritten, even with identical values
-    out.push(count(store, "SELECT sum(xmin::text::bigint) FROM vault.messages").await);
-    out.push(count(store, "SELECT sum(xmin::text::bigint) FROM vault.conversations").await);
+    out.push(
+        count(
+            store,
+            "SELECT sum(xmin::text::bigint)::bigint FROM vault.messages",
+        )
+        .await,
+    );
+    out.push(
+        count(
+            store,
+            "SELECT sum(xmin::text::bigint)::bigint FROM vault.conversations",
+        )
+        .await,
+    );
     out
 }
 
-async fn versions(store: &Store, msg: &str) -> Vec<(i32, String, Option<chrono::DateTime<chrono::Utc>>)> {
+async fn versions(
+    store: &Store,
+    msg: &str,
+) -> Vec<(i32, String, Option<chrono::DateTime<chrono::Utc>>)> {
     sqlx::query_as(
         "SELECT version, text, edited_at FROM archive.message_versions WHERE message_id = $1 ORDER BY version",
     )
@@ -41,11 +56,16 @@ async fn versions(store: &Store, msg: &str) -> Vec<(i32, String, Option<chrono::
 #[tokio::test]
 async fn replaying_a_page_is_a_no_op() {
     let (store, src) = store().await;
-    let mut p = page("messages/c", None, 3, vec![
-        message("c", "1", 1, "你好，世界"),
-        message("c", "2", 2, "hello"),
-        message("c", "3", 3, "third"),
-    ]);
+    let mut p = page(
+        "messages/c",
+        None,
+        3,
+        vec![
+            message("c", "1", 1, "你好，世界"),
+            message("c", "2", 2, "hello"),
+            message("c", "3", 3, "third"),
+        ],
+    );
     p.conversations.push(conversation("c"));
     let first = store.apply_page(&src, &p).await.unwrap();
     assert_eq!(first.messages_new, 3);
@@ -66,51 +86,112 @@ async fn replaying_a_page_is_a_no_op() {
 #[tokio::test]
 async fn an_edit_adds_version_two_and_keeps_version_one() {
     let (store, src) = store().await;
-    store.apply_page(&src, &page("m/c", None, 1, vec![message("c", "1", 1, "original")])).await.unwrap();
+    store
+        .apply_page(
+            &src,
+            &page("m/c", None, 1, vec![message("c", "1", 1, "original")]),
+        )
+        .await
+        .unwrap();
     let mut edited = message("c", "1", 1, "edited once");
     edited.edited_at = Some(t(100));
-    let out = store.apply_page(&src, &page("m/c", Some(1), 1, vec![edited])).await.unwrap();
+    let out = store
+        .apply_page(&src, &page("m/c", Some(1), 1, vec![edited]))
+        .await
+        .unwrap();
     assert_eq!(out.messages_changed, 1);
     let v = versions(&store, "1").await;
     assert_eq!(v.len(), 2);
     assert_eq!(v[0], (1, "original".to_string(), None));
     assert_eq!(v[1], (2, "edited once".to_string(), Some(t(100))));
     let (text, count, edited_at): (String, i32, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as("SELECT text, edit_count, edited_at FROM archive.messages WHERE message_id = '1'")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!((text.as_str(), count, edited_at), ("edited once", 1, Some(t(100))));
+        sqlx::query_as(
+            "SELECT text, edit_count, edited_at FROM archive.messages WHERE message_id = '1'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        (text.as_str(), count, edited_at),
+        ("edited once", 1, Some(t(100)))
+    );
 }
 
 #[tokio::test]
 async fn two_edits_give_three_versions_in_order() {
     let (store, src) = store().await;
-    store.apply_page(&src, &page("m/c", None, 1, vec![message("c", "1", 1, "a")])).await.unwrap();
-    store.apply_page(&src, &page("m/c", Some(1), 1, vec![message("c", "1", 1, "b")])).await.unwrap();
-    store.apply_page(&src, &page("m/c", Some(1), 1, vec![message("c", "1", 1, "c")])).await.unwrap();
-    let texts: Vec<(i32, String)> = versions(&store, "1").await.into_iter().map(|(v, t, _)| (v, t)).collect();
-    assert_eq!(texts, [(1, "a".into()), (2, "b".into()), (3, "c".into())]);
-    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM archive.events WHERE message_id = '1' ORDER BY event_seq")
-        .fetch_all(store.pool())
+    store
+        .apply_page(&src, &page("m/c", None, 1, vec![message("c", "1", 1, "a")]))
         .await
         .unwrap();
-    assert_eq!(kinds, ["message_created", "message_edited", "message_edited"]);
+    store
+        .apply_page(
+            &src,
+            &page("m/c", Some(1), 1, vec![message("c", "1", 1, "b")]),
+        )
+        .await
+        .unwrap();
+    store
+        .apply_page(
+            &src,
+            &page("m/c", Some(1), 1, vec![message("c", "1", 1, "c")]),
+        )
+        .await
+        .unwrap();
+    let texts: Vec<(i32, String)> = versions(&store, "1")
+        .await
+        .into_iter()
+        .map(|(v, t, _)| (v, t))
+        .collect();
+    assert_eq!(texts, [(1, "a".into()), (2, "b".into()), (3, "c".into())]);
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM archive.events WHERE message_id = '1' ORDER BY event_seq",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        ["message_created", "message_edited", "message_edited"]
+    );
 }
 
 #[tokio::test]
 async fn a_recall_with_blanked_content_keeps_the_original_text() {
     let (store, src) = store().await;
-    store.apply_page(&src, &page("m/c", None, 1, vec![message("c", "1", 1, "the original words")])).await.unwrap();
+    store
+        .apply_page(
+            &src,
+            &page(
+                "m/c",
+                None,
+                1,
+                vec![message("c", "1", 1, "the original words")],
+            ),
+        )
+        .await
+        .unwrap();
     let mut recalled = message("c", "1", 1, "");
-    recalled.recalled = Some(Mark { at: Some(t(50)), by: Some("u1".into()) });
+    recalled.recalled = Some(Mark {
+        at: Some(t(50)),
+        by: Some("u1".into()),
+    });
     recalled.raw = json!({"revoke": 1, "payload": {}});
-    store.apply_page(&src, &page("m/c", Some(1), 1, vec![recalled])).await.unwrap();
-    let (text, recalled_at, by, raw): (String, Option<chrono::DateTime<chrono::Utc>>, Option<String>, Value) =
-        sqlx::query_as("SELECT text, recalled_at, recalled_by, raw FROM archive.messages WHERE message_id = '1'")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+    store
+        .apply_page(&src, &page("m/c", Some(1), 1, vec![recalled]))
+        .await
+        .unwrap();
+    let (text, recalled_at, by, raw): (
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<String>,
+        Value,
+    ) = sqlx::query_as(
+        "SELECT text, recalled_at, recalled_by, raw FROM archive.messages WHERE message_id = '1'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
     assert_eq!(text, "the original words");
     assert_eq!(recalled_at, Some(t(50)));
     assert_eq!(by.as_deref(), Some("u1"));
@@ -121,12 +202,21 @@ async fn a_recall_with_blanked_content_keeps_the_original_text() {
 #[tokio::test]
 async fn a_deletion_keeps_the_content() {
     let (store, src) = store().await;
-    store.apply_page(&src, &page("m/c", None, 1, vec![message("c", "1", 1, "keep me")])).await.unwrap();
+    store
+        .apply_page(
+            &src,
+            &page("m/c", None, 1, vec![message("c", "1", 1, "keep me")]),
+        )
+        .await
+        .unwrap();
     let mut deleted = message("c", "1", 1, "keep me");
     deleted.header = None;
     deleted.content = None;
     deleted.deleted = Some(Mark { at: None, by: None });
-    let out = store.apply_page(&src, &page("m/c", Some(1), 2, vec![deleted])).await.unwrap();
+    let out = store
+        .apply_page(&src, &page("m/c", Some(1), 2, vec![deleted]))
+        .await
+        .unwrap();
     assert_eq!(out.messages_changed, 1);
     let (text, deleted_at): (String, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT text, deleted_at FROM archive.messages WHERE message_id = '1'")
@@ -140,7 +230,10 @@ async fn a_deletion_keeps_the_content() {
 #[tokio::test]
 async fn reaction_add_remove_readd_gives_two_episodes() {
     let (store, src) = store().await;
-    store.apply_page(&src, &page("m/c", None, 1, vec![message("c", "1", 1, "x")])).await.unwrap();
+    store
+        .apply_page(&src, &page("m/c", None, 1, vec![message("c", "1", 1, "x")]))
+        .await
+        .unwrap();
     let reaction = |present: bool, at: i64| ReactionObservation {
         conversation_id: "c".into(),
         message_id: "1".into(),
@@ -151,31 +244,66 @@ async fn reaction_add_remove_readd_gives_two_episodes() {
         one_per_user: true,
         at: Some(t(at)),
     };
-    for (i, (present, at)) in [(true, 10), (false, 20), (true, 30)].into_iter().enumerate() {
-        let mut p = Page::new("r/c", (i > 0).then(|| cursor(i as i64)), cursor(i as i64 + 1));
+    for (i, (present, at)) in [(true, 10), (false, 20), (true, 30)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut p = Page::new(
+            "r/c",
+            (i > 0).then(|| cursor(i as i64)),
+            cursor(i as i64 + 1),
+        );
         p.reactions.push(reaction(present, at));
         store.apply_page(&src, &p).await.unwrap();
     }
-    let rows: Vec<(String, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> =
-        sqlx::query_as("SELECT emoji, reacted_at, removed_at FROM archive.reactions ORDER BY reacted_at")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(rows, [("👍".into(), t(10), Some(t(20))), ("👍".into(), t(30), None)]);
+    let rows: Vec<(
+        String,
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )> = sqlx::query_as(
+        "SELECT emoji, reacted_at, removed_at FROM archive.reactions ORDER BY reacted_at",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("👍".into(), t(10), Some(t(20))),
+            ("👍".into(), t(30), None)
+        ]
+    );
 
     // a full reaction set without that reaction closes the open episode
     let mut m = message("c", "1", 1, "x");
-    m.reactions = Some(vec![ReactionState { user_id: "u3".into(), user_name: None, emoji: "❤".into() }]);
-    store.apply_page(&src, &page("m/c", Some(1), 1, vec![m])).await.unwrap();
-    let open: i64 = count(&store, "SELECT count(*) FROM archive.reactions WHERE removed_at IS NULL").await;
+    m.reactions = Some(vec![ReactionState {
+        user_id: "u3".into(),
+        user_name: None,
+        emoji: "❤".into(),
+    }]);
+    store
+        .apply_page(&src, &page("m/c", Some(1), 1, vec![m]))
+        .await
+        .unwrap();
+    let open: i64 = count(
+        &store,
+        "SELECT count(*) FROM archive.reactions WHERE removed_at IS NULL",
+    )
+    .await;
     assert_eq!(open, 1);
-    assert_eq!(count(&store, "SELECT count(*) FROM archive.reactions").await, 3);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM archive.reactions").await,
+        3
+    );
 }
 
 #[tokio::test]
 async fn a_page_from_the_wrong_cursor_is_rejected_and_changes_nothing() {
     let (store, src) = store().await;
-    store.apply_page(&src, &page("m/c", None, 5, vec![message("c", "1", 1, "x")])).await.unwrap();
+    store
+        .apply_page(&src, &page("m/c", None, 5, vec![message("c", "1", 1, "x")]))
+        .await
+        .unwrap();
     let before = snapshot(&store).await;
     for wrong in [None, Some(4)] {
         let p = page("m/c", wrong, 9, vec![message("c", "2", 6, "y")]);
@@ -204,16 +332,19 @@ async fn quarantine_keeps_a_malformed_record_and_the_rest_lands() {
     let out = store.apply_page(&src, &p).await.unwrap();
     assert_eq!(out.messages_new, 1);
     assert_eq!(out.quarantined, 2);
-    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM archive.quarantine ORDER BY reason")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM archive.quarantine ORDER BY reason")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
     assert!(reasons[0].contains("999"), "{reasons:?}");
     assert_eq!(reasons[1], "message_seq is a string");
-    let raw: Value = sqlx::query_scalar("SELECT raw FROM archive.quarantine WHERE reason = 'message_seq is a string'")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let raw: Value = sqlx::query_scalar(
+        "SELECT raw FROM archive.quarantine WHERE reason = 'message_seq is a string'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
     assert_eq!(raw["message_seq"], "two");
 }
 
@@ -223,7 +354,10 @@ async fn ids_above_2_pow_53_and_nul_bytes_survive() {
     let id = "18446744073709551557";
     let mut m = message("c", id, 1, "a\u{0}b");
     m.raw = serde_json::from_str(r#"{"message_id": 18446744073709551557}"#).unwrap();
-    store.apply_page(&src, &page("m/c", None, 1, vec![m])).await.unwrap();
+    store
+        .apply_page(&src, &page("m/c", None, 1, vec![m]))
+        .await
+        .unwrap();
     let (got, text, raw): (String, String, String) =
         sqlx::query_as("SELECT message_id, text, raw::text FROM archive.messages")
             .fetch_one(store.pool())
@@ -238,12 +372,100 @@ async fn ids_above_2_pow_53_and_nul_bytes_survive() {
 async fn views_match_the_sql_contract() {
     let (store, _) = store().await;
     let contract: &[(&str, &[&str])] = &[
-        ("conversations", &["source", "platform", "conversation_id", "conversation_type", "name", "message_count", "first_message_at", "last_message_at", "metadata"]),
-        ("messages", &["source", "platform", "conversation_id", "conversation_type", "message_id", "seq", "sender_id", "sender_name", "sent_at", "kind", "text", "content", "reply_to", "edited_at", "edit_count", "recalled_at", "recalled_by", "deleted_at", "archived_at", "raw"]),
-        ("message_versions", &["source", "conversation_id", "message_id", "version", "text", "content", "edited_at", "observed_at"]),
-        ("reactions", &["source", "conversation_id", "message_id", "user_id", "user_name", "emoji", "reacted_at", "removed_at"]),
-        ("events", &["source", "event_seq", "kind", "conversation_id", "message_id", "occurred_at", "observed_at", "detail", "prev_hash", "hash"]),
-        ("sync_runs", &["source", "run_id", "started_at", "finished_at", "status", "messages_new", "messages_changed", "requests", "error"]),
+        (
+            "conversations",
+            &[
+                "source",
+                "platform",
+                "conversation_id",
+                "conversation_type",
+                "name",
+                "message_count",
+                "first_message_at",
+                "last_message_at",
+                "metadata",
+            ],
+        ),
+        (
+            "messages",
+            &[
+                "source",
+                "platform",
+                "conversation_id",
+                "conversation_type",
+                "message_id",
+                "seq",
+                "sender_id",
+                "sender_name",
+                "sent_at",
+                "kind",
+                "text",
+                "content",
+                "reply_to",
+                "edited_at",
+                "edit_count",
+                "recalled_at",
+                "recalled_by",
+                "deleted_at",
+                "archived_at",
+                "raw",
+            ],
+        ),
+        (
+            "message_versions",
+            &[
+                "source",
+                "conversation_id",
+                "message_id",
+                "version",
+                "text",
+                "content",
+                "edited_at",
+                "observed_at",
+            ],
+        ),
+        (
+            "reactions",
+            &[
+                "source",
+                "conversation_id",
+                "message_id",
+                "user_id",
+                "user_name",
+                "emoji",
+                "reacted_at",
+                "removed_at",
+            ],
+        ),
+        (
+            "events",
+            &[
+                "source",
+                "event_seq",
+                "kind",
+                "conversation_id",
+                "message_id",
+                "occurred_at",
+                "observed_at",
+                "detail",
+                "prev_hash",
+                "hash",
+            ],
+        ),
+        (
+            "sync_runs",
+            &[
+                "source",
+                "run_id",
+                "started_at",
+                "finished_at",
+                "status",
+                "messages_new",
+                "messages_changed",
+                "requests",
+                "error",
+            ],
+        ),
         ("quarantine", &["source", "observed_at", "reason", "raw"]),
     ];
     for (view, columns) in contract {
@@ -271,32 +493,49 @@ async fn views_match_the_sql_contract() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-        assert_eq!(undocumented, 0, "archive.{view} has columns without a comment");
+        assert_eq!(
+            undocumented, 0,
+            "archive.{view} has columns without a comment"
+        );
     }
 }
 
 /// Build a small history with every kind of event.
 async fn history(store: &Store, src: &SourceName) {
-    let mut p = page("m/c", None, 3, vec![
-        message("c", "1", 1, "one"),
-        message("c", "2", 2, "two"),
-        message("c", "3", 3, "three"),
-    ]);
+    let mut p = page(
+        "m/c",
+        None,
+        3,
+        vec![
+            message("c", "1", 1, "one"),
+            message("c", "2", 2, "two"),
+            message("c", "3", 3, "three"),
+        ],
+    );
     p.conversations.push(conversation("c"));
     store.apply_page(src, &p).await.unwrap();
     let mut edit = message("c", "2", 2, "two, edited");
     edit.recalled = None;
     let mut recall = message("c", "3", 3, "three");
     recall.recalled = Some(Mark::default());
-    store.apply_page(src, &page("m/c", Some(3), 3, vec![edit, recall])).await.unwrap();
+    store
+        .apply_page(src, &page("m/c", Some(3), 3, vec![edit, recall]))
+        .await
+        .unwrap();
 }
 
 async fn tamper(store: &Store, sql: &str) {
     let mut conn = store.pool().acquire().await.unwrap();
     // an attacker with owner rights bypasses the append-only triggers
-    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     sqlx::query(sql).execute(&mut *conn).await.unwrap();
-    sqlx::query("SET session_replication_role = origin").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET session_replication_role = origin")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -319,7 +558,10 @@ async fn verify_passes_on_an_intact_chain() {
     history(&store, &src).await;
     let report = store.verify(&[]).await.unwrap();
     assert!(report.ok(), "{:?}", report.failures);
-    assert_eq!(report.sources[0].1, 6, "conversation, three messages, an edit and a recall");
+    assert_eq!(
+        report.sources[0].1, 6,
+        "conversation, three messages, an edit and a recall"
+    );
     assert_eq!(report.versions_checked, 4);
 }
 
@@ -327,11 +569,19 @@ async fn verify_passes_on_an_intact_chain() {
 async fn verify_names_the_event_after_an_update() {
     let (store, src) = store().await;
     history(&store, &src).await;
-    tamper(&store, "UPDATE vault.events SET detail = jsonb_set(detail, '{seq}', '7') WHERE event_seq = 3").await;
+    tamper(
+        &store,
+        "UPDATE vault.events SET detail = jsonb_set(detail, '{seq}', '7') WHERE event_seq = 3",
+    )
+    .await;
     let report = store.verify(&[]).await.unwrap();
     assert!(!report.ok());
     assert_eq!(report.failures[0].event_seq, Some(3));
-    assert!(report.failures[0].problem.contains("altered"), "{:?}", report.failures);
+    assert!(
+        report.failures[0].problem.contains("altered"),
+        "{:?}",
+        report.failures
+    );
 }
 
 #[tokio::test]
@@ -342,16 +592,26 @@ async fn verify_names_the_event_after_a_delete() {
     let report = store.verify(&[]).await.unwrap();
     assert!(!report.ok());
     assert_eq!(report.failures[0].event_seq, Some(4));
-    assert!(report.failures[0].problem.contains("missing"), "{:?}", report.failures);
+    assert!(
+        report.failures[0].problem.contains("missing"),
+        "{:?}",
+        report.failures
+    );
 }
 
 #[tokio::test]
 async fn verify_names_the_event_after_a_reordering() {
     let (store, src) = store().await;
     history(&store, &src).await;
+    // swap events 2 and 3 (through negative numbers: the key is checked row by row)
     tamper(
         &store,
-        "UPDATE vault.events SET event_seq = CASE event_seq WHEN 2 THEN 3 ELSE 2 END WHERE event_seq IN (2, 3)",
+        "UPDATE vault.events SET event_seq = -event_seq WHERE event_seq IN (2, 3)",
+    )
+    .await;
+    tamper(
+        &store,
+        "UPDATE vault.events SET event_seq = CASE event_seq WHEN -2 THEN 3 ELSE 2 END WHERE event_seq < 0",
     )
     .await;
     let report = store.verify(&[]).await.unwrap();
@@ -363,10 +623,21 @@ async fn verify_names_the_event_after_a_reordering() {
 async fn verify_notices_an_altered_version() {
     let (store, src) = store().await;
     history(&store, &src).await;
-    tamper(&store, "UPDATE vault.message_versions SET text = 'forged' WHERE message_id = '1'").await;
+    tamper(
+        &store,
+        "UPDATE vault.message_versions SET text = 'forged' WHERE message_id = '1'",
+    )
+    .await;
     let report = store.verify(&[]).await.unwrap();
     assert!(!report.ok());
-    assert!(report.failures.iter().any(|f| f.problem.contains("version 1 of message 1")), "{:?}", report.failures);
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.problem.contains("version 1 of message 1")),
+        "{:?}",
+        report.failures
+    );
 }
 
 #[tokio::test]
@@ -376,7 +647,11 @@ async fn verify_head_catches_a_consistently_rewritten_chain() {
     let status = store.status().await.unwrap();
     let saved = format!("s={}", status[0].chain_head);
     let head = ExpectedHead::parse(&saved).unwrap();
-    assert!(store.verify(std::slice::from_ref(&head)).await.unwrap().ok());
+    assert!(store
+        .verify(std::slice::from_ref(&head))
+        .await
+        .unwrap()
+        .ok());
 
     // rewrite event 2 and recompute every later hash, as an insider could
     tamper(&store, "UPDATE vault.events SET detail = jsonb_set(detail, '{sender_id}', '\"mallory\"') WHERE event_seq = 2").await;
@@ -388,31 +663,52 @@ async fn verify_head_catches_a_consistently_rewritten_chain() {
             .unwrap();
     let mut prev = GENESIS;
     for (seq, kind, conv, msg, occ, obs, detail) in &rows {
-        let hash = chain_hash(&prev, &EventFields {
-            source: "s",
-            event_seq: *seq,
-            kind,
-            conversation_id: conv.as_deref(),
-            message_id: msg.as_deref(),
-            occurred_at: *occ,
-            observed_at: *obs,
-            detail,
-        });
-        tamper(&store, &format!(
+        let hash = chain_hash(
+            &prev,
+            &EventFields {
+                source: "s",
+                event_seq: *seq,
+                kind,
+                conversation_id: conv.as_deref(),
+                message_id: msg.as_deref(),
+                occurred_at: *occ,
+                observed_at: *obs,
+                detail,
+            },
+        );
+        tamper(
+            &store,
+            &format!(
             "UPDATE vault.events SET prev_hash = '\\x{}', hash = '\\x{}' WHERE event_seq = {seq}",
             hex::encode(prev),
             hex::encode(hash)
-        ))
+        ),
+        )
         .await;
         prev = hash;
     }
-    tamper(&store, &format!("UPDATE vault.chain_heads SET hash = '\\x{}'", hex::encode(prev))).await;
+    tamper(
+        &store,
+        &format!(
+            "UPDATE vault.chain_heads SET hash = '\\x{}'",
+            hex::encode(prev)
+        ),
+    )
+    .await;
 
     let without_head = store.verify(&[]).await.unwrap();
-    assert!(without_head.ok(), "a consistent rewrite passes the internal check: {:?}", without_head.failures);
+    assert!(
+        without_head.ok(),
+        "a consistent rewrite passes the internal check: {:?}",
+        without_head.failures
+    );
     let with_head = store.verify(&[head]).await.unwrap();
     assert!(!with_head.ok());
-    assert!(with_head.failures[0].problem.contains("rewritten"), "{:?}", with_head.failures);
+    assert!(
+        with_head.failures[0].problem.contains("rewritten"),
+        "{:?}",
+        with_head.failures
+    );
 }
 
 #[tokio::test]
@@ -420,15 +716,24 @@ async fn runs_are_recorded_with_the_chain_head() {
     let (store, src) = store().await;
     let run = store.start_run(&src).await.unwrap();
     history(&store, &src).await;
-    let counts = chatvault::store::RunCounts { messages_new: 3, messages_changed: 2, requests: 7, retries: 1 };
-    store.finish_run(&src, run, chatvault::store::RunStatus::Ok, &counts, None).await.unwrap();
+    let counts = chatvault::store::RunCounts {
+        messages_new: 3,
+        messages_changed: 2,
+        requests: 7,
+        retries: 1,
+    };
+    store
+        .finish_run(&src, run, chatvault::store::RunStatus::Ok, &counts, None)
+        .await
+        .unwrap();
     // a second run finds the first finished; a run left running is marked interrupted
     let stale = store.start_run(&src).await.unwrap();
     let _next = store.start_run(&src).await.unwrap();
-    let statuses: Vec<(i64, String)> = sqlx::query_as("SELECT run_id, status FROM archive.sync_runs ORDER BY run_id")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
+    let statuses: Vec<(i64, String)> =
+        sqlx::query_as("SELECT run_id, status FROM archive.sync_runs ORDER BY run_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
     assert_eq!(statuses[0], (run, "ok".into()));
     assert_eq!(statuses[1], (stale, "interrupted".into()));
     let status = store.status().await.unwrap();

@@ -12,8 +12,8 @@ use super::canonical::{self, chain_hash, strip_nul, strip_nul_value, EventFields
 use super::diff::{self, EventDraft, MessageState, ReactionBook};
 use super::{Result, Store, StoreError};
 use crate::model::{
-    ConversationObservation, ConversationType, Mark, MessageHeader, Page,
-    QuarantineRecord, SourceName,
+    ConversationObservation, ConversationType, Mark, MessageHeader, Page, QuarantineRecord,
+    SourceName,
 };
 
 /// What a page did to the archive.
@@ -95,7 +95,11 @@ async fn apply_in(
 
     // 3. Conversations: the observed ones, and placeholders for any only referenced.
     let mut conv_ids: BTreeSet<&str> = BTreeSet::new();
-    conv_ids.extend(page.conversations.iter().map(|c| c.conversation_id.as_str()));
+    conv_ids.extend(
+        page.conversations
+            .iter()
+            .map(|c| c.conversation_id.as_str()),
+    );
     conv_ids.extend(page.messages.iter().map(|m| m.conversation_id.as_str()));
     conv_ids.extend(page.reactions.iter().map(|r| r.conversation_id.as_str()));
     let conv_ids: Vec<String> = conv_ids.into_iter().map(str::to_string).collect();
@@ -230,7 +234,15 @@ async fn apply_in(
     write_reactions(tx, src, &books).await?;
     update_conversation_counts(tx, src, &rows, &new_msgs).await?;
     let n_events = events.len() as u64;
-    write_events(tx, src, &events, observed_at, &mut chain_seq, &mut chain_head).await?;
+    write_events(
+        tx,
+        src,
+        &events,
+        observed_at,
+        &mut chain_seq,
+        &mut chain_head,
+    )
+    .await?;
     let gaps = write_gaps(tx, src, page, observed_at).await?;
     let quarantined = write_quarantine(tx, src, &quarantine, observed_at).await?;
     sqlx::query(
@@ -408,21 +420,28 @@ async fn load_reactions(
     let (convs, ids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(c, m)| (c.as_str(), m.as_str())).unzip();
     #[allow(clippy::type_complexity)]
-    let open: Vec<(i64, String, String, String, Option<String>, String, DateTime<Utc>)> =
-        sqlx::query_as(
-            "SELECT r.reaction_id, r.conversation_id, r.message_id, r.user_id, r.user_name,
+    let open: Vec<(
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
+        "SELECT r.reaction_id, r.conversation_id, r.message_id, r.user_id, r.user_name,
                     r.emoji, r.reacted_at
              FROM vault.reactions r
              JOIN unnest($2::text[], $3::text[]) AS k(conversation_id, message_id)
                ON r.conversation_id = k.conversation_id AND r.message_id = k.message_id
              WHERE r.source = $1 AND r.removed_at IS NULL
              ORDER BY r.reaction_id",
-        )
-        .bind(src)
-        .bind(&convs)
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?;
+    )
+    .bind(src)
+    .bind(&convs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
     for (id, conv, msg, user_id, user_name, emoji, reacted_at) in open {
         books
             .entry((conv.clone(), msg.clone()))
@@ -521,7 +540,11 @@ async fn write_messages(
             continue;
         }
         let Some(st) = &row.state else { continue };
-        let cols = if row.in_db { &mut updates } else { &mut inserts };
+        let cols = if row.in_db {
+            &mut updates
+        } else {
+            &mut inserts
+        };
         cols.conv.push(conv.clone());
         cols.id.push(id.clone());
         cols.seq.push(st.header.seq);
@@ -532,10 +555,13 @@ async fn write_messages(
         cols.version.push(st.current_version);
         cols.hashes.push(st.version_hashes.concat());
         cols.edited_at.push(st.edited_at);
-        cols.recalled_at.push(st.recalled.as_ref().and_then(|m| m.at));
-        cols.recalled_by.push(st.recalled.as_ref().and_then(|m| m.by.clone()));
+        cols.recalled_at
+            .push(st.recalled.as_ref().and_then(|m| m.at));
+        cols.recalled_by
+            .push(st.recalled.as_ref().and_then(|m| m.by.clone()));
         cols.deleted_at.push(st.deleted.as_ref().and_then(|m| m.at));
-        cols.deleted_by.push(st.deleted.as_ref().and_then(|m| m.by.clone()));
+        cols.deleted_by
+            .push(st.deleted.as_ref().and_then(|m| m.by.clone()));
         let raw_changed = row.loaded_raw_hash != Some(st.raw_hash);
         cols.raw.push(raw_changed.then(|| st.raw.to_string()));
         cols.raw_hash.push(st.raw_hash.to_vec());

@@ -177,8 +177,8 @@ mod tests {
 
     #[test]
     fn big_integers_stay_exact() {
-        let v: Value = serde_json::from_str(r#"{"id":18446744073709551615,"n":-9007199254740993}"#)
-            .unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"id":18446744073709551615,"n":-9007199254740993}"#).unwrap();
         assert_eq!(
             String::from_utf8(canonical_bytes(&v)).unwrap(),
             r#"{"id":18446744073709551615,"n":-9007199254740993}"#
@@ -210,14 +210,38 @@ mod tests {
         let h = chain_hash(&GENESIS, &base);
         let other_detail = json!({"x": 2});
         let variants = [
-            EventFields { source: "t", ..base.clone() },
-            EventFields { event_seq: 2, ..base.clone() },
-            EventFields { kind: "message_edited", ..base.clone() },
-            EventFields { conversation_id: None, ..base.clone() },
-            EventFields { message_id: Some("n"), ..base.clone() },
-            EventFields { occurred_at: Some(t), ..base.clone() },
-            EventFields { observed_at: t + chrono::Duration::microseconds(1), ..base.clone() },
-            EventFields { detail: &other_detail, ..base.clone() },
+            EventFields {
+                source: "t",
+                ..base.clone()
+            },
+            EventFields {
+                event_seq: 2,
+                ..base.clone()
+            },
+            EventFields {
+                kind: "message_edited",
+                ..base.clone()
+            },
+            EventFields {
+                conversation_id: None,
+                ..base.clone()
+            },
+            EventFields {
+                message_id: Some("n"),
+                ..base.clone()
+            },
+            EventFields {
+                occurred_at: Some(t),
+                ..base.clone()
+            },
+            EventFields {
+                observed_at: t + chrono::Duration::microseconds(1),
+                ..base.clone()
+            },
+            EventFields {
+                detail: &other_detail,
+                ..base.clone()
+            },
         ];
         for v in variants {
             assert_ne!(chain_hash(&GENESIS, &v), h, "{v:?}");
@@ -231,6 +255,9 @@ mod tests {
         let clean = strip_nul_value(&v);
         assert_eq!(*clean, json!({"a\u{FFFD}": ["x\u{FFFD}y"]}));
         let plain = json!({"a": 1});
-        assert!(matches!(strip_nul_value(&plain), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            strip_nul_value(&plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use super::canonical::{canonical_time, content_hash, value_hash, Hash};
 use crate::model::{
-    Content, ConversationObservation, Mark, MessageHeader, MessageObservation,
-    ReactionObservation, ReactionState,
+    Content, ConversationObservation, Mark, MessageHeader, MessageObservation, ReactionObservation,
+    ReactionState,
 };
 
 /// What the store holds about a message, as far as diffing needs it.
@@ -112,7 +112,11 @@ pub fn apply_message(
             let mut contents: Vec<(Content, Option<DateTime<Utc>>)> = Vec::new();
             let mut prev_replaced: Option<DateTime<Utc>> = None;
             for (i, earlier) in obs.earlier_versions.iter().enumerate() {
-                let edited_at = if i == 0 { None } else { prev_replaced.or(Some(observed_at)) };
+                let edited_at = if i == 0 {
+                    None
+                } else {
+                    prev_replaced.or(Some(observed_at))
+                };
                 contents.push((earlier.content.clone(), edited_at));
                 prev_replaced = earlier.replaced_at;
             }
@@ -563,7 +567,10 @@ mod tests {
         let mut st = None;
         apply_message(&mut st, &obs("secret plan"), t(1)).unwrap();
         let mut recalled = obs("");
-        recalled.recalled = Some(Mark { at: Some(t(9)), by: Some("u".into()) });
+        recalled.recalled = Some(Mark {
+            at: Some(t(9)),
+            by: Some("u".into()),
+        });
         let out = apply_message(&mut st, &recalled, t(10)).unwrap();
         assert!(out.versions.is_empty());
         assert_eq!(out.events.len(), 1);
@@ -580,18 +587,31 @@ mod tests {
     fn first_sight_after_edits_records_the_reported_history() {
         let mut o = obs("v3");
         o.earlier_versions = vec![
-            EarlierVersion { content: content("v1"), replaced_at: Some(t(2)) },
-            EarlierVersion { content: content("v2"), replaced_at: Some(t(3)) },
+            EarlierVersion {
+                content: content("v1"),
+                replaced_at: Some(t(2)),
+            },
+            EarlierVersion {
+                content: content("v2"),
+                replaced_at: Some(t(3)),
+            },
         ];
         let mut st = None;
         let out = apply_message(&mut st, &o, t(4)).unwrap();
-        let texts: Vec<_> = out.versions.iter().map(|v| v.content.text.as_str()).collect();
+        let texts: Vec<_> = out
+            .versions
+            .iter()
+            .map(|v| v.content.text.as_str())
+            .collect();
         assert_eq!(texts, ["v1", "v2", "v3"]);
         assert_eq!(out.versions[0].edited_at, None);
         assert_eq!(out.versions[1].edited_at, Some(t(2)));
         assert_eq!(out.versions[2].edited_at, Some(t(3)));
         let kinds: Vec<_> = out.events.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, ["message_created", "message_edited", "message_edited"]);
+        assert_eq!(
+            kinds,
+            ["message_created", "message_edited", "message_edited"]
+        );
         // the same observation again is a no-op
         let again = apply_message(&mut st, &o, t(5)).unwrap();
         assert!(again.versions.is_empty() && again.events.is_empty());
@@ -625,7 +645,10 @@ mod tests {
         book.apply_change(&change(false), t(4), &mut events); // already removed
         book.apply_change(&change(true), t(5), &mut events);
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, ["reaction_added", "reaction_removed", "reaction_added"]);
+        assert_eq!(
+            kinds,
+            ["reaction_added", "reaction_removed", "reaction_added"]
+        );
         assert_eq!(book.episodes.len(), 2);
         assert_eq!(book.episodes[0].removed_at, Some(t(3)));
         assert_eq!(book.episodes[1].removed_at, None);
@@ -649,7 +672,10 @@ mod tests {
         o.emoji = "❤".into();
         book.apply_change(&o, t(2), &mut events);
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, ["reaction_added", "reaction_removed", "reaction_added"]);
+        assert_eq!(
+            kinds,
+            ["reaction_added", "reaction_removed", "reaction_added"]
+        );
     }
 
     #[test]

@@ -108,11 +108,13 @@ impl Store {
     /// forever: its archive and chain belong to that account.
     pub async fn register_source(&self, source: &SourceName, platform: Platform) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO vault.sources (source, platform) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(source.as_str())
-            .bind(platform.key())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO vault.sources (source, platform) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(source.as_str())
+        .bind(platform.key())
+        .execute(&mut *tx)
+        .await?;
         let archived: String =
             sqlx::query_scalar("SELECT platform FROM vault.sources WHERE source = $1")
                 .bind(source.as_str())

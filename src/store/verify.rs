@@ -113,11 +113,9 @@ impl Store {
             let (count, last) = self
                 .verify_source(&source, head_seq, &head_hash, &wanted, &mut report)
                 .await?;
-            report.sources.push((
-                source,
-                count,
-                format!("{}:{}", last.0, hex::encode(last.1)),
-            ));
+            report
+                .sources
+                .push((source, count, format!("{}:{}", last.0, hex::encode(last.1))));
         }
         report.versions_checked = self.verify_versions(&mut report).await?;
         Ok(report)
@@ -207,7 +205,9 @@ impl Store {
                 continue;
             }
             for (i, w) in wanted.iter().enumerate() {
-                if w.event_seq == Some(e.event_seq) || (w.event_seq.is_none() && hex::encode(hash) == w.hash) {
+                if w.event_seq == Some(e.event_seq)
+                    || (w.event_seq.is_none() && hex::encode(hash) == w.hash)
+                {
                     seen_wanted.insert(i, hex::encode(hash) == w.hash);
                 }
             }

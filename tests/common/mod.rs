@@ -74,5 +74,8 @@ pub fn page(key: &str, from: Option<i64>, to: i64, messages: Vec<MessageObservat
 }
 
 pub async fn count(store: &Store, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
 }
