@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
 
-use crate::cli::{Cli, Command, ConfigCommand, StatusArgs, SyncArgs, VerifyArgs};
-use crate::config::{self, Config};
+use crate::cli::{Cli, Command, ConfigCommand, StatusArgs};
+use crate::config::{self, Config, SourceConfig};
 use crate::pg::EmbeddedPostgres;
 use crate::store::{ExpectedHead, Store};
 use crate::sync::{self, SyncOptions};
@@ -40,13 +40,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             with_store(&config, true, |store| status(store, args)).await
         }
         Command::Verify(args) => {
+            let mut heads = Vec::new();
+            for h in &args.heads {
+                heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);
+            }
             let config = load_config(cli.config.as_deref())?;
-            with_store(&config, true, |store| verify(store, args)).await
+            with_store(&config, true, |store| verify(store, heads)).await
         }
         Command::Sync(args) => {
             let config = load_config(cli.config.as_deref())?;
-            let config2 = config.clone();
-            with_store(&config, true, move |store| sync(store, config2, args)).await
+            let selected = select_sources(&config, &args.sources)?;
+            let settings = config.clone();
+            with_store(&config, true, move |store| {
+                sync(store, settings, selected, args.full)
+            })
+            .await
         }
         Command::Run => unavailable("run", "the daemon (scheduler and HTTP API)"),
         Command::Search(_) => unavailable("search", "the full-text index"),
@@ -71,12 +79,13 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
             }
             Ok(loaded.config)
         }
+        Err(errors) if errors.0.len() == 1 => bail!("{}", errors.0[0]),
         Err(errors) => {
             for p in &errors.0 {
                 eprintln!("{p}");
             }
             bail!(
-                "the configuration has {} problem(s); `chatvault config check` lists them",
+                "the configuration has {} problems (listed above; `chatvault config check` lists them too)",
                 errors.0.len()
             )
         }
@@ -217,11 +226,7 @@ async fn status(store: Store, args: StatusArgs) -> anyhow::Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn verify(store: Store, args: VerifyArgs) -> anyhow::Result<i32> {
-    let mut heads = Vec::new();
-    for h in &args.heads {
-        heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);
-    }
+async fn verify(store: Store, heads: Vec<ExpectedHead>) -> anyhow::Result<i32> {
     let report = store.verify(&heads).await?;
     let mut out = std::io::stdout().lock();
     for (source, events, head) in &report.sources {
@@ -244,8 +249,9 @@ async fn verify(store: Store, args: VerifyArgs) -> anyhow::Result<i32> {
     Ok(EXIT_FAILED)
 }
 
-async fn sync(store: Store, config: Config, args: SyncArgs) -> anyhow::Result<i32> {
-    for name in &args.sources {
+/// The sources a `sync` runs: the named ones, or every enabled one.
+fn select_sources(config: &Config, names: &[String]) -> anyhow::Result<Vec<SourceConfig>> {
+    for name in names {
         if !config.sources.iter().any(|s| s.name.as_str() == name) {
             let known: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
             bail!(
@@ -258,14 +264,14 @@ async fn sync(store: Store, config: Config, args: SyncArgs) -> anyhow::Result<i3
             );
         }
     }
-    let selected: Vec<_> = config
+    let selected: Vec<SourceConfig> = config
         .sources
         .iter()
         .filter(|s| {
-            if args.sources.is_empty() {
+            if names.is_empty() {
                 s.enabled
             } else {
-                args.sources.iter().any(|n| n == s.name.as_str())
+                names.iter().any(|n| n == s.name.as_str())
             }
         })
         .cloned()
@@ -273,6 +279,15 @@ async fn sync(store: Store, config: Config, args: SyncArgs) -> anyhow::Result<i3
     if selected.is_empty() {
         bail!("no sources to sync: add a [[source]] to the configuration (see deploy/chatvault.example.toml)");
     }
+    Ok(selected)
+}
+
+async fn sync(
+    store: Store,
+    config: Config,
+    selected: Vec<SourceConfig>,
+    full: bool,
+) -> anyhow::Result<i32> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -284,7 +299,7 @@ async fn sync(store: Store, config: Config, args: SyncArgs) -> anyhow::Result<i3
         }
     });
     let options = SyncOptions {
-        full: args.full,
+        full,
         max_retries: config.sync.max_retries,
         progress_bar: std::io::stderr().is_terminal(),
         ..SyncOptions::default()
