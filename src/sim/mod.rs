@@ -1,3 +1,4 @@
 //! Fake upstreams of the supported platforms, for tests, benchmarks and the demo.
 
 pub mod tangsengdaodao;
+pub mod text;

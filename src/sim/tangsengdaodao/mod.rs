@@ -1,0 +1,144 @@
+//! A faithful fake TangSengDaoDao business server, following
+//! `specs/tangsengdaodao.md`, quirks included (it is never more lenient than the spec).
+//!
+//! - [`world`]: the mutable ground truth (users, groups, channels, messages, extras,
+//!   reactions, offsets, tokens) and the mutations tests drive;
+//! - [`generate`]: deterministic, scalable world generation from a [`WorldSpec`];
+//! - [`truth`]: an owned snapshot of everything, to compare an archive against;
+//! - `server` and `render`: the HTTP endpoints and their JSON;
+//! - [`faults`]: queued failures (429, 5xx, slow, dropped, malformed, per-channel 400).
+//!
+//! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
+//! `/v1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
+
+pub mod faults;
+pub mod generate;
+mod render;
+mod server;
+pub mod truth;
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use faults::{Fault, FaultKind, Faults, Malformed};
+pub use generate::WorldSpec;
+pub use truth::{ChannelTruth, MessageTruth, ReactionTruth};
+pub use world::{
+    Activity, Channel, ChannelKey, Group, LoginError, Message, MessageExtra, MessageRef, Reaction,
+    User, World, GROUP, PERSON, SYSTEM_UID, TSDD_SYSTEM_UID,
+};
+
+/// A running fake server.
+pub struct SimServer {
+    addr: SocketAddr,
+    world: Arc<Mutex<World>>,
+    faults: Faults,
+    counts: Arc<server::Counts>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimServer {
+    /// Serve `world` on a free local port.
+    ///
+    /// Panics if no local port can be bound (a test environment problem).
+    pub async fn start(world: World) -> SimServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port for the fake server");
+        let addr = listener.local_addr().expect("local address");
+        let state = server::AppState {
+            world: Arc::new(Mutex::new(world)),
+            faults: Faults::default(),
+            counts: Arc::new(server::Counts::default()),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = server::router(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        SimServer {
+            addr,
+            world: state.world,
+            faults: state.faults,
+            counts: state.counts,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The API root, e.g. `http://127.0.0.1:40123`; clients append `/v1/...`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Lock the world to read or mutate it. Do not hold the guard across an `.await`
+    /// that waits for the server: requests would block on it.
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A shared handle on the world, e.g. for a background activity task.
+    pub fn world_handle(&self) -> Arc<Mutex<World>> {
+        self.world.clone()
+    }
+
+    /// The fault queue (a cheap clone sharing the server's queue).
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// Requests received so far, over all paths (404s and faulted ones included).
+    pub fn request_count(&self) -> u64 {
+        self.counts.total.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far on one path, e.g. `/v1/message/channel/sync`.
+    pub fn request_count_for(&self, path: &str) -> u64 {
+        self.request_counts().get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests received so far, per path.
+    pub fn request_counts(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .per_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stop serving: graceful for up to a second, then the server task is aborted.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
