@@ -153,6 +153,30 @@ async fn login_gives_a_token_used_in_the_token_header() {
     assert_eq!(again["token"], json!(h.token));
     assert_eq!(again["uid"], json!(h.me()));
 
+    // APP login (flag 0) always issues a new token and logs the previous APP token out.
+    let app1: Value = login(password.clone(), 0)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app2: Value = login(password.clone(), 0)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(app1["token"], app2["token"]);
+    assert_ne!(app1["token"], json!(h.token));
+    let stale = h
+        .http
+        .get(format!("{}/v1/group/my", h.server.base_url()))
+        .header("token", app1["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+
     let wrong = login("nope".into(), 1).await.unwrap();
     assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
     let body: Value = wrong.json().await.unwrap();
@@ -810,8 +834,8 @@ fn generation_is_deterministic_and_mixed() {
     assert_eq!(SYSTEM_UID, "____system");
 }
 
-#[test]
-fn a_large_world_generates_quickly() {
+#[tokio::test]
+async fn a_large_world_generates_and_serves_quickly() {
     let started = Instant::now();
     let world = World::generate(&WorldSpec {
         seed: 7,
@@ -821,9 +845,33 @@ fn a_large_world_generates_quickly() {
         messages: 200_000,
         ..WorldSpec::default()
     });
-    let elapsed = started.elapsed();
+    let generated = started.elapsed();
     assert_eq!(world.message_count(), 200_000);
-    eprintln!("generated 200000 messages in {elapsed:?}");
     // A debug build; a release build is several times faster.
-    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+    assert!(generated < Duration::from_secs(60), "{generated:?}");
+
+    let h = Harness::start(world).await;
+    let (id, kind, last) = h.busiest(GROUP);
+    let started = Instant::now();
+    let mut seen = 0;
+    let mut from = 1;
+    while from <= last {
+        seen += seqs(&h.channel_sync(&id, kind, from, from + 500, 500, 1).await).len();
+        from += 500;
+    }
+    assert_eq!(seen, last as usize);
+    let walked = started.elapsed();
+    let started = Instant::now();
+    let all = h
+        .post(
+            "/v1/conversation/sync",
+            json!({"version": 0, "last_msg_seqs": "", "msg_count": 1}),
+        )
+        .await;
+    assert_eq!(all["conversations"].as_array().unwrap().len(), 201);
+    eprintln!(
+        "generated 200000 messages in {generated:?}; walked {last} messages in {walked:?}; \
+         conversation sync in {:?}",
+        started.elapsed()
+    );
 }

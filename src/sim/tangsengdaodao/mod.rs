@@ -1,11 +1,13 @@
 //! A faithful fake TangSengDaoDao business server, following
 //! `specs/tangsengdaodao.md`, quirks included (it is never more lenient than the spec).
 //!
-//! - [`world`]: the mutable ground truth (users, groups, channels, messages, extras,
-//!   reactions, offsets, tokens) and the mutations tests drive;
-//! - [`generate`]: deterministic, scalable world generation from a [`WorldSpec`];
+//! - [`world`]: the ground truth (users, groups, channels, messages, extras, reactions,
+//!   offsets); `mutate` holds the changes tests drive, `sessions` the login tokens and
+//!   the extra-sync cursor cache;
+//! - [`generate`]: deterministic, scalable world generation from a [`WorldSpec`]
+//!   (message bodies in `payloads`, sentences from [`crate::sim::text`]);
 //! - [`truth`]: an owned snapshot of everything, to compare an archive against;
-//! - `server` and `render`: the HTTP endpoints and their JSON;
+//! - `server`, `sync_api` and `render`: the HTTP endpoints and their JSON;
 //! - [`faults`]: queued failures (429, 5xx, slow, dropped, malformed, per-channel 400).
 //!
 //! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
@@ -13,8 +15,12 @@
 
 pub mod faults;
 pub mod generate;
+mod mutate;
+mod payloads;
 mod render;
 mod server;
+mod sessions;
+mod sync_api;
 pub mod truth;
 pub mod world;
 
@@ -29,10 +35,12 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultKind, Faults, Malformed};
 pub use generate::WorldSpec;
+pub use mutate::Activity;
+pub use sessions::LoginError;
 pub use truth::{ChannelTruth, MessageTruth, ReactionTruth};
 pub use world::{
-    Activity, Channel, ChannelKey, Group, LoginError, Message, MessageExtra, MessageRef, Reaction,
-    User, World, GROUP, PERSON, SYSTEM_UID, TSDD_SYSTEM_UID,
+    Channel, ChannelKey, Group, Message, MessageExtra, MessageRef, Reaction, User, World, GROUP,
+    PERSON, SYSTEM_UID, TSDD_SYSTEM_UID,
 };
 
 /// A running fake server.
