@@ -420,7 +420,7 @@ impl Run<'_> {
                     && page.reactions.is_empty()
                     && page.gaps.is_empty()
                     && page.quarantine.is_empty();
-                if !(empty && !progressed) {
+                if !empty || progressed {
                     let out = self.store.apply_page(&self.source.name, &page).await?;
                     self.counts.messages_new += out.messages_new;
                     self.counts.messages_changed += out.messages_changed;

@@ -479,7 +479,8 @@ async fn bursts_of_faults_lose_nothing() {
         result.counts.retries
     );
     assert_eq!(faults.pending(), 0, "every fault fired");
-    assert_matches_world(&store, &server.world().truth(), false).await;
+    let truth = server.world().truth();
+    assert_matches_world(&store, &truth, false).await;
 }
 
 #[tokio::test]

@@ -284,6 +284,27 @@ pub struct Episode {
     pub newly_removed: bool,
 }
 
+impl Episode {
+    fn new(
+        conversation_id: &str,
+        message_id: &str,
+        reaction: &ReactionState,
+        reacted_at: DateTime<Utc>,
+    ) -> Episode {
+        Episode {
+            reaction_id: None,
+            conversation_id: conversation_id.to_string(),
+            message_id: message_id.to_string(),
+            user_id: reaction.user_id.clone(),
+            user_name: reaction.user_name.clone(),
+            emoji: reaction.emoji.clone(),
+            reacted_at,
+            removed_at: None,
+            newly_removed: false,
+        }
+    }
+}
+
 /// The reaction episodes of one message, with the changes of this page.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReactionBook {
@@ -297,38 +318,24 @@ impl ReactionBook {
             .position(|e| e.removed_at.is_none() && e.user_id == user_id && e.emoji == emoji)
     }
 
+    /// Open `episode` unless the same user already has this emoji standing.
     fn add(
         &mut self,
-        conversation_id: &str,
-        message_id: &str,
-        user_id: &str,
-        user_name: Option<&str>,
-        emoji: &str,
-        at: DateTime<Utc>,
+        episode: Episode,
         occurred_at: Option<DateTime<Utc>>,
         events: &mut Vec<EventDraft>,
     ) {
-        if self.open_index(user_id, emoji).is_some() {
+        if self.open_index(&episode.user_id, &episode.emoji).is_some() {
             return;
         }
-        self.episodes.push(Episode {
-            reaction_id: None,
-            conversation_id: conversation_id.to_string(),
-            message_id: message_id.to_string(),
-            user_id: user_id.to_string(),
-            user_name: user_name.map(str::to_string),
-            emoji: emoji.to_string(),
-            reacted_at: at,
-            removed_at: None,
-            newly_removed: false,
-        });
         events.push(EventDraft {
             kind: "reaction_added",
-            conversation_id: conversation_id.to_string(),
-            message_id: Some(message_id.to_string()),
+            conversation_id: episode.conversation_id.clone(),
+            message_id: Some(episode.message_id.clone()),
             occurred_at,
-            detail: json!({"user_id": user_id, "emoji": emoji}),
+            detail: json!({"user_id": episode.user_id, "emoji": episode.emoji}),
         });
+        self.episodes.push(episode);
     }
 
     fn remove(
@@ -378,16 +385,8 @@ impl ReactionBook {
             self.remove(i, observed_at, None, events);
         }
         for r in set {
-            self.add(
-                conversation_id,
-                message_id,
-                &r.user_id,
-                r.user_name.as_deref(),
-                &r.emoji,
-                observed_at,
-                None,
-                events,
-            );
+            let episode = Episode::new(conversation_id, message_id, r, observed_at);
+            self.add(episode, None, events);
         }
     }
 
@@ -414,16 +413,13 @@ impl ReactionBook {
                     self.remove(i, at, obs.at, events);
                 }
             }
-            self.add(
-                &obs.conversation_id,
-                &obs.message_id,
-                &obs.user_id,
-                obs.user_name.as_deref(),
-                &obs.emoji,
-                at,
-                obs.at,
-                events,
-            );
+            let state = ReactionState {
+                user_id: obs.user_id.clone(),
+                user_name: obs.user_name.clone(),
+                emoji: obs.emoji.clone(),
+            };
+            let episode = Episode::new(&obs.conversation_id, &obs.message_id, &state, at);
+            self.add(episode, obs.at, events);
         } else if let Some(i) = self.open_index(&obs.user_id, &obs.emoji) {
             self.remove(i, at, obs.at, events);
         }
