@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
 
-use crate::cli::{Cli, Command, ConfigCommand, StatusArgs};
+use crate::cli::{Cli, Command, ConfigCommand, SimArgs, SimPlatform, StatusArgs};
 use crate::config::{self, Config, SourceConfig};
 use crate::pg::EmbeddedPostgres;
 use crate::store::{ExpectedHead, Store};
@@ -61,7 +61,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Reindex => unavailable("reindex", "the full-text index"),
         Command::Export(_) => unavailable("export", "the export formats"),
         Command::Demo(_) => unavailable("demo", "the demo and web page"),
+        Command::Sim(args) => sim(args).await,
     }
+}
+
+/// `chatvault sim`: serve a generated fake upstream until Ctrl-C.
+async fn sim(args: SimArgs) -> anyhow::Result<i32> {
+    use crate::sim::tangsengdaodao::{SimServer, World, WorldSpec};
+    let SimPlatform::Tangsengdaodao = args.platform;
+    let conversations = args.conversations as usize;
+    let groups = (conversations / 3).max(1);
+    let direct_chats = conversations - groups;
+    let spec = WorldSpec {
+        seed: args.seed,
+        users: direct_chats.max(8) + 4,
+        groups,
+        direct_chats,
+        messages: args.messages as usize,
+        ..WorldSpec::default()
+    };
+    let started = std::time::Instant::now();
+    let world = World::generate(&spec);
+    let server = SimServer::start_on(world, args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let base_url = server.base_url();
+    println!(
+        "fake TangSengDaoDao server on {base_url} ({} messages, {conversations} conversations, generated in {:.1}s)",
+        args.messages,
+        started.elapsed().as_secs_f64()
+    );
+    println!("archive it with this configuration (then `chatvault --config sim.toml sync`):\n");
+    println!(
+        "[[source]]\nname = \"sim-tsdd\"\nplatform = \"tangsengdaodao\"\nbase_url = \"{base_url}\"\nusername = \"{}\"\npassword_env = \"SIM_TSDD_PASSWORD\"   # export SIM_TSDD_PASSWORD={}\nrequests_per_second = 200\n",
+        spec.me_username, spec.me_password
+    );
+    println!("Ctrl-C stops the server.");
+    let world = server.world_handle();
+    let activity = (args.activity_every > 0).then(|| {
+        let every = std::time::Duration::from_secs(args.activity_every);
+        tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(args.seed);
+            loop {
+                tokio::time::sleep(every).await;
+                let done = world
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .random_activity(&mut rng, 5);
+                tracing::info!(changes = done.len(), "new activity in the fake world");
+            }
+        })
+    });
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    if let Some(task) = activity {
+        task.abort();
+    }
+    server.shutdown().await;
+    Ok(EXIT_OK)
 }
 
 fn unavailable(command: &str, part: &str) -> anyhow::Result<i32> {

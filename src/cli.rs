@@ -70,6 +70,39 @@ chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…"
     Config(ConfigCommand),
     /// Everything embedded: fake upstreams, a database, the web page, in one command.
     Demo(DemoArgs),
+    /// Run a fake upstream server with a generated world, to point a configuration at.
+    #[command(
+        after_help = "Example:\n  chatvault sim tangsengdaodao --listen 127.0.0.1:5800 --messages 20000\n\n\
+It prints the base_url and the credentials of the account to archive, and serves until Ctrl-C."
+    )]
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Which platform to imitate.
+    #[arg(value_enum)]
+    pub platform: SimPlatform,
+    /// Address to listen on (loopback only unless you mean it).
+    #[arg(long, default_value = "127.0.0.1:5800")]
+    pub listen: std::net::SocketAddr,
+    /// Seed of the generated world (the same seed gives the same world).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Messages in the generated world.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
+    pub messages: u64,
+    /// Conversations in the generated world (groups and direct chats).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    pub conversations: u64,
+    /// New activity (messages, edits, recalls, reactions) every this many seconds; 0 for none.
+    #[arg(long, default_value_t = 0)]
+    pub activity_every: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SimPlatform {
+    Tangsengdaodao,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use chatvault::cli::{Cli, Command};
 fn main() {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::Run | Command::Sync(_) | Command::Demo(_) => "info",
+        Command::Run | Command::Sync(_) | Command::Demo(_) | Command::Sim(_) => "info",
         _ => "warn",
     };
     chatvault::telemetry::init(cli.log_format, level);

@@ -58,10 +58,16 @@ impl SimServer {
     ///
     /// Panics if no local port can be bound (a test environment problem).
     pub async fn start(world: World) -> SimServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        SimServer::start_on(world, addr)
             .await
-            .expect("bind a local port for the fake server");
-        let addr = listener.local_addr().expect("local address");
+            .expect("bind a local port for the fake server")
+    }
+
+    /// Serve `world` on `addr` (for `chatvault sim`).
+    pub async fn start_on(world: World, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let state = server::AppState {
             world: Arc::new(Mutex::new(world)),
             faults: Faults::default(),
@@ -76,14 +82,14 @@ impl SimServer {
                 })
                 .await;
         });
-        SimServer {
+        Ok(SimServer {
             addr,
             world: state.world,
             faults: state.faults,
             counts: state.counts,
             stop: Some(stop),
             task: Some(task),
-        }
+        })
     }
 
     /// The API root, e.g. `http://127.0.0.1:40123`; clients append `/v1/...`.

@@ -1,0 +1,234 @@
+//! The `chatvault` binary as a user runs it: exit codes, one-line errors, stdout only for
+//! output, no secrets anywhere.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use chatvault::sim::tangsengdaodao::{SimServer, World, WorldSpec};
+
+fn chatvault(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatvault"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("CHATVAULT_CONFIG");
+    for var in [
+        "CHATVAULT_DATABASE_URL",
+        "CHATVAULT_DATA_DIR",
+        "CHATVAULT_LISTEN",
+        "CHATVAULT_SERVER_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run chatvault")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A database URL for a fresh database of the test cluster.
+async fn database_url() -> String {
+    let (options, name) = chatvault::pg::testing::fresh_database().await;
+    let socket = options
+        .get_socket()
+        .expect("the test cluster listens on a socket");
+    format!(
+        "postgres://{}@localhost/{name}?host={}",
+        options.get_username(),
+        socket.display()
+    )
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["sync", "status", "verify", "config check", "sim"] {
+        let mut args: Vec<&str> = sub.split(' ').collect();
+        args.push("--help");
+        let out = chatvault(dir.path(), &args, &[]);
+        assert!(out.status.success(), "{sub} --help");
+        assert!(
+            text(&out.stdout).contains("Example"),
+            "{sub} --help has no example"
+        );
+    }
+    let out = chatvault(dir.path(), &["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn config_check_prints_one_line_per_problem_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[source]]\nname = \"a\"\nplatform = \"tangsengdaodao\"\nbase_url = \"http://x\"\nusername = \"u\"\npassword_env = \"NOT_SET_ANYWHERE_42\"\nschedule = \"every minute\"\npasword = \"x\"\n",
+    )
+    .unwrap();
+    let out = chatvault(
+        dir.path(),
+        &["--config", "bad.toml", "config", "check"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines.iter().all(|l| l.starts_with("bad.toml:")), "{stdout}");
+    assert!(stdout.contains("NOT_SET_ANYWHERE_42"), "{stdout}");
+    assert!(stdout.contains("schedule"), "{stdout}");
+    assert!(stdout.contains("did you mean \"password\""), "{stdout}");
+}
+
+#[test]
+fn migrate_and_status_work_on_the_embedded_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = chatvault(dir.path(), &["migrate"], &[]);
+    assert!(migrate.status.success(), "{}", text(&migrate.stderr));
+    assert!(text(&migrate.stdout).contains("migrations current"));
+    let status = chatvault(dir.path(), &["status", "--json"], &[]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert_eq!(text(&status.stdout), "", "no sources yet: no objects");
+    assert!(dir
+        .path()
+        .join("chatvault-data/postgres/PG_VERSION")
+        .exists());
+    // the cluster was stopped on exit: its socket is gone
+    assert!(!dir.path().join("chatvault-data/run/.s.PGSQL.5432").exists());
+}
+
+#[tokio::test]
+async fn sync_status_and_verify_against_the_fake_server() {
+    let server = SimServer::start(World::generate(&WorldSpec {
+        messages: 400,
+        ..WorldSpec::default()
+    }))
+    .await;
+    let url = database_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[source]]\nname = \"acme\"\nplatform = \"tangsengdaodao\"\nbase_url = \"{}\"\nusername = \"{}\"\npassword_env = \"ACME_PASSWORD\"\nrequests_per_second = 500\n",
+        server.base_url(),
+        WorldSpec::default().me_username
+    );
+    std::fs::write(dir.path().join("chatvault.toml"), config).unwrap();
+    let env = [
+        ("CHATVAULT_DATABASE_URL", url.as_str()),
+        ("ACME_PASSWORD", "hunter2-wrong"),
+    ];
+    let dir_path = dir.path().to_path_buf();
+
+    // a wrong password: exit 1, a clear message, the secret nowhere
+    let out = tokio::task::spawn_blocking({
+        let dir = dir_path.clone();
+        let env = env.map(|(k, v)| (k.to_string(), v.to_string()));
+        move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            chatvault(&dir, &["sync"], &env)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(!all.contains("hunter2-wrong"), "{all}");
+    assert!(all.contains("acme: failed"), "{all}");
+    assert!(all.contains("login"), "{all}");
+
+    let password = WorldSpec::default().me_password;
+    let env = [
+        ("CHATVAULT_DATABASE_URL", url.clone()),
+        ("ACME_PASSWORD", password.clone()),
+    ];
+    let run = |args: &'static [&'static str]| {
+        let dir = dir_path.clone();
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            chatvault(&dir, args, &env)
+        })
+    };
+    let out = run(&["sync"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("acme: ok"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(&["status", "--json"]).await.unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["source"], "acme");
+    let messages = lines[0]["messages"].as_i64().unwrap();
+    assert!(messages > 300, "{messages}");
+    let head = lines[0]["chain_head"].as_str().unwrap().to_string();
+
+    let out = run(&["verify"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: every chain is intact"));
+
+    // tamper with the database, as someone with write access could
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE vault.events SET detail = '{}'::jsonb WHERE event_seq = 10")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    pool.close().await;
+    let out = run(&["verify"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("source acme, event 10"), "{stderr}");
+
+    // a saved head that is not in the chain
+    let dir = dir_path.clone();
+    let env2 = env.clone();
+    let bogus = format!("acme={}", head.replace(|c: char| c == 'a', "b"));
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        chatvault(&dir, &["verify", "--head", &bogus], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    server.shutdown().await;
+}
+
+#[test]
+fn unavailable_commands_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = chatvault(dir.path(), &["search", "hello"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not available in this version yet"));
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn unknown_source_names_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = chatvault(dir.path(), &["sync", "--source", "nope"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: no source named \"nope\""),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("chatvault-data").exists(),
+        "no database was started"
+    );
+}
