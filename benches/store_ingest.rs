@@ -5,92 +5,14 @@
 //! Run: `cargo bench --bench store_ingest` (`CHATVAULT_BENCH_MESSAGES=200000` for a quick run).
 //! Prints rates, the ratios and this process's peak RSS.
 
+mod support;
+
 use std::time::Instant;
 
-use chatvault::model::{
-    Content, Cursor, MessageHeader, MessageKind, MessageObservation, Page, Platform, SourceName,
-};
-use chatvault::sim::text::Lang;
+use chatvault::model::{Platform, SourceName};
 use chatvault::store::Store;
-use chrono::DateTime;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use serde_json::json;
 use sqlx::Connection;
-
-const PAGE: usize = 1000;
-const PER_CONVERSATION: usize = 500;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// The `i`-th page of the synthetic archive, the same every time it is asked for.
-fn page(i: usize, total: usize) -> Page {
-    let mut rng = StdRng::seed_from_u64(i as u64);
-    let start = i * PAGE;
-    let end = (start + PAGE).min(total);
-    let mut p = Page::new(
-        format!("bench/{i}"),
-        None,
-        Cursor(json!({"v": 1, "page": i})),
-    );
-    for n in start..end {
-        let conv = format!("c{:05}", n / PER_CONVERSATION);
-        let seq = (n % PER_CONVERSATION) as i64 + 1;
-        let id = (1u64 << 60) + n as u64;
-        let lang = if rng.gen_bool(0.7) {
-            Lang::Chinese
-        } else {
-            Lang::English
-        };
-        let text = chatvault::sim::text::message(&mut rng, lang);
-        let sender = format!("u{}", rng.gen_range(0..300));
-        let sent_at = DateTime::from_timestamp(1_700_000_000 + n as i64 * 7, 0).unwrap();
-        p.messages.push(MessageObservation {
-            conversation_id: conv.clone(),
-            message_id: id.to_string(),
-            header: Some(MessageHeader {
-                seq: Some(seq),
-                sender_id: Some(sender.clone()),
-                sender_name: Some(format!("用户{sender}")),
-                sent_at,
-                reply_to: None,
-            }),
-            content: Some(Content {
-                kind: MessageKind::Text,
-                text: text.clone(),
-                content: json!({}),
-            }),
-            edited_at: None,
-            earlier_versions: vec![],
-            recalled: None,
-            deleted: None,
-            reactions: None,
-            raw: json!({
-                "message_id": id, "message_idstr": id.to_string(), "message_seq": seq,
-                "client_msg_no": format!("{:032x}", rng.gen::<u128>()),
-                "from_uid": sender, "channel_id": conv, "channel_type": 2,
-                "timestamp": sent_at.timestamp(), "setting": 0, "is_deleted": 0,
-                "header": {"no_persist": 0, "red_dot": 1, "sync_once": 0},
-                "payload": {"type": 1, "content": text}, "signal_payload": "",
-            }),
-        });
-    }
-    p
-}
+use support::{env_usize, page, peak_rss_mb, PAGE, PER_CONVERSATION};
 
 fn csv_field(out: &mut String, s: &str) {
     out.push('"');
@@ -120,12 +42,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 1. First ingest through the store.
-    let t = Instant::now();
-    for i in 0..pages {
-        let out = store.apply_page(&source, &page(i, total)).await?;
-        assert_eq!(out.messages_new as usize, page(i, total).messages.len());
-    }
-    let ingest = t.elapsed().as_secs_f64();
+    let ingest = support::ingest(&store, &source, total).await?;
 
     // 2. A no-change replay of the same pages.
     let t = Instant::now();
