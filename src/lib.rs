@@ -2,12 +2,15 @@
 //!
 //! See `ARCHITECTURE.md` for the data flow and the invariants, and which module keeps each.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod metrics;
 pub mod model;
 pub mod pg;
+pub mod scheduler;
 pub mod sim;
 pub mod store;
 pub mod sync;

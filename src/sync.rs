@@ -67,6 +67,12 @@ pub struct SourceResult {
     pub error: Option<String>,
     /// Another process holds this source's lock; nothing was done.
     pub skipped: bool,
+    /// Times the engine waited because upstream rate-limited it.
+    pub rate_limit_waits: u64,
+    /// Upstream requests that failed in transport (timeouts, dropped connections).
+    pub failed_requests: u64,
+    /// How long the run took.
+    pub duration: Duration,
 }
 
 impl SourceResult {
@@ -111,7 +117,11 @@ pub async fn sync_source(
             failed_conversations: Vec::new(),
             error: None,
             skipped: false,
+            rate_limit_waits: 0,
+            failed_requests: 0,
+            duration: Duration::ZERO,
         };
+        let started = Instant::now();
         // The lock lives on its own connection for the whole run; if this process dies the
         // connection drops and another daemon can take over.
         let mut lock_conn = match store.pool().acquire().await {
@@ -143,6 +153,7 @@ pub async fn sync_source(
         }
         run_locked(store, source, options, shutdown, &mut result).await;
         let _ = lock_conn.close().await;
+        result.duration = started.elapsed();
         result
     }
     .instrument(span)
@@ -190,17 +201,20 @@ async fn run_locked(
                 connector: conn.as_ref(),
                 shutdown,
                 counts: RunCounts::default(),
+                rate_limit_waits: 0,
                 relogged: false,
                 progress: Progress::new(source.name.as_str(), options.progress_bar),
             };
             let r = run.run(result).await;
             run.progress.finish();
             result.counts = std::mem::take(&mut run.counts);
+            result.rate_limit_waits = run.rate_limit_waits;
             r
         }
         Err(e) => Err(SourceError::Other(format!("{e:#}"))),
     };
     result.counts.requests = stats.requests();
+    result.failed_requests = stats.failures.load(std::sync::atomic::Ordering::Relaxed);
     match outcome {
         Ok(interrupted) => {
             if interrupted {
@@ -257,6 +271,7 @@ struct Run<'a> {
     connector: &'a dyn Connector,
     shutdown: Option<Shutdown>,
     counts: RunCounts,
+    rate_limit_waits: u64,
     relogged: bool,
     progress: Progress,
 }
@@ -497,6 +512,7 @@ impl Run<'_> {
                         "rate limited by upstream; waiting"
                     );
                     self.counts.retries += 1;
+                    self.rate_limit_waits += 1;
                     self.sleep(wait).await;
                 }
                 Err(ConnectorError::Transient(msg)) => {

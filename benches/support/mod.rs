@@ -82,7 +82,6 @@ pub fn page(i: usize, total: usize) -> Page {
     p
 }
 
-
 /// Resident memory now, in MB.
 pub fn rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

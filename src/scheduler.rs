@@ -1,0 +1,1 @@
+//! The scheduler: every source on its cron schedule.
