@@ -18,13 +18,24 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-pub fn peak_rss_mb() -> f64 {
+/// A memory figure from /proc/self/status (`VmHWM`, `VmRSS`), in MB.
+fn proc_status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Peak resident memory of this process, in MB.
+pub fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// Resident memory now, in MB.
+pub fn rss_mb() -> f64 {
+    proc_status_mb("VmRSS:")
 }
 
 /// The `i`-th page of the synthetic archive, the same every time it is asked for.
@@ -80,16 +91,6 @@ pub fn page(i: usize, total: usize) -> Page {
         });
     }
     p
-}
-
-/// Resident memory now, in MB.
-pub fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Push every synthetic page of a `total`-message archive through the store; seconds taken.

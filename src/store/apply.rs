@@ -508,33 +508,35 @@ async fn write_conversations(
     Ok(())
 }
 
+/// Message rows as column arrays, for `unnest`.
+#[derive(Default)]
+struct MessageColumns {
+    conv: Vec<String>,
+    id: Vec<String>,
+    seq: Vec<Option<i64>>,
+    sender_id: Vec<Option<String>>,
+    sender_name: Vec<Option<String>>,
+    sent_at: Vec<DateTime<Utc>>,
+    reply_to: Vec<Option<String>>,
+    version: Vec<i32>,
+    hashes: Vec<Vec<u8>>,
+    edited_at: Vec<Option<DateTime<Utc>>>,
+    recalled_at: Vec<Option<DateTime<Utc>>>,
+    recalled_by: Vec<Option<String>>,
+    deleted_at: Vec<Option<DateTime<Utc>>>,
+    deleted_by: Vec<Option<String>>,
+    raw: Vec<Option<String>>,
+    raw_hash: Vec<Vec<u8>>,
+}
+
 async fn write_messages(
     tx: &mut Transaction<'_, Postgres>,
     src: &str,
     rows: &HashMap<MsgKey, Row>,
     observed_at: DateTime<Utc>,
 ) -> Result<()> {
-    #[derive(Default)]
-    struct Cols {
-        conv: Vec<String>,
-        id: Vec<String>,
-        seq: Vec<Option<i64>>,
-        sender_id: Vec<Option<String>>,
-        sender_name: Vec<Option<String>>,
-        sent_at: Vec<DateTime<Utc>>,
-        reply_to: Vec<Option<String>>,
-        version: Vec<i32>,
-        hashes: Vec<Vec<u8>>,
-        edited_at: Vec<Option<DateTime<Utc>>>,
-        recalled_at: Vec<Option<DateTime<Utc>>>,
-        recalled_by: Vec<Option<String>>,
-        deleted_at: Vec<Option<DateTime<Utc>>>,
-        deleted_by: Vec<Option<String>>,
-        raw: Vec<Option<String>>,
-        raw_hash: Vec<Vec<u8>>,
-    }
-    let mut inserts = Cols::default();
-    let mut updates = Cols::default();
+    let mut inserts = MessageColumns::default();
+    let mut updates = MessageColumns::default();
     for ((conv, id), row) in rows {
         if !row.dirty {
             continue;
@@ -567,22 +569,51 @@ async fn write_messages(
         cols.raw_hash.push(st.raw_hash.to_vec());
     }
     if !inserts.conv.is_empty() {
-        let c = inserts;
-        sqlx::query(
+        let sql = format!(
             "INSERT INTO vault.messages
                  (source, conversation_id, message_id, seq, sender_id, sender_name, sent_at,
                   reply_to, current_version, version_hashes, edited_at, recalled_at,
-                  recalled_by, deleted_at, deleted_by, archived_at, raw, raw_hash)
+                  recalled_by, deleted_at, deleted_by, raw, raw_hash, archived_at)
              SELECT $1, conv, id, seq, sender_id, sender_name, sent_at, reply_to, version,
-                    hashes, edited_at, recalled_at, recalled_by, deleted_at, deleted_by, $17,
-                    raw::jsonb, raw_hash
-             FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::text[], $9::int4[], $10::bytea[],
-                         $11::timestamptz[], $12::timestamptz[], $13::text[],
-                         $14::timestamptz[], $15::text[], $16::text[], $18::bytea[])
-               AS u(conv, id, seq, sender_id, sender_name, sent_at, reply_to, version, hashes,
-                    edited_at, recalled_at, recalled_by, deleted_at, deleted_by, raw, raw_hash)",
-        )
+                    hashes, edited_at, recalled_at, recalled_by, deleted_at, deleted_by,
+                    raw::jsonb, raw_hash, $18
+             FROM {MESSAGE_ROWS}"
+        );
+        bind_message_rows(sqlx::query(&sql), src, &inserts)
+            .bind(observed_at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !updates.conv.is_empty() {
+        // the fixed facts (seq, sender, time) are never rewritten
+        let sql = format!(
+            "UPDATE vault.messages m
+             SET current_version = u.version, version_hashes = u.hashes, edited_at = u.edited_at,
+                 recalled_at = u.recalled_at, recalled_by = u.recalled_by,
+                 deleted_at = u.deleted_at, deleted_by = u.deleted_by,
+                 raw = COALESCE(u.raw::jsonb, m.raw), raw_hash = u.raw_hash
+             FROM {MESSAGE_ROWS}
+             WHERE m.source = $1 AND m.conversation_id = u.conv AND m.message_id = u.id"
+        );
+        bind_message_rows(sqlx::query(&sql), src, &updates)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The message rows of a page as parameters `$2`..`$17` (`$1` is the source).
+const MESSAGE_ROWS: &str = "unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+                 $7::timestamptz[], $8::text[], $9::int4[], $10::bytea[], $11::timestamptz[],
+                 $12::timestamptz[], $13::text[], $14::timestamptz[], $15::text[], $16::text[],
+                 $17::bytea[])
+       AS u(conv, id, seq, sender_id, sender_name, sent_at, reply_to, version, hashes,
+            edited_at, recalled_at, recalled_by, deleted_at, deleted_by, raw, raw_hash)";
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_message_rows<'q>(query: PgQuery<'q>, src: &'q str, c: &'q MessageColumns) -> PgQuery<'q> {
+    query
         .bind(src)
         .bind(&c.conv)
         .bind(&c.id)
@@ -599,42 +630,7 @@ async fn write_messages(
         .bind(&c.deleted_at)
         .bind(&c.deleted_by)
         .bind(&c.raw)
-        .bind(observed_at)
         .bind(&c.raw_hash)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !updates.conv.is_empty() {
-        let c = updates;
-        sqlx::query(
-            "UPDATE vault.messages m
-             SET current_version = u.version, version_hashes = u.hashes, edited_at = u.edited_at,
-                 recalled_at = u.recalled_at, recalled_by = u.recalled_by,
-                 deleted_at = u.deleted_at, deleted_by = u.deleted_by,
-                 raw = COALESCE(u.raw::jsonb, m.raw), raw_hash = u.raw_hash
-             FROM unnest($2::text[], $3::text[], $4::int4[], $5::bytea[], $6::timestamptz[],
-                         $7::timestamptz[], $8::text[], $9::timestamptz[], $10::text[],
-                         $11::text[], $12::bytea[])
-               AS u(conv, id, version, hashes, edited_at, recalled_at, recalled_by, deleted_at,
-                    deleted_by, raw, raw_hash)
-             WHERE m.source = $1 AND m.conversation_id = u.conv AND m.message_id = u.id",
-        )
-        .bind(src)
-        .bind(&c.conv)
-        .bind(&c.id)
-        .bind(&c.version)
-        .bind(&c.hashes)
-        .bind(&c.edited_at)
-        .bind(&c.recalled_at)
-        .bind(&c.recalled_by)
-        .bind(&c.deleted_at)
-        .bind(&c.deleted_by)
-        .bind(&c.raw)
-        .bind(&c.raw_hash)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }
 
 async fn write_versions(
