@@ -152,6 +152,16 @@ pub async fn sync_source(
             }
         }
         run_locked(store, source, options, shutdown, &mut result).await;
+        // Unlock explicitly: closing the connection alone releases the lock only once the
+        // server has noticed, which a sync started right after could race.
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(LOCK_CLASS)
+            .bind(source.name.as_str())
+            .execute(&mut lock_conn)
+            .await;
+        if let Err(e) = unlocked {
+            warn!(error = %e, "could not release the source lock; it goes with the connection");
+        }
         let _ = lock_conn.close().await;
         result.duration = started.elapsed();
         result

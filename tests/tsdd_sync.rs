@@ -67,6 +67,18 @@ async fn sync(store: &Store, src: &SourceConfig) -> SourceResult {
     sync_source(store, src, &options(), None).await
 }
 
+/// Regression: the source lock was released only when the server noticed its connection
+/// had closed, so a sync started right after the previous one could find it held and skip.
+#[tokio::test]
+async fn a_sync_right_after_another_is_never_skipped() {
+    let (_server, store, src) = start().await;
+    for i in 0..15 {
+        let result = sync(&store, &src).await;
+        assert!(!result.skipped, "sync {i} was skipped");
+        assert!(result.ok(), "{:?}", result.error);
+    }
+}
+
 /// The kind the spec's payload type maps to, where it is unambiguous.
 fn expected_kind(payload: &Value) -> Option<&'static str> {
     let ty = payload.get("type")?.as_i64()?;

@@ -2,7 +2,7 @@
 //! set-based queries), diff in memory ([`super::diff`]), then write rows, versions,
 //! reactions, events (chained) and the cursor with one statement each.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -356,24 +356,26 @@ async fn load_messages(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let (convs, ids): (Vec<&str>, Vec<&str>) =
-        keys.iter().map(|(c, m)| (c.as_str(), m.as_str())).unzip();
+    let (convs, ids) = distinct_parts(keys);
     let held: Vec<HeldMessage> = sqlx::query_as(
         "SELECT m.conversation_id, m.message_id, m.seq, m.sender_id, m.sender_name, m.sent_at,
                 m.reply_to, m.current_version, m.version_hashes, m.edited_at, m.recalled_at,
                 m.recalled_by, m.deleted_at, m.deleted_by, m.raw_hash
          FROM vault.messages m
-         JOIN unnest($2::text[], $3::text[]) AS k(conversation_id, message_id)
-           ON m.conversation_id = k.conversation_id AND m.message_id = k.message_id
-         WHERE m.source = $1",
+         WHERE m.source = $1 AND m.conversation_id = ANY($2) AND m.message_id = ANY($3)",
     )
     .bind(src)
     .bind(&convs)
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
+    // The query matches the cross product of the page's conversations and ids (so that it is
+    // a plain index scan); keep the exact pairs.
+    let wanted: HashSet<(&str, &str)> =
+        keys.iter().map(|(c, m)| (c.as_str(), m.as_str())).collect();
     Ok(held
         .into_iter()
+        .filter(|h| wanted.contains(&(h.conversation_id.as_str(), h.message_id.as_str())))
         .map(|h| {
             let raw_hash = to_hash(&h.raw_hash);
             let mark = |at: Option<DateTime<Utc>>, by: Option<String>| {
@@ -417,8 +419,7 @@ async fn load_reactions(
     if keys.is_empty() {
         return Ok(books);
     }
-    let (convs, ids): (Vec<&str>, Vec<&str>) =
-        keys.iter().map(|(c, m)| (c.as_str(), m.as_str())).unzip();
+    let (convs, ids) = distinct_parts(keys);
     #[allow(clippy::type_complexity)]
     let open: Vec<(
         i64,
@@ -432,9 +433,8 @@ async fn load_reactions(
         "SELECT r.reaction_id, r.conversation_id, r.message_id, r.user_id, r.user_name,
                     r.emoji, r.reacted_at
              FROM vault.reactions r
-             JOIN unnest($2::text[], $3::text[]) AS k(conversation_id, message_id)
-               ON r.conversation_id = k.conversation_id AND r.message_id = k.message_id
-             WHERE r.source = $1 AND r.removed_at IS NULL
+             WHERE r.source = $1 AND r.conversation_id = ANY($2) AND r.message_id = ANY($3)
+               AND r.removed_at IS NULL
              ORDER BY r.reaction_id",
     )
     .bind(src)
@@ -442,7 +442,12 @@ async fn load_reactions(
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
+    let wanted: HashSet<(&str, &str)> =
+        keys.iter().map(|(c, m)| (c.as_str(), m.as_str())).collect();
     for (id, conv, msg, user_id, user_name, emoji, reacted_at) in open {
+        if !wanted.contains(&(conv.as_str(), msg.as_str())) {
+            continue;
+        }
         books
             .entry((conv.clone(), msg.clone()))
             .or_default()
@@ -942,4 +947,11 @@ async fn write_quarantine(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// The distinct conversation ids and message ids of a set of keys.
+fn distinct_parts(keys: &[MsgKey]) -> (Vec<&str>, Vec<&str>) {
+    let convs: BTreeSet<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
+    let ids: BTreeSet<&str> = keys.iter().map(|(_, m)| m.as_str()).collect();
+    (convs.into_iter().collect(), ids.into_iter().collect())
 }
