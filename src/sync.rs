@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -211,14 +212,16 @@ async fn run_locked(
                 connector: conn.as_ref(),
                 shutdown,
                 counts: RunCounts::default(),
-                rate_limit_waits: 0,
-                relogged: false,
+                retries: AtomicU64::new(0),
+                rate_limit_waits: AtomicU64::new(0),
+                relogged: AtomicBool::new(false),
                 progress: Progress::new(source.name.as_str(), options.progress_bar),
             };
             let r = run.run(result).await;
             run.progress.finish();
             result.counts = std::mem::take(&mut run.counts);
-            result.rate_limit_waits = run.rate_limit_waits;
+            result.counts.retries = run.retries.load(Ordering::Relaxed);
+            result.rate_limit_waits = run.rate_limit_waits.load(Ordering::Relaxed);
             r
         }
         Err(e) => Err(SourceError::Other(format!("{e:#}"))),
@@ -281,8 +284,9 @@ struct Run<'a> {
     connector: &'a dyn Connector,
     shutdown: Option<Shutdown>,
     counts: RunCounts,
-    rate_limit_waits: u64,
-    relogged: bool,
+    retries: AtomicU64,
+    rate_limit_waits: AtomicU64,
+    relogged: AtomicBool,
     progress: Progress,
 }
 
@@ -386,6 +390,10 @@ impl Run<'_> {
     }
 
     /// Page every feed of one conversation to its end. `Ok(true)`: interrupted.
+    ///
+    /// The next page is fetched while the current one is written, so upstream latency and
+    /// the database overlap; pages are still applied strictly in order, each from the cursor
+    /// the previous one left.
     async fn sync_conversation(
         &mut self,
         conversation: &ConversationObservation,
@@ -393,27 +401,18 @@ impl Run<'_> {
     ) -> Result<bool, SourceError> {
         for feed in self.connector.feeds(conversation) {
             let key = cursor_key(feed, &conversation.conversation_id);
-            let mut from_start = self.options.full;
+            let first_cursor = if self.options.full {
+                None
+            } else {
+                cursors.get(&key).cloned()
+            };
+            let mut fetched = self.fetch(conversation, feed, first_cursor).await;
             let mut stalled = 0u32;
             loop {
                 if self.stopping() {
                     return Ok(true);
                 }
-                let stored = cursors.get(&key).cloned();
-                let request_cursor = if from_start { None } else { stored.clone() };
-                let connector = self.connector;
-                let full = self.options.full;
-                let fetched = self
-                    .call(|| {
-                        connector.fetch(FetchRequest {
-                            conversation,
-                            feed,
-                            cursor: request_cursor.as_ref(),
-                            full,
-                        })
-                    })
-                    .await;
-                let fetched = match fetched {
+                let page_data = match fetched {
                     Ok(f) => f,
                     Err(ConnectorError::Decode { message, raw }) => {
                         // Keep what could not be decoded, then give up on this conversation.
@@ -432,29 +431,46 @@ impl Run<'_> {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                from_start = false;
-                let progressed = stored.as_ref() != Some(&fetched.next_cursor);
-                let mut page = Page::new(key.clone(), stored, fetched.next_cursor.clone());
-                page.conversations = fetched.conversations;
-                page.messages = fetched.messages;
-                page.reactions = fetched.reactions;
-                page.gaps = fetched.gaps;
-                page.quarantine = fetched.quarantine;
+                let stored = cursors.get(&key).cloned();
+                let progressed = stored.as_ref() != Some(&page_data.next_cursor);
+                let done = page_data.done;
+                let next_cursor = page_data.next_cursor.clone();
+                let mut page = Page::new(key.clone(), stored, page_data.next_cursor);
+                page.conversations = page_data.conversations;
+                page.messages = page_data.messages;
+                page.reactions = page_data.reactions;
+                page.gaps = page_data.gaps;
+                page.quarantine = page_data.quarantine;
                 let empty = page.conversations.is_empty()
                     && page.messages.is_empty()
                     && page.reactions.is_empty()
                     && page.gaps.is_empty()
                     && page.quarantine.is_empty();
-                if !empty || progressed {
-                    let out = self.store.apply_page(&self.source.name, &page).await?;
+                let write = !empty || progressed;
+                let apply = async {
+                    if write {
+                        Some(self.store.apply_page(&self.source.name, &page).await)
+                    } else {
+                        None
+                    }
+                };
+                let prefetch = async {
+                    if done {
+                        None
+                    } else {
+                        Some(self.fetch(conversation, feed, Some(next_cursor)).await)
+                    }
+                };
+                let (applied, prefetched) = tokio::join!(apply, prefetch);
+                if let Some(applied) = applied {
+                    let out = applied?;
                     self.counts.messages_new += out.messages_new;
                     self.counts.messages_changed += out.messages_changed;
                     cursors.insert(key.clone(), page.next_cursor.clone());
                     self.progress.page_applied(out.messages_new);
                 }
-                if fetched.done {
-                    break;
-                }
+                let Some(prefetched) = prefetched else { break };
+                fetched = prefetched;
                 if progressed || !empty {
                     stalled = 0;
                 } else {
@@ -468,6 +484,26 @@ impl Run<'_> {
             }
         }
         Ok(false)
+    }
+
+    /// Fetch one page of a feed, with the retry policy.
+    async fn fetch(
+        &self,
+        conversation: &ConversationObservation,
+        feed: &str,
+        cursor: Option<Cursor>,
+    ) -> Result<crate::connector::Fetched, ConnectorError> {
+        let connector = self.connector;
+        let full = self.options.full;
+        self.call(|| {
+            connector.fetch(FetchRequest {
+                conversation,
+                feed,
+                cursor: cursor.as_ref(),
+                full,
+            })
+        })
+        .await
     }
 
     /// Keep a record that could not be decoded at all, outside any feed's cursor.
@@ -489,7 +525,7 @@ impl Run<'_> {
     }
 
     /// Call the connector with the engine's retry policy.
-    async fn call<T, Fut, F>(&mut self, f: F) -> Result<T, ConnectorError>
+    async fn call<T, Fut, F>(&self, f: F) -> Result<T, ConnectorError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ConnectorError>>,
@@ -500,13 +536,12 @@ impl Run<'_> {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(ConnectorError::Unauthorized(msg)) => {
-                    if self.relogged {
+                    if self.relogged.swap(true, Ordering::Relaxed) {
                         return Err(ConnectorError::Unauthorized(msg));
                     }
-                    self.relogged = true;
                     info!("upstream refused the login; logging in again");
                     self.connector.login().await?;
-                    self.counts.retries += 1;
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(ConnectorError::RateLimited { retry_after }) => {
                     limited += 1;
@@ -521,8 +556,8 @@ impl Run<'_> {
                         wait_ms = wait.as_millis() as u64,
                         "rate limited by upstream; waiting"
                     );
-                    self.counts.retries += 1;
-                    self.rate_limit_waits += 1;
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    self.rate_limit_waits.fetch_add(1, Ordering::Relaxed);
                     self.sleep(wait).await;
                 }
                 Err(ConnectorError::Transient(msg)) => {
@@ -535,7 +570,7 @@ impl Run<'_> {
                     }
                     let wait = self.backoff(transient);
                     warn!(error = %msg, attempt = transient, wait_ms = wait.as_millis() as u64, "transient upstream failure; retrying");
-                    self.counts.retries += 1;
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     self.sleep(wait).await;
                 }
                 Err(e) => return Err(e),
