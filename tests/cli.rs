@@ -196,7 +196,7 @@ async fn sync_status_and_verify_against_the_fake_server() {
     // a saved head that is not in the chain
     let dir = dir_path.clone();
     let env2 = env.clone();
-    let bogus = format!("acme={}", head.replace(|c: char| c == 'a', "b"));
+    let bogus = format!("acme={}", head.replace('a', "b"));
     let out = tokio::task::spawn_blocking(move || {
         let env: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (*k, v.as_str())).collect();
         chatvault(&dir, &["verify", "--head", &bogus], &env)
