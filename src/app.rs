@@ -101,11 +101,14 @@ async fn daemon(store: Store, config: Config) -> anyhow::Result<i32> {
         &config.sources,
         SchedulerOptions::from_config(&config),
     )?;
-    for source in config.sources.iter().filter(|s| s.enabled) {
-        info!(source = %source.name, schedule = %source.schedule, "scheduled");
-    }
+    let schedules: Vec<String> = config
+        .sources
+        .iter()
+        .filter(|s| s.enabled)
+        .map(|s| format!("{} ({})", s.name, s.schedule))
+        .collect();
     info!(
-        sources = %scheduler.sources().join(","),
+        sources = %schedules.join(", "),
         listen = %config.server.listen,
         max_concurrent_sources = config.sync.max_concurrent_sources,
         "chatvault daemon started"
