@@ -6,14 +6,19 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
+use tracing::{info, warn};
 
+use crate::api::{self, ApiState};
 use crate::cli::{Cli, Command, ConfigCommand, SimArgs, SimPlatform, StatusArgs};
 use crate::config::{self, Config, SourceConfig};
+use crate::metrics::Metrics;
 use crate::pg::EmbeddedPostgres;
+use crate::scheduler::{self, Scheduler, SchedulerOptions};
 use crate::store::{ExpectedHead, Store};
 use crate::sync::{self, SyncOptions};
 
@@ -56,13 +61,110 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await
         }
-        Command::Run => unavailable("run", "the daemon (scheduler and HTTP API)"),
+        Command::Run => {
+            let config = load_config(cli.config.as_deref())?;
+            daemon_preflight(&config)?;
+            let settings = config.clone();
+            with_store(&config, true, move |store| daemon(store, settings)).await
+        }
         Command::Search(_) => unavailable("search", "the full-text index"),
         Command::Reindex => unavailable("reindex", "the full-text index"),
         Command::Export(_) => unavailable("export", "the export formats"),
         Command::Demo(_) => unavailable("demo", "the demo and web page"),
         Command::Sim(args) => sim(args).await,
     }
+}
+
+/// What `run` checks before it opens the store: something to schedule, valid schedules.
+fn daemon_preflight(config: &Config) -> anyhow::Result<()> {
+    if !config.sources.iter().any(|s| s.enabled) {
+        bail!("no enabled sources to schedule: add a [[source]] to the configuration (see deploy/chatvault.example.toml) or set `enabled = true` on one");
+    }
+    for source in config.sources.iter().filter(|s| s.enabled) {
+        scheduler::parse_schedule(source.name.as_str(), &source.schedule)?;
+    }
+    Ok(())
+}
+
+/// `chatvault run`: the scheduler and the HTTP API until SIGTERM or Ctrl-C. The first signal
+/// stops scheduling and lets running runs stop between pages, for at most
+/// `server.shutdown_timeout`; a second signal exits at once.
+async fn daemon(store: Store, config: Config) -> anyhow::Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let metrics = Metrics::new();
+    let scheduler = Scheduler::new(
+        store.clone(),
+        metrics.clone(),
+        &config.sources,
+        SchedulerOptions::from_config(&config),
+    )?;
+    let schedules: Vec<String> = config
+        .sources
+        .iter()
+        .filter(|s| s.enabled)
+        .map(|s| format!("{} ({})", s.name, s.schedule))
+        .collect();
+    info!(
+        sources = %schedules.join(", "),
+        listen = %config.server.listen,
+        max_concurrent_sources = config.sync.max_concurrent_sources,
+        "chatvault daemon started"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api = {
+        let server = config.server.clone();
+        let state = ApiState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            token: config.server.token.clone(),
+        };
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api::serve(&server, state, stop).await {
+                warn!(error = %format!("{e:#}"), "the HTTP API is not serving");
+            }
+        })
+    };
+    let mut runs = tokio::spawn(scheduler.run(stop_rx));
+
+    let signal_name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    let deadline = config.server.shutdown_timeout;
+    info!(
+        signal = signal_name,
+        deadline_seconds = deadline.as_secs(),
+        "stopping: no new runs, running ones stop after their current page (a second signal exits at once)"
+    );
+    let _ = stop_tx.send(true);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+        eprintln!("error: second signal, exiting at once");
+        std::process::exit(130);
+    });
+    if tokio::time::timeout(deadline, &mut runs).await.is_err() {
+        warn!(
+            deadline_seconds = deadline.as_secs(),
+            "runs still going at the shutdown deadline: stopping them (the archive stays consistent; the next run resumes)"
+        );
+        runs.abort();
+        let _ = runs.await;
+    }
+    if tokio::time::timeout(Duration::from_secs(2), api)
+        .await
+        .is_err()
+    {
+        warn!("the HTTP API did not stop in time");
+    }
+    info!("chatvault daemon stopped");
+    Ok(EXIT_OK)
 }
 
 /// `chatvault sim`: serve a generated fake upstream until Ctrl-C.
