@@ -31,7 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
         Command::Migrate => {
-            let config = load_config(cli.config.as_deref())?;
+            let config = load_config(cli.config.as_deref(), true)?;
             with_store(&config, false, |store| async move {
                 store.migrate().await.context("applying migrations")?;
                 let n = crate::store::MIGRATOR.iter().count();
@@ -41,19 +41,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Status(args) => {
-            let config = load_config(cli.config.as_deref())?;
-            with_store(&config, true, |store| status(store, args)).await
+            let config = load_config(cli.config.as_deref(), true)?;
+            let settings = config.clone();
+            with_store(&config, true, |store| status(store, settings, args)).await
         }
         Command::Verify(args) => {
             let mut heads = Vec::new();
             for h in &args.heads {
                 heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);
             }
-            let config = load_config(cli.config.as_deref())?;
+            let config = load_config(cli.config.as_deref(), true)?;
             with_store(&config, true, |store| verify(store, heads)).await
         }
         Command::Sync(args) => {
-            let config = load_config(cli.config.as_deref())?;
+            let config = load_config(cli.config.as_deref(), false)?;
             let selected = select_sources(&config, &args.sources)?;
             let settings = config.clone();
             with_store(&config, true, move |store| {
@@ -62,7 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Run => {
-            let config = load_config(cli.config.as_deref())?;
+            let config = load_config(cli.config.as_deref(), false)?;
             daemon_preflight(&config)?;
             let settings = config.clone();
             with_store(&config, true, move |store| daemon(store, settings)).await
@@ -231,8 +232,15 @@ fn unavailable(command: &str, part: &str) -> anyhow::Result<i32> {
     Ok(EXIT_UNAVAILABLE)
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    match config::load(path) {
+/// Load the configuration; `offline` for commands that never contact upstream (a source's
+/// missing secret is then only a warning).
+fn load_config(path: Option<&Path>, offline: bool) -> anyhow::Result<Config> {
+    let loaded = if offline {
+        config::load_offline(path)
+    } else {
+        config::load(path)
+    };
+    match loaded {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
@@ -331,8 +339,19 @@ where
     result
 }
 
-async fn status(store: Store, args: StatusArgs) -> anyhow::Result<i32> {
-    let statuses = store.status().await?;
+async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Result<i32> {
+    let mut statuses = store.status().await?;
+    let now = chrono::Utc::now();
+    for s in &mut statuses {
+        let Some(source) = config.sources.iter().find(|c| c.name.as_str() == s.source) else {
+            continue;
+        };
+        if source.enabled {
+            s.next_run_at = crate::scheduler::parse_schedule(&s.source, &source.schedule)
+                .ok()
+                .and_then(|schedule| schedule.after(&now).next());
+        }
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &statuses {
@@ -376,11 +395,33 @@ async fn status(store: Store, args: StatusArgs) -> anyhow::Result<i32> {
                     r.requests,
                     r.retries
                 )?;
+                if let Some(secs) = r.duration_seconds {
+                    writeln!(
+                        out,
+                        "  took {secs:.1}s; failed runs in a row: {}",
+                        s.failures_in_a_row
+                    )?;
+                }
                 if let Some(e) = &r.error {
                     writeln!(out, "  error: {e}")?;
                 }
             }
             None => writeln!(out, "  never synced")?,
+        }
+        if let Some(t) = s.newest_message_at {
+            let behind = (now - t).num_seconds().max(0);
+            writeln!(
+                out,
+                "  newest message {} ({behind}s ago)",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            )?;
+        }
+        if let Some(t) = s.next_run_at {
+            writeln!(
+                out,
+                "  next scheduled run {}",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            )?;
         }
     }
     Ok(EXIT_OK)

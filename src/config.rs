@@ -314,8 +314,24 @@ pub fn load_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Load
 }
 
 fn load_with(path: Option<&Path>, env: Env, default_file: &Path) -> Result<Loaded, ConfigErrors> {
+    load_with_mode(path, env, default_file, false)
+}
+
+/// Like [`load`], for commands that read the archive but never contact upstream (`status`,
+/// `verify`, `migrate`): a source secret that cannot be resolved is a warning, not an error.
+pub fn load_offline(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
+    let env = |key: &str| std::env::var(key).ok();
+    load_with_mode(path, &env, Path::new(DEFAULT_FILE), true)
+}
+
+fn load_with_mode(
+    path: Option<&Path>,
+    env: Env,
+    default_file: &Path,
+    offline: bool,
+) -> Result<Loaded, ConfigErrors> {
     let Some(file) = resolve_path(path, env, default_file) else {
-        return parse("", None, env);
+        return parse_with_mode("", None, env, offline);
     };
     let text = std::fs::read_to_string(&file).map_err(|err| {
         ConfigErrors(vec![Problem {
@@ -325,7 +341,7 @@ fn load_with(path: Option<&Path>, env: Env, default_file: &Path) -> Result<Loade
             message: format!("cannot read config file: {err}"),
         }])
     })?;
-    parse(&text, Some(&file), env)
+    parse_with_mode(&text, Some(&file), env, offline)
 }
 
 fn resolve_path(explicit: Option<&Path>, env: Env, default_file: &Path) -> Option<PathBuf> {
@@ -339,12 +355,22 @@ fn resolve_path(explicit: Option<&Path>, env: Env, default_file: &Path) -> Optio
 }
 
 fn parse(text: &str, file: Option<&Path>, env: Env) -> Result<Loaded, ConfigErrors> {
+    parse_with_mode(text, file, env, false)
+}
+
+fn parse_with_mode(
+    text: &str,
+    file: Option<&Path>,
+    env: Env,
+    offline: bool,
+) -> Result<Loaded, ConfigErrors> {
     let mut cx = Cx {
         file: file.map(Path::to_path_buf),
         text,
         env,
         problems: Vec::new(),
         warnings: Vec::new(),
+        offline,
     };
     let document = match ImDocument::parse(text) {
         Ok(document) => document,
@@ -376,6 +402,8 @@ struct Cx<'a> {
     env: Env<'a>,
     problems: Vec<Problem>,
     warnings: Vec<String>,
+    /// Source secrets that cannot be resolved are warnings (see [`load_offline`]).
+    offline: bool,
 }
 
 impl Cx<'_> {
@@ -660,8 +688,7 @@ impl<'t> Section<'t> {
                     Some(_) => format!("environment variable \"{variable}\" is empty"),
                     None => format!("environment variable \"{variable}\" is not set"),
                 };
-                cx.problem(span, self.key_path(&env_key), problem);
-                None
+                self.unresolved(cx, span, &env_key, problem)
             }
             Some(given) if given == file_key => {
                 let (path, span) = self.string(cx, &file_key)?;
@@ -675,8 +702,7 @@ impl<'t> Section<'t> {
                     }
                     Err(err) => format!("cannot read secret file {path:?}: {err}"),
                 };
-                cx.problem(span, self.key_path(&file_key), problem);
-                None
+                self.unresolved(cx, span, &file_key, problem)
             }
             Some(_) => {
                 let (value, _) = self.string(cx, key)?;
@@ -689,6 +715,26 @@ impl<'t> Section<'t> {
                 Some(Secret::new(value))
             }
         }
+    }
+
+    /// A secret that could not be read: an error, or (offline, for a source) a warning and an
+    /// empty secret, so that commands that never contact upstream still work.
+    fn unresolved(
+        &self,
+        cx: &mut Cx,
+        span: Option<Range<usize>>,
+        key: &str,
+        problem: String,
+    ) -> Option<Secret> {
+        if cx.offline && self.path.starts_with("source") {
+            cx.warnings.push(format!(
+                "{}: {problem} (fine for this command; syncing the source needs it)",
+                self.key_path(key)
+            ));
+            return Some(Secret::new(""));
+        }
+        cx.problem(span, self.key_path(key), problem);
+        None
     }
 
     /// Reports every key not in `allowed`, suggesting the nearest; in a source of `platform`,
@@ -1421,6 +1467,24 @@ mod tests {
                 missing.to_str().unwrap()
             )]
         );
+    }
+
+    #[test]
+    fn offline_loading_turns_a_missing_source_secret_into_a_warning() {
+        let text = "[[source]]\nname = \"a\"\nplatform = \"yunhu\"\ntoken_env = \"NOT_THERE\"\n";
+        let env = |_: &str| None;
+        assert!(parse(text, None, &env).is_err());
+        let loaded = parse_with_mode(text, None, &env, true).expect("offline load");
+        assert_eq!(loaded.config.sources.len(), 1);
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(
+            loaded.warnings[0].contains("NOT_THERE"),
+            "{:?}",
+            loaded.warnings
+        );
+        // a database URL that cannot be read is still an error: the command needs it
+        let db = "[database]\nurl_env = \"NOT_THERE\"\n";
+        assert!(parse_with_mode(db, None, &env, true).is_err());
     }
 
     #[test]

@@ -855,6 +855,9 @@ mod tests {
             last_run: None,
             last_success_at: None,
             lag_seconds: None,
+            newest_message_at: None,
+            failures_in_a_row: 0,
+            next_run_at: None,
         };
         metrics.set_archive_status(&[status("a", 5, 3, 1), status("b", 0, 0, 0)]);
         let samples = parse(&metrics.render());

@@ -55,6 +55,12 @@ pub struct SourceStatus {
     pub last_success_at: Option<DateTime<Utc>>,
     /// Seconds since the last successful run finished.
     pub lag_seconds: Option<i64>,
+    /// The newest upstream send time archived.
+    pub newest_message_at: Option<DateTime<Utc>>,
+    /// Failed runs since the last successful one.
+    pub failures_in_a_row: i64,
+    /// When the schedule next fires (filled in by callers that know the configuration).
+    pub next_run_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -68,6 +74,8 @@ pub struct LastRun {
     pub requests: i64,
     pub retries: i64,
     pub error: Option<String>,
+    /// How long the run took (so far, while it is running).
+    pub duration_seconds: Option<f64>,
 }
 
 impl Store {
@@ -141,6 +149,8 @@ impl Store {
             head_seq: i64,
             head_hash: Vec<u8>,
             last_success_at: Option<DateTime<Utc>>,
+            newest_message_at: Option<DateTime<Utc>>,
+            failures_in_a_row: i64,
         }
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT s.source, s.platform,
@@ -155,7 +165,14 @@ impl Store {
                 COALESCE(h.event_seq, 0) AS head_seq,
                 COALESCE(h.hash, '\\x'::bytea) AS head_hash,
                 (SELECT max(finished_at) FROM vault.sync_runs r
-                  WHERE r.source = s.source AND r.status = 'ok') AS last_success_at
+                  WHERE r.source = s.source AND r.status = 'ok') AS last_success_at,
+                (SELECT max(c.last_message_at) FROM vault.conversations c
+                  WHERE c.source = s.source) AS newest_message_at,
+                (SELECT count(*) FROM vault.sync_runs f
+                  WHERE f.source = s.source AND f.status = 'failed'
+                    AND f.run_id > COALESCE((SELECT max(o.run_id) FROM vault.sync_runs o
+                                             WHERE o.source = s.source AND o.status = 'ok'), 0)
+                ) AS failures_in_a_row
              FROM vault.sources s LEFT JOIN vault.chain_heads h ON h.source = s.source
              ORDER BY s.source",
         )
@@ -165,7 +182,9 @@ impl Store {
         for r in rows {
             let last_run: Option<LastRun> = sqlx::query_as(
                 "SELECT run_id, status, started_at, finished_at, messages_new, messages_changed,
-                        requests, retries, error
+                        requests, retries, error,
+                        (extract(epoch FROM COALESCE(finished_at, now()) - started_at))::float8
+                          AS duration_seconds
                  FROM vault.sync_runs WHERE source = $1 ORDER BY run_id DESC LIMIT 1",
             )
             .bind(&r.source)
@@ -188,6 +207,9 @@ impl Store {
                 cursors: r.cursors,
                 last_run,
                 last_success_at: r.last_success_at,
+                newest_message_at: r.newest_message_at,
+                failures_in_a_row: r.failures_in_a_row,
+                next_run_at: None,
             });
         }
         Ok(out)
