@@ -43,6 +43,8 @@ pub struct ApiState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub token: Option<Secret>,
+    /// The configured sources, for the schedule facts of `/api/status`.
+    pub sources: Arc<Vec<crate::config::SourceConfig>>,
 }
 
 impl ApiState {
@@ -276,7 +278,10 @@ async fn metrics_handler(State(state): State<ApiState>) -> Response {
 
 async fn status_handler(State(state): State<ApiState>) -> Response {
     match state.store.status().await {
-        Ok(status) => Json(status).into_response(),
+        Ok(mut status) => {
+            crate::scheduler::fill_next_runs(&mut status, &state.sources, chrono::Utc::now());
+            Json(status).into_response()
+        }
         Err(err) => {
             warn!(error = %err, "api status: cannot read the archive");
             error(

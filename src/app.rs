@@ -121,6 +121,7 @@ async fn daemon(store: Store, config: Config) -> anyhow::Result<i32> {
             store: store.clone(),
             metrics: metrics.clone(),
             token: config.server.token.clone(),
+            sources: std::sync::Arc::new(config.sources.clone()),
         };
         let stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -342,16 +343,7 @@ where
 async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Result<i32> {
     let mut statuses = store.status().await?;
     let now = chrono::Utc::now();
-    for s in &mut statuses {
-        let Some(source) = config.sources.iter().find(|c| c.name.as_str() == s.source) else {
-            continue;
-        };
-        if source.enabled {
-            s.next_run_at = crate::scheduler::parse_schedule(&s.source, &source.schedule)
-                .ok()
-                .and_then(|schedule| schedule.after(&now).next());
-        }
-    }
+    crate::scheduler::fill_next_runs(&mut statuses, &config.sources, now);
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &statuses {

@@ -540,3 +540,21 @@ mod tests {
         );
     }
 }
+
+/// Fill each status's `next_run_at` from the configured schedules (disabled sources have none).
+pub fn fill_next_runs(
+    statuses: &mut [crate::store::SourceStatus],
+    sources: &[SourceConfig],
+    now: DateTime<Utc>,
+) {
+    for status in statuses {
+        let Some(source) = sources.iter().find(|c| c.name.as_str() == status.source) else {
+            continue;
+        };
+        if source.enabled {
+            status.next_run_at = parse_schedule(&status.source, &source.schedule)
+                .ok()
+                .and_then(|schedule| schedule.after(&now).next());
+        }
+    }
+}

@@ -86,6 +86,7 @@ fn state(store: Store, token: Option<&str>) -> ApiState {
         store,
         metrics: Metrics::new(),
         token: token.map(Secret::new),
+        sources: Default::default(),
     }
 }
 
