@@ -93,17 +93,20 @@ pub fn page(i: usize, total: usize) -> Page {
     p
 }
 
-/// Push every synthetic page of a `total`-message archive through the store; seconds taken.
+/// Push every synthetic page of a `total`-message archive through the store; seconds spent
+/// in the store (generating the pages is not counted).
 pub async fn ingest(
     store: &chatvault::store::Store,
     source: &chatvault::model::SourceName,
     total: usize,
 ) -> anyhow::Result<f64> {
-    let t = std::time::Instant::now();
+    let mut spent = std::time::Duration::ZERO;
     for i in 0..total.div_ceil(PAGE) {
         let p = page(i, total);
+        let t = std::time::Instant::now();
         let out = store.apply_page(source, &p).await?;
+        spent += t.elapsed();
         assert_eq!(out.messages_new as usize, p.messages.len());
     }
-    Ok(t.elapsed().as_secs_f64())
+    Ok(spent.as_secs_f64())
 }
