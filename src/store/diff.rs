@@ -9,6 +9,8 @@
 //! - Once a message is recalled or deleted (or in the observation that says so), new
 //!   content is ignored: an upstream that blanks a recalled message never blanks ours.
 //! - Marks are set once and never cleared.
+//! - The content of a full observation whose raw payload is the one stored last is not
+//!   compared again (it was derived from that payload).
 //! - A reaction is an episode: added, then removed; re-adding opens a new episode.
 
 use chrono::{DateTime, Utc};
@@ -182,8 +184,11 @@ pub fn apply_message(
         }
     };
 
-    // An existing message. Marks first: content that arrives with a recall is not news.
-    let frozen = st.recalled.is_some()
+    // An existing message. Content that arrives with a recall is not news, and neither is the
+    // content of the very payload stored last (content is derived from it).
+    let same_payload = obs.header.is_some() && st.raw_hash == raw_hash;
+    let frozen = same_payload
+        || st.recalled.is_some()
         || st.deleted.is_some()
         || obs.recalled.is_some()
         || obs.deleted.is_some();
