@@ -146,7 +146,7 @@ fn check_exposure(address: SocketAddr, has_token: bool) -> anyhow::Result<()> {
     )
 }
 
-async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(address).await {
         Ok(listener) => Ok(listener),
         Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(

@@ -115,18 +115,21 @@ async fn daemon(store: Store, config: Config) -> anyhow::Result<i32> {
         "chatvault daemon started"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The API's address is checked and bound before anything runs: an address in use or a
+    // public address without a token is a startup error, not a daemon without its API.
+    let state = ApiState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        token: config.server.token.clone(),
+        sources: std::sync::Arc::new(config.sources.clone()),
+    };
+    let listener = api::bind(config.server.listen).await?;
     let api = {
-        let server = config.server.clone();
-        let state = ApiState {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            token: config.server.token.clone(),
-            sources: std::sync::Arc::new(config.sources.clone()),
-        };
         let stop = stop_rx.clone();
+        let shutdown_timeout = config.server.shutdown_timeout;
         tokio::spawn(async move {
-            if let Err(e) = api::serve(&server, state, stop).await {
-                warn!(error = %format!("{e:#}"), "the HTTP API is not serving");
+            if let Err(e) = api::serve_on(listener, state, stop, shutdown_timeout).await {
+                warn!(error = %format!("{e:#}"), "the HTTP API stopped serving");
             }
         })
     };
