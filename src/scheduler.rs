@@ -427,6 +427,24 @@ impl SourceLoop {
     }
 }
 
+/// Fill each status's `next_run_at` from the configured schedules (disabled sources have none).
+pub fn fill_next_runs(
+    statuses: &mut [crate::store::SourceStatus],
+    sources: &[SourceConfig],
+    now: DateTime<Utc>,
+) {
+    for status in statuses {
+        let Some(source) = sources.iter().find(|c| c.name.as_str() == status.source) else {
+            continue;
+        };
+        if source.enabled {
+            status.next_run_at = parse_schedule(&status.source, &source.schedule)
+                .ok()
+                .and_then(|schedule| schedule.after(&now).next());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,23 +556,5 @@ mod tests {
             next_run(&once, at("2026-01-01T00:00:00Z"), None, Duration::ZERO),
             None
         );
-    }
-}
-
-/// Fill each status's `next_run_at` from the configured schedules (disabled sources have none).
-pub fn fill_next_runs(
-    statuses: &mut [crate::store::SourceStatus],
-    sources: &[SourceConfig],
-    now: DateTime<Utc>,
-) {
-    for status in statuses {
-        let Some(source) = sources.iter().find(|c| c.name.as_str() == status.source) else {
-            continue;
-        };
-        if source.enabled {
-            status.next_run_at = parse_schedule(&status.source, &source.schedule)
-                .ok()
-                .and_then(|schedule| schedule.after(&now).next());
-        }
     }
 }
