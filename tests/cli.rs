@@ -232,3 +232,24 @@ fn unknown_source_names_are_refused_before_anything_starts() {
         "no database was started"
     );
 }
+
+/// Regression: an unreachable database was reported only as a pool timeout, twice, after 30 s.
+#[test]
+fn an_unreachable_database_is_one_line_naming_the_cause_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = chatvault(
+        dir.path(),
+        &["status"],
+        &[(
+            "CHATVAULT_DATABASE_URL",
+            "postgres://u:topsecret@127.0.0.1:1/db",
+        )],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(!stderr.contains("topsecret"), "{stderr}");
+    assert!(!stderr.contains("timed out"), "{stderr}");
+}

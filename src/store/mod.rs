@@ -50,10 +50,24 @@ pub enum StoreError {
     },
     #[error("source {0} is not registered in the archive")]
     UnknownSource(String),
+    // Not `#[from]`/`#[source]`: the message already includes the cause, and a source
+    // would make error chains print it twice.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -65,6 +79,10 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Store> {
+        // One direct connection first: a pool that cannot connect only reports a timeout,
+        // this reports why (refused, unknown host, authentication failed, ...).
+        let probe = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await?;
+        let _ = sqlx::Connection::close(probe).await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(std::time::Duration::from_secs(30))
