@@ -21,7 +21,9 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::SourceConfig;
 use crate::connector::http::HttpClient;
-use crate::connector::{self, Connector, ConnectorError, FetchRequest, KnownConversation};
+use crate::connector::{
+    self, Connector, ConnectorError, DiscoverRequest, FetchRequest, KnownConversation,
+};
 use crate::model::{ConversationObservation, Cursor, Page, QuarantineRecord, SourceName};
 use crate::store::{RunCounts, RunStatus, Store, StoreError};
 
@@ -322,13 +324,27 @@ impl Run<'_> {
                     .collect(),
             })
             .collect();
-        let discovery = self.call(|| connector.discover(&known)).await?;
+        let state = cursors.get("conversations").cloned();
+        let full = self.options.full;
+        let discovery = self
+            .call(|| {
+                connector.discover(DiscoverRequest {
+                    known: &known,
+                    state: state.as_ref(),
+                    full,
+                })
+            })
+            .await?;
 
-        // Record what discovery saw, in its own page.
+        // Record what discovery saw, in its own page; the connector's source-level state
+        // rides on this page's cursor.
         let mut page = Page::new(
             "conversations",
-            cursors.get("conversations").cloned(),
-            Cursor(json!({"v": 1})),
+            state.clone(),
+            discovery
+                .state
+                .clone()
+                .unwrap_or_else(|| Cursor(json!({"v": 1}))),
         );
         page.conversations = discovery.conversations.clone();
         page.quarantine = discovery.quarantine.clone();

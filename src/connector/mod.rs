@@ -69,6 +69,20 @@ pub struct Discovery {
     /// skips fetching them unless the run is `--full`. Empty: fetch all.
     pub unchanged: Vec<String>,
     pub quarantine: Vec<QuarantineRecord>,
+    /// Source-level state to keep for the next discovery (e.g. a hash of the conversation
+    /// list, or when the address book was last read). `None` keeps nothing.
+    pub state: Option<Cursor>,
+}
+
+/// A request for the account's conversation list.
+#[derive(Clone, Copy, Debug)]
+pub struct DiscoverRequest<'a> {
+    /// Every conversation the archive holds for this source, with its feed cursors.
+    pub known: &'a [KnownConversation],
+    /// What the previous discovery returned as [`Discovery::state`].
+    pub state: Option<&'a Cursor>,
+    /// A `--full` pass: list everything, ignoring upstream shortcuts.
+    pub full: bool,
 }
 
 /// One page of one feed of one conversation.
@@ -118,7 +132,7 @@ pub trait Connector: Send + Sync {
     async fn login(&self) -> Result<(), ConnectorError>;
 
     /// List the account's conversations.
-    async fn discover(&self, known: &[KnownConversation]) -> Result<Discovery, ConnectorError>;
+    async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError>;
 
     /// The feeds of a conversation, in the order they are synced (e.g. messages before
     /// the edits and reactions that refer to them).

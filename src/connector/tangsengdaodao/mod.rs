@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 
 use self::api::Api;
 use super::http::HttpClient;
-use super::{Connector, ConnectorError, Discovery, FetchRequest, Fetched, KnownConversation};
+use super::{
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+};
 use crate::config::{Secret, SourceConfig, TsddAuth, TsddConfig};
 use crate::model::{
     ConversationObservation, ConversationType, Cursor, Platform, QuarantineRecord, SeqGap,
@@ -447,7 +449,8 @@ impl Connector for TsddConnector {
         Ok(())
     }
 
-    async fn discover(&self, known: &[KnownConversation]) -> Result<Discovery, ConnectorError> {
+    async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
+        let known = request.known;
         {
             let mut state = self.state();
             state.targets.clear();

@@ -232,6 +232,14 @@ fn conversation(id: &str, kind: ConversationType, channel_type: u8) -> Conversat
     }
 }
 
+fn discover_request(known: &[KnownConversation]) -> DiscoverRequest<'_> {
+    DiscoverRequest {
+        known,
+        state: None,
+        full: false,
+    }
+}
+
 fn known(
     id: &str,
     kind: ConversationType,
@@ -445,7 +453,7 @@ async fn discovery_maps_channels_and_remembers_their_targets() {
     let c = connector(&base, token_auth(), 50);
     c.login().await.unwrap();
     let known = vec![known("g_9", ConversationType::Group, 2, Some(20))];
-    let d = c.discover(&known).await.unwrap();
+    let d = c.discover(discover_request(&known)).await.unwrap();
     let sent = &fake.bodies("/api/v1/conversation/sync")[0];
     assert_eq!(
         sent,
@@ -537,7 +545,7 @@ async fn message_paging_probes_walks_windows_and_reports_gaps() {
     );
 
     // caught up: only the probe of the new run, cursor unchanged
-    c.discover(&[]).await.ok();
+    c.discover(discover_request(&[])).await.ok();
     let before = fake.requests().len();
     let caught_up = c
         .fetch(request(&g, FEED_MESSAGES, Some(&third.next_cursor), false))
@@ -682,7 +690,7 @@ async fn extras_start_at_version_one_under_a_fresh_source_and_page_on() {
     assert!(second.done);
 
     // --full: a new checkpoint name, from version 1 again
-    c.discover(&[]).await.ok();
+    c.discover(discover_request(&[])).await.ok();
     c.fetch(request(&g, FEED_EXTRAS, Some(&second.next_cursor), true))
         .await
         .unwrap();
