@@ -4,7 +4,7 @@
 //! errors go to stderr. Every command returns an exit code.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
-use crate::cli::{Cli, Command, ConfigCommand, SimArgs, SimPlatform, StatusArgs};
+use crate::cli::{Cli, Command, ConfigCommand, ExportArgs, SimArgs, SimPlatform, StatusArgs};
 use crate::config::{self, Config, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pg::EmbeddedPostgres;
@@ -70,7 +70,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Search(_) => unavailable("search", "the full-text index"),
         Command::Reindex => unavailable("reindex", "the full-text index"),
-        Command::Export(_) => unavailable("export", "the export formats"),
+        Command::Export(args) => {
+            let config = load_config(cli.config.as_deref(), true)?;
+            with_store(&config, true, |store| export(store, args)).await
+        }
         Command::Demo(_) => unavailable("demo", "the demo and web page"),
         Command::Sim(args) => sim(args).await,
     }
@@ -543,4 +546,110 @@ async fn sync(
         failed |= !r.ok();
     }
     Ok(if failed { EXIT_FAILED } else { EXIT_OK })
+}
+
+/// `chatvault export`: stream matching messages to stdout or, through a `.partial` file
+/// renamed at the end, to `--output`.
+async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
+    use futures::StreamExt as _;
+
+    use crate::cli::ExportFormat;
+    use crate::store::export::{csv_record, ExportFilter, CSV_COLUMNS};
+
+    if let (Some(since), Some(until)) = (args.since, args.until) {
+        if since >= until {
+            bail!("--since {since} is not before --until {until}: nothing could match");
+        }
+    }
+    let filter = ExportFilter {
+        source: args.source.clone(),
+        conversation: args.conversation.clone(),
+        since: args.since,
+        until: args.until,
+    };
+    if let Some(source) = &filter.source {
+        // A typo is an error, not an empty export.
+        let archived: Vec<String> = store
+            .sources()
+            .await?
+            .into_iter()
+            .map(|(s, _)| s.to_string())
+            .collect();
+        if !archived.contains(source) {
+            bail!(
+                "no source named {source:?} in the archive (archived sources: {})",
+                if archived.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    archived.join(", ")
+                }
+            );
+        }
+    }
+
+    let partial = args.output.as_ref().map(|path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    });
+    let sink: Box<dyn Write + Send> = match &partial {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let mut sink = std::io::BufWriter::with_capacity(1 << 16, sink);
+
+    let written: anyhow::Result<u64> = async {
+        let mut n = 0u64;
+        match args.format {
+            ExportFormat::Jsonl => {
+                let mut rows = std::pin::pin!(store.export_jsonl(&filter));
+                while let Some(line) = rows.next().await {
+                    sink.write_all(line?.as_bytes())?;
+                    sink.write_all(b"\n")?;
+                    n += 1;
+                }
+            }
+            ExportFormat::Csv => {
+                let header: Vec<Option<String>> =
+                    CSV_COLUMNS.iter().map(|c| Some(c.to_string())).collect();
+                sink.write_all(csv_record(&header).as_bytes())?;
+                let mut rows = std::pin::pin!(store.export_csv(&filter));
+                while let Some(fields) = rows.next().await {
+                    sink.write_all(csv_record(&fields?).as_bytes())?;
+                    n += 1;
+                }
+            }
+        }
+        sink.flush()?;
+        Ok(n)
+    }
+    .await;
+
+    let n = match written {
+        Ok(n) => n,
+        Err(e) => {
+            if let Some(p) = &partial {
+                let _ = std::fs::remove_file(p);
+            }
+            // A closed pipe (`export | head`) is the reader's choice, not a failure.
+            if partial.is_none()
+                && e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return Ok(EXIT_OK);
+            }
+            return Err(e.context("export stopped"));
+        }
+    };
+    drop(sink);
+    if let (Some(p), Some(out)) = (&partial, &args.output) {
+        std::fs::rename(p, out)
+            .with_context(|| format!("cannot move {} to {}", p.display(), out.display()))?;
+        eprintln!("exported {n} messages to {}", out.display());
+    } else {
+        eprintln!("exported {n} messages");
+    }
+    Ok(EXIT_OK)
 }

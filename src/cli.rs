@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -59,7 +60,13 @@ pub enum Command {
 chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…"
     )]
     Verify(VerifyArgs),
-    /// Export messages as JSONL or CSV.
+    /// Export messages with their whole history as JSONL, or as CSV.
+    #[command(
+        after_help = "JSONL: one message per line with every archive.messages column, the conversation's \
+name, `versions` (version 1 = the original) and `reactions` (every episode). CSV: one row per message, \
+current text only.\n\nExamples:\n  chatvault export --source acme-tsdd > acme.jsonl\n  \
+chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --format csv -o ops-week.csv"
+    )]
     Export(ExportArgs),
     /// Rebuild the search index from PostgreSQL.
     Reindex,
@@ -153,16 +160,52 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// Only this source.
     #[arg(long)]
     pub source: Option<String>,
+    /// Only this conversation (its id, as in `archive.conversations`).
     #[arg(long)]
     pub conversation: Option<String>,
-    #[arg(long)]
-    pub since: Option<String>,
-    #[arg(long)]
-    pub until: Option<String>,
+    /// Messages sent at or after this time: RFC 3339 (`2026-11-01T08:00:00Z`) or a UTC
+    /// date (`2026-11-01`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<DateTime<Utc>>,
+    /// Messages sent before this time; a date includes that whole day.
+    #[arg(long, value_parser = parse_until)]
+    pub until: Option<DateTime<Utc>>,
     #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
     pub format: ExportFormat,
+    /// Write here instead of stdout. The file appears complete or not at all.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// A lower time bound: RFC 3339, or a date meaning its first instant (UTC).
+pub fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time(s, false)
+}
+
+/// An upper (exclusive) time bound: RFC 3339, or a date meaning the end of that day (UTC).
+pub fn parse_until(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time(s, true)
+}
+
+fn parse_time(s: &str, end_of_day: bool) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let d = if end_of_day {
+            d.succ_opt().unwrap_or(d)
+        } else {
+            d
+        };
+        return Ok(d.and_time(NaiveTime::MIN).and_utc());
+    }
+    Err(format!(
+        "`{s}` is not a time: use RFC 3339 (2026-11-01T08:00:00Z or 2026-11-01T16:00:00+08:00) or a date (2026-11-01)"
+    ))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

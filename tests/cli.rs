@@ -45,7 +45,7 @@ async fn database_url() -> String {
 #[test]
 fn every_subcommand_has_help_with_an_example() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["sync", "status", "verify", "config check", "sim"] {
+    for sub in ["sync", "status", "verify", "export", "config check", "sim"] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");
         let out = chatvault(dir.path(), &args, &[]);
@@ -174,6 +174,96 @@ async fn sync_status_and_verify_against_the_fake_server() {
     let out = run(&["verify"]).await.unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok: every chain is intact"));
+
+    // export: every message once, with its history, in the archive's order
+    let out = run(&["export"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exported: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(exported.len() as i64, messages);
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!("exported {messages} messages")
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM archive.message_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let exported_versions: usize = exported
+        .iter()
+        .map(|m| m["versions"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(exported_versions as i64, versions);
+    for m in &exported {
+        let v = m["versions"].as_array().unwrap();
+        assert_eq!(v[0]["version"], 1);
+        assert_eq!(v.last().unwrap()["text"], m["text"], "{m}");
+        assert_eq!(v.len() as i64 - 1, m["edit_count"].as_i64().unwrap());
+    }
+    let conversation = exported[0]["conversation_id"].as_str().unwrap().to_string();
+    let in_conversation: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM archive.messages WHERE conversation_id = $1")
+            .bind(&conversation)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+
+    // CSV of one conversation into a file: a header, then one record per message
+    let dir = dir_path.clone();
+    let env2 = env.clone();
+    let conv = conversation.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let args = [
+            "export",
+            "--conversation",
+            &conv,
+            "--format",
+            "csv",
+            "--output",
+            "one.csv",
+        ];
+        chatvault(&dir, &args, &env)
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    let csv = std::fs::read_to_string(dir_path.join("one.csv")).unwrap();
+    assert!(csv.starts_with("source,platform,conversation_id,"), "{csv}");
+    let records = csv.split("\r\n").filter(|r| !r.is_empty()).count();
+    assert_eq!(records as i64, in_conversation + 1);
+    assert!(!dir_path.join("one.csv.partial").exists());
+
+    // wrong input: one clear line, exit 1, nothing written
+    let out = run(&["export", "--since", "last tuesday"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not a time"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["export", "--source", "acmee"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("archived sources: acme"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+    let out = run(&["export", "--since", "2026-11-02", "--until", "2026-11-01"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is not before"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // tamper with the database, as someone with write access could
     let pool = sqlx::PgPool::connect(&url).await.unwrap();

@@ -14,6 +14,7 @@
 mod apply;
 pub mod canonical;
 pub mod diff;
+pub mod export;
 mod runs;
 mod verify;
 
