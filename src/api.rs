@@ -60,11 +60,13 @@ pub fn router(state: ApiState) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/api/status", get(status_handler))
+        .merge(crate::web::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::web::login_routes())
         .merge(guarded)
         .with_state(state)
 }
@@ -167,8 +169,18 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     let Some(token) = state.required_token() else {
         return next.run(request).await;
     };
-    if bearer_matches(request.headers(), token) {
+    if bearer_matches(request.headers(), token)
+        || crate::web::cookie_matches(request.headers(), token)
+    {
         return next.run(request).await;
+    }
+    if crate::web::wants_html(request.headers()) {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        return crate::web::sign_in_required(&path);
     }
     let mut response = error(
         StatusCode::UNAUTHORIZED,

@@ -12,6 +12,7 @@
 //! - 6 (quarantine): records that cannot be applied are kept raw with the reason.
 
 mod apply;
+pub mod browse;
 pub mod canonical;
 pub mod diff;
 pub mod export;

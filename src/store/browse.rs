@@ -1,0 +1,461 @@
+//! Read-only queries for browsing the archive (the web pages): conversations, a window of a
+//! conversation's messages with their versions, reactions and reply targets, recent runs and
+//! quarantine. Everything reads the public `archive.*` views.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Result, Store};
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ConversationSummary {
+    pub source: String,
+    pub platform: String,
+    pub conversation_id: String,
+    pub conversation_type: String,
+    pub name: Option<String>,
+    pub message_count: i64,
+    pub first_message_at: Option<DateTime<Utc>>,
+    pub last_message_at: Option<DateTime<Utc>>,
+}
+
+impl ConversationSummary {
+    /// The name, or the id where upstream gave none.
+    pub fn title(&self) -> &str {
+        self.name
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or(&self.conversation_id)
+    }
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct MessageView {
+    pub message_id: String,
+    pub seq: Option<i64>,
+    pub sender_id: Option<String>,
+    pub sender_name: Option<String>,
+    pub sent_at: DateTime<Utc>,
+    pub kind: String,
+    pub text: Option<String>,
+    pub content: Value,
+    pub reply_to: Option<String>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub edit_count: i64,
+    pub recalled_at: Option<DateTime<Utc>>,
+    pub recalled_by: Option<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub archived_at: DateTime<Utc>,
+    /// Where this message sits in the conversation's order (see [`Position`]).
+    #[sqlx(skip)]
+    pub position: Position,
+    /// Every version, 1 first; filled only for edited messages.
+    #[sqlx(skip)]
+    pub versions: Vec<VersionView>,
+    /// Every reaction episode, oldest first.
+    #[sqlx(skip)]
+    pub reactions: Vec<ReactionView>,
+    /// The message replied to, where the archive has it: (sender, text).
+    #[sqlx(skip)]
+    pub reply: Option<(Option<String>, Option<String>)>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct VersionView {
+    pub message_id: String,
+    pub version: i32,
+    pub text: Option<String>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub observed_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ReactionView {
+    pub message_id: String,
+    pub user_id: String,
+    pub user_name: Option<String>,
+    pub emoji: String,
+    pub reacted_at: DateTime<Utc>,
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+/// A message's place in its conversation's order: send time, then seq (messages without
+/// one last), then id. Printed as `MICROS.SEQ.ID` for links.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub micros: i64,
+    pub seq: i64,
+    pub message_id: String,
+}
+
+impl Position {
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.micros, self.seq, self.message_id)
+    }
+
+    pub fn parse(s: &str) -> Option<Position> {
+        let mut parts = s.splitn(3, '.');
+        let micros = parts.next()?.parse().ok()?;
+        let seq = parts.next()?.parse().ok()?;
+        let message_id = parts.next()?.to_string();
+        (!message_id.is_empty()).then_some(Position {
+            micros,
+            seq,
+            message_id,
+        })
+    }
+}
+
+/// Which part of a conversation to show.
+#[derive(Clone, Debug)]
+pub enum Window {
+    /// The newest messages.
+    Latest,
+    /// The messages just before this position.
+    Before(Position),
+    /// The messages just after this position.
+    After(Position),
+    /// The messages around one message (a search hit).
+    Around(String),
+}
+
+/// A window of a conversation, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct MessageWindow {
+    pub messages: Vec<MessageView>,
+    pub has_older: bool,
+    pub has_newer: bool,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RunView {
+    pub source: String,
+    pub run_id: i64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub messages_new: i64,
+    pub messages_changed: i64,
+    pub requests: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct QuarantineView {
+    pub source: String,
+    pub observed_at: DateTime<Utc>,
+    pub reason: String,
+    pub raw: Option<Value>,
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Strictly before, newest first.
+    Before,
+    /// Strictly after, oldest first.
+    After,
+    /// The position itself and after, oldest first.
+    From,
+}
+
+const ORDER_KEY: &str = "(floor(extract(epoch FROM sent_at) * 1000000)::bigint,
+     COALESCE(seq, 9223372036854775807), message_id)";
+
+const MESSAGE_COLUMNS: &str = "message_id, seq, sender_id, sender_name, sent_at, kind, text,
+     content, reply_to, edited_at, edit_count::bigint AS edit_count, recalled_at, recalled_by,
+     deleted_at, archived_at,
+     floor(extract(epoch FROM sent_at) * 1000000)::bigint AS k_micros,
+     COALESCE(seq, 9223372036854775807) AS k_seq";
+
+impl Store {
+    /// Conversations, most recently active first (optionally of one source).
+    pub async fn conversation_list(
+        &self,
+        source: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ConversationSummary>> {
+        Ok(sqlx::query_as(
+            "SELECT source, platform, conversation_id, conversation_type, name,
+                    message_count::bigint AS message_count, first_message_at, last_message_at
+             FROM archive.conversations
+             WHERE ($1::text IS NULL OR source = $1)
+             ORDER BY last_message_at DESC NULLS LAST, source, conversation_id
+             LIMIT $2",
+        )
+        .bind(source)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn conversation_summary(
+        &self,
+        source: &str,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationSummary>> {
+        Ok(sqlx::query_as(
+            "SELECT source, platform, conversation_id, conversation_type, name,
+                    message_count::bigint AS message_count, first_message_at, last_message_at
+             FROM archive.conversations WHERE source = $1 AND conversation_id = $2",
+        )
+        .bind(source)
+        .bind(conversation_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Up to `limit` messages of a conversation, oldest first, with their versions (for
+    /// edited ones), reactions and reply targets.
+    pub async fn message_window(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        window: &Window,
+        limit: i64,
+    ) -> Result<MessageWindow> {
+        let limit = limit.clamp(1, 1000);
+        let (mut messages, has_older, has_newer) = match window {
+            Window::Latest => {
+                let (mut rows, more) = self
+                    .messages_from(source, conversation_id, None, Direction::Before, limit)
+                    .await?;
+                rows.reverse();
+                (rows, more, false)
+            }
+            Window::Before(p) => {
+                let (mut rows, more) = self
+                    .messages_from(source, conversation_id, Some(p), Direction::Before, limit)
+                    .await?;
+                rows.reverse();
+                (rows, more, true)
+            }
+            Window::After(p) => {
+                let (rows, more) = self
+                    .messages_from(source, conversation_id, Some(p), Direction::After, limit)
+                    .await?;
+                (rows, true, more)
+            }
+            Window::Around(message_id) => {
+                let anchor: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT floor(extract(epoch FROM sent_at) * 1000000)::bigint,
+                            COALESCE(seq, 9223372036854775807)
+                     FROM archive.messages
+                     WHERE source = $1 AND conversation_id = $2 AND message_id = $3",
+                )
+                .bind(source)
+                .bind(conversation_id)
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some((micros, seq)) = anchor else {
+                    return Box::pin(self.message_window(
+                        source,
+                        conversation_id,
+                        &Window::Latest,
+                        limit,
+                    ))
+                    .await;
+                };
+                let p = Position {
+                    micros,
+                    seq,
+                    message_id: message_id.clone(),
+                };
+                let half = (limit / 2).max(1);
+                // Before the anchor, then the anchor and after it.
+                let (mut older, has_older) = self
+                    .messages_from(source, conversation_id, Some(&p), Direction::Before, half)
+                    .await?;
+                older.reverse();
+                let (newer, has_newer) = self
+                    .messages_from(
+                        source,
+                        conversation_id,
+                        Some(&p),
+                        Direction::From,
+                        limit - half,
+                    )
+                    .await?;
+                older.extend(newer);
+                (older, has_older, has_newer)
+            }
+        };
+        self.fill_history(source, conversation_id, &mut messages)
+            .await?;
+        Ok(MessageWindow {
+            messages,
+            has_older,
+            has_newer,
+        })
+    }
+
+    /// `limit` messages on one side of `from`, nearest first, and whether more lie beyond.
+    async fn messages_from(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        from: Option<&Position>,
+        direction: Direction,
+        limit: i64,
+    ) -> Result<(Vec<MessageView>, bool)> {
+        let (cmp, dir) = match direction {
+            Direction::Before => ("<", "DESC"),
+            Direction::After => (">", "ASC"),
+            Direction::From => (">=", "ASC"),
+        };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM archive.messages
+             WHERE source = $1 AND conversation_id = $2
+               AND ($3::bigint IS NULL OR {ORDER_KEY} {cmp} ($3, $4, $5))
+             ORDER BY floor(extract(epoch FROM sent_at) * 1000000)::bigint {dir},
+                      COALESCE(seq, 9223372036854775807) {dir}, message_id {dir}
+             LIMIT $6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(source)
+            .bind(conversation_id)
+            .bind(from.map(|p| p.micros))
+            .bind(from.map(|p| p.seq))
+            .bind(from.map(|p| p.message_id.as_str()))
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let more = rows.len() as i64 > limit;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().take(limit as usize) {
+            use sqlx::{FromRow, Row};
+            let mut m = MessageView::from_row(&row)?;
+            m.position = Position {
+                micros: row.try_get("k_micros")?,
+                seq: row.try_get("k_seq")?,
+                message_id: m.message_id.clone(),
+            };
+            out.push(m);
+        }
+        Ok((out, more))
+    }
+
+    async fn fill_history(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        messages: &mut [MessageView],
+    ) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+        let edited: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.edit_count > 0)
+            .map(|m| m.message_id.as_str())
+            .collect();
+        let versions: Vec<VersionView> = if edited.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT message_id, version, text, edited_at, observed_at
+                 FROM archive.message_versions
+                 WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)
+                 ORDER BY message_id, version",
+            )
+            .bind(source)
+            .bind(conversation_id)
+            .bind(&edited)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        let reactions: Vec<ReactionView> = sqlx::query_as(
+            "SELECT message_id, user_id, user_name, emoji, reacted_at, removed_at
+             FROM archive.reactions
+             WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)
+             ORDER BY reacted_at, user_id, emoji",
+        )
+        .bind(source)
+        .bind(conversation_id)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let replied: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| m.reply_to.as_deref())
+            .collect();
+        // (message_id, sender_name, sender_id, text)
+        type Reply = (String, Option<String>, Option<String>, Option<String>);
+        let replies: Vec<Reply> = if replied.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT message_id, sender_name, sender_id, text FROM archive.messages
+                     WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)",
+            )
+            .bind(source)
+            .bind(conversation_id)
+            .bind(&replied)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        for m in messages.iter_mut() {
+            m.versions = versions
+                .iter()
+                .filter(|v| v.message_id == m.message_id)
+                .cloned()
+                .collect();
+            m.reactions = reactions
+                .iter()
+                .filter(|r| r.message_id == m.message_id)
+                .cloned()
+                .collect();
+            if let Some(target) = &m.reply_to {
+                m.reply = replies
+                    .iter()
+                    .find(|(id, ..)| id == target)
+                    .map(|(_, name, id, text)| (name.clone().or(id.clone()), text.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest runs of every source.
+    pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunView>> {
+        Ok(sqlx::query_as(
+            "SELECT source, run_id, started_at, finished_at, status,
+                    messages_new::bigint AS messages_new,
+                    messages_changed::bigint AS messages_changed,
+                    requests::bigint AS requests, error
+             FROM archive.sync_runs ORDER BY started_at DESC, run_id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The newest quarantined records of every source.
+    pub async fn recent_quarantine(&self, limit: i64) -> Result<Vec<QuarantineView>> {
+        Ok(sqlx::query_as(
+            "SELECT source, observed_at, reason, raw
+             FROM archive.quarantine ORDER BY observed_at DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_reject_garbage() {
+        let p = Position {
+            micros: 1_700_000_000_123_456,
+            seq: 42,
+            message_id: "1824334157854015400.x".into(),
+        };
+        assert_eq!(Position::parse(&p.encode()), Some(p));
+        for bad in ["", "1.2", "a.b.c", "1.2.", "1..x"] {
+            assert_eq!(Position::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! The HTML of every page. maud escapes every interpolated value; nothing here builds
+//! markup from strings.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use serde_json::Value;
+
+use super::search::{Hit, Results};
+use super::SearchForm;
+use crate::store::browse::{
+    ConversationSummary, MessageView, MessageWindow, QuarantineView, ReactionView, RunView,
+};
+use crate::store::SourceStatus;
+
+const STYLE: &str = include_str!("style.css");
+
+fn layout(title: &str, active: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="zh-Hans" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="referrer" content="no-referrer";
+                title { (title) " · chatvault" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "chatvault" }
+                    nav {
+                        a href="/" class=[(active == "search").then_some("on")] { "Search" }
+                        a href="/conversations" class=[(active == "conversations").then_some("on")] { "Conversations" }
+                        a href="/status" class=[(active == "status").then_some("on")] { "Status" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// `2026-11-23 16:05:03 UTC`, with the exact instant in the tooltip.
+fn time(t: &DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(t.to_rfc3339()) title=(t.to_rfc3339()) {
+            (t.format("%Y-%m-%d %H:%M:%S").to_string()) " UTC"
+        }
+    }
+}
+
+fn opt_time(t: &Option<DateTime<Utc>>) -> Markup {
+    match t {
+        Some(t) => time(t),
+        None => html! { span.muted { "—" } },
+    }
+}
+
+/// `/c/{source}/{conversation}`, with both parts percent-encoded.
+pub fn conversation_href(source: &str, conversation: &str) -> String {
+    format!("/c/{}/{}", encode(source), encode(conversation))
+}
+
+/// Percent-encode everything but unreserved characters (RFC 3986).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn error(title: &str, message: &str) -> Markup {
+    layout(
+        title,
+        "",
+        html! {
+            h1 { (title) }
+            p { (message) }
+            p { a href="/" { "Back to search" } }
+        },
+    )
+}
+
+pub fn login(next: Option<&str>, problem: Option<&str>) -> Markup {
+    layout(
+        "Sign in",
+        "",
+        html! {
+            h1 { "Sign in" }
+            p { "This archive needs the server token (" code { "server.token" } ")." }
+            @if let Some(p) = problem { p.problem { (p) } }
+            form.login method="post" action="/login" {
+                input type="hidden" name="next" value=(next.unwrap_or("/"));
+                label { "Token " input type="password" name="token" autocomplete="current-password" required; }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+pub fn search(form: &SearchForm, sources: &[String], results: Option<&Results>) -> Markup {
+    let title = if form.q.trim().is_empty() {
+        "Search".to_string()
+    } else {
+        format!("{} – Search", form.q.trim())
+    };
+    layout(
+        &title,
+        "search",
+        html! {
+            form.search method="get" action="/" role="search" {
+                div.q {
+                    input type="search" name="q" value=(form.q) placeholder="words, \"a phrase\", -exclude, OR" autofocus aria-label="Search";
+                    button type="submit" { "Search" }
+                }
+                details.filters open[has_filters(form)] {
+                    summary { "Filters" }
+                    div.grid {
+                        label { "Source "
+                            select name="source" {
+                                option value="" { "all" }
+                                @for s in sources {
+                                    option value=(s) selected[form.source == *s] { (s) }
+                                }
+                            }
+                        }
+                        label { "Conversation " input name="conversation" value=(form.conversation) placeholder="id"; }
+                        label { "Sender " input name="sender" value=(form.sender) placeholder="user id"; }
+                        label { "Since " input type="date" name="since" value=(form.since); }
+                        label { "Until " input type="date" name="until" value=(form.until); }
+                        label.check { input type="checkbox" name="include_recalled" value="1" checked[form.include_recalled.is_some()]; " include recalled and deleted" }
+                    }
+                }
+            }
+            @match results {
+                None => {
+                    p.muted { "Search every archived message; Chinese works as typed (" code { "会议" } ", " code { "发票 OR invoice" } ")." }
+                }
+                Some(Err(problem)) => { p.problem { (problem) } }
+                Some(Ok((hits, next))) => {
+                    @if hits.is_empty() {
+                        p.muted { "No message matches." }
+                    } @else {
+                        ol.hits {
+                            @for hit in hits { (search_hit(hit)) }
+                        }
+                    }
+                    @if let Some(cursor) = next {
+                        p.pager { a rel="next" href=(next_search_href(form, cursor)) { "More results →" } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn has_filters(form: &SearchForm) -> bool {
+    !(form.source.is_empty()
+        && form.conversation.is_empty()
+        && form.sender.is_empty()
+        && form.since.is_empty()
+        && form.until.is_empty()
+        && form.include_recalled.is_none())
+}
+
+fn next_search_href(form: &SearchForm, cursor: &str) -> String {
+    let mut pairs = vec![("q", form.q.as_str())];
+    for (k, v) in [
+        ("source", &form.source),
+        ("conversation", &form.conversation),
+        ("sender", &form.sender),
+        ("since", &form.since),
+        ("until", &form.until),
+    ] {
+        if !v.is_empty() {
+            pairs.push((k, v.as_str()));
+        }
+    }
+    if form.include_recalled.is_some() {
+        pairs.push(("include_recalled", "1"));
+    }
+    pairs.push(("cursor", cursor));
+    let query: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    format!("/?{}", query.join("&"))
+}
+
+fn search_hit(hit: &Hit) -> Markup {
+    let href = format!(
+        "{}?around={}#m-{}",
+        conversation_href(&hit.source, &hit.conversation_id),
+        encode(&hit.message_id),
+        anchor(&hit.message_id)
+    );
+    html! {
+        li.hit {
+            div.meta {
+                a.conv href=(href) { (hit.conversation_name.as_deref().unwrap_or(&hit.conversation_id)) }
+                " · " span.sender { (hit.sender.as_deref().unwrap_or("system")) }
+                " · " (time(&hit.sent_at))
+                " · " span.kind { (hit.kind) } " · " span.muted { (hit.source) }
+                @if hit.edited { " " span.mark.edited { "edited" } }
+                @if hit.recalled { " " span.mark.recalled { "recalled" } }
+                @if hit.deleted { " " span.mark.deleted { "deleted" } }
+            }
+            p.text {
+                @for (fragment, matched) in &hit.fragments {
+                    @if *matched { mark { (fragment) } } @else { (fragment) }
+                }
+            }
+        }
+    }
+}
+
+/// An HTML id for a message: ids may hold any character.
+fn anchor(message_id: &str) -> String {
+    encode(message_id)
+}
+
+pub fn conversations(list: &[ConversationSummary], source: Option<&str>) -> Markup {
+    layout(
+        "Conversations",
+        "conversations",
+        html! {
+            h1 { "Conversations" @if let Some(s) = source { " of " (s) } }
+            @if list.is_empty() {
+                p.muted { "Nothing archived yet: run " code { "chatvault sync" } "." }
+            } @else {
+                table.list {
+                    thead { tr { th { "Conversation" } th { "Type" } th { "Source" } th.num { "Messages" } th { "Last message" } } }
+                    tbody {
+                        @for c in list {
+                            tr {
+                                td { a href=(conversation_href(&c.source, &c.conversation_id)) { (c.title()) } }
+                                td { (c.conversation_type) }
+                                td { a href={ "/conversations?source=" (encode(&c.source)) } { (c.source) } }
+                                td.num { (c.message_count) }
+                                td { (opt_time(&c.last_message_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn conversation(
+    summary: &ConversationSummary,
+    window: &MessageWindow,
+    highlight: Option<&str>,
+) -> Markup {
+    let base = conversation_href(&summary.source, &summary.conversation_id);
+    let pager = html! {
+        nav.pager {
+            @if window.has_older {
+                @if let Some(first) = window.messages.first() {
+                    a rel="prev" href={ (base) "?before=" (encode(&first.position.encode())) } { "← Older" }
+                }
+            }
+            @if window.has_newer {
+                @if let Some(last) = window.messages.last() {
+                    a rel="next" href={ (base) "?after=" (encode(&last.position.encode())) } { "Newer →" }
+                }
+                a href=(base) { "Newest" }
+            }
+        }
+    };
+    layout(
+        summary.title(),
+        "conversations",
+        html! {
+            h1 { (summary.title()) }
+            p.muted {
+                (summary.conversation_type) " · " (summary.platform) " · source " (summary.source)
+                " · id " code { (summary.conversation_id) }
+                " · " (summary.message_count) " messages"
+                @if let (Some(a), Some(b)) = (&summary.first_message_at, &summary.last_message_at) {
+                    " · " (time(a)) " – " (time(b))
+                }
+            }
+            (pager)
+            @if window.messages.is_empty() {
+                p.muted { "No messages archived in this conversation." }
+            }
+            ol.messages {
+                @for m in &window.messages { (message(m, highlight == Some(m.message_id.as_str()))) }
+            }
+            (pager)
+        },
+    )
+}
+
+fn message(m: &MessageView, highlighted: bool) -> Markup {
+    let classes = [
+        Some("msg"),
+        highlighted.then_some("hl"),
+        m.recalled_at.is_some().then_some("recalled"),
+        m.deleted_at.is_some().then_some("deleted"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
+    html! {
+        li class=(classes) id={ "m-" (anchor(&m.message_id)) } {
+            div.meta {
+                span.sender title=[m.sender_id.as_deref()] {
+                    (m.sender_name.as_deref().or(m.sender_id.as_deref()).unwrap_or("system"))
+                }
+                " " (time(&m.sent_at))
+                @if m.kind != "text" { " " span.kind { (m.kind) } }
+                @if let Some(seq) = m.seq { " " span.muted title="seq" { "#" (seq) } }
+                @if m.edit_count > 0 {
+                    " " span.mark.edited title="edited" {
+                        "edited " (m.edit_count) "×"
+                        @if let Some(t) = &m.edited_at { ", last " (t.format("%Y-%m-%d %H:%M").to_string()) }
+                    }
+                }
+                @if let Some(t) = &m.recalled_at {
+                    " " span.mark.recalled {
+                        "recalled " (t.format("%Y-%m-%d %H:%M").to_string())
+                        @if let Some(by) = &m.recalled_by { " by " (by) }
+                    }
+                }
+                @if let Some(t) = &m.deleted_at {
+                    " " span.mark.deleted { "deleted " (t.format("%Y-%m-%d %H:%M").to_string()) }
+                }
+            }
+            @if let Some(reply_to) = &m.reply_to {
+                blockquote.reply {
+                    a href={ "#m-" (anchor(reply_to)) } { "↪ reply to " }
+                    @match &m.reply {
+                        Some((sender, text)) => {
+                            b { (sender.as_deref().unwrap_or("?")) } ": "
+                            (truncate(text.as_deref().unwrap_or(""), 140))
+                        }
+                        None => { span.muted { "message " (reply_to) " (not archived)" } }
+                    }
+                }
+            }
+            @if let Some(text) = m.text.as_deref().filter(|t| !t.is_empty()) {
+                p.text { (text) }
+            }
+            (attachments(&m.content))
+            @if !m.reactions.is_empty() { (reactions(&m.reactions)) }
+            @if m.versions.len() > 1 {
+                details.versions {
+                    summary { "Version history (" (m.versions.len()) " versions)" }
+                    ol {
+                        @for v in &m.versions {
+                            li {
+                                div.meta {
+                                    "v" (v.version) " · "
+                                    @match &v.edited_at {
+                                        Some(t) => { "edited " (time(t)) }
+                                        None => { "original" }
+                                    }
+                                    " · archived " (time(&v.observed_at))
+                                }
+                                p.text { (v.text.as_deref().unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max_chars).collect();
+    t.push('…');
+    t
+}
+
+/// Links and file facts found in normalised content: every `*url` string (a link only when
+/// it is http(s); anything else, `javascript:` included, is shown as text), with `name` and
+/// `size` where present.
+fn attachments(content: &Value) -> Markup {
+    let Some(obj) = content.as_object() else {
+        return html! {};
+    };
+    let urls: Vec<(&str, &str)> = obj
+        .iter()
+        .filter(|(k, _)| k.ends_with("url") || k.ends_with("Url") || k.as_str() == "src")
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.as_str(), s)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let name = obj.get("name").and_then(Value::as_str);
+    let size = obj.get("size").and_then(Value::as_u64);
+    if urls.is_empty() && name.is_none() {
+        return html! {};
+    }
+    html! {
+        div.attach {
+            @if let Some(n) = name { span { "📎 " (n) } }
+            @if let Some(s) = size { " " span.muted { (human_size(s)) } }
+            @for (key, url) in &urls {
+                " "
+                @if is_web_url(url) {
+                    a href=(url) rel="noopener noreferrer nofollow" target="_blank" { (key) }
+                } @else {
+                    span.muted { (key) ": " code { (url) } }
+                }
+            }
+        }
+    }
+}
+
+fn is_web_url(s: &str) -> bool {
+    let lower = s.trim_start().to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn reactions(all: &[ReactionView]) -> Markup {
+    let mut standing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in all.iter().filter(|r| r.removed_at.is_none()) {
+        standing
+            .entry(r.emoji.as_str())
+            .or_default()
+            .push(r.user_name.as_deref().unwrap_or(&r.user_id));
+    }
+    let removed = all.iter().filter(|r| r.removed_at.is_some()).count();
+    html! {
+        div.reactions {
+            @for (emoji, users) in &standing {
+                span.reaction title=(users.join(", ")) { (emoji) " " (users.len()) }
+            }
+            @if removed > 0 {
+                details.inline {
+                    summary { (removed) " removed" }
+                    ul {
+                        @for r in all.iter().filter(|r| r.removed_at.is_some()) {
+                            li {
+                                (r.emoji) " " (r.user_name.as_deref().unwrap_or(&r.user_id))
+                                " · " (time(&r.reacted_at)) " – " (opt_time(&r.removed_at))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn status(
+    sources: &[SourceStatus],
+    runs: &[RunView],
+    quarantine: &[QuarantineView],
+    now: DateTime<Utc>,
+) -> Markup {
+    layout(
+        "Status",
+        "status",
+        html! {
+            h1 { "Status" }
+            @if sources.is_empty() {
+                p.muted { "No source archived yet." }
+            }
+            div.cards {
+                @for s in sources {
+                    section.card {
+                        h2 { a href={ "/conversations?source=" (encode(&s.source)) } { (s.source) } " " span.muted { (s.platform) } }
+                        @let last = s.last_run.as_ref();
+                        @let state = last.map(|r| r.status.as_str()).unwrap_or("never run");
+                        p { span class={ "state " (state) } { (state) }
+                            @if s.failures_in_a_row > 0 { " · " span.problem { (s.failures_in_a_row) " failures in a row" } }
+                        }
+                        dl {
+                            dt { "Messages" } dd { (s.messages) " in " (s.conversations) " conversations" }
+                            dt { "Versions / reactions" } dd { (s.versions) " / " (s.reactions) }
+                            dt { "Events" } dd { (s.events) }
+                            dt { "Last success" } dd { (opt_time(&s.last_success_at))
+                                @if let Some(lag) = s.lag_seconds { " (" (human_duration(lag)) " ago)" } }
+                            dt { "Newest message" } dd { (opt_time(&s.newest_message_at)) }
+                            dt { "Next run" } dd { (opt_time(&s.next_run_at)) }
+                            dt { "Quarantine" } dd class=[(s.quarantine > 0).then_some("problem")] { (s.quarantine) }
+                            dt { "Seq gaps" } dd { (s.gaps) }
+                            dt { "Chain head" } dd { code.wrap { (s.chain_head) } }
+                        }
+                        @if let Some(err) = last.and_then(|r| r.error.as_deref()) {
+                            p.problem { "Last error: " (err) }
+                        }
+                    }
+                }
+            }
+            h2 { "Recent runs" }
+            @if runs.is_empty() { p.muted { "No runs yet." } } @else {
+                table.list {
+                    thead { tr { th { "Source" } th { "Started" } th { "Took" } th { "Status" } th.num { "New" } th.num { "Changed" } th.num { "Requests" } th { "Error" } } }
+                    tbody {
+                        @for r in runs {
+                            tr {
+                                td { (r.source) }
+                                td { (time(&r.started_at)) }
+                                td { (human_duration((r.finished_at.unwrap_or(now) - r.started_at).num_seconds())) }
+                                td { span class={ "state " (r.status) } { (r.status) } }
+                                td.num { (r.messages_new) }
+                                td.num { (r.messages_changed) }
+                                td.num { (r.requests) }
+                                td { (r.error.as_deref().unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Quarantine" }
+            @if quarantine.is_empty() { p.muted { "Nothing quarantined." } } @else {
+                table.list {
+                    thead { tr { th { "Source" } th { "Observed" } th { "Reason" } th { "Raw" } } }
+                    tbody {
+                        @for q in quarantine {
+                            tr {
+                                td { (q.source) }
+                                td { (time(&q.observed_at)) }
+                                td { (q.reason) }
+                                td { code.wrap { (truncate(&q.raw.as_ref().map(Value::to_string).unwrap_or_default(), 300)) } }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn human_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d {} h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_web_urls_become_links() {
+        let m = attachments(&serde_json::json!({
+            "url": "javascript:alert(1)",
+            "cover_url": "https://cdn.example/c.jpg",
+            "name": "<b>report</b>.pdf",
+            "size": 2048
+        }))
+        .into_string();
+        assert!(!m.contains("href=\"javascript"), "{m}");
+        assert!(m.contains("href=\"https://cdn.example/c.jpg\""), "{m}");
+        assert!(m.contains("&lt;b&gt;report&lt;/b&gt;.pdf"), "{m}");
+        assert!(m.contains("2.0 KiB"), "{m}");
+    }
+
+    #[test]
+    fn path_parts_are_percent_encoded() {
+        assert_eq!(
+            conversation_href("acme yx", "u1|2|群/9"),
+            "/c/acme%20yx/u1%7C2%7C%E7%BE%A4%2F9"
+        );
+    }
+}
