@@ -66,7 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = load_config(cli.config.as_deref(), false)?;
             daemon_preflight(&config)?;
             let settings = config.clone();
-            with_store(&config, true, move |store| daemon(store, settings)).await
+            with_store(&config, true, move |store| daemon(store, settings, None)).await
         }
         Command::Search(_) => unavailable("search", "the full-text index"),
         Command::Reindex => unavailable("reindex", "the full-text index"),
@@ -74,7 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = load_config(cli.config.as_deref(), true)?;
             with_store(&config, true, |store| export(store, args)).await
         }
-        Command::Demo(_) => unavailable("demo", "the demo and web page"),
+        Command::Demo(args) => crate::demo::run(args).await,
         Command::Sim(args) => sim(args).await,
     }
 }
@@ -90,10 +90,14 @@ fn daemon_preflight(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `chatvault run`: the scheduler and the HTTP API until SIGTERM or Ctrl-C. The first signal
-/// stops scheduling and lets running runs stop between pages, for at most
-/// `server.shutdown_timeout`; a second signal exits at once.
-async fn daemon(store: Store, config: Config) -> anyhow::Result<i32> {
+/// `chatvault run`: the scheduler and the HTTP API until SIGTERM or Ctrl-C (or, given a
+/// `lifetime`, until it has passed). The first signal stops scheduling and lets running runs
+/// stop between pages, for at most `server.shutdown_timeout`; a second signal exits at once.
+pub(crate) async fn daemon(
+    store: Store,
+    config: Config,
+    lifetime: Option<Duration>,
+) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
@@ -141,6 +145,12 @@ async fn daemon(store: Store, config: Config) -> anyhow::Result<i32> {
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
+        () = async {
+            match lifetime {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        } => "end of lifetime",
     };
     let deadline = config.server.shutdown_timeout;
     info!(
@@ -298,7 +308,7 @@ fn config_check(path: Option<&Path>) -> anyhow::Result<i32> {
 
 /// Open the store (starting the embedded cluster when no URL is configured), run `f`, and
 /// stop the embedded cluster again if this process started it.
-async fn with_store<F, Fut>(config: &Config, migrate: bool, f: F) -> anyhow::Result<i32>
+pub(crate) async fn with_store<F, Fut>(config: &Config, migrate: bool, f: F) -> anyhow::Result<i32>
 where
     F: FnOnce(Store) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<i32>>,

@@ -76,6 +76,13 @@ chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --fo
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Everything embedded: fake upstreams, a database, the web page, in one command.
+    #[command(
+        after_help = "Nothing to configure: it starts a fake upstream server per platform with a seeded \
+world (Chinese and English, groups and direct chats), an embedded PostgreSQL, syncs them every 15 s while \
+the fakes keep posting, editing, recalling and reacting, and serves the web page. It prints the URL, a \
+psql command line and commands to try. Ctrl-C stops everything.\n\nExamples:\n  cargo run --release -- demo\n  \
+chatvault demo --data-dir ./demo-archive --listen 127.0.0.1:9000"
+    )]
     Demo(DemoArgs),
     /// Run a fake upstream server with a generated world, to point a configuration at.
     #[command(
@@ -223,10 +230,18 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    #[arg(long)]
+    /// Keep the demo's archive here (default: a temporary directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub listen: Option<String>,
+    /// Where to serve the web page and API (default: 127.0.0.1:8080, or a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Messages in each fake upstream's world.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub messages: u64,
+    /// Stop by itself after this many seconds (for scripts and tests).
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    pub exit_after: Option<u64>,
 }
 
 #[cfg(test)]

@@ -1,0 +1,311 @@
+//! `chatvault demo`: everything embedded, nothing to configure.
+//!
+//! Starts the fake upstream of every platform with a seeded world, writes a real
+//! configuration file for them into the data directory (secrets in files beside it), opens
+//! the embedded PostgreSQL there, syncs once, and then runs the daemon (scheduler, HTTP API
+//! and web pages) while the fakes keep producing activity: new messages, edits, recalls,
+//! reactions. Ctrl-C stops everything; a temporary data directory is removed again.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::cli::DemoArgs;
+use crate::config::Config;
+use crate::store::Store;
+use crate::sync::{self, SyncOptions};
+
+/// How often each demo source syncs.
+pub const SCHEDULE: &str = "*/15 * * * * *";
+
+/// How often the fakes produce new activity.
+const ACTIVITY_EVERY: Duration = Duration::from_secs(3);
+
+/// A fake upstream serving for the demo.
+pub struct Upstream {
+    pub platform: &'static str,
+    /// The `[[source]]` table of the configuration, secrets by `*_file` only.
+    pub source_toml: String,
+    /// Secret files to write beside the configuration: (file name, content).
+    pub secret_files: Vec<(String, String)>,
+    /// Adds some activity to the fake world; returns how many changes it made.
+    pub activity: Box<dyn FnMut(&mut StdRng) -> usize + Send>,
+    pub stop: BoxFuture<'static, ()>,
+}
+
+/// The fake TangSengDaoDao server with about `messages` messages.
+async fn tangsengdaodao(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
+    use crate::sim::tangsengdaodao::{SimServer, World, WorldSpec};
+    let spec = WorldSpec {
+        seed: 11,
+        users: 16,
+        groups: 5,
+        direct_chats: 8,
+        messages,
+        end_time: chrono::Utc::now().timestamp() - 60,
+        days: 30,
+        ..WorldSpec::default()
+    };
+    let server = SimServer::start(World::generate(&spec)).await;
+    let world: Arc<Mutex<_>> = server.world_handle();
+    let secret = "demo-tsdd-password".to_string();
+    Ok(Upstream {
+        platform: "tangsengdaodao",
+        source_toml: format!(
+            "[[source]]\nname = \"demo-tangsengdaodao\"\nplatform = \"tangsengdaodao\"\n\
+             base_url = \"{}\"\nusername = \"{}\"\npassword_file = \"{}\"\n\
+             schedule = \"{SCHEDULE}\"\nrequests_per_second = 200\n",
+            server.base_url(),
+            spec.me_username,
+            toml_path(&secrets.join(&secret))
+        ),
+        secret_files: vec![(secret, spec.me_password.clone())],
+        activity: Box::new(move |rng| {
+            world
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .random_activity(rng, 6)
+                .len()
+        }),
+        stop: Box::pin(server.shutdown()),
+    })
+}
+
+/// A path as a TOML basic string's content.
+fn toml_path(p: &Path) -> String {
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+}
+
+/// Where the demo keeps its data, and whether to remove it at the end.
+fn data_dir(given: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
+    let (dir, temporary) = match given {
+        Some(d) => (d.to_path_buf(), false),
+        None => (
+            std::env::temp_dir().join(format!("chatvault-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    Ok((dir, temporary))
+}
+
+/// The address to serve on: the one given, else 127.0.0.1:8080, else any free port.
+fn listen_address(given: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+    let candidates: Vec<SocketAddr> = match given {
+        Some(a) => vec![a],
+        None => vec![
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        ],
+    };
+    let mut last = None;
+    for address in candidates {
+        match std::net::TcpListener::bind(address) {
+            Ok(l) => return Ok(l.local_addr()?),
+            Err(e) => last = Some((address, e)),
+        }
+    }
+    let (address, e) = last.expect("at least one candidate");
+    Err(anyhow::Error::new(e).context(format!("cannot listen on {address}")))
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    let (dir, temporary) = data_dir(args.data_dir.as_deref())?;
+    let listen = listen_address(args.listen)?;
+    let result = run_in(&dir, listen, &args).await;
+    if temporary {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the demo's data directory");
+        }
+    }
+    result
+}
+
+async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets)
+        .with_context(|| format!("cannot create {}", secrets.display()))?;
+    eprintln!(
+        "starting the fake upstreams (seeded worlds, {} messages each)…",
+        args.messages
+    );
+    let mut upstreams = vec![tangsengdaodao(args.messages as usize, &secrets).await?];
+
+    let mut toml = format!(
+        "# Written by `chatvault demo` for its fake upstreams.\n\n[storage]\ndata_dir = \"{}\"\n\n\
+         [server]\nlisten = \"{listen}\"\n\n",
+        toml_path(dir)
+    );
+    for u in &upstreams {
+        toml.push_str(&u.source_toml);
+        toml.push('\n');
+        for (name, content) in &u.secret_files {
+            write_secret(&secrets.join(name), content)?;
+        }
+    }
+    let config_path = dir.join("chatvault.toml");
+    std::fs::write(&config_path, &toml)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config = crate::config::load(Some(&config_path))
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "the demo's configuration is invalid: {}",
+                errors
+                    .0
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?
+        .config;
+
+    let exit_after = args.exit_after.map(Duration::from_secs);
+    let mut activities = Vec::new();
+    let mut stops = Vec::new();
+    for u in upstreams.drain(..) {
+        activities.push(u.activity);
+        stops.push(u.stop);
+    }
+    let settings = config.clone();
+    let code = crate::app::with_store(&config, true, move |store| async move {
+        first_sync(&store, &settings).await;
+        print_banner(
+            &store,
+            &settings,
+            &config_path,
+            started,
+            exit_after.is_some(),
+        )
+        .await;
+        let activity = tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(7);
+            loop {
+                tokio::time::sleep(ACTIVITY_EVERY).await;
+                let changes: usize = activities.iter_mut().map(|a| a(&mut rng)).sum();
+                tracing::debug!(changes, "new activity in the fake worlds");
+            }
+        });
+        let code = crate::app::daemon(store, settings, exit_after).await;
+        activity.abort();
+        code
+    })
+    .await;
+    futures::future::join_all(stops).await;
+    eprintln!("demo stopped");
+    code
+}
+
+fn write_secret(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// One pass over every source before serving, so the page shows an archive at once.
+async fn first_sync(store: &Store, config: &Config) {
+    let options = SyncOptions {
+        max_retries: config.sync.max_retries,
+        ..SyncOptions::default()
+    };
+    for source in &config.sources {
+        let t = Instant::now();
+        let r = sync::sync_source(store, source, &options, None).await;
+        match &r.error {
+            None => eprintln!(
+                "synced {}: {} messages in {} conversations ({:.1} s)",
+                source.name,
+                r.counts.messages_new,
+                r.conversations,
+                t.elapsed().as_secs_f64()
+            ),
+            Some(e) => eprintln!("sync of {} failed: {e}", source.name),
+        }
+    }
+}
+
+async fn print_banner(
+    store: &Store,
+    config: &Config,
+    config_path: &Path,
+    started: Instant,
+    scripted: bool,
+) {
+    let psql = psql_line(store).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the database's connection facts");
+        "(unknown)".to_string()
+    });
+    let c = config_path.display();
+    let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+    let mut b = String::new();
+    let _ = writeln!(
+        b,
+        "\nchatvault demo is running (ready in {:.0} s)\n",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(b, "  web page   http://{}/", config.server.listen);
+    let _ = writeln!(b, "  database   psql {psql}");
+    let _ = writeln!(b, "  sources    {} (fake upstreams, syncing every 15 s while they keep posting, editing, recalling and reacting)", sources.join(", "));
+    let _ = writeln!(b, "\n  try        chatvault --config {c} status");
+    let _ = writeln!(
+        b,
+        "             chatvault --config {c} export --format csv | head"
+    );
+    let _ = writeln!(
+        b,
+        "             psql {psql} -c 'SELECT conversation_id, message_id, version, text FROM archive.message_versions WHERE version > 1 LIMIT 10'"
+    );
+    let _ = writeln!(
+        b,
+        "             curl -s http://{}/api/status",
+        config.server.listen
+    );
+    if scripted {
+        let _ = writeln!(
+            b,
+            "\n  stops by itself (--exit-after); Ctrl-C stops it earlier."
+        );
+    } else {
+        let _ = writeln!(b, "\n  Ctrl-C stops everything.");
+    }
+    println!("{b}");
+}
+
+/// `"host=… port=… user=… dbname=…"` for the database the store is connected to.
+async fn psql_line(store: &Store) -> anyhow::Result<String> {
+    let (user, db, sockets, port): (String, String, String, String) = sqlx::query_as(
+        "SELECT current_user::text, current_database()::text,
+                current_setting('unix_socket_directories'), current_setting('port')",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    let host = sockets
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"')
+        .to_string();
+    Ok(format!(
+        "\"host={host} port={port} user={user} dbname={db}\""
+    ))
+}

@@ -1,0 +1,135 @@
+//! `chatvault demo` as a newcomer runs it: it starts, archives from every fake upstream,
+//! serves the page while the fakes keep changing, and stops cleanly, removing its
+//! temporary data directory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatvault"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--messages",
+            "800",
+            "--exit-after",
+            "25",
+        ])
+        .env_remove("CHATVAULT_CONFIG")
+        .env_remove("CHATVAULT_DATABASE_URL")
+        .env_remove("CHATVAULT_DATA_DIR")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chatvault demo");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+
+    // the banner names the page and the configuration it wrote
+    let started = Instant::now();
+    let mut url = None;
+    let mut config = None;
+    while url.is_none() || config.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(90).saturating_sub(started.elapsed()))
+            .expect("the demo prints its banner within 90 s");
+        if let Some(u) = line.trim().strip_prefix("web page") {
+            url = Some(u.trim().trim_end_matches('/').to_string());
+        }
+        if let Some(rest) = line.trim().strip_prefix("try") {
+            let c = rest.trim().strip_prefix("chatvault --config ").unwrap();
+            config = Some(c.split(' ').next().unwrap().to_string());
+        }
+    }
+    let url = url.unwrap();
+    let config = std::path::PathBuf::from(config.unwrap());
+    let data_dir = config.parent().unwrap().to_path_buf();
+    assert!(config.exists());
+
+    let http = reqwest::Client::new();
+    let status: serde_json::Value = http
+        .get(format!("{url}/api/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sources = status.as_array().unwrap();
+    let platforms: Vec<&str> = sources
+        .iter()
+        .map(|s| s["platform"].as_str().unwrap())
+        .collect();
+    assert!(platforms.contains(&"tangsengdaodao"), "{status}");
+    for s in sources {
+        assert!(s["messages"].as_i64().unwrap() >= 700, "{s}");
+        assert_eq!(s["last_run"]["status"], "ok", "{s}");
+    }
+    let page = http
+        .get(format!("{url}/conversations"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("href=\"/c/demo-tangsengdaodao/"), "{page}");
+    let search = http.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(search.status().as_u16(), 200);
+
+    // the scheduler keeps syncing the activity of the fakes
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let status: serde_json::Value = http
+            .get(format!("{url}/api/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status[0]["last_run"]["run_id"].as_i64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scheduled run: {status}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let out = reader.join().unwrap();
+    let err = errors.join().unwrap();
+    assert!(exit.success(), "exit {exit:?}\n{out}\n{err}");
+    assert!(err.contains("demo stopped"), "{err}");
+    assert!(
+        !data_dir.exists(),
+        "the temporary data directory is removed"
+    );
+    assert!(
+        !err.contains("archive-me-123") && !out.contains("archive-me-123"),
+        "no secret printed"
+    );
+}
