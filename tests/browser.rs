@@ -168,15 +168,6 @@ impl Browser {
         .await;
     }
 
-    async fn type_into(&self, element: &str, text: &str) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/value"),
-            Some(json!({"text": text})),
-        )
-        .await;
-    }
-
     async fn current_url(&self) -> String {
         self.call(reqwest::Method::GET, "/url", None)
             .await
