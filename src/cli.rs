@@ -40,6 +40,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: every source on its schedule, the indexer and the HTTP API.
+    #[command(
+        after_help = "It serves the HTTP API and the web page on server.listen (default 127.0.0.1:8080). \
+SIGTERM or Ctrl-C stops it after the pages in flight are committed; a second signal exits at once.\n\n\
+Examples:\n  chatvault --config /etc/chatvault/chatvault.toml run\n  \
+CHATVAULT_LISTEN=127.0.0.1:9000 chatvault run"
+    )]
     Run,
     /// Sync every enabled source once (or the named ones); exit 1 if any failed.
     #[command(
@@ -71,6 +77,9 @@ chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --fo
     /// Rebuild the search index from PostgreSQL.
     Reindex,
     /// Apply the database migrations (also done automatically at start).
+    #[command(
+        after_help = "Examples:\n  chatvault migrate\n  CHATVAULT_DATABASE_URL=postgres://chatvault@db/chatvault chatvault migrate"
+    )]
     Migrate,
     /// Configuration commands.
     #[command(subcommand)]

@@ -45,7 +45,17 @@ async fn database_url() -> String {
 #[test]
 fn every_subcommand_has_help_with_an_example() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["sync", "status", "verify", "export", "config check", "sim"] {
+    for sub in [
+        "run",
+        "sync",
+        "status",
+        "verify",
+        "export",
+        "migrate",
+        "config check",
+        "sim",
+        "demo",
+    ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");
         let out = chatvault(dir.path(), &args, &[]);
