@@ -521,7 +521,7 @@ pub fn status(
                             tr {
                                 td { (r.source) }
                                 td { (time(&r.started_at)) }
-                                td { (human_duration((r.finished_at.unwrap_or(now) - r.started_at).num_seconds())) }
+                                td { (took((r.finished_at.unwrap_or(now) - r.started_at).num_milliseconds())) }
                                 td { span class={ "state " (r.status) } { (r.status) } }
                                 td.num { (r.messages_new) }
                                 td.num { (r.messages_changed) }
@@ -550,6 +550,15 @@ pub fn status(
             }
         },
     )
+}
+
+/// A run's duration: tenths of a second under a minute.
+fn took(millis: i64) -> String {
+    if millis < 60_000 {
+        format!("{:.1} s", millis.max(0) as f64 / 1000.0)
+    } else {
+        human_duration(millis / 1000)
+    }
 }
 
 fn human_duration(seconds: i64) -> String {
