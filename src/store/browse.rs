@@ -95,7 +95,8 @@ impl Position {
 
     pub fn parse(s: &str) -> Option<Position> {
         let mut parts = s.splitn(3, '.');
-        let micros = parts.next()?.parse().ok()?;
+        let micros: i64 = parts.next()?.parse().ok()?;
+        DateTime::<Utc>::from_timestamp_micros(micros)?;
         let seq = parts.next()?.parse().ok()?;
         let message_id = parts.next()?.to_string();
         (!message_id.is_empty()).then_some(Position {
@@ -158,14 +159,12 @@ enum Direction {
     From,
 }
 
-const ORDER_KEY: &str = "(floor(extract(epoch FROM sent_at) * 1000000)::bigint,
-     COALESCE(seq, 9223372036854775807), message_id)";
+/// The conversation order; it starts with `sent_at` so that `messages_by_time` serves it.
+const ORDER_KEY: &str = "(sent_at, COALESCE(seq, 9223372036854775807), message_id)";
 
 const MESSAGE_COLUMNS: &str = "message_id, seq, sender_id, sender_name, sent_at, kind, text,
      content, reply_to, edited_at, edit_count::bigint AS edit_count, recalled_at, recalled_by,
-     deleted_at, archived_at,
-     floor(extract(epoch FROM sent_at) * 1000000)::bigint AS k_micros,
-     COALESCE(seq, 9223372036854775807) AS k_seq";
+     deleted_at, archived_at, COALESCE(seq, 9223372036854775807) AS k_seq";
 
 impl Store {
     /// Conversations, most recently active first (optionally of one source).
@@ -236,9 +235,8 @@ impl Store {
                 (rows, true, more)
             }
             Window::Around(message_id) => {
-                let anchor: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT floor(extract(epoch FROM sent_at) * 1000000)::bigint,
-                            COALESCE(seq, 9223372036854775807)
+                let anchor: Option<(DateTime<Utc>, i64)> = sqlx::query_as(
+                    "SELECT sent_at, COALESCE(seq, 9223372036854775807)
                      FROM archive.messages
                      WHERE source = $1 AND conversation_id = $2 AND message_id = $3",
                 )
@@ -247,7 +245,7 @@ impl Store {
                 .bind(message_id)
                 .fetch_optional(&self.pool)
                 .await?;
-                let Some((micros, seq)) = anchor else {
+                let Some((sent_at, seq)) = anchor else {
                     return Box::pin(self.message_window(
                         source,
                         conversation_id,
@@ -257,7 +255,7 @@ impl Store {
                     .await;
                 };
                 let p = Position {
-                    micros,
+                    micros: sent_at.timestamp_micros(),
                     seq,
                     message_id: message_id.clone(),
                 };
@@ -298,23 +296,36 @@ impl Store {
         direction: Direction,
         limit: i64,
     ) -> Result<(Vec<MessageView>, bool)> {
-        let (cmp, dir) = match direction {
-            Direction::Before => ("<", "DESC"),
-            Direction::After => (">", "ASC"),
-            Direction::From => (">=", "ASC"),
+        let (cmp, bound, dir) = match direction {
+            Direction::Before => ("<", "<=", "DESC"),
+            Direction::After => (">", ">=", "ASC"),
+            Direction::From => (">=", ">=", "ASC"),
         };
+        // The plain `sent_at` bound lets the index narrow the scan; the row comparison
+        // then orders ties exactly.
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM archive.messages
              WHERE source = $1 AND conversation_id = $2
-               AND ($3::bigint IS NULL OR {ORDER_KEY} {cmp} ($3, $4, $5))
-             ORDER BY floor(extract(epoch FROM sent_at) * 1000000)::bigint {dir},
-                      COALESCE(seq, 9223372036854775807) {dir}, message_id {dir}
+               AND ($3::timestamptz IS NULL OR sent_at {bound} $3)
+               AND ($3::timestamptz IS NULL OR {ORDER_KEY} {cmp} ($3, $4, $5))
+             ORDER BY sent_at {dir}, COALESCE(seq, 9223372036854775807) {dir}, message_id {dir}
              LIMIT $6"
         );
+        let from_time = match from {
+            Some(p) => Some(
+                DateTime::<Utc>::from_timestamp_micros(p.micros).ok_or_else(|| {
+                    super::StoreError::Database(sqlx::Error::Protocol(format!(
+                        "position {} is out of range",
+                        p.micros
+                    )))
+                })?,
+            ),
+            None => None,
+        };
         let rows = sqlx::query(&sql)
             .bind(source)
             .bind(conversation_id)
-            .bind(from.map(|p| p.micros))
+            .bind(from_time)
             .bind(from.map(|p| p.seq))
             .bind(from.map(|p| p.message_id.as_str()))
             .bind(limit + 1)
@@ -326,7 +337,7 @@ impl Store {
             use sqlx::{FromRow, Row};
             let mut m = MessageView::from_row(&row)?;
             m.position = Position {
-                micros: row.try_get("k_micros")?,
+                micros: m.sent_at.timestamp_micros(),
                 seq: row.try_get("k_seq")?,
                 message_id: m.message_id.clone(),
             };
@@ -454,7 +465,14 @@ mod tests {
             message_id: "1824334157854015400.x".into(),
         };
         assert_eq!(Position::parse(&p.encode()), Some(p));
-        for bad in ["", "1.2", "a.b.c", "1.2.", "1..x"] {
+        for bad in [
+            "",
+            "1.2",
+            "a.b.c",
+            "1.2.",
+            "1..x",
+            "9223372036854775807.1.x",
+        ] {
             assert_eq!(Position::parse(bad), None, "{bad}");
         }
     }
