@@ -291,8 +291,9 @@ pub struct QuarantineRecord {
 
 /// A complete read of one conversation over a time window: upstream holds exactly
 /// `present` among the messages sent in `[from, to]` (both inclusive). The store marks
-/// every message it holds in that window, not yet deleted and not in `present` (nor in the
-/// page's own messages), as deleted with `detail` ("absent upstream"), keeping its content.
+/// every message it holds in that window, not yet deleted and not in `present` (nor observed
+/// in full, with a header, in the same page), as deleted with `detail` ("absent upstream"),
+/// keeping its content.
 ///
 /// A connector emits one only after reading the whole window to its end without a failed,
 /// truncated or skipped page: a partial read would turn missing pages into deletions.

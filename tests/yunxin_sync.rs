@@ -640,8 +640,22 @@ async fn a_window_observation_deletes_only_absent_held_messages_in_its_window() 
     again.windows[0].present.push("m4".into());
     let out = store.apply_page(&source, &again).await.unwrap();
     assert_eq!(out.events, 0);
+    // a mark in the same page is no sign of presence: m5 recalled and gone
+    let mut mark = common::message("c", "m5", 5, "text 5");
+    mark.header = None;
+    mark.content = None;
+    mark.recalled = Some(chatvault::model::Mark { at: None, by: None });
+    let mut marked = common::page("k", Some(7), 8, vec![mark]);
+    marked.windows.push(WindowObservation {
+        conversation_id: "c".into(),
+        from: common::t(5),
+        to: common::t(5),
+        present: vec![],
+        detail: "absent upstream".into(),
+    });
+    assert_eq!(store.apply_page(&source, &marked).await.unwrap().events, 2);
     // an inverted window deletes nothing
-    let mut inverted = common::page("k", Some(7), 8, vec![]);
+    let mut inverted = common::page("k", Some(8), 9, vec![]);
     inverted.windows.push(WindowObservation {
         conversation_id: "c".into(),
         from: common::t(5),

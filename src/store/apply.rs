@@ -232,8 +232,20 @@ async fn apply_in(
     write_messages(tx, src, &rows, observed_at).await?;
     write_versions(tx, src, &versions, observed_at).await?;
     write_reactions(tx, src, &books).await?;
+    // Only a full observation (a history item) shows a message is there; a mark is not.
+    let full_keys: Vec<MsgKey> = page
+        .messages
+        .iter()
+        .filter(|m| m.header.is_some())
+        .map(|m| {
+            (
+                strip_nul(&m.conversation_id).into_owned(),
+                strip_nul(&m.message_id).into_owned(),
+            )
+        })
+        .collect();
     for window in &page.windows {
-        let deleted = apply_window(tx, src, window, &keys, observed_at).await?;
+        let deleted = apply_window(tx, src, window, &full_keys, observed_at).await?;
         for id in deleted {
             changed_msgs.insert((window.conversation_id.clone(), id.clone()));
             events.push(EventDraft {
@@ -970,8 +982,8 @@ async fn write_quarantine(
 }
 
 /// Mark the held messages of a complete window read that upstream no longer has as deleted
-/// (content kept), returning their ids in id order. Messages of the page itself are present
-/// by definition; already deleted ones keep their first mark.
+/// (content kept), returning their ids in id order. Messages the page itself observes in
+/// full are present by definition; already deleted ones keep their first mark.
 async fn apply_window(
     tx: &mut Transaction<'_, Postgres>,
     src: &str,

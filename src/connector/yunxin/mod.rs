@@ -12,11 +12,11 @@
 //! - `all`: `[covered_to − overlap, now − lag]` widened back to the rescan window
 //!   (`rescan_days`), or everything from `history_start` on the first run, paged with
 //!   `page_token` until `has_more` is false. Only a complete read moves `covered_to`; an
-//!   interrupted one resumes from its last committed page. A complete rescan yields a
-//!   [`WindowObservation`]: held messages of the window that upstream no longer returns are
-//!   marked deleted ("absent upstream"), content kept;
+//!   interrupted one resumes from its last committed page;
 //! - `sense`: the rescan window again without no-sense messages: ids only the first read
-//!   returned are one-way recalled (or one-way deleted) and get a recall mark;
+//!   returned are one-way recalled (or one-way deleted) and get a recall mark. When both
+//!   reads were whole, they yield a [`WindowObservation`]: held messages of the rescan
+//!   window that neither read returned are marked deleted ("absent upstream"), content kept;
 //! - `sweep`: once a day per conversation, one older 30-day window is re-read, rotating
 //!   backwards through the history, for quick comments added to old messages.
 //!
@@ -497,30 +497,14 @@ impl YunxinConnector {
                 let seen = self.seen();
                 let s = seen.get(conv);
                 match (read.rescan_from, s) {
-                    (Some(from), Some(s)) if read.whole && !s.broken => {
-                        let from = from.max(read.begin) + 1;
-                        let to = read.end - 1;
-                        if let (Some(from), Some(to)) = (map::ms_to_time(from), map::ms_to_time(to))
-                        {
-                            let mut present: Vec<String> = s.present.iter().cloned().collect();
-                            present.sort();
-                            fetched.windows.push(WindowObservation {
-                                conversation_id: conv.to_string(),
-                                from,
-                                to,
-                                present,
-                                detail: ABSENT.to_string(),
-                            });
-                        }
-                        Some(Read {
-                            phase: Phase::Sense,
-                            begin: read.rescan_from.unwrap_or(read.begin),
-                            token: None,
-                            order: None,
-                            last_time: None,
-                            ..read.clone()
-                        })
-                    }
+                    (Some(_), Some(s)) if read.whole && !s.broken => Some(Read {
+                        phase: Phase::Sense,
+                        begin: read.rescan_from.unwrap_or(read.begin),
+                        token: None,
+                        order: None,
+                        last_time: None,
+                        ..read.clone()
+                    }),
                     _ => read.sweep.map(|(b, e)| Read {
                         phase: Phase::Sweep,
                         begin: b,
@@ -534,7 +518,23 @@ impl YunxinConnector {
             }
             Phase::Sense => {
                 let seen = self.seen();
-                if let Some(s) = seen.get(conv).filter(|s| !s.broken) {
+                if let Some(s) = seen.get(conv).filter(|s| !s.broken && read.whole) {
+                    // absent from both reads of the window: deleted upstream. Two reads
+                    // make a page skipped by one of them (a token shifted by a removal
+                    // during the read) harmless.
+                    let from = read.begin + 1;
+                    let to = read.end - 1;
+                    if let (Some(from), Some(to)) = (map::ms_to_time(from), map::ms_to_time(to)) {
+                        let mut present: Vec<String> = s.present.union(&s.sense).cloned().collect();
+                        present.sort();
+                        fetched.windows.push(WindowObservation {
+                            conversation_id: conv.to_string(),
+                            from,
+                            to,
+                            present,
+                            detail: ABSENT.to_string(),
+                        });
+                    }
                     let mut recalled: Vec<&String> = s
                         .recent
                         .iter()
