@@ -470,29 +470,62 @@ async fn a_backfill_broken_off_mid_read_resumes_to_the_same_archive() {
     // the resumed read could not decide one-way recalls; the next run does
     assert!(sync(&store, &src).await.ok());
 
-    let (clean, _) = {
+    assert_same_as_clean(&store, &src).await;
+    server.shutdown().await;
+}
+
+/// The archive equals a clean backfill plus one incremental run into a fresh database.
+async fn assert_same_as_clean(store: &Store, src: &SourceConfig) {
+    let clean = {
         let pool = chatvault::pg::testing::fresh_pool().await;
         let s = Store::from_pool(pool);
         s.migrate().await.unwrap();
-        (s, ())
+        s
     };
-    assert!(sync(&clean, &src).await.ok());
-    assert!(sync(&clean, &src).await.ok());
-    assert_eq!(archive(&store).await.len(), archive(&clean).await.len());
+    assert!(sync(&clean, src).await.ok());
+    assert!(sync(&clean, src).await.ok());
+    assert_eq!(archive(store).await.len(), archive(&clean).await.len());
     let strip = |m: BTreeMap<(String, String), Row>| -> BTreeMap<(String, String), (String, i32, bool, bool)> {
         m.into_iter()
             .map(|(k, r)| (k, (r.text, r.edit_count, r.recalled_at.is_some(), r.deleted_at.is_some())))
             .collect()
     };
-    let (a, b) = (strip(archive(&store).await), strip(archive(&clean).await));
+    let (a, b) = (strip(archive(store).await), strip(archive(&clean).await));
     let differ: Vec<_> = a
         .iter()
         .filter(|(k, v)| b.get(*k) != Some(*v))
         .take(3)
         .collect();
     assert!(differ.is_empty(), "{differ:?}");
-    assert_eq!(events(&store).await, events(&clean).await);
-    assert_eq!(open_reactions(&store).await, open_reactions(&clean).await);
+    assert_eq!(events(store).await, events(&clean).await);
+    assert_eq!(open_reactions(store).await, open_reactions(&clean).await);
+}
+
+#[tokio::test]
+async fn a_backfill_stopped_by_shutdown_resumes_to_the_same_archive() {
+    let (server, store, src) = start(Descending::DocLiteral).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let trip = async {
+        let started = std::time::Instant::now();
+        while server.request_count_for(HISTORY_PATH) < 6
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = stop.send(true);
+    };
+    let opts = options();
+    let (r, ()) = tokio::join!(sync_source(&store, &src, &opts, Some(stopped)), trip);
+    assert_eq!(
+        r.status,
+        chatvault::store::RunStatus::Interrupted,
+        "{:?}",
+        r.error
+    );
+    assert!(archive(&store).await.len() < 1000, "stopped early");
+    assert!(sync(&store, &src).await.ok());
+    assert!(sync(&store, &src).await.ok());
+    assert_same_as_clean(&store, &src).await;
     server.shutdown().await;
 }
 

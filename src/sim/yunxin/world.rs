@@ -19,6 +19,11 @@ use crate::sim::text::{self, Lang};
 /// The first `message_server_id`: above 2^53, as real ones are (spec §4.2).
 pub const FIRST_SERVER_ID: i64 = 158_844_553_334_358_021;
 
+/// Edits and two-way recalls reach back this many days (spec §7.1, §7.2).
+pub const EDIT_DAYS: i64 = 7;
+/// One-way recalls and deletes reach back this many days (spec §7.2, §7.3).
+pub const ONE_WAY_DAYS: i64 = 30;
+
 /// What `descending=true` means on this server (spec §6.1: the doc and the name disagree).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Descending {
@@ -586,25 +591,32 @@ impl World {
         }
     }
 
-    /// Edit a message (spec §7.1): new text, `modify_time`, `modify_account_id`.
+    /// Whether a message exists, is still in history and is at most `days` old.
+    fn within(&mut self, server_id: i64, days: i64) -> Option<usize> {
+        let now = self.clock();
+        let &idx = self.by_id.get(&server_id)?;
+        let m = &self.messages[idx];
+        (m.removed.is_none() && now - m.create_time <= days * 86_400_000).then_some(idx)
+    }
+
+    /// Edit a message (spec §7.1): new text, `modify_time`, `modify_account_id`; only
+    /// messages of the last 7 days can be edited.
     pub fn edit(&mut self, server_id: i64, by: &str, text: &str) -> bool {
-        let at = self.clock();
-        let Some(&idx) = self.by_id.get(&server_id) else {
+        let Some(idx) = self.within(server_id, EDIT_DAYS) else {
             return false;
         };
+        let at = self.clock();
         let m = &mut self.messages[idx];
-        if m.removed.is_some() {
-            return false;
-        }
         m.text = text.to_string();
         m.modify_account_id = Some(by.to_string());
         m.modify_time = Some(at.max(m.modify_time.unwrap_or(0) + 1000));
         true
     }
 
-    /// One-way recall (type 1): a no-sense message for everyone but the sender.
+    /// One-way recall (type 1, messages up to 30 days old): a no-sense message for everyone
+    /// but the sender.
     pub fn recall_one_way(&mut self, server_id: i64) -> bool {
-        let Some(&idx) = self.by_id.get(&server_id) else {
+        let Some(idx) = self.within(server_id, ONE_WAY_DAYS) else {
             return false;
         };
         let stream = self.messages[idx].stream.clone();
@@ -616,9 +628,13 @@ impl World {
         true
     }
 
-    /// Two-way recall (type 2): gone from history; if it was a conversation's last message,
-    /// that conversation shows `message_state = 1` and a `revoke_notification`.
+    /// Two-way recall (type 2, within the app's recall window, at most 7 days): gone from
+    /// history; if it was a conversation's last message, that conversation shows
+    /// `message_state = 1` and a `revoke_notification`.
     pub fn recall_two_way(&mut self, server_id: i64, by: &str) -> bool {
+        if self.within(server_id, EDIT_DAYS).is_none() {
+            return false;
+        }
         let at = self.clock();
         self.remove(
             server_id,
@@ -630,8 +646,11 @@ impl World {
         )
     }
 
-    /// Delete (type 3): gone from history, nobody notified.
+    /// Delete (type 3, messages up to 30 days old): gone from history, nobody notified.
     pub fn delete(&mut self, server_id: i64) -> bool {
+        if self.within(server_id, ONE_WAY_DAYS).is_none() {
+            return false;
+        }
         let at = self.clock();
         self.remove(server_id, Removal::Delete { at }, None)
     }
