@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 2. Incremental passes with no change.
-    for days in [7u32, 1, 0] {
+    for days in [7u32, 7, 1, 0] {
         let src = source(&server, &spec, days, 0.0);
         let (r, secs, requests) = run(&store, &src, &server).await?;
         anyhow::ensure!(

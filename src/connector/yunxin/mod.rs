@@ -679,7 +679,8 @@ impl YunxinConnector {
                 .await
             {
                 Ok(d) => d,
-                Err(ConnectorError::Permanent(m)) => {
+                // 414: a parameter or signature error, already explained
+                Err(ConnectorError::Permanent(m)) if !m.contains("code 414") => {
                     return Err(permanent(format!(
                         "{m}. Listing conversations needs the app's cloud conversations \
                          (云端会话) feature, which records conversations from when it was \
