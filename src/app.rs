@@ -188,7 +188,9 @@ pub(crate) async fn daemon(
 /// `chatvault sim`: serve a generated fake upstream until Ctrl-C.
 async fn sim(args: SimArgs) -> anyhow::Result<i32> {
     use crate::sim::tangsengdaodao::{SimServer, World, WorldSpec};
-    let SimPlatform::Tangsengdaodao = args.platform;
+    if args.platform == SimPlatform::Yunxin {
+        return sim_yunxin(args).await;
+    }
     let conversations = args.conversations as usize;
     let groups = (conversations / 3).max(1);
     let direct_chats = conversations - groups;
@@ -217,6 +219,75 @@ async fn sim(args: SimArgs) -> anyhow::Result<i32> {
         spec.me_username, spec.me_password
     );
     println!("Ctrl-C stops the server.");
+    let world = server.world_handle();
+    let activity = (args.activity_every > 0).then(|| {
+        let every = std::time::Duration::from_secs(args.activity_every);
+        tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(args.seed);
+            loop {
+                tokio::time::sleep(every).await;
+                let done = world
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .random_activity(&mut rng, 5);
+                tracing::info!(changes = done.len(), "new activity in the fake world");
+            }
+        })
+    });
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    if let Some(task) = activity {
+        task.abort();
+    }
+    server.shutdown().await;
+    Ok(EXIT_OK)
+}
+
+/// `chatvault sim yunxin`: a fake Yunxin app whose timeline ends now.
+async fn sim_yunxin(args: SimArgs) -> anyhow::Result<i32> {
+    use crate::sim::yunxin::{now_ms, SimServer, World, WorldSpec};
+    let conversations = args.conversations as usize;
+    let spec = WorldSpec {
+        seed: args.seed,
+        accounts: 2,
+        users: (conversations / 2).max(4) + 4,
+        teams: (conversations / 4).max(1),
+        super_teams: 1,
+        direct_chats: (conversations / 3).max(1),
+        messages: args.messages as usize,
+        end_ms: now_ms() - 60_000,
+        days: 60,
+        ..WorldSpec::default()
+    };
+    let started = std::time::Instant::now();
+    let world = World::generate(&spec);
+    let accounts = world.accounts.clone();
+    let server = SimServer::start_on(world, args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let base_url = server.base_url();
+    println!(
+        "fake Yunxin server on {base_url} ({} messages, {} conversations, generated in {:.1}s)",
+        args.messages,
+        server.world().conversations.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("app_key    = {}", spec.app_key);
+    println!("app_secret = {}", spec.app_secret);
+    println!("accounts   = {}", accounts.join(", "));
+    println!("archive it with this configuration (then `chatvault --config sim.toml sync`):\n");
+    println!(
+        "[[source]]\nname = \"sim-yunxin\"\nplatform = \"yunxin\"\nbase_url = \"{base_url}\"\napp_key = \"{}\"\napp_secret_env = \"SIM_YUNXIN_SECRET\"   # export SIM_YUNXIN_SECRET={}\naccounts = [{}]\nrequests_per_second = 90\n",
+        spec.app_key,
+        spec.app_secret,
+        accounts
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("The server allows 100 requests/s per API, as Yunxin's standard package does. Ctrl-C stops it.");
     let world = server.world_handle();
     let activity = (args.activity_every > 0).then(|| {
         let every = std::time::Duration::from_secs(args.activity_every);

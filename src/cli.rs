@@ -95,7 +95,8 @@ chatvault demo --data-dir ./demo-archive --listen 127.0.0.1:9000"
     Demo(DemoArgs),
     /// Run a fake upstream server with a generated world, to point a configuration at.
     #[command(
-        after_help = "Example:\n  chatvault sim tangsengdaodao --listen 127.0.0.1:5800 --messages 20000\n\n\
+        after_help = "Example:\n  chatvault sim tangsengdaodao --listen 127.0.0.1:5800 --messages 20000\n  \
+chatvault sim yunxin --listen 127.0.0.1:5801 --seed 3\n\n\
 It prints the base_url and the credentials of the account to archive, and serves until Ctrl-C."
     )]
     Sim(SimArgs),
@@ -126,6 +127,7 @@ pub struct SimArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SimPlatform {
     Tangsengdaodao,
+    Yunxin,
 }
 
 #[derive(Debug, Args)]

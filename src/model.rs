@@ -289,6 +289,24 @@ pub struct QuarantineRecord {
     pub raw: Value,
 }
 
+/// A complete read of one conversation over a time window: upstream holds exactly
+/// `present` among the messages sent in `[from, to]` (both inclusive). The store marks
+/// every message it holds in that window, not yet deleted and not in `present` (nor observed
+/// in full, with a header, in the same page), as deleted with `detail` ("absent upstream"),
+/// keeping its content.
+///
+/// A connector emits one only after reading the whole window to its end without a failed,
+/// truncated or skipped page: a partial read would turn missing pages into deletions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowObservation {
+    pub conversation_id: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub present: Vec<String>,
+    /// Why absence means deletion here, recorded in each `message_deleted` event.
+    pub detail: String,
+}
+
 /// An opaque, versioned cursor position, owned by the connector that wrote it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -309,6 +327,8 @@ pub struct Page {
     pub reactions: Vec<ReactionObservation>,
     pub gaps: Vec<SeqGap>,
     pub quarantine: Vec<QuarantineRecord>,
+    /// Complete window reads whose absent messages are deletions.
+    pub windows: Vec<WindowObservation>,
 }
 
 impl Page {
@@ -323,6 +343,7 @@ impl Page {
             reactions: Vec::new(),
             gaps: Vec::new(),
             quarantine: Vec::new(),
+            windows: Vec::new(),
         }
     }
 }

@@ -457,7 +457,9 @@ impl Run<'_> {
                 page.reactions = page_data.reactions;
                 page.gaps = page_data.gaps;
                 page.quarantine = page_data.quarantine;
+                page.windows = page_data.windows;
                 let empty = page.conversations.is_empty()
+                    && page.windows.is_empty()
                     && page.messages.is_empty()
                     && page.reactions.is_empty()
                     && page.gaps.is_empty()

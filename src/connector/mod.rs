@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod tangsengdaodao;
+pub mod yunxin;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use serde_json::Value;
 use crate::config::{PlatformConfig, SourceConfig};
 use crate::model::{
     ConversationObservation, Cursor, MessageObservation, Platform, QuarantineRecord,
-    ReactionObservation, SeqGap,
+    ReactionObservation, SeqGap, WindowObservation,
 };
 
 /// How a connector failed, so that the engine can choose: log in again, wait, retry,
@@ -95,6 +96,8 @@ pub struct Fetched {
     pub reactions: Vec<ReactionObservation>,
     pub gaps: Vec<SeqGap>,
     pub quarantine: Vec<QuarantineRecord>,
+    /// Complete window reads: held messages in a window but absent upstream are deleted.
+    pub windows: Vec<WindowObservation>,
     /// `true` when the feed has nothing more right now.
     pub done: bool,
 }
@@ -108,6 +111,7 @@ impl Fetched {
             reactions: Vec::new(),
             gaps: Vec::new(),
             quarantine: Vec::new(),
+            windows: Vec::new(),
             done,
         }
     }
@@ -148,10 +152,9 @@ pub fn build(source: &SourceConfig, http: http::HttpClient) -> anyhow::Result<Bo
         PlatformConfig::Tangsengdaodao(cfg) => Ok(Box::new(tangsengdaodao::TsddConnector::new(
             source, cfg, http,
         )?)),
-        PlatformConfig::Yunxin(_) => anyhow::bail!(
-            "source {}: the yunxin connector is not available in this build yet",
-            source.name
-        ),
+        PlatformConfig::Yunxin(cfg) => {
+            Ok(Box::new(yunxin::YunxinConnector::new(source, cfg, http)?))
+        }
         PlatformConfig::Yunhu(_) => anyhow::bail!(
             "source {}: the yunhu connector is not available in this build yet",
             source.name

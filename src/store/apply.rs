@@ -232,6 +232,38 @@ async fn apply_in(
     write_messages(tx, src, &rows, observed_at).await?;
     write_versions(tx, src, &versions, observed_at).await?;
     write_reactions(tx, src, &books).await?;
+    // Only a full observation (a history item) shows a message is there; a mark is not.
+    let full_keys: Vec<MsgKey> = page
+        .messages
+        .iter()
+        .filter(|m| m.header.is_some())
+        .map(|m| {
+            (
+                strip_nul(&m.conversation_id).into_owned(),
+                strip_nul(&m.message_id).into_owned(),
+            )
+        })
+        .collect();
+    for window in &page.windows {
+        let deleted = apply_window(tx, src, window, &full_keys, observed_at).await?;
+        for id in deleted {
+            changed_msgs.insert((window.conversation_id.clone(), id.clone()));
+            events.push(EventDraft {
+                kind: "message_deleted",
+                conversation_id: window.conversation_id.clone(),
+                message_id: Some(id),
+                occurred_at: None,
+                detail: serde_json::json!({
+                    "by": null,
+                    "detail": strip_nul(&window.detail),
+                    "window": [
+                        canonical::canonical_time(&window.from),
+                        canonical::canonical_time(&window.to),
+                    ],
+                }),
+            });
+        }
+    }
     update_conversation_counts(tx, src, &rows, &new_msgs).await?;
     let n_events = events.len() as u64;
     write_events(
@@ -947,6 +979,55 @@ async fn write_quarantine(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Mark the held messages of a complete window read that upstream no longer has as deleted
+/// (content kept), returning their ids in id order. Messages the page itself observes in
+/// full are present by definition; already deleted ones keep their first mark.
+async fn apply_window(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    window: &crate::model::WindowObservation,
+    page_keys: &[MsgKey],
+    observed_at: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let conv = strip_nul(&window.conversation_id).into_owned();
+    let (from, to) = (
+        crate::model::to_micros(window.from),
+        crate::model::to_micros(window.to),
+    );
+    if from > to {
+        return Ok(Vec::new());
+    }
+    let mut present: Vec<String> = window
+        .present
+        .iter()
+        .map(|id| strip_nul(id).into_owned())
+        .collect();
+    present.extend(
+        page_keys
+            .iter()
+            .filter(|(c, _)| *c == conv)
+            .map(|(_, m)| m.clone()),
+    );
+    present.sort();
+    present.dedup();
+    let mut ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE vault.messages SET deleted_at = $5
+         WHERE source = $1 AND conversation_id = $2 AND sent_at BETWEEN $3 AND $4
+           AND deleted_at IS NULL AND NOT (message_id = ANY($6))
+         RETURNING message_id",
+    )
+    .bind(src)
+    .bind(&conv)
+    .bind(from)
+    .bind(to)
+    .bind(observed_at)
+    .bind(&present)
+    .fetch_all(&mut **tx)
+    .await?;
+    ids.sort();
+    Ok(ids)
 }
 
 /// The distinct conversation ids and message ids of a set of keys.

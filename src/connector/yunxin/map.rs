@@ -1,0 +1,281 @@
+//! Pure mapping of Yunxin payloads (spec §4–§7) to observations. Ids above 2^53 stay exact:
+//! `serde_json` keeps integers as `i64`/`u64`, and numbers sent as strings are accepted.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::model::{
+    Content, ConversationObservation, ConversationType, MessageHeader, MessageKind,
+    MessageObservation, ReactionState,
+};
+
+/// An integer field, as a JSON integer or a decimal string (spec §4.2).
+pub fn int(v: &Value, key: &str) -> Option<i64> {
+    match v.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+pub fn string(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub fn ms_to_time(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+/// A conversation object (§5.3). Only the facts worth a `conversation_changed` event go
+/// into `metadata`; `update_time` and friends move with every message and are returned
+/// separately.
+pub fn conversation(item: &Value) -> Result<(ConversationObservation, i64), String> {
+    let id = string(item, "conversation_id")
+        .filter(|s| !s.is_empty())
+        .ok_or("conversation without conversation_id")?;
+    let parts: Vec<&str> = id.splitn(3, '|').collect();
+    if parts.len() != 3 {
+        return Err(format!("conversation id {id:?} is not owner|type|target"));
+    }
+    let ty = int(item, "type")
+        .or_else(|| parts[1].parse().ok())
+        .ok_or_else(|| format!("conversation {id}: no type"))?;
+    let conversation_type = match ty {
+        1 => ConversationType::Direct,
+        2 | 3 => ConversationType::Group,
+        _ => ConversationType::Other,
+    };
+    let target = string(item, "receiver_id").unwrap_or_else(|| parts[2].to_string());
+    let mut md = Map::new();
+    md.insert("owner".into(), json!(parts[0]));
+    md.insert("target".into(), json!(target));
+    md.insert("conversation_type".into(), json!(ty));
+    md.insert("super_team".into(), json!(ty == 3));
+    for key in [
+        "stick_top",
+        "group_ids",
+        "server_extension",
+        "message_state",
+        "revoke_notification",
+    ] {
+        if let Some(v) = item.get(key) {
+            if !v.is_null() {
+                md.insert(key.into(), v.clone());
+            }
+        }
+    }
+    let update_time = int(item, "update_time").unwrap_or(0);
+    Ok((
+        ConversationObservation {
+            conversation_id: id,
+            conversation_type,
+            name: Some(target),
+            metadata: Value::Object(md),
+        },
+        update_time,
+    ))
+}
+
+/// The kind and searchable text of a message type (§4.3, §6.3).
+pub fn kind_of(message_type: i64) -> MessageKind {
+    match message_type {
+        0 | 11 => MessageKind::Text,
+        1 => MessageKind::Image,
+        2 => MessageKind::Voice,
+        3 => MessageKind::Video,
+        4 => MessageKind::Location,
+        5 | 10 => MessageKind::System,
+        6 => MessageKind::File,
+        7 | 12 => MessageKind::Call,
+        _ => MessageKind::Other,
+    }
+}
+
+/// The identity of a message for the quick-comment query (§7.4).
+pub fn comment_key(item: &Value) -> Value {
+    json!({
+        "conversation_type": item.get("conversation_type"),
+        "sender_id": item.get("sender_id"),
+        "receiver_id": item.get("receiver_id").cloned().or_else(|| item.get("team_id").map(|t| json!(t.to_string()))),
+        "message_server_id": item.get("message_server_id"),
+        "message_client_id": item.get("message_client_id").cloned().unwrap_or(json!("")),
+        "create_time": item.get("create_time"),
+    })
+}
+
+/// A history item (§6.2) as a full observation. `comments`: the item's quick comments
+/// from the batch query, `None` when the query did not answer for it.
+pub fn message(
+    conversation_id: &str,
+    item: &Value,
+    comments: Option<&Value>,
+) -> Result<MessageObservation, String> {
+    if !item.is_object() {
+        return Err("history item is not an object".into());
+    }
+    let id = int(item, "message_server_id").ok_or("message without a numeric message_server_id")?;
+    let create_time = int(item, "create_time").ok_or("message without a numeric create_time")?;
+    let sent_at = ms_to_time(create_time).ok_or("create_time out of range")?;
+    let message_type = int(item, "message_type").ok_or("message without message_type")?;
+    let text = string(item, "text").unwrap_or_default();
+    let attachment = item.get("attachment").filter(|a| !a.is_null()).cloned();
+    let kind = kind_of(message_type);
+    let mut words: Vec<String> = Vec::new();
+    if !text.is_empty() {
+        words.push(text.clone());
+    }
+    if let Some(a) = &attachment {
+        for key in ["name", "title"] {
+            if let Some(s) = a.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                words.push(s.to_string());
+            }
+        }
+    }
+    let modify_time = int(item, "modify_time").filter(|t| *t > 0);
+    let modified_by = string(item, "modify_account_id").filter(|s| !s.is_empty());
+    let mut content = Map::new();
+    content.insert("message_type".into(), json!(message_type));
+    content.insert("sub_type".into(), json!(int(item, "sub_type").unwrap_or(0)));
+    content.insert("text".into(), json!(text));
+    if let Some(a) = &attachment {
+        content.insert("attachment".into(), a.clone());
+    }
+    if let Some(e) = string(item, "extension").filter(|s| !s.is_empty()) {
+        content.insert("extension".into(), json!(e));
+    }
+    if let Some(t) = modify_time {
+        content.insert("modify_time".into(), json!(t));
+        content.insert("modified_by".into(), json!(modified_by));
+    }
+    let reply = item
+        .get("thread_config")
+        .and_then(|t| t.get("thread_reply"))
+        .and_then(|r| int(r, "message_server_id"))
+        .map(|r| r.to_string());
+    if let Some(r) = &reply {
+        content.insert("reply_to".into(), json!(r));
+    }
+    let reactions = comments.map(|list| {
+        list.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| {
+                        Some(ReactionState {
+                            user_id: string(c, "operator_id")?,
+                            user_name: None,
+                            emoji: int(c, "index")?.to_string(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    Ok(MessageObservation {
+        conversation_id: conversation_id.to_string(),
+        message_id: id.to_string(),
+        header: Some(MessageHeader {
+            seq: None,
+            sender_id: string(item, "sender_id"),
+            sender_name: None,
+            sent_at,
+            reply_to: reply,
+        }),
+        content: Some(Content {
+            kind,
+            text: words.join(" "),
+            content: Value::Object(content),
+        }),
+        edited_at: modify_time.and_then(ms_to_time),
+        earlier_versions: Vec::new(),
+        recalled: None,
+        deleted: None,
+        reactions,
+        raw: json!({"message": item, "quick_comments": comments}),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_ids_stay_exact_and_strings_are_accepted() {
+        let item: Value = serde_json::from_str(
+            r#"{"message_server_id": 158844553334358021, "create_time": "1753951805248",
+                "message_type": 0, "text": "你好", "sender_id": "alice", "receiver_id": "bob"}"#,
+        )
+        .unwrap();
+        let m = message("alice|1|bob", &item, None).unwrap();
+        assert_eq!(m.message_id, "158844553334358021");
+        assert_eq!(
+            m.header.unwrap().sent_at.timestamp_millis(),
+            1_753_951_805_248
+        );
+        assert_eq!(m.reactions, None);
+    }
+
+    #[test]
+    fn every_type_has_a_kind_and_text() {
+        for (ty, kind) in [
+            (0, MessageKind::Text),
+            (1, MessageKind::Image),
+            (2, MessageKind::Voice),
+            (3, MessageKind::Video),
+            (4, MessageKind::Location),
+            (5, MessageKind::System),
+            (6, MessageKind::File),
+            (7, MessageKind::Call),
+            (10, MessageKind::System),
+            (11, MessageKind::Text),
+            (12, MessageKind::Call),
+            (100, MessageKind::Other),
+            (4242, MessageKind::Other),
+        ] {
+            assert_eq!(kind_of(ty), kind, "type {ty}");
+        }
+        let item = json!({"message_server_id": 1, "create_time": 1, "message_type": 6,
+                          "attachment": {"name": "报告.pdf"}});
+        assert_eq!(
+            message("c", &item, None).unwrap().content.unwrap().text,
+            "报告.pdf"
+        );
+    }
+
+    #[test]
+    fn malformed_items_are_refused() {
+        assert!(message(
+            "c",
+            &json!({"message_server_id": "x", "create_time": 1, "message_type": 0}),
+            None
+        )
+        .is_err());
+        assert!(message(
+            "c",
+            &json!({"message_server_id": 1, "message_type": 0}),
+            None
+        )
+        .is_err());
+        assert!(message("c", &json!([1]), None).is_err());
+    }
+
+    #[test]
+    fn comments_become_reactions_by_index() {
+        let item =
+            json!({"message_server_id": 1, "create_time": 1, "message_type": 0, "text": "x"});
+        let comments = json!([{"operator_id": "bob", "index": 3, "extension": "{}", "time": 5}]);
+        let m = message("c", &item, Some(&comments)).unwrap();
+        assert_eq!(
+            m.reactions.unwrap(),
+            vec![ReactionState {
+                user_id: "bob".into(),
+                user_name: None,
+                emoji: "3".into()
+            }]
+        );
+        assert_eq!(m.raw["quick_comments"][0]["extension"], "{}");
+    }
+}

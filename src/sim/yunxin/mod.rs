@@ -1,0 +1,262 @@
+//! A faithful fake NetEase Yunxin (网易云信) IM server, following `specs/yunxin.md` §9,
+//! quirks included (it is never more lenient than the spec):
+//!
+//! - CheckSum over `AppSecret ‖ Nonce ‖ CurTime` with a ±300 s window; a wrong or stale
+//!   signature answers code 414;
+//! - the `{code, msg, data}` envelope with HTTP 200 for business errors; 414 for bad
+//!   parameters (`limit` outside 1–100, `begin_time ≥ end_time`), 416 when an API goes over
+//!   its per-second limit (100 by default, then blocked for 10 s), queued 416/5xx/HTTP 502
+//!   faults;
+//! - `message_server_id`s above 2^53 as bare JSON integers;
+//! - history pages with an opaque `next_token` bound to the query, short pages while
+//!   `has_more` is still true, runs of messages at the same `create_time`, and the two
+//!   readings of `descending` ([`Descending`]);
+//! - edits via `modify_time`/`modify_account_id`; one-way recalls as no-sense messages
+//!   (only with `include_no_sense_msg=true`); two-way recalls and deletes removing the
+//!   message; a recalled last message sets `message_state = 1` and `revoke_notification`;
+//! - quick comments through the batch query with `success_list`/`failed_list`;
+//! - conversation lists only for accounts with cloud conversations (403 otherwise);
+//!   advanced-team history for a non-member with `check_team_valid` left true answers
+//!   108403;
+//! - both `last_message` shapes (v2 nested, v2.1 flat).
+//!
+//! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
+//! `/im/v2.1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
+
+mod server;
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use server::{
+    checksum, BATCH_PATH, BATCH_V2_PATH, HISTORY_PATH, LIST_PATH, QUICK_COMMENT_PATH, UPDATE_PATH,
+};
+pub use world::{
+    now_ms, Activity, Behaviour, Comment, Conversation, ConversationTruth, Descending, Message,
+    MessageTruth, Removal, Stream, Team, World, WorldSpec, FIRST_SERVER_ID,
+};
+
+/// What a queued fault does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer `{"code": N, ...}` with HTTP 200 (416 rate limit, 500/503/514 transient, ...).
+    Code(i64),
+    /// Answer this HTTP status with an HTML body (a proxy's 502).
+    Http(u16),
+    /// The next history page holding messages has one whose `message_server_id` is garbage.
+    MalformedMessage,
+}
+
+#[derive(Clone, Debug)]
+struct Fault {
+    kind: FaultKind,
+    /// Route template (e.g. [`HISTORY_PATH`]); `None` = any.
+    path: Option<String>,
+    /// Matching requests to let through before firing.
+    skip: usize,
+    remaining: usize,
+}
+
+/// Queued faults, shared with the running server.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    queue: Arc<Mutex<Vec<Fault>>>,
+}
+
+impl Faults {
+    /// Answer `code` on the next `times` requests to `path` (a route template, or any).
+    pub fn code(&self, path: Option<&str>, times: usize, code: i64) {
+        self.push(FaultKind::Code(code), path, times);
+    }
+
+    /// Answer HTTP `status` on the next `times` requests to `path`.
+    pub fn http(&self, path: Option<&str>, times: usize, status: u16) {
+        self.push(FaultKind::Http(status), path, times);
+    }
+
+    /// Break one message of the next `times` history pages.
+    pub fn malformed(&self, times: usize) {
+        self.push(FaultKind::MalformedMessage, Some(HISTORY_PATH), times);
+    }
+
+    /// Answer `code` on `times` requests to `path` after letting `skip` of them through
+    /// (e.g. to break a read in its middle).
+    pub fn code_after(&self, path: Option<&str>, skip: usize, times: usize, code: i64) {
+        self.lock().push(Fault {
+            kind: FaultKind::Code(code),
+            path: path.map(str::to_string),
+            skip,
+            remaining: times,
+        });
+    }
+
+    fn push(&self, kind: FaultKind, path: Option<&str>, times: usize) {
+        self.lock().push(Fault {
+            kind,
+            path: path.map(str::to_string),
+            skip: 0,
+            remaining: times,
+        });
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Faults still queued (sum of remaining firings).
+    pub fn pending(&self) -> usize {
+        self.lock().iter().map(|f| f.remaining).sum()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Fault>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take one firing of the first fault matching `path`; `malformed` selects the
+    /// handler-level kind, otherwise the transport-level ones.
+    fn take(&self, path: &str, malformed: bool) -> Option<FaultKind> {
+        let mut q = self.lock();
+        let i = q.iter().position(|f| {
+            f.remaining > 0
+                && f.path.as_deref().is_none_or(|p| p == path)
+                && (f.kind == FaultKind::MalformedMessage) == malformed
+        })?;
+        if q[i].skip > 0 {
+            q[i].skip -= 1;
+            return None;
+        }
+        q[i].remaining -= 1;
+        let kind = q[i].kind.clone();
+        if q[i].remaining == 0 {
+            q.remove(i);
+        }
+        Some(kind)
+    }
+}
+
+/// A running fake server.
+pub struct SimServer {
+    addr: SocketAddr,
+    world: Arc<Mutex<World>>,
+    faults: Faults,
+    counts: Arc<server::Counts>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimServer {
+    /// Serve `world` on a free local port.
+    ///
+    /// Panics if no local port can be bound (a test environment problem).
+    pub async fn start(world: World) -> SimServer {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        SimServer::start_on(world, addr)
+            .await
+            .expect("bind a local port for the fake server")
+    }
+
+    /// Serve `world` on `addr` (for `chatvault sim`).
+    pub async fn start_on(world: World, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = server::AppState {
+            world: Arc::new(Mutex::new(world)),
+            faults: Faults::default(),
+            counts: Arc::new(server::Counts::default()),
+            limits: Arc::new(server::Limits::default()),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = server::router(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(SimServer {
+            addr,
+            world: state.world,
+            faults: state.faults,
+            counts: state.counts,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The API root, e.g. `http://127.0.0.1:40123`; clients append `/im/v2.1/...`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Lock the world to read or mutate it. Do not hold the guard across an `.await`
+    /// that waits for the server: requests would block on it.
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A shared handle on the world, e.g. for a background activity task.
+    pub fn world_handle(&self) -> Arc<Mutex<World>> {
+        self.world.clone()
+    }
+
+    /// The ground truth now (see [`World::truth`]).
+    pub fn truth(&self) -> Vec<ConversationTruth> {
+        self.world().truth()
+    }
+
+    /// The fault queue (a cheap clone sharing the server's queue).
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// Requests received so far, over all APIs (faulted and refused ones included).
+    pub fn request_count(&self) -> u64 {
+        self.counts.total.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far on one API, by route template (e.g. [`HISTORY_PATH`]).
+    pub fn request_count_for(&self, path: &str) -> u64 {
+        self.request_counts().get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests received so far, per route template.
+    pub fn request_counts(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .per_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stop serving: graceful for up to a second, then the server task is aborted.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,1000 @@
+//! The ground truth of the fake Yunxin app: accounts, teams, message streams, the cloud
+//! conversations of each account, quick comments; deterministic generation from a
+//! [`WorldSpec`], the changes tests and the demo drive, and a [`truth`](World::truth)
+//! snapshot to compare an archive against.
+//!
+//! A message belongs to a *stream* (a p2p pair or a team); every member's conversation
+//! (`owner|type|target`) shows the same stream from the owner's side (spec §4.1).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::sim::text::{self, Lang};
+
+/// The first `message_server_id`: above 2^53, as real ones are (spec §4.2).
+pub const FIRST_SERVER_ID: i64 = 158_844_553_334_358_021;
+
+/// Edits and two-way recalls reach back this many days (spec §7.1, §7.2).
+pub const EDIT_DAYS: i64 = 7;
+/// One-way recalls and deletes reach back this many days (spec §7.2, §7.3).
+pub const ONE_WAY_DAYS: i64 = 30;
+
+/// What `descending=true` means on this server (spec §6.1: the doc and the name disagree).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Descending {
+    /// As the doc reads: `true` = ascending (oldest first).
+    DocLiteral,
+    /// As the name reads: `true` = newest first.
+    NameLiteral,
+}
+
+/// Server behaviour switches.
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    pub descending: Descending,
+    /// Every third page of a history read is half full while `has_more` is still true.
+    pub short_pages: bool,
+    /// Requests per second per API before 416 (spec §3.4: 100); `None` = no limit.
+    pub rate_limit: Option<u32>,
+    /// How long an API stays blocked after a 416.
+    pub rate_limit_block: std::time::Duration,
+    /// `last_message` in the v2.1 answers: flat (v2.1) or nested (v2).
+    pub nested_last_message: bool,
+    /// New messages are stamped this many ms before the wall clock (a server whose writes
+    /// become readable after a while).
+    pub clock_lag_ms: i64,
+    /// Allowed CheckSum clock skew in seconds (spec §2.1: ±300).
+    pub checksum_window_secs: i64,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            descending: Descending::DocLiteral,
+            short_pages: true,
+            rate_limit: Some(100),
+            rate_limit_block: std::time::Duration::from_secs(10),
+            nested_last_message: false,
+            clock_lag_ms: 0,
+            checksum_window_secs: 300,
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct WorldSpec {
+    pub seed: u64,
+    pub app_key: String,
+    pub app_secret: String,
+    /// Accounts whose conversations are archived (they have cloud conversations).
+    pub accounts: usize,
+    /// Further users (peers and team members).
+    pub users: usize,
+    pub teams: usize,
+    pub super_teams: usize,
+    /// Direct chats per archived account.
+    pub direct_chats: usize,
+    pub messages: usize,
+    /// End of the generated timeline, Unix ms.
+    pub end_ms: i64,
+    pub days: u32,
+    /// Messages sharing one `create_time` in the busiest stream (a page boundary run).
+    pub same_ms_run: usize,
+    /// Accounts (beyond `accounts`) listed without cloud conversations.
+    pub accounts_without_cloud: usize,
+}
+
+impl Default for WorldSpec {
+    fn default() -> Self {
+        WorldSpec {
+            seed: 1,
+            app_key: "0f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+            app_secret: "sim-app-secret-0123".into(),
+            accounts: 2,
+            users: 12,
+            teams: 3,
+            super_teams: 1,
+            direct_chats: 4,
+            messages: 2_000,
+            end_ms: 1_748_736_000_000,
+            days: 30,
+            same_ms_run: 0,
+            accounts_without_cloud: 0,
+        }
+    }
+}
+
+/// A p2p pair (sorted) or a team.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Stream {
+    P2p(String, String),
+    Team(i64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Team {
+    pub id: i64,
+    pub name: String,
+    pub super_team: bool,
+    pub members: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Comment {
+    pub operator_id: String,
+    pub index: i64,
+    pub extension: String,
+    pub time: i64,
+}
+
+/// How a message left the history (two-way recall or delete).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Removal {
+    TwoWayRecall { by: String, at: i64 },
+    Delete { at: i64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub server_id: i64,
+    pub client_id: String,
+    pub stream: Stream,
+    pub sender: String,
+    pub sender_client_type: i64,
+    pub message_type: i64,
+    pub sub_type: i64,
+    pub create_time: i64,
+    pub text: String,
+    pub attachment: Option<Value>,
+    pub extension: String,
+    pub modify_account_id: Option<String>,
+    pub modify_time: Option<i64>,
+    /// Accounts for whom this is a no-sense message (one-way recall or delete).
+    pub no_sense_for: BTreeSet<String>,
+    pub removed: Option<Removal>,
+    pub comments: Vec<Comment>,
+    /// Set on a message broken on purpose (its id is served as a string of garbage).
+    pub malformed: bool,
+}
+
+impl Message {
+    pub fn conversation_type(&self, world: &World) -> i64 {
+        match &self.stream {
+            Stream::P2p(..) => 1,
+            Stream::Team(id) => {
+                if world.teams.get(id).is_some_and(|t| t.super_team) {
+                    3
+                } else {
+                    2
+                }
+            }
+        }
+    }
+
+    /// The receiver as the history items show it (the peer for p2p).
+    pub fn receiver(&self) -> String {
+        match &self.stream {
+            Stream::P2p(a, b) => {
+                if *a == self.sender {
+                    b.clone()
+                } else {
+                    a.clone()
+                }
+            }
+            Stream::Team(id) => id.to_string(),
+        }
+    }
+}
+
+/// One cloud conversation of one account.
+#[derive(Clone, Debug)]
+pub struct Conversation {
+    pub owner: String,
+    pub stream: Stream,
+    pub conversation_type: i64,
+    pub target: String,
+    pub stick_top: bool,
+    pub group_ids: Vec<i64>,
+    pub server_extension: String,
+    pub message_state: i64,
+    pub revoke_notification: Option<Value>,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+impl Conversation {
+    pub fn id(&self) -> String {
+        format!("{}|{}|{}", self.owner, self.conversation_type, self.target)
+    }
+}
+
+/// The whole fake app.
+#[derive(Clone, Debug)]
+pub struct World {
+    pub app_key: String,
+    pub app_secret: String,
+    pub behaviour: Behaviour,
+    /// Accounts to archive, in order.
+    pub accounts: Vec<String>,
+    /// Accounts that exist but whose app side has no cloud conversations.
+    pub no_cloud: BTreeSet<String>,
+    pub users: Vec<String>,
+    pub teams: BTreeMap<i64, Team>,
+    pub messages: Vec<Message>,
+    pub by_id: HashMap<i64, usize>,
+    /// Message indexes per stream, ordered by `(create_time, server_id)`.
+    pub streams: BTreeMap<Stream, Vec<usize>>,
+    /// Conversations by id.
+    pub conversations: BTreeMap<String, Conversation>,
+    next_id: i64,
+    last_time: i64,
+}
+
+/// One change made by [`World::random_activity`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activity {
+    Message {
+        server_id: i64,
+    },
+    Edit {
+        server_id: i64,
+    },
+    OneWayRecall {
+        server_id: i64,
+    },
+    TwoWayRecall {
+        server_id: i64,
+    },
+    Delete {
+        server_id: i64,
+    },
+    CommentAdded {
+        server_id: i64,
+        operator: String,
+        index: i64,
+    },
+    CommentRemoved {
+        server_id: i64,
+        operator: String,
+        index: i64,
+    },
+    ConversationChanged {
+        conversation_id: String,
+    },
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn lang_of(id: &str) -> Lang {
+    if id.bytes().map(u32::from).sum::<u32>() % 10 < 7 {
+        Lang::Chinese
+    } else {
+        Lang::English
+    }
+}
+
+impl World {
+    /// Generate a world; the same spec always gives the same world (no wall clock).
+    pub fn generate(spec: &WorldSpec) -> World {
+        let mut rng = StdRng::seed_from_u64(spec.seed);
+        let accounts: Vec<String> = (0..spec.accounts.max(1))
+            .map(|i| format!("acc{i:02}"))
+            .collect();
+        let no_cloud: BTreeSet<String> = (0..spec.accounts_without_cloud)
+            .map(|i| format!("nocloud{i:02}"))
+            .collect();
+        let users: Vec<String> = (0..spec.users.max(2))
+            .map(|i| format!("user{i:03}"))
+            .collect();
+        let mut world = World {
+            app_key: spec.app_key.clone(),
+            app_secret: spec.app_secret.clone(),
+            behaviour: Behaviour::default(),
+            accounts: accounts.clone(),
+            no_cloud,
+            users: users.clone(),
+            teams: BTreeMap::new(),
+            messages: Vec::new(),
+            by_id: HashMap::new(),
+            streams: BTreeMap::new(),
+            conversations: BTreeMap::new(),
+            next_id: FIRST_SERVER_ID,
+            last_time: 0,
+        };
+        let start = spec.end_ms - i64::from(spec.days.max(1)) * 86_400_000;
+        // streams
+        let mut streams: Vec<Stream> = Vec::new();
+        for acc in &accounts {
+            let mut peers: Vec<&String> = users.iter().collect();
+            peers.shuffle(&mut rng);
+            for peer in peers.into_iter().take(spec.direct_chats) {
+                streams.push(p2p(acc, peer));
+            }
+        }
+        if accounts.len() >= 2 {
+            streams.push(p2p(&accounts[0], &accounts[1]));
+        }
+        for t in 0..(spec.teams + spec.super_teams) {
+            let id = 2_366_968_294 + t as i64 * 1_001;
+            let mut members: Vec<String> = accounts.clone();
+            let mut others = users.clone();
+            others.shuffle(&mut rng);
+            members.extend(others.into_iter().take(rng.gen_range(2..=6)));
+            world.teams.insert(
+                id,
+                Team {
+                    id,
+                    name: text::group_name(&mut rng),
+                    super_team: t >= spec.teams,
+                    members,
+                },
+            );
+            streams.push(Stream::Team(id));
+        }
+        streams.sort();
+        streams.dedup();
+        for s in &streams {
+            world.streams.insert(s.clone(), Vec::new());
+            world.open_conversations(s, start);
+        }
+        // messages: skewed over streams, times sorted
+        let mut times: Vec<i64> = (0..spec.messages)
+            .map(|_| rng.gen_range(start..spec.end_ms))
+            .collect();
+        times.sort();
+        let weights: Vec<f64> = (0..streams.len()).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+        let dist = rand::distributions::WeightedIndex::new(&weights).expect("weights");
+        let busiest = streams.first().cloned();
+        let run_at = times.get(times.len() / 2).copied().unwrap_or(start);
+        let mut i = 0;
+        while i < times.len() {
+            let (stream, at, n) = if i == times.len() / 2 && spec.same_ms_run > 0 {
+                let n = spec.same_ms_run.min(times.len() - i);
+                (busiest.clone().expect("a stream"), run_at, n)
+            } else {
+                let s = streams[rand::distributions::Distribution::sample(&dist, &mut rng)].clone();
+                (s, times[i], 1)
+            };
+            for _ in 0..n {
+                let sender = world.random_member(&stream, &mut rng);
+                let (mt, text, att) = random_body(&mut rng, &sender);
+                let id = world.insert_message(&stream, &sender, at, mt, text, att, &mut rng);
+                // history of edits, one-way recalls, removals, comments
+                let roll: f64 = rng.gen();
+                let idx = world.by_id[&id];
+                if roll < 0.04 {
+                    let m = &mut world.messages[idx];
+                    m.text = format!("{} (已编辑)", m.text);
+                    m.modify_account_id = Some(m.sender.clone());
+                    m.modify_time = Some(at + 30_000);
+                } else if roll < 0.05 {
+                    let sender = world.messages[idx].sender.clone();
+                    let members = world.members(&stream);
+                    let m = &mut world.messages[idx];
+                    for who in members.into_iter().filter(|w| *w != sender) {
+                        m.no_sense_for.insert(who);
+                    }
+                } else if roll < 0.06 {
+                    world.messages[idx].removed = Some(Removal::Delete { at: at + 60_000 });
+                }
+                if rng.gen_bool(0.08) {
+                    let members = world.members(&stream);
+                    let op = members.choose(&mut rng).cloned().unwrap_or_default();
+                    let index = rng.gen_range(1..=6);
+                    world.messages[idx].comments.push(Comment {
+                        operator_id: op,
+                        index,
+                        extension: if rng.gen_bool(0.3) {
+                            json!({"emoji": index}).to_string()
+                        } else {
+                            String::new()
+                        },
+                        time: at + 5_000,
+                    });
+                }
+            }
+            i += n;
+        }
+        world.last_time = spec.end_ms;
+        let convs: Vec<String> = world.conversations.keys().cloned().collect();
+        for id in convs {
+            world.refresh_conversation(&id);
+        }
+        world
+    }
+
+    fn open_conversations(&mut self, stream: &Stream, at: i64) {
+        let members = self.members(stream);
+        for owner in members {
+            if !self.accounts.contains(&owner) {
+                continue;
+            }
+            let (ty, target) = match stream {
+                Stream::P2p(a, b) => (1, if *a == owner { b.clone() } else { a.clone() }),
+                Stream::Team(id) => (
+                    if self.teams[id].super_team { 3 } else { 2 },
+                    id.to_string(),
+                ),
+            };
+            let c = Conversation {
+                owner,
+                stream: stream.clone(),
+                conversation_type: ty,
+                target,
+                stick_top: false,
+                group_ids: Vec::new(),
+                server_extension: String::new(),
+                message_state: 0,
+                revoke_notification: None,
+                create_time: at,
+                update_time: at,
+            };
+            self.conversations.insert(c.id(), c);
+        }
+    }
+
+    /// Members of a stream (both sides of a pair, or the team's members).
+    pub fn members(&self, stream: &Stream) -> Vec<String> {
+        match stream {
+            Stream::P2p(a, b) => vec![a.clone(), b.clone()],
+            Stream::Team(id) => self
+                .teams
+                .get(id)
+                .map(|t| t.members.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn random_member<R: Rng + ?Sized>(&self, stream: &Stream, rng: &mut R) -> String {
+        self.members(stream)
+            .choose(rng)
+            .cloned()
+            .unwrap_or_else(|| "user000".into())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_message<R: Rng + ?Sized>(
+        &mut self,
+        stream: &Stream,
+        sender: &str,
+        at: i64,
+        message_type: i64,
+        text: String,
+        attachment: Option<Value>,
+        rng: &mut R,
+    ) -> i64 {
+        let id = self.next_id;
+        self.next_id += rng.gen_range(1..=9);
+        let m = Message {
+            server_id: id,
+            client_id: format!("c-{:08x}", rng.gen::<u32>()),
+            stream: stream.clone(),
+            sender: sender.to_string(),
+            sender_client_type: *[1, 2, 4, 16, 32].choose(rng).unwrap_or(&1),
+            message_type,
+            sub_type: 0,
+            create_time: at,
+            text,
+            attachment,
+            extension: String::new(),
+            modify_account_id: None,
+            modify_time: None,
+            no_sense_for: BTreeSet::new(),
+            removed: None,
+            comments: Vec::new(),
+            malformed: false,
+        };
+        let idx = self.messages.len();
+        self.messages.push(m);
+        self.by_id.insert(id, idx);
+        let list = self.streams.entry(stream.clone()).or_default();
+        // keep (create_time, id) order; appends are the common case
+        let pos = list.partition_point(|&j| {
+            let o = &self.messages[j];
+            (o.create_time, o.server_id) <= (at, id)
+        });
+        list.insert(pos, idx);
+        id
+    }
+
+    /// Recompute the last-message facts of one conversation.
+    fn refresh_conversation(&mut self, id: &str) {
+        let Some(c) = self.conversations.get(id) else {
+            return;
+        };
+        let last = self.streams.get(&c.stream).and_then(|l| l.last()).copied();
+        if let Some(idx) = last {
+            let t = self.messages[idx].create_time;
+            let c = self.conversations.get_mut(id).expect("exists");
+            c.update_time = c.update_time.max(t);
+        }
+    }
+
+    /// The message visible last in a conversation (not removed, not no-sense for the owner).
+    pub fn last_message(&self, conversation_id: &str) -> Option<&Message> {
+        let c = self.conversations.get(conversation_id)?;
+        self.streams.get(&c.stream)?.iter().rev().find_map(|&i| {
+            let m = &self.messages[i];
+            (m.removed.is_none() && !m.no_sense_for.contains(&c.owner)).then_some(m)
+        })
+    }
+
+    /// The wall clock as this server stamps new messages (see [`Behaviour::clock_lag_ms`]).
+    pub fn clock(&mut self) -> i64 {
+        let t = (now_ms() - self.behaviour.clock_lag_ms).max(self.last_time + 1);
+        self.last_time = t;
+        t
+    }
+
+    // ---- changes ----------------------------------------------------------------------
+
+    /// Post a text message to the stream behind `conversation_id`.
+    pub fn post_text(&mut self, conversation_id: &str, sender: &str, text: &str) -> Option<i64> {
+        let stream = self.conversations.get(conversation_id)?.stream.clone();
+        let at = self.clock();
+        let mut rng = StdRng::seed_from_u64(at as u64 ^ self.next_id as u64);
+        Some(self.post_at(&stream, sender, at, 0, text.to_string(), None, &mut rng))
+    }
+
+    /// Post `n` text messages at the same millisecond.
+    pub fn post_burst(&mut self, conversation_id: &str, sender: &str, n: usize) -> Vec<i64> {
+        let Some(stream) = self
+            .conversations
+            .get(conversation_id)
+            .map(|c| c.stream.clone())
+        else {
+            return Vec::new();
+        };
+        let at = self.clock();
+        let mut rng = StdRng::seed_from_u64(at as u64);
+        (0..n)
+            .map(|i| self.post_at(&stream, sender, at, 0, format!("burst {i}"), None, &mut rng))
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn post_at<R: Rng + ?Sized>(
+        &mut self,
+        stream: &Stream,
+        sender: &str,
+        at: i64,
+        message_type: i64,
+        text: String,
+        attachment: Option<Value>,
+        rng: &mut R,
+    ) -> i64 {
+        let id = self.insert_message(stream, sender, at, message_type, text, attachment, rng);
+        self.touch_stream(stream, at);
+        id
+    }
+
+    fn touch_stream(&mut self, stream: &Stream, at: i64) {
+        let ids: Vec<String> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.stream == *stream)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let c = self.conversations.get_mut(&id).expect("exists");
+            c.update_time = c.update_time.max(at);
+            c.message_state = 0;
+            c.revoke_notification = None;
+        }
+    }
+
+    /// Whether a message exists, is still in history and is at most `days` old.
+    fn within(&mut self, server_id: i64, days: i64) -> Option<usize> {
+        let now = self.clock();
+        let &idx = self.by_id.get(&server_id)?;
+        let m = &self.messages[idx];
+        (m.removed.is_none() && now - m.create_time <= days * 86_400_000).then_some(idx)
+    }
+
+    /// Edit a message (spec §7.1): new text, `modify_time`, `modify_account_id`; only
+    /// messages of the last 7 days can be edited.
+    pub fn edit(&mut self, server_id: i64, by: &str, text: &str) -> bool {
+        let Some(idx) = self.within(server_id, EDIT_DAYS) else {
+            return false;
+        };
+        let at = self.clock();
+        let m = &mut self.messages[idx];
+        m.text = text.to_string();
+        m.modify_account_id = Some(by.to_string());
+        m.modify_time = Some(at.max(m.modify_time.unwrap_or(0) + 1000));
+        true
+    }
+
+    /// One-way recall (type 1, messages up to 30 days old): a no-sense message for everyone
+    /// but the sender.
+    pub fn recall_one_way(&mut self, server_id: i64) -> bool {
+        let Some(idx) = self.within(server_id, ONE_WAY_DAYS) else {
+            return false;
+        };
+        let stream = self.messages[idx].stream.clone();
+        let members = self.members(&stream);
+        let m = &mut self.messages[idx];
+        let sender = m.sender.clone();
+        m.no_sense_for
+            .extend(members.into_iter().filter(|w| *w != sender));
+        true
+    }
+
+    /// Two-way recall (type 2, within the app's recall window, at most 7 days): gone from
+    /// history; if it was a conversation's last message, that conversation shows
+    /// `message_state = 1` and a `revoke_notification`.
+    pub fn recall_two_way(&mut self, server_id: i64, by: &str) -> bool {
+        if self.within(server_id, EDIT_DAYS).is_none() {
+            return false;
+        }
+        let at = self.clock();
+        self.remove(
+            server_id,
+            Removal::TwoWayRecall {
+                by: by.to_string(),
+                at,
+            },
+            Some(by),
+        )
+    }
+
+    /// Delete (type 3, messages up to 30 days old): gone from history, nobody notified.
+    pub fn delete(&mut self, server_id: i64) -> bool {
+        if self.within(server_id, ONE_WAY_DAYS).is_none() {
+            return false;
+        }
+        let at = self.clock();
+        self.remove(server_id, Removal::Delete { at }, None)
+    }
+
+    fn remove(&mut self, server_id: i64, how: Removal, by: Option<&str>) -> bool {
+        let Some(&idx) = self.by_id.get(&server_id) else {
+            return false;
+        };
+        if self.messages[idx].removed.is_some() {
+            return false;
+        }
+        let stream = self.messages[idx].stream.clone();
+        let convs: Vec<String> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.stream == stream)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let was_last: Vec<bool> = convs
+            .iter()
+            .map(|c| self.last_message(c).map(|m| m.server_id) == Some(server_id))
+            .collect();
+        let at = match &how {
+            Removal::TwoWayRecall { at, .. } | Removal::Delete { at } => *at,
+        };
+        let ty = self.messages[idx].conversation_type(self);
+        self.messages[idx].removed = Some(how);
+        if let Some(by) = by {
+            for (id, last) in convs.iter().zip(was_last) {
+                if !last {
+                    continue;
+                }
+                let c = self.conversations.get_mut(id).expect("exists");
+                c.message_state = 1;
+                c.update_time = c.update_time.max(at);
+                c.revoke_notification = Some(json!({
+                    "server_id": server_id,
+                    "revoke_id": by,
+                    "revoke_type": if ty == 1 { 1 } else if ty == 2 { 2 } else { 3 },
+                    "attach": "",
+                    "custom_info": "",
+                }));
+            }
+        }
+        true
+    }
+
+    /// Add a quick comment (spec §7.4).
+    pub fn add_comment(&mut self, server_id: i64, operator: &str, index: i64) -> bool {
+        let at = self.clock();
+        let Some(&idx) = self.by_id.get(&server_id) else {
+            return false;
+        };
+        let m = &mut self.messages[idx];
+        if m.comments
+            .iter()
+            .any(|c| c.operator_id == operator && c.index == index)
+        {
+            return false;
+        }
+        m.comments.push(Comment {
+            operator_id: operator.to_string(),
+            index,
+            extension: json!({"n": index}).to_string(),
+            time: at,
+        });
+        true
+    }
+
+    pub fn remove_comment(&mut self, server_id: i64, operator: &str, index: i64) -> bool {
+        let Some(&idx) = self.by_id.get(&server_id) else {
+            return false;
+        };
+        let m = &mut self.messages[idx];
+        let before = m.comments.len();
+        m.comments
+            .retain(|c| !(c.operator_id == operator && c.index == index));
+        m.comments.len() < before
+    }
+
+    /// The update call of seed 003 (`PATCH /im/v2/conversations/{id}`).
+    pub fn set_server_extension(&mut self, conversation_id: &str, ext: &str) -> bool {
+        let at = self.clock();
+        match self.conversations.get_mut(conversation_id) {
+            Some(c) => {
+                c.server_extension = ext.to_string();
+                c.update_time = c.update_time.max(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pin or unpin (changes `stick_top` and `update_time`).
+    pub fn set_stick_top(&mut self, conversation_id: &str, top: bool) -> bool {
+        let at = self.clock();
+        match self.conversations.get_mut(conversation_id) {
+            Some(c) => {
+                c.stick_top = top;
+                c.update_time = c.update_time.max(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Messages of a conversation's stream still in history, oldest first.
+    pub fn visible_ids(&self, conversation_id: &str) -> Vec<i64> {
+        let Some(c) = self.conversations.get(conversation_id) else {
+            return Vec::new();
+        };
+        self.streams
+            .get(&c.stream)
+            .map(|l| {
+                l.iter()
+                    .map(|&i| &self.messages[i])
+                    .filter(|m| m.removed.is_none())
+                    .map(|m| m.server_id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `n` random changes near the end of the timeline: new messages (mostly), edits,
+    /// recalls, deletes, quick comments and conversation updates.
+    pub fn random_activity<R: Rng + ?Sized>(&mut self, rng: &mut R, n: usize) -> Vec<Activity> {
+        let mut done = Vec::new();
+        let convs: Vec<String> = self.conversations.keys().cloned().collect();
+        if convs.is_empty() {
+            return done;
+        }
+        for _ in 0..n {
+            let conv = convs.choose(rng).expect("non-empty").clone();
+            let stream = self.conversations[&conv].stream.clone();
+            let recent: Vec<i64> = self.visible_ids(&conv).into_iter().rev().take(30).collect();
+            let roll = rng.gen_range(0..100);
+            let target = recent.choose(rng).copied();
+            let member = self.random_member(&stream, rng);
+            match (roll, target) {
+                (0..=59, _) | (_, None) => {
+                    let (mt, text, att) = random_body(rng, &member);
+                    let at = self.clock();
+                    let id = self.post_at(&stream, &member, at, mt, text, att, rng);
+                    done.push(Activity::Message { server_id: id });
+                }
+                (60..=69, Some(id)) => {
+                    let lang = lang_of(&member);
+                    if self.edit(id, &member, &text::message(rng, lang)) {
+                        done.push(Activity::Edit { server_id: id });
+                    }
+                }
+                (70..=73, Some(id)) => {
+                    if self.recall_one_way(id) {
+                        done.push(Activity::OneWayRecall { server_id: id });
+                    }
+                }
+                (74..=77, Some(id)) => {
+                    if self.recall_two_way(id, &member) {
+                        done.push(Activity::TwoWayRecall { server_id: id });
+                    }
+                }
+                (78..=79, Some(id)) => {
+                    if self.delete(id) {
+                        done.push(Activity::Delete { server_id: id });
+                    }
+                }
+                (80..=91, Some(id)) => {
+                    let index = rng.gen_range(1..=6);
+                    if self.add_comment(id, &member, index) {
+                        done.push(Activity::CommentAdded {
+                            server_id: id,
+                            operator: member,
+                            index,
+                        });
+                    }
+                }
+                (92..=95, Some(id)) => {
+                    let existing = self.by_id.get(&id).and_then(|&i| {
+                        self.messages[i]
+                            .comments
+                            .first()
+                            .map(|c| (c.operator_id.clone(), c.index))
+                    });
+                    if let Some((op, index)) = existing {
+                        if self.remove_comment(id, &op, index) {
+                            done.push(Activity::CommentRemoved {
+                                server_id: id,
+                                operator: op,
+                                index,
+                            });
+                        }
+                    }
+                }
+                _ => {
+                    let ext = json!({"tag": rng.gen_range(0..1000)}).to_string();
+                    if self.set_server_extension(&conv, &ext) {
+                        done.push(Activity::ConversationChanged {
+                            conversation_id: conv.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    // ---- truth --------------------------------------------------------------------------
+
+    /// Everything the archived accounts' conversations hold or held, to compare an archive
+    /// against.
+    pub fn truth(&self) -> Vec<ConversationTruth> {
+        self.conversations
+            .values()
+            .filter(|c| self.accounts.contains(&c.owner))
+            .map(|c| ConversationTruth {
+                conversation_id: c.id(),
+                owner: c.owner.clone(),
+                conversation_type: c.conversation_type,
+                server_extension: c.server_extension.clone(),
+                stick_top: c.stick_top,
+                messages: self
+                    .streams
+                    .get(&c.stream)
+                    .map(|l| {
+                        l.iter()
+                            .map(|&i| {
+                                let m = &self.messages[i];
+                                MessageTruth {
+                                    message_id: m.server_id.to_string(),
+                                    sender: m.sender.clone(),
+                                    create_time: m.create_time,
+                                    message_type: m.message_type,
+                                    text: m.text.clone(),
+                                    modify_time: m.modify_time,
+                                    no_sense: m.no_sense_for.contains(&c.owner),
+                                    removed: m.removed.clone(),
+                                    comments: m
+                                        .comments
+                                        .iter()
+                                        .map(|k| (k.operator_id.clone(), k.index))
+                                        .collect(),
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+/// One archived account's conversation as upstream holds it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConversationTruth {
+    pub conversation_id: String,
+    pub owner: String,
+    pub conversation_type: i64,
+    pub server_extension: String,
+    pub stick_top: bool,
+    /// Every message of the stream, removed ones included, by `(create_time, id)`.
+    pub messages: Vec<MessageTruth>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MessageTruth {
+    pub message_id: String,
+    pub sender: String,
+    pub create_time: i64,
+    pub message_type: i64,
+    pub text: String,
+    pub modify_time: Option<i64>,
+    /// A no-sense message for this conversation's owner (one-way recalled or deleted).
+    pub no_sense: bool,
+    /// Gone from history (two-way recall or delete).
+    pub removed: Option<Removal>,
+    /// Standing quick comments `(operator, index)`.
+    pub comments: Vec<(String, i64)>,
+}
+
+fn p2p(a: &str, b: &str) -> Stream {
+    if a <= b {
+        Stream::P2p(a.to_string(), b.to_string())
+    } else {
+        Stream::P2p(b.to_string(), a.to_string())
+    }
+}
+
+/// A random message body: `(message_type, text, attachment)` covering every type of §4.3.
+fn random_body<R: Rng + ?Sized>(rng: &mut R, sender: &str) -> (i64, String, Option<Value>) {
+    let lang = lang_of(sender);
+    let roll = rng.gen_range(0..100);
+    let md5 = format!("{:032x}", rng.gen::<u128>());
+    match roll {
+        0..=69 => (0, text::message(rng, lang), None),
+        70..=76 => (
+            1,
+            String::new(),
+            Some(
+                json!({"name": "a.jpg", "md5": md5, "url": "https://nos.example/a.jpg", "ext": "jpg", "w": 800, "h": 600, "size": rng.gen_range(1000..900_000)}),
+            ),
+        ),
+        77..=80 => (
+            2,
+            String::new(),
+            Some(
+                json!({"dur": rng.gen_range(1000..60_000), "md5": md5, "url": "https://nos.example/v.aac", "ext": "aac", "size": 20480}),
+            ),
+        ),
+        81..=83 => (
+            3,
+            String::new(),
+            Some(
+                json!({"dur": 12_000, "md5": md5, "url": "https://nos.example/v.mp4", "w": 1280, "h": 720, "ext": "mp4", "size": 1_048_576}),
+            ),
+        ),
+        84..=86 => (
+            4,
+            String::new(),
+            Some(json!({"title": text::place(rng), "lng": 120.15, "lat": 30.28})),
+        ),
+        87..=89 => (
+            6,
+            String::new(),
+            Some(
+                json!({"name": "报告.pdf", "md5": md5, "url": "https://nos.example/r.pdf", "ext": "pdf", "size": 204_800}),
+            ),
+        ),
+        90..=91 => (10, "对方已加入群聊".to_string(), None),
+        92 => (
+            5,
+            String::new(),
+            Some(json!({"id": 0, "data": {"ids": [sender]}})),
+        ),
+        93 => (7, String::new(), Some(json!({"type": 1, "duration": 42}))),
+        94 => (11, text::message(rng, lang), None),
+        95..=96 => (
+            12,
+            String::new(),
+            Some(json!({"type": 2, "status": 1, "duration": 65})),
+        ),
+        _ => (
+            100,
+            text::message(rng, lang),
+            Some(json!({"kind": "card", "title": text::message(rng, lang)})),
+        ),
+    }
+}
