@@ -78,6 +78,48 @@ async fn tangsengdaodao(messages: usize, secrets: &Path) -> anyhow::Result<Upstr
     })
 }
 
+/// The fake NetEase Yunxin server: two archived accounts, teams, a super team, direct chats.
+async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
+    use crate::sim::yunxin::{now_ms, SimServer, World, WorldSpec};
+    let spec = WorldSpec {
+        seed: 12,
+        messages,
+        end_ms: now_ms() - 60_000,
+        days: 30,
+        ..WorldSpec::default()
+    };
+    let world = World::generate(&spec);
+    let accounts = world.accounts.clone();
+    let server = SimServer::start(world).await;
+    let world = server.world_handle();
+    let secret = "demo-yunxin-app-secret".to_string();
+    Ok(Upstream {
+        platform: "yunxin",
+        source_toml: format!(
+            "[[source]]\nname = \"demo-yunxin\"\nplatform = \"yunxin\"\nbase_url = \"{}\"\n\
+             app_key = \"{}\"\napp_secret_file = \"{}\"\naccounts = [{}]\n\
+             schedule = \"{SCHEDULE}\"\nrequests_per_second = 90\n",
+            server.base_url(),
+            spec.app_key,
+            toml_path(&secrets.join(&secret)),
+            accounts
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        secret_files: vec![(secret, spec.app_secret.clone())],
+        activity: Box::new(move |rng| {
+            world
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .random_activity(rng, 6)
+                .len()
+        }),
+        stop: Box::pin(server.shutdown()),
+    })
+}
+
 /// A path as a TOML basic string's content.
 fn toml_path(p: &Path) -> String {
     p.display()
@@ -144,7 +186,11 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
         "starting the fake upstreams (seeded worlds, {} messages each)…",
         args.messages
     );
-    let mut upstreams = vec![tangsengdaodao(args.messages as usize, &secrets).await?];
+    let messages = args.messages as usize;
+    let mut upstreams = vec![
+        tangsengdaodao(messages, &secrets).await?,
+        yunxin(messages, &secrets).await?,
+    ];
 
     let mut toml = format!(
         "# Written by `chatvault demo` for its fake upstreams.\n\n[storage]\ndata_dir = \"{}\"\n\n\
