@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod tangsengdaodao;
+pub mod yunhu;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -152,9 +153,6 @@ pub fn build(source: &SourceConfig, http: http::HttpClient) -> anyhow::Result<Bo
             "source {}: the yunxin connector is not available in this build yet",
             source.name
         ),
-        PlatformConfig::Yunhu(_) => anyhow::bail!(
-            "source {}: the yunhu connector is not available in this build yet",
-            source.name
-        ),
+        PlatformConfig::Yunhu(cfg) => Ok(Box::new(yunhu::YunhuConnector::new(source, cfg, http)?)),
     }
 }

@@ -1,0 +1,849 @@
+//! Yunhu (云湖) connector: the community-documented user API over HTTP + protobuf (spec
+//! `specs/yunhu.md`, §8 for the loop).
+//!
+//! It only fetches and maps (STYLE rule 3): no database, no retries. HTTP and error
+//! classification live in [`api`], mapping in [`map`], the protobuf types in [`pb`].
+//!
+//! Discovery: `conversation/list` with the md5 of the last list (an unchanged list is one
+//! small request and nothing to sync), plus the address book on the first run, on `--full`
+//! and then once a day, so chats removed from the conversation list are still archived
+//! (and every archived chat is swept once a day). A chat is synced when its list entry
+//! changed (`send_timestamp`, `timestamp_ms`, `chat_content`), when it is new, or when its
+//! history is not complete yet.
+//!
+//! One feed, `messages`, with the cursor [`HistoryCursor`]. Each run of a chat starts a
+//! *pass*: `list-message` pages from the newest message down until it has both reached the
+//! newest archived seq (catch-up) and covered the trailing rescan window (the newest
+//! `rescan_messages` messages, and those of the last `rescan_days` days), so later edits
+//! and recalls there are observed; Yunhu has no change feed. With the window disabled
+//! (both 0), catch-up first tries one `list-message-by-seq` call and keeps it only when it
+//! is contiguous (spec §4.6: past ~30 behind it returns only the newest). Then, until the
+//! history is complete, back-fill pages down from the oldest archived message. Seqs that
+//! upstream never returns are recorded as gaps, not errors.
+//!
+//! Edits: a message whose `edit_time` is larger than the one seen in the previous pass (or
+//! that is seen for the first time with an `edit_time`) has its `list-message-edit-record`
+//! read, and every earlier version is reported, oldest first. Recalls are marks; the store
+//! never lets a recalled copy replace archived content or sender. Yunhu has no reactions.
+
+mod api;
+mod map;
+pub mod pb;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use self::api::Api;
+use super::http::HttpClient;
+use super::{
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+};
+use crate::config::{Secret, SourceConfig, YunhuConfig};
+use crate::model::{
+    ConversationObservation, ConversationType, Cursor, EarlierVersion, Platform, QuarantineRecord,
+    SeqGap, SourceName,
+};
+
+pub use api::{
+    ADDRESS_BOOK_LIST, CONVERSATION_LIST, EDIT_RECORD, LIST_MESSAGE, LIST_MESSAGE_BY_SEQ,
+};
+
+pub const FEED_MESSAGES: &str = "messages";
+
+/// `list-message` page size: the most clients use, and the fake's cap (spec §4.5).
+pub const PAGE_SIZE: i64 = 30;
+/// Edit-record rows per page.
+const EDIT_PAGE_SIZE: usize = 50;
+/// How often the address book is read (and every archived chat swept).
+const ADDRESS_BOOK_EVERY_SECS: i64 = 24 * 3600;
+const CURSOR_VERSION: u32 = 1;
+const GAP_REASON: &str = "not returned by upstream (deleted for this account, or not visible)";
+const BEFORE_HISTORY_REASON: &str =
+    "before the oldest message upstream returns (history not visible to this account)";
+
+/// Where a chat's history stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryCursor {
+    pub v: u32,
+    /// The newest archived message; everything from `oldest` up to it has been covered.
+    pub newest_seq: i64,
+    pub newest_id: String,
+    /// The oldest archived message: the back-fill anchor.
+    pub oldest_seq: i64,
+    pub oldest_id: String,
+    /// Back-fill reached the oldest message upstream returns.
+    pub complete: bool,
+    /// `edit_time` of the edited messages seen in the last pass.
+    #[serde(default)]
+    pub edits: BTreeMap<String, u64>,
+    /// A pass from the top in progress.
+    #[serde(default)]
+    pub pass: Option<Pass>,
+}
+
+/// A pass from the newest message down (see the module doc).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pass {
+    /// Page before this message next.
+    pub anchor_id: String,
+    /// The lowest seq seen so far in this pass.
+    pub anchor_seq: i64,
+    /// The newest archived seq when the pass began (0: nothing archived).
+    pub stop_seq: i64,
+    /// Messages seen so far.
+    pub covered: u32,
+    pub top_seq: i64,
+    pub top_id: String,
+    /// `edit_time` of the edited messages seen in this pass.
+    pub edits: BTreeMap<String, u64>,
+}
+
+/// Source-level state kept between discoveries.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct DiscoveryState {
+    v: u32,
+    md5: String,
+    /// Unix seconds of the last address-book read.
+    address_book_at: i64,
+    /// A short hash of each listed chat's last-message facts.
+    chats: BTreeMap<String, String>,
+}
+
+pub struct YunhuConnector {
+    api: Api,
+    source: SourceName,
+    token: Secret,
+    rescan_messages: u32,
+    rescan_days: u32,
+    /// Chats whose pass this run has begun (cleared by discovery).
+    begun: Mutex<HashSet<String>>,
+}
+
+impl fmt::Debug for YunhuConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("YunhuConnector")
+            .field("source", &self.source)
+            .field("base_url", &self.api.base_url())
+            .field("token", &"***")
+            .field("rescan_messages", &self.rescan_messages)
+            .field("rescan_days", &self.rescan_days)
+            .finish()
+    }
+}
+
+/// A chat as Yunhu addresses it.
+struct Chat {
+    id: String,
+    chat_type: i64,
+}
+
+impl YunhuConnector {
+    pub fn new(source: &SourceConfig, cfg: &YunhuConfig, http: HttpClient) -> anyhow::Result<Self> {
+        Ok(YunhuConnector {
+            api: Api::new(http, &cfg.base_url, source.name.clone()),
+            source: source.name.clone(),
+            token: cfg.token.clone(),
+            rescan_messages: cfg.rescan_messages,
+            rescan_days: cfg.rescan_days,
+            begun: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn begun(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.begun.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn window_disabled(&self) -> bool {
+        self.rescan_messages == 0 && self.rescan_days == 0
+    }
+
+    fn decode_error(
+        &self,
+        path: &str,
+        chat: Option<&str>,
+        why: String,
+        body: &[u8],
+    ) -> ConnectorError {
+        ConnectorError::Decode {
+            message: format!("{}: {why}", self.api.what(path, chat)),
+            raw: Some(api::raw_body(body)),
+        }
+    }
+
+    /// One `list-message` page (decoded record by record) for `chat`.
+    async fn list_page(
+        &self,
+        chat: &Chat,
+        conversation_id: &str,
+        path: &'static str,
+        request: Vec<u8>,
+    ) -> Result<PageRecords, ConnectorError> {
+        let what = self.api.what(path, Some(&chat.id));
+        let body = self
+            .api
+            .post_proto(path, Some(&chat.id), &self.token, &RawRequest(request))
+            .await?;
+        let list = pb::lenient_list(&body)
+            .map_err(|e| self.decode_error(path, Some(&chat.id), e.to_string(), &body))?;
+        api::check_status(&what, list.status.as_ref())?;
+        let mut out = PageRecords::default();
+        for (bytes, decoded) in list.records {
+            let mapped = decoded
+                .map_err(|e| format!("protobuf record does not decode: {e}"))
+                .and_then(|msg| map::message(conversation_id, &msg, bytes));
+            match mapped {
+                Ok(m) => out.messages.push(m),
+                Err(reason) => out.quarantine.push(QuarantineRecord {
+                    reason: format!("yunhu chat {}: {reason}", chat.id),
+                    raw: api::raw_body(bytes),
+                }),
+            }
+        }
+        // newest first, whatever order upstream used (spec §4.5)
+        out.messages.sort_by(|a, b| b.seq.cmp(&a.seq));
+        out.messages.dedup_by(|a, b| {
+            a.seq == b.seq && a.observation.message_id == b.observation.message_id
+        });
+        Ok(out)
+    }
+
+    async fn list_before(
+        &self,
+        chat: &Chat,
+        conversation_id: &str,
+        anchor: &str,
+    ) -> Result<PageRecords, ConnectorError> {
+        let request = pb::ListMsgRequest {
+            msg_count: PAGE_SIZE,
+            msg_id: anchor.to_string(),
+            chat_type: chat.chat_type,
+            chat_id: chat.id.clone(),
+        };
+        self.list_page(chat, conversation_id, LIST_MESSAGE, request.encode_to_vec())
+            .await
+    }
+
+    /// Read the edit record of each message whose `edit_time` is news, and attach the
+    /// earlier versions. Rows that cannot be read are quarantined.
+    async fn attach_versions(
+        &self,
+        chat: &Chat,
+        records: &mut PageRecords,
+        known: &(dyn Fn(&str) -> Option<u64> + Sync),
+    ) -> Result<(), ConnectorError> {
+        for m in &mut records.messages {
+            if m.edit_time == 0
+                || known(&m.observation.message_id).is_some_and(|t| t >= m.edit_time)
+            {
+                continue;
+            }
+            let (versions, bad) = self.edit_history(chat, &m.observation.message_id).await?;
+            m.observation.earlier_versions = versions;
+            records.quarantine.extend(bad);
+        }
+        Ok(())
+    }
+
+    /// Every earlier version of a message, oldest first.
+    async fn edit_history(
+        &self,
+        chat: &Chat,
+        msg_id: &str,
+    ) -> Result<(Vec<EarlierVersion>, Vec<QuarantineRecord>), ConnectorError> {
+        let mut records = Vec::new();
+        let mut bad = Vec::new();
+        for page in 1..=1000u32 {
+            let data = self
+                .api
+                .post_json(
+                    EDIT_RECORD,
+                    Some(&chat.id),
+                    &self.token,
+                    &json!({"msgId": msg_id, "size": EDIT_PAGE_SIZE, "page": page}),
+                )
+                .await?;
+            let rows = match data.get("list") {
+                Some(Value::Array(rows)) => rows.clone(),
+                None | Some(Value::Null) => Vec::new(),
+                Some(_) => {
+                    return Err(ConnectorError::Decode {
+                        message: format!(
+                            "{}: list is not an array",
+                            self.api.what(EDIT_RECORD, Some(&chat.id))
+                        ),
+                        raw: Some(data),
+                    })
+                }
+            };
+            for row in &rows {
+                match map::edit_record(row) {
+                    Ok(r) => records.push(r),
+                    Err(reason) => bad.push(QuarantineRecord {
+                        reason: format!("yunhu chat {} message {msg_id}: {reason}", chat.id),
+                        raw: row.clone(),
+                    }),
+                }
+            }
+            let total = data.get("total").and_then(Value::as_u64);
+            if rows.len() < EDIT_PAGE_SIZE
+                || total.is_some_and(|t| records.len() + bad.len() >= t as usize)
+            {
+                break;
+            }
+        }
+        records.sort_by_key(|r| (r.edited_ms, r.id));
+        Ok((records.into_iter().map(|r| r.version).collect(), bad))
+    }
+
+    /// Whether a pass has covered the trailing window after `covered` messages, the oldest
+    /// sent at `oldest_ms`.
+    fn window_covered(&self, covered: u32, oldest_ms: Option<i64>) -> bool {
+        let by_count = covered >= self.rescan_messages;
+        let horizon = Utc::now().timestamp_millis() - i64::from(self.rescan_days) * 86_400_000;
+        let by_age = self.rescan_days == 0 || oldest_ms.is_some_and(|t| t < horizon);
+        by_count && by_age
+    }
+
+    async fn fetch_messages(
+        &self,
+        request: &FetchRequest<'_>,
+        chat: &Chat,
+    ) -> Result<Fetched, ConnectorError> {
+        let conversation_id = request.conversation.conversation_id.as_str();
+        let mut cursor = match request.cursor {
+            None => None,
+            Some(c) => Some(parse_cursor(c, &self.source)?),
+        };
+        let first_this_run = self.begun().insert(conversation_id.to_string());
+        if first_this_run && cursor.as_ref().is_none_or(|c| c.pass.is_none()) {
+            let mut c = cursor.take().unwrap_or(HistoryCursor {
+                v: CURSOR_VERSION,
+                ..HistoryCursor::default()
+            });
+            if c.newest_seq > 0 && self.window_disabled() {
+                if let Some(fetched) = self.catch_up_by_seq(chat, conversation_id, &mut c).await? {
+                    return Ok(fetched);
+                }
+            }
+            c.pass = Some(Pass {
+                stop_seq: c.newest_seq,
+                anchor_seq: i64::MAX,
+                ..Pass::default()
+            });
+            cursor = Some(c);
+        }
+        let Some(mut c) = cursor else {
+            // begun this run, and the first page left no cursor: nothing to read
+            return Ok(Fetched::empty(
+                Cursor(json!(HistoryCursor {
+                    v: CURSOR_VERSION,
+                    complete: true,
+                    ..HistoryCursor::default()
+                })),
+                true,
+            ));
+        };
+        if c.pass.is_some() {
+            return self.pass_page(chat, conversation_id, c).await;
+        }
+        if c.complete {
+            return Ok(Fetched::empty(Cursor(json!(c)), true));
+        }
+        // back-fill below the oldest archived message
+        let mut records = self
+            .list_before(chat, conversation_id, &c.oldest_id)
+            .await?;
+        records.messages.retain(|m| m.seq < c.oldest_seq);
+        self.attach_versions(chat, &mut records, &|_| None).await?;
+        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
+        let mut gaps = Vec::new();
+        let mut above = c.oldest_seq;
+        for m in &records.messages {
+            if m.seq + 1 < above {
+                gaps.push((m.seq + 1, above - 1));
+            }
+            above = m.seq;
+        }
+        match records.messages.last() {
+            Some(lowest) => {
+                c.oldest_seq = lowest.seq;
+                c.oldest_id = lowest.observation.message_id.clone();
+            }
+            None => {
+                c.complete = true;
+                if c.oldest_seq > 1 {
+                    fetched.gaps.push(gap(
+                        conversation_id,
+                        1,
+                        c.oldest_seq - 1,
+                        BEFORE_HISTORY_REASON,
+                    ));
+                }
+                fetched.done = true;
+            }
+        }
+        fetched.gaps.extend(
+            gaps.into_iter()
+                .map(|(f, t)| gap(conversation_id, f, t, GAP_REASON)),
+        );
+        fetched.messages = records
+            .messages
+            .into_iter()
+            .map(|m| m.observation)
+            .collect();
+        fetched.quarantine = records.quarantine;
+        fetched.next_cursor = Cursor(json!(c));
+        Ok(fetched)
+    }
+
+    /// Catch up with one `list-message-by-seq` call, kept only when contiguous (spec §4.6).
+    /// `None`: not contiguous, page from the top instead.
+    async fn catch_up_by_seq(
+        &self,
+        chat: &Chat,
+        conversation_id: &str,
+        c: &mut HistoryCursor,
+    ) -> Result<Option<Fetched>, ConnectorError> {
+        let request = pb::ListMsgBySeqRequest {
+            msg_start: c.newest_seq,
+            chat_type: chat.chat_type,
+            chat_id: chat.id.clone(),
+        };
+        let mut records = self
+            .list_page(
+                chat,
+                conversation_id,
+                LIST_MESSAGE_BY_SEQ,
+                request.encode_to_vec(),
+            )
+            .await?;
+        records.messages.retain(|m| m.seq > c.newest_seq);
+        let contiguous = records
+            .messages
+            .last()
+            .is_none_or(|lowest| lowest.seq == c.newest_seq + 1)
+            && records.quarantine.is_empty();
+        if !contiguous {
+            return Ok(None);
+        }
+        self.attach_versions(chat, &mut records, &|_| None).await?;
+        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
+        let mut above = None;
+        for m in &records.messages {
+            if let Some(above) = above {
+                if m.seq + 1 < above {
+                    fetched
+                        .gaps
+                        .push(gap(conversation_id, m.seq + 1, above - 1, GAP_REASON));
+                }
+            }
+            above = Some(m.seq);
+        }
+        if let Some(top) = records.messages.first() {
+            c.newest_seq = top.seq;
+            c.newest_id = top.observation.message_id.clone();
+        }
+        fetched.messages = records
+            .messages
+            .into_iter()
+            .map(|m| m.observation)
+            .collect();
+        fetched.done = c.complete;
+        fetched.next_cursor = Cursor(json!(c));
+        Ok(Some(fetched))
+    }
+
+    /// One page of a pass from the top.
+    async fn pass_page(
+        &self,
+        chat: &Chat,
+        conversation_id: &str,
+        mut c: HistoryCursor,
+    ) -> Result<Fetched, ConnectorError> {
+        let mut pass = c.pass.take().unwrap_or_default();
+        let mut records = self
+            .list_before(chat, conversation_id, &pass.anchor_id)
+            .await?;
+        records.messages.retain(|m| m.seq < pass.anchor_seq);
+        let previous = &c.edits;
+        let seen = &pass.edits;
+        self.attach_versions(chat, &mut records, &|id| {
+            previous.get(id).or_else(|| seen.get(id)).copied()
+        })
+        .await?;
+        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
+        let mut above = (pass.anchor_seq != i64::MAX).then_some(pass.anchor_seq);
+        for m in &records.messages {
+            if let Some(above) = above {
+                if m.seq + 1 < above {
+                    fetched
+                        .gaps
+                        .push(gap(conversation_id, m.seq + 1, above - 1, GAP_REASON));
+                }
+            }
+            above = Some(m.seq);
+            if m.edit_time > 0 {
+                pass.edits
+                    .insert(m.observation.message_id.clone(), m.edit_time);
+            }
+        }
+        if pass.top_id.is_empty() {
+            if let Some(top) = records.messages.first() {
+                pass.top_seq = top.seq;
+                pass.top_id = top.observation.message_id.clone();
+            }
+        }
+        pass.covered += records.messages.len() as u32;
+        let bottom = records.messages.last().map(|m| {
+            (
+                m.seq,
+                m.observation.message_id.clone(),
+                m.observation
+                    .header
+                    .as_ref()
+                    .map(|h| h.sent_at.timestamp_millis()),
+            )
+        });
+        let ended_at_bottom = bottom.is_none();
+        let finished = match &bottom {
+            None => true,
+            Some((seq, id, sent_ms)) => {
+                pass.anchor_seq = *seq;
+                pass.anchor_id = id.clone();
+                let caught_up = pass.stop_seq > 0 && *seq <= pass.stop_seq + 1;
+                caught_up && self.window_covered(pass.covered, *sent_ms)
+            }
+        };
+        if finished {
+            if pass.top_seq > c.newest_seq {
+                c.newest_seq = pass.top_seq;
+                c.newest_id = pass.top_id.clone();
+            }
+            if pass.anchor_seq != i64::MAX && (c.oldest_seq == 0 || pass.anchor_seq < c.oldest_seq)
+            {
+                c.oldest_seq = pass.anchor_seq;
+                c.oldest_id = pass.anchor_id.clone();
+            }
+            if ended_at_bottom {
+                c.complete = true;
+                if c.oldest_seq > 1 {
+                    fetched.gaps.push(gap(
+                        conversation_id,
+                        1,
+                        c.oldest_seq - 1,
+                        BEFORE_HISTORY_REASON,
+                    ));
+                }
+            }
+            c.edits = std::mem::take(&mut pass.edits);
+            fetched.done = c.complete;
+        } else {
+            c.pass = Some(pass);
+        }
+        fetched.messages = records
+            .messages
+            .into_iter()
+            .map(|m| m.observation)
+            .collect();
+        fetched.quarantine = records.quarantine;
+        fetched.next_cursor = Cursor(json!(c));
+        Ok(fetched)
+    }
+
+    async fn conversation_list(
+        &self,
+        md5: &str,
+    ) -> Result<pb::ConversationListResponse, ConnectorError> {
+        let request = pb::ConversationListRequest {
+            md5: md5.to_string(),
+        };
+        let body = self
+            .api
+            .post_proto(CONVERSATION_LIST, None, &self.token, &request)
+            .await?;
+        let response = pb::ConversationListResponse::decode(body.as_slice()).map_err(|e| {
+            self.decode_error(
+                CONVERSATION_LIST,
+                None,
+                format!("not a conversation list: {e}"),
+                &body,
+            )
+        })?;
+        api::check_status(
+            &self.api.what(CONVERSATION_LIST, None),
+            response.status.as_ref(),
+        )?;
+        Ok(response)
+    }
+
+    async fn address_book(&self) -> Result<pb::AddressBookListResponse, ConnectorError> {
+        let request = pb::AddressBookListRequest { md5: String::new() };
+        let body = self
+            .api
+            .post_proto(ADDRESS_BOOK_LIST, None, &self.token, &request)
+            .await?;
+        let response = pb::AddressBookListResponse::decode(body.as_slice()).map_err(|e| {
+            self.decode_error(
+                ADDRESS_BOOK_LIST,
+                None,
+                format!("not an address book: {e}"),
+                &body,
+            )
+        })?;
+        api::check_status(
+            &self.api.what(ADDRESS_BOOK_LIST, None),
+            response.status.as_ref(),
+        )?;
+        Ok(response)
+    }
+}
+
+/// A request body already encoded.
+struct RawRequest(Vec<u8>);
+
+impl Message for RawRequest {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+    fn merge_field(
+        &mut self,
+        _tag: u32,
+        _wire_type: prost::encoding::WireType,
+        _buf: &mut impl prost::bytes::Buf,
+        _ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        Err(prost::DecodeError::new("a raw request is never decoded"))
+    }
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl fmt::Debug for RawRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RawRequest({} bytes)", self.0.len())
+    }
+}
+
+#[derive(Default)]
+struct PageRecords {
+    messages: Vec<map::Mapped>,
+    quarantine: Vec<QuarantineRecord>,
+}
+
+fn gap(conversation_id: &str, from: i64, to: i64, reason: &str) -> SeqGap {
+    SeqGap {
+        conversation_id: conversation_id.to_string(),
+        from_seq: from,
+        to_seq: to,
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_cursor(cursor: &Cursor, source: &SourceName) -> Result<HistoryCursor, ConnectorError> {
+    let unrecognised = || {
+        ConnectorError::Permanent(format!(
+            "yunhu source {source}: unrecognised messages cursor; run with --full to start over"
+        ))
+    };
+    if cursor.0.get("v").and_then(Value::as_u64) != Some(u64::from(CURSOR_VERSION)) {
+        return Err(unrecognised());
+    }
+    serde_json::from_value(cursor.0.clone()).map_err(|_| unrecognised())
+}
+
+fn chat_of(
+    conversation: &ConversationObservation,
+    source: &SourceName,
+) -> Result<Chat, ConnectorError> {
+    let chat_type = match (
+        conversation
+            .metadata
+            .get("chat_type")
+            .and_then(Value::as_i64),
+        conversation.conversation_type,
+    ) {
+        (Some(t), _) => t,
+        (None, ConversationType::Direct) => 1,
+        (None, ConversationType::Group) => 2,
+        (None, ConversationType::Bot) => 3,
+        (None, ConversationType::Other) => {
+            return Err(ConnectorError::Permanent(format!(
+                "yunhu source {source}: conversation {} has no chat_type",
+                conversation.conversation_id
+            )))
+        }
+    };
+    if conversation.conversation_id.is_empty() {
+        return Err(ConnectorError::Permanent(format!(
+            "yunhu source {source}: a conversation has an empty id"
+        )));
+    }
+    Ok(Chat {
+        id: conversation.conversation_id.clone(),
+        chat_type,
+    })
+}
+
+/// A short hash of the list facts that change with a chat's latest message.
+fn fingerprint(d: &pb::ConversationData) -> String {
+    let digest = Sha256::digest(format!(
+        "{}\0{}\0{}",
+        d.send_timestamp, d.timestamp_ms, d.chat_content
+    ));
+    hex::encode(&digest[..8])
+}
+
+/// Whether a known chat's history still has work left regardless of the list.
+fn incomplete(k: &KnownConversation) -> bool {
+    match k.cursors.get(FEED_MESSAGES) {
+        None => true,
+        Some(c) => serde_json::from_value::<HistoryCursor>(c.0.clone())
+            .map(|c| !c.complete || c.pass.is_some())
+            .unwrap_or(true),
+    }
+}
+
+#[async_trait]
+impl Connector for YunhuConnector {
+    fn platform(&self) -> Platform {
+        Platform::Yunhu
+    }
+
+    /// The token comes from the configuration; a rejected one is reported by the first call.
+    async fn login(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
+        self.begun().clear();
+        let previous: Option<DiscoveryState> = request
+            .state
+            .and_then(|c| serde_json::from_value(c.0.clone()).ok())
+            .filter(|s: &DiscoveryState| s.v == CURSOR_VERSION);
+        let now = Utc::now().timestamp();
+        let full = request.full || previous.is_none();
+        let mut state = previous.unwrap_or(DiscoveryState {
+            v: CURSOR_VERSION,
+            ..DiscoveryState::default()
+        });
+        let sweep = full || now - state.address_book_at >= ADDRESS_BOOK_EVERY_SECS;
+        let sent_md5 = if full {
+            String::new()
+        } else {
+            state.md5.clone()
+        };
+        let list = self.conversation_list(&sent_md5).await?;
+        let list_unchanged = list.data.is_empty() && !sent_md5.is_empty();
+
+        let mut discovery = Discovery::default();
+        let mut listed = HashSet::new();
+        let mut dirty = HashSet::new();
+        if !list_unchanged {
+            let mut fingerprints = BTreeMap::new();
+            for d in &list.data {
+                if d.chat_id.is_empty() {
+                    discovery.quarantine.push(QuarantineRecord {
+                        reason: "yunhu conversation list: an entry has no chat_id".into(),
+                        raw: api::raw_body(&d.encode_to_vec()),
+                    });
+                    continue;
+                }
+                let fp = fingerprint(d);
+                if state.chats.get(&d.chat_id) != Some(&fp) {
+                    dirty.insert(d.chat_id.clone());
+                }
+                fingerprints.insert(d.chat_id.clone(), fp);
+                listed.insert(d.chat_id.clone());
+                discovery.conversations.push(map::conversation(
+                    &d.chat_id,
+                    d.chat_type,
+                    &d.name,
+                    &d.remark,
+                    &d.avatar_url,
+                    d.certification_level,
+                ));
+            }
+            state.md5 = list.md5.clone();
+            state.chats = fingerprints;
+        }
+        if sweep {
+            let book = self.address_book().await?;
+            let known: HashSet<&str> = request
+                .known
+                .iter()
+                .map(|k| k.conversation.conversation_id.as_str())
+                .collect();
+            for section in &book.data {
+                for entry in &section.data {
+                    if entry.chat_id.is_empty() || listed.contains(&entry.chat_id) {
+                        continue;
+                    }
+                    listed.insert(entry.chat_id.clone());
+                    if !known.contains(entry.chat_id.as_str()) {
+                        dirty.insert(entry.chat_id.clone());
+                    }
+                    discovery.conversations.push(map::conversation(
+                        &entry.chat_id,
+                        section.chat_type,
+                        &entry.name,
+                        &entry.remark,
+                        &entry.avatar_url,
+                        0,
+                    ));
+                }
+            }
+            state.address_book_at = now;
+        } else {
+            // Everything not dirty and not mid-history waits for its list entry to change.
+            let mut unchanged: Vec<String> = request
+                .known
+                .iter()
+                .filter(|k| !dirty.contains(&k.conversation.conversation_id) && !incomplete(k))
+                .map(|k| k.conversation.conversation_id.clone())
+                .collect();
+            let known: HashSet<&str> = unchanged.iter().map(String::as_str).collect();
+            let extra: Vec<String> = listed
+                .iter()
+                .filter(|id| !dirty.contains(*id) && !known.contains(id.as_str()))
+                .filter(|id| {
+                    request
+                        .known
+                        .iter()
+                        .any(|k| &k.conversation.conversation_id == *id && !incomplete(k))
+                })
+                .cloned()
+                .collect();
+            unchanged.extend(extra);
+            discovery.unchanged = unchanged;
+        }
+        discovery.state = Some(Cursor(json!(state)));
+        Ok(discovery)
+    }
+
+    fn feeds(&self, _conversation: &ConversationObservation) -> Vec<&'static str> {
+        vec![FEED_MESSAGES]
+    }
+
+    async fn fetch(&self, request: FetchRequest<'_>) -> Result<Fetched, ConnectorError> {
+        if request.feed != FEED_MESSAGES {
+            return Err(ConnectorError::Permanent(format!(
+                "yunhu source {}: unknown feed {}",
+                self.source, request.feed
+            )));
+        }
+        let chat = chat_of(request.conversation, &self.source)?;
+        self.fetch_messages(&request, &chat).await
+    }
+}
