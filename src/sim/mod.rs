@@ -2,3 +2,4 @@
 
 pub mod tangsengdaodao;
 pub mod text;
+pub mod yunhu;

@@ -56,6 +56,11 @@ pub use api::{
     ADDRESS_BOOK_LIST, CONVERSATION_LIST, EDIT_RECORD, LIST_MESSAGE, LIST_MESSAGE_BY_SEQ,
 };
 
+/// The plain text the archive keeps for a content (what search indexes).
+pub fn content_text(content_type: i64, content: &pb::MsgContent) -> String {
+    map::content_of(content_type, content, "").text
+}
+
 pub const FEED_MESSAGES: &str = "messages";
 
 /// `list-message` page size: the most clients use, and the fake's cap (spec §4.5).
