@@ -318,7 +318,8 @@ async fn incremental_catch_up_fetches_only_changed_chats() {
     let result = sync(&store, &src, false).await;
     assert!(result.ok(), "{:?}", result.error);
     assert_eq!(result.counts.messages_new, 50);
-    assert_matches_world(&store, &server.world().truth()).await;
+    let truth = server.world().truth();
+    assert_matches_world(&store, &truth).await;
     let after = server.request_counts();
     let delta = |p: &str| after.get(p).copied().unwrap_or(0) - before.get(p).copied().unwrap_or(0);
     // one by-seq try each; the busy chat's is not contiguous and falls back to paging
@@ -481,7 +482,8 @@ async fn the_rescan_window_finds_old_edits_and_recalls_but_not_beyond_it() {
     let rows = archived(&store).await;
     assert_eq!(rows[&outside].text, "edited long after");
     assert_eq!(rows[&outside].edit_count, 1);
-    assert_matches_world(&store, &server.world().truth()).await;
+    let truth = server.world().truth();
+    assert_matches_world(&store, &truth).await;
     server.shutdown().await;
 }
 
@@ -604,6 +606,7 @@ async fn malformed_records_are_quarantined_and_the_rest_archived() {
     assert_eq!(held, visible - 2, "everything but the two broken records");
     // a --full pass reads them again, now intact
     assert!(sync(&store, &src, true).await.ok());
-    assert_matches_world(&store, &server.world().truth()).await;
+    let truth = server.world().truth();
+    assert_matches_world(&store, &truth).await;
     server.shutdown().await;
 }

@@ -213,7 +213,7 @@ impl YunhuConnector {
             }
         }
         // newest first, whatever order upstream used (spec §4.5)
-        out.messages.sort_by(|a, b| b.seq.cmp(&a.seq));
+        out.messages.sort_by_key(|m| std::cmp::Reverse(m.seq));
         out.messages.dedup_by(|a, b| {
             a.seq == b.seq && a.observation.message_id == b.observation.message_id
         });
