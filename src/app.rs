@@ -174,8 +174,73 @@ async fn daemon(store: Store, config: Config) -> anyhow::Result<i32> {
 
 /// `chatvault sim`: serve a generated fake upstream until Ctrl-C.
 async fn sim(args: SimArgs) -> anyhow::Result<i32> {
+    match args.platform {
+        SimPlatform::Tangsengdaodao => sim_tsdd(args).await,
+        SimPlatform::Yunhu => sim_yunhu(args).await,
+    }
+}
+
+/// `chatvault sim yunhu`: the fake Yunhu user API; prints the base_url and the token.
+async fn sim_yunhu(args: SimArgs) -> anyhow::Result<i32> {
+    use crate::sim::yunhu::{SimServer, World, WorldSpec};
+    let conversations = args.conversations as usize;
+    let groups = (conversations / 3).max(1);
+    let bots = (conversations / 10).max(1);
+    let direct_chats = conversations.saturating_sub(groups + bots).max(1);
+    let spec = WorldSpec {
+        seed: args.seed,
+        users: direct_chats.max(8) + 4,
+        groups,
+        bots,
+        direct_chats,
+        messages: args.messages as usize,
+        ..WorldSpec::default()
+    };
+    let started = std::time::Instant::now();
+    let world = World::generate(&spec);
+    let server = SimServer::start_on(world, args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let base_url = server.base_url();
+    println!(
+        "fake Yunhu server on {base_url} ({} messages, {} chats, generated in {:.1}s)",
+        args.messages,
+        direct_chats + groups + bots,
+        started.elapsed().as_secs_f64()
+    );
+    println!("archive it with this configuration (then `chatvault --config sim.toml sync`):\n");
+    println!(
+        "[[source]]\nname = \"sim-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{base_url}\"\ntoken_env = \"SIM_YUNHU_TOKEN\"   # export SIM_YUNHU_TOKEN={}\nrequests_per_second = 200\n",
+        spec.token
+    );
+    println!("Ctrl-C stops the server.");
+    let world = server.world_handle();
+    let activity = (args.activity_every > 0).then(|| {
+        let every = std::time::Duration::from_secs(args.activity_every);
+        tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(args.seed);
+            loop {
+                tokio::time::sleep(every).await;
+                let done = world
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .random_activity(&mut rng, 5);
+                tracing::info!(changes = done.len(), "new activity in the fake world");
+            }
+        })
+    });
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    if let Some(task) = activity {
+        task.abort();
+    }
+    server.shutdown().await;
+    Ok(EXIT_OK)
+}
+
+async fn sim_tsdd(args: SimArgs) -> anyhow::Result<i32> {
     use crate::sim::tangsengdaodao::{SimServer, World, WorldSpec};
-    let SimPlatform::Tangsengdaodao = args.platform;
     let conversations = args.conversations as usize;
     let groups = (conversations / 3).max(1);
     let direct_chats = conversations - groups;

@@ -65,6 +65,11 @@ pub const FEED_MESSAGES: &str = "messages";
 
 /// `list-message` page size: the most clients use, and the fake's cap (spec §4.5).
 pub const PAGE_SIZE: i64 = 30;
+/// Upstream pages chained into one fetch, and the messages after which it stops early.
+const PAGES_PER_FETCH: usize = 10;
+const MESSAGES_PER_FETCH: usize = 300;
+/// Edit records read at the same time.
+const EDIT_RECORD_CONCURRENCY: usize = 4;
 /// Edit-record rows per page.
 const EDIT_PAGE_SIZE: usize = 50;
 /// How often the address book is read (and every archived chat swept).
@@ -212,6 +217,16 @@ impl YunhuConnector {
                 }),
             }
         }
+        if out.messages.is_empty() && !out.quarantine.is_empty() {
+            // Nothing to page on: the next anchor would be unknown. Keep the records and
+            // give up on this chat for this run rather than take the page for the end.
+            return Err(ConnectorError::Decode {
+                message: format!("{what}: no record of the page could be read"),
+                raw: Some(Value::Array(
+                    out.quarantine.into_iter().map(|q| q.raw).collect(),
+                )),
+            });
+        }
         // newest first, whatever order upstream used (spec §4.5)
         out.messages.sort_by_key(|m| std::cmp::Reverse(m.seq));
         out.messages.dedup_by(|a, b| {
@@ -244,14 +259,29 @@ impl YunhuConnector {
         records: &mut PageRecords,
         known: &(dyn Fn(&str) -> Option<u64> + Sync),
     ) -> Result<(), ConnectorError> {
-        for m in &mut records.messages {
-            if m.edit_time == 0
-                || known(&m.observation.message_id).is_some_and(|t| t >= m.edit_time)
-            {
-                continue;
-            }
-            let (versions, bad) = self.edit_history(chat, &m.observation.message_id).await?;
-            m.observation.earlier_versions = versions;
+        use futures::StreamExt;
+        let wanted: Vec<usize> = records
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.edit_time > 0 && known(&m.observation.message_id).is_none_or(|t| t < m.edit_time)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        // a few at a time: the shared client's rate limit still spaces them
+        let ids: Vec<(usize, String)> = wanted
+            .into_iter()
+            .map(|i| (i, records.messages[i].observation.message_id.clone()))
+            .collect();
+        let histories: Vec<_> = futures::stream::iter(ids)
+            .map(|(i, id)| async move { (i, self.edit_history(chat, &id).await) })
+            .buffered(EDIT_RECORD_CONCURRENCY)
+            .collect()
+            .await;
+        for (i, history) in histories {
+            let (versions, bad) = history?;
+            records.messages[i].observation.earlier_versions = versions;
             records.quarantine.extend(bad);
         }
         Ok(())
@@ -849,6 +879,24 @@ impl Connector for YunhuConnector {
             )));
         }
         let chat = chat_of(request.conversation, &self.source)?;
-        self.fetch_messages(&request, &chat).await
+        // Several upstream pages of 30 make one page for the store, so that a transaction
+        // carries a few hundred messages rather than 30.
+        let mut merged = self.fetch_messages(&request, &chat).await?;
+        for _ in 1..PAGES_PER_FETCH {
+            if merged.done || merged.messages.len() >= MESSAGES_PER_FETCH {
+                break;
+            }
+            let next = FetchRequest {
+                cursor: Some(&merged.next_cursor),
+                ..request.clone()
+            };
+            let more = self.fetch_messages(&next, &chat).await?;
+            merged.messages.extend(more.messages);
+            merged.gaps.extend(more.gaps);
+            merged.quarantine.extend(more.quarantine);
+            merged.next_cursor = more.next_cursor;
+            merged.done = more.done;
+        }
+        Ok(merged)
     }
 }
