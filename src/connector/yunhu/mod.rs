@@ -30,7 +30,7 @@ mod api;
 mod map;
 pub mod pb;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Mutex;
 
@@ -69,7 +69,7 @@ pub const PAGE_SIZE: i64 = 30;
 const PAGES_PER_FETCH: usize = 10;
 const MESSAGES_PER_FETCH: usize = 300;
 /// Edit records read at the same time.
-const EDIT_RECORD_CONCURRENCY: usize = 4;
+const EDIT_RECORD_CONCURRENCY: usize = 8;
 /// Edit-record rows per page.
 const EDIT_PAGE_SIZE: usize = 50;
 /// How often the address book is read (and every archived chat swept).
@@ -253,36 +253,49 @@ impl YunhuConnector {
 
     /// Read the edit record of each message whose `edit_time` is news, and attach the
     /// earlier versions. Rows that cannot be read are quarantined.
+    /// Note the messages whose edit record must be read: `edit_time` is news.
+    fn want_versions(
+        records: &PageRecords,
+        known: &dyn Fn(&str) -> Option<u64>,
+        wanted: &mut Vec<String>,
+    ) {
+        for m in &records.messages {
+            if m.edit_time > 0 && known(&m.observation.message_id).is_none_or(|t| t < m.edit_time) {
+                wanted.push(m.observation.message_id.clone());
+            }
+        }
+    }
+
+    /// Read the edit records of `wanted` a few at a time (the shared client's rate limit
+    /// still spaces them) and attach every earlier version. Rows that cannot be read are
+    /// quarantined.
     async fn attach_versions(
         &self,
         chat: &Chat,
-        records: &mut PageRecords,
-        known: &(dyn Fn(&str) -> Option<u64> + Sync),
+        fetched: &mut Fetched,
+        wanted: Vec<String>,
     ) -> Result<(), ConnectorError> {
         use futures::StreamExt;
-        let wanted: Vec<usize> = records
-            .messages
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| {
-                m.edit_time > 0 && known(&m.observation.message_id).is_none_or(|t| t < m.edit_time)
+        let histories: Vec<_> = futures::stream::iter(wanted)
+            .map(|id| async move {
+                let history = self.edit_history(chat, &id).await;
+                (id, history)
             })
-            .map(|(i, _)| i)
-            .collect();
-        // a few at a time: the shared client's rate limit still spaces them
-        let ids: Vec<(usize, String)> = wanted
-            .into_iter()
-            .map(|i| (i, records.messages[i].observation.message_id.clone()))
-            .collect();
-        let histories: Vec<_> = futures::stream::iter(ids)
-            .map(|(i, id)| async move { (i, self.edit_history(chat, &id).await) })
             .buffered(EDIT_RECORD_CONCURRENCY)
             .collect()
             .await;
-        for (i, history) in histories {
+        let index: HashMap<String, usize> = fetched
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.message_id.clone(), i))
+            .collect();
+        for (id, history) in histories {
             let (versions, bad) = history?;
-            records.messages[i].observation.earlier_versions = versions;
-            records.quarantine.extend(bad);
+            if let Some(&i) = index.get(&id) {
+                fetched.messages[i].earlier_versions = versions;
+            }
+            fetched.quarantine.extend(bad);
         }
         Ok(())
     }
@@ -351,6 +364,7 @@ impl YunhuConnector {
         &self,
         request: &FetchRequest<'_>,
         chat: &Chat,
+        wanted: &mut Vec<String>,
     ) -> Result<Fetched, ConnectorError> {
         let conversation_id = request.conversation.conversation_id.as_str();
         let mut cursor = match request.cursor {
@@ -364,7 +378,10 @@ impl YunhuConnector {
                 ..HistoryCursor::default()
             });
             if c.newest_seq > 0 && self.window_disabled() {
-                if let Some(fetched) = self.catch_up_by_seq(chat, conversation_id, &mut c).await? {
+                if let Some(fetched) = self
+                    .catch_up_by_seq(chat, conversation_id, &mut c, wanted)
+                    .await?
+                {
                     return Ok(fetched);
                 }
             }
@@ -387,7 +404,7 @@ impl YunhuConnector {
             ));
         };
         if c.pass.is_some() {
-            return self.pass_page(chat, conversation_id, c).await;
+            return self.pass_page(chat, conversation_id, c, wanted).await;
         }
         if c.complete {
             return Ok(Fetched::empty(Cursor(json!(c)), true));
@@ -397,7 +414,7 @@ impl YunhuConnector {
             .list_before(chat, conversation_id, &c.oldest_id)
             .await?;
         records.messages.retain(|m| m.seq < c.oldest_seq);
-        self.attach_versions(chat, &mut records, &|_| None).await?;
+        Self::want_versions(&records, &|_| None, wanted);
         let mut fetched = Fetched::empty(Cursor(Value::Null), false);
         let mut gaps = Vec::new();
         let mut above = c.oldest_seq;
@@ -446,6 +463,7 @@ impl YunhuConnector {
         chat: &Chat,
         conversation_id: &str,
         c: &mut HistoryCursor,
+        wanted: &mut Vec<String>,
     ) -> Result<Option<Fetched>, ConnectorError> {
         let request = pb::ListMsgBySeqRequest {
             msg_start: c.newest_seq,
@@ -469,7 +487,7 @@ impl YunhuConnector {
         if !contiguous {
             return Ok(None);
         }
-        self.attach_versions(chat, &mut records, &|_| None).await?;
+        Self::want_versions(&records, &|_| None, wanted);
         let mut fetched = Fetched::empty(Cursor(Value::Null), false);
         let mut above = None;
         for m in &records.messages {
@@ -502,6 +520,7 @@ impl YunhuConnector {
         chat: &Chat,
         conversation_id: &str,
         mut c: HistoryCursor,
+        wanted: &mut Vec<String>,
     ) -> Result<Fetched, ConnectorError> {
         let mut pass = c.pass.take().unwrap_or_default();
         let mut records = self
@@ -510,10 +529,11 @@ impl YunhuConnector {
         records.messages.retain(|m| m.seq < pass.anchor_seq);
         let previous = &c.edits;
         let seen = &pass.edits;
-        self.attach_versions(chat, &mut records, &|id| {
-            previous.get(id).or_else(|| seen.get(id)).copied()
-        })
-        .await?;
+        Self::want_versions(
+            &records,
+            &|id| previous.get(id).or_else(|| seen.get(id)).copied(),
+            wanted,
+        );
         let mut fetched = Fetched::empty(Cursor(Value::Null), false);
         let mut above = (pass.anchor_seq != i64::MAX).then_some(pass.anchor_seq);
         for m in &records.messages {
@@ -881,7 +901,8 @@ impl Connector for YunhuConnector {
         let chat = chat_of(request.conversation, &self.source)?;
         // Several upstream pages of 30 make one page for the store, so that a transaction
         // carries a few hundred messages rather than 30.
-        let mut merged = self.fetch_messages(&request, &chat).await?;
+        let mut wanted = Vec::new();
+        let mut merged = self.fetch_messages(&request, &chat, &mut wanted).await?;
         for _ in 1..PAGES_PER_FETCH {
             if merged.done || merged.messages.len() >= MESSAGES_PER_FETCH {
                 break;
@@ -890,13 +911,14 @@ impl Connector for YunhuConnector {
                 cursor: Some(&merged.next_cursor),
                 ..request.clone()
             };
-            let more = self.fetch_messages(&next, &chat).await?;
+            let more = self.fetch_messages(&next, &chat, &mut wanted).await?;
             merged.messages.extend(more.messages);
             merged.gaps.extend(more.gaps);
             merged.quarantine.extend(more.quarantine);
             merged.next_cursor = more.next_cursor;
             merged.done = more.done;
         }
+        self.attach_versions(&chat, &mut merged, wanted).await?;
         Ok(merged)
     }
 }
