@@ -83,6 +83,7 @@ pub fn message(conversation_id: &str, msg: &pb::MsgData, bytes: &[u8]) -> Result
         by: None,
     });
     let mut raw = serde_json::to_value(msg).unwrap_or(Value::Null);
+    prune(&mut raw);
     raw["pb"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
     Ok(Mapped {
         seq: msg.msg_seq,
@@ -106,6 +107,24 @@ pub fn message(conversation_id: &str, msg: &pb::MsgData, bytes: &[u8]) -> Result
             raw,
         },
     })
+}
+
+/// Drop the fields protobuf leaves at their defaults (proto3 cannot tell them from absent
+/// ones): the decoded payload keeps what upstream sent, and `pb` keeps the exact bytes.
+fn prune(value: &mut Value) {
+    if let Value::Object(map) = value {
+        for v in map.values_mut() {
+            prune(v);
+        }
+        map.retain(|_, v| match v {
+            Value::Null => false,
+            Value::String(s) => !s.is_empty(),
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::Bool(b) => *b,
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        });
+    }
 }
 
 /// The kind a `content_type` maps to (spec §6.2).
