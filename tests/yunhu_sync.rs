@@ -610,3 +610,39 @@ async fn malformed_records_are_quarantined_and_the_rest_archived() {
     assert_matches_world(&store, &truth).await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_chat_that_failed_is_read_again_though_the_list_is_unchanged() {
+    let (server, store, src) = start(&spec(), 200).await;
+    assert!(sync(&store, &src, false).await.ok());
+    let (chat, me) = {
+        let w = server.world();
+        let t = w.truth();
+        (
+            t.iter().find(|c| c.in_list).unwrap().chat_id.clone(),
+            w.me.id.clone(),
+        )
+    };
+    let posted = server
+        .world()
+        .post_text(&chat, &me, "arrives while the chat fails")
+        .unwrap();
+    server.faults().fail_chat(&chat);
+    let failed = sync(&store, &src, false).await;
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert_eq!(failed.failed_conversations.len(), 1, "{:?}", failed.error);
+    assert!(!archived(&store).await.contains_key(&posted));
+
+    server.faults().clear();
+    let before = server.request_counts();
+    let result = sync(&store, &src, false).await;
+    assert!(result.ok(), "{:?}", result.error);
+    assert_eq!(result.conversations, 1, "only the chat that failed");
+    assert!(archived(&store).await.contains_key(&posted));
+    let after = server.request_counts();
+    assert_eq!(
+        after["/v1/conversation/list"] - before["/v1/conversation/list"],
+        1
+    );
+    server.shutdown().await;
+}

@@ -97,6 +97,9 @@ pub struct HistoryCursor {
     /// A pass from the top in progress.
     #[serde(default)]
     pub pass: Option<Pass>,
+    /// The conversation-list fingerprint of the chat when its last pass or catch-up began.
+    #[serde(default)]
+    pub list_fp: String,
 }
 
 /// A pass from the newest message down (see the module doc).
@@ -135,6 +138,8 @@ pub struct YunhuConnector {
     rescan_days: u32,
     /// Chats whose pass this run has begun (cleared by discovery).
     begun: Mutex<HashSet<String>>,
+    /// The conversation-list fingerprint of each listed chat, from this run's discovery.
+    fingerprints: Mutex<BTreeMap<String, String>>,
 }
 
 impl fmt::Debug for YunhuConnector {
@@ -164,6 +169,7 @@ impl YunhuConnector {
             rescan_messages: cfg.rescan_messages,
             rescan_days: cfg.rescan_days,
             begun: Mutex::new(HashSet::new()),
+            fingerprints: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -377,6 +383,13 @@ impl YunhuConnector {
                 v: CURSOR_VERSION,
                 ..HistoryCursor::default()
             });
+            c.list_fp = self
+                .fingerprints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(conversation_id)
+                .cloned()
+                .unwrap_or_default();
             if c.newest_seq > 0 && self.window_disabled() {
                 if let Some(fetched) = self
                     .catch_up_by_seq(chat, conversation_id, &mut c, wanted)
@@ -760,12 +773,15 @@ fn fingerprint(d: &pb::ConversationData) -> String {
     hex::encode(&digest[..8])
 }
 
-/// Whether a known chat's history still has work left regardless of the list.
-fn incomplete(k: &KnownConversation) -> bool {
+/// Whether a known chat must be read: its history is not complete, a pass is under way, or
+/// its list entry (`fingerprint`) is not the one its last pass was read at.
+fn needs_sync(k: &KnownConversation, fingerprint: Option<&String>) -> bool {
     match k.cursors.get(FEED_MESSAGES) {
         None => true,
         Some(c) => serde_json::from_value::<HistoryCursor>(c.0.clone())
-            .map(|c| !c.complete || c.pass.is_some())
+            .map(|c| {
+                !c.complete || c.pass.is_some() || fingerprint.is_some_and(|fp| *fp != c.list_fp)
+            })
             .unwrap_or(true),
     }
 }
@@ -804,7 +820,6 @@ impl Connector for YunhuConnector {
 
         let mut discovery = Discovery::default();
         let mut listed = HashSet::new();
-        let mut dirty = HashSet::new();
         if !list_unchanged {
             let mut fingerprints = BTreeMap::new();
             for d in &list.data {
@@ -815,11 +830,7 @@ impl Connector for YunhuConnector {
                     });
                     continue;
                 }
-                let fp = fingerprint(d);
-                if state.chats.get(&d.chat_id) != Some(&fp) {
-                    dirty.insert(d.chat_id.clone());
-                }
-                fingerprints.insert(d.chat_id.clone(), fp);
+                fingerprints.insert(d.chat_id.clone(), fingerprint(d));
                 listed.insert(d.chat_id.clone());
                 discovery.conversations.push(map::conversation(
                     &d.chat_id,
@@ -835,20 +846,12 @@ impl Connector for YunhuConnector {
         }
         if sweep {
             let book = self.address_book().await?;
-            let known: HashSet<&str> = request
-                .known
-                .iter()
-                .map(|k| k.conversation.conversation_id.as_str())
-                .collect();
             for section in &book.data {
                 for entry in &section.data {
                     if entry.chat_id.is_empty() || listed.contains(&entry.chat_id) {
                         continue;
                     }
                     listed.insert(entry.chat_id.clone());
-                    if !known.contains(entry.chat_id.as_str()) {
-                        dirty.insert(entry.chat_id.clone());
-                    }
                     discovery.conversations.push(map::conversation(
                         &entry.chat_id,
                         section.chat_type,
@@ -861,28 +864,19 @@ impl Connector for YunhuConnector {
             }
             state.address_book_at = now;
         } else {
-            // Everything not dirty and not mid-history waits for its list entry to change.
-            let mut unchanged: Vec<String> = request
+            // A chat waits while its history is complete and was read at the list entry
+            // seen now; a chat whose sync failed is read again even if the list is the same.
+            discovery.unchanged = request
                 .known
                 .iter()
-                .filter(|k| !dirty.contains(&k.conversation.conversation_id) && !incomplete(k))
+                .filter(|k| {
+                    let id = &k.conversation.conversation_id;
+                    !needs_sync(k, state.chats.get(id))
+                })
                 .map(|k| k.conversation.conversation_id.clone())
                 .collect();
-            let known: HashSet<&str> = unchanged.iter().map(String::as_str).collect();
-            let extra: Vec<String> = listed
-                .iter()
-                .filter(|id| !dirty.contains(*id) && !known.contains(id.as_str()))
-                .filter(|id| {
-                    request
-                        .known
-                        .iter()
-                        .any(|k| &k.conversation.conversation_id == *id && !incomplete(k))
-                })
-                .cloned()
-                .collect();
-            unchanged.extend(extra);
-            discovery.unchanged = unchanged;
         }
+        *self.fingerprints.lock().unwrap_or_else(|e| e.into_inner()) = state.chats.clone();
         discovery.state = Some(Cursor(json!(state)));
         Ok(discovery)
     }
