@@ -79,9 +79,21 @@ async fn main() -> anyhow::Result<()> {
     let incremental = t.elapsed().as_secs_f64();
     anyhow::ensure!(quiet.ok(), "incremental pass failed: {:?}", quiet.error);
     let quiet_requests = server.request_count() - requests_before;
+
+    // 3. An incremental pass after 200 changes (new messages, edits, recalls) over the chats.
+    let changes = {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        server.world().random_activity(&mut rng, 200).len()
+    };
+    let requests_before = server.request_count();
+    let t = Instant::now();
+    let busy = sync_source(&store, &source, &options, None).await;
+    let busy_time = t.elapsed().as_secs_f64();
+    anyhow::ensure!(busy.ok(), "incremental pass failed: {:?}", busy.error);
+    let busy_requests = server.request_count() - requests_before;
     let peak = peak_rss_mb();
 
-    // 3. Baseline: the store alone, the same number of messages, same run.
+    // 4. Baseline: the store alone, the same number of messages, same run.
     let baseline_store = fresh_store().await?;
     let src = SourceName::new("baseline");
     baseline_store
@@ -104,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "incremental pass, no changes: {incremental:.3} s, {quiet_requests} requests over {chats} chats"
+    );
+    println!(
+        "incremental pass after {changes} changes: {busy_time:.2} s, {busy_requests} requests, {} chats read (each re-reads its 200-message window), {} new messages, {} changed",
+        busy.conversations, busy.counts.messages_new, busy.counts.messages_changed
     );
     println!(
         "peak RSS of this process: {peak:.0} MB, of which the fake server's world is about {rss_before:.0} MB"

@@ -631,6 +631,11 @@ async fn a_chat_that_failed_is_read_again_though_the_list_is_unchanged() {
     let failed = sync(&store, &src, false).await;
     assert_eq!(failed.status, RunStatus::Failed);
     assert_eq!(failed.failed_conversations.len(), 1, "{:?}", failed.error);
+    let why = &failed.failed_conversations[0].1;
+    assert!(
+        why.contains("code -1") && why.contains("没有权限"),
+        "Status.code != 1 with its message: {why}"
+    );
     assert!(!archived(&store).await.contains_key(&posted));
 
     server.faults().clear();
