@@ -8,8 +8,10 @@
 //! small request and nothing to sync), plus the address book on the first run, on `--full`
 //! and then once a day, so chats removed from the conversation list are still archived
 //! (and every archived chat is swept once a day). A chat is synced when its list entry
-//! changed (`send_timestamp`, `timestamp_ms`, `chat_content`), when it is new, or when its
-//! history is not complete yet.
+//! (`send_timestamp`, `timestamp_ms`, `chat_content`, hashed into a fingerprint kept in the
+//! discovery state) differs from the one its last pass began at (kept in its cursor), when
+//! it is new, or when its history is not complete yet; so a chat whose sync failed is read
+//! again on the next run even when the list did not change.
 //!
 //! One feed, `messages`, with the cursor [`HistoryCursor`]. Each run of a chat starts a
 //! *pass*: `list-message` pages from the newest message down until it has both reached the
