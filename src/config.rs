@@ -159,6 +159,8 @@ pub struct YunhuConfig {
     pub token: Secret,
     pub rescan_messages: u32,
     pub rescan_days: u32,
+    /// Minutes between re-reads of an active chat's trailing window; 0: every run.
+    pub rescan_every_minutes: u32,
 }
 
 /// The file read when neither a path nor `CHATVAULT_CONFIG` is given, if it exists.
@@ -226,6 +228,7 @@ const YUNHU_KEYS: &[&str] = &[
     "token_file",
     "rescan_messages",
     "rescan_days",
+    "rescan_every_minutes",
 ];
 
 fn platform_keys(platform: Platform) -> &'static [&'static str] {
@@ -1294,6 +1297,7 @@ fn read_yunhu(cx: &mut Cx, section: &Section) -> Option<YunhuConfig> {
         token: token?,
         rescan_messages: section.u32_or(cx, "rescan_messages", 200, 0..=u32::MAX),
         rescan_days: section.u32_or(cx, "rescan_days", 7, 0..=u32::MAX),
+        rescan_every_minutes: section.u32_or(cx, "rescan_every_minutes", 60, 0..=u32::MAX),
     })
 }
 

@@ -36,6 +36,7 @@ fn source(server: &SimServer, token: &str, rescan_messages: u32) -> SourceConfig
             token: Secret::new(token),
             rescan_messages,
             rescan_days: 0,
+            rescan_every_minutes: 0,
         }),
     }
 }
@@ -649,5 +650,46 @@ async fn a_chat_that_failed_is_read_again_though_the_list_is_unchanged() {
         after["/v1/conversation/list"] - before["/v1/conversation/list"],
         1
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn between_window_rereads_a_changed_chat_costs_one_contiguous_by_seq_request() {
+    let (server, store, mut src) = start(&spec(), 200).await;
+    if let PlatformConfig::Yunhu(cfg) = &mut src.platform {
+        cfg.rescan_every_minutes = 60;
+    }
+    assert!(sync(&store, &src, false).await.ok());
+    let (chat, me) = {
+        let w = server.world();
+        let t = w.truth();
+        (
+            t.iter().find(|c| c.in_list).unwrap().chat_id.clone(),
+            w.me.id.clone(),
+        )
+    };
+    let posted: Vec<String> = (0..3)
+        .map(|i| {
+            server
+                .world()
+                .post_text(&chat, &me, &format!("new {i}"))
+                .unwrap()
+        })
+        .collect();
+    let before = server.request_counts();
+    let result = sync(&store, &src, false).await;
+    assert!(result.ok(), "{:?}", result.error);
+    assert_eq!(result.counts.messages_new, 3);
+    let rows = archived(&store).await;
+    assert!(posted.iter().all(|id| rows.contains_key(id)));
+    let after = server.request_counts();
+    let delta = |p: &str| after.get(p).copied().unwrap_or(0) - before.get(p).copied().unwrap_or(0);
+    assert_eq!(delta("/v1/msg/list-message-by-seq"), 1, "{after:?}");
+    assert_eq!(
+        delta("/v1/msg/list-message"),
+        0,
+        "the window is not due: {after:?}"
+    );
+    assert_eq!(server.request_count() - before.values().sum::<u64>(), 2);
     server.shutdown().await;
 }

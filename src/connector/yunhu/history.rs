@@ -219,7 +219,10 @@ impl YunhuConnector {
                 .get(conversation_id)
                 .cloned()
                 .unwrap_or_default();
-            if c.newest_seq > 0 && self.window_disabled() {
+            let now = Utc::now().timestamp();
+            let window_due = !self.window_disabled()
+                && now - c.rescanned_at >= i64::from(self.rescan_every_minutes) * 60;
+            if c.newest_seq > 0 && !window_due {
                 if let Some(fetched) = self
                     .catch_up_by_seq(chat, conversation_id, &mut c, wanted)
                     .await?
@@ -230,6 +233,7 @@ impl YunhuConnector {
             c.pass = Some(Pass {
                 stop_seq: c.newest_seq,
                 anchor_seq: i64::MAX,
+                window: window_due,
                 ..Pass::default()
             });
             cursor = Some(c);
@@ -416,10 +420,13 @@ impl YunhuConnector {
                 pass.anchor_seq = *seq;
                 pass.anchor_id = id.clone();
                 let caught_up = pass.stop_seq > 0 && *seq <= pass.stop_seq + 1;
-                caught_up && self.window_covered(pass.covered, *sent_ms)
+                caught_up && (!pass.window || self.window_covered(pass.covered, *sent_ms))
             }
         };
         if finished {
+            if pass.window {
+                c.rescanned_at = Utc::now().timestamp();
+            }
             if pass.top_seq > c.newest_seq {
                 c.newest_seq = pass.top_seq;
                 c.newest_id = pass.top_id.clone();

@@ -14,12 +14,13 @@
 //! again on the next run even when the list did not change.
 //!
 //! One feed, `messages`, with the cursor [`HistoryCursor`]. Each run of a chat starts a
-//! *pass*: `list-message` pages from the newest message down until it has both reached the
-//! newest archived seq (catch-up) and covered the trailing rescan window (the newest
+//! *pass*: `list-message` pages from the newest message down until it has reached the
+//! newest archived seq (catch-up) and, when the window is due (every
+//! `rescan_every_minutes`), covered the trailing rescan window (the newest
 //! `rescan_messages` messages, and those of the last `rescan_days` days), so later edits
-//! and recalls there are observed; Yunhu has no change feed. With the window disabled
-//! (both 0), catch-up first tries one `list-message-by-seq` call and keeps it only when it
-//! is contiguous (spec §4.6: past ~30 behind it returns only the newest). Then, until the
+//! and recalls there are observed; Yunhu has no change feed. When the window is not due,
+//! catch-up first tries one `list-message-by-seq` call and keeps it only when it is
+//! contiguous (spec §4.6: past ~30 behind it returns only the newest). Then, until the
 //! history is complete, back-fill pages down from the oldest archived message. Seqs that
 //! upstream never returns are recorded as gaps, not errors.
 //!
@@ -103,6 +104,9 @@ pub struct HistoryCursor {
     /// The conversation-list fingerprint of the chat when its last pass or catch-up began.
     #[serde(default)]
     pub list_fp: String,
+    /// Unix seconds when a pass last covered the trailing window.
+    #[serde(default)]
+    pub rescanned_at: i64,
 }
 
 /// A pass from the newest message down (see the module doc).
@@ -118,6 +122,9 @@ pub struct Pass {
     pub covered: u32,
     pub top_seq: i64,
     pub top_id: String,
+    /// This pass re-reads the trailing window (else it stops once caught up).
+    #[serde(default)]
+    pub window: bool,
     /// `edit_time` of the edited messages seen in this pass.
     pub edits: BTreeMap<String, u64>,
 }
@@ -139,6 +146,7 @@ pub struct YunhuConnector {
     token: Secret,
     rescan_messages: u32,
     rescan_days: u32,
+    rescan_every_minutes: u32,
     /// Chats whose pass this run has begun (cleared by discovery).
     begun: Mutex<HashSet<String>>,
     /// The conversation-list fingerprint of each listed chat, from this run's discovery.
@@ -153,6 +161,7 @@ impl fmt::Debug for YunhuConnector {
             .field("token", &"***")
             .field("rescan_messages", &self.rescan_messages)
             .field("rescan_days", &self.rescan_days)
+            .field("rescan_every_minutes", &self.rescan_every_minutes)
             .finish()
     }
 }
@@ -171,6 +180,7 @@ impl YunhuConnector {
             token: cfg.token.clone(),
             rescan_messages: cfg.rescan_messages,
             rescan_days: cfg.rescan_days,
+            rescan_every_minutes: cfg.rescan_every_minutes,
             begun: Mutex::new(HashSet::new()),
             fingerprints: Mutex::new(BTreeMap::new()),
         })
