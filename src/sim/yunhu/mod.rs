@@ -9,6 +9,7 @@
 //! `/v1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
 
 pub mod faults;
+pub mod generate;
 mod server;
 pub mod world;
 
