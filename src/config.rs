@@ -1769,6 +1769,33 @@ mod tests {
     }
 
     #[test]
+    fn yunhu_values() {
+        let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n";
+        let source = loaded(text, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!(yunhu.base_url, "https://chat-go.jwzhd.com");
+        assert_eq!(
+            (
+                yunhu.rescan_messages,
+                yunhu.rescan_days,
+                yunhu.rescan_every_minutes
+            ),
+            (200, 7, 60)
+        );
+        let text = format!("{text}rescan_every_minutes = 0\nrescan_messages = 40\n");
+        let source = loaded(&text, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!((yunhu.rescan_messages, yunhu.rescan_every_minutes), (40, 0));
+        let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n\
+                    rescan_every_minutes = -1\n";
+        assert_eq!(problems(text, &[("T", "t")]).len(), 1);
+    }
+
+    #[test]
     fn yunxin_values() {
         let text = "[[source]]\nname = \"x\"\nplatform = \"yunxin\"\napp_key = \"k\"\n\
                     app_secret_env = \"S\"\naccounts = [\"a\", \"b\"]\n\
