@@ -185,12 +185,91 @@ pub(crate) async fn daemon(
     Ok(EXIT_OK)
 }
 
+/// Until Ctrl-C: add activity to a fake world every `--activity-every` seconds; then stop
+/// its server.
+async fn serve_sim(
+    args: &SimArgs,
+    mut activity: impl FnMut(&mut rand::rngs::StdRng) -> usize + Send + 'static,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<i32> {
+    let task = (args.activity_every > 0).then(|| {
+        let every = Duration::from_secs(args.activity_every);
+        let seed = args.seed;
+        tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+            loop {
+                tokio::time::sleep(every).await;
+                let changes = activity(&mut rng);
+                tracing::info!(changes, "new activity in the fake world");
+            }
+        })
+    });
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    if let Some(task) = task {
+        task.abort();
+    }
+    stop.await;
+    Ok(EXIT_OK)
+}
+
 /// `chatvault sim`: serve a generated fake upstream until Ctrl-C.
 async fn sim(args: SimArgs) -> anyhow::Result<i32> {
-    use crate::sim::tangsengdaodao::{SimServer, World, WorldSpec};
-    if args.platform == SimPlatform::Yunxin {
-        return sim_yunxin(args).await;
+    match args.platform {
+        SimPlatform::Tangsengdaodao => sim_tsdd(args).await,
+        SimPlatform::Yunxin => sim_yunxin(args).await,
+        SimPlatform::Yunhu => sim_yunhu(args).await,
     }
+}
+
+/// `chatvault sim yunhu`: the fake Yunhu user API; prints the base_url and the token.
+async fn sim_yunhu(args: SimArgs) -> anyhow::Result<i32> {
+    use crate::sim::yunhu::{SimServer, World, WorldSpec};
+    let conversations = args.conversations as usize;
+    let groups = (conversations / 3).max(1);
+    let bots = (conversations / 10).max(1);
+    let direct_chats = conversations.saturating_sub(groups + bots).max(1);
+    let spec = WorldSpec {
+        seed: args.seed,
+        users: direct_chats.max(8) + 4,
+        groups,
+        bots,
+        direct_chats,
+        messages: args.messages as usize,
+        ..WorldSpec::default()
+    };
+    let started = std::time::Instant::now();
+    let world = World::generate(&spec);
+    let server = SimServer::start_on(world, args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let base_url = server.base_url();
+    println!(
+        "fake Yunhu server on {base_url} ({} messages, {} chats, generated in {:.1}s)",
+        args.messages,
+        direct_chats + groups + bots,
+        started.elapsed().as_secs_f64()
+    );
+    println!("archive it with this configuration (then `chatvault --config sim.toml sync`):\n");
+    println!(
+        "[[source]]\nname = \"sim-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{base_url}\"\ntoken_env = \"SIM_YUNHU_TOKEN\"   # export SIM_YUNHU_TOKEN={}\nrequests_per_second = 200\n",
+        spec.token
+    );
+    println!("Ctrl-C stops the server.");
+    let world = server.world_handle();
+    let activity = move |rng: &mut rand::rngs::StdRng| {
+        world
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .random_activity(rng, 5)
+            .len()
+    };
+    serve_sim(&args, activity, server.shutdown()).await
+}
+
+async fn sim_tsdd(args: SimArgs) -> anyhow::Result<i32> {
+    use crate::sim::tangsengdaodao::{SimServer, World, WorldSpec};
     let conversations = args.conversations as usize;
     let groups = (conversations / 3).max(1);
     let direct_chats = conversations - groups;
@@ -220,28 +299,14 @@ async fn sim(args: SimArgs) -> anyhow::Result<i32> {
     );
     println!("Ctrl-C stops the server.");
     let world = server.world_handle();
-    let activity = (args.activity_every > 0).then(|| {
-        let every = std::time::Duration::from_secs(args.activity_every);
-        tokio::spawn(async move {
-            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(args.seed);
-            loop {
-                tokio::time::sleep(every).await;
-                let done = world
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .random_activity(&mut rng, 5);
-                tracing::info!(changes = done.len(), "new activity in the fake world");
-            }
-        })
-    });
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    if let Some(task) = activity {
-        task.abort();
-    }
-    server.shutdown().await;
-    Ok(EXIT_OK)
+    let activity = move |rng: &mut rand::rngs::StdRng| {
+        world
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .random_activity(rng, 5)
+            .len()
+    };
+    serve_sim(&args, activity, server.shutdown()).await
 }
 
 /// `chatvault sim yunxin`: a fake Yunxin app whose timeline ends now.
@@ -289,28 +354,14 @@ async fn sim_yunxin(args: SimArgs) -> anyhow::Result<i32> {
     );
     println!("The server allows 100 requests/s per API, as Yunxin's standard package does. Ctrl-C stops it.");
     let world = server.world_handle();
-    let activity = (args.activity_every > 0).then(|| {
-        let every = std::time::Duration::from_secs(args.activity_every);
-        tokio::spawn(async move {
-            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(args.seed);
-            loop {
-                tokio::time::sleep(every).await;
-                let done = world
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .random_activity(&mut rng, 5);
-                tracing::info!(changes = done.len(), "new activity in the fake world");
-            }
-        })
-    });
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    if let Some(task) = activity {
-        task.abort();
-    }
-    server.shutdown().await;
-    Ok(EXIT_OK)
+    let activity = move |rng: &mut rand::rngs::StdRng| {
+        world
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .random_activity(rng, 5)
+            .len()
+    };
+    serve_sim(&args, activity, server.shutdown()).await
 }
 
 fn unavailable(command: &str, part: &str) -> anyhow::Result<i32> {

@@ -96,7 +96,7 @@ chatvault demo --data-dir ./demo-archive --listen 127.0.0.1:9000"
     /// Run a fake upstream server with a generated world, to point a configuration at.
     #[command(
         after_help = "Example:\n  chatvault sim tangsengdaodao --listen 127.0.0.1:5800 --messages 20000\n  \
-chatvault sim yunxin --listen 127.0.0.1:5801 --seed 3\n\n\
+chatvault sim yunxin --listen 127.0.0.1:5801 --seed 3\n  chatvault sim yunhu --listen 127.0.0.1:5802 --seed 2\n\n\
 It prints the base_url and the credentials of the account to archive, and serves until Ctrl-C."
     )]
     Sim(SimArgs),
@@ -119,7 +119,8 @@ pub struct SimArgs {
     /// Conversations in the generated world (groups and direct chats).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=100_000))]
     pub conversations: u64,
-    /// New activity (messages, edits, recalls, reactions) every this many seconds; 0 for none.
+    /// New activity (messages, edits, recalls, and reactions where the platform has them)
+    /// every this many seconds; 0 for none.
     #[arg(long, default_value_t = 0)]
     pub activity_every: u64,
 }
@@ -128,6 +129,7 @@ pub struct SimArgs {
 pub enum SimPlatform {
     Tangsengdaodao,
     Yunxin,
+    Yunhu,
 }
 
 #[derive(Debug, Args)]

@@ -159,6 +159,8 @@ pub struct YunhuConfig {
     pub token: Secret,
     pub rescan_messages: u32,
     pub rescan_days: u32,
+    /// Minutes between re-reads of an active chat's trailing window; 0: every run.
+    pub rescan_every_minutes: u32,
 }
 
 /// The file read when neither a path nor `CHATVAULT_CONFIG` is given, if it exists.
@@ -226,6 +228,7 @@ const YUNHU_KEYS: &[&str] = &[
     "token_file",
     "rescan_messages",
     "rescan_days",
+    "rescan_every_minutes",
 ];
 
 fn platform_keys(platform: Platform) -> &'static [&'static str] {
@@ -1294,6 +1297,7 @@ fn read_yunhu(cx: &mut Cx, section: &Section) -> Option<YunhuConfig> {
         token: token?,
         rescan_messages: section.u32_or(cx, "rescan_messages", 200, 0..=u32::MAX),
         rescan_days: section.u32_or(cx, "rescan_days", 7, 0..=u32::MAX),
+        rescan_every_minutes: section.u32_or(cx, "rescan_every_minutes", 60, 0..=u32::MAX),
     })
 }
 
@@ -1762,6 +1766,33 @@ mod tests {
         let loaded = check("[database]\nurl = \"postgres://u@db/x\"\n", &[]).unwrap();
         assert!(loaded.warnings.is_empty());
         assert_eq!(format!("{}", Secret::new("x")), "***");
+    }
+
+    #[test]
+    fn yunhu_values() {
+        let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n";
+        let source = loaded(text, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!(yunhu.base_url, "https://chat-go.jwzhd.com");
+        assert_eq!(
+            (
+                yunhu.rescan_messages,
+                yunhu.rescan_days,
+                yunhu.rescan_every_minutes
+            ),
+            (200, 7, 60)
+        );
+        let text = format!("{text}rescan_every_minutes = 0\nrescan_messages = 40\n");
+        let source = loaded(&text, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!((yunhu.rescan_messages, yunhu.rescan_every_minutes), (40, 0));
+        let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n\
+                    rescan_every_minutes = -1\n";
+        assert_eq!(problems(text, &[("T", "t")]).len(), 1);
     }
 
     #[test]

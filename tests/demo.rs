@@ -83,7 +83,10 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
         .map(|s| s["platform"].as_str().unwrap())
         .collect();
     for platform in ["tangsengdaodao", "yunxin"] {
-        assert!(platforms.contains(&platform), "{platform} missing: {status}");
+        assert!(
+            platforms.contains(&platform),
+            "{platform} missing: {status}"
+        );
     }
     for s in sources {
         assert!(s["messages"].as_i64().unwrap() >= 700, "{s}");

@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod tangsengdaodao;
+pub mod yunhu;
 pub mod yunxin;
 
 use std::collections::BTreeMap;
@@ -155,9 +156,6 @@ pub fn build(source: &SourceConfig, http: http::HttpClient) -> anyhow::Result<Bo
         PlatformConfig::Yunxin(cfg) => {
             Ok(Box::new(yunxin::YunxinConnector::new(source, cfg, http)?))
         }
-        PlatformConfig::Yunhu(_) => anyhow::bail!(
-            "source {}: the yunhu connector is not available in this build yet",
-            source.name
-        ),
+        PlatformConfig::Yunhu(cfg) => Ok(Box::new(yunhu::YunhuConnector::new(source, cfg, http)?)),
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod tangsengdaodao;
 pub mod text;
+pub mod yunhu;
 pub mod yunxin;

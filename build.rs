@@ -1,0 +1,11 @@
+//! Compiles `proto/yunhu.proto` with protox (a pure-Rust protobuf compiler) and prost-build,
+//! so building chatvault needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/yunhu.proto");
+    let descriptors = protox::compile(["yunhu.proto"], ["proto"])?;
+    prost_build::Config::new()
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

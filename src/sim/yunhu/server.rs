@@ -1,0 +1,435 @@
+//! The axum router of the fake Yunhu server: protobuf in and out on the protobuf endpoints,
+//! JSON on the edit record, the JSON `-101` body for a bad token (even on protobuf
+//! endpoints, spec §1.1), request counting and fault injection.
+//!
+//! Handlers lock the world only while computing an answer, never across an `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use prost::Message;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::faults::{FaultKind, Faults, Malformed, Stage};
+use super::world::World;
+use crate::connector::yunhu::pb;
+
+/// The most `list-message` returns, whatever was asked (spec §4.5).
+pub const MAX_PAGE: usize = 30;
+/// How far behind `list-message-by-seq` still answers the range asked for (spec §4.6).
+pub const BY_SEQ_WINDOW: i64 = 30;
+
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    pub(super) total: AtomicU64,
+    pub(super) per_path: Mutex<BTreeMap<String, u64>>,
+}
+
+#[derive(Clone)]
+pub(super) struct AppState {
+    pub(super) world: Arc<Mutex<World>>,
+    pub(super) faults: Faults,
+    pub(super) counts: Arc<Counts>,
+}
+
+impl AppState {
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(super) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/conversation/list", post(conversation_list))
+        .route("/v1/friend/address-book-list", post(address_book))
+        .route("/v1/msg/list-message", post(list_message))
+        .route("/v1/msg/list-message-by-seq", post(list_message_by_seq))
+        .route("/v1/msg/list-message-edit-record", post(edit_record))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_and_fault,
+        ))
+        .with_state(state)
+}
+
+/// The wrong method or path: HTTP 404 (spec §1).
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found").into_response()
+}
+
+fn proto(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/x-protobuf")], bytes).into_response()
+}
+
+fn ok_status() -> pb::Status {
+    pb::Status {
+        request_id: 0,
+        code: 1,
+        msg: "success".into(),
+    }
+}
+
+fn refused(msg: &str) -> Response {
+    let status = pb::Status {
+        request_id: 0,
+        code: -1,
+        msg: msg.into(),
+    };
+    proto(
+        pb::StatusResponse {
+            status: Some(status),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// A missing or wrong token: HTTP 200 with a JSON body, whatever the endpoint's encoding.
+fn unauthorized() -> Response {
+    Json(json!({"code": -101, "msg": "未登录"})).into_response()
+}
+
+fn authorized(world: &World, headers: &HeaderMap) -> bool {
+    let token = headers
+        .get("token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    !token.is_empty() && token == world.token
+}
+
+// ---- conversations ------------------------------------------------------------------
+
+fn list_md5(data: &[pb::ConversationData]) -> String {
+    let mut hasher = Sha256::new();
+    for d in data {
+        hasher.update(d.encode_to_vec());
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+async fn conversation_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let world = state.world();
+    if !authorized(&world, &headers) {
+        return unauthorized();
+    }
+    let Ok(request) = pb::ConversationListRequest::decode(body) else {
+        return refused("参数错误");
+    };
+    let mut data: Vec<pb::ConversationData> = world
+        .chats
+        .iter()
+        .filter(|c| c.in_list)
+        .map(|c| world.list_entry(c))
+        .collect();
+    data.sort_by(|a, b| {
+        b.timestamp_ms
+            .cmp(&a.timestamp_ms)
+            .then(a.chat_id.cmp(&b.chat_id))
+    });
+    let md5 = list_md5(&data);
+    let total = data.len() as i64;
+    if !request.md5.is_empty() && request.md5 == md5 {
+        data.clear();
+    }
+    proto(
+        pb::ConversationListResponse {
+            status: Some(ok_status()),
+            data,
+            total,
+            md5,
+        }
+        .encode_to_vec(),
+    )
+}
+
+async fn address_book(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let world = state.world();
+    if !authorized(&world, &headers) {
+        return unauthorized();
+    }
+    if pb::AddressBookListRequest::decode(body).is_err() {
+        return refused("参数错误");
+    }
+    let sections = [(1, "好友"), (2, "群聊"), (3, "机器人")];
+    let data: Vec<pb::AddressBookSection> = sections
+        .iter()
+        .map(|(ty, name)| pb::AddressBookSection {
+            list_name: name.to_string(),
+            chat_type: *ty,
+            data: world
+                .chats
+                .iter()
+                .filter(|c| c.chat_type == *ty)
+                .map(|c| pb::AddressBookEntry {
+                    chat_id: c.chat_id.clone(),
+                    remark: c.remark.clone(),
+                    avatar_url: format!("https://chat-img.jwznb.com/avatar/{}.jpg", c.chat_id),
+                    name: c.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect();
+    let md5 = hex::encode(&Sha256::digest(format!("{data:?}"))[..16]);
+    proto(
+        pb::AddressBookListResponse {
+            status: Some(ok_status()),
+            data,
+            md5,
+        }
+        .encode_to_vec(),
+    )
+}
+
+// ---- messages -----------------------------------------------------------------------
+
+/// A list response, encoded record by record so that one record can be broken on purpose.
+fn list_response(records: Vec<pb::MsgData>, broken: Option<Malformed>) -> Response {
+    let mut out = Vec::new();
+    pb::ListMsgResponse {
+        status: Some(ok_status()),
+        data: Vec::new(),
+        total: records.len() as i64,
+    }
+    .encode(&mut out)
+    .expect("a Vec grows");
+    let middle = records.len() / 2;
+    for (i, record) in records.into_iter().enumerate() {
+        let bytes = match broken {
+            Some(how) if i == middle => break_record(record, how),
+            _ => record.encode_to_vec(),
+        };
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(&bytes);
+    }
+    proto(out)
+}
+
+fn break_record(mut record: pb::MsgData, how: Malformed) -> Vec<u8> {
+    match how {
+        Malformed::WrongWireType => {
+            let mut out = Vec::new();
+            prost::encoding::encode_key(1, prost::encoding::WireType::Varint, &mut out);
+            prost::encoding::encode_varint(12345, &mut out);
+            record.msg_id.clear();
+            out.extend_from_slice(&record.encode_to_vec());
+            out
+        }
+        Malformed::MissingSeq => {
+            record.msg_seq = 0;
+            record.encode_to_vec()
+        }
+    }
+}
+
+fn maybe_broken(state: &AppState, path: &str, n: usize) -> Option<Malformed> {
+    if n < 3 {
+        return None;
+    }
+    match state.faults.take(Stage::Malformed, path) {
+        Some(FaultKind::Malformed(how)) => Some(how),
+        _ => None,
+    }
+}
+
+async fn list_message(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let records = {
+        let world = state.world();
+        if !authorized(&world, &headers) {
+            return unauthorized();
+        }
+        let Ok(request) = pb::ListMsgRequest::decode(body) else {
+            return refused("参数错误");
+        };
+        if state.faults.chat_fails(&request.chat_id) {
+            return refused("没有权限");
+        }
+        let Some(chat) = world
+            .chat(&request.chat_id)
+            .filter(|c| c.chat_type == request.chat_type)
+        else {
+            return refused("会话不存在");
+        };
+        let count = usize::try_from(request.msg_count)
+            .unwrap_or(0)
+            .min(MAX_PAGE);
+        let below = if request.msg_id.is_empty() {
+            i64::MAX
+        } else {
+            match chat.messages.iter().find(|m| m.msg_id == request.msg_id) {
+                Some(anchor) => anchor.seq,
+                None => 0,
+            }
+        };
+        // newest first (spec §4.5)
+        chat.messages
+            .iter()
+            .rev()
+            .filter(|m| m.seq < below && chat.visible(m))
+            .take(count)
+            .map(|m| world.served(m))
+            .collect::<Vec<_>>()
+    };
+    let broken = maybe_broken(&state, "/v1/msg/list-message", records.len());
+    list_response(records, broken)
+}
+
+async fn list_message_by_seq(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let records = {
+        let world = state.world();
+        if !authorized(&world, &headers) {
+            return unauthorized();
+        }
+        let Ok(request) = pb::ListMsgBySeqRequest::decode(body) else {
+            return refused("参数错误");
+        };
+        if state.faults.chat_fails(&request.chat_id) {
+            return refused("没有权限");
+        }
+        let Some(chat) = world
+            .chat(&request.chat_id)
+            .filter(|c| c.chat_type == request.chat_type)
+        else {
+            return refused("会话不存在");
+        };
+        let newest = chat.last_seq();
+        // further behind than the window: only the newest come back (spec §4.6)
+        let after = if newest - request.msg_start > BY_SEQ_WINDOW {
+            newest - BY_SEQ_WINDOW
+        } else {
+            request.msg_start
+        };
+        // ascending: the order is unspecified, clients sort
+        chat.messages
+            .iter()
+            .filter(|m| m.seq > after && chat.visible(m))
+            .map(|m| world.served(m))
+            .collect::<Vec<_>>()
+    };
+    let broken = maybe_broken(&state, "/v1/msg/list-message-by-seq", records.len());
+    list_response(records, broken)
+}
+
+async fn edit_record(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let world = state.world();
+    if !authorized(&world, &headers) {
+        return unauthorized();
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return Json(json!({"code": -1, "msg": "参数错误"})).into_response();
+    };
+    let msg_id = request.get("msgId").and_then(Value::as_str).unwrap_or("");
+    let size = request
+        .get("size")
+        .and_then(Value::as_u64)
+        .unwrap_or(10)
+        .clamp(1, 100) as usize;
+    let page = request
+        .get("page")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1) as usize;
+    let Some((_, msg)) = world.message(msg_id) else {
+        return Json(json!({"code": 1, "data": {"list": [], "total": 0}, "msg": "success"}))
+            .into_response();
+    };
+    // newest first; clients sort
+    let list: Vec<Value> = msg
+        .edits
+        .iter()
+        .rev()
+        .skip((page - 1) * size)
+        .take(size)
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "msgId": msg.msg_id,
+                "contentType": e.content_type,
+                "contentOld": e.content_old,
+                "createTime": e.create_time,
+                "msgTime": e.msg_time,
+            })
+        })
+        .collect();
+    Json(json!({"code": 1, "data": {"list": list, "total": msg.edits.len()}, "msg": "success"}))
+        .into_response()
+}
+
+// ---- middleware ---------------------------------------------------------------------
+
+async fn count_and_fault(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    state.counts.total.fetch_add(1, Ordering::SeqCst);
+    *state
+        .counts
+        .per_path
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(path.clone())
+        .or_default() += 1;
+    let Some(fault) = state.faults.take(Stage::Transport, &path) else {
+        return next.run(request).await;
+    };
+    match fault {
+        FaultKind::RateLimited { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after_secs.to_string())],
+            "Too Many Requests",
+        )
+            .into_response(),
+        FaultKind::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let reason = status.canonical_reason().unwrap_or("error");
+            let page = format!("<html><head><title>{code} {reason}</title></head><body><center><h1>{code} {reason}</h1></center><hr><center>nginx</center></body></html>");
+            (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+        }
+        FaultKind::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            next.run(request).await
+        }
+        FaultKind::DropMidBody => cut_body(next.run(request).await).await,
+        FaultKind::Malformed(_) | FaultKind::ChatFailure { .. } => next.run(request).await,
+    }
+}
+
+/// Send the headers (with the full `Content-Length`) and the first half of the body, then
+/// fail the body stream so the connection is aborted.
+async fn cut_body(response: Response) -> Response {
+    use futures::StreamExt;
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let head = bytes.slice(..bytes.len() / 2);
+    if let Ok(length) = HeaderValue::from_str(&bytes.len().to_string()) {
+        parts.headers.insert(header::CONTENT_LENGTH, length);
+    }
+    let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(head) });
+    let abort = futures::stream::once(async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection dropped by fault injection",
+        ))
+    });
+    Response::from_parts(parts, Body::from_stream(first.chain(abort)))
+}

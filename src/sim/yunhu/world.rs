@@ -1,0 +1,410 @@
+//! The fake Yunhu world: the archiving account, its chats (direct, group, bot) and their
+//! messages with edit records and recalls; the changes tests and demos drive, a
+//! [`truth`](World::truth) snapshot, and what the endpoints serve of it. Generation lives in
+//! `generate`.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::json;
+
+pub use super::generate::WorldSpec;
+use super::generate::{hex_id, lang_of};
+
+use crate::connector::yunhu::pb;
+use crate::sim::text;
+
+pub const USER: i64 = 1;
+pub const GROUP: i64 = 2;
+pub const BOT: i64 = 3;
+
+#[derive(Clone, Debug)]
+pub struct Person {
+    pub id: String,
+    pub name: String,
+    pub chat_type: i64,
+}
+
+/// One row of a message's edit record.
+#[derive(Clone, Debug, Serialize)]
+pub struct EditRecord {
+    pub id: i64,
+    pub content_type: i64,
+    /// The replaced content as a JSON string (spec §4.8).
+    pub content_old: String,
+    pub create_time: u64,
+    /// When this content was replaced.
+    pub msg_time: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Msg {
+    pub msg_id: String,
+    pub seq: i64,
+    pub sender: Person,
+    pub content_type: i64,
+    /// The current content, as kept by the server before any recall blanking.
+    pub content: pb::MsgContent,
+    pub send_time: u64,
+    pub edit_time: u64,
+    pub recall_time: u64,
+    pub quote_msg_id: String,
+    pub edits: Vec<EditRecord>,
+    /// Deleted for the archiving user: never listed again.
+    pub hidden: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Chat {
+    pub chat_id: String,
+    pub chat_type: i64,
+    pub name: String,
+    pub remark: String,
+    /// In the conversation list (else only in the address book).
+    pub in_list: bool,
+    /// The first seq the archiving user may read.
+    pub visible_from: i64,
+    pub members: Vec<Person>,
+    pub messages: Vec<Msg>,
+}
+
+impl Chat {
+    pub fn visible(&self, m: &Msg) -> bool {
+        !m.hidden && m.seq >= self.visible_from
+    }
+
+    pub fn last_seq(&self) -> i64 {
+        self.messages.last().map(|m| m.seq).unwrap_or(0)
+    }
+}
+
+pub struct World {
+    pub me: Person,
+    pub token: String,
+    pub recall_blanks_content: bool,
+    pub chats: Vec<Chat>,
+    pub(super) clock_ms: u64,
+    pub(super) next_edit_id: i64,
+    pub(super) rng: StdRng,
+    pub(super) index: HashMap<String, (usize, usize)>,
+}
+
+/// One change made by [`World::random_activity`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Activity {
+    Posted { chat_id: String, msg_id: String },
+    Edited(String),
+    Recalled(String),
+}
+
+/// A chat as the archive should end up with it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatTruth {
+    pub chat_id: String,
+    pub chat_type: i64,
+    pub name: String,
+    pub in_list: bool,
+    pub messages: Vec<MsgTruth>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MsgTruth {
+    pub msg_id: String,
+    pub seq: i64,
+    pub sender_id: String,
+    pub sender_name: String,
+    pub content_type: i64,
+    /// Text of every version, oldest first (the last is current).
+    pub versions: Vec<String>,
+    pub send_time: u64,
+    pub edit_time: u64,
+    pub recall_time: u64,
+    pub quote_msg_id: String,
+    /// Whether list results return it to the archiving user.
+    pub visible: bool,
+}
+
+/// The text a version shows (what the archive's `text` holds for text-like types).
+fn plain(content_type: i64, c: &pb::MsgContent) -> String {
+    crate::connector::yunhu::content_text(content_type, c)
+}
+
+impl World {
+    pub(super) fn tick(&mut self) -> u64 {
+        self.clock_ms += 1 + self.rng.gen_range(0..5_000);
+        self.clock_ms
+    }
+
+    /// The world's clock (ms), never behind anything stored.
+    pub fn now_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    pub(super) fn post(
+        &mut self,
+        ci: usize,
+        from: Person,
+        content_type: i64,
+        content: pb::MsgContent,
+    ) -> String {
+        let msg_id = hex_id(&mut self.rng);
+        let chat = &mut self.chats[ci];
+        let seq = chat.last_seq() + 1;
+        let quote_msg_id = if seq > 3 && self.rng.gen_range(0..20) == 0 {
+            chat.messages[chat.messages.len() - 2].msg_id.clone()
+        } else {
+            String::new()
+        };
+        chat.messages.push(Msg {
+            msg_id: msg_id.clone(),
+            seq,
+            sender: from,
+            content_type,
+            content,
+            send_time: self.clock_ms,
+            edit_time: 0,
+            recall_time: 0,
+            quote_msg_id,
+            edits: Vec::new(),
+            hidden: false,
+        });
+        self.index
+            .insert(msg_id.clone(), (ci, chat.messages.len() - 1));
+        msg_id
+    }
+
+    /// Post a text message now in `chat_id` from `from_id` (a member). `None` if either is
+    /// unknown.
+    pub fn post_text(&mut self, chat_id: &str, from_id: &str, text: &str) -> Option<String> {
+        let ci = self.chats.iter().position(|c| c.chat_id == chat_id)?;
+        let from = self.chats[ci]
+            .members
+            .iter()
+            .find(|p| p.id == from_id)?
+            .clone();
+        self.tick();
+        let content = pb::MsgContent {
+            text: text.to_string(),
+            ..Default::default()
+        };
+        Some(self.post(ci, from, 1, content))
+    }
+
+    /// Edit a message's text now: the old content goes to its edit record.
+    pub fn edit_text(&mut self, msg_id: &str, text: &str) -> bool {
+        let Some((c, m)) = self.index.get(msg_id).copied() else {
+            return false;
+        };
+        let now = self.tick();
+        let id = self.next_edit_id;
+        self.next_edit_id += 1;
+        let msg = &mut self.chats[c].messages[m];
+        // only text-like messages can be edited
+        if msg.recall_time > 0 || !matches!(msg.content_type, 1 | 3 | 8) {
+            return false;
+        }
+        let mut old = json!({"text": msg.content.text});
+        if !msg.content.buttons.is_empty() {
+            old["buttons"] = json!(msg.content.buttons);
+        }
+        let old = old.to_string();
+        msg.edits.push(EditRecord {
+            id,
+            content_type: msg.content_type,
+            content_old: old,
+            create_time: msg.send_time,
+            msg_time: now,
+        });
+        msg.content.text = text.to_string();
+        msg.edit_time = now;
+        true
+    }
+
+    /// Recall a message now.
+    pub fn recall(&mut self, msg_id: &str) -> bool {
+        let Some((c, m)) = self.index.get(msg_id).copied() else {
+            return false;
+        };
+        let now = self.tick();
+        let msg = &mut self.chats[c].messages[m];
+        if msg.recall_time > 0 {
+            return false;
+        }
+        msg.recall_time = now;
+        true
+    }
+
+    /// Delete a message for the archiving user (it is never listed again).
+    pub fn hide(&mut self, msg_id: &str) -> bool {
+        let Some((c, m)) = self.index.get(msg_id).copied() else {
+            return false;
+        };
+        self.chats[c].messages[m].hidden = true;
+        true
+    }
+
+    pub fn chat(&self, chat_id: &str) -> Option<&Chat> {
+        self.chats.iter().find(|c| c.chat_id == chat_id)
+    }
+
+    pub fn chat_mut(&mut self, chat_id: &str) -> Option<&mut Chat> {
+        self.chats.iter_mut().find(|c| c.chat_id == chat_id)
+    }
+
+    pub fn message(&self, msg_id: &str) -> Option<(&Chat, &Msg)> {
+        let (c, m) = self.index.get(msg_id).copied()?;
+        Some((&self.chats[c], &self.chats[c].messages[m]))
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.chats.iter().map(|c| c.messages.len()).sum()
+    }
+
+    /// A random mix of new messages (60%), edits (25%) and recalls (15%) in listed chats.
+    pub fn random_activity<R: Rng + ?Sized>(&mut self, rng: &mut R, n: usize) -> Vec<Activity> {
+        let listed: Vec<usize> = (0..self.chats.len())
+            .filter(|&i| self.chats[i].in_list)
+            .collect();
+        let mut done = Vec::new();
+        if listed.is_empty() {
+            return done;
+        }
+        for _ in 0..n {
+            let ci = listed[rng.gen_range(0..listed.len())];
+            let chat = &self.chats[ci];
+            let from = chat.members[rng.gen_range(0..chat.members.len())].clone();
+            let roll = rng.gen_range(0..100);
+            if chat.messages.is_empty() || roll < 60 {
+                let text = text::message(rng, lang_of(&from.id));
+                let chat_id = chat.chat_id.clone();
+                if let Some(msg_id) = self.post_text(&chat_id, &from.id, &text) {
+                    done.push(Activity::Posted { chat_id, msg_id });
+                }
+                continue;
+            }
+            let msg_id = chat.messages[rng.gen_range(0..chat.messages.len())]
+                .msg_id
+                .clone();
+            if roll < 85 {
+                let text = text::message(rng, lang_of(&from.id));
+                if self.edit_text(&msg_id, &text) {
+                    done.push(Activity::Edited(msg_id));
+                }
+            } else if self.recall(&msg_id) {
+                done.push(Activity::Recalled(msg_id));
+            }
+        }
+        done
+    }
+
+    /// Everything, as the archive should end up with it.
+    pub fn truth(&self) -> Vec<ChatTruth> {
+        self.chats
+            .iter()
+            .map(|c| ChatTruth {
+                chat_id: c.chat_id.clone(),
+                chat_type: c.chat_type,
+                name: c.name.clone(),
+                in_list: c.in_list,
+                messages: c
+                    .messages
+                    .iter()
+                    .map(|m| {
+                        let mut versions: Vec<String> = m
+                            .edits
+                            .iter()
+                            .map(|e| {
+                                let old: serde_json::Value =
+                                    serde_json::from_str(&e.content_old).unwrap_or_default();
+                                old.get("text")
+                                    .and_then(|t| t.as_str())
+                                    .unwrap_or_default()
+                                    .to_string()
+                            })
+                            .collect();
+                        versions.push(plain(m.content_type, &m.content));
+                        MsgTruth {
+                            msg_id: m.msg_id.clone(),
+                            seq: m.seq,
+                            sender_id: m.sender.id.clone(),
+                            sender_name: m.sender.name.clone(),
+                            content_type: m.content_type,
+                            versions,
+                            send_time: m.send_time,
+                            edit_time: m.edit_time,
+                            recall_time: m.recall_time,
+                            quote_msg_id: m.quote_msg_id.clone(),
+                            visible: c.visible(m),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The message as list results serve it.
+    pub fn served(&self, m: &Msg) -> pb::MsgData {
+        let blank = m.recall_time > 0 && self.recall_blanks_content;
+        pb::MsgData {
+            msg_id: m.msg_id.clone(),
+            sender: Some(pb::Sender {
+                chat_id: m.sender.id.clone(),
+                chat_type: m.sender.chat_type,
+                name: m.sender.name.clone(),
+                avatar_url: format!("https://chat-img.jwznb.com/avatar/{}.jpg", m.sender.id),
+                ..Default::default()
+            }),
+            direction: if m.sender.id == self.me.id {
+                "right"
+            } else {
+                "left"
+            }
+            .into(),
+            content_type: m.content_type,
+            content: Some(if blank {
+                pb::MsgContent::default()
+            } else {
+                m.content.clone()
+            }),
+            send_time: m.send_time,
+            cmd: None,
+            recall_time: m.recall_time,
+            quote_msg_id: m.quote_msg_id.clone(),
+            msg_seq: m.seq,
+            edit_time: m.edit_time,
+        }
+    }
+
+    /// The conversation list entry of a chat.
+    pub fn list_entry(&self, chat: &Chat) -> pb::ConversationData {
+        let last = chat.messages.iter().rev().find(|m| chat.visible(m));
+        let preview = match last {
+            None => String::new(),
+            Some(m) if m.recall_time > 0 => "此消息已被撤回".into(),
+            Some(m) => match m.content_type {
+                1 | 3 | 8 | 9 => m.content.text.chars().take(40).collect(),
+                2 => "[图片]".into(),
+                4 => "[文件]".into(),
+                7 => "[表情]".into(),
+                10 => "[视频]".into(),
+                11 => "[语音]".into(),
+                _ => "[消息]".into(),
+            },
+        };
+        let at = last.map(|m| m.send_time).unwrap_or(0);
+        pb::ConversationData {
+            chat_id: chat.chat_id.clone(),
+            chat_type: chat.chat_type,
+            remark: chat.remark.clone(),
+            chat_content: preview,
+            timestamp_ms: at,
+            unread_msg: 0,
+            avatar_url: format!("https://chat-img.jwznb.com/avatar/{}.jpg", chat.chat_id),
+            send_timestamp: at / 1000,
+            name: chat.name.clone(),
+            ..Default::default()
+        }
+    }
+}
