@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod index;
 pub mod metrics;
 pub mod model;
 pub mod pg;
