@@ -210,7 +210,7 @@ async fn sync_status_and_verify_against_the_fake_server() {
 #[test]
 fn unavailable_commands_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = chatvault(dir.path(), &["search", "hello"], &[]);
+    let out = chatvault(dir.path(), &["export"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not available in this version yet"));
     assert_eq!(text(&out.stdout), "");

@@ -28,7 +28,9 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{IndexWriter, TantivyDocument, Term};
 use tokio::sync::watch;
 
-use super::{doc_key, key_hash, Fields, Generation, Payload, SearchIndex, SCHEMA_VERSION};
+use super::{
+    doc_key, key_hash, tokenizer, Fields, Generation, Payload, SearchIndex, SCHEMA_VERSION,
+};
 
 /// Events read from the log per query.
 const EVENT_BATCH: i64 = 5_000;
@@ -162,10 +164,10 @@ fn to_document(f: &Fields, d: &MessageDoc) -> TantivyDocument {
     doc.add_u64(f.withdrawn, u64::from(d.recalled || d.deleted));
     doc.add_text(f.text, &d.text);
     doc.add_text(f.text_grams, &d.text);
-    doc.add_text(f.text_words, &d.text);
+    doc.add_text(f.text_words, tokenizer::fold_text(&d.text));
     if !d.history.is_empty() {
         doc.add_text(f.history_grams, &d.history);
-        doc.add_text(f.history_words, &d.history);
+        doc.add_text(f.history_words, tokenizer::fold_text(&d.history));
     }
     doc
 }
@@ -226,9 +228,13 @@ async fn commit(writer: &Arc<Mutex<IndexWriter>>, payload: &Payload) -> anyhow::
     let payload = serde_json::to_string(payload).context("cannot encode the index payload")?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut w = writer.lock().expect("index writer lock poisoned");
-        let mut prepared = w.prepare_commit().context("cannot commit the search index")?;
+        let mut prepared = w
+            .prepare_commit()
+            .context("cannot commit the search index")?;
         prepared.set_payload(&payload);
-        prepared.commit().context("cannot commit the search index")?;
+        prepared
+            .commit()
+            .context("cannot commit the search index")?;
         Ok(())
     })
     .await
@@ -250,6 +256,8 @@ async fn rollback(writer: &Arc<Mutex<IndexWriter>>) {
 pub struct Indexer {
     index: SearchIndex,
     writer: Option<Writer>,
+    event_batch: i64,
+    commit_every: usize,
 }
 
 impl Indexer {
@@ -257,7 +265,17 @@ impl Indexer {
         Indexer {
             index,
             writer: None,
+            event_batch: EVENT_BATCH,
+            commit_every: COMMIT_EVERY,
         }
+    }
+
+    /// Read `event_batch` events per query and commit every `commit_every` documents
+    /// (smaller numbers make more, smaller commits: tests use them to stop in between).
+    pub fn with_batches(mut self, event_batch: i64, commit_every: usize) -> Indexer {
+        self.event_batch = event_batch.max(1);
+        self.commit_every = commit_every.max(1);
+        self
     }
 
     pub fn index(&self) -> &SearchIndex {
@@ -305,6 +323,7 @@ impl Indexer {
         pool: &PgPool,
         heads: &BTreeMap<String, i64>,
     ) -> anyhow::Result<IndexReport> {
+        let (event_batch, commit_every) = (self.event_batch, self.commit_every);
         let w = self.writer().await?;
         let fields = w.generation.fields;
         let mut report = IndexReport::default();
@@ -323,7 +342,7 @@ impl Indexer {
                 .bind(source)
                 .bind(from)
                 .bind(head)
-                .bind(EVENT_BATCH)
+                .bind(event_batch)
                 .fetch_all(pool)
                 .await
                 .with_context(|| format!("cannot read the events of source {source}"))?;
@@ -352,7 +371,7 @@ impl Indexer {
                 uncommitted += docs.len();
                 write_docs(&w.writer, fields, docs).await?;
                 w.payload.watermarks.insert(source.clone(), last);
-                if uncommitted >= COMMIT_EVERY {
+                if uncommitted >= commit_every {
                     w.payload.schema = SCHEMA_VERSION;
                     commit(&w.writer, &w.payload).await?;
                     uncommitted = 0;
@@ -407,7 +426,7 @@ impl Indexer {
                 uncommitted += docs.len();
                 write_docs(&writer, fields, docs).await?;
                 progress(report.documents, total.max(report.documents));
-                if uncommitted >= COMMIT_EVERY {
+                if uncommitted >= self.commit_every {
                     commit(&writer, &payload).await?;
                     uncommitted = 0;
                 }

@@ -207,7 +207,10 @@ impl Generation {
 
     /// The payload of the last commit (an empty index has default watermarks).
     pub fn payload(&self) -> anyhow::Result<Payload> {
-        let metas = self.index.load_metas().context("cannot read the index metadata")?;
+        let metas = self
+            .index
+            .load_metas()
+            .context("cannot read the index metadata")?;
         match metas.payload {
             None => Ok(Payload {
                 schema: SCHEMA_VERSION,

@@ -6,9 +6,12 @@
 //! (Chinese, mixed, emoji) and every phrase matches as a run of adjacent n-grams, i.e. the
 //! text contains it.
 
-use tantivy::query::{BooleanQuery, BoostQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::query::{
+    BooleanQuery, BoostQuery, EnableScoring, Explanation, Occur, PhraseQuery, Query, Scorer,
+    TermQuery, Weight,
+};
 use tantivy::schema::{Field, IndexRecordOption};
-use tantivy::Term;
+use tantivy::{DocId, DocSet, Score, SegmentReader, Term};
 
 use super::tokenizer::{self, Gram};
 
@@ -179,7 +182,11 @@ fn is_single_word(term: &QueryTerm) -> bool {
         return false;
     }
     let g = grams(term);
-    g.len() == 1 && !g[0].text.chars().any(|c| tokenizer::is_cjk(c) || tokenizer::is_emoji(c))
+    g.len() == 1
+        && !g[0]
+            .text
+            .chars()
+            .any(|c| tokenizer::is_cjk(c) || tokenizer::is_emoji(c))
 }
 
 /// The query that decides whether `term` matches in `fields`.
@@ -202,7 +209,71 @@ fn match_query(term: &QueryTerm, fields: TextFields) -> Box<dyn Query> {
         let (_, t) = kept.into_iter().next().expect("one term");
         return Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs));
     }
-    Box::new(PhraseQuery::new_with_offset(kept))
+    Box::new(SafeSeek(Box::new(PhraseQuery::new_with_offset(kept))))
+}
+
+/// A query whose scorers ignore a seek to a document they are already at or past.
+///
+/// tantivy 0.26's phrase scorer asserts (in debug builds) that a seek never goes backwards,
+/// which an exclusion (`-"a phrase"`) can do after the scorer ran out; wrapped, the seek is
+/// answered with the current document, as `seek`'s contract gives for a target not ahead.
+#[derive(Debug)]
+struct SafeSeek(Box<dyn Query>);
+
+impl Clone for SafeSeek {
+    fn clone(&self) -> SafeSeek {
+        SafeSeek(self.0.box_clone())
+    }
+}
+
+impl Query for SafeSeek {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(SafeSeekWeight(self.0.weight(scoring)?)))
+    }
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        self.0.query_terms(visitor)
+    }
+}
+
+struct SafeSeekWeight(Box<dyn Weight>);
+
+impl Weight for SafeSeekWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        Ok(Box::new(SafeSeekScorer(self.0.scorer(reader, boost)?)))
+    }
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.0.explain(reader, doc)
+    }
+}
+
+struct SafeSeekScorer(Box<dyn Scorer>);
+
+impl DocSet for SafeSeekScorer {
+    fn advance(&mut self) -> DocId {
+        self.0.advance()
+    }
+    fn seek(&mut self, target: DocId) -> DocId {
+        let doc = self.0.doc();
+        if doc >= target {
+            return doc;
+        }
+        self.0.seek(target)
+    }
+    fn doc(&self) -> DocId {
+        self.0.doc()
+    }
+    fn size_hint(&self) -> u32 {
+        self.0.size_hint()
+    }
+    fn cost(&self) -> u64 {
+        self.0.cost()
+    }
+}
+
+impl Scorer for SafeSeekScorer {
+    fn score(&mut self) -> Score {
+        self.0.score()
+    }
 }
 
 /// Jieba words of a CJK term, to rank whole-word hits first (never decides a match).
@@ -229,8 +300,13 @@ fn boost_query(term: &QueryTerm, fields: TextFields) -> Option<Box<dyn Query>> {
     )))
 }
 
-fn term_query(term: &QueryTerm, current: TextFields, history: Option<TextFields>) -> Box<dyn Query> {
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Should, match_query(term, current))];
+fn term_query(
+    term: &QueryTerm,
+    current: TextFields,
+    history: Option<TextFields>,
+) -> Box<dyn Query> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+        vec![(Occur::Should, match_query(term, current))];
     if let Some(history) = history {
         clauses.push((Occur::Should, match_query(term, history)));
     }

@@ -19,6 +19,9 @@ use tantivy::{DocAddress, DocId, Score, SegmentReader, TantivyDocument, Term};
 use super::query::{self, ParsedQuery, QueryError};
 use super::{key_hash, tokenizer, SearchIndex};
 
+/// A hit before its document is read: where it is, its score, its place in newest-first.
+type Ranked = (DocAddress, Option<f32>, (i64, u64));
+
 /// At most this many hits per page.
 pub const MAX_LIMIT: usize = 1000;
 
@@ -178,7 +181,8 @@ fn encode_cursor(c: &Cursor) -> String {
 }
 
 fn decode_cursor(s: &str, r: &SearchRequest) -> Result<Cursor, SearchError> {
-    let bytes = hex::decode(s).map_err(|_| SearchError::BadCursor("not a cursor this server gave"))?;
+    let bytes =
+        hex::decode(s).map_err(|_| SearchError::BadCursor("not a cursor this server gave"))?;
     let c: Cursor = serde_json::from_slice(&bytes)
         .map_err(|_| SearchError::BadCursor("not a cursor this server gave"))?;
     if c.v != 1 {
@@ -281,57 +285,55 @@ impl SearchIndex {
         let searcher = generation.reader.searcher();
         let want = request.limit + 1;
 
-        let (addresses, total): (Vec<(DocAddress, Option<f32>, (i64, u64))>, usize) =
-            match request.sort {
-                Sort::Newest => {
-                    let after = match &cursor {
-                        Some(c) => Some(c.t.ok_or(SearchError::BadCursor(
-                            "it belongs to another sort",
-                        ))?),
-                        None => None,
-                    };
-                    let collector = TopDocs::with_limit(want).tweak_score(
-                        move |segment: &SegmentReader| {
-                            let sent = segment.fast_fields().i64("sent_at").ok();
-                            let hash = segment.fast_fields().u64("key_hash").ok();
-                            move |doc: DocId, _score: Score| {
-                                let t = sent.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
-                                let h = hash.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
-                                let before_cursor = after.is_none_or(|a| (t, h) < a);
-                                (before_cursor, t, h)
-                            }
-                        },
-                    );
-                    let (top, total) = searcher
-                        .search(&full_query, &(collector, Count))
-                        .map_err(anyhow::Error::from)?;
-                    let hits = top
-                        .into_iter()
-                        .filter(|((valid, _, _), _)| *valid)
-                        .map(|((_, t, h), a)| (a, None, (t, h)))
-                        .collect();
-                    (hits, total)
-                }
-                Sort::Relevance => {
-                    let offset = match &cursor {
-                        Some(c) => c.o.ok_or(SearchError::BadCursor(
-                            "it belongs to another sort",
-                        ))?,
-                        None => 0,
-                    };
-                    let collector = TopDocs::with_limit(want)
-                        .and_offset(offset)
-                        .order_by_score();
-                    let (top, total) = searcher
-                        .search(&full_query, &(collector, Count))
-                        .map_err(anyhow::Error::from)?;
-                    let hits = top
-                        .into_iter()
-                        .map(|(score, a)| (a, Some(score), (0, 0)))
-                        .collect();
-                    (hits, total)
-                }
-            };
+        let (addresses, total): (Vec<Ranked>, usize) = match request.sort {
+            Sort::Newest => {
+                let after = match &cursor {
+                    Some(c) => {
+                        Some(c.t.ok_or(SearchError::BadCursor("it belongs to another sort"))?)
+                    }
+                    None => None,
+                };
+                let collector =
+                    TopDocs::with_limit(want).tweak_score(move |segment: &SegmentReader| {
+                        let sent = segment.fast_fields().i64("sent_at").ok();
+                        let hash = segment.fast_fields().u64("key_hash").ok();
+                        move |doc: DocId, _score: Score| {
+                            let t = sent.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+                            let h = hash.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+                            let before_cursor = after.is_none_or(|a| (t, h) < a);
+                            (before_cursor, t, h)
+                        }
+                    });
+                let (top, total) = searcher
+                    .search(&full_query, &(collector, Count))
+                    .map_err(anyhow::Error::from)?;
+                let hits = top
+                    .into_iter()
+                    .filter(|((valid, _, _), _)| *valid)
+                    .map(|((_, t, h), a)| (a, None, (t, h)))
+                    .collect();
+                (hits, total)
+            }
+            Sort::Relevance => {
+                let offset = match &cursor {
+                    Some(c) => {
+                        c.o.ok_or(SearchError::BadCursor("it belongs to another sort"))?
+                    }
+                    None => 0,
+                };
+                let collector = TopDocs::with_limit(want)
+                    .and_offset(offset)
+                    .order_by_score();
+                let (top, total) = searcher
+                    .search(&full_query, &(collector, Count))
+                    .map_err(anyhow::Error::from)?;
+                let hits = top
+                    .into_iter()
+                    .map(|(score, a)| (a, Some(score), (0, 0)))
+                    .collect();
+                (hits, total)
+            }
+        };
 
         let more = addresses.len() > request.limit;
         let mut hits = Vec::new();
@@ -344,7 +346,10 @@ impl SearchIndex {
                     .map(str::to_string)
             };
             let flag = |field| doc.get_first(field).and_then(|v| v.as_u64()) == Some(1);
-            let sent_micros = doc.get_first(f.sent_at).and_then(|v| v.as_i64()).unwrap_or(0);
+            let sent_micros = doc
+                .get_first(f.sent_at)
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
             let text = text_of(f.text).unwrap_or_default();
             let highlights = highlight(&text, &parsed);
             hits.push(SearchHit {
@@ -424,11 +429,11 @@ pub async fn search(
     .bind(&conversations)
     .fetch_all(pool)
     .await
-    .map_err(|e| SearchError::Internal(anyhow::Error::new(e).context("reading conversation names")))?;
-    let names: std::collections::HashMap<(String, String), Option<String>> = names
-        .into_iter()
-        .map(|(s, c, n)| ((s, c), n))
-        .collect();
+    .map_err(|e| {
+        SearchError::Internal(anyhow::Error::new(e).context("reading conversation names"))
+    })?;
+    let names: std::collections::HashMap<(String, String), Option<String>> =
+        names.into_iter().map(|(s, c, n)| ((s, c), n)).collect();
     for hit in &mut page.hits {
         hit.conversation_name = names
             .get(&(hit.source.clone(), hit.conversation_id.clone()))
@@ -473,7 +478,8 @@ pub fn highlight(text: &str, parsed: &ParsedQuery) -> Vec<[usize; 2]> {
                     continue;
                 }
                 if tokenizer::words(&g.text) == stem {
-                    if let (Some(a), Some(b)) = (byte_to_char.get(&g.from), byte_to_char.get(&g.to)) {
+                    if let (Some(a), Some(b)) = (byte_to_char.get(&g.from), byte_to_char.get(&g.to))
+                    {
                         ranges.push([*a, *b]);
                     }
                 }
@@ -500,7 +506,10 @@ pub fn highlight(text: &str, parsed: &ParsedQuery) -> Vec<[usize; 2]> {
                 .filter(|g| !g.shadowed)
                 .map(|g| g.text.as_str())
                 .collect();
-            for g in text_grams.iter().filter(|g| wanted.contains(g.text.as_str())) {
+            for g in text_grams
+                .iter()
+                .filter(|g| wanted.contains(g.text.as_str()))
+            {
                 if let (Some(a), Some(b)) = (byte_to_char.get(&g.from), byte_to_char.get(&g.to)) {
                     ranges.push([*a, *b]);
                 }

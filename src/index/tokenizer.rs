@@ -54,6 +54,15 @@ pub fn fold_width(c: char) -> char {
     }
 }
 
+/// `text` with full-width letters and digits folded (jieba splits them one by one).
+pub fn fold_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(|c| fold_width(c) != c) {
+        std::borrow::Cow::Owned(text.chars().map(fold_width).collect())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 fn is_word_char(c: char) -> bool {
     !is_cjk(c) && fold_width(c).is_alphanumeric()
 }
@@ -234,7 +243,8 @@ pub fn words_analyzer() -> TextAnalyzer {
 /// Every token text of `text` under the word analyser, in order.
 pub fn words(text: &str) -> Vec<String> {
     let mut analyzer = words_analyzer();
-    let mut stream = analyzer.token_stream(text);
+    let text = fold_text(text);
+    let mut stream = analyzer.token_stream(&text);
     let mut out = Vec::new();
     while let Some(t) = stream.next() {
         out.push(t.text.clone());
@@ -319,7 +329,10 @@ mod tests {
         assert!(w.contains(&"我们".to_string()), "{w:?}");
         assert!(w.contains(&"明天".to_string()), "{w:?}");
         assert!(w.contains(&"meet".to_string()), "{w:?}");
-        assert!(w.iter().all(|t| t != "，" && t != "！" && t != " "), "{w:?}");
+        assert!(
+            w.iter().all(|t| t != "，" && t != "！" && t != " "),
+            "{w:?}"
+        );
     }
 
     #[test]
