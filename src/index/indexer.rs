@@ -39,6 +39,10 @@ const COMMIT_EVERY: usize = 100_000;
 /// Messages read per query during a rebuild.
 const SCAN_BATCH: i64 = 5_000;
 
+/// The error when another process holds the index's writer lock.
+const WRITER_BUSY: &str =
+    "the search index is being written by another chatvault process (only one indexes at a time)";
+
 /// One message as the index holds it.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct MessageDoc {
@@ -195,9 +199,7 @@ fn open_writer(generation: &Generation) -> anyhow::Result<IndexWriter> {
         .index
         .writer_with_num_threads(1, super::WRITER_HEAP_BYTES)
         .map_err(|e| match e {
-            tantivy::TantivyError::LockFailure(..) => anyhow::anyhow!(
-                "the search index is being written by another chatvault process (only one indexes at a time)"
-            ),
+            tantivy::TantivyError::LockFailure(..) => anyhow::anyhow!("{WRITER_BUSY}"),
             e => anyhow::Error::new(e).context("cannot open the search index for writing"),
         })
 }
@@ -474,6 +476,16 @@ impl Indexer {
                     }
                     failures = 0;
                     interval
+                }
+                Err(e) if format!("{e:#}").contains(WRITER_BUSY) => {
+                    // Another daemon on the same data directory keeps this index current.
+                    if failures == 0 {
+                        tracing::info!(
+                            "the search index is kept by another chatvault process; waiting"
+                        );
+                    }
+                    failures = 1;
+                    interval * 10
                 }
                 Err(e) => {
                     failures += 1;

@@ -274,6 +274,8 @@ impl SearchIndex {
     pub fn open_or_create(root: &Path) -> anyhow::Result<SearchIndex> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("cannot create the index directory {}", root.display()))?;
+        // Several processes may share a data directory: one creates, the others open.
+        let _lock = DirLock::acquire(root)?;
         if let Some(index) = Self::open(root)? {
             return Ok(index);
         }
@@ -313,11 +315,46 @@ impl SearchIndex {
     /// Make `generation` the current one (atomically, by renaming `CURRENT`), and remove
     /// the others.
     pub fn swap_in(&self, generation: Generation) -> anyhow::Result<()> {
+        let _lock = DirLock::acquire(&self.root)?;
         write_current(&self.root, &generation.name)?;
         let name = generation.name.clone();
         *self.current.write().expect("index lock poisoned") = Arc::new(generation);
         remove_other_generations(&self.root, &name);
         Ok(())
+    }
+}
+
+/// An exclusive lock on `index/LOCK` (flock), held while `CURRENT` is created or replaced
+/// and old generations are removed.
+struct DirLock(std::fs::File);
+
+impl DirLock {
+    fn acquire(root: &Path) -> anyhow::Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        let path = root.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on a file descriptor this struct owns; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot lock {}", path.display()));
+        }
+        Ok(DirLock(file))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above; closing the file would release the lock too.
+        unsafe {
+            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+        }
     }
 }
 
