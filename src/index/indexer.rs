@@ -152,11 +152,11 @@ fn to_document(f: &Fields, d: &MessageDoc) -> TantivyDocument {
     doc.add_text(f.conversation_id, &d.conversation_id);
     doc.add_text(f.message_id, &d.message_id);
     if let Some(s) = &d.sender_id {
-        doc.add_text(f.sender, s);
+        doc.add_text(f.sender, s.to_lowercase());
         doc.add_text(f.sender_id, s);
     }
     if let Some(s) = &d.sender_name {
-        doc.add_text(f.sender, s);
+        doc.add_text(f.sender, s.to_lowercase());
         doc.add_text(f.sender_name, s);
     }
     doc.add_text(f.conversation_type, &d.conversation_type);

@@ -41,7 +41,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// The memory budget of the index writer (tantivy's heap; the indexer's peak RSS is
 /// about this plus the batch being indexed).
-pub const WRITER_HEAP_BYTES: usize = 64 * 1024 * 1024;
+pub const WRITER_HEAP_BYTES: usize = 32 * 1024 * 1024;
 
 /// The index directory inside a data directory.
 pub fn index_dir(data_dir: &Path) -> PathBuf {
@@ -58,7 +58,7 @@ pub struct Fields {
     pub source: Field,
     pub conversation_id: Field,
     pub message_id: Field,
-    /// Sender id and sender name, both searchable by `--sender`.
+    /// Sender id and sender name, lowercased, both searchable by `--sender`.
     pub sender: Field,
     pub sender_id: Field,
     pub sender_name: Field,

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
-use tantivy::{DocAddress, DocId, Score, SegmentReader, TantivyDocument, Term};
+use tantivy::{DocAddress, DocId, SegmentReader, TantivyDocument, Term};
 
 use super::query::{self, ParsedQuery, QueryError};
 use super::{key_hash, tokenizer, SearchIndex};
@@ -63,7 +63,7 @@ pub struct SearchRequest {
     pub query: String,
     pub source: Option<String>,
     pub conversation: Option<String>,
-    /// Sender id or display name.
+    /// Sender id or display name (either, exactly, ignoring case).
     pub sender: Option<String>,
     /// Inclusive.
     pub since: Option<DateTime<Utc>>,
@@ -257,7 +257,7 @@ impl SearchIndex {
             filter(term_filter(f.conversation_id, c));
         }
         if let Some(s) = &request.sender {
-            filter(term_filter(f.sender, s));
+            filter(term_filter(f.sender, &s.to_lowercase()));
         }
         if let Some(k) = &request.kind {
             filter(term_filter(f.kind, k));
@@ -293,11 +293,12 @@ impl SearchIndex {
                     }
                     None => None,
                 };
+                // Sorted by fast fields alone: no relevance score is computed.
                 let collector =
-                    TopDocs::with_limit(want).tweak_score(move |segment: &SegmentReader| {
+                    TopDocs::with_limit(want).order_by(move |segment: &SegmentReader| {
                         let sent = segment.fast_fields().i64("sent_at").ok();
                         let hash = segment.fast_fields().u64("key_hash").ok();
-                        move |doc: DocId, _score: Score| {
+                        move |doc: DocId| {
                             let t = sent.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
                             let h = hash.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
                             let before_cursor = after.is_none_or(|a| (t, h) < a);
