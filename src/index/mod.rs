@@ -168,8 +168,12 @@ pub struct Generation {
 impl Generation {
     fn open(root: &Path, name: &str) -> anyhow::Result<Generation> {
         let path = root.join(name);
-        let index = Index::open_in_dir(&path)
-            .with_context(|| format!("cannot open the search index in {}", path.display()))?;
+        let index = Index::open_in_dir(&path).with_context(|| {
+            format!(
+                "cannot open the search index in {} (`chatvault reindex` rebuilds it)",
+                path.display()
+            )
+        })?;
         Self::wrap(index, name, path)
     }
 

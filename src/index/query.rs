@@ -34,9 +34,12 @@ pub enum QueryError {
     NothingSearchable(String),
     #[error("the query is too long ({0} terms; at most {MAX_TERMS})")]
     TooLong(usize),
+    #[error("the query is too long ({0} characters; at most {MAX_CHARS})")]
+    TooManyChars(usize),
 }
 
 pub const MAX_TERMS: usize = 64;
+pub const MAX_CHARS: usize = 1000;
 
 /// One searched unit: a bare word or a quoted phrase, as typed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +119,10 @@ fn lex(input: &str) -> Result<Vec<Lexeme>, QueryError> {
 
 /// Parse a query string (see the module doc).
 pub fn parse(input: &str) -> Result<ParsedQuery, QueryError> {
+    let chars = input.chars().count();
+    if chars > MAX_CHARS {
+        return Err(QueryError::TooManyChars(chars));
+    }
     let lexemes = lex(input)?;
     if lexemes.is_empty() {
         return Err(QueryError::Empty);
@@ -396,6 +403,8 @@ mod tests {
         assert_eq!(parse("\"\""), Err(QueryError::NothingSearchable("".into())));
         let long = vec!["a"; MAX_TERMS + 1].join(" ");
         assert_eq!(parse(&long), Err(QueryError::TooLong(MAX_TERMS + 1)));
+        let huge = "会".repeat(MAX_CHARS + 1);
+        assert_eq!(parse(&huge), Err(QueryError::TooManyChars(MAX_CHARS + 1)));
     }
 
     #[test]
