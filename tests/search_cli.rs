@@ -183,3 +183,93 @@ async fn search_after_sync_finds_exactly_the_messages_that_contain_the_words() {
     pool.close().await;
     server.shutdown().await;
 }
+
+/// `chatvault run`: the daemon indexes what its scheduled syncs archive, and serves it on
+/// `/api/search` from the same index.
+#[tokio::test]
+async fn the_daemon_indexes_its_syncs_and_serves_search() {
+    let spec = WorldSpec {
+        messages: 300,
+        ..WorldSpec::default()
+    };
+    let server = SimServer::start(World::generate(&spec)).await;
+    let (options, name) = chatvault::pg::testing::fresh_database().await;
+    let socket = options.get_socket().expect("a socket");
+    let url = format!(
+        "postgres://{}@localhost/{name}?host={}",
+        options.get_username(),
+        socket.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("chatvault.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = 5\n[sync]\nschedule_jitter = 0\n[[source]]\nname = \"acme\"\nplatform = \"tangsengdaodao\"\nbase_url = \"{}\"\nusername = \"{}\"\npassword_env = \"ACME_PASSWORD\"\nrequests_per_second = 500\nschedule = \"*/2 * * * * *\"\n",
+            server.base_url(),
+            spec.me_username
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatvault"))
+        .current_dir(dir.path())
+        .args(["run"])
+        .env_remove("CHATVAULT_CONFIG")
+        .env_remove("CHATVAULT_DATA_DIR")
+        .env_remove("CHATVAULT_LISTEN")
+        .env_remove("CHATVAULT_SERVER_TOKEN")
+        .env("CHATVAULT_DATABASE_URL", &url)
+        .env("ACME_PASSWORD", &spec.me_password)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut agreed = false;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let expected: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM archive.messages
+             WHERE strpos(text, '收到') > 0 AND recalled_at IS NULL AND deleted_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+        let Ok(resp) = http
+            .get(format!(
+                "http://127.0.0.1:{port}/api/search?q=%E6%94%B6%E5%88%B0&limit=1"
+            ))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if expected > 0 && body["total"].as_i64() == Some(expected) {
+            agreed = true;
+            break;
+        }
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    pool.close().await;
+    server.shutdown().await;
+    assert!(
+        agreed,
+        "the daemon's /api/search never agreed with PostgreSQL"
+    );
+    assert!(status.success(), "{status:?}");
+}
