@@ -6,6 +6,7 @@
 //! | `GET /readyz` | 200 when the database answers and migrations are current, else 503 with why |
 //! | `GET /metrics` | Prometheus text (see [`crate::metrics`]) |
 //! | `GET /api/status` | the objects of `chatvault status --json`, as a JSON array |
+//! | `GET /api/search?q=…` | `{"hits": [...], "next_cursor": ..., "total": n}`: the filters of `chatvault search` as parameters, hits as in `search --json`; `cursor=` pages on |
 //!
 //! Errors are JSON `{"error": "..."}`. Access (DESIGN.md): the API listens on loopback only
 //! unless `server.token` is set ([`serve`] refuses otherwise); with a token, every path but
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub token: Option<Secret>,
     /// The configured sources, for the schedule facts of `/api/status`.
     pub sources: Arc<Vec<crate::config::SourceConfig>>,
+    /// The search index the daemon keeps current (`None`: `/api/search` answers 503).
+    pub search: Option<crate::index::SearchIndex>,
 }
 
 impl ApiState {
@@ -60,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/api/status", get(status_handler))
+        .route("/api/search", get(search_handler))
         .merge(crate::web::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -300,6 +304,93 @@ async fn status_handler(State(state): State<ApiState>) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot read the archive status: {err}"),
             )
+        }
+    }
+}
+
+/// The parameters of `GET /api/search` (the CLI's flags).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    pub q: Option<String>,
+    pub source: Option<String>,
+    pub conversation: Option<String>,
+    pub sender: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub kind: Option<String>,
+    /// `exclude` (default), `include` or `only`.
+    pub recalled: Option<String>,
+    pub history: Option<bool>,
+    pub sort: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+impl SearchParams {
+    pub fn to_request(&self) -> Result<crate::index::SearchRequest, crate::index::SearchError> {
+        use crate::index::search::{parse_time, Withdrawn};
+        use crate::index::SearchError;
+        let query = self.q.clone().unwrap_or_default();
+        let withdrawn = match self.recalled.as_deref() {
+            None | Some("exclude") => Withdrawn::Exclude,
+            Some("include") => Withdrawn::Include,
+            Some("only") => Withdrawn::Only,
+            Some(other) => {
+                return Err(SearchError::BadRequest(format!(
+                    "recalled must be exclude, include or only, not {other:?}"
+                )))
+            }
+        };
+        Ok(crate::index::SearchRequest {
+            query,
+            source: self.source.clone(),
+            conversation: self.conversation.clone(),
+            sender: self.sender.clone(),
+            since: self
+                .since
+                .as_deref()
+                .map(|s| parse_time(s, false))
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(|s| parse_time(s, true))
+                .transpose()?,
+            kind: self.kind.clone(),
+            withdrawn,
+            history: self.history.unwrap_or(false),
+            sort: self.sort.as_deref().unwrap_or("newest").parse()?,
+            limit: self.limit.unwrap_or(20),
+            cursor: self.cursor.clone(),
+        })
+    }
+}
+
+async fn search_handler(
+    State(state): State<ApiState>,
+    params: Result<axum::extract::Query<SearchParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let params = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, one_line(&e.body_text())),
+    };
+    let Some(index) = &state.search else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "search is not available in this process",
+        );
+    };
+    let request = match params.to_request() {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match crate::index::search::search(index, state.store.pool(), request).await {
+        Ok(page) => Json(page).into_response(),
+        Err(e) if e.is_bad_request() => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            warn!(error = %e, "search failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, one_line(&e.to_string()))
         }
     }
 }

@@ -14,8 +14,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
-use crate::cli::{Cli, Command, ConfigCommand, ExportArgs, SimArgs, SimPlatform, StatusArgs};
+use crate::cli::{
+    Cli, Command, ConfigCommand, ExportArgs, SearchArgs, SearchSort, SimArgs, SimPlatform,
+    StatusArgs,
+};
 use crate::config::{self, Config, SourceConfig};
+use crate::index::{self, Indexer, SearchIndex, SearchRequest};
 use crate::metrics::Metrics;
 use crate::pg::EmbeddedPostgres;
 use crate::scheduler::{self, Scheduler, SchedulerOptions};
@@ -25,7 +29,10 @@ use crate::sync::{self, SyncOptions};
 /// Exit codes.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_UNAVAILABLE: i32 = 2;
+
+/// How often the daemon's indexer looks for new events (the index lags a committed page by
+/// about this plus the time to index it).
+pub const INDEX_INTERVAL: Duration = Duration::from_millis(500);
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
@@ -51,7 +58,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);
             }
             let config = load_config(cli.config.as_deref(), true)?;
-            with_store(&config, true, |store| verify(store, heads)).await
+            let index_dir = index::index_dir(&config.storage.data_dir);
+            with_store(&config, true, |store| verify(store, heads, index_dir)).await
         }
         Command::Sync(args) => {
             let config = load_config(cli.config.as_deref(), false)?;
@@ -68,8 +76,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let settings = config.clone();
             with_store(&config, true, move |store| daemon(store, settings, None)).await
         }
-        Command::Search(_) => unavailable("search", "the full-text index"),
-        Command::Reindex => unavailable("reindex", "the full-text index"),
+        Command::Search(args) => {
+            let request = search_request(&args)?;
+            let config = load_config(cli.config.as_deref(), true)?;
+            let index_dir = index::index_dir(&config.storage.data_dir);
+            with_store(&config, true, move |store| {
+                search(store, index_dir, request, args.json)
+            })
+            .await
+        }
+        Command::Reindex => {
+            let config = load_config(cli.config.as_deref(), true)?;
+            let index_dir = index::index_dir(&config.storage.data_dir);
+            with_store(&config, true, move |store| reindex(store, index_dir)).await
+        }
         Command::Export(args) => {
             let config = load_config(cli.config.as_deref(), true)?;
             with_store(&config, true, |store| export(store, args)).await
@@ -122,6 +142,12 @@ pub(crate) async fn daemon(
         "chatvault daemon started"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let search_index = SearchIndex::open_or_create(&index::index_dir(&config.storage.data_dir))?;
+    let indexer = tokio::spawn(Indexer::new(search_index.clone()).follow(
+        store.pool().clone(),
+        INDEX_INTERVAL,
+        stop_rx.clone(),
+    ));
     // The API's address is checked and bound before anything runs: an address in use or a
     // public address without a token is a startup error, not a daemon without its API.
     let state = ApiState {
@@ -129,6 +155,7 @@ pub(crate) async fn daemon(
         metrics: metrics.clone(),
         token: config.server.token.clone(),
         sources: std::sync::Arc::new(config.sources.clone()),
+        search: Some(search_index),
     };
     let listener = api::bind(config.server.listen).await?;
     let api = {
@@ -180,6 +207,12 @@ pub(crate) async fn daemon(
         .is_err()
     {
         warn!("the HTTP API did not stop in time");
+    }
+    if tokio::time::timeout(Duration::from_secs(5), indexer)
+        .await
+        .is_err()
+    {
+        warn!("the indexer did not stop in time");
     }
     info!("chatvault daemon stopped");
     Ok(EXIT_OK)
@@ -362,13 +395,6 @@ async fn sim_yunxin(args: SimArgs) -> anyhow::Result<i32> {
             .len()
     };
     serve_sim(&args, activity, server.shutdown()).await
-}
-
-fn unavailable(command: &str, part: &str) -> anyhow::Result<i32> {
-    eprintln!(
-        "error: `chatvault {command}` is not available in this version yet; it arrives with {part}"
-    );
-    Ok(EXIT_UNAVAILABLE)
 }
 
 /// Load the configuration; `offline` for commands that never contact upstream (a source's
@@ -557,8 +583,13 @@ async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Resul
     Ok(EXIT_OK)
 }
 
-async fn verify(store: Store, heads: Vec<ExpectedHead>) -> anyhow::Result<i32> {
+async fn verify(
+    store: Store,
+    heads: Vec<ExpectedHead>,
+    index_dir: std::path::PathBuf,
+) -> anyhow::Result<i32> {
     let report = store.verify(&heads).await?;
+    let index_ok = verify_index(&store, &index_dir).await?;
     let mut out = std::io::stdout().lock();
     for (source, events, head) in &report.sources {
         writeln!(out, "{source}: {events} events, head {head}")?;
@@ -566,7 +597,7 @@ async fn verify(store: Store, heads: Vec<ExpectedHead>) -> anyhow::Result<i32> {
     writeln!(out, "{} message versions checked", report.versions_checked)?;
     if report.ok() {
         writeln!(out, "ok: every chain is intact")?;
-        return Ok(EXIT_OK);
+        return Ok(if index_ok { EXIT_OK } else { EXIT_FAILED });
     }
     for f in &report.failures {
         match f.event_seq {
@@ -677,7 +708,248 @@ async fn sync(
         }
         failed |= !r.ok();
     }
+    drop(out);
+    index_after_sync(&store, &config).await;
     Ok(if failed { EXIT_FAILED } else { EXIT_OK })
+}
+
+/// Bring the search index up to date after a `sync`. A failure is reported, not fatal: the
+/// archive is complete, and the next sync, `run` or `reindex` catches the index up.
+async fn index_after_sync(store: &Store, config: &Config) {
+    let dir = index::index_dir(&config.storage.data_dir);
+    let result = async {
+        let index = SearchIndex::open_or_create(&dir)?;
+        Indexer::new(index).catch_up(store.pool()).await
+    }
+    .await;
+    match result {
+        Ok(report) => println!(
+            "index: {} events applied, {} messages indexed",
+            report.events, report.documents
+        ),
+        Err(e) => eprintln!("warning: the search index was not updated: {e:#}"),
+    }
+}
+
+fn search_request(args: &SearchArgs) -> anyhow::Result<SearchRequest> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| index::search::parse_time(s, false))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|s| index::search::parse_time(s, true))
+        .transpose()?;
+    let withdrawn = if args.only_recalled {
+        index::search::Withdrawn::Only
+    } else if args.include_recalled {
+        index::search::Withdrawn::Include
+    } else {
+        index::search::Withdrawn::Exclude
+    };
+    let request = SearchRequest {
+        query: args.query.clone(),
+        source: args.source.clone(),
+        conversation: args.conversation.clone(),
+        sender: args.sender.clone(),
+        since,
+        until,
+        kind: args.kind.clone(),
+        withdrawn,
+        history: args.history,
+        sort: match args.sort {
+            SearchSort::Newest => index::Sort::Newest,
+            SearchSort::Relevance => index::Sort::Relevance,
+        },
+        limit: args.limit as usize,
+        cursor: None,
+    };
+    // A malformed query is reported before anything is opened.
+    index::query::parse(&request.query).map_err(index::SearchError::from)?;
+    Ok(request)
+}
+
+/// `chatvault search`.
+async fn search(
+    store: Store,
+    index_dir: std::path::PathBuf,
+    request: SearchRequest,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let Some(search_index) = SearchIndex::open(&index_dir)? else {
+        bail!(index::SearchError::NoIndex);
+    };
+    let page = index::search::search(&search_index, store.pool(), request).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for hit in &page.hits {
+            writeln!(out, "{}", serde_json::to_string(hit)?)?;
+        }
+        return Ok(EXIT_OK);
+    }
+    let colour = std::io::stdout().is_terminal();
+    for hit in &page.hits {
+        let conversation = match &hit.conversation_name {
+            Some(name) => format!("{name} ({})", hit.conversation_id),
+            None => hit.conversation_id.clone(),
+        };
+        let sender = hit
+            .sender_name
+            .as_deref()
+            .or(hit.sender_id.as_deref())
+            .unwrap_or("system");
+        let mut flags = Vec::new();
+        if hit.flags.edited {
+            flags.push("edited");
+        }
+        if hit.flags.recalled {
+            flags.push("recalled");
+        }
+        if hit.flags.deleted {
+            flags.push("deleted");
+        }
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", flags.join(", "))
+        };
+        writeln!(
+            out,
+            "{}  {} › {}  {}{}",
+            hit.sent_at.format("%Y-%m-%d %H:%M"),
+            hit.source,
+            conversation,
+            sender,
+            flags
+        )?;
+        writeln!(
+            out,
+            "  {}",
+            render_highlighted(&hit.text, &hit.highlights, colour)
+        )?;
+    }
+    let shown = page.hits.len();
+    writeln!(
+        out,
+        "{shown} of {} matching message{}",
+        page.total,
+        if page.total == 1 { "" } else { "s" }
+    )?;
+    Ok(EXIT_OK)
+}
+
+/// The text on one line, at most about 200 characters around the first highlight, the
+/// highlights in bold yellow on a terminal and between 【】 elsewhere.
+fn render_highlighted(text: &str, highlights: &[[usize; 2]], colour: bool) -> String {
+    const WIDTH: usize = 200;
+    let chars: Vec<char> = text
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    let first = highlights.first().map_or(0, |h| h[0]);
+    let start = if chars.len() <= WIDTH {
+        0
+    } else {
+        first.saturating_sub(WIDTH / 4).min(chars.len() - WIDTH)
+    };
+    let end = (start + WIDTH).min(chars.len());
+    let (open, close) = if colour {
+        ("\x1b[1;33m", "\x1b[0m")
+    } else {
+        ("【", "】")
+    };
+    let mut out = String::new();
+    if start > 0 {
+        out.push('…');
+    }
+    for (i, c) in chars.iter().enumerate().take(end).skip(start) {
+        if highlights.iter().any(|h| h[0] == i) {
+            out.push_str(open);
+        }
+        out.push(*c);
+        if highlights.iter().any(|h| h[1] == i + 1) {
+            out.push_str(close);
+        }
+    }
+    if highlights.iter().any(|h| h[0] < end && h[1] > end) {
+        out.push_str(close);
+    }
+    if end < chars.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// `chatvault reindex`: rebuild in a new generation, swap it in, catch up.
+async fn reindex(store: Store, index_dir: std::path::PathBuf) -> anyhow::Result<i32> {
+    let search_index = SearchIndex::open_or_create(&index_dir)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "indexing {bar:40} {pos}/{len} messages ({per_sec}, {eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = {
+        let bar = bar.clone();
+        move |done: u64, total: u64| {
+            if let Some(bar) = &bar {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let report = Indexer::new(search_index)
+        .rebuild(store.pool(), &progress)
+        .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!(
+        "index rebuilt: {} messages in {:.1}s",
+        report.documents,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(EXIT_OK)
+}
+
+/// The index half of `verify`: prints per-source counts and any drift; `false` on drift.
+async fn verify_index(store: &Store, index_dir: &Path) -> anyhow::Result<bool> {
+    let Some(search_index) = SearchIndex::open(index_dir)? else {
+        println!("index: none yet (`chatvault sync` or `chatvault reindex` builds it)");
+        return Ok(true);
+    };
+    let check = index::indexer::check(store.pool(), &search_index, 200).await?;
+    for s in &check.sources {
+        let lag = if s.watermark < s.head {
+            format!(
+                " (behind: {} events not applied yet, not compared)",
+                s.head - s.watermark
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "index {}: {} documents, {} messages, events applied {}/{}{lag}",
+            s.source, s.documents, s.messages, s.watermark, s.head
+        );
+    }
+    println!("index: {} sampled messages checked", check.sampled);
+    for d in &check.drift {
+        eprintln!("verify failed: index drift: {d}");
+    }
+    if !check.ok() {
+        eprintln!("the index disagrees with PostgreSQL: run `chatvault reindex` to rebuild it");
+    }
+    Ok(check.ok())
 }
 
 /// `chatvault export`: stream matching messages to stdout or, through a `.partial` file

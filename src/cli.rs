@@ -74,7 +74,7 @@ current text only.\n\nExamples:\n  chatvault export --source acme-tsdd > acme.js
 chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --format csv -o ops-week.csv"
     )]
     Export(ExportArgs),
-    /// Rebuild the search index from PostgreSQL.
+    /// Rebuild the search index from PostgreSQL (search keeps working meanwhile).
     Reindex,
     /// Apply the database migrations (also done automatically at start).
     #[command(
@@ -143,25 +143,59 @@ pub struct SyncArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Query syntax: words must all match; \"a phrase\" matches as written; \
+-word excludes; a OR b matches either. Chinese matches wherever the characters appear \
+(one character is enough); an English word also finds its other forms (meeting, meetings).\n\n\
+Examples:\n  chatvault search 会议\n  chatvault search '预算 OR budget' --since 2026-01-01 --sort relevance\n  \
+chatvault search '\"quarterly report\" -draft' --conversation g-42 --json\n  \
+chatvault search 撤回 --only-recalled --history"
+)]
 pub struct SearchArgs {
     /// Words, "phrases", -exclude, OR.
     pub query: String,
+    /// Only this source.
     #[arg(long)]
     pub source: Option<String>,
+    /// Only this conversation (its id).
     #[arg(long)]
     pub conversation: Option<String>,
+    /// Only messages from this sender (id or display name).
     #[arg(long)]
     pub sender: Option<String>,
-    /// RFC 3339 time or date.
+    /// Sent at or after: RFC 3339 time or date (UTC).
     #[arg(long)]
     pub since: Option<String>,
+    /// Sent before: RFC 3339 time, or a date (up to the end of that day, UTC).
     #[arg(long)]
     pub until: Option<String>,
-    #[arg(long, default_value_t = 20)]
-    pub limit: usize,
+    /// Only this kind of message (text, image, file, ...).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Also return recalled and deleted messages.
+    #[arg(long, conflicts_with = "only_recalled")]
+    pub include_recalled: bool,
+    /// Only recalled and deleted messages.
+    #[arg(long)]
+    pub only_recalled: bool,
+    /// Also match what edited messages said before.
+    #[arg(long)]
+    pub history: bool,
+    /// Order of the hits.
+    #[arg(long, value_enum, default_value_t = SearchSort::Newest)]
+    pub sort: SearchSort,
+    /// Hits to print.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: u64,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SearchSort {
+    Newest,
+    Relevance,
 }
 
 #[derive(Debug, Args)]

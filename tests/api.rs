@@ -87,6 +87,7 @@ fn state(store: Store, token: Option<&str>) -> ApiState {
         metrics: Metrics::new(),
         token: token.map(Secret::new),
         sources: Default::default(),
+        search: None,
     }
 }
 

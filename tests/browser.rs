@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatvault::api::{self, ApiState};
+use chatvault::index::{Indexer, SearchIndex};
 use chatvault::metrics::Metrics;
 use chatvault::store::Store;
 use common::*;
@@ -168,6 +169,15 @@ impl Browser {
         .await;
     }
 
+    async fn type_into(&self, element: &str, text: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
     async fn current_url(&self) -> String {
         self.call(reqwest::Method::GET, "/url", None)
             .await
@@ -184,7 +194,12 @@ impl Drop for Browser {
     }
 }
 
-async fn serve(store: Store) -> (String, watch::Sender<bool>) {
+async fn serve(store: Store, index_dir: &std::path::Path) -> (String, watch::Sender<bool>) {
+    let index = SearchIndex::open_or_create(index_dir).unwrap();
+    Indexer::new(index.clone())
+        .catch_up(store.pool())
+        .await
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);
@@ -193,6 +208,7 @@ async fn serve(store: Store) -> (String, watch::Sender<bool>) {
         metrics: Metrics::new(),
         token: None,
         sources: Default::default(),
+        search: Some(index),
     };
     tokio::spawn(api::serve_on(
         listener,
@@ -235,7 +251,8 @@ async fn a_browser_opens_a_conversation_and_expands_an_edit_history() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let (base, stop) = serve(seeded().await).await;
+    let index = tempfile::tempdir().unwrap();
+    let (base, stop) = serve(seeded().await, index.path()).await;
 
     browser.go(&format!("{base}/conversations")).await;
     let link = browser.find("table.list a[href^='/c/']").await;
@@ -258,6 +275,45 @@ async fn a_browser_opens_a_conversation_and_expands_an_edit_history() {
         open.contains("周六开会 meeting moved to Saturday"),
         "{open}"
     );
+
+    let _ = browser.call(reqwest::Method::DELETE, "", None).await;
+    stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_browser_searches_in_chinese_and_follows_a_hit() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let index = tempfile::tempdir().unwrap();
+    let (base, stop) = serve(seeded().await, index.path()).await;
+
+    browser.go(&format!("{base}/")).await;
+    let q = browser.find("input[name=q]").await;
+    browser.type_into(&q, "开会").await;
+    let submit = browser.find("form.search button[type=submit]").await;
+    browser.click(&submit).await;
+    assert!(
+        browser.current_url().await.contains("q=%E5%BC%80%E4%BC%9A"),
+        "{}",
+        browser.current_url().await
+    );
+    let hits = browser.find_all("ol.hits > li").await;
+    assert_eq!(hits.len(), 1, "only message 7 mentions 开会");
+    let text = browser.text(&hits[0]).await;
+    assert!(
+        text.contains("周六开会 meeting moved to Saturday"),
+        "{text}"
+    );
+    assert!(text.contains("edited"), "{text}");
+    let marked = browser.find("ol.hits mark").await;
+    assert_eq!(browser.text(&marked).await, "开会");
+
+    let link = browser.find("ol.hits a.conv").await;
+    browser.click(&link).await;
+    assert!(browser.current_url().await.contains("around=7"));
+    let highlighted = browser.find("li.msg.hl").await;
+    assert!(browser.text(&highlighted).await.contains("周六开会"));
 
     let _ = browser.call(reqwest::Method::DELETE, "", None).await;
     stop.send(true).unwrap();

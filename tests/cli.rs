@@ -308,15 +308,6 @@ async fn sync_status_and_verify_against_the_fake_server() {
 }
 
 #[test]
-fn unavailable_commands_say_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = chatvault(dir.path(), &["search", "hello"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not available in this version yet"));
-    assert_eq!(text(&out.stdout), "");
-}
-
-#[test]
 fn unknown_source_names_are_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let out = chatvault(dir.path(), &["sync", "--source", "nope"], &[]);

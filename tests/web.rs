@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chatvault::api::{self, ApiState};
 use chatvault::config::Secret;
+use chatvault::index::{Indexer, SearchIndex};
 use chatvault::metrics::Metrics;
 use chatvault::model::{Mark, MessageKind, Page, QuarantineRecord, ReactionObservation};
 use chatvault::store::Store;
@@ -21,10 +22,18 @@ struct Server {
     base: String,
     stop: watch::Sender<bool>,
     http: reqwest::Client,
+    _index: tempfile::TempDir,
 }
 
 impl Server {
+    /// A server over `store` with a search index caught up with it.
     async fn start(store: Store, token: Option<&str>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open_or_create(dir.path()).unwrap();
+        Indexer::new(index.clone())
+            .catch_up(store.pool())
+            .await
+            .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, shutdown) = watch::channel(false);
@@ -33,6 +42,7 @@ impl Server {
             metrics: Metrics::new(),
             token: token.map(Secret::new),
             sources: Default::default(),
+            search: Some(index),
         };
         tokio::spawn(api::serve_on(
             listener,
@@ -47,6 +57,7 @@ impl Server {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
+            _index: dir,
         }
     }
 
@@ -361,4 +372,62 @@ async fn with_a_token_a_browser_signs_in_once() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+}
+
+/// The `id`s of the conversation links of a results page, as `around=` values.
+fn hit_ids(html: &str) -> Vec<String> {
+    html.split("?around=")
+        .skip(1)
+        .map(|rest| rest.split('#').next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_search_page_finds_chinese_highlights_and_pages_on() {
+    let server = Server::start(seeded().await, None).await;
+
+    // one Chinese word: exactly the message that holds it, highlighted, linking into its
+    // conversation around it
+    let (status, html) = server.page("/?q=%E7%A7%98%E5%AF%86").await; // 秘密
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("No message matches."),
+        "recalled ones are left out: {html}"
+    );
+    let (_, html) = server
+        .page("/?q=%E7%A7%98%E5%AF%86&include_recalled=1")
+        .await;
+    assert_eq!(hit_ids(&html), vec!["20"], "{html}");
+    assert!(html.contains("<mark>秘密</mark>计划 secret plan"), "{html}");
+    assert!(html.contains("href=\"/c/s/g1?around=20#m-20\""), "{html}");
+    assert!(html.contains("recalled</span>"), "{html}");
+
+    // the current text of an edited message, and its first version only with history
+    let (_, html) = server.page("/?q=%E7%BB%88%E7%A8%BF").await; // 终稿
+    assert_eq!(hit_ids(&html), vec!["10"], "{html}");
+    let (_, html) = server
+        .page("/?q=%E5%8E%9F%E5%A7%8B%E7%89%88%E6%9C%AC")
+        .await; // 原始版本
+    assert!(hit_ids(&html).is_empty(), "{html}");
+    let (_, html) = server
+        .page("/?q=%E5%8E%9F%E5%A7%8B%E7%89%88%E6%9C%AC&history=1")
+        .await;
+    assert_eq!(hit_ids(&html), vec!["10"], "{html}");
+
+    // 147 messages say "message number": 20 a page, newest first, then the next page
+    let (_, html) = server.page("/?q=%22message+number%22").await;
+    assert!(html.contains("147 matching messages"), "{html}");
+    let first: Vec<String> = hit_ids(&html);
+    assert_eq!(first.len(), 20);
+    assert_eq!(first[0], "150");
+    let (_, next) = server.page(&link_after(&html, "next")).await;
+    let second = hit_ids(&next);
+    assert_eq!(second.len(), 20);
+    assert_eq!(second[0], "130");
+
+    // a malformed query is a message on the page, not an error page
+    let (status, html) = server.page("/?q=%22unclosed").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("class=\"problem\""), "{html}");
+    assert!(html.contains("invalid query"), "{html}");
 }

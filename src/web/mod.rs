@@ -141,6 +141,10 @@ pub struct SearchForm {
     #[serde(default)]
     pub include_recalled: Option<String>,
     #[serde(default)]
+    pub history: Option<String>,
+    #[serde(default)]
+    pub sort: String,
+    #[serde(default)]
     pub cursor: String,
 }
 
@@ -156,6 +160,8 @@ async fn search_page(
         since: form.get("since").cloned().unwrap_or_default(),
         until: form.get("until").cloned().unwrap_or_default(),
         include_recalled: form.get("include_recalled").cloned(),
+        history: form.get("history").cloned(),
+        sort: form.get("sort").cloned().unwrap_or_default(),
         cursor: form.get("cursor").cloned().unwrap_or_default(),
     };
     let sources = match state.store.sources().await {
@@ -329,38 +335,119 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-/// The search behind the search page.
+/// The search behind the search page: the API's parameters and the shared search call.
 pub mod search {
     use super::{ApiState, SearchForm};
+    use crate::api::SearchParams;
+    use crate::index::SearchPage;
 
-    /// One result line.
-    #[derive(Clone, Debug)]
-    pub struct Hit {
-        pub source: String,
-        pub conversation_id: String,
-        pub conversation_name: Option<String>,
-        pub message_id: String,
-        pub sender: Option<String>,
-        pub sent_at: chrono::DateTime<chrono::Utc>,
-        pub kind: String,
-        /// Text fragments; `true` marks a matched part.
-        pub fragments: Vec<(String, bool)>,
-        pub edited: bool,
-        pub recalled: bool,
-        pub deleted: bool,
+    /// Hits shown per page.
+    pub const PAGE: usize = 20;
+
+    /// A page of results, or why there is none (one line for the reader).
+    pub type Results = Result<SearchPage, String>;
+
+    fn non_empty(s: &str) -> Option<String> {
+        let s = s.trim();
+        (!s.is_empty()).then(|| s.to_string())
     }
 
-    /// A page of results, or why there is none.
-    pub type Results = Result<(Vec<Hit>, Option<String>), String>;
+    pub async fn run(state: &ApiState, form: &SearchForm) -> Results {
+        let params = SearchParams {
+            q: Some(form.q.clone()),
+            source: non_empty(&form.source),
+            conversation: non_empty(&form.conversation),
+            sender: non_empty(&form.sender),
+            since: non_empty(&form.since),
+            until: non_empty(&form.until),
+            kind: None,
+            recalled: form
+                .include_recalled
+                .as_ref()
+                .map(|_| "include".to_string()),
+            history: form.history.as_ref().map(|_| true),
+            sort: non_empty(&form.sort),
+            limit: Some(PAGE),
+            cursor: non_empty(&form.cursor),
+        };
+        let request = params.to_request().map_err(|e| e.to_string())?;
+        let Some(index) = &state.search else {
+            return Err(
+                "Search is not available: this server has no search index yet \
+                        (`chatvault sync` or `chatvault reindex` builds it)."
+                    .to_string(),
+            );
+        };
+        crate::index::search::search(index, state.store.pool(), request)
+            .await
+            .map_err(|e| {
+                if !e.is_bad_request() {
+                    tracing::warn!(error = %e, "web search failed");
+                }
+                e.to_string()
+            })
+    }
 
-    pub async fn run(_state: &ApiState, _form: &SearchForm) -> Results {
-        Err("full-text search is not available in this build yet".to_string())
+    /// `text` cut to about `width` characters around the first highlight, as fragments
+    /// (`true` = matched).
+    pub fn fragments(text: &str, highlights: &[[usize; 2]], width: usize) -> Vec<(String, bool)> {
+        let chars: Vec<char> = text.chars().collect();
+        let first = highlights.first().map_or(0, |h| h[0]);
+        let start = if chars.len() <= width {
+            0
+        } else {
+            first.saturating_sub(width / 4).min(chars.len() - width)
+        };
+        let end = (start + width).min(chars.len());
+        let mut out: Vec<(String, bool)> = Vec::new();
+        if start > 0 {
+            out.push(("…".to_string(), false));
+        }
+        let mut i = start;
+        for h in highlights.iter().filter(|h| h[1] > start && h[0] < end) {
+            let (from, to) = (h[0].max(start), h[1].min(end));
+            if from > i {
+                out.push((chars[i..from].iter().collect(), false));
+            }
+            if to > from.max(i) {
+                out.push((chars[from.max(i)..to].iter().collect(), true));
+            }
+            i = i.max(to);
+        }
+        if i < end {
+            out.push((chars[i..end].iter().collect(), false));
+        }
+        if end < chars.len() {
+            out.push(("…".to_string(), false));
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_mark_matches_and_cut_long_text_around_the_first() {
+        let f = search::fragments("明天开会讨论 budget", &[[2, 4], [7, 13]], 200);
+        assert_eq!(
+            f,
+            vec![
+                ("明天".to_string(), false),
+                ("开会".to_string(), true),
+                ("讨论 ".to_string(), false),
+                ("budget".to_string(), true),
+            ]
+        );
+        let long = format!("{}会议{}", "前".repeat(300), "后".repeat(300));
+        let f = search::fragments(&long, &[[300, 302]], 40);
+        assert_eq!(f.first().unwrap().0, "…");
+        assert_eq!(f.last().unwrap().0, "…");
+        assert!(f.contains(&("会议".to_string(), true)));
+        let shown: usize = f.iter().map(|(s, _)| s.chars().count()).sum();
+        assert_eq!(shown, 42);
+    }
 
     #[test]
     fn only_local_paths_are_followed_after_sign_in() {

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
-use super::search::{Hit, Results};
+use super::search::{fragments, Results};
 use super::SearchForm;
+use crate::index::SearchHit;
 use crate::store::browse::{
     ConversationSummary, MessageView, MessageWindow, QuarantineView, ReactionView, RunView,
 };
@@ -135,7 +136,14 @@ pub fn search(form: &SearchForm, sources: &[String], results: Option<&Results>) 
                         label { "Sender " input name="sender" value=(form.sender) placeholder="user id"; }
                         label { "Since " input type="date" name="since" value=(form.since); }
                         label { "Until " input type="date" name="until" value=(form.until); }
+                        label { "Order "
+                            select name="sort" {
+                                option value="newest" selected[form.sort != "relevance"] { "newest first" }
+                                option value="relevance" selected[form.sort == "relevance"] { "best match first" }
+                            }
+                        }
                         label.check { input type="checkbox" name="include_recalled" value="1" checked[form.include_recalled.is_some()]; " include recalled and deleted" }
+                        label.check { input type="checkbox" name="history" value="1" checked[form.history.is_some()]; " also what edited messages used to say" }
                     }
                 }
             }
@@ -144,15 +152,16 @@ pub fn search(form: &SearchForm, sources: &[String], results: Option<&Results>) 
                     p.muted { "Search every archived message; Chinese works as typed (" code { "会议" } ", " code { "发票 OR invoice" } ")." }
                 }
                 Some(Err(problem)) => { p.problem { (problem) } }
-                Some(Ok((hits, next))) => {
-                    @if hits.is_empty() {
+                Some(Ok(page)) => {
+                    @if page.hits.is_empty() {
                         p.muted { "No message matches." }
                     } @else {
+                        p.muted { (page.total) " matching message" @if page.total != 1 { "s" } }
                         ol.hits {
-                            @for hit in hits { (search_hit(hit)) }
+                            @for hit in &page.hits { (search_hit(hit)) }
                         }
                     }
-                    @if let Some(cursor) = next {
+                    @if let Some(cursor) = &page.next_cursor {
                         p.pager { a rel="next" href=(next_search_href(form, cursor)) { "More results →" } }
                     }
                 }
@@ -167,7 +176,9 @@ fn has_filters(form: &SearchForm) -> bool {
         && form.sender.is_empty()
         && form.since.is_empty()
         && form.until.is_empty()
-        && form.include_recalled.is_none())
+        && form.include_recalled.is_none()
+        && form.history.is_none()
+        && (form.sort.is_empty() || form.sort == "newest"))
 }
 
 fn next_search_href(form: &SearchForm, cursor: &str) -> String {
@@ -186,6 +197,12 @@ fn next_search_href(form: &SearchForm, cursor: &str) -> String {
     if form.include_recalled.is_some() {
         pairs.push(("include_recalled", "1"));
     }
+    if form.history.is_some() {
+        pairs.push(("history", "1"));
+    }
+    if !form.sort.is_empty() {
+        pairs.push(("sort", form.sort.as_str()));
+    }
     pairs.push(("cursor", cursor));
     let query: Vec<String> = pairs
         .iter()
@@ -194,7 +211,7 @@ fn next_search_href(form: &SearchForm, cursor: &str) -> String {
     format!("/?{}", query.join("&"))
 }
 
-fn search_hit(hit: &Hit) -> Markup {
+fn search_hit(hit: &SearchHit) -> Markup {
     let href = format!(
         "{}?around={}#m-{}",
         conversation_href(&hit.source, &hit.conversation_id),
@@ -205,16 +222,18 @@ fn search_hit(hit: &Hit) -> Markup {
         li.hit {
             div.meta {
                 a.conv href=(href) { (hit.conversation_name.as_deref().unwrap_or(&hit.conversation_id)) }
-                " · " span.sender { (hit.sender.as_deref().unwrap_or("system")) }
+                " · " span.sender title=[hit.sender_id.as_deref()] {
+                    (hit.sender_name.as_deref().or(hit.sender_id.as_deref()).unwrap_or("system"))
+                }
                 " · " (time(&hit.sent_at))
                 " · " span.kind { (hit.kind) } " · " span.muted { (hit.source) }
-                @if hit.edited { " " span.mark.edited { "edited" } }
-                @if hit.recalled { " " span.mark.recalled { "recalled" } }
-                @if hit.deleted { " " span.mark.deleted { "deleted" } }
+                @if hit.flags.edited { " " span.mark.edited { "edited" } }
+                @if hit.flags.recalled { " " span.mark.recalled { "recalled" } }
+                @if hit.flags.deleted { " " span.mark.deleted { "deleted" } }
             }
             p.text {
-                @for (fragment, matched) in &hit.fragments {
-                    @if *matched { mark { (fragment) } } @else { (fragment) }
+                @for (fragment, matched) in fragments(&hit.text, &hit.highlights, 240) {
+                    @if matched { mark { (fragment) } } @else { (fragment) }
                 }
             }
         }

@@ -1,0 +1,380 @@
+//! The full-text index: a tantivy index in `data_dir/index`, derived from PostgreSQL and
+//! rebuildable from it at any time (DESIGN.md invariant 4).
+//!
+//! - [`tokenizer`]: the CJK n-gram analyser (decides matches) and the jieba word analyser
+//!   (English stemming, whole-word ranking).
+//! - [`query`]: the query language (words, `"phrases"`, `-exclude`, `OR`) and its errors.
+//! - [`indexer`]: follows each source's event log and keeps the index current; its
+//!   watermark (per source, the last `event_seq` applied) is the payload of the tantivy
+//!   commit that applied it, so documents and watermark can never disagree. Rebuild, verify.
+//! - [`search`]: [`SearchRequest`] → [`SearchPage`]: filters, sort, cursor, highlights;
+//!   shared by the CLI, the HTTP API and the web page.
+//!
+//! Layout: `index/CURRENT` names the generation directory in use (`index/<generation>/`).
+//! A rebuild fills a new generation and then replaces `CURRENT` by rename, so readers keep
+//! the old one until the swap. The schema carries [`SCHEMA_VERSION`]: an index of another
+//! version is not read, and the indexer rebuilds it.
+
+pub mod indexer;
+pub mod query;
+pub mod search;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST,
+    INDEXED, STORED, STRING,
+};
+use tantivy::{Index, IndexReader, ReloadPolicy};
+
+pub use indexer::{IndexReport, Indexer};
+pub use query::QueryError;
+pub use search::{SearchError, SearchHit, SearchPage, SearchRequest, Sort};
+
+/// Version of the schema and of the analysers. Bump it whenever either changes: an index
+/// of another version is rebuilt rather than read.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The memory budget of the index writer (tantivy's heap; the indexer's peak RSS is
+/// about this plus the batch being indexed).
+pub const WRITER_HEAP_BYTES: usize = 32 * 1024 * 1024;
+
+/// The index directory inside a data directory.
+pub fn index_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("index")
+}
+
+/// The schema's fields.
+#[derive(Clone, Copy, Debug)]
+pub struct Fields {
+    /// `source \x1f conversation_id \x1f message_id`: the identity, for deletes.
+    pub key: Field,
+    /// A 64-bit hash of the key: the tie-breaker that makes "newest first" a total order.
+    pub key_hash: Field,
+    pub source: Field,
+    pub conversation_id: Field,
+    pub message_id: Field,
+    /// Sender id and sender name, lowercased, both searchable by `--sender`.
+    pub sender: Field,
+    pub sender_id: Field,
+    pub sender_name: Field,
+    pub conversation_type: Field,
+    pub kind: Field,
+    /// Microseconds since the Unix epoch (UTC).
+    pub sent_at: Field,
+    pub edited: Field,
+    pub recalled: Field,
+    pub deleted: Field,
+    /// 1 when recalled or deleted.
+    pub withdrawn: Field,
+    /// The current text as stored (for display and highlighting).
+    pub text: Field,
+    pub text_grams: Field,
+    pub text_words: Field,
+    /// Earlier versions' text, indexed only (searched with `history`).
+    pub history_grams: Field,
+    pub history_words: Field,
+}
+
+impl Fields {
+    pub fn current(&self) -> query::TextFields {
+        query::TextFields {
+            grams: self.text_grams,
+            words: self.text_words,
+        }
+    }
+    pub fn history(&self) -> query::TextFields {
+        query::TextFields {
+            grams: self.history_grams,
+            words: self.history_words,
+        }
+    }
+}
+
+pub fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let grams = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(tokenizer::GRAMS)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let words = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(tokenizer::WORDS)
+            .set_index_option(IndexRecordOption::WithFreqs),
+    );
+    let flag = NumericOptions::default().set_indexed().set_stored();
+    let fields = Fields {
+        key: b.add_text_field("key", STRING),
+        key_hash: b.add_u64_field("key_hash", FAST),
+        source: b.add_text_field("source", STRING | STORED),
+        conversation_id: b.add_text_field("conversation_id", STRING | STORED),
+        message_id: b.add_text_field("message_id", STORED),
+        sender: b.add_text_field("sender", STRING),
+        sender_id: b.add_text_field("sender_id", STORED),
+        sender_name: b.add_text_field("sender_name", STORED),
+        conversation_type: b.add_text_field("conversation_type", STRING | STORED),
+        kind: b.add_text_field("kind", STRING | STORED),
+        sent_at: b.add_i64_field("sent_at", INDEXED | FAST | STORED),
+        edited: b.add_u64_field("edited", flag.clone()),
+        recalled: b.add_u64_field("recalled", flag.clone()),
+        deleted: b.add_u64_field("deleted", flag.clone()),
+        withdrawn: b.add_u64_field("withdrawn", flag),
+        text: b.add_text_field("text", STORED),
+        text_grams: b.add_text_field("text_grams", grams.clone()),
+        text_words: b.add_text_field("text_words", words.clone()),
+        history_grams: b.add_text_field("history_grams", grams),
+        history_words: b.add_text_field("history_words", words),
+    };
+    (b.build(), fields)
+}
+
+/// The message key as indexed.
+pub fn doc_key(source: &str, conversation_id: &str, message_id: &str) -> String {
+    format!("{source}\u{1f}{conversation_id}\u{1f}{message_id}")
+}
+
+/// FNV-1a of the key: stable across builds and platforms.
+pub fn key_hash(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// What a tantivy commit carries: the schema version and, per source, the last event
+/// applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    pub schema: u32,
+    pub watermarks: std::collections::BTreeMap<String, i64>,
+}
+
+/// One generation of the index, opened.
+pub struct Generation {
+    pub name: String,
+    pub path: PathBuf,
+    pub index: Index,
+    pub reader: IndexReader,
+    pub fields: Fields,
+}
+
+impl Generation {
+    fn open(root: &Path, name: &str) -> anyhow::Result<Generation> {
+        let path = root.join(name);
+        let index = Index::open_in_dir(&path).with_context(|| {
+            format!(
+                "cannot open the search index in {} (`chatvault reindex` rebuilds it)",
+                path.display()
+            )
+        })?;
+        Self::wrap(index, name, path)
+    }
+
+    fn create(root: &Path, name: &str) -> anyhow::Result<Generation> {
+        let path = root.join(name);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let (schema, _) = schema();
+        let index = Index::create_in_dir(&path, schema)
+            .with_context(|| format!("cannot create the search index in {}", path.display()))?;
+        Self::wrap(index, name, path)
+    }
+
+    fn wrap(index: Index, name: &str, path: PathBuf) -> anyhow::Result<Generation> {
+        index
+            .tokenizers()
+            .register(tokenizer::GRAMS, tokenizer::grams_analyzer());
+        index
+            .tokenizers()
+            .register(tokenizer::WORDS, tokenizer::words_analyzer());
+        let (_, fields) = schema();
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            .try_into()
+            .context("cannot open a reader on the search index")?;
+        Ok(Generation {
+            name: name.to_string(),
+            path,
+            index,
+            reader,
+            fields,
+        })
+    }
+
+    /// The payload of the last commit (an empty index has default watermarks).
+    pub fn payload(&self) -> anyhow::Result<Payload> {
+        let metas = self
+            .index
+            .load_metas()
+            .context("cannot read the index metadata")?;
+        match metas.payload {
+            None => Ok(Payload {
+                schema: SCHEMA_VERSION,
+                watermarks: Default::default(),
+            }),
+            Some(p) => serde_json::from_str(&p).context("the index commit payload is not valid"),
+        }
+    }
+}
+
+/// The index as the process shares it: the generation `CURRENT` names, reopened when a
+/// rebuild swaps in another. Cheap to clone.
+#[derive(Clone)]
+pub struct SearchIndex {
+    root: PathBuf,
+    current: Arc<RwLock<Arc<Generation>>>,
+}
+
+fn read_current(root: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(root.join("CURRENT")) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}/CURRENT", root.display())),
+    }
+}
+
+fn write_current(root: &Path, name: &str) -> anyhow::Result<()> {
+    let tmp = root.join("CURRENT.tmp");
+    std::fs::write(&tmp, format!("{name}\n"))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, root.join("CURRENT"))
+        .with_context(|| format!("cannot replace {}/CURRENT", root.display()))
+}
+
+fn new_generation_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("v{SCHEMA_VERSION}-{nanos}")
+}
+
+impl SearchIndex {
+    /// Open the index in `root`, or `None` when there is none yet (or only one of another
+    /// schema version, which the indexer rebuilds).
+    pub fn open(root: &Path) -> anyhow::Result<Option<SearchIndex>> {
+        let Some(name) = read_current(root)? else {
+            return Ok(None);
+        };
+        let generation = Generation::open(root, &name)?;
+        if generation.payload()?.schema != SCHEMA_VERSION {
+            return Ok(None);
+        }
+        Ok(Some(SearchIndex {
+            root: root.to_path_buf(),
+            current: Arc::new(RwLock::new(Arc::new(generation))),
+        }))
+    }
+
+    /// Open the index in `root`, creating an empty one when there is none of this schema
+    /// version.
+    pub fn open_or_create(root: &Path) -> anyhow::Result<SearchIndex> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create the index directory {}", root.display()))?;
+        // Several processes may share a data directory: one creates, the others open.
+        let _lock = DirLock::acquire(root)?;
+        if let Some(index) = Self::open(root)? {
+            return Ok(index);
+        }
+        let name = new_generation_name();
+        let generation = Generation::create(root, &name)?;
+        write_current(root, &name)?;
+        remove_other_generations(root, &name);
+        Ok(SearchIndex {
+            root: root.to_path_buf(),
+            current: Arc::new(RwLock::new(Arc::new(generation))),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The generation in use, switching to another one if a rebuild swapped it in.
+    pub fn generation(&self) -> anyhow::Result<Arc<Generation>> {
+        let held = self.current.read().expect("index lock poisoned").clone();
+        let named = read_current(&self.root)?;
+        match named {
+            Some(name) if name != held.name => {
+                let generation = Arc::new(Generation::open(&self.root, &name)?);
+                *self.current.write().expect("index lock poisoned") = generation.clone();
+                Ok(generation)
+            }
+            _ => Ok(held),
+        }
+    }
+
+    /// Create an empty generation beside the current one (for a rebuild).
+    pub fn create_generation(&self) -> anyhow::Result<Generation> {
+        Generation::create(&self.root, &new_generation_name())
+    }
+
+    /// Make `generation` the current one (atomically, by renaming `CURRENT`), and remove
+    /// the others.
+    pub fn swap_in(&self, generation: Generation) -> anyhow::Result<()> {
+        let _lock = DirLock::acquire(&self.root)?;
+        write_current(&self.root, &generation.name)?;
+        let name = generation.name.clone();
+        *self.current.write().expect("index lock poisoned") = Arc::new(generation);
+        remove_other_generations(&self.root, &name);
+        Ok(())
+    }
+}
+
+/// An exclusive lock on `index/LOCK` (flock), held while `CURRENT` is created or replaced
+/// and old generations are removed.
+struct DirLock(std::fs::File);
+
+impl DirLock {
+    fn acquire(root: &Path) -> anyhow::Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        let path = root.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on a file descriptor this struct owns; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot lock {}", path.display()));
+        }
+        Ok(DirLock(file))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above; closing the file would release the lock too.
+        unsafe {
+            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+/// Best effort: a generation another process still has open stays readable until it
+/// closes it (its files are unlinked, not truncated).
+fn remove_other_generations(root: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('v') && name != keep && entry.path().is_dir() {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(generation = %name, error = %e, "cannot remove an old index generation");
+            }
+        }
+    }
+}

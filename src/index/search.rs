@@ -1,0 +1,586 @@
+//! Search: [`SearchRequest`] → [`SearchPage`], the one implementation behind
+//! `chatvault search`, `GET /api/search` and the web page.
+//!
+//! Newest-first is a total order, `(sent_at, key hash)` descending, and its cursor is the
+//! last hit's place in it, so paging never repeats or skips a hit while the index grows.
+//! Relevance pages by offset. A cursor is tied to its query and filters: reusing it for
+//! another search is an error.
+
+use std::ops::Bound;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{DocAddress, DocId, SegmentReader, TantivyDocument, Term};
+
+use super::query::{self, ParsedQuery, QueryError};
+use super::{key_hash, tokenizer, SearchIndex};
+
+/// A hit before its document is read: where it is, its score, its place in newest-first.
+type Ranked = (DocAddress, Option<f32>, (i64, u64));
+
+/// At most this many hits per page.
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sort {
+    #[default]
+    Newest,
+    Relevance,
+}
+
+impl std::str::FromStr for Sort {
+    type Err = SearchError;
+    fn from_str(s: &str) -> Result<Sort, SearchError> {
+        match s {
+            "newest" => Ok(Sort::Newest),
+            "relevance" => Ok(Sort::Relevance),
+            other => Err(SearchError::BadRequest(format!(
+                "sort must be newest or relevance, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Which recalled or deleted messages a search returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Withdrawn {
+    /// Recalled and deleted messages are left out (the default).
+    #[default]
+    Exclude,
+    Include,
+    Only,
+}
+
+/// One search.
+#[derive(Clone, Debug, Default)]
+pub struct SearchRequest {
+    pub query: String,
+    pub source: Option<String>,
+    pub conversation: Option<String>,
+    /// Sender id or display name (either, exactly, ignoring case).
+    pub sender: Option<String>,
+    /// Inclusive.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub until: Option<DateTime<Utc>>,
+    pub kind: Option<String>,
+    /// Recalled and deleted messages.
+    pub withdrawn: Withdrawn,
+    /// Also match what messages said before they were edited.
+    pub history: bool,
+    pub sort: Sort,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// Why a search could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("invalid query: {0}")]
+    Query(#[from] QueryError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid cursor: {0}")]
+    BadCursor(&'static str),
+    #[error("no search index yet: run `chatvault sync` or `chatvault reindex`")]
+    NoIndex,
+    #[error("search failed: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl SearchError {
+    /// Whether the request (not the server) is at fault.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            SearchError::Query(_) | SearchError::BadRequest(_) | SearchError::BadCursor(_)
+        )
+    }
+}
+
+/// Flags of a hit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Flags {
+    pub edited: bool,
+    pub recalled: bool,
+    pub deleted: bool,
+}
+
+/// One message found.
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchHit {
+    pub source: String,
+    pub conversation_id: String,
+    /// The conversation's current name, where known.
+    pub conversation_name: Option<String>,
+    pub conversation_type: String,
+    pub message_id: String,
+    pub sender_id: Option<String>,
+    pub sender_name: Option<String>,
+    pub sent_at: DateTime<Utc>,
+    pub kind: String,
+    /// The current text.
+    pub text: String,
+    /// Ranges of `text` that matched, as `[start, end)` offsets in characters (Unicode
+    /// scalar values), sorted and disjoint.
+    pub highlights: Vec<[usize; 2]>,
+    pub flags: Flags,
+    /// Relevance score (only with `sort = relevance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+}
+
+/// One page of hits.
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    /// Pass it back as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+    /// How many messages match in all.
+    pub total: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    v: u32,
+    /// Hash of the query and filters the cursor belongs to.
+    q: u64,
+    /// Newest: the last hit's sent_at and key hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<(i64, u64)>,
+    /// Relevance: hits already returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<usize>,
+}
+
+fn request_hash(r: &SearchRequest) -> u64 {
+    let s = format!(
+        "{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{}\u{0}{:?}",
+        r.query,
+        r.source,
+        r.conversation,
+        r.sender,
+        r.since,
+        r.until,
+        r.kind,
+        r.withdrawn,
+        r.history,
+        r.sort
+    );
+    key_hash(&s)
+}
+
+fn encode_cursor(c: &Cursor) -> String {
+    hex::encode(serde_json::to_vec(c).unwrap_or_default())
+}
+
+fn decode_cursor(s: &str, r: &SearchRequest) -> Result<Cursor, SearchError> {
+    let bytes =
+        hex::decode(s).map_err(|_| SearchError::BadCursor("not a cursor this server gave"))?;
+    let c: Cursor = serde_json::from_slice(&bytes)
+        .map_err(|_| SearchError::BadCursor("not a cursor this server gave"))?;
+    if c.v != 1 {
+        return Err(SearchError::BadCursor("from another version"));
+    }
+    if c.q != request_hash(r) {
+        return Err(SearchError::BadCursor(
+            "it belongs to another query, filters or sort",
+        ));
+    }
+    Ok(c)
+}
+
+/// Parse a `since`/`until` bound: RFC 3339, or a date (`2026-01-31`, UTC). A date as
+/// `until` means the end of that day.
+pub fn parse_time(s: &str, until: bool) -> Result<DateTime<Utc>, SearchError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let d = if until { d.succ_opt().unwrap_or(d) } else { d };
+        if let Some(t) = d.and_hms_opt(0, 0, 0) {
+            return Ok(Utc.from_utc_datetime(&t));
+        }
+    }
+    Err(SearchError::BadRequest(format!(
+        "{s:?} is not a time: give RFC 3339 (2026-01-31T08:00:00Z) or a date (2026-01-31)"
+    )))
+}
+
+fn term_filter(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, value),
+        IndexRecordOption::Basic,
+    ))
+}
+
+impl SearchIndex {
+    /// Run a search on the index alone (conversation names are left empty; see
+    /// [`search`] for the names).
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchPage, SearchError> {
+        let parsed = query::parse(&request.query)?;
+        if request.limit == 0 || request.limit > MAX_LIMIT {
+            return Err(SearchError::BadRequest(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )));
+        }
+        if let (Some(s), Some(u)) = (request.since, request.until) {
+            if s >= u {
+                return Err(SearchError::BadRequest(
+                    "since must be earlier than until".to_string(),
+                ));
+            }
+        }
+        let cursor = match &request.cursor {
+            Some(c) => Some(decode_cursor(c, request)?),
+            None => None,
+        };
+        let generation = self.generation()?;
+        let f = generation.fields;
+        let history = request.history.then(|| f.history());
+        let with_boosts = request.sort == Sort::Relevance;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
+            Occur::Must,
+            query::build(&parsed, f.current(), history, with_boosts),
+        )];
+        let mut filter = |q: Box<dyn Query>| clauses.push((Occur::Must, q));
+        if let Some(s) = &request.source {
+            filter(term_filter(f.source, s));
+        }
+        if let Some(c) = &request.conversation {
+            filter(term_filter(f.conversation_id, c));
+        }
+        if let Some(s) = &request.sender {
+            filter(term_filter(f.sender, &s.to_lowercase()));
+        }
+        if let Some(k) = &request.kind {
+            filter(term_filter(f.kind, k));
+        }
+        match request.withdrawn {
+            Withdrawn::Include => {}
+            Withdrawn::Exclude | Withdrawn::Only => {
+                let v = u64::from(request.withdrawn == Withdrawn::Only);
+                filter(Box::new(TermQuery::new(
+                    Term::from_field_u64(f.withdrawn, v),
+                    IndexRecordOption::Basic,
+                )));
+            }
+        }
+        if request.since.is_some() || request.until.is_some() {
+            let lower = request.since.map_or(Bound::Unbounded, |t| {
+                Bound::Included(Term::from_field_i64(f.sent_at, t.timestamp_micros()))
+            });
+            let upper = request.until.map_or(Bound::Unbounded, |t| {
+                Bound::Excluded(Term::from_field_i64(f.sent_at, t.timestamp_micros()))
+            });
+            filter(Box::new(RangeQuery::new(lower, upper)));
+        }
+        let full_query = BooleanQuery::new(clauses);
+        let searcher = generation.reader.searcher();
+        let want = request.limit + 1;
+
+        let (addresses, total): (Vec<Ranked>, usize) = match request.sort {
+            Sort::Newest => {
+                let after = match &cursor {
+                    Some(c) => {
+                        Some(c.t.ok_or(SearchError::BadCursor("it belongs to another sort"))?)
+                    }
+                    None => None,
+                };
+                // Sorted by fast fields alone: no relevance score is computed.
+                let collector =
+                    TopDocs::with_limit(want).order_by(move |segment: &SegmentReader| {
+                        let sent = segment.fast_fields().i64("sent_at").ok();
+                        let hash = segment.fast_fields().u64("key_hash").ok();
+                        move |doc: DocId| {
+                            let t = sent.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+                            let h = hash.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+                            let before_cursor = after.is_none_or(|a| (t, h) < a);
+                            (before_cursor, t, h)
+                        }
+                    });
+                let (top, total) = searcher
+                    .search(&full_query, &(collector, Count))
+                    .map_err(anyhow::Error::from)?;
+                let hits = top
+                    .into_iter()
+                    .filter(|((valid, _, _), _)| *valid)
+                    .map(|((_, t, h), a)| (a, None, (t, h)))
+                    .collect();
+                (hits, total)
+            }
+            Sort::Relevance => {
+                let offset = match &cursor {
+                    Some(c) => {
+                        c.o.ok_or(SearchError::BadCursor("it belongs to another sort"))?
+                    }
+                    None => 0,
+                };
+                let collector = TopDocs::with_limit(want)
+                    .and_offset(offset)
+                    .order_by_score();
+                let (top, total) = searcher
+                    .search(&full_query, &(collector, Count))
+                    .map_err(anyhow::Error::from)?;
+                let hits = top
+                    .into_iter()
+                    .map(|(score, a)| (a, Some(score), (0, 0)))
+                    .collect();
+                (hits, total)
+            }
+        };
+
+        let more = addresses.len() > request.limit;
+        let mut hits = Vec::new();
+        let mut last_place = None;
+        for (address, score, place) in addresses.into_iter().take(request.limit) {
+            let doc: TantivyDocument = searcher.doc(address).map_err(anyhow::Error::from)?;
+            let text_of = |field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
+            let flag = |field| doc.get_first(field).and_then(|v| v.as_u64()) == Some(1);
+            let sent_micros = doc
+                .get_first(f.sent_at)
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            let text = text_of(f.text).unwrap_or_default();
+            let highlights = highlight(&text, &parsed);
+            hits.push(SearchHit {
+                source: text_of(f.source).unwrap_or_default(),
+                conversation_id: text_of(f.conversation_id).unwrap_or_default(),
+                conversation_name: None,
+                conversation_type: text_of(f.conversation_type).unwrap_or_default(),
+                message_id: text_of(f.message_id).unwrap_or_default(),
+                sender_id: text_of(f.sender_id),
+                sender_name: text_of(f.sender_name),
+                sent_at: DateTime::from_timestamp_micros(sent_micros).unwrap_or_default(),
+                kind: text_of(f.kind).unwrap_or_default(),
+                text,
+                highlights,
+                flags: Flags {
+                    edited: flag(f.edited),
+                    recalled: flag(f.recalled),
+                    deleted: flag(f.deleted),
+                },
+                score,
+            });
+            last_place = Some(place);
+        }
+        let next_cursor = if more {
+            let c = match request.sort {
+                Sort::Newest => Cursor {
+                    v: 1,
+                    q: request_hash(request),
+                    t: last_place,
+                    o: None,
+                },
+                Sort::Relevance => Cursor {
+                    v: 1,
+                    q: request_hash(request),
+                    t: None,
+                    o: Some(cursor.and_then(|c| c.o).unwrap_or(0) + hits.len()),
+                },
+            };
+            Some(encode_cursor(&c))
+        } else {
+            None
+        };
+        Ok(SearchPage {
+            hits,
+            next_cursor,
+            total,
+        })
+    }
+}
+
+/// Search on a blocking thread, then fill in the conversations' current names from
+/// PostgreSQL.
+pub async fn search(
+    index: &SearchIndex,
+    pool: &PgPool,
+    request: SearchRequest,
+) -> Result<SearchPage, SearchError> {
+    let index = index.clone();
+    let mut page = tokio::task::spawn_blocking(move || index.search(&request))
+        .await
+        .map_err(|e| SearchError::Internal(anyhow::anyhow!("the search thread failed: {e}")))??;
+    let (sources, conversations): (Vec<String>, Vec<String>) = page
+        .hits
+        .iter()
+        .map(|h| (h.source.clone(), h.conversation_id.clone()))
+        .unzip();
+    if sources.is_empty() {
+        return Ok(page);
+    }
+    let names: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT c.source, c.conversation_id, c.name
+         FROM vault.conversations c
+         JOIN unnest($1::text[], $2::text[]) AS k(source, conversation_id)
+           ON k.source = c.source AND k.conversation_id = c.conversation_id",
+    )
+    .bind(&sources)
+    .bind(&conversations)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| {
+        SearchError::Internal(anyhow::Error::new(e).context("reading conversation names"))
+    })?;
+    let names: std::collections::HashMap<(String, String), Option<String>> =
+        names.into_iter().map(|(s, c, n)| ((s, c), n)).collect();
+    for hit in &mut page.hits {
+        hit.conversation_name = names
+            .get(&(hit.source.clone(), hit.conversation_id.clone()))
+            .cloned()
+            .flatten();
+    }
+    Ok(page)
+}
+
+/// The ranges of `text` (in characters) that the query's positive terms match.
+pub fn highlight(text: &str, parsed: &ParsedQuery) -> Vec<[usize; 2]> {
+    let chars: Vec<char> = text.chars().collect();
+    let folded: Vec<char> = chars
+        .iter()
+        .map(|c| {
+            tokenizer::fold_width(*c)
+                .to_lowercase()
+                .next()
+                .unwrap_or(*c)
+        })
+        .collect();
+    let byte_to_char: std::collections::HashMap<usize, usize> = text
+        .char_indices()
+        .enumerate()
+        .map(|(ci, (bi, _))| (bi, ci))
+        .chain(std::iter::once((text.len(), chars.len())))
+        .collect();
+    let text_grams = tokenizer::grams(text);
+    let mut ranges: Vec<[usize; 2]> = Vec::new();
+    for term in parsed.positive_terms() {
+        let term_grams = tokenizer::grams(&term.text);
+        let single_word = !term.phrase
+            && term_grams.len() == 1
+            && !term_grams[0]
+                .text
+                .chars()
+                .any(|c| tokenizer::is_cjk(c) || tokenizer::is_emoji(c));
+        if single_word {
+            let stem = tokenizer::words(&term.text);
+            for g in &text_grams {
+                if g.text.chars().any(tokenizer::is_cjk) {
+                    continue;
+                }
+                if tokenizer::words(&g.text) == stem {
+                    if let (Some(a), Some(b)) = (byte_to_char.get(&g.from), byte_to_char.get(&g.to))
+                    {
+                        ranges.push([*a, *b]);
+                    }
+                }
+            }
+            continue;
+        }
+        let needle: Vec<char> = term
+            .text
+            .chars()
+            .map(|c| tokenizer::fold_width(c).to_lowercase().next().unwrap_or(c))
+            .collect();
+        let mut found = false;
+        if !needle.is_empty() && needle.len() <= folded.len() {
+            for start in 0..=folded.len() - needle.len() {
+                if folded[start..start + needle.len()] == needle[..] {
+                    ranges.push([start, start + needle.len()]);
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            let wanted: std::collections::HashSet<&str> = term_grams
+                .iter()
+                .filter(|g| !g.shadowed)
+                .map(|g| g.text.as_str())
+                .collect();
+            for g in text_grams
+                .iter()
+                .filter(|g| wanted.contains(g.text.as_str()))
+            {
+                if let (Some(a), Some(b)) = (byte_to_char.get(&g.from), byte_to_char.get(&g.to)) {
+                    ranges.push([*a, *b]);
+                }
+            }
+        }
+    }
+    ranges.sort();
+    let mut merged: Vec<[usize; 2]> = Vec::new();
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r[0] <= last[1] => last[1] = last[1].max(r[1]),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highlights_chinese_runs_and_stemmed_english_words() {
+        let q = query::parse("会议 meeting").unwrap();
+        assert_eq!(
+            highlight("明天的会议改到Meetings室", &q),
+            vec![[3, 5], [7, 15]]
+        );
+    }
+
+    #[test]
+    fn dates_as_until_mean_the_end_of_the_day() {
+        let since = parse_time("2026-01-31", false).unwrap();
+        let until = parse_time("2026-01-31", true).unwrap();
+        assert_eq!(since.to_rfc3339(), "2026-01-31T00:00:00+00:00");
+        assert_eq!(until.to_rfc3339(), "2026-02-01T00:00:00+00:00");
+        assert!(parse_time("yesterday", false).is_err());
+        assert_eq!(
+            parse_time("2026-01-31T08:00:00+08:00", false)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-01-31T00:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn cursors_are_tied_to_their_search() {
+        let r = SearchRequest {
+            query: "会议".into(),
+            limit: 10,
+            ..Default::default()
+        };
+        let c = encode_cursor(&Cursor {
+            v: 1,
+            q: request_hash(&r),
+            t: Some((5, 6)),
+            o: None,
+        });
+        assert!(decode_cursor(&c, &r).is_ok());
+        let other = SearchRequest {
+            query: "预算".into(),
+            ..r.clone()
+        };
+        assert!(matches!(
+            decode_cursor(&c, &other),
+            Err(SearchError::BadCursor(_))
+        ));
+        assert!(matches!(
+            decode_cursor("zz", &r),
+            Err(SearchError::BadCursor(_))
+        ));
+    }
+}
