@@ -74,7 +74,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = load_config(cli.config.as_deref(), false)?;
             daemon_preflight(&config)?;
             let settings = config.clone();
-            with_store(&config, true, move |store| daemon(store, settings, None)).await
+            with_store(&config, true, move |store| {
+                daemon(store, settings, DaemonExtras::default())
+            })
+            .await
         }
         Command::Search(args) => {
             let request = search_request(&args)?;
@@ -110,14 +113,24 @@ fn daemon_preflight(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `demo` adds to a daemon.
+#[derive(Default)]
+pub(crate) struct DaemonExtras {
+    /// Stop by itself after this long.
+    pub lifetime: Option<Duration>,
+    /// Told once the HTTP API listens.
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// `chatvault run`: the scheduler and the HTTP API until SIGTERM or Ctrl-C (or, given a
 /// `lifetime`, until it has passed). The first signal stops scheduling and lets running runs
 /// stop between pages, for at most `server.shutdown_timeout`; a second signal exits at once.
 pub(crate) async fn daemon(
     store: Store,
     config: Config,
-    lifetime: Option<Duration>,
+    extras: DaemonExtras,
 ) -> anyhow::Result<i32> {
+    let DaemonExtras { lifetime, ready } = extras;
     use tokio::signal::unix::{signal, SignalKind};
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
@@ -158,6 +171,9 @@ pub(crate) async fn daemon(
         search: Some(search_index),
     };
     let listener = api::bind(config.server.listen).await?;
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
     let api = {
         let stop = stop_rx.clone();
         let shutdown_timeout = config.server.shutdown_timeout;

@@ -120,6 +120,39 @@ async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
     })
 }
 
+/// The fake Yunhu server: direct chats, groups and bots, with edit histories and recalls.
+async fn yunhu(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
+    use crate::sim::yunhu::{SimServer, World, WorldSpec};
+    let spec = WorldSpec {
+        seed: 13,
+        messages,
+        end_time_ms: (chrono::Utc::now().timestamp_millis() - 60_000).max(0) as u64,
+        days: 30,
+        ..WorldSpec::default()
+    };
+    let server = SimServer::start(World::generate(&spec)).await;
+    let world = server.world_handle();
+    let secret = "demo-yunhu-token".to_string();
+    Ok(Upstream {
+        platform: "yunhu",
+        source_toml: format!(
+            "[[source]]\nname = \"demo-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{}\"\n\
+             token_file = \"{}\"\nschedule = \"{SCHEDULE}\"\nrequests_per_second = 200\n",
+            server.base_url(),
+            toml_path(&secrets.join(&secret)),
+        ),
+        secret_files: vec![(secret, spec.token.clone())],
+        activity: Box::new(move |rng| {
+            world
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .random_activity(rng, 6)
+                .len()
+        }),
+        stop: Box::pin(server.shutdown()),
+    })
+}
+
 /// A path as a TOML basic string's content.
 fn toml_path(p: &Path) -> String {
     p.display()
@@ -190,6 +223,7 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
     let mut upstreams = vec![
         tangsengdaodao(messages, &secrets).await?,
         yunxin(messages, &secrets).await?,
+        yunhu(messages, &secrets).await?,
     ];
 
     let mut toml = format!(
@@ -231,14 +265,23 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
     let settings = config.clone();
     let code = crate::app::with_store(&config, true, move |store| async move {
         first_sync(&store, &settings).await;
-        print_banner(
-            &store,
-            &settings,
-            &config_path,
-            started,
-            exit_after.is_some(),
-        )
-        .await;
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        let banner = {
+            let store = store.clone();
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                if listening.await.is_ok() {
+                    print_banner(
+                        &store,
+                        &settings,
+                        &config_path,
+                        started,
+                        exit_after.is_some(),
+                    )
+                    .await;
+                }
+            })
+        };
         let activity = tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(7);
             loop {
@@ -247,7 +290,12 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
                 tracing::debug!(changes, "new activity in the fake worlds");
             }
         });
-        let code = crate::app::daemon(store, settings, exit_after).await;
+        let extras = crate::app::DaemonExtras {
+            lifetime: exit_after,
+            ready: Some(ready),
+        };
+        let code = crate::app::daemon(store, settings, extras).await;
+        banner.abort();
         activity.abort();
         code
     })

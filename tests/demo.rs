@@ -82,7 +82,7 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
         .iter()
         .map(|s| s["platform"].as_str().unwrap())
         .collect();
-    for platform in ["tangsengdaodao", "yunxin"] {
+    for platform in ["tangsengdaodao", "yunxin", "yunhu"] {
         assert!(
             platforms.contains(&platform),
             "{platform} missing: {status}"
@@ -101,8 +101,41 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
         .await
         .unwrap();
     assert!(page.contains("href=\"/c/demo-tangsengdaodao/"), "{page}");
-    let search = http.get(format!("{url}/")).send().await.unwrap();
-    assert_eq!(search.status().as_u16(), 200);
+    // every source is searchable in Chinese, through the API and on the page
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found: serde_json::Value = http
+            .get(format!("{url}/api/search?q=%E4%BC%9A%E8%AE%AE&limit=1000")) // 会议
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sources: std::collections::BTreeSet<&str> = found["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["source"].as_str().unwrap())
+            .collect();
+        if sources.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every source indexed: {sources:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let page = http
+        .get(format!("{url}/?q=%E4%BC%9A%E8%AE%AE"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<mark>会议</mark>"), "{page}");
 
     // the scheduler keeps syncing the activity of the fakes
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -133,7 +166,11 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
         !data_dir.exists(),
         "the temporary data directory is removed"
     );
-    for secret in ["archive-me-123", "sim-app-secret-0123"] {
+    for secret in [
+        "archive-me-123",
+        "sim-app-secret-0123",
+        "0f3c2a4e-5b6d-4e7f-8a9b-0c1d2e3f4a5b",
+    ] {
         assert!(
             !err.contains(secret) && !out.contains(secret),
             "no secret printed"
