@@ -137,7 +137,8 @@ async fn yunhu(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
         platform: "yunhu",
         source_toml: format!(
             "[[source]]\nname = \"demo-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{}\"\n\
-             token_file = \"{}\"\nschedule = \"{SCHEDULE}\"\nrequests_per_second = 200\n",
+             token_file = \"{}\"\nschedule = \"{SCHEDULE}\"\nrescan_every_minutes = 0\n\
+             requests_per_second = 200\n",
             server.base_url(),
             toml_path(&secrets.join(&secret)),
         ),
