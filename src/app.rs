@@ -83,6 +83,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let request = search_request(&args)?;
             let config = load_config(cli.config.as_deref(), true)?;
             let index_dir = index::index_dir(&config.storage.data_dir);
+            // No index: say so before starting a database for nothing.
+            if SearchIndex::open(&index_dir)?.is_none() {
+                bail!(index::SearchError::NoIndex);
+            }
             with_store(&config, true, move |store| {
                 search(store, index_dir, request, args.json)
             })

@@ -51,6 +51,8 @@ fn every_subcommand_has_help_with_an_example() {
         "status",
         "verify",
         "export",
+        "search",
+        "reindex",
         "migrate",
         "config check",
         "sim",

@@ -82,8 +82,10 @@ pub struct SearchRequest {
 /// Why a search could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
+    // Not `#[from]`/`#[source]`: the message already includes the cause, and a source
+    // would make error chains print it twice.
     #[error("invalid query: {0}")]
-    Query(#[from] QueryError),
+    Query(QueryError),
     #[error("{0}")]
     BadRequest(String),
     #[error("invalid cursor: {0}")]
@@ -91,7 +93,19 @@ pub enum SearchError {
     #[error("no search index yet: run `chatvault sync` or `chatvault reindex`")]
     NoIndex,
     #[error("search failed: {0:#}")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl From<QueryError> for SearchError {
+    fn from(e: QueryError) -> Self {
+        SearchError::Query(e)
+    }
+}
+
+impl From<anyhow::Error> for SearchError {
+    fn from(e: anyhow::Error) -> Self {
+        SearchError::Internal(e)
+    }
 }
 
 impl SearchError {
