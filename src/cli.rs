@@ -75,6 +75,11 @@ chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --fo
     )]
     Export(ExportArgs),
     /// Rebuild the search index from PostgreSQL (search keeps working meanwhile).
+    #[command(
+        after_help = "The new index is built beside the old one and swapped in when complete. Deleting \
+data_dir/index is always safe: this rebuilds it.\n\nExamples:\n  chatvault reindex\n  \
+chatvault --config /etc/chatvault/chatvault.toml reindex"
+    )]
     Reindex,
     /// Apply the database migrations (also done automatically at start).
     #[command(
