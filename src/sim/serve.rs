@@ -1,0 +1,139 @@
+//! What every fake upstream needs to run, whatever its platform: [`Serving`] binds a local
+//! port, serves an axum [`Router`] until shut down, and holds the [`RequestCounts`] the
+//! fake's middleware records into; [`cut_body`] plays back a connection dropped mid-body.
+//!
+//! Which requests count, and under which key (the raw path, or a route template), stays
+//! the fake's choice: it calls [`RequestCounts::record`] from its own middleware.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use axum::Router;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Lock a mutex shared with request handlers, going on after a panicked holder (a fake
+/// keeps serving what it has).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Requests seen, in total and per key (a path or a route template).
+#[derive(Debug, Default)]
+pub(crate) struct RequestCounts {
+    total: AtomicU64,
+    per_key: Mutex<BTreeMap<String, u64>>,
+}
+
+impl RequestCounts {
+    /// Count one request under `key`.
+    pub(crate) fn record(&self, key: &str) {
+        self.total.fetch_add(1, Ordering::SeqCst);
+        *lock(&self.per_key).entry(key.to_string()).or_default() += 1;
+    }
+}
+
+/// A router being served on a local port, until [`Serving::shutdown`] or drop.
+pub(crate) struct Serving {
+    addr: SocketAddr,
+    counts: Arc<RequestCounts>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Bind `addr` (port 0 for a free one) and serve `app` there; `counts` is what `app`'s
+    /// middleware records into.
+    pub(crate) async fn start(
+        addr: SocketAddr,
+        app: Router,
+        counts: Arc<RequestCounts>,
+    ) -> std::io::Result<Serving> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Serving {
+            addr,
+            counts,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// `http://<bound address>`.
+    pub(crate) fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) fn request_count(&self) -> u64 {
+        self.counts.total.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn request_count_for(&self, key: &str) -> u64 {
+        lock(&self.counts.per_key).get(key).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn request_counts(&self) -> BTreeMap<String, u64> {
+        lock(&self.counts.per_key).clone()
+    }
+
+    /// Stop serving: graceful for up to a second, then the server task is aborted.
+    pub(crate) async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Send the status, the headers (with the full `Content-Length`) and the first half of
+/// the body, then fail the body stream so the connection is aborted.
+pub(crate) async fn cut_body(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let head = bytes.slice(..bytes.len() / 2);
+    if let Ok(length) = HeaderValue::from_str(&bytes.len().to_string()) {
+        parts.headers.insert(header::CONTENT_LENGTH, length);
+    }
+    let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(head) });
+    let abort = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection dropped by fault injection",
+        ))
+    });
+    Response::from_parts(parts, Body::from_stream(first.chain(abort)))
+}
