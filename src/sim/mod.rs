@@ -1,5 +1,6 @@
 //! Fake upstreams of the supported platforms, for tests, benchmarks and the demo.
 
+pub mod faults;
 mod serve;
 pub mod tangsengdaodao;
 pub mod text;

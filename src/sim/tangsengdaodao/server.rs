@@ -17,11 +17,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::faults::{FaultKind, Faults, Stage};
+use super::faults::{FaultKind, Faults};
 use super::render;
 use super::sessions::LoginError;
 use super::sync_api;
 use super::world::World;
+use crate::sim::faults::Stage;
 use crate::sim::serve::{self, RequestCounts};
 
 pub(super) const CHANNEL_SYNC_PATH: &str = "/v1/message/channel/sync";

@@ -17,9 +17,10 @@ use prost::Message;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::faults::{FaultKind, Faults, Malformed, Stage};
+use super::faults::{FaultKind, Faults, Malformed};
 use super::world::World;
 use crate::connector::yunhu::pb;
+use crate::sim::faults::Stage;
 use crate::sim::serve::{self, RequestCounts};
 
 /// The most `list-message` returns, whatever was asked (spec §4.5).
