@@ -1,6 +1,7 @@
 //! What every fake upstream needs to run, whatever its platform: [`Serving`] binds a local
 //! port, serves an axum [`Router`] until shut down, and holds the [`RequestCounts`] the
-//! fake's middleware records into; [`cut_body`] plays back a connection dropped mid-body.
+//! fake's middleware records into; [`too_many_requests`] and [`cut_body`] play back a
+//! proxy's rate limit and a connection dropped mid-body.
 //!
 //! Which requests count, and under which key (the raw path, or a route template), stays
 //! the fake's choice: it calls [`RequestCounts::record`] from its own middleware.
@@ -12,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -114,6 +115,16 @@ impl Drop for Serving {
             task.abort();
         }
     }
+}
+
+/// A proxy's rate limit: HTTP 429 with `Retry-After: <secs>`.
+pub(crate) fn too_many_requests(retry_after_secs: u64) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry_after_secs.to_string())],
+        "Too Many Requests",
+    )
+        .into_response()
 }
 
 /// Send the status, the headers (with the full `Content-Length`) and the first half of

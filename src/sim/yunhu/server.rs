@@ -378,12 +378,7 @@ async fn count_and_fault(State(state): State<AppState>, request: Request, next: 
         return next.run(request).await;
     };
     match fault {
-        FaultKind::RateLimited { retry_after_secs } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, retry_after_secs.to_string())],
-            "Too Many Requests",
-        )
-            .into_response(),
+        FaultKind::RateLimited { retry_after_secs } => serve::too_many_requests(retry_after_secs),
         FaultKind::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let reason = status.canonical_reason().unwrap_or("error");
