@@ -1,10 +1,11 @@
-//! What every fake upstream needs to run, whatever its platform: [`Serving`] binds a local
-//! port, serves an axum [`Router`] until shut down, and holds the [`RequestCounts`] the
-//! fake's middleware records into; [`too_many_requests`] and [`cut_body`] play back a
+//! What every fake upstream needs to run, whatever its platform: [`SimServer`] is the handle
+//! on a running fake (its world, its fault queue, its request counts); `Serving` binds a
+//! local port, serves an axum [`Router`] until shut down, and holds the `RequestCounts` the
+//! fake's middleware records into; `too_many_requests` and `cut_body` play back a
 //! proxy's rate limit and a connection dropped mid-body.
 //!
 //! Which requests count, and under which key (the raw path, or a route template), stays
-//! the fake's choice: it calls [`RequestCounts::record`] from its own middleware.
+//! the fake's choice: it calls `RequestCounts::record` from its own middleware.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +39,74 @@ impl RequestCounts {
     pub(crate) fn record(&self, key: &str) {
         self.total.fetch_add(1, Ordering::SeqCst);
         *lock(&self.per_key).entry(key.to_string()).or_default() += 1;
+    }
+}
+
+/// A running fake server: the world `W` it serves (mutable while serving), its fault
+/// queue `F`, and the requests it has seen. Each platform names it `SimServer` and adds
+/// `start`/`start_on`, which say what counts as a request and under which key.
+pub struct SimServer<W, F> {
+    serving: Serving,
+    world: Arc<Mutex<W>>,
+    faults: F,
+}
+
+impl<W, F: Clone> SimServer<W, F> {
+    /// Serve `app` on `addr`; `world`, `faults` and `counts` are the ones `app` shares.
+    pub(crate) async fn serve(
+        addr: SocketAddr,
+        app: Router,
+        world: Arc<Mutex<W>>,
+        faults: F,
+        counts: Arc<RequestCounts>,
+    ) -> std::io::Result<Self> {
+        Ok(SimServer {
+            serving: Serving::start(addr, app, counts).await?,
+            world,
+            faults,
+        })
+    }
+
+    /// The API root, e.g. `http://127.0.0.1:40123`; clients append the platform's paths.
+    pub fn base_url(&self) -> String {
+        self.serving.base_url()
+    }
+
+    /// Lock the world to read or mutate it. Do not hold the guard across an `.await`
+    /// that waits for the server: requests would block on it.
+    pub fn world(&self) -> MutexGuard<'_, W> {
+        lock(&self.world)
+    }
+
+    /// A shared handle on the world, e.g. for a background activity task.
+    pub fn world_handle(&self) -> Arc<Mutex<W>> {
+        self.world.clone()
+    }
+
+    /// The fault queue (a cheap clone sharing the server's queue).
+    pub fn faults(&self) -> F {
+        self.faults.clone()
+    }
+
+    /// Requests received so far, all counted ones (see the platform's `start_on`).
+    pub fn request_count(&self) -> u64 {
+        self.serving.request_count()
+    }
+
+    /// Requests received so far under one key: a path (e.g. `/v1/msg/list-message`) or,
+    /// for Yunxin, a route template (e.g. `HISTORY_PATH`).
+    pub fn request_count_for(&self, path: &str) -> u64 {
+        self.serving.request_count_for(path)
+    }
+
+    /// Requests received so far, per key.
+    pub fn request_counts(&self) -> BTreeMap<String, u64> {
+        self.serving.request_counts()
+    }
+
+    /// Stop serving: graceful for up to a second, then the server task is aborted.
+    pub async fn shutdown(self) {
+        self.serving.shutdown().await;
     }
 }
 

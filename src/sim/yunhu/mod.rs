@@ -13,11 +13,10 @@ pub mod generate;
 mod server;
 pub mod world;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use super::serve::{self, RequestCounts, Serving};
+use super::serve::{self, RequestCounts};
 
 pub use faults::{Fault, FaultKind, Faults, Malformed};
 pub use server::{BY_SEQ_WINDOW, MAX_PAGE};
@@ -26,12 +25,8 @@ pub use world::{
     USER,
 };
 
-/// A running fake server.
-pub struct SimServer {
-    serving: Serving,
-    world: Arc<Mutex<World>>,
-    faults: Faults,
-}
+/// A running fake server (the shared handle in [`crate::sim::serve`]).
+pub type SimServer = serve::SimServer<World, Faults>;
 
 impl SimServer {
     /// Serve `world` on a free local port.
@@ -44,6 +39,9 @@ impl SimServer {
     }
 
     /// Serve `world` on `addr` (for `chatvault sim`).
+    ///
+    /// Every request counts, by path (e.g. `/v1/msg/list-message`), faulted ones included;
+    /// clients append `/v1/...` to [`SimServer::base_url`].
     pub async fn start_on(world: World, addr: SocketAddr) -> std::io::Result<SimServer> {
         let state = server::AppState {
             world: Arc::new(Mutex::new(world)),
@@ -51,49 +49,6 @@ impl SimServer {
             counts: Arc::new(RequestCounts::default()),
         };
         let app = server::router(state.clone());
-        Ok(SimServer {
-            serving: Serving::start(addr, app, state.counts).await?,
-            world: state.world,
-            faults: state.faults,
-        })
-    }
-
-    /// The API root, e.g. `http://127.0.0.1:40123`; clients append `/v1/...`.
-    pub fn base_url(&self) -> String {
-        self.serving.base_url()
-    }
-
-    /// Lock the world to read or mutate it. Do not hold the guard across an `.await`.
-    pub fn world(&self) -> MutexGuard<'_, World> {
-        serve::lock(&self.world)
-    }
-
-    /// A shared handle on the world, e.g. for a background activity task.
-    pub fn world_handle(&self) -> Arc<Mutex<World>> {
-        self.world.clone()
-    }
-
-    /// The fault queue (a cheap clone sharing the server's queue).
-    pub fn faults(&self) -> Faults {
-        self.faults.clone()
-    }
-
-    /// Requests received so far, over all paths.
-    pub fn request_count(&self) -> u64 {
-        self.serving.request_count()
-    }
-
-    /// Requests received so far on one path, e.g. `/v1/msg/list-message`.
-    pub fn request_count_for(&self, path: &str) -> u64 {
-        self.serving.request_count_for(path)
-    }
-
-    pub fn request_counts(&self) -> BTreeMap<String, u64> {
-        self.serving.request_counts()
-    }
-
-    /// Stop serving: graceful for up to a second, then the server task is aborted.
-    pub async fn shutdown(self) {
-        self.serving.shutdown().await;
+        SimServer::serve(addr, app, state.world, state.faults, state.counts).await
     }
 }

@@ -26,11 +26,10 @@
 mod server;
 pub mod world;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::serve::{self, RequestCounts, Serving};
+use super::serve::{self, RequestCounts};
 
 pub use server::{
     checksum, BATCH_PATH, BATCH_V2_PATH, HISTORY_PATH, LIST_PATH, QUICK_COMMENT_PATH, UPDATE_PATH,
@@ -138,12 +137,8 @@ impl Faults {
     }
 }
 
-/// A running fake server.
-pub struct SimServer {
-    serving: Serving,
-    world: Arc<Mutex<World>>,
-    faults: Faults,
-}
+/// A running fake server (the shared handle in [`crate::sim::serve`]).
+pub type SimServer = serve::SimServer<World, Faults>;
 
 impl SimServer {
     /// Serve `world` on a free local port.
@@ -157,6 +152,9 @@ impl SimServer {
     }
 
     /// Serve `world` on `addr` (for `chatvault sim`).
+    ///
+    /// Routed requests count, by API route template (e.g. [`HISTORY_PATH`]), faulted and
+    /// refused ones included; clients append `/im/v2.1/...` to [`SimServer::base_url`].
     pub async fn start_on(world: World, addr: SocketAddr) -> std::io::Result<SimServer> {
         let state = server::AppState {
             world: Arc::new(Mutex::new(world)),
@@ -165,56 +163,11 @@ impl SimServer {
             limits: Arc::new(server::Limits::default()),
         };
         let app = server::router(state.clone());
-        Ok(SimServer {
-            serving: Serving::start(addr, app, state.counts).await?,
-            world: state.world,
-            faults: state.faults,
-        })
-    }
-
-    /// The API root, e.g. `http://127.0.0.1:40123`; clients append `/im/v2.1/...`.
-    pub fn base_url(&self) -> String {
-        self.serving.base_url()
-    }
-
-    /// Lock the world to read or mutate it. Do not hold the guard across an `.await`
-    /// that waits for the server: requests would block on it.
-    pub fn world(&self) -> MutexGuard<'_, World> {
-        serve::lock(&self.world)
-    }
-
-    /// A shared handle on the world, e.g. for a background activity task.
-    pub fn world_handle(&self) -> Arc<Mutex<World>> {
-        self.world.clone()
+        SimServer::serve(addr, app, state.world, state.faults, state.counts).await
     }
 
     /// The ground truth now (see [`World::truth`]).
     pub fn truth(&self) -> Vec<ConversationTruth> {
         self.world().truth()
-    }
-
-    /// The fault queue (a cheap clone sharing the server's queue).
-    pub fn faults(&self) -> Faults {
-        self.faults.clone()
-    }
-
-    /// Requests received so far, over all APIs (faulted and refused ones included).
-    pub fn request_count(&self) -> u64 {
-        self.serving.request_count()
-    }
-
-    /// Requests received so far on one API, by route template (e.g. [`HISTORY_PATH`]).
-    pub fn request_count_for(&self, path: &str) -> u64 {
-        self.serving.request_count_for(path)
-    }
-
-    /// Requests received so far, per route template.
-    pub fn request_counts(&self) -> BTreeMap<String, u64> {
-        self.serving.request_counts()
-    }
-
-    /// Stop serving: graceful for up to a second, then the server task is aborted.
-    pub async fn shutdown(self) {
-        self.serving.shutdown().await;
     }
 }
