@@ -24,14 +24,10 @@ mod sync_api;
 pub mod truth;
 pub mod world;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use super::serve::{self, RequestCounts};
 
 pub use faults::{Fault, FaultKind, Faults, Malformed};
 pub use generate::WorldSpec;
@@ -43,15 +39,8 @@ pub use world::{
     PERSON, SYSTEM_UID, TSDD_SYSTEM_UID,
 };
 
-/// A running fake server.
-pub struct SimServer {
-    addr: SocketAddr,
-    world: Arc<Mutex<World>>,
-    faults: Faults,
-    counts: Arc<server::Counts>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+/// A running fake server (the shared handle in [`crate::sim::serve`]).
+pub type SimServer = serve::SimServer<World, Faults>;
 
 impl SimServer {
     /// Serve `world` on a free local port.
@@ -65,94 +54,16 @@ impl SimServer {
     }
 
     /// Serve `world` on `addr` (for `chatvault sim`).
+    ///
+    /// Every request counts, by path (e.g. `/v1/message/channel/sync`), 404s and faulted
+    /// ones included; clients append `/v1/...` to [`SimServer::base_url`].
     pub async fn start_on(world: World, addr: SocketAddr) -> std::io::Result<SimServer> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let state = server::AppState {
             world: Arc::new(Mutex::new(world)),
             faults: Faults::default(),
-            counts: Arc::new(server::Counts::default()),
+            counts: Arc::new(RequestCounts::default()),
         };
-        let (stop, stopped) = oneshot::channel::<()>();
         let app = server::router(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Ok(SimServer {
-            addr,
-            world: state.world,
-            faults: state.faults,
-            counts: state.counts,
-            stop: Some(stop),
-            task: Some(task),
-        })
-    }
-
-    /// The API root, e.g. `http://127.0.0.1:40123`; clients append `/v1/...`.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Lock the world to read or mutate it. Do not hold the guard across an `.await`
-    /// that waits for the server: requests would block on it.
-    pub fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A shared handle on the world, e.g. for a background activity task.
-    pub fn world_handle(&self) -> Arc<Mutex<World>> {
-        self.world.clone()
-    }
-
-    /// The fault queue (a cheap clone sharing the server's queue).
-    pub fn faults(&self) -> Faults {
-        self.faults.clone()
-    }
-
-    /// Requests received so far, over all paths (404s and faulted ones included).
-    pub fn request_count(&self) -> u64 {
-        self.counts.total.load(Ordering::SeqCst)
-    }
-
-    /// Requests received so far on one path, e.g. `/v1/message/channel/sync`.
-    pub fn request_count_for(&self, path: &str) -> u64 {
-        self.request_counts().get(path).copied().unwrap_or(0)
-    }
-
-    /// Requests received so far, per path.
-    pub fn request_counts(&self) -> BTreeMap<String, u64> {
-        self.counts
-            .per_path
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Stop serving: graceful for up to a second, then the server task is aborted.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(1), task)
-                .await
-                .is_err()
-            {
-                abort.abort();
-            }
-        }
-    }
-}
-
-impl Drop for SimServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        SimServer::serve(addr, app, state.world, state.faults, state.counts).await
     }
 }

@@ -4,13 +4,11 @@
 //!
 //! Handlers lock the world only while computing an answer, never across an `.await`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,31 +17,27 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::faults::{FaultKind, Faults, Stage};
+use super::faults::{FaultKind, Faults};
 use super::render;
 use super::sessions::LoginError;
 use super::sync_api;
 use super::world::World;
+use crate::sim::faults::Stage;
+use crate::sim::serve::{self, RequestCounts};
 
 pub(super) const CHANNEL_SYNC_PATH: &str = "/v1/message/channel/sync";
-
-/// Requests seen, in total and per path.
-#[derive(Debug, Default)]
-pub(super) struct Counts {
-    pub(super) total: AtomicU64,
-    pub(super) per_path: Mutex<BTreeMap<String, u64>>,
-}
 
 #[derive(Clone)]
 pub(super) struct AppState {
     pub(super) world: Arc<Mutex<World>>,
     pub(super) faults: Faults,
-    pub(super) counts: Arc<Counts>,
+    /// Every request, by path, before any fault.
+    pub(super) counts: Arc<RequestCounts>,
 }
 
 impl AppState {
     pub(super) fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        serve::lock(&self.world)
     }
 }
 
@@ -129,24 +123,12 @@ pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Refusal> {
 
 async fn count_and_fault(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    state.counts.total.fetch_add(1, Ordering::SeqCst);
-    *state
-        .counts
-        .per_path
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(path.clone())
-        .or_default() += 1;
+    state.counts.record(&path);
     let Some(fault) = state.faults.take(Stage::Transport, &path) else {
         return next.run(request).await;
     };
     match fault {
-        FaultKind::RateLimited { retry_after_secs } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, retry_after_secs.to_string())],
-            "Too Many Requests",
-        )
-            .into_response(),
+        FaultKind::RateLimited { retry_after_secs } => serve::too_many_requests(retry_after_secs),
         FaultKind::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -162,32 +144,9 @@ async fn count_and_fault(State(state): State<AppState>, request: Request, next: 
             tokio::time::sleep(delay).await;
             next.run(request).await
         }
-        FaultKind::DropMidBody => cut_body(next.run(request).await).await,
+        FaultKind::DropMidBody => serve::cut_body(next.run(request).await).await,
         FaultKind::Malformed(_) | FaultKind::ChannelFailure { .. } => next.run(request).await,
     }
-}
-
-/// Send the status, the headers (with the full `Content-Length`) and the first half of
-/// the body, then fail the body stream so the connection is aborted.
-async fn cut_body(response: Response) -> Response {
-    let (mut parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    let head = bytes.slice(..bytes.len() / 2);
-    if let Ok(length) = HeaderValue::from_str(&bytes.len().to_string()) {
-        parts.headers.insert(header::CONTENT_LENGTH, length);
-    }
-    let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(head) });
-    let abort = futures::stream::once(async {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "connection dropped by fault injection",
-        ))
-    });
-    use futures::StreamExt;
-    Response::from_parts(parts, Body::from_stream(first.chain(abort)))
 }
 
 // ---- login --------------------------------------------------------------------------

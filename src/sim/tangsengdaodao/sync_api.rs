@@ -11,10 +11,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::faults::{FaultKind, Malformed, Stage};
+use super::faults::{FaultKind, Malformed};
 use super::render::{self, Context};
 use super::server::{authenticate, parse, Answer, AppState, Refusal, CHANNEL_SYNC_PATH};
 use super::world::{ChannelKey, Message, GROUP, PERSON};
+use crate::sim::faults::Stage;
 
 /// WuKongIM's cap on channel-sync `limit`.
 const CHANNEL_SYNC_MAX_LIMIT: i64 = 10_000;

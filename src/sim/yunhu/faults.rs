@@ -2,8 +2,9 @@
 //! failures played back instead of (or around) normal answers. [`Faults`] is a cheap
 //! clonable handle, usable while the server runs.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::sim::faults::{FaultQueue, Stage};
 
 /// What goes wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,20 +32,8 @@ pub enum Malformed {
     MissingSeq,
 }
 
-#[derive(Clone, Debug)]
-pub struct Fault {
-    pub kind: FaultKind,
-    /// Only requests to this exact path; `None` = any.
-    pub path: Option<String>,
-    /// How many more times it fires; `None` = forever.
-    pub remaining: Option<usize>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stage {
-    Transport,
-    Malformed,
-}
+/// One queued fault.
+pub type Fault = crate::sim::faults::Fault<FaultKind>;
 
 fn stage_of(kind: &FaultKind) -> Option<Stage> {
     match kind {
@@ -60,95 +49,69 @@ fn stage_of(kind: &FaultKind) -> Option<Stage> {
 /// Shared queue of faults.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
-    queue: Arc<Mutex<Vec<Fault>>>,
+    queue: FaultQueue<FaultKind>,
 }
 
 impl Faults {
     pub fn add(&self, fault: Fault) {
-        if fault.remaining == Some(0) {
-            return;
-        }
-        self.lock().push(fault);
-    }
-
-    fn scoped(&self, kind: FaultKind, path: Option<&str>, times: usize) {
-        self.add(Fault {
-            kind,
-            path: path.map(str::to_string),
-            remaining: Some(times),
-        });
+        self.queue.add(fault);
     }
 
     /// `times` answers of 429 with `Retry-After: retry_after_secs`.
     pub fn rate_limit(&self, path: Option<&str>, times: usize, retry_after_secs: u64) {
-        self.scoped(FaultKind::RateLimited { retry_after_secs }, path, times);
+        self.add(Fault::scoped(
+            FaultKind::RateLimited { retry_after_secs },
+            path,
+            times,
+        ));
     }
 
     /// `times` answers with HTTP `status`.
     pub fn status(&self, path: Option<&str>, times: usize, status: u16) {
-        self.scoped(FaultKind::Status(status), path, times);
+        self.add(Fault::scoped(FaultKind::Status(status), path, times));
     }
 
     /// `times` answers delayed by `delay`.
     pub fn slow(&self, path: Option<&str>, times: usize, delay: Duration) {
-        self.scoped(FaultKind::Slow(delay), path, times);
+        self.add(Fault::scoped(FaultKind::Slow(delay), path, times));
     }
 
     /// `times` answers cut off mid-body.
     pub fn drop_mid_body(&self, path: Option<&str>, times: usize) {
-        self.scoped(FaultKind::DropMidBody, path, times);
+        self.add(Fault::scoped(FaultKind::DropMidBody, path, times));
     }
 
     /// The next `times` message pages (of three or more) carry one broken record.
     pub fn malformed(&self, times: usize, how: Malformed) {
-        self.scoped(FaultKind::Malformed(how), None, times);
+        self.add(Fault::scoped(FaultKind::Malformed(how), None, times));
     }
 
     /// Message lists of `chat_id` fail from now on.
     pub fn fail_chat(&self, chat_id: &str) {
-        self.add(Fault {
-            kind: FaultKind::ChatFailure {
+        self.add(
+            Fault::new(FaultKind::ChatFailure {
                 chat_id: chat_id.to_string(),
-            },
-            path: None,
-            remaining: None,
-        });
+            })
+            .forever(),
+        );
     }
 
     pub fn clear(&self) {
-        self.lock().clear();
+        self.queue.clear();
     }
 
     pub fn pending(&self) -> usize {
-        self.lock().len()
+        self.queue.len()
     }
 
     pub(super) fn take(&self, stage: Stage, path: &str) -> Option<FaultKind> {
-        let mut queue = self.lock();
-        let index = queue.iter().position(|f| {
-            stage_of(&f.kind) == Some(stage) && f.path.as_deref().is_none_or(|p| p == path)
-        })?;
-        Some(consume(&mut queue, index))
+        self.queue
+            .take(|f| stage_of(&f.kind) == Some(stage) && f.applies_to(path))
     }
 
+    /// Whether message lists of `chat_id` are set to fail (the fault stays queued).
     pub(super) fn chat_fails(&self, chat_id: &str) -> bool {
-        self.lock()
-            .iter()
+        self.queue
             .any(|f| matches!(&f.kind, FaultKind::ChatFailure { chat_id: c } if c == chat_id))
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Fault>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn consume(queue: &mut Vec<Fault>, index: usize) -> FaultKind {
-    let kind = queue[index].kind.clone();
-    if let Some(remaining) = &mut queue[index].remaining {
-        *remaining = remaining.saturating_sub(1);
-        if *remaining == 0 {
-            queue.remove(index);
-        }
-    }
-    kind
 }

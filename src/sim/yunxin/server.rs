@@ -5,8 +5,7 @@
 //!
 //! Handlers lock the world only while computing an answer, never across an `.await`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -21,6 +20,7 @@ use sha1::{Digest, Sha1};
 
 use super::world::{Descending, Message, Stream, World};
 use super::{FaultKind, Faults};
+use crate::sim::serve::{self, RequestCounts};
 
 pub const LIST_PATH: &str = "/im/v2.1/conversations";
 pub const BATCH_PATH: &str = "/im/v2.1/conversations/actions/conversation_ids";
@@ -28,13 +28,6 @@ pub const BATCH_V2_PATH: &str = "/im/v2/conversations/actions/conversation_ids";
 pub const HISTORY_PATH: &str = "/im/v2.1/conversations/{conversation_id}/messages";
 pub const UPDATE_PATH: &str = "/im/v2/conversations/{conversation_id}";
 pub const QUICK_COMMENT_PATH: &str = "/im/v2/messages/actions/quick_comment";
-
-/// Requests seen, in total and per API (route template).
-#[derive(Debug, Default)]
-pub(super) struct Counts {
-    pub(super) total: AtomicU64,
-    pub(super) per_path: Mutex<BTreeMap<String, u64>>,
-}
 
 /// One API's current one-second window: its start, requests in it, blocked until.
 type Window = (Instant, u32, Option<Instant>);
@@ -49,13 +42,14 @@ pub(super) struct Limits {
 pub(super) struct AppState {
     pub(super) world: Arc<Mutex<World>>,
     pub(super) faults: Faults,
-    pub(super) counts: Arc<Counts>,
+    /// Routed requests, by API (route template), before any fault or check.
+    pub(super) counts: Arc<RequestCounts>,
     pub(super) limits: Arc<Limits>,
 }
 
 impl AppState {
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        serve::lock(&self.world)
     }
 }
 
@@ -96,14 +90,7 @@ pub fn checksum(secret: &str, nonce: &str, cur_time: &str) -> String {
 /// Count, fault, authenticate and rate-limit every routed request.
 async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let api = api_of(request.method(), request.uri().path()).to_string();
-    state.counts.total.fetch_add(1, Ordering::SeqCst);
-    *state
-        .counts
-        .per_path
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(api.clone())
-        .or_default() += 1;
+    state.counts.record(&api);
     if let Some(kind) = state.faults.take(&api, false) {
         match kind {
             FaultKind::Code(code) => return fail(code, "injected failure"),
@@ -129,11 +116,7 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
     }
     if let Some(limit) = limit {
         let now = Instant::now();
-        let mut limits = state
-            .limits
-            .per_api
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut limits = serve::lock(&state.limits.per_api);
         let entry = limits.entry(api).or_insert((now, 0, None));
         if let Some(until) = entry.2 {
             if now < until {
