@@ -310,14 +310,7 @@ async fn sim_yunhu(args: SimArgs) -> anyhow::Result<i32> {
         spec.token
     );
     println!("Ctrl-C stops the server.");
-    let world = server.world_handle();
-    let activity = move |rng: &mut rand::rngs::StdRng| {
-        world
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .random_activity(rng, 5)
-            .len()
-    };
+    let activity = crate::sim::activity(server.world_handle(), 5);
     serve_sim(&args, activity, server.shutdown()).await
 }
 
@@ -351,14 +344,7 @@ async fn sim_tsdd(args: SimArgs) -> anyhow::Result<i32> {
         spec.me_username, spec.me_password
     );
     println!("Ctrl-C stops the server.");
-    let world = server.world_handle();
-    let activity = move |rng: &mut rand::rngs::StdRng| {
-        world
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .random_activity(rng, 5)
-            .len()
-    };
+    let activity = crate::sim::activity(server.world_handle(), 5);
     serve_sim(&args, activity, server.shutdown()).await
 }
 
@@ -406,14 +392,7 @@ async fn sim_yunxin(args: SimArgs) -> anyhow::Result<i32> {
             .join(", ")
     );
     println!("The server allows 100 requests/s per API, as Yunxin's standard package does. Ctrl-C stops it.");
-    let world = server.world_handle();
-    let activity = move |rng: &mut rand::rngs::StdRng| {
-        world
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .random_activity(rng, 5)
-            .len()
-    };
+    let activity = crate::sim::activity(server.world_handle(), 5);
     serve_sim(&args, activity, server.shutdown()).await
 }
 

@@ -67,13 +67,7 @@ async fn tangsengdaodao(messages: usize, secrets: &Path) -> anyhow::Result<Upstr
             toml_path(&secrets.join(&secret))
         ),
         secret_files: vec![(secret, spec.me_password.clone())],
-        activity: Box::new(move |rng| {
-            world
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .random_activity(rng, 6)
-                .len()
-        }),
+        activity: Box::new(crate::sim::activity(world, 6)),
         stop: Box::pin(server.shutdown()),
     })
 }
@@ -109,13 +103,7 @@ async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
                 .join(", ")
         ),
         secret_files: vec![(secret, spec.app_secret.clone())],
-        activity: Box::new(move |rng| {
-            world
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .random_activity(rng, 6)
-                .len()
-        }),
+        activity: Box::new(crate::sim::activity(world, 6)),
         stop: Box::pin(server.shutdown()),
     })
 }
@@ -143,13 +131,7 @@ async fn yunhu(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
             toml_path(&secrets.join(&secret)),
         ),
         secret_files: vec![(secret, spec.token.clone())],
-        activity: Box::new(move |rng| {
-            world
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .random_activity(rng, 6)
-                .len()
-        }),
+        activity: Box::new(crate::sim::activity(world, 6)),
         stop: Box::pin(server.shutdown()),
     })
 }

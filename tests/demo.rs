@@ -69,14 +69,7 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
     assert!(config.exists());
 
     let http = reqwest::Client::new();
-    let status: serde_json::Value = http
-        .get(format!("{url}/api/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = get_json(&http, &format!("{url}/api/status")).await;
     let sources = status.as_array().unwrap();
     let platforms: Vec<&str> = sources
         .iter()
@@ -92,26 +85,17 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
         assert!(s["messages"].as_i64().unwrap() >= 700, "{s}");
         assert_eq!(s["last_run"]["status"], "ok", "{s}");
     }
-    let page = http
-        .get(format!("{url}/conversations"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, &format!("{url}/conversations")).await;
     assert!(page.contains("href=\"/c/demo-tangsengdaodao/"), "{page}");
     // every source is searchable in Chinese, through the API and on the page
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let found: serde_json::Value = http
-            .get(format!("{url}/api/search?q=%E4%BC%9A%E8%AE%AE&limit=1000")) // 会议
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        // 会议
+        let found = get_json(
+            &http,
+            &format!("{url}/api/search?q=%E4%BC%9A%E8%AE%AE&limit=1000"),
+        )
+        .await;
         let sources: std::collections::BTreeSet<&str> = found["hits"]
             .as_array()
             .unwrap()
@@ -127,27 +111,13 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let page = http
-        .get(format!("{url}/?q=%E4%BC%9A%E8%AE%AE"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, &format!("{url}/?q=%E4%BC%9A%E8%AE%AE")).await;
     assert!(page.contains("<mark>会议</mark>"), "{page}");
 
     // the scheduler keeps syncing the activity of the fakes
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let status: serde_json::Value = http
-            .get(format!("{url}/api/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: serde_json::Value = get_json(&http, &format!("{url}/api/status")).await;
         if status[0]["last_run"]["run_id"].as_i64().unwrap_or(0) >= 2 {
             break;
         }
@@ -176,4 +146,12 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
             "no secret printed"
         );
     }
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
 }
