@@ -142,10 +142,16 @@ impl Browser {
             .collect()
     }
 
+    /// The first element matching `css`, waiting up to 10 s for one to appear.
     async fn find(&self, css: &str) -> String {
-        let all = self.find_all(css).await;
-        assert!(!all.is_empty(), "nothing matches {css}");
-        all[0].clone()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(first) = self.find_all(css).await.into_iter().next() {
+                return first;
+            }
+            assert!(Instant::now() < deadline, "nothing matches {css}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn text(&self, element: &str) -> String {
@@ -176,6 +182,20 @@ impl Browser {
             Some(json!({"text": text})),
         )
         .await;
+    }
+
+    /// Wait until the page's URL contains `part` (a click that navigates may return
+    /// before the new page is there). Panics after 10 s.
+    async fn wait_for_url(&self, part: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.current_url().await;
+            if url.contains(part) {
+                return url;
+            }
+            assert!(Instant::now() < deadline, "still at {url}, expected {part}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn current_url(&self) -> String {
@@ -258,7 +278,8 @@ async fn a_browser_opens_a_conversation_and_expands_an_edit_history() {
     let link = browser.find("table.list a[href^='/c/']").await;
     assert_eq!(browser.text(&link).await, "项目组");
     browser.click(&link).await;
-    assert!(browser.current_url().await.ends_with("/c/s/g1"));
+    assert!(browser.wait_for_url("/c/s/g1").await.ends_with("/c/s/g1"));
+    browser.find("ol.messages > li").await;
     let messages = browser.find_all("ol.messages > li").await;
     assert_eq!(messages.len(), 30);
 
@@ -293,11 +314,8 @@ async fn a_browser_searches_in_chinese_and_follows_a_hit() {
     browser.type_into(&q, "开会").await;
     let submit = browser.find("form.search button[type=submit]").await;
     browser.click(&submit).await;
-    assert!(
-        browser.current_url().await.contains("q=%E5%BC%80%E4%BC%9A"),
-        "{}",
-        browser.current_url().await
-    );
+    browser.wait_for_url("q=%E5%BC%80%E4%BC%9A").await;
+    browser.find("ol.hits > li").await;
     let hits = browser.find_all("ol.hits > li").await;
     assert_eq!(hits.len(), 1, "only message 7 mentions 开会");
     let text = browser.text(&hits[0]).await;
@@ -311,7 +329,7 @@ async fn a_browser_searches_in_chinese_and_follows_a_hit() {
 
     let link = browser.find("ol.hits a.conv").await;
     browser.click(&link).await;
-    assert!(browser.current_url().await.contains("around=7"));
+    browser.wait_for_url("around=7").await;
     let highlighted = browser.find("li.msg.hl").await;
     assert!(browser.text(&highlighted).await.contains("周六开会"));
 
