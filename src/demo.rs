@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,7 +29,6 @@ const ACTIVITY_EVERY: Duration = Duration::from_secs(3);
 
 /// A fake upstream serving for the demo.
 pub struct Upstream {
-    pub platform: &'static str,
     /// The `[[source]]` table of the configuration, secrets by `*_file` only.
     pub source_toml: String,
     /// Secret files to write beside the configuration: (file name, content).
@@ -54,10 +52,8 @@ async fn tangsengdaodao(messages: usize, secrets: &Path) -> anyhow::Result<Upstr
         ..WorldSpec::default()
     };
     let server = SimServer::start(World::generate(&spec)).await;
-    let world: Arc<Mutex<_>> = server.world_handle();
     let secret = "demo-tsdd-password".to_string();
     Ok(Upstream {
-        platform: "tangsengdaodao",
         source_toml: format!(
             "[[source]]\nname = \"demo-tangsengdaodao\"\nplatform = \"tangsengdaodao\"\n\
              base_url = \"{}\"\nusername = \"{}\"\npassword_file = \"{}\"\n\
@@ -67,7 +63,7 @@ async fn tangsengdaodao(messages: usize, secrets: &Path) -> anyhow::Result<Upstr
             toml_path(&secrets.join(&secret))
         ),
         secret_files: vec![(secret, spec.me_password.clone())],
-        activity: Box::new(crate::sim::activity(world, 6)),
+        activity: Box::new(crate::sim::activity(server.world_handle(), 6)),
         stop: Box::pin(server.shutdown()),
     })
 }
@@ -85,10 +81,8 @@ async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
     let world = World::generate(&spec);
     let accounts = world.accounts.clone();
     let server = SimServer::start(world).await;
-    let world = server.world_handle();
     let secret = "demo-yunxin-app-secret".to_string();
     Ok(Upstream {
-        platform: "yunxin",
         source_toml: format!(
             "[[source]]\nname = \"demo-yunxin\"\nplatform = \"yunxin\"\nbase_url = \"{}\"\n\
              app_key = \"{}\"\napp_secret_file = \"{}\"\naccounts = [{}]\n\
@@ -103,7 +97,7 @@ async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
                 .join(", ")
         ),
         secret_files: vec![(secret, spec.app_secret.clone())],
-        activity: Box::new(crate::sim::activity(world, 6)),
+        activity: Box::new(crate::sim::activity(server.world_handle(), 6)),
         stop: Box::pin(server.shutdown()),
     })
 }
@@ -119,10 +113,8 @@ async fn yunhu(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
         ..WorldSpec::default()
     };
     let server = SimServer::start(World::generate(&spec)).await;
-    let world = server.world_handle();
     let secret = "demo-yunhu-token".to_string();
     Ok(Upstream {
-        platform: "yunhu",
         source_toml: format!(
             "[[source]]\nname = \"demo-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{}\"\n\
              token_file = \"{}\"\nschedule = \"{SCHEDULE}\"\nrescan_every_minutes = 0\n\
@@ -131,7 +123,7 @@ async fn yunhu(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
             toml_path(&secrets.join(&secret)),
         ),
         secret_files: vec![(secret, spec.token.clone())],
-        activity: Box::new(crate::sim::activity(world, 6)),
+        activity: Box::new(crate::sim::activity(server.world_handle(), 6)),
         stop: Box::pin(server.shutdown()),
     })
 }
