@@ -27,18 +27,74 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Requests seen, in total and per key (a path or a route template).
+/// How one armed request fails (see [`SimServer::fail_request`]): the ways a request
+/// fails in transport, whatever the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// A proxy's `502 Bad Gateway` (HTML body); the handler does not run.
+    BadGateway,
+    /// The handler runs, then the connection drops halfway through the body.
+    Dropped,
+    /// The answer is held back this long before it is sent (longer than the client's
+    /// request timeout, it is a timeout); the handler runs after the wait.
+    Stalled(Duration),
+}
+
+/// Requests seen, in total and per key (a path or a route template), and the one request
+/// armed to fail.
 #[derive(Debug, Default)]
 pub(crate) struct RequestCounts {
     total: AtomicU64,
     per_key: Mutex<BTreeMap<String, u64>>,
+    /// `(n, how)`: the request that makes the total `n` fails `how`, once.
+    armed: Mutex<Option<(u64, RequestFailure)>>,
 }
 
 impl RequestCounts {
-    /// Count one request under `key`.
-    pub(crate) fn record(&self, key: &str) {
-        self.total.fetch_add(1, Ordering::SeqCst);
+    /// Count one request under `key`; `Some` when this is the request armed to fail.
+    pub(crate) fn record(&self, key: &str) -> Option<RequestFailure> {
+        let n = self.total.fetch_add(1, Ordering::SeqCst) + 1;
         *lock(&self.per_key).entry(key.to_string()).or_default() += 1;
+        let mut armed = lock(&self.armed);
+        match *armed {
+            Some((at, how)) if at == n => {
+                *armed = None;
+                Some(how)
+            }
+            _ => None,
+        }
+    }
+
+    /// Arm the `k`-th request from now (1 = the next one) to fail `how`.
+    fn arm(&self, k: u64, how: RequestFailure) {
+        let n = self.total.load(Ordering::SeqCst) + k.max(1);
+        *lock(&self.armed) = Some((n, how));
+    }
+
+    /// Whether an armed failure has not fired yet.
+    fn armed(&self) -> bool {
+        lock(&self.armed).is_some()
+    }
+}
+
+/// Play back an armed failure around the handler `next` would run.
+pub(crate) async fn fail_request(
+    how: RequestFailure,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match how {
+        RequestFailure::BadGateway => (
+            StatusCode::BAD_GATEWAY,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>",
+        )
+            .into_response(),
+        RequestFailure::Dropped => cut_body(next.run(request).await).await,
+        RequestFailure::Stalled(delay) => {
+            tokio::time::sleep(delay).await;
+            next.run(request).await
+        }
     }
 }
 
@@ -102,6 +158,19 @@ impl<W, F: Clone> SimServer<W, F> {
     /// Requests received so far, per key.
     pub fn request_counts(&self) -> BTreeMap<String, u64> {
         self.serving.request_counts()
+    }
+
+    /// Make the `k`-th counted request from now (1 = the next one) fail once, `how`; it
+    /// replaces a failure armed earlier that has not fired. Counted requests are the ones
+    /// [`SimServer::request_count`] counts, so a test can fail each request of a clean
+    /// sync in turn: the k-th of `request_count()` requests.
+    pub fn fail_request(&self, k: u64, how: RequestFailure) {
+        self.serving.counts.arm(k, how);
+    }
+
+    /// Whether the failure armed by [`SimServer::fail_request`] has not fired yet.
+    pub fn failure_pending(&self) -> bool {
+        self.serving.counts.armed()
     }
 
     /// Stop serving: graceful for up to a second, then the server task is aborted.

@@ -79,3 +79,51 @@ pub async fn count(store: &Store, sql: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// What the archive holds, as sorted lines, leaving out what legitimately differs between
+/// two runs over the same upstream (observation times, run ids, the order of events): two
+/// archives of the same upstream state must give equal snapshots, so a test can compare a
+/// run that met failures with a clean one line by line.
+pub async fn archive_snapshot(store: &Store) -> Vec<String> {
+    const QUERIES: [&str; 6] = [
+        "SELECT format('conversation %s %s %s %s %s', source, conversation_id, conversation_type,
+                name, metadata) FROM vault.conversations",
+        "SELECT format('message %s %s %s seq=%s sender=%s/%s sent=%s reply=%s version=%s
+                edited=%s recalled=%s by=%s deleted=%s', source, conversation_id, message_id, seq,
+                sender_id, sender_name, sent_at, reply_to, current_version, edited_at,
+                recalled_at IS NOT NULL, recalled_by, deleted_at IS NOT NULL)
+         FROM vault.messages",
+        "SELECT format('version %s %s %s v%s %s %s %s edited=%s', source, conversation_id,
+                message_id, version, kind, text, content, edited_at)
+         FROM vault.message_versions",
+        "SELECT format('reaction %s %s %s %s %s %s removed=%s', source, conversation_id,
+                message_id, user_id, user_name, emoji, removed_at IS NOT NULL)
+         FROM vault.reactions",
+        "SELECT format('gap %s %s %s-%s %s', source, conversation_id, from_seq, to_seq, reason)
+         FROM vault.seq_gaps",
+        "SELECT format('quarantine %s %s', source, reason) FROM vault.quarantine",
+    ];
+    let mut lines = Vec::new();
+    for sql in QUERIES {
+        let rows: Vec<String> = sqlx::query_scalar(sql)
+            .fetch_all(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("snapshot query failed: {e}\n{sql}"));
+        lines.extend(rows);
+    }
+    lines.sort();
+    lines
+}
+
+/// The lines in which two snapshots differ, `-` only in `want`, `+` only in `got`.
+pub fn snapshot_diff(want: &[String], got: &[String]) -> Vec<String> {
+    use std::collections::BTreeSet;
+    let want_set: BTreeSet<&String> = want.iter().collect();
+    let got_set: BTreeSet<&String> = got.iter().collect();
+    let mut diff: Vec<String> = want_set
+        .difference(&got_set)
+        .map(|l| format!("- {l}"))
+        .collect();
+    diff.extend(got_set.difference(&want_set).map(|l| format!("+ {l}")));
+    diff
+}

@@ -123,7 +123,9 @@ pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Refusal> {
 
 async fn count_and_fault(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    state.counts.record(&path);
+    if let Some(how) = state.counts.record(&path) {
+        return serve::fail_request(how, request, next).await;
+    }
     let Some(fault) = state.faults.take(Stage::Transport, &path) else {
         return next.run(request).await;
     };

@@ -373,7 +373,9 @@ async fn edit_record(State(state): State<AppState>, headers: HeaderMap, body: By
 
 async fn count_and_fault(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    state.counts.record(&path);
+    if let Some(how) = state.counts.record(&path) {
+        return serve::fail_request(how, request, next).await;
+    }
     let Some(fault) = state.faults.take(Stage::Transport, &path) else {
         return next.run(request).await;
     };

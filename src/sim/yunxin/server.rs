@@ -90,7 +90,9 @@ pub fn checksum(secret: &str, nonce: &str, cur_time: &str) -> String {
 /// Count, fault, authenticate and rate-limit every routed request.
 async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let api = api_of(request.method(), request.uri().path()).to_string();
-    state.counts.record(&api);
+    if let Some(how) = state.counts.record(&api) {
+        return serve::fail_request(how, request, next).await;
+    }
     if let Some(kind) = state.faults.take(&api, false) {
         match kind {
             FaultKind::Code(code) => return fail(code, "injected failure"),
