@@ -305,7 +305,7 @@ impl Run<'_> {
     async fn run(&mut self, result: &mut SourceResult) -> Result<bool, SourceError> {
         let name = &self.source.name;
         let connector = self.connector;
-        self.call(|| connector.login()).await?;
+        self.call(|_| connector.login()).await?;
         let mut cursors = self.store.cursors(name).await?;
         let held = self.store.conversations(name).await?;
         let known: Vec<KnownConversation> = held
@@ -327,7 +327,7 @@ impl Run<'_> {
         let state = cursors.get("conversations").cloned();
         let full = self.options.full;
         let discovery = self
-            .call(|| {
+            .call(|_| {
                 connector.discover(DiscoverRequest {
                     known: &known,
                     state: state.as_ref(),
@@ -513,12 +513,13 @@ impl Run<'_> {
     ) -> Result<crate::connector::Fetched, ConnectorError> {
         let connector = self.connector;
         let full = self.options.full;
-        self.call(|| {
+        self.call(|attempt| {
             connector.fetch(FetchRequest {
                 conversation,
                 feed,
                 cursor: cursor.as_ref(),
                 full,
+                attempt,
             })
         })
         .await
@@ -542,16 +543,17 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Call the connector with the engine's retry policy.
+    /// Call the connector with the engine's retry policy; `f` is given how many times the
+    /// call has failed transiently so far.
     async fn call<T, Fut, F>(&self, f: F) -> Result<T, ConnectorError>
     where
-        F: Fn() -> Fut,
+        F: Fn(u32) -> Fut,
         Fut: Future<Output = Result<T, ConnectorError>>,
     {
         let mut transient = 0u32;
         let mut limited = 0u32;
         loop {
-            match f().await {
+            match f(transient).await {
                 Ok(v) => return Ok(v),
                 Err(ConnectorError::Unauthorized(msg)) => {
                     if self.relogged.swap(true, Ordering::Relaxed) {

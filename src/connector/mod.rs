@@ -127,6 +127,13 @@ pub struct FetchRequest<'a> {
     pub cursor: Option<&'a Cursor>,
     /// A `--full` pass: re-read everything, ignoring upstream shortcuts.
     pub full: bool,
+    /// How many times the engine has already sent this same request (same feed, same
+    /// cursor) in this run and had it fail transiently: 0 on the first try. A fetch is a
+    /// function of the request and the cursor; a connector may use `attempt` only to read
+    /// the same data in a different way when a request keeps failing (e.g. narrower
+    /// windows around a record upstream cannot serve), never to skip anything on a first
+    /// failure.
+    pub attempt: u32,
 }
 
 #[async_trait]

@@ -267,6 +267,7 @@ fn request<'a>(
         feed,
         cursor,
         full,
+        attempt: 0,
     }
 }
 
