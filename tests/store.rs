@@ -742,3 +742,182 @@ async fn runs_are_recorded_with_the_chain_head() {
     assert_eq!(status[0].events, 6);
     assert!(status[0].chain_head.starts_with("6:"));
 }
+
+/// A NUL anywhere PostgreSQL stores a string (ids, names, emoji, cursor keys and values)
+/// used to make it reject the page, every run: cleaned in one place, the page lands.
+#[tokio::test]
+async fn nul_characters_anywhere_in_a_page_never_stop_it() {
+    let (store, src) = store().await;
+    let conv = "c\0x";
+    let mut m = message(conv, "m\0", 1, "hi");
+    m.reactions = Some(vec![ReactionState {
+        user_id: "u\0".into(),
+        user_name: Some("Ann\0".into()),
+        emoji: "👍\0".into(),
+    }]);
+    let mut p = Page::new(
+        "messages/c\0x",
+        None,
+        chatvault::model::Cursor(json!({"v": 1, "anchor": "a\0"})),
+    );
+    p.conversations.push(conversation(conv));
+    p.messages.push(m);
+    // a reaction feed's change on another message
+    p.messages.push(message(conv, "n\0", 2, "there"));
+    p.reactions.push(ReactionObservation {
+        conversation_id: conv.into(),
+        message_id: "n\0".into(),
+        user_id: "v\0".into(),
+        user_name: Some("Bo\0".into()),
+        emoji: "❤\0".into(),
+        present: true,
+        one_per_user: false,
+        at: Some(t(5)),
+    });
+    p.gaps.push(chatvault::model::SeqGap {
+        conversation_id: conv.into(),
+        from_seq: 3,
+        to_seq: 4,
+        reason: "gone\0".into(),
+    });
+    let out = store.apply_page(&src, &p).await.unwrap();
+    assert_eq!((out.messages_new, out.quarantined, out.gaps), (2, 0, 1));
+
+    let emoji: Vec<String> = sqlx::query_scalar(
+        "SELECT emoji FROM archive.reactions WHERE conversation_id = 'c\u{FFFD}x' ORDER BY emoji",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(emoji, vec!["❤\u{FFFD}", "👍\u{FFFD}"]);
+    let cursors = store.cursors(&src).await.unwrap();
+    assert_eq!(
+        cursors["messages/c\u{FFFD}x"].0["anchor"], "a\u{FFFD}",
+        "{cursors:?}"
+    );
+
+    // The engine moves on from the cursor it sent, NULs and all: the next page applies.
+    let next = Page::new(
+        "messages/c\0x",
+        Some(p.next_cursor.clone()),
+        chatvault::model::Cursor(json!({"v": 1, "anchor": "b"})),
+    );
+    store.apply_page(&src, &next).await.unwrap();
+    // and replaying the first page's content changes nothing
+    let mut again = p.clone();
+    again.expected_cursor = Some(next.next_cursor.clone());
+    again.next_cursor = next.next_cursor.clone();
+    let replay = store.apply_page(&src, &again).await.unwrap();
+    assert_eq!((replay.messages_new, replay.events), (0, 0));
+    assert!(store.verify(&[]).await.unwrap().ok());
+}
+
+/// `n` CJK characters in no pattern a compressor could shorten.
+fn incompressible(n: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_u32(0x4E00 + (x % 20_000) as u32).unwrap()
+        })
+        .collect()
+}
+
+/// Records PostgreSQL cannot store (a time before 4713 BC, an id too long for an index
+/// row, an emoji too long for the reactions index) are quarantined with PostgreSQL's
+/// reason; the rest of the page lands with the cursor, and the chain verifies.
+#[tokio::test]
+async fn records_postgres_refuses_are_quarantined_and_the_rest_lands() {
+    let (store, src) = store().await;
+    let mut messages: Vec<_> = (1..=8)
+        .map(|i| message("c", &format!("m{i}"), i, &format!("text {i}")))
+        .collect();
+    // before 4713 BC
+    let ancient = chrono::NaiveDate::from_ymd_opt(-5000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    messages[2].header.as_mut().unwrap().sent_at = ancient;
+    // too long for the primary key's index row (and not compressible below it)
+    messages[5].message_id = incompressible(2000);
+    let mut p = page("messages/c", None, 8, messages);
+    p.conversations.push(conversation("c"));
+    p.reactions.push(ReactionObservation {
+        conversation_id: "c".into(),
+        message_id: "m1".into(),
+        user_id: "u2".into(),
+        user_name: None,
+        emoji: incompressible(1500),
+        present: true,
+        one_per_user: false,
+        at: Some(t(9)),
+    });
+    p.reactions.push(ReactionObservation {
+        conversation_id: "c".into(),
+        message_id: "m2".into(),
+        user_id: "u2".into(),
+        user_name: None,
+        emoji: "👍".into(),
+        present: true,
+        one_per_user: false,
+        at: Some(t(9)),
+    });
+
+    let out = store.apply_page(&src, &p).await.unwrap();
+    assert_eq!(out.messages_new, 6, "{out:?}");
+    assert_eq!(out.quarantined, 3, "{out:?}");
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT message_id FROM archive.messages ORDER BY message_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(ids, vec!["m1", "m2", "m4", "m5", "m7", "m8"]);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM archive.reactions WHERE emoji = '👍'"
+        )
+        .await,
+        1
+    );
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM archive.quarantine ORDER BY reason")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(reasons.len(), 3);
+    for reason in &reasons {
+        assert!(reason.starts_with("PostgreSQL cannot store"), "{reason}");
+        assert!(reason.contains("SQLSTATE"), "{reason}");
+        assert!(reason.len() < 1000, "reasons stay short: {reason}");
+    }
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("message m3 of conversation c")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("reaction of u2 on message m1")));
+    // the quarantined message keeps its observation, raw upstream payload included
+    let raw: Value =
+        sqlx::query_scalar("SELECT raw FROM archive.quarantine WHERE reason LIKE '%message m3 %'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(raw["observation"]["raw"]["message_idstr"], "m3");
+    assert_eq!(store.cursors(&src).await.unwrap()["messages/c"], cursor(8));
+    assert!(store.verify(&[]).await.unwrap().ok());
+
+    // The same records again: nothing new, nothing duplicated, the source moves on.
+    let mut again = p.clone();
+    again.expected_cursor = Some(cursor(8));
+    again.next_cursor = cursor(9);
+    let replay = store.apply_page(&src, &again).await.unwrap();
+    assert_eq!(
+        (replay.messages_new, replay.events, replay.quarantined),
+        (0, 0, 0)
+    );
+    assert_eq!(store.cursors(&src).await.unwrap()["messages/c"], cursor(9));
+}

@@ -1,14 +1,22 @@
 //! Applying one page in one transaction: load what is held for the page's keys (a few
 //! set-based queries), diff in memory ([`super::diff`]), then write rows, versions,
 //! reactions, events (chained) and the cursor with one statement each.
+//!
+//! A page is cleaned first ([`super::clean`]). If PostgreSQL still refuses it for its data
+//! (a time it cannot represent, a key too long for an index row, ...), the page is applied
+//! again in parts, each under a savepoint, halving the parts that fail until the refused
+//! records are found: those are quarantined with PostgreSQL's reason, the rest lands with
+//! the cursor. One record can never hold a source back (invariant 6).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
+use tracing::warn;
 
-use super::canonical::{self, chain_hash, strip_nul, strip_nul_value, EventFields, Hash};
+use super::canonical::{self, chain_hash, EventFields, Hash};
+use super::clean;
 use super::diff::{self, EventDraft, MessageState, ReactionBook};
 use super::{Result, Store, StoreError};
 use crate::model::{
@@ -29,6 +37,16 @@ pub struct PageOutcome {
     pub chain_head: Hash,
 }
 
+impl PageOutcome {
+    fn add(&mut self, part: PageOutcome) {
+        self.messages_new += part.messages_new;
+        self.messages_changed += part.messages_changed;
+        self.events += part.events;
+        self.quarantined += part.quarantined;
+        self.gaps += part.gaps;
+    }
+}
+
 type MsgKey = (String, String);
 
 /// A held or new message row, with what must be written back.
@@ -39,39 +57,70 @@ struct Row {
     dirty: bool,
 }
 
+/// The source's chain head while a page is applied: `(event_seq, hash)`.
+#[derive(Clone, Copy)]
+struct Chain {
+    seq: i64,
+    head: Hash,
+}
+
 impl Store {
     /// Apply a page in one transaction (invariant 2). Fails with
     /// [`StoreError::CursorConflict`] and changes nothing if the stored cursor is not
-    /// `page.expected_cursor`.
+    /// `page.expected_cursor`. Records PostgreSQL refuses are quarantined and the rest of
+    /// the page lands (see the module doc).
     pub async fn apply_page(&self, source: &SourceName, page: &Page) -> Result<PageOutcome> {
         let observed_at = crate::model::to_micros(Utc::now());
+        let page = clean::clean_page(page);
         let mut tx = self.pool.begin().await?;
-        let outcome = apply_in(&mut tx, source, page, observed_at).await?;
+        let refused = match apply_in(&mut tx, source, &page, observed_at).await {
+            Ok(outcome) => {
+                tx.commit().await?;
+                return Ok(outcome);
+            }
+            Err(StoreError::Database(e)) if is_refused_data(&e) => e,
+            Err(e) => return Err(e),
+        };
+        tx.rollback().await?;
+        warn!(
+            source = %source,
+            cursor = %page.cursor_key,
+            error = %refused,
+            "PostgreSQL refused part of a page; applying it in parts to quarantine what it refuses"
+        );
+        let mut tx = self.pool.begin().await?;
+        let outcome = apply_in_parts(&mut tx, source, &page, observed_at).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 }
 
-async fn apply_in(
-    tx: &mut Transaction<'_, Postgres>,
-    source: &SourceName,
-    page: &Page,
-    observed_at: DateTime<Utc>,
-) -> Result<PageOutcome> {
-    let src = source.as_str();
-    // 1. Lock the chain head: one writer per source from here to commit.
+/// Whether PostgreSQL refused a statement because of the data it carried (SQLSTATE classes
+/// 22 "data exception", 23 "integrity constraint violation" and 54 "program limit
+/// exceeded"), rather than because the database is unreachable or broken.
+fn is_refused_data(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code().is_some_and(|code| {
+        ["22", "23", "54"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    })
+}
+
+/// Lock the source's chain head (one writer per source from here to commit) and check that
+/// the stored cursor is the one the page started from.
+async fn begin_page(tx: &mut Transaction<'_, Postgres>, src: &str, page: &Page) -> Result<Chain> {
     let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT event_seq, hash FROM vault.chain_heads WHERE source = $1 FOR UPDATE",
     )
     .bind(src)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((mut chain_seq, head_hash)) = head else {
+    let Some((seq, head_hash)) = head else {
         return Err(StoreError::UnknownSource(src.to_string()));
     };
-    let mut chain_head: Hash = head_hash.try_into().unwrap_or(canonical::GENESIS);
-
-    // 2. The optimistic cursor check.
     let stored: Option<Value> = sqlx::query_scalar(
         "SELECT value FROM vault.cursors WHERE source = $1 AND key = $2 FOR UPDATE",
     )
@@ -89,7 +138,295 @@ async fn apply_in(
             found: show(stored.as_ref()),
         });
     }
+    Ok(Chain {
+        seq,
+        head: head_hash.try_into().unwrap_or(canonical::GENESIS),
+    })
+}
 
+async fn write_cursor(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    page: &Page,
+    observed_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO vault.cursors (source, key, value, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (source, key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(src)
+    .bind(&page.cursor_key)
+    .bind(&page.next_cursor.0)
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The messages a page observes in full (with a header): present upstream by definition, so
+/// a window of the same page never marks them deleted.
+fn full_keys(page: &Page) -> Vec<MsgKey> {
+    page.messages
+        .iter()
+        .filter(|m| m.header.is_some())
+        .map(|m| (m.conversation_id.clone(), m.message_id.clone()))
+        .collect()
+}
+
+/// The whole (cleaned) page in the open transaction.
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    source: &SourceName,
+    page: &Page,
+    observed_at: DateTime<Utc>,
+) -> Result<PageOutcome> {
+    let src = source.as_str();
+    let mut chain = begin_page(tx, src, page).await?;
+    let mut outcome =
+        apply_records(tx, src, page, &full_keys(page), observed_at, &mut chain).await?;
+    write_cursor(tx, src, page, observed_at).await?;
+    outcome.chain_seq = chain.seq;
+    outcome.chain_head = chain.head;
+    Ok(outcome)
+}
+
+/// One record of a page, by position.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Conversation(usize),
+    Message(usize),
+    Reaction(usize),
+    Gap(usize),
+    Quarantine(usize),
+    Window(usize),
+}
+
+impl Part {
+    /// Every record of `page`, in the order a whole page applies them (windows last).
+    fn all(page: &Page) -> Vec<Part> {
+        let mut parts = Vec::new();
+        parts.extend((0..page.conversations.len()).map(Part::Conversation));
+        parts.extend((0..page.messages.len()).map(Part::Message));
+        parts.extend((0..page.reactions.len()).map(Part::Reaction));
+        parts.extend((0..page.gaps.len()).map(Part::Gap));
+        parts.extend((0..page.quarantine.len()).map(Part::Quarantine));
+        parts.extend((0..page.windows.len()).map(Part::Window));
+        parts
+    }
+
+    /// The page of just these records (same cursor key; the cursor is written once, by
+    /// the caller).
+    fn page(page: &Page, parts: &[Part]) -> Page {
+        let mut sub = Page::new(
+            page.cursor_key.clone(),
+            page.expected_cursor.clone(),
+            page.next_cursor.clone(),
+        );
+        for part in parts {
+            match *part {
+                Part::Conversation(i) => sub.conversations.push(page.conversations[i].clone()),
+                Part::Message(i) => sub.messages.push(page.messages[i].clone()),
+                Part::Reaction(i) => sub.reactions.push(page.reactions[i].clone()),
+                Part::Gap(i) => sub.gaps.push(page.gaps[i].clone()),
+                Part::Quarantine(i) => sub.quarantine.push(page.quarantine[i].clone()),
+                Part::Window(i) => sub.windows.push(page.windows[i].clone()),
+            }
+        }
+        sub
+    }
+
+    /// The quarantine record of a refused record: what it was and PostgreSQL's reason.
+    fn refused(self, page: &Page, error: &str) -> QuarantineRecord {
+        let (what, raw) = match self {
+            Part::Conversation(i) => {
+                let c = &page.conversations[i];
+                (
+                    format!("conversation {}", c.conversation_id),
+                    serde_json::to_value(c).unwrap_or(Value::Null),
+                )
+            }
+            Part::Message(i) => {
+                let m = &page.messages[i];
+                (
+                    format!(
+                        "message {} of conversation {}",
+                        m.message_id, m.conversation_id
+                    ),
+                    serde_json::json!({"observation": m}),
+                )
+            }
+            Part::Reaction(i) => {
+                let r = &page.reactions[i];
+                (
+                    format!(
+                        "reaction of {} on message {} of conversation {}",
+                        r.user_id, r.message_id, r.conversation_id
+                    ),
+                    serde_json::to_value(r).unwrap_or(Value::Null),
+                )
+            }
+            Part::Gap(i) => {
+                let g = &page.gaps[i];
+                (
+                    format!(
+                        "gap {}-{} of conversation {}",
+                        g.from_seq, g.to_seq, g.conversation_id
+                    ),
+                    serde_json::to_value(g).unwrap_or(Value::Null),
+                )
+            }
+            Part::Quarantine(i) => {
+                let q = &page.quarantine[i];
+                (format!("quarantine record ({})", q.reason), q.raw.clone())
+            }
+            Part::Window(i) => {
+                let w = &page.windows[i];
+                (
+                    format!("window read of conversation {}", w.conversation_id),
+                    serde_json::to_value(w).unwrap_or(Value::Null),
+                )
+            }
+        };
+        QuarantineRecord {
+            reason: clean::text(&format!(
+                "PostgreSQL cannot store {}: {error}",
+                shorten(&what, 120)
+            )),
+            raw,
+        }
+    }
+}
+
+/// At most `max` characters of `s`, with an ellipsis where it was cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
+/// Apply a page PostgreSQL refused as a whole: its records in parts, each under a
+/// savepoint; a part refused for its data is halved until single records are left, which
+/// are quarantined. Then the cursor moves as the whole page would have moved it.
+async fn apply_in_parts(
+    tx: &mut Transaction<'_, Postgres>,
+    source: &SourceName,
+    page: &Page,
+    observed_at: DateTime<Utc>,
+) -> Result<PageOutcome> {
+    let src = source.as_str();
+    let mut chain = begin_page(tx, src, page).await?;
+    let keys = full_keys(page);
+    let mut outcome = PageOutcome::default();
+    let mut refused: Vec<QuarantineRecord> = Vec::new();
+    // depth first, in page order: the first half is applied before the second
+    let mut todo: Vec<Vec<Part>> = vec![Part::all(page)];
+    while let Some(parts) = todo.pop() {
+        if parts.is_empty() {
+            continue;
+        }
+        let sub = Part::page(page, &parts);
+        sqlx::query("SAVEPOINT page_part")
+            .execute(&mut **tx)
+            .await?;
+        let before = chain;
+        match apply_records(tx, src, &sub, &keys, observed_at, &mut chain).await {
+            Ok(part) => {
+                sqlx::query("RELEASE SAVEPOINT page_part")
+                    .execute(&mut **tx)
+                    .await?;
+                outcome.add(part);
+            }
+            Err(StoreError::Database(e)) if is_refused_data(&e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT page_part")
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("RELEASE SAVEPOINT page_part")
+                    .execute(&mut **tx)
+                    .await?;
+                chain = before;
+                if let [part] = parts[..] {
+                    refused.push(part.refused(page, &database_reason(&e)));
+                } else {
+                    let (first, second) = parts.split_at(parts.len() / 2);
+                    todo.push(second.to_vec());
+                    todo.push(first.to_vec());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for record in refused {
+        outcome.quarantined += quarantine_refused(tx, src, record, observed_at).await?;
+    }
+    write_cursor(tx, src, page, observed_at).await?;
+    outcome.chain_seq = chain.seq;
+    outcome.chain_head = chain.head;
+    Ok(outcome)
+}
+
+/// PostgreSQL's message for a refused statement (no values: they may be large).
+fn database_reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Quarantine a refused record; if even its raw form is refused, keep its digest and a
+/// bounded excerpt of it as text instead, so the record is never lost silently.
+async fn quarantine_refused(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    record: QuarantineRecord,
+    observed_at: DateTime<Utc>,
+) -> Result<u64> {
+    sqlx::query("SAVEPOINT quarantine_part")
+        .execute(&mut **tx)
+        .await?;
+    match write_quarantine(tx, src, std::slice::from_ref(&record), observed_at).await {
+        Ok(n) => {
+            sqlx::query("RELEASE SAVEPOINT quarantine_part")
+                .execute(&mut **tx)
+                .await?;
+            return Ok(n);
+        }
+        Err(StoreError::Database(e)) if is_refused_data(&e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT quarantine_part")
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT quarantine_part")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    let text = record.raw.to_string();
+    let fallback = QuarantineRecord {
+        reason: record.reason,
+        raw: serde_json::json!({
+            "unstorable": true,
+            "sha256": hex::encode(canonical::value_hash(&record.raw)),
+            "bytes": text.len(),
+            "excerpt": clean::text(&shorten(&text, 16 * 1024)),
+        }),
+    };
+    write_quarantine(tx, src, std::slice::from_ref(&fallback), observed_at).await
+}
+
+/// Steps 3 to 7 of a page (everything but the cursor) in the open transaction, appending
+/// its events to `chain`. `present` are messages known to be upstream (see [`full_keys`]).
+async fn apply_records(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    page: &Page,
+    present: &[MsgKey],
+    observed_at: DateTime<Utc>,
+    chain: &mut Chain,
+) -> Result<PageOutcome> {
     let mut events: Vec<EventDraft> = Vec::new();
     let mut quarantine: Vec<QuarantineRecord> = page.quarantine.clone();
 
@@ -125,14 +462,13 @@ async fn apply_in(
         .collect();
     let mut new_convs: BTreeSet<String> = BTreeSet::new();
     for obs in &page.conversations {
-        let obs = clean_conversation(obs);
         let entry = convs
             .entry(obs.conversation_id.clone())
             .or_insert((None, false));
         if entry.0.is_none() {
             new_convs.insert(obs.conversation_id.clone());
         }
-        if let Some(event) = diff::apply_conversation(&mut entry.0, &obs) {
+        if let Some(event) = diff::apply_conversation(&mut entry.0, obs) {
             entry.1 = true;
             events.push(event);
         }
@@ -186,10 +522,9 @@ async fn apply_in(
     let mut new_msgs: BTreeSet<MsgKey> = BTreeSet::new();
     let mut changed_msgs: BTreeSet<MsgKey> = BTreeSet::new();
     for obs in &page.messages {
-        let obs = clean_message(obs);
         let key = (obs.conversation_id.clone(), obs.message_id.clone());
         let row = rows.get_mut(&key).expect("every page key has a row");
-        let out = match diff::apply_message(&mut row.state, &obs, observed_at) {
+        let out = match diff::apply_message(&mut row.state, obs, observed_at) {
             Ok(out) => out,
             Err(e) => {
                 quarantine.push(QuarantineRecord {
@@ -233,19 +568,8 @@ async fn apply_in(
     write_versions(tx, src, &versions, observed_at).await?;
     write_reactions(tx, src, &books).await?;
     // Only a full observation (a history item) shows a message is there; a mark is not.
-    let full_keys: Vec<MsgKey> = page
-        .messages
-        .iter()
-        .filter(|m| m.header.is_some())
-        .map(|m| {
-            (
-                strip_nul(&m.conversation_id).into_owned(),
-                strip_nul(&m.message_id).into_owned(),
-            )
-        })
-        .collect();
     for window in &page.windows {
-        let deleted = apply_window(tx, src, window, &full_keys, observed_at).await?;
+        let deleted = apply_window(tx, src, window, present, observed_at).await?;
         for id in deleted {
             changed_msgs.insert((window.conversation_id.clone(), id.clone()));
             events.push(EventDraft {
@@ -255,7 +579,7 @@ async fn apply_in(
                 occurred_at: None,
                 detail: serde_json::json!({
                     "by": null,
-                    "detail": strip_nul(&window.detail),
+                    "detail": window.detail,
                     "window": [
                         canonical::canonical_time(&window.from),
                         canonical::canonical_time(&window.to),
@@ -271,22 +595,12 @@ async fn apply_in(
         src,
         &events,
         observed_at,
-        &mut chain_seq,
-        &mut chain_head,
+        &mut chain.seq,
+        &mut chain.head,
     )
     .await?;
     let gaps = write_gaps(tx, src, page, observed_at).await?;
     let quarantined = write_quarantine(tx, src, &quarantine, observed_at).await?;
-    sqlx::query(
-        "INSERT INTO vault.cursors (source, key, value, updated_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (source, key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
-    )
-    .bind(src)
-    .bind(&page.cursor_key)
-    .bind(&*strip_nul_value(&page.next_cursor.0))
-    .bind(observed_at)
-    .execute(&mut **tx)
-    .await?;
 
     Ok(PageOutcome {
         messages_new: new_msgs.len() as u64,
@@ -294,67 +608,9 @@ async fn apply_in(
         events: n_events,
         quarantined,
         gaps,
-        chain_seq,
-        chain_head,
+        chain_seq: chain.seq,
+        chain_head: chain.head,
     })
-}
-
-fn clean_conversation(obs: &ConversationObservation) -> ConversationObservation {
-    ConversationObservation {
-        conversation_id: strip_nul(&obs.conversation_id).into_owned(),
-        conversation_type: obs.conversation_type,
-        name: obs.name.as_deref().map(|n| strip_nul(n).into_owned()),
-        metadata: strip_nul_value(&obs.metadata).into_owned(),
-    }
-}
-
-fn clean_message(obs: &crate::model::MessageObservation) -> crate::model::MessageObservation {
-    let s = |v: &str| strip_nul(v).into_owned();
-    let so = |v: &Option<String>| v.as_deref().map(|v| strip_nul(v).into_owned());
-    let content = |c: &crate::model::Content| crate::model::Content {
-        kind: c.kind,
-        text: s(&c.text),
-        content: strip_nul_value(&c.content).into_owned(),
-    };
-    let mark = |m: &Option<Mark>| {
-        m.as_ref().map(|m| Mark {
-            at: m.at.map(crate::model::to_micros),
-            by: so(&m.by),
-        })
-    };
-    crate::model::MessageObservation {
-        conversation_id: s(&obs.conversation_id),
-        message_id: s(&obs.message_id),
-        header: obs.header.as_ref().map(|h| MessageHeader {
-            seq: h.seq,
-            sender_id: so(&h.sender_id),
-            sender_name: so(&h.sender_name),
-            sent_at: crate::model::to_micros(h.sent_at),
-            reply_to: so(&h.reply_to),
-        }),
-        content: obs.content.as_ref().map(content),
-        edited_at: obs.edited_at.map(crate::model::to_micros),
-        earlier_versions: obs
-            .earlier_versions
-            .iter()
-            .map(|e| crate::model::EarlierVersion {
-                content: content(&e.content),
-                replaced_at: e.replaced_at.map(crate::model::to_micros),
-            })
-            .collect(),
-        recalled: mark(&obs.recalled),
-        deleted: mark(&obs.deleted),
-        reactions: obs.reactions.as_ref().map(|rs| {
-            rs.iter()
-                .map(|r| crate::model::ReactionState {
-                    user_id: s(&r.user_id),
-                    user_name: so(&r.user_name),
-                    emoji: s(&r.emoji),
-                })
-                .collect()
-        }),
-        raw: strip_nul_value(&obs.raw).into_owned(),
-    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -916,18 +1172,14 @@ async fn write_gaps(
     if page.gaps.is_empty() {
         return Ok(0);
     }
-    let convs: Vec<String> = page
+    let convs: Vec<&str> = page
         .gaps
         .iter()
-        .map(|g| strip_nul(&g.conversation_id).into_owned())
+        .map(|g| g.conversation_id.as_str())
         .collect();
     let from: Vec<i64> = page.gaps.iter().map(|g| g.from_seq).collect();
     let to: Vec<i64> = page.gaps.iter().map(|g| g.to_seq).collect();
-    let reasons: Vec<String> = page
-        .gaps
-        .iter()
-        .map(|g| strip_nul(&g.reason).into_owned())
-        .collect();
+    let reasons: Vec<&str> = page.gaps.iter().map(|g| g.reason.as_str()).collect();
     let done = sqlx::query(
         "INSERT INTO vault.seq_gaps (source, conversation_id, from_seq, to_seq, reason, observed_at)
          SELECT $1, c, f, t, r, $6 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[]) AS u(c, f, t, r)
@@ -953,19 +1205,12 @@ async fn write_quarantine(
     if records.is_empty() {
         return Ok(0);
     }
-    let raws: Vec<Value> = records
+    let hashes: Vec<Vec<u8>> = records
         .iter()
-        .map(|r| strip_nul_value(&r.raw).into_owned())
+        .map(|r| canonical::value_hash(&r.raw).to_vec())
         .collect();
-    let hashes: Vec<Vec<u8>> = raws
-        .iter()
-        .map(|r| canonical::value_hash(r).to_vec())
-        .collect();
-    let raw_text: Vec<String> = raws.iter().map(Value::to_string).collect();
-    let reasons: Vec<String> = records
-        .iter()
-        .map(|r| strip_nul(&r.reason).into_owned())
-        .collect();
+    let raw_text: Vec<String> = records.iter().map(|r| r.raw.to_string()).collect();
+    let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
     let done = sqlx::query(
         "INSERT INTO vault.quarantine (source, raw_hash, observed_at, reason, raw)
          SELECT $1, h, $5, r, raw::jsonb FROM unnest($2::bytea[], $3::text[], $4::text[]) AS u(h, r, raw)
@@ -991,23 +1236,16 @@ async fn apply_window(
     page_keys: &[MsgKey],
     observed_at: DateTime<Utc>,
 ) -> Result<Vec<String>> {
-    let conv = strip_nul(&window.conversation_id).into_owned();
-    let (from, to) = (
-        crate::model::to_micros(window.from),
-        crate::model::to_micros(window.to),
-    );
+    let conv = &window.conversation_id;
+    let (from, to) = (window.from, window.to);
     if from > to {
         return Ok(Vec::new());
     }
-    let mut present: Vec<String> = window
-        .present
-        .iter()
-        .map(|id| strip_nul(id).into_owned())
-        .collect();
+    let mut present: Vec<String> = window.present.clone();
     present.extend(
         page_keys
             .iter()
-            .filter(|(c, _)| *c == conv)
+            .filter(|(c, _)| c == conv)
             .map(|(_, m)| m.clone()),
     );
     present.sort();
@@ -1019,7 +1257,7 @@ async fn apply_window(
          RETURNING message_id",
     )
     .bind(src)
-    .bind(&conv)
+    .bind(conv)
     .bind(from)
     .bind(to)
     .bind(observed_at)

@@ -14,6 +14,7 @@
 mod apply;
 pub mod browse;
 pub mod canonical;
+mod clean;
 pub mod diff;
 pub mod export;
 mod runs;

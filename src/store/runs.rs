@@ -126,7 +126,8 @@ impl Store {
         .bind(counts.messages_changed as i64)
         .bind(counts.requests as i64)
         .bind(counts.retries as i64)
-        .bind(error)
+        // an error may quote upstream text, which may hold what PostgreSQL cannot store
+        .bind(error.map(super::clean::text))
         .execute(&self.pool)
         .await?;
         Ok(())
