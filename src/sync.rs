@@ -8,7 +8,7 @@
 //! per-source result recorded in `archive.sync_runs`. One writer per source is ensured by a
 //! PostgreSQL advisory lock held for the run on a dedicated connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,6 +41,10 @@ pub struct SyncOptions {
     pub max_rate_limit_waits: u32,
     /// Show an interactive progress bar (a terminal); otherwise log progress periodically.
     pub progress_bar: bool,
+    /// Pages one feed of one conversation may take in one run before the engine stops it
+    /// with an error (the next run goes on from where it stopped): a bound on a connector
+    /// that keeps moving without ever reaching the end.
+    pub max_pages_per_feed: u64,
 }
 
 impl Default for SyncOptions {
@@ -52,6 +56,7 @@ impl Default for SyncOptions {
             max_backoff: Duration::from_secs(60),
             max_rate_limit_waits: 30,
             progress_bar: false,
+            max_pages_per_feed: 1_000_000,
         }
     }
 }
@@ -422,8 +427,9 @@ impl Run<'_> {
             } else {
                 cursors.get(&key).cloned()
             };
-            let mut fetched = self.fetch(conversation, feed, first_cursor).await;
-            let mut stalled = 0u32;
+            let mut fetched = self.fetch(conversation, feed, first_cursor.clone()).await;
+            let mut guard =
+                FeedGuard::new(feed, first_cursor.as_ref(), self.options.max_pages_per_feed);
             loop {
                 if self.stopping() {
                     return Ok(true);
@@ -489,16 +495,7 @@ impl Run<'_> {
                 }
                 let Some(prefetched) = prefetched else { break };
                 fetched = prefetched;
-                if progressed || !empty {
-                    stalled = 0;
-                } else {
-                    stalled += 1;
-                    if stalled >= 3 {
-                        return Err(SourceError::Other(format!(
-                            "the {feed} feed made no progress in three pages; stopping it"
-                        )));
-                    }
-                }
+                guard.check(&page.next_cursor, progressed || !empty)?;
             }
         }
         Ok(false)
@@ -623,6 +620,66 @@ impl Run<'_> {
     }
 }
 
+/// What ends a feed that never reports its end: three pages in a row that neither move
+/// the cursor nor carry anything, a return to a cursor the feed already left in this run
+/// (a fetch is a function of its cursor, so that would repeat forever), or the page budget.
+struct FeedGuard {
+    feed: String,
+    stalled: u32,
+    pages: u64,
+    max_pages: u64,
+    /// Digests of the cursors this feed has been at in this run.
+    seen: HashSet<[u8; 32]>,
+}
+
+impl FeedGuard {
+    fn new(feed: &str, first: Option<&Cursor>, max_pages: u64) -> FeedGuard {
+        let mut seen = HashSet::new();
+        if let Some(first) = first {
+            seen.insert(crate::store::canonical::value_hash(&first.0));
+        }
+        FeedGuard {
+            feed: feed.to_string(),
+            stalled: 0,
+            pages: 0,
+            max_pages,
+            seen,
+        }
+    }
+
+    /// After a page that left the feed at `cursor`; `progressed`: it moved the cursor or
+    /// carried something.
+    fn check(&mut self, cursor: &Cursor, progressed: bool) -> Result<(), SourceError> {
+        let feed = &self.feed;
+        self.pages += 1;
+        if self.pages >= self.max_pages {
+            return Err(SourceError::Other(format!(
+                "the {feed} feed read {} pages in this run without reaching its end; stopping it (the next run goes on from here)",
+                self.pages
+            )));
+        }
+        if !progressed {
+            self.stalled += 1;
+            if self.stalled >= 3 {
+                return Err(SourceError::Other(format!(
+                    "the {feed} feed made no progress in three pages; stopping it"
+                )));
+            }
+            return Ok(());
+        }
+        self.stalled = 0;
+        if !self
+            .seen
+            .insert(crate::store::canonical::value_hash(&cursor.0))
+        {
+            return Err(SourceError::Other(format!(
+                "the {feed} feed came back to a position it had already left in this run (upstream paging goes round in a circle); stopping it"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Progress on a terminal (a bar) or in the log (a line every ten seconds).
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -691,5 +748,56 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(n: u64) -> Cursor {
+        Cursor(json!({"v": 1, "token": n}))
+    }
+
+    #[test]
+    fn a_feed_going_round_in_a_circle_is_stopped() {
+        let mut guard = FeedGuard::new("messages", Some(&at(0)), 100);
+        guard.check(&at(1), true).unwrap();
+        guard.check(&at(2), true).unwrap();
+        let e = guard.check(&at(1), true).unwrap_err().to_string();
+        assert!(e.contains("came back to a position"), "{e}");
+
+        // back to the cursor the run started from
+        let mut guard = FeedGuard::new("messages", Some(&at(0)), 100);
+        guard.check(&at(1), true).unwrap();
+        assert!(guard.check(&at(0), true).is_err());
+    }
+
+    #[test]
+    fn a_page_with_data_that_does_not_move_the_cursor_is_stopped() {
+        let mut guard = FeedGuard::new("messages", Some(&at(0)), 100);
+        assert!(guard.check(&at(0), true).is_err());
+    }
+
+    #[test]
+    fn three_empty_pages_in_place_are_stopped_and_progress_resets_the_count() {
+        let mut guard = FeedGuard::new("extras", None, 100);
+        guard.check(&at(1), false).unwrap();
+        guard.check(&at(1), false).unwrap();
+        guard.check(&at(2), true).unwrap();
+        guard.check(&at(2), false).unwrap();
+        guard.check(&at(2), false).unwrap();
+        let e = guard.check(&at(2), false).unwrap_err().to_string();
+        assert!(e.contains("no progress in three pages"), "{e}");
+    }
+
+    #[test]
+    fn the_page_budget_ends_a_feed_that_never_ends() {
+        let mut guard = FeedGuard::new("messages", None, 50);
+        for n in 1..50 {
+            guard.check(&at(n), true).unwrap();
+        }
+        let e = guard.check(&at(50), true).unwrap_err().to_string();
+        assert!(e.contains("without reaching its end"), "{e}");
     }
 }
