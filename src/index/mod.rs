@@ -231,6 +231,47 @@ impl Generation {
 pub struct SearchIndex {
     root: PathBuf,
     current: Arc<RwLock<Arc<Generation>>>,
+    /// The key search cursors are signed with, read (or made) on first use.
+    cursor_key: Arc<std::sync::OnceLock<[u8; 32]>>,
+}
+
+/// Read a 32-byte key from `path`, or make one there (created with mode 0600, never
+/// replacing a key another process made first).
+fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read = |path: &Path| -> anyhow::Result<[u8; 32]> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        bytes.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a 32-byte key; remove it and a new one is made (search cursors given before stop working)",
+                path.display()
+            )
+        })
+    };
+    if path.exists() {
+        return read(path);
+    }
+    let key: [u8; 32] = rand::random();
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(&key)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    // a hard link fails if another process made the key first: then theirs is the key
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
 }
 
 fn read_current(root: &Path) -> anyhow::Result<Option<String>> {
@@ -270,6 +311,7 @@ impl SearchIndex {
         Ok(Some(SearchIndex {
             root: root.to_path_buf(),
             current: Arc::new(RwLock::new(Arc::new(generation))),
+            cursor_key: Arc::default(),
         }))
     }
 
@@ -290,11 +332,23 @@ impl SearchIndex {
         Ok(SearchIndex {
             root: root.to_path_buf(),
             current: Arc::new(RwLock::new(Arc::new(generation))),
+            cursor_key: Arc::default(),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The key that signs search cursors: 32 random bytes in `cursor.key` beside the
+    /// generations (mode 0600, made by the first process that needs it), so that every
+    /// process sharing the data directory accepts the cursors the others gave.
+    pub fn cursor_key(&self) -> anyhow::Result<[u8; 32]> {
+        if let Some(key) = self.cursor_key.get() {
+            return Ok(*key);
+        }
+        let key = load_or_create_key(&self.root.join("cursor.key"))?;
+        Ok(*self.cursor_key.get_or_init(|| key))
     }
 
     /// The generation in use, switching to another one if a rebuild swapped it in.

@@ -3,8 +3,11 @@
 //!
 //! Newest-first is a total order, `(sent_at, key hash)` descending, and its cursor is the
 //! last hit's place in it, so paging never repeats or skips a hit while the index grows.
-//! Relevance pages by offset. A cursor is tied to its query and filters: reusing it for
-//! another search is an error.
+//! Relevance pages by offset, at most [`MAX_RELEVANCE_DEPTH`] hits deep (ranking deeper
+//! costs memory in proportion to the depth). A cursor is tied to its query and filters:
+//! reusing it for another search is an error. Cursors are opaque to clients and signed
+//! (HMAC-SHA256 with a key kept in the index directory, see [`SearchIndex::cursor_key`]): a
+//! cursor this server did not give is refused before anything in it is used.
 
 use std::ops::Bound;
 
@@ -24,6 +27,10 @@ type Ranked = (DocAddress, Option<f32>, (i64, u64));
 
 /// At most this many hits per page.
 pub const MAX_LIMIT: usize = 1000;
+
+/// How deep relevance-sorted results page: offset plus page size. Newest-first pages by
+/// position, without a bound.
+pub const MAX_RELEVANCE_DEPTH: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,15 +197,38 @@ fn request_hash(r: &SearchRequest) -> u64 {
     key_hash(&s)
 }
 
-fn encode_cursor(c: &Cursor) -> String {
-    hex::encode(serde_json::to_vec(c).unwrap_or_default())
+type CursorMac = hmac::Hmac<sha2::Sha256>;
+
+/// `<payload>.<mac>`, both base64url: the payload is the cursor's JSON, the mac its
+/// HMAC-SHA256 under the index's cursor key.
+fn encode_cursor(c: &Cursor, key: &[u8; 32]) -> String {
+    use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
+    use hmac::Mac;
+    let payload = serde_json::to_vec(c).unwrap_or_default();
+    let mut mac = CursorMac::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&payload);
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
-fn decode_cursor(s: &str, r: &SearchRequest) -> Result<Cursor, SearchError> {
-    let bytes =
-        hex::decode(s).map_err(|_| SearchError::BadCursor("not a cursor this server gave"))?;
-    let c: Cursor = serde_json::from_slice(&bytes)
-        .map_err(|_| SearchError::BadCursor("not a cursor this server gave"))?;
+fn decode_cursor(s: &str, r: &SearchRequest, key: &[u8; 32]) -> Result<Cursor, SearchError> {
+    use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
+    use hmac::Mac;
+    let foreign = || SearchError::BadCursor("not a cursor this server gave");
+    // a cursor is a few dozen bytes; anything long is not one
+    if s.len() > 512 {
+        return Err(foreign());
+    }
+    let (payload, tag) = s.split_once('.').ok_or_else(foreign)?;
+    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| foreign())?;
+    let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| foreign())?;
+    let mut mac = CursorMac::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&payload);
+    mac.verify_slice(&tag).map_err(|_| foreign())?;
+    let c: Cursor = serde_json::from_slice(&payload).map_err(|_| foreign())?;
     if c.v != 1 {
         return Err(SearchError::BadCursor("from another version"));
     }
@@ -251,8 +281,9 @@ impl SearchIndex {
                 ));
             }
         }
+        let key = self.cursor_key()?;
         let cursor = match &request.cursor {
-            Some(c) => Some(decode_cursor(c, request)?),
+            Some(c) => Some(decode_cursor(c, request, &key)?),
             None => None,
         };
         let generation = self.generation()?;
@@ -336,6 +367,13 @@ impl SearchIndex {
                     }
                     None => 0,
                 };
+                if offset.saturating_add(request.limit) > MAX_RELEVANCE_DEPTH {
+                    return Err(SearchError::BadRequest(format!(
+                        "results sorted by relevance go {MAX_RELEVANCE_DEPTH} hits deep; narrow the \
+                         search (source, conversation, sender, dates) or sort by newest, which \
+                         pages through every hit"
+                    )));
+                }
                 let collector = TopDocs::with_limit(want)
                     .and_offset(offset)
                     .order_by_score();
@@ -403,7 +441,7 @@ impl SearchIndex {
                     o: Some(cursor.and_then(|c| c.o).unwrap_or(0) + hits.len()),
                 },
             };
-            Some(encode_cursor(&c))
+            Some(encode_cursor(&c, &key))
         } else {
             None
         };
@@ -577,24 +615,77 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        let c = encode_cursor(&Cursor {
-            v: 1,
-            q: request_hash(&r),
-            t: Some((5, 6)),
-            o: None,
-        });
-        assert!(decode_cursor(&c, &r).is_ok());
+        let key = [7u8; 32];
+        let c = encode_cursor(
+            &Cursor {
+                v: 1,
+                q: request_hash(&r),
+                t: Some((5, 6)),
+                o: None,
+            },
+            &key,
+        );
+        assert!(decode_cursor(&c, &r, &key).is_ok());
         let other = SearchRequest {
             query: "预算".into(),
             ..r.clone()
         };
         assert!(matches!(
-            decode_cursor(&c, &other),
+            decode_cursor(&c, &other, &key),
             Err(SearchError::BadCursor(_))
         ));
         assert!(matches!(
-            decode_cursor("zz", &r),
+            decode_cursor("zz", &r, &key),
             Err(SearchError::BadCursor(_))
         ));
+    }
+
+    #[test]
+    fn a_cursor_forged_or_signed_with_another_key_is_refused() {
+        use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
+        let r = SearchRequest {
+            query: "会议".into(),
+            limit: 10,
+            sort: Sort::Relevance,
+            ..Default::default()
+        };
+        let key = [7u8; 32];
+        let genuine = encode_cursor(
+            &Cursor {
+                v: 1,
+                q: request_hash(&r),
+                t: None,
+                o: Some(20),
+            },
+            &key,
+        );
+        assert_eq!(decode_cursor(&genuine, &r, &key).unwrap().o, Some(20));
+        // the same payload with a huge offset, keeping the old signature
+        let (_, tag) = genuine.split_once('.').unwrap();
+        let forged_payload = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"v":1,"q":{},"o":1125899906842624}}"#,
+            request_hash(&r)
+        ));
+        for forged in [
+            format!("{forged_payload}.{tag}"),
+            format!("{forged_payload}."),
+            forged_payload.clone(),
+            hex::encode(format!(
+                r#"{{"v":1,"q":{},"o":1125899906842624}}"#,
+                request_hash(&r)
+            )),
+        ] {
+            assert!(
+                matches!(
+                    decode_cursor(&forged, &r, &key),
+                    Err(SearchError::BadCursor(_))
+                ),
+                "{forged}"
+            );
+        }
+        assert!(
+            decode_cursor(&genuine, &r, &[8u8; 32]).is_err(),
+            "another key"
+        );
     }
 }
