@@ -13,12 +13,12 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::{self, ApiState};
 use crate::cli::{
     Cli, Command, ConfigCommand, ExportArgs, SearchArgs, SearchSort, SimArgs, SimPlatform,
     StatusArgs,
 };
 use crate::config::{self, Config, SourceConfig};
+use crate::http::{self, ApiState};
 use crate::index::{self, Indexer, SearchIndex, SearchRequest};
 use crate::metrics::Metrics;
 use crate::pg::EmbeddedPostgres;
@@ -167,14 +167,11 @@ pub(crate) async fn daemon(
     ));
     // The API's address is checked and bound before anything runs: an address in use or a
     // public address without a token is a startup error, not a daemon without its API.
-    let state = ApiState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        token: config.server.token.clone(),
-        sources: std::sync::Arc::new(config.sources.clone()),
-        search: Some(search_index),
-    };
-    let listener = api::bind(config.server.listen).await?;
+    let state = ApiState::new(&store, metrics.clone())
+        .with_server(&config.server)
+        .with_sources(config.sources.clone())
+        .with_search(search_index);
+    let listener = http::bind(config.server.listen).await?;
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -182,7 +179,7 @@ pub(crate) async fn daemon(
         let stop = stop_rx.clone();
         let shutdown_timeout = config.server.shutdown_timeout;
         tokio::spawn(async move {
-            if let Err(e) = api::serve_on(listener, state, stop, shutdown_timeout).await {
+            if let Err(e) = http::serve_on(listener, state, stop, shutdown_timeout).await {
                 warn!(error = %format!("{e:#}"), "the HTTP API stopped serving");
             }
         })

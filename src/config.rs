@@ -88,7 +88,17 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
     pub shutdown_timeout: Duration,
+    /// Host names (lowercase, without a port) the HTTP server answers to besides the
+    /// loopback names and the listen address: the `Host` check against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// The URL browsers reach the web page at, when it is not the listen address (a
+    /// reverse proxy with TLS); an `https` URL makes the sign-in cookie `Secure`.
+    pub public_url: Option<String>,
 }
+
+/// The shortest `server.token` accepted: a token is all that stands between the network
+/// and the archive.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// Settings of the engine and scheduler that apply to all sources.
 #[derive(Clone, Debug)]
@@ -189,6 +199,8 @@ const SERVER_KEYS: &[&str] = &[
     "token_env",
     "token_file",
     "shutdown_timeout",
+    "allowed_hosts",
+    "public_url",
 ];
 const SYNC_KEYS: &[&str] = &["max_concurrent_sources", "schedule_jitter", "max_retries"];
 const SOURCE_KEYS: &[&str] = &[
@@ -976,11 +988,103 @@ fn read_server(cx: &mut Cx, root: &Section) -> ServerConfig {
             }
         }
     }
+    if let Some(short) = token
+        .as_ref()
+        .filter(|t| t.expose().chars().count() < MIN_TOKEN_CHARS)
+    {
+        let message = format!(
+            "server.token is {} characters long; use at least {MIN_TOKEN_CHARS} \
+             (e.g. `openssl rand -hex 32`)",
+            short.expose().chars().count()
+        );
+        if cx.env_override(ENV_SERVER_TOKEN).is_some() {
+            cx.env_problem(ENV_SERVER_TOKEN, message);
+        } else {
+            cx.problem(
+                section
+                    .span_of("token_env")
+                    .or_else(|| section.span_of("token_file"))
+                    .or_else(|| section.span_of("token")),
+                section.key_path("token"),
+                message,
+            );
+        }
+    }
     ServerConfig {
         listen: listen.unwrap_or(default_listen),
         token,
         shutdown_timeout: section.seconds_or(cx, "shutdown_timeout", 30, 0),
+        allowed_hosts: read_allowed_hosts(cx, section),
+        public_url: read_public_url(cx, section),
     }
+}
+
+/// `server.allowed_hosts`: host names without scheme or port.
+fn read_allowed_hosts(cx: &mut Cx, section: &Section) -> Vec<String> {
+    if !section.has("allowed_hosts") {
+        return Vec::new();
+    }
+    let Some((array, span)) = section.typed(
+        cx,
+        "allowed_hosts",
+        "an array of host names",
+        Value::as_array,
+    ) else {
+        return Vec::new();
+    };
+    let mut hosts = Vec::new();
+    for (index, value) in array.iter().enumerate() {
+        let problem = match value.as_str() {
+            Some(host) if valid_host_name(host) => {
+                hosts.push(host.to_ascii_lowercase());
+                continue;
+            }
+            Some(host) => format!(
+                "{host:?} is not a host name: give a name or address without scheme, port or path, e.g. \"archive.example.com\""
+            ),
+            None => expected("a string", &Item::Value(value.clone())),
+        };
+        let key = format!("{}[{index}]", section.key_path("allowed_hosts"));
+        cx.problem(value.span().or(span.clone()), key, problem);
+    }
+    hosts
+}
+
+/// A DNS name or an IP address literal (IPv6 in brackets or not), nothing else.
+fn valid_host_name(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// `server.public_url`: an absolute http(s) URL.
+fn read_public_url(cx: &mut Cx, section: &Section) -> Option<String> {
+    let (url, span) = section.string(cx, "public_url")?;
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    let host_ok = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .is_some_and(|authority| !authority.is_empty() && !authority.contains('@'));
+    if scheme_ok && host_ok {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    cx.problem(
+        span,
+        section.key_path("public_url"),
+        format!("{url:?} is not an http(s) URL such as \"https://archive.example.com\""),
+    );
+    None
 }
 
 fn read_sync(cx: &mut Cx, root: &Section) -> SyncConfig {
@@ -1633,11 +1737,12 @@ mod tests {
               (give token_env or token_file, or set CHATVAULT_SERVER_TOKEN)"]
         );
         let with_token = "[server]\nlisten = \"0.0.0.0:8080\"\ntoken_env = \"API\"\n";
-        let config = loaded(with_token, &[("API", "t")]).config;
+        let token = "t0ken-0123456789abcdef";
+        let config = loaded(with_token, &[("API", token)]).config;
         assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(config.server.token.unwrap().expose(), "t");
-        let config = loaded(text, &[("CHATVAULT_SERVER_TOKEN", "t")]).config;
-        assert_eq!(config.server.token.unwrap().expose(), "t");
+        assert_eq!(config.server.token.unwrap().expose(), token);
+        let config = loaded(text, &[("CHATVAULT_SERVER_TOKEN", token)]).config;
+        assert_eq!(config.server.token.unwrap().expose(), token);
         assert_eq!(
             problems("", &[("CHATVAULT_LISTEN", "0.0.0.0:80")]),
             [
@@ -1745,7 +1850,7 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_or_warnings() {
         let text = "[database]\nurl = \"postgres://u:db-s3cret@db/x\"\n\
-                    [server]\ntoken = \"api-s3cret\"\n\
+                    [server]\ntoken = \"api-s3cret-0123456789\"\n\
                     [[source]]\nname = \"a\"\nplatform = \"tangsengdaodao\"\n\
                     base_url = \"https://im.example\"\nusername = \"u\"\npassword = \"pw-s3cret\"\n\
                     [[source]]\nname = \"b\"\nplatform = \"yunhu\"\ntoken = \"yh-s3cret\"\n";
@@ -1766,6 +1871,49 @@ mod tests {
         let loaded = check("[database]\nurl = \"postgres://u@db/x\"\n", &[]).unwrap();
         assert!(loaded.warnings.is_empty());
         assert_eq!(format!("{}", Secret::new("x")), "***");
+    }
+
+    #[test]
+    fn short_tokens_and_bad_server_names_are_problems() {
+        assert_eq!(
+            problems("[server]\ntoken_env = \"T\"\n", &[("T", "short-token")]),
+            ["chatvault.toml:2: server.token: server.token is 11 characters long; use at least 16 \
+              (e.g. `openssl rand -hex 32`)"]
+        );
+        assert_eq!(
+            problems("", &[("CHATVAULT_SERVER_TOKEN", "short")]),
+            [
+                "CHATVAULT_SERVER_TOKEN: server.token is 5 characters long; use at least 16 \
+              (e.g. `openssl rand -hex 32`)"
+            ]
+        );
+        let text = "[server]\nallowed_hosts = [\"Archive.Example.com\", \"10.0.0.5\", \"[::1]\"]\n\
+                    public_url = \"https://archive.example.com/\"\n";
+        let server = loaded(text, &[]).config.server;
+        assert_eq!(
+            server.allowed_hosts,
+            ["archive.example.com", "10.0.0.5", "[::1]"]
+        );
+        assert_eq!(
+            server.public_url.as_deref(),
+            Some("https://archive.example.com")
+        );
+        let problems = problems(
+            "[server]\nallowed_hosts = [\"https://a.example\", \"a.example:8080\", 3]\n\
+             public_url = \"archive.example.com\"\n",
+            &[],
+        );
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems[0].contains("server.allowed_hosts[0]"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("server.allowed_hosts[1]"),
+            "{problems:?}"
+        );
+        assert!(problems[2].contains("expected a string"), "{problems:?}");
+        assert!(problems[3].contains("server.public_url"), "{problems:?}");
     }
 
     #[test]

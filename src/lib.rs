@@ -2,12 +2,12 @@
 //!
 //! See `ARCHITECTURE.md` for the data flow and the invariants, and which module keeps each.
 
-pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod demo;
+pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod model;
@@ -17,4 +17,4 @@ pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
-pub mod web;
+pub mod terminal;

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatvault::api::{self, ApiState};
 use chatvault::config::{Secret, ServerConfig};
+use chatvault::http::{self as api, ApiState};
 use chatvault::metrics::Metrics;
 use chatvault::model::{QuarantineRecord, SourceName};
 use chatvault::store::{RunCounts, RunStatus, Store};
@@ -82,13 +82,7 @@ impl Server {
 }
 
 fn state(store: Store, token: Option<&str>) -> ApiState {
-    ApiState {
-        store,
-        metrics: Metrics::new(),
-        token: token.map(Secret::new),
-        sources: Default::default(),
-        search: None,
-    }
+    ApiState::new(&store, Metrics::new()).with_token(token.map(Secret::new))
 }
 
 /// A store whose database does not exist: a socket directory nobody listens in.
@@ -272,7 +266,7 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
 async fn metrics_parse_and_counters_move_after_a_run() {
     let (store, _) = store_with_data().await;
     let state = state(store, None);
-    let metrics = state.metrics.clone();
+    let metrics = state.metrics().clone();
     let server = Server::start_with(state).await;
 
     // before any run: archive gauges come from the store
@@ -437,6 +431,8 @@ fn server_config(listen: &str, token: Option<&str>) -> ServerConfig {
         listen: listen.parse().unwrap(),
         token: token.map(Secret::new),
         shutdown_timeout: Duration::from_secs(5),
+        allowed_hosts: Vec::new(),
+        public_url: None,
     }
 }
 

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chatvault::api::{self, ApiState};
+use chatvault::http::{self as api, ApiState};
 use chatvault::index::{Indexer, SearchIndex};
 use chatvault::metrics::Metrics;
 use chatvault::store::Store;
@@ -223,13 +223,9 @@ async fn serve(store: Store, index_dir: &std::path::Path) -> (String, watch::Sen
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);
-    let state = ApiState {
-        store,
-        metrics: Metrics::new(),
-        token: None,
-        sources: Default::default(),
-        search: Some(index),
-    };
+    let state = ApiState::new(&store, Metrics::new())
+        .with_token(None)
+        .with_search(index);
     tokio::spawn(api::serve_on(
         listener,
         state,

@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use chatvault::api::{self, ApiState};
 use chatvault::config::Secret;
+use chatvault::http::{self as api, ApiState};
 use chatvault::index::{Indexer, SearchIndex};
 use chatvault::metrics::Metrics;
 use chatvault::model::MessageObservation;
@@ -51,13 +51,9 @@ async fn start(token: Option<&str>) -> (Server, Store, tempfile::TempDir) {
         .catch_up(store.pool())
         .await
         .unwrap();
-    let state = ApiState {
-        store: store.clone(),
-        metrics: Metrics::new(),
-        token: token.map(Secret::new),
-        sources: Default::default(),
-        search: Some(index),
-    };
+    let state = ApiState::new(&store, Metrics::new())
+        .with_token(token.map(Secret::new))
+        .with_search(index);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);

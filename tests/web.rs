@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use chatvault::api::{self, ApiState};
 use chatvault::config::Secret;
+use chatvault::http::{self as api, ApiState};
 use chatvault::index::{Indexer, SearchIndex};
 use chatvault::metrics::Metrics;
 use chatvault::model::{Mark, MessageKind, Page, QuarantineRecord, ReactionObservation};
@@ -37,13 +37,9 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let state = ApiState {
-            store,
-            metrics: Metrics::new(),
-            token: token.map(Secret::new),
-            sources: Default::default(),
-            search: Some(index),
-        };
+        let state = ApiState::new(&store, Metrics::new())
+            .with_token(token.map(Secret::new))
+            .with_search(index);
         tokio::spawn(api::serve_on(
             listener,
             state,

@@ -98,6 +98,25 @@ impl Store {
         Store { pool }
     }
 
+    /// The same database through a pool of its own, of at most `max_connections`, whose
+    /// statements are cancelled after `statement_timeout`: for readers (the HTTP server)
+    /// that must never hold up the syncs or wait on a slow query forever. Connects lazily.
+    pub fn with_own_pool(
+        &self,
+        max_connections: u32,
+        statement_timeout: std::time::Duration,
+    ) -> Store {
+        let options = (*self.pool.connect_options()).clone().options([(
+            "statement_timeout",
+            format!("{}", statement_timeout.as_millis()),
+        )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(statement_timeout)
+            .connect_lazy_with(options);
+        Store { pool }
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

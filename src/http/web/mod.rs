@@ -1,6 +1,5 @@
-//! The web pages, served with the API (DESIGN.md, `GET /`): server-rendered HTML (maud,
-//! which escapes every interpolated value), no JavaScript, no external assets, usable on a
-//! phone.
+//! The web pages (`GET /`): server-rendered HTML (maud, which escapes every interpolated
+//! value), no JavaScript, no external assets, usable on a phone.
 //!
 //! | path | page |
 //! |---|---|
@@ -8,10 +7,8 @@
 //! | `GET /conversations` | conversations, most recently active first |
 //! | `GET /c/{source}/{conversation}` | a conversation's messages in order, with versions, marks, reactions |
 //! | `GET /status` | sources, runs, lag, errors, quarantine |
-//! | `GET/POST /login` | where a browser gives the server token (kept in an HttpOnly cookie) |
 //!
-//! Access is the API's rule: loopback only unless `server.token` is set; then a browser
-//! signs in once at `/login`.
+//! Access is the server's ([`super::access`]); the sign-in page is there too.
 
 mod pages;
 
@@ -19,23 +16,19 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Form, Router};
+use axum::Router;
 use maud::Markup;
-use sha2::{Digest, Sha256};
 
-use crate::api::ApiState;
-use crate::config::Secret;
+use super::api::{run_search, source_status};
+use super::ApiState;
 use crate::store::browse::{Position, Window};
 
 /// Messages per conversation page.
 pub const PAGE_SIZE: i64 = 100;
 
-/// The name of the cookie a signed-in browser carries.
-const COOKIE: &str = "chatvault_session";
-
-/// The pages that need the token when one is configured.
+/// The pages.
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(search_page))
@@ -44,41 +37,12 @@ pub fn routes() -> Router<ApiState> {
         .route("/status", get(status_page))
 }
 
-/// The sign-in page, reachable without the token.
-pub fn login_routes() -> Router<ApiState> {
-    Router::new().route("/login", get(login_form).post(login))
+/// Whether `path` is one of the pages (which a link from elsewhere may open).
+pub fn is_page(path: &str) -> bool {
+    matches!(path, "/" | "/conversations" | "/status" | "/login") || path.starts_with("/c/")
 }
 
-/// The cookie value that proves a browser gave the token: a digest of it, so the token
-/// itself is not stored in the browser.
-fn session_value(token: &Secret) -> String {
-    let mut h = Sha256::new();
-    h.update(b"chatvault web session\0");
-    h.update(token.expose().as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// Whether the request carries a valid session cookie. Compared through digests, in
-/// constant time.
-pub fn cookie_matches(headers: &HeaderMap, token: &Secret) -> bool {
-    let expected = Sha256::digest(session_value(token).as_bytes());
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .filter(|(k, _)| *k == COOKIE)
-        .any(|(_, v)| {
-            Sha256::digest(v.as_bytes())
-                .iter()
-                .zip(expected.iter())
-                .fold(0u8, |d, (a, b)| d | (a ^ b))
-                == 0
-        })
-}
-
-/// Whether a request wants a page rather than JSON (for the 401 answer).
+/// Whether a request wants a page rather than JSON (for error answers).
 pub fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -88,7 +52,26 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
 
 /// The answer to a browser without a valid session.
 pub fn sign_in_required(path: &str) -> Response {
-    html(StatusCode::UNAUTHORIZED, pages::login(Some(path), None))
+    login_page(
+        StatusCode::UNAUTHORIZED,
+        &super::access::safe_next(Some(path)),
+        None,
+    )
+}
+
+/// The sign-in page; `next` is where to go after.
+pub fn login_page(status: StatusCode, next: &str, problem: Option<&str>) -> Response {
+    html(status, pages::login(next, problem))
+}
+
+/// An error page.
+pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+    html(status, pages::error(title, message))
+}
+
+/// Whether browsers sign in here (a token is configured), so pages offer to sign out.
+fn signs_in(state: &ApiState) -> bool {
+    state.access.token().is_some()
 }
 
 fn html(status: StatusCode, markup: Markup) -> Response {
@@ -112,7 +95,7 @@ fn html(status: StatusCode, markup: Markup) -> Response {
 }
 
 fn page_error(status: StatusCode, title: &str, message: &str) -> Response {
-    html(status, pages::error(title, message))
+    error_page(status, title, message)
 }
 
 fn database_error(e: impl std::fmt::Display) -> Response {
@@ -174,11 +157,15 @@ async fn search_page(
     let results = if form.q.trim().is_empty() {
         None
     } else {
-        Some(search::run(&state, &form).await)
+        Some(
+            run_search(&state, &search::params(&form))
+                .await
+                .map_err(|e| e.message),
+        )
     };
     html(
         StatusCode::OK,
-        pages::search(&form, &sources, results.as_ref()),
+        pages::search(&form, &sources, results.as_ref(), signs_in(&state)),
     )
 }
 
@@ -195,7 +182,7 @@ async fn conversations_page(
     match state.store.conversation_list(source.as_deref(), 1000).await {
         Ok(list) => html(
             StatusCode::OK,
-            pages::conversations(&list, source.as_deref()),
+            pages::conversations(&list, source.as_deref(), signs_in(&state)),
         ),
         Err(e) => database_error(e),
     }
@@ -253,7 +240,7 @@ async fn conversation_page(
     {
         Ok(w) => html(
             StatusCode::OK,
-            pages::conversation(&summary, &w, highlight.as_deref()),
+            pages::conversation(&summary, &w, highlight.as_deref(), signs_in(&state)),
         ),
         Err(e) => database_error(e),
     }
@@ -261,12 +248,9 @@ async fn conversation_page(
 
 async fn status_page(State(state): State<ApiState>) -> Response {
     let store = &state.store;
-    let statuses = match store.status().await {
-        Ok(mut s) => {
-            crate::scheduler::fill_next_runs(&mut s, &state.sources, chrono::Utc::now());
-            s
-        }
-        Err(e) => return database_error(e),
+    let statuses = match source_status(&state).await {
+        Ok(s) => s,
+        Err(e) => return database_error(e.message),
     };
     let runs = match store.recent_runs(30).await {
         Ok(r) => r,
@@ -278,67 +262,20 @@ async fn status_page(State(state): State<ApiState>) -> Response {
     };
     html(
         StatusCode::OK,
-        pages::status(&statuses, &runs, &quarantine, chrono::Utc::now()),
+        pages::status(
+            &statuses,
+            &runs,
+            &quarantine,
+            chrono::Utc::now(),
+            signs_in(&state),
+        ),
     )
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct LoginQuery {
-    next: Option<String>,
-}
-
-async fn login_form(Query(q): Query<LoginQuery>) -> Response {
-    html(StatusCode::OK, pages::login(q.next.as_deref(), None))
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct LoginForm {
-    token: String,
-    next: Option<String>,
-}
-
-async fn login(State(state): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
-    let next = safe_next(form.next.as_deref());
-    let Some(token) = state.token.as_ref().filter(|t| !t.expose().is_empty()) else {
-        // No token configured: nothing to sign in to.
-        return Redirect::to(&next).into_response();
-    };
-    let given = Sha256::digest(form.token.trim().as_bytes());
-    let expected = Sha256::digest(token.expose().as_bytes());
-    let ok = given
-        .iter()
-        .zip(expected.iter())
-        .fold(0u8, |d, (a, b)| d | (a ^ b))
-        == 0;
-    if !ok {
-        return html(
-            StatusCode::UNAUTHORIZED,
-            pages::login(Some(&next), Some("That is not the server token.")),
-        );
-    }
-    let mut response = Redirect::to(&next).into_response();
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        session_value(token)
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    response
-}
-
-/// Only local paths are followed after sign-in (no open redirect).
-fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
-        _ => "/".to_string(),
-    }
-}
-
-/// The search behind the search page: the API's parameters and the shared search call.
+/// The search behind the search page: its form as the API's parameters.
 pub mod search {
-    use super::{ApiState, SearchForm};
-    use crate::api::SearchParams;
+    use super::SearchForm;
+    use crate::http::api::SearchParams;
     use crate::index::SearchPage;
 
     /// Hits shown per page.
@@ -352,8 +289,9 @@ pub mod search {
         (!s.is_empty()).then(|| s.to_string())
     }
 
-    pub async fn run(state: &ApiState, form: &SearchForm) -> Results {
-        let params = SearchParams {
+    /// The form's fields as the search API's parameters.
+    pub fn params(form: &SearchForm) -> SearchParams {
+        SearchParams {
             q: Some(form.q.clone()),
             source: non_empty(&form.source),
             conversation: non_empty(&form.conversation),
@@ -369,23 +307,7 @@ pub mod search {
             sort: non_empty(&form.sort),
             limit: Some(PAGE),
             cursor: non_empty(&form.cursor),
-        };
-        let request = params.to_request().map_err(|e| e.to_string())?;
-        let Some(index) = &state.search else {
-            return Err(
-                "Search is not available: this server has no search index yet \
-                        (`chatvault sync` or `chatvault reindex` builds it)."
-                    .to_string(),
-            );
-        };
-        crate::index::search::search(index, state.store.pool(), request)
-            .await
-            .map_err(|e| {
-                if !e.is_bad_request() {
-                    tracing::warn!(error = %e, "web search failed");
-                }
-                e.to_string()
-            })
+        }
     }
 
     /// `text` cut to about `width` characters around the first highlight, as fragments
@@ -447,35 +369,5 @@ mod tests {
         assert!(f.contains(&("会议".to_string(), true)));
         let shown: usize = f.iter().map(|(s, _)| s.chars().count()).sum();
         assert_eq!(shown, 42);
-    }
-
-    #[test]
-    fn only_local_paths_are_followed_after_sign_in() {
-        assert_eq!(safe_next(Some("/status")), "/status");
-        assert_eq!(safe_next(Some("/c/a/b?around=1")), "/c/a/b?around=1");
-        for bad in [
-            "//evil.example/",
-            "https://evil.example/",
-            "/\\evil.example",
-            "status",
-        ] {
-            assert_eq!(safe_next(Some(bad)), "/", "{bad}");
-        }
-        assert_eq!(safe_next(None), "/");
-    }
-
-    #[test]
-    fn the_session_cookie_is_checked_exactly() {
-        let token = Secret::new("tok-1234567890".to_string());
-        let mut headers = HeaderMap::new();
-        assert!(!cookie_matches(&headers, &token));
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_str(&format!("a=b; {COOKIE}={}", session_value(&token))).unwrap(),
-        );
-        assert!(cookie_matches(&headers, &token));
-        let other = Secret::new("tok-other".to_string());
-        assert!(!cookie_matches(&headers, &other));
-        assert!(!session_value(&token).contains("tok-1234567890"));
     }
 }

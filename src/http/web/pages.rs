@@ -17,7 +17,8 @@ use crate::store::SourceStatus;
 
 const STYLE: &str = include_str!("style.css");
 
-fn layout(title: &str, active: &str, body: Markup) -> Markup {
+/// A page around `body`; `sign_out`: show the sign-out button (a token is configured).
+fn layout(title: &str, active: &str, sign_out: bool, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="zh-Hans" {
@@ -35,6 +36,11 @@ fn layout(title: &str, active: &str, body: Markup) -> Markup {
                         a href="/" class=[(active == "search").then_some("on")] { "Search" }
                         a href="/conversations" class=[(active == "conversations").then_some("on")] { "Conversations" }
                         a href="/status" class=[(active == "status").then_some("on")] { "Status" }
+                    }
+                    @if sign_out {
+                        form.signout method="post" action="/logout" {
+                            button type="submit" { "Sign out" }
+                        }
                     }
                 }
                 main { (body) }
@@ -81,6 +87,7 @@ pub fn error(title: &str, message: &str) -> Markup {
     layout(
         title,
         "",
+        false,
         html! {
             h1 { (title) }
             p { (message) }
@@ -89,16 +96,17 @@ pub fn error(title: &str, message: &str) -> Markup {
     )
 }
 
-pub fn login(next: Option<&str>, problem: Option<&str>) -> Markup {
+pub fn login(next: &str, problem: Option<&str>) -> Markup {
     layout(
         "Sign in",
         "",
+        false,
         html! {
             h1 { "Sign in" }
             p { "This archive needs the server token (" code { "server.token" } ")." }
             @if let Some(p) = problem { p.problem { (p) } }
             form.login method="post" action="/login" {
-                input type="hidden" name="next" value=(next.unwrap_or("/"));
+                input type="hidden" name="next" value=(next);
                 label { "Token " input type="password" name="token" autocomplete="current-password" required; }
                 button type="submit" { "Sign in" }
             }
@@ -106,7 +114,12 @@ pub fn login(next: Option<&str>, problem: Option<&str>) -> Markup {
     )
 }
 
-pub fn search(form: &SearchForm, sources: &[String], results: Option<&Results>) -> Markup {
+pub fn search(
+    form: &SearchForm,
+    sources: &[String],
+    results: Option<&Results>,
+    sign_out: bool,
+) -> Markup {
     let title = if form.q.trim().is_empty() {
         "Search".to_string()
     } else {
@@ -115,6 +128,7 @@ pub fn search(form: &SearchForm, sources: &[String], results: Option<&Results>) 
     layout(
         &title,
         "search",
+        sign_out,
         html! {
             form.search method="get" action="/" role="search" {
                 div.q {
@@ -245,10 +259,11 @@ fn anchor(message_id: &str) -> String {
     encode(message_id)
 }
 
-pub fn conversations(list: &[ConversationSummary], source: Option<&str>) -> Markup {
+pub fn conversations(list: &[ConversationSummary], source: Option<&str>, sign_out: bool) -> Markup {
     layout(
         "Conversations",
         "conversations",
+        sign_out,
         html! {
             h1 { "Conversations" @if let Some(s) = source { " of " (s) } }
             @if list.is_empty() {
@@ -277,6 +292,7 @@ pub fn conversation(
     summary: &ConversationSummary,
     window: &MessageWindow,
     highlight: Option<&str>,
+    sign_out: bool,
 ) -> Markup {
     let base = conversation_href(&summary.source, &summary.conversation_id);
     let pager = html! {
@@ -297,6 +313,7 @@ pub fn conversation(
     layout(
         summary.title(),
         "conversations",
+        sign_out,
         html! {
             h1 { (summary.title()) }
             p.muted {
@@ -495,10 +512,12 @@ pub fn status(
     runs: &[RunView],
     quarantine: &[QuarantineView],
     now: DateTime<Utc>,
+    sign_out: bool,
 ) -> Markup {
     layout(
         "Status",
         "status",
+        sign_out,
         html! {
             h1 { "Status" }
             @if sources.is_empty() {

@@ -1,0 +1,561 @@
+//! Who may use the server, checked once for every request ([`guard`]), and how a browser
+//! signs in and out.
+//!
+//! 1. **Host.** The `Host` header must be a loopback name or address, the listen address,
+//!    an IP literal when listening on every address, a name in `server.allowed_hosts` or
+//!    the host of `server.public_url`. A web page elsewhere that rebinds its own name to
+//!    127.0.0.1 (DNS rebinding) sends its own name and is refused. With a token and no
+//!    `allowed_hosts`, any host is accepted: the token is then what protects.
+//! 2. **Other sites.** A request another site's page makes (`Origin` of another host, or
+//!    `Sec-Fetch-Site: cross-site`/`same-site`) is refused, except following a plain link
+//!    to a page (a top-level `GET` navigation), which can read nothing.
+//! 3. **Token.** With `server.token`, everything but `/healthz`, `/readyz`, `/login` and
+//!    `/logout` needs `Authorization: Bearer <token>` or a signed-in browser's session
+//!    cookie. Tokens are compared through their SHA-256 digests in constant time
+//!    ([`subtle`]). A session is a random id the server remembers for
+//!    [`SESSION_LIFETIME`] (a restart signs everyone out); the cookie is `HttpOnly`,
+//!    `SameSite=Strict`, and `Secure` when `server.public_url` is https. Failed sign-ins
+//!    are limited to [`LOGIN_FAILURES`] per [`LOGIN_WINDOW`], for all clients together.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use super::{api::ApiError, web, ApiState};
+use crate::config::Secret;
+
+/// The name of the cookie a signed-in browser carries.
+const COOKIE: &str = "chatvault_session";
+
+/// How long a browser stays signed in.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Sessions remembered at most (the oldest go first).
+const MAX_SESSIONS: usize = 1000;
+
+/// Failed sign-ins allowed per [`LOGIN_WINDOW`] before `/login` answers 429.
+pub const LOGIN_FAILURES: usize = 10;
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+
+/// Paths open without the token.
+const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/login", "/logout"];
+
+/// The access rules of one server.
+pub struct Access {
+    token: Option<Secret>,
+    allowed_hosts: Vec<String>,
+    public_url: Option<String>,
+    listen: OnceLock<SocketAddr>,
+    sessions: Mutex<HashMap<[u8; 32], Instant>>,
+    failures: Mutex<VecDeque<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Access {
+    /// `token`: `None` or empty for no token.
+    pub fn new(
+        token: Option<Secret>,
+        allowed_hosts: Vec<String>,
+        public_url: Option<String>,
+    ) -> Access {
+        Access {
+            token: token.filter(|t| !t.expose().is_empty()),
+            allowed_hosts: allowed_hosts
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            public_url,
+            listen: OnceLock::new(),
+            sessions: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    pub fn token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+
+    pub fn allowed_hosts(&self) -> &[String] {
+        &self.allowed_hosts
+    }
+
+    pub fn public_url(&self) -> Option<&str> {
+        self.public_url.as_deref()
+    }
+
+    /// The address the server listens on (set once it is bound).
+    pub fn set_listen(&self, address: SocketAddr) {
+        let _ = self.listen.set(address);
+    }
+
+    /// Whether `given` is the token, in constant time (digests of equal length compared).
+    pub fn token_matches(&self, given: &[u8]) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = Sha256::digest(given);
+        let expected = Sha256::digest(token.expose().as_bytes());
+        given.ct_eq(&expected).into()
+    }
+
+    /// Whether the request is allowed by the token rule: no token configured, or a right
+    /// bearer token, or a live session.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        if self.token.is_none() {
+            return true;
+        }
+        if let Some(given) = bearer(headers) {
+            if self.token_matches(given) {
+                return true;
+            }
+        }
+        session_ids(headers).any(|id| self.session_live(id))
+    }
+
+    /// Whether the `Host` header names this server (see the module doc).
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = host_name(host);
+        if name == "localhost" {
+            return true;
+        }
+        if let Ok(ip) = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            let ip = ip.to_canonical();
+            if ip.is_loopback() {
+                return true;
+            }
+            if let Some(listen) = self.listen.get() {
+                let listen_ip = listen.ip().to_canonical();
+                if listen_ip == ip || listen_ip.is_unspecified() {
+                    return true;
+                }
+            }
+        }
+        if self.allowed_hosts.iter().any(|h| host_name(h) == name) {
+            return true;
+        }
+        if let Some(public) = self.public_url.as_deref().and_then(url_host) {
+            if host_name(public) == name {
+                return true;
+            }
+        }
+        self.token.is_some() && self.allowed_hosts.is_empty()
+    }
+
+    /// A new session; its id goes in the cookie, its digest stays here.
+    fn start_session(&self) -> String {
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let now = Instant::now();
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, expiry| *expiry > now);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(Sha256::digest(id.as_bytes()).into(), now + SESSION_LIFETIME);
+        id
+    }
+
+    fn session_live(&self, id: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        lock(&self.sessions)
+            .get(&digest)
+            .is_some_and(|expiry| *expiry > Instant::now())
+    }
+
+    fn end_session(&self, id: &str) {
+        let digest: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        lock(&self.sessions).remove(&digest);
+    }
+
+    /// `Some(wait)` while failed sign-ins are over the limit.
+    fn login_blocked(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut failures = lock(&self.failures);
+        while failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= LOGIN_WINDOW)
+        {
+            failures.pop_front();
+        }
+        if failures.len() < LOGIN_FAILURES {
+            return None;
+        }
+        failures
+            .front()
+            .map(|first| LOGIN_WINDOW.saturating_sub(now.duration_since(*first)))
+    }
+
+    fn login_failed(&self) {
+        lock(&self.failures).push_back(Instant::now());
+    }
+
+    fn cookie(&self, value: &str, max_age: Duration) -> String {
+        let secure = self
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+        format!(
+            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            max_age.as_secs(),
+            if secure { "; Secure" } else { "" }
+        )
+    }
+}
+
+/// The host of a URL (`https://host:port/path` → `host:port`).
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    rest.split(['/', '?', '#']).next()
+}
+
+/// A `Host` value without its port, lowercase, without a trailing dot.
+fn host_name(host: &str) -> String {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((inner, _)) => format!("[{inner}]"),
+            None => host.to_string(),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
+            _ => host.to_string(),
+        }
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, given) = value.split_first_chunk::<7>()?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| given.trim_ascii())
+}
+
+fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .filter(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
+}
+
+/// Why a request comes from another site's page, if it does (see the module doc).
+fn foreign_origin(access: &Access, request: &Request) -> Option<&'static str> {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("null");
+        let same_host = url_host(origin).is_some_and(|o| {
+            host.is_some_and(|h| o.eq_ignore_ascii_case(h))
+                || access
+                    .public_url()
+                    .and_then(url_host)
+                    .is_some_and(|p| o.eq_ignore_ascii_case(p))
+        });
+        if !same_host {
+            return Some("it comes from another site's page (Origin)");
+        }
+    }
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if matches!(site, "cross-site" | "same-site") {
+        let navigation = request.method() == Method::GET
+            && headers
+                .get("sec-fetch-mode")
+                .is_some_and(|v| v.as_bytes() == b"navigate")
+            && headers
+                .get("sec-fetch-dest")
+                .is_none_or(|v| v.as_bytes() == b"document");
+        if !(navigation && web::is_page(request.uri().path())) {
+            return Some("it comes from another site's page (Sec-Fetch-Site)");
+        }
+    }
+    None
+}
+
+/// The access check of every request (see the module doc).
+pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let access = &state.access;
+    let path = request.uri().path();
+    if path == "/healthz" {
+        return next.run(request).await;
+    }
+    if let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or(""))
+    {
+        if !access.host_allowed(host) {
+            warn!(
+                host = %crate::terminal::escape(host),
+                "refused a request for a host name this server does not answer to"
+            );
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this server does not answer to that host name; add it to server.allowed_hosts",
+            )
+            .into_response_for(request.headers());
+        }
+    }
+    if let Some(why) = foreign_origin(access, &request) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("request refused: {why}; open the archive's pages directly"),
+        )
+        .into_response_for(request.headers());
+    }
+    if OPEN_PATHS.contains(&path) || access.authorized(request.headers()) {
+        return next.run(request).await;
+    }
+    if web::wants_html(request.headers()) {
+        let back = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        return web::sign_in_required(&back);
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token: send Authorization: Bearer <server.token>",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"chatvault\""),
+    );
+    response
+}
+
+/// Whether the request may see details the archive's readers may see (the reason
+/// `/readyz` gives): no token configured, or the request carries it.
+pub fn may_read(state: &ApiState, headers: &HeaderMap) -> bool {
+    state.access.authorized(headers)
+}
+
+/// `/login` and `/logout`.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login_form(Query(q): Query<LoginQuery>) -> Response {
+    web::login_page(StatusCode::OK, &safe_next(q.next.as_deref()), None)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+async fn login(State(state): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
+    let access = &state.access;
+    let next = safe_next(form.next.as_deref());
+    if access.token().is_none() {
+        // no token configured: nothing to sign in to
+        return Redirect::to(&next).into_response();
+    }
+    if let Some(wait) = access.login_blocked() {
+        let mut response = web::login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some("Too many wrong tokens; wait a few minutes before trying again."),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
+    if !access.token_matches(form.token.trim().as_bytes()) {
+        access.login_failed();
+        warn!("web sign-in with a wrong token");
+        return web::login_page(
+            StatusCode::UNAUTHORIZED,
+            &next,
+            Some("That is not the server token."),
+        );
+    }
+    let session = access.start_session();
+    let mut response = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&access.cookie(&session, SESSION_LIFETIME)) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    for id in session_ids(&headers) {
+        state.access.end_session(id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&state.access.cookie("", Duration::ZERO)) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Where to go after signing in: only a path on this server. The value is read the way a
+/// browser would follow it (percent-escapes decoded, tabs and newlines dropped), and
+/// anything that could leave the server (`//host`, `/\host`, a scheme) gives `/`.
+pub fn safe_next(next: Option<&str>) -> String {
+    let Some(next) = next else {
+        return "/".to_string();
+    };
+    let decoded = percent_encoding::percent_decode_str(next).decode_utf8_lossy();
+    let local = next.starts_with('/')
+        && next.len() <= 2048
+        && !decoded.chars().any(|c| c.is_control() || c == '\\')
+        && !decoded.starts_with("//")
+        && next
+            .parse::<axum::http::Uri>()
+            .is_ok_and(|u| u.scheme().is_none() && u.authority().is_none());
+    if local {
+        next.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    fn access(token: Option<&str>, hosts: &[&str]) -> Access {
+        let a = Access::new(
+            token.map(Secret::new),
+            hosts.iter().map(|h| h.to_string()).collect(),
+            None,
+        );
+        a.set_listen("127.0.0.1:8080".parse().unwrap());
+        a
+    }
+
+    #[test]
+    fn only_the_right_bearer_token_matches() {
+        let a = access(Some("s3cret-token-0123456789"), &[]);
+        let ok = |v: &str| a.authorized(&headers(header::AUTHORIZATION, v));
+        assert!(ok("Bearer s3cret-token-0123456789"));
+        assert!(ok("bearer s3cret-token-0123456789"));
+        assert!(!ok("Bearer s3cret-token-012345678"));
+        assert!(!ok("Bearer s3cret-token-0123456789x"));
+        assert!(!ok("Bearer "));
+        assert!(!ok("Basic s3cret-token-0123456789"));
+        assert!(!ok("s3cret-token-0123456789"));
+        assert!(!a.authorized(&HeaderMap::new()));
+        assert!(access(None, &[]).authorized(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn host_names_other_than_this_server_are_refused() {
+        let a = access(None, &["archive.example.com"]);
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.0.0.5",
+            "archive.example.com",
+            "Archive.Example.Com.:443",
+        ] {
+            assert!(a.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8080", "10.0.0.5:8080", ""] {
+            assert!(!a.host_allowed(bad), "{bad}");
+        }
+        // listening everywhere: addresses are fine (they cannot be rebound), names are not
+        let everywhere = Access::new(None, Vec::new(), None);
+        everywhere.set_listen("0.0.0.0:8080".parse().unwrap());
+        assert!(everywhere.host_allowed("10.0.0.5:8080"));
+        assert!(!everywhere.host_allowed("evil.example"));
+        // with a token and no list, the token protects
+        assert!(access(Some("t0ken-0123456789abcdef"), &[]).host_allowed("chatvault:8080"));
+        assert!(!access(Some("t0ken-0123456789abcdef"), &["a.example"]).host_allowed("b.example"));
+    }
+
+    #[test]
+    fn sessions_live_until_they_end() {
+        let a = access(Some("t0ken-0123456789abcdef"), &[]);
+        let id = a.start_session();
+        let cookie = |id: &str| headers(header::COOKIE, &format!("x=y; {COOKIE}={id}"));
+        assert!(a.authorized(&cookie(&id)));
+        assert!(!a.authorized(&cookie(&id.replace('a', "b"))) || !id.contains('a'));
+        assert!(
+            !a.authorized(&cookie("t0ken-0123456789abcdef")),
+            "the token is not a session"
+        );
+        a.end_session(&id);
+        assert!(!a.authorized(&cookie(&id)));
+    }
+
+    #[test]
+    fn failed_sign_ins_are_limited() {
+        let a = access(Some("t0ken-0123456789abcdef"), &[]);
+        for _ in 0..LOGIN_FAILURES {
+            assert!(a.login_blocked().is_none());
+            a.login_failed();
+        }
+        let wait = a.login_blocked().expect("blocked after the limit");
+        assert!(wait <= LOGIN_WINDOW && wait > Duration::ZERO);
+    }
+
+    #[test]
+    fn only_local_paths_are_followed_after_sign_in() {
+        assert_eq!(safe_next(Some("/status")), "/status");
+        assert_eq!(safe_next(Some("/c/a/b?around=1")), "/c/a/b?around=1");
+        assert_eq!(safe_next(Some("/?q=%E4%BC%9A")), "/?q=%E4%BC%9A");
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "/%09/evil.example",
+            "/%0a/evil.example",
+            "/\t/evil.example",
+            "/%2F/evil.example",
+            "/%5Cevil.example",
+            "status",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}
