@@ -320,6 +320,7 @@ fn clean_message(obs: &crate::model::MessageObservation) -> crate::model::Messag
         m.as_ref().map(|m| Mark {
             at: m.at.map(crate::model::to_micros),
             by: so(&m.by),
+            reason: so(&m.reason),
         })
     };
     crate::model::MessageObservation {
@@ -411,7 +412,11 @@ async fn load_messages(
         .map(|h| {
             let raw_hash = to_hash(&h.raw_hash);
             let mark = |at: Option<DateTime<Utc>>, by: Option<String>| {
-                at.map(|at| Mark { at: Some(at), by })
+                at.map(|at| Mark {
+                    at: Some(at),
+                    by,
+                    reason: None,
+                })
             };
             let state = MessageState {
                 header: MessageHeader {
