@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,9 @@ pub struct SyncOptions {
     pub max_rate_limit_waits: u32,
     /// Show an interactive progress bar (a terminal); otherwise log progress periodically.
     pub progress_bar: bool,
+    /// Where connectors keep login sessions between runs (the daemon and the CLI use
+    /// `<data_dir>/sessions`); `None` keeps them in memory for one run.
+    pub session_dir: Option<PathBuf>,
 }
 
 impl Default for SyncOptions {
@@ -52,8 +56,14 @@ impl Default for SyncOptions {
             max_backoff: Duration::from_secs(60),
             max_rate_limit_waits: 30,
             progress_bar: false,
+            session_dir: None,
         }
     }
+}
+
+/// Where the daemon and the CLI keep connectors' login sessions: `<data_dir>/sessions`.
+pub fn session_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("sessions")
 }
 
 /// How one source's run ended.
@@ -205,7 +215,7 @@ async fn run_locked(
         }
     };
     let stats = http.stats();
-    let outcome = match connector::build(source, http) {
+    let outcome = match connector::build(source, http, options.session_dir.as_deref()) {
         Ok(conn) => {
             let mut run = Run {
                 store,

@@ -89,23 +89,74 @@ fn duration_label(label: &str, seconds: Option<i64>) -> String {
     }
 }
 
-/// Fill `{0}`, `{1}`… of a system template from `extra[i].name` (§10).
+/// How much longer than its template and names a filled system template may get.
+const MAX_TEMPLATE_GROWTH: usize = 4;
+/// How deep merged forwards inside merged forwards are followed for text.
+const MAX_FORWARD_DEPTH: usize = 4;
+
+/// Fill `{0}`, `{1}`… of a system template from `extra[i].name` (or `extra[i].uid`), in
+/// one pass over the template: a name that itself contains `{1}` is copied as it is, never
+/// expanded again, so names cannot make the text grow geometrically. The result is cut at
+/// [`MAX_TEMPLATE_GROWTH`] times the length of the template and names together (the
+/// template and `extra` are kept whole in the content).
 pub fn render_template(template: &str, extra: Option<&Value>) -> String {
-    let mut text = template.to_string();
-    let Some(items) = extra.and_then(Value::as_array) else {
-        return text;
-    };
-    for (i, item) in items.iter().enumerate() {
-        let name = text_field(item, "name").or_else(|| text_field(item, "uid"));
-        if let Some(name) = name {
-            text = text.replace(&format!("{{{i}}}"), name);
+    let names: Vec<Option<&str>> = extra
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| text_field(item, "name").or_else(|| text_field(item, "uid")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names_len: usize = names.iter().flatten().map(|n| n.len()).sum();
+    let limit = MAX_TEMPLATE_GROWTH.saturating_mul(template.len() + names_len);
+    let mut out = String::with_capacity(template.len().min(limit));
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if out.len() > limit {
+            break;
+        }
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let name = (digits > 0 && digits <= 6 && after.as_bytes().get(digits) == Some(&b'}'))
+            .then(|| after[..digits].parse::<usize>().ok())
+            .flatten()
+            .and_then(|i| names.get(i).copied().flatten());
+        match name {
+            Some(name) => {
+                out.push_str(name);
+                rest = &after[digits + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
         }
     }
-    text
+    if out.len() <= limit {
+        out.push_str(rest);
+    }
+    if out.len() > limit {
+        let mut cut = limit;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
-/// Map one payload (§10) to a [`Content`]: kind, plain text and normalised content.
+/// Map one payload (docs/upstreams/tangsengdaodao.md, "Payloads") to a [`Content`]: kind,
+/// plain text and normalised content.
 pub fn map_payload(payload: &Value) -> Content {
+    map_payload_at(payload, 0)
+}
+
+/// [`map_payload`] of a payload `depth` merged forwards deep.
+fn map_payload_at(payload: &Value, depth: usize) -> Content {
     let content_type = int(payload, "type").unwrap_or(0);
     let mut out = Map::new();
     out.insert("type".into(), json!(content_type));
@@ -218,7 +269,10 @@ pub fn map_payload(payload: &Value) -> Content {
             };
             (MessageKind::File, text)
         }
-        11 => map_forward(payload, &mut out),
+        11 if depth >= MAX_FORWARD_DEPTH => {
+            return verbatim(payload, MessageKind::Forward, "[forward]".to_string())
+        }
+        11 => map_forward(payload, &mut out, depth),
         14 => match text_field(payload, "content") {
             Some(text) => {
                 pick(&mut out, payload, &[("entities", "entities")]);
@@ -304,7 +358,11 @@ fn verbatim(payload: &Value, kind: MessageKind, text: String) -> Content {
 }
 
 /// A merged forward (type 11): the texts of its messages, one per line.
-fn map_forward(payload: &Value, out: &mut Map<String, Value>) -> (MessageKind, String) {
+fn map_forward(
+    payload: &Value,
+    out: &mut Map<String, Value>,
+    depth: usize,
+) -> (MessageKind, String) {
     let mut lines = Vec::new();
     let mut msgs = Vec::new();
     for msg in payload
@@ -313,7 +371,7 @@ fn map_forward(payload: &Value, out: &mut Map<String, Value>) -> (MessageKind, S
         .into_iter()
         .flatten()
     {
-        let inner = msg.get("payload").map(map_payload);
+        let inner = msg.get("payload").map(|p| map_payload_at(p, depth + 1));
         if let Some(inner) = &inner {
             if !inner.text.is_empty() {
                 lines.push(inner.text.clone());
@@ -371,11 +429,55 @@ fn recall_mark(objects: &[&Value]) -> Option<Mark> {
         .iter()
         .find_map(|o| text_field(o, "revoker"))
         .map(str::to_string);
-    Some(Mark { at: None, by })
+    Some(Mark {
+        at: None,
+        by,
+        reason: None,
+    })
 }
 
+/// Why a message deleted for everyone is marked.
+pub const MUTUAL_DELETE_REASON: &str = "deleted for everyone (is_mutual_deleted)";
+
 fn mutual_delete_mark(extra: &Value) -> Option<Mark> {
-    flag(extra, "is_mutual_deleted").then(Mark::default)
+    flag(extra, "is_mutual_deleted").then(|| Mark {
+        reason: Some(MUTUAL_DELETE_REASON.to_string()),
+        ..Mark::default()
+    })
+}
+
+/// The deletion mark of a channel-sync record. `is_deleted` is computed by the server for
+/// the account that asks: 1 when the message was deleted for everyone, deleted by this
+/// account for itself, has expired, is visible only to other members, or lies at or below
+/// the channel's cleared history (docs/upstreams/tangsengdaodao.md, "is_deleted"). The
+/// content is kept; the reason names what the record itself shows.
+fn deletion_mark(record: &Value, extra: &Value, payload: &Value) -> Option<Mark> {
+    if let Some(mark) = mutual_delete_mark(extra) {
+        return Some(mark);
+    }
+    if !flag(record, "is_deleted") {
+        return None;
+    }
+    let mut reason = String::from(
+        "is_deleted=1 for this account upstream (deleted for this account, expired, \
+         not visible to it, or in cleared history)",
+    );
+    if let Some(expire) = int(record, "expire").filter(|e| *e > 0) {
+        reason.push_str(&format!(
+            "; the message expires {expire} s after it was sent"
+        ));
+    }
+    if payload
+        .get("visibles")
+        .and_then(Value::as_array)
+        .is_some_and(|v| !v.is_empty())
+    {
+        reason.push_str("; the message is visible only to the members in its visibles");
+    }
+    Some(Mark {
+        reason: Some(reason),
+        ..Mark::default()
+    })
 }
 
 /// A message mapped from a channel-sync record, with any sub-records set aside.
@@ -486,7 +588,7 @@ pub fn map_message(
         edited_at,
         earlier_versions,
         recalled: recall_mark(&[record, &extra]),
-        deleted: mutual_delete_mark(&extra),
+        deleted: deletion_mark(record, &extra, payload),
         reactions,
         raw: record.clone(),
     };
@@ -939,7 +1041,7 @@ mod tests {
     }
 
     #[test]
-    fn revoke_and_mutual_delete_are_marks_but_per_viewer_is_deleted_is_not() {
+    fn revoke_mutual_delete_and_per_viewer_is_deleted_are_marks() {
         let mut record = message(8, json!({"type": 1, "content": "oops"}));
         record["message_extra"] = json!({"revoke": 1, "revoker": "u1", "extra_version": 5});
         let o = map_message("u2", &record, &no_names()).unwrap().observation;
@@ -947,7 +1049,8 @@ mod tests {
             o.recalled,
             Some(Mark {
                 at: None,
-                by: Some("u1".into())
+                by: Some("u1".into()),
+                reason: None,
             })
         );
         assert_eq!(
@@ -964,24 +1067,96 @@ mod tests {
             .recalled
             .is_some());
 
+        // deleted for this account (or expired, hidden, cleared): a deletion with its reason,
+        // the content kept
         let mut per_viewer = message(10, json!({"type": 1, "content": "x"}));
         per_viewer["is_deleted"] = json!(1);
-        assert!(map_message("u2", &per_viewer, &no_names())
+        let o = map_message("u2", &per_viewer, &no_names())
+            .unwrap()
+            .observation;
+        let mark = o.deleted.expect("is_deleted=1 is a deletion");
+        assert!(
+            mark.reason.as_deref().unwrap().contains("for this account"),
+            "{mark:?}"
+        );
+        assert_eq!(o.content.unwrap().text, "x");
+
+        let mut expiring = message(11, json!({"type": 1, "content": "x", "visibles": ["u9"]}));
+        expiring["is_deleted"] = json!(1);
+        expiring["expire"] = json!(60);
+        let reason = map_message("u2", &expiring, &no_names())
+            .unwrap()
+            .observation
+            .deleted
+            .unwrap()
+            .reason
+            .unwrap();
+        assert!(reason.contains("expires 60 s"), "{reason}");
+        assert!(reason.contains("visibles"), "{reason}");
+
+        let mut mutual = message(12, json!({"type": 1, "content": "x"}));
+        mutual["is_deleted"] = json!(1);
+        mutual["message_extra"] = json!({"is_mutual_deleted": 1, "extra_version": 6});
+        let mark = map_message("u2", &mutual, &no_names())
+            .unwrap()
+            .observation
+            .deleted
+            .unwrap();
+        assert_eq!(mark.reason.as_deref(), Some(MUTUAL_DELETE_REASON));
+
+        let live = message(13, json!({"type": 1, "content": "x"}));
+        assert!(map_message("u2", &live, &no_names())
             .unwrap()
             .observation
             .deleted
             .is_none());
+    }
 
-        let mut mutual = message(11, json!({"type": 1, "content": "x"}));
-        mutual["is_deleted"] = json!(1);
-        mutual["message_extra"] = json!({"is_mutual_deleted": 1, "extra_version": 6});
+    #[test]
+    fn templates_expand_in_one_pass_and_stay_bounded() {
+        // names that hold placeholders are copied, never expanded again
+        let c = map_payload(&json!({
+            "type": 1002,
+            "content": "{0}邀请{1}加入群聊",
+            "extra": [{"name": "{1}{1}"}, {"name": "{0}{0}"}]
+        }));
+        assert_eq!(c.text, "{1}{1}邀请{0}{0}加入群聊");
+        // a small payload whose names refer to each other cannot blow up
+        let names: Vec<Value> = (0..10)
+            .map(|_| json!({"name": "{0}{1}{2}{3}{4}{5}{6}{7}{8}{9}"}))
+            .collect();
+        let template = "{0}{1}{2}{3}{4}{5}{6}{7}{8}{9}".repeat(3);
+        let payload = json!({"type": 1001, "content": template, "extra": names});
+        let input = payload.to_string().len();
+        let c = map_payload(&payload);
+        assert!(c.text.len() <= 4 * input, "{} > 4 x {input}", c.text.len());
+        assert!(c.text.len() > 100);
+        // a huge number of placeholders with long names is cut, not built
+        let long = "名".repeat(2000);
+        let payload =
+            json!({"type": 1001, "content": "{0}".repeat(3000), "extra": [{"name": long}]});
+        let input = payload.to_string().len();
+        let c = map_payload(&payload);
+        assert!(c.text.len() <= 4 * input + 3, "{}", c.text.len());
+        assert!(c.text.ends_with('…'));
+        // unknown indexes and stray braces are left alone
+        let c = render_template("{9} {x} {", Some(&json!([{"name": "A"}])));
+        assert_eq!(c, "{9} {x} {");
+    }
+
+    #[test]
+    fn deeply_nested_forwards_stop_descending() {
+        let mut payload = json!({"type": 1, "content": "leaf"});
+        for _ in 0..40 {
+            payload = json!({"type": 11, "msgs": [{"payload": payload}]});
+        }
+        let c = map_payload(&payload);
+        assert_eq!(c.kind, MessageKind::Forward);
         assert_eq!(
-            map_message("u2", &mutual, &no_names())
-                .unwrap()
-                .observation
-                .deleted,
-            Some(Mark::default())
+            c.text, "[forward]",
+            "followed {MAX_FORWARD_DEPTH} levels deep only"
         );
+        assert!(c.content.to_string().len() < 4 * payload.to_string().len());
     }
 
     #[test]
