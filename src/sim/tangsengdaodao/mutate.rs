@@ -187,6 +187,13 @@ impl World {
         }
     }
 
+    /// Rewrite a stored message's original payload in place, as an operator repairing a
+    /// record in the database would (no extra row, no new version).
+    pub fn replace_payload(&mut self, message_id: u64, payload: Value) {
+        let (ci, seq) = self.locate(message_id);
+        self.channels[ci].messages[seq as usize - 1].payload = payload;
+    }
+
     /// Give a message a self-destruct timer: it is served with `is_deleted=1` once
     /// `seconds` have passed since it was sent.
     pub fn set_expire(&mut self, message_id: u64, seconds: u32) {
