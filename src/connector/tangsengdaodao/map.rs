@@ -1326,4 +1326,227 @@ mod tests {
         let page = map_conversations(&bare, &known).unwrap();
         assert_eq!(page.channels[0].observation, held);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "type",
+                    "content",
+                    "extra",
+                    "name",
+                    "uid",
+                    "reply",
+                    "message_id",
+                    "msgs",
+                    "payload",
+                    "message_seq",
+                    "message_idstr",
+                    "message_id_str",
+                    "timestamp",
+                    "from_uid",
+                    "message_extra",
+                    "content_edit",
+                    "edited_at",
+                    "reactions",
+                    "emoji",
+                    "is_deleted",
+                    "seq",
+                    "extra_version",
+                    "revoke",
+                    "revoker",
+                    "is_mutual_deleted",
+                    "visibles",
+                    "expire",
+                    "mention",
+                    "uids",
+                    "all",
+                    "users",
+                    "title",
+                    "address",
+                    "second",
+                    "timeTrad",
+                    "cmd",
+                    "conversations",
+                    "channel_id",
+                    "channel_type",
+                    "last_msg_seq",
+                    "groups",
+                    "group_no",
+                    "entities",
+                ])
+                .prop_map(String::from),
+                "[a-z_]{0,8}",
+            ]
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                prop::sample::select(vec![
+                    0i64, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 97, 98, 99, 1001, 1020, 9989
+                ])
+                .prop_map(|n| json!(n)),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<u64>().prop_map(|n| json!(n)),
+                (-1.0e9f64..1.0e9).prop_map(|f| json!(f)),
+                "[{}0-9a-z名 ]{0,16}".prop_map(Value::String),
+            ]
+        }
+
+        /// Any JSON, biased towards the keys and values TangSengDaoDao records use.
+        fn any_json() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(6, 96, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A message record whose required fields are mostly well-formed, so mapping gets
+        /// past them and into payloads, templates, forwards, extras and reactions.
+        fn object() -> impl Strategy<Value = Value> {
+            prop::collection::btree_map(key(), any_json(), 0..10)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        }
+
+        fn record() -> impl Strategy<Value = Value> {
+            (
+                any::<u32>(),
+                prop_oneof![
+                    Just(json!(1_723_790_132i64)),
+                    any::<i64>().prop_map(|n| json!(n))
+                ],
+                object(),
+                prop_oneof![Just(Value::Null), object()],
+                prop::collection::vec(any_json(), 0..4),
+                any_json(),
+            )
+                .prop_map(|(seq, timestamp, payload, extra, reactions, noise)| {
+                    let mut record = json!({
+                        "message_idstr": format!("18243341578540{seq}"),
+                        "message_seq": seq,
+                        "timestamp": timestamp,
+                        "from_uid": "u2",
+                        "payload": payload,
+                        "message_extra": extra,
+                        "reactions": reactions,
+                        "is_deleted": seq % 2,
+                    });
+                    if let (Some(r), Some(n)) = (record.as_object_mut(), noise.as_object()) {
+                        for (k, v) in n {
+                            if !r.contains_key(k) {
+                                r.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    record
+                })
+        }
+
+        fn size(v: &Value) -> usize {
+            v.to_string().len()
+        }
+
+        fn bounded(content: &Content, input: usize) {
+            assert!(
+                content.text.len() <= 8 * input + 64,
+                "text of {} bytes from {input} bytes",
+                content.text.len()
+            );
+            assert!(
+                size(&content.content) <= 8 * input + 64,
+                "content of {} bytes from {input} bytes",
+                size(&content.content)
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            #[test]
+            fn payloads_map_without_panicking_and_stay_bounded(payload in any_json()) {
+                let input = size(&payload);
+                bounded(&map_payload(&payload), input);
+            }
+
+            #[test]
+            fn a_system_template_stays_bounded(
+                template in "([{}0-9a-z名]|\\{[0-9]\\}){0,60}",
+                names in prop::collection::vec("([{}0-9a-z]|\\{[0-9]\\}){0,40}", 0..10),
+            ) {
+                let extra: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+                let payload = json!({"type": 1001, "content": template, "extra": extra});
+                let input = size(&payload);
+                let content = map_payload(&payload);
+                prop_assert!(content.text.len() <= 4 * input + 3);
+            }
+
+            /// Every record yields an observation or a quarantine reason, never a panic, and
+            /// what it yields is bounded by what came in.
+            #[test]
+            fn records_map_or_give_a_reason(record in prop_oneof![record(), any_json()]) {
+                let input = size(&record);
+                match map_message("g_9", &record, &HashMap::new()) {
+                    Ok(mapped) => {
+                        let o = mapped.observation;
+                        prop_assert_eq!(&o.conversation_id, "g_9");
+                        bounded(o.content.as_ref().unwrap(), input);
+                        for earlier in &o.earlier_versions {
+                            bounded(&earlier.content, input);
+                        }
+                        prop_assert!(o.header.is_some());
+                        // a deletion says why
+                        if let Some(mark) = &o.deleted {
+                            prop_assert!(mark.reason.is_some());
+                        }
+                        for q in &mapped.quarantine {
+                            prop_assert!(!q.reason.is_empty());
+                        }
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            #[test]
+            fn change_rows_map_or_give_a_reason(row in any_json()) {
+                let input = size(&row);
+                match map_extra("g_9", &row) {
+                    Ok((o, _)) => {
+                        if let Some(content) = &o.content {
+                            bounded(content, input);
+                        }
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+                match map_reaction("g_9", &row) {
+                    Ok((r, _)) => prop_assert!(!r.user_id.is_empty() && !r.emoji.is_empty()),
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            /// Every conversation entry becomes a channel or a quarantine record.
+            #[test]
+            fn conversation_lists_account_for_every_entry(
+                entries in prop::collection::vec(any_json(), 0..8),
+                users in any_json(),
+                groups in any_json(),
+                last in any::<u64>(),
+            ) {
+                let mut entries = entries;
+                entries.push(json!({"channel_id": "g_1", "channel_type": 2, "last_msg_seq": last}));
+                let response = json!({"conversations": entries, "users": users, "groups": groups});
+                let page = map_conversations(&response, &HashMap::new()).unwrap();
+                prop_assert_eq!(page.channels.len() + page.quarantine.len(), entries.len());
+                prop_assert_eq!(page.channels.last().unwrap().last_msg_seq, Some(last));
+                prop_assert!(map_conversations(&json!([1]), &HashMap::new()).is_err());
+            }
+        }
+    }
 }
