@@ -1,4 +1,5 @@
-//! Pure mapping of TangSengDaoDao JSON (spec §3, §5, §6, §7, §10) to observations.
+//! Pure mapping of TangSengDaoDao JSON to observations: conversations, messages, extra rows,
+//! reaction rows and payloads, as docs/upstreams/tangsengdaodao.md describes them.
 //!
 //! Every record is decoded on its own from a [`serde_json::Value`], so one malformed record
 //! becomes a [`QuarantineRecord`] while the rest of its page still maps (invariant 6). Ids
@@ -58,7 +59,8 @@ fn pick(to: &mut Map<String, Value>, from: &Value, keys: &[(&str, &str)]) {
 }
 
 /// The normalised `reply`: who and what is quoted, without the quoted `payload`, which TSDD
-/// rewrites when the quoted message is edited (§4.5) and would look like an edit of ours.
+/// rewrites when the quoted message is edited (docs/upstreams/tangsengdaodao.md, "Channel
+/// sync") and would look like an edit of ours.
 fn normalised_reply(reply: &Value) -> Value {
     let mut out = Map::new();
     if let Some(id) = reply.get("message_id").and_then(id_text) {
@@ -340,7 +342,7 @@ fn add_common(payload: &Value, out: &mut Map<String, Value>) {
     }
 }
 
-/// Types whose shape is not specified upstream (§10, "store raw"): the payload as is, with
+/// Types whose shape is not documented upstream ("Payloads"): the payload as is, with
 /// the volatile `reply.payload` removed.
 fn verbatim(payload: &Value, kind: MessageKind, text: String) -> Content {
     let mut content = payload.clone();
@@ -409,7 +411,7 @@ fn map_forward(
     (MessageKind::Forward, lines.join("\n"))
 }
 
-/// A `content_edit` is an object, or (defensively) the JSON text of one (§6.3).
+/// A `content_edit` is an object, or (defensively) the JSON text of one ("Extra sync").
 fn content_edit(extra: &Value) -> Option<Value> {
     match extra.get("content_edit")? {
         v @ Value::Object(_) => Some(v.clone()),
@@ -489,7 +491,7 @@ pub struct MappedMessage {
     pub quarantine: Vec<QuarantineRecord>,
 }
 
-/// Map one message record (§5) of the channel `conversation_id` that was requested.
+/// Map one channel-sync message record of the channel `conversation_id` that was requested.
 ///
 /// `Err` is the quarantine reason. `names` are user names learned elsewhere (discovery,
 /// login), used for `sender_name`.
@@ -623,7 +625,7 @@ pub fn lenient_seq(record: &Value) -> Option<u64> {
     }
 }
 
-/// Map one message-extra row (§6.2) to a change-only observation. Returns the observation
+/// Map one message-extra row ("Extra sync") to a change-only observation. Returns the observation
 /// and the row's `extra_version`; `Err` is the quarantine reason.
 pub fn map_extra(conversation_id: &str, row: &Value) -> Result<(MessageObservation, i64), String> {
     if !row.is_object() {
@@ -658,7 +660,7 @@ pub fn map_extra(conversation_id: &str, row: &Value) -> Result<(MessageObservati
     Ok((observation, version))
 }
 
-/// Map one reaction-sync row (§7.2). Returns the observation and the row's `seq`; `Err` is
+/// Map one reaction-sync row ("Reaction sync"). Returns the observation and the row's `seq`; `Err` is
 /// the quarantine reason.
 pub fn map_reaction(
     conversation_id: &str,
@@ -687,7 +689,7 @@ pub fn map_reaction(
     Ok((observation, seq))
 }
 
-/// A conversation from `conversation/sync` (§3.3), with what paging needs.
+/// A conversation from `conversation/sync` ("Conversation sync"), with what paging needs.
 #[derive(Debug)]
 pub struct DiscoveredChannel {
     pub observation: ConversationObservation,
@@ -705,7 +707,7 @@ pub struct DiscoveredPage {
     pub quarantine: Vec<QuarantineRecord>,
 }
 
-/// The conversation type a channel type maps to (§2.1).
+/// The conversation type a channel type maps to (1 person, 2 group).
 pub fn conversation_type(channel_type: u8) -> ConversationType {
     match channel_type {
         1 => ConversationType::Direct,

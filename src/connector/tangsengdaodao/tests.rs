@@ -282,7 +282,8 @@ fn msg(seq: u64) -> Value {
     })
 }
 
-/// A group channel holding `seqs`, answering windows the way WuKongIM does (§4.2).
+/// A group channel holding `seqs`, answering windows the way WuKongIM does
+/// (docs/upstreams/tangsengdaodao.md, "Channel sync").
 fn channel_sync(seqs: Vec<u64>) -> impl Fn(&Value) -> Value {
     move |body: &Value| {
         let start = body["start_message_seq"].as_u64().unwrap();

@@ -1,5 +1,5 @@
-//! The JSON the server answers with: message objects (§5), extra rows (§6.2), reaction
-//! rows (§7.2), user details (§9.1) and group details (§9.2), always for one viewer.
+//! The JSON the server answers with: message objects, extra rows, reaction rows, user details
+//! and group details, always for one viewer (docs/upstreams/tangsengdaodao.md).
 
 use chrono::{DateTime, FixedOffset};
 use serde_json::{json, Map, Value};
@@ -203,7 +203,8 @@ pub(super) fn reaction_row_json(
     })
 }
 
-/// An extra row (§6.2): full state, zero fields absent, `extra_version` always present.
+/// An extra row ("Extra sync"): full state, zero fields absent, `extra_version` always
+/// present.
 pub(super) fn extra_json(
     message: &Message,
     extra: &MessageExtra,

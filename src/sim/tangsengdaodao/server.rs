@@ -1,4 +1,5 @@
-//! The axum router: authentication, request parsing, login, users and groups (§1, §9),
+//! The axum router: authentication, request parsing, login, users and groups
+//! (docs/upstreams/tangsengdaodao.md, "Login and the session token", "Errors"),
 //! request counting and transport-level fault injection. The sync endpoints live in
 //! `sync_api`.
 //!
@@ -72,7 +73,7 @@ async fn not_found() -> Response {
 
 // ---- errors, auth, parsing ----------------------------------------------------------
 
-/// Why a request was refused, in the shapes of §1.3.
+/// Why a request was refused, in the shapes the server answers ("Errors").
 pub(super) enum Refusal {
     /// The auth middleware's answer: 401 `{"msg":..}` without `status`.
     Unauthorized(&'static str),

@@ -1,5 +1,5 @@
-//! The four sync endpoints: conversations (§3), channel messages (§4), message extras (§6)
-//! and reactions (§7), with their windows, limits, filters and quirks.
+//! The four sync endpoints: conversations, channel messages, message extras and reactions,
+//! with their windows, limits, filters and quirks (docs/upstreams/tangsengdaodao.md).
 
 use std::collections::HashMap;
 
@@ -160,7 +160,7 @@ struct ChannelSyncReq {
     login_uid: String,
 }
 
-/// WK's window selection over a gap-free seq range (§4.2); returns the index range.
+/// WK's window selection over a gap-free seq range ("Channel sync"); returns the index range.
 fn channel_window(
     last: u32,
     start: u32,
