@@ -553,7 +553,7 @@ impl TsddConnector {
             let control = self
                 .request_window(channel, token, CONTROL_SEQ, CONTROL_SEQ + 1)
                 .await;
-            if !matches!(control, Ok(_)) {
+            if control.is_err() {
                 return Err(ConnectorError::Transient(format!(
                     "{}: every request for this channel fails (HTTP 500); nothing was skipped",
                     self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
