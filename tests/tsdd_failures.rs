@@ -174,6 +174,7 @@ async fn a_request_failing_at_any_moment_of_a_first_sync_changes_nothing() {
     let n = s.server.request_count() - before;
     let want = common::archive_snapshot(&clean).await;
     assert!(n >= 20, "a first sync of this world makes {n} requests");
+    eprintln!("first sync: {n} requests, {} archive lines", want.len());
     assert!(
         want.iter().any(|l| l.starts_with("gap ")),
         "the world has hidden history"
@@ -256,6 +257,10 @@ async fn a_request_failing_at_any_moment_of_an_incremental_sync_changes_nothing(
     assert!(r.counts.messages_new >= 6, "{:?}", r.counts);
     let n = s.server.request_count() - before;
     let want = common::archive_snapshot(&clean).await;
+    eprintln!(
+        "incremental sync: {n} requests, {} archive lines",
+        want.len()
+    );
 
     for k in 1..=n {
         let (store, _) = common::store().await;
