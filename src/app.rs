@@ -660,6 +660,7 @@ async fn sync(
         full,
         max_retries: config.sync.max_retries,
         progress_bar: std::io::stderr().is_terminal(),
+        session_dir: Some(sync::session_dir(&config.storage.data_dir)),
         ..SyncOptions::default()
     };
     let limit = config.sync.max_concurrent_sources.max(1);

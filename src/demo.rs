@@ -294,6 +294,7 @@ fn write_secret(path: &Path, content: &str) -> anyhow::Result<()> {
 async fn first_sync(store: &Store, config: &Config) {
     let options = SyncOptions {
         max_retries: config.sync.max_retries,
+        session_dir: Some(sync::session_dir(&config.storage.data_dir)),
         ..SyncOptions::default()
     };
     for source in &config.sources {

@@ -207,6 +207,10 @@ pub struct Mark {
     pub at: Option<DateTime<Utc>>,
     /// Who recalled or deleted, where known.
     pub by: Option<String>,
+    /// Why upstream shows the message as recalled or deleted, where it is not plain (e.g.
+    /// deleted for this account only, expired, history cleared). Recorded in the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The fixed facts of a message, known when the message itself is fetched.

@@ -135,6 +135,7 @@ impl SchedulerOptions {
             backoff_cap: Duration::from_secs(30 * 60),
             sync: SyncOptions {
                 max_retries: config.sync.max_retries,
+                session_dir: Some(sync::session_dir(&config.storage.data_dir)),
                 ..SyncOptions::default()
             },
         }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,9 @@ pub struct SyncOptions {
     /// with an error (the next run goes on from where it stopped): a bound on a connector
     /// that keeps moving without ever reaching the end.
     pub max_pages_per_feed: u64,
+    /// Where connectors keep login sessions between runs (the daemon and the CLI use
+    /// `<data_dir>/sessions`); `None` keeps them in memory for one run.
+    pub session_dir: Option<PathBuf>,
 }
 
 impl Default for SyncOptions {
@@ -57,8 +61,14 @@ impl Default for SyncOptions {
             max_rate_limit_waits: 30,
             progress_bar: false,
             max_pages_per_feed: 1_000_000,
+            session_dir: None,
         }
     }
+}
+
+/// Where the daemon and the CLI keep connectors' login sessions: `<data_dir>/sessions`.
+pub fn session_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("sessions")
 }
 
 /// How one source's run ended.
@@ -210,7 +220,7 @@ async fn run_locked(
         }
     };
     let stats = http.stats();
-    let outcome = match connector::build(source, http) {
+    let outcome = match connector::build(source, http, options.session_dir.as_deref()) {
         Ok(conn) => {
             let mut run = Run {
                 store,

@@ -210,6 +210,7 @@ async fn a_recalled_message_is_found_only_when_recalled_ones_are_asked_for() {
     recalled.recalled = Some(Mark {
         at: Some(t(50)),
         by: Some("u2".into()),
+        reason: None,
     });
     store
         .apply_page(&src, &page("m/c1", Some(7), 8, vec![recalled]))

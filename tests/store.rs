@@ -175,6 +175,7 @@ async fn a_recall_with_blanked_content_keeps_the_original_text() {
     recalled.recalled = Some(Mark {
         at: Some(t(50)),
         by: Some("u1".into()),
+        reason: None,
     });
     recalled.raw = json!({"revoke": 1, "payload": {}});
     store
@@ -212,7 +213,7 @@ async fn a_deletion_keeps_the_content() {
     let mut deleted = message("c", "1", 1, "keep me");
     deleted.header = None;
     deleted.content = None;
-    deleted.deleted = Some(Mark { at: None, by: None });
+    deleted.deleted = Some(Mark::default());
     let out = store
         .apply_page(&src, &page("m/c", Some(1), 2, vec![deleted]))
         .await

@@ -48,12 +48,26 @@ fn source(server: &SimServer, password: &str) -> SourceConfig {
     }
 }
 
-fn options() -> SyncOptions {
+/// The options the daemon gives a run, with quick backoff: the session token is kept in a
+/// directory of this test's own (every login posts a welcome message into the archive).
+fn options(src: &SourceConfig) -> SyncOptions {
     SyncOptions {
         backoff_base: Duration::from_millis(5),
         max_backoff: Duration::from_millis(100),
+        session_dir: Some(session_dir(src)),
         ..SyncOptions::default()
     }
+}
+
+/// A session directory per test process and fake server.
+fn session_dir(src: &SourceConfig) -> std::path::PathBuf {
+    let PlatformConfig::Tangsengdaodao(cfg) = &src.platform else {
+        unreachable!("a tangsengdaodao source")
+    };
+    let port = cfg.base_url.rsplit(':').next().unwrap_or("0").to_string();
+    std::env::temp_dir()
+        .join("chatvault-tsdd-sync-tests")
+        .join(format!("{}-{port}", std::process::id()))
 }
 
 async fn start() -> (SimServer, Store, SourceConfig) {
@@ -64,7 +78,7 @@ async fn start() -> (SimServer, Store, SourceConfig) {
 }
 
 async fn sync(store: &Store, src: &SourceConfig) -> SourceResult {
-    sync_source(store, src, &options(), None).await
+    sync_source(store, src, &options(src), None).await
 }
 
 /// Regression: the source lock was released only when the server noticed its connection
@@ -172,7 +186,9 @@ async fn assert_matches_world(store: &Store, truth: &[ChannelTruth], allow_extra
             if m.revoked {
                 assert_eq!(row.recalled_by, m.revoker, "{key:?}");
             }
-            assert_eq!(row.deleted, m.mutually_deleted, "{key:?}");
+            // deleted for everyone, or is_deleted for this account (deleted for it, expired,
+            // hidden from it, cleared history)
+            assert_eq!(row.deleted, m.is_deleted, "{key:?}");
             for r in m.reactions.iter().filter(|r| !r.is_deleted) {
                 expected_reactions.insert((
                     key.0.clone(),
@@ -572,7 +588,12 @@ async fn an_expired_token_is_renewed_once() {
     }
     let result = sync(&store, &src).await;
     assert!(result.ok(), "{:?}", result.error);
-    assert_eq!(result.counts.messages_new, 1);
+    // the new message, and the welcome message the renewing login made the server post
+    assert_eq!(result.counts.messages_new, 2);
+    assert_eq!(server.world().login_count(), 2);
+    // the renewed token is kept: the next run logs in no more
+    assert!(sync(&store, &src).await.ok());
+    assert_eq!(server.world().login_count(), 2);
 }
 
 #[tokio::test]
@@ -632,7 +653,7 @@ async fn a_malformed_record_is_quarantined_and_the_rest_archived() {
         &src,
         &SyncOptions {
             full: true,
-            ..options()
+            ..options(&src)
         },
         None,
     )
@@ -652,7 +673,7 @@ async fn a_full_pass_is_idempotent() {
         &src,
         &SyncOptions {
             full: true,
-            ..options()
+            ..options(&src)
         },
         None,
     )

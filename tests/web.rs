@@ -110,6 +110,7 @@ async fn seeded() -> Store {
     recalled.recalled = Some(Mark {
         at: Some(t(2000)),
         by: Some("u1".into()),
+        reason: None,
     });
     store
         .apply_page(&src, &page("m/g1", Some(150), 150, vec![recalled]))

@@ -677,7 +677,7 @@ async fn a_window_observation_deletes_only_absent_held_messages_in_its_window() 
     let mut mark = common::message("c", "m5", 5, "text 5");
     mark.header = None;
     mark.content = None;
-    mark.recalled = Some(chatvault::model::Mark { at: None, by: None });
+    mark.recalled = Some(chatvault::model::Mark::default());
     let mut marked = common::page("k", Some(7), 8, vec![mark]);
     marked.windows.push(WindowObservation {
         conversation_id: "c".into(),

@@ -10,6 +10,7 @@ pub mod yunhu;
 pub mod yunxin;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -154,12 +155,22 @@ pub trait Connector: Send + Sync {
     async fn fetch(&self, request: FetchRequest<'_>) -> Result<Fetched, ConnectorError>;
 }
 
-/// The one place where platforms are wired.
-pub fn build(source: &SourceConfig, http: http::HttpClient) -> anyhow::Result<Box<dyn Connector>> {
+/// The one place where platforms are wired. `session_dir` is where a connector may keep a
+/// login session between runs (TangSengDaoDao: each login posts a message to the user's
+/// phone); `None` keeps it in memory for this run only.
+pub fn build(
+    source: &SourceConfig,
+    http: http::HttpClient,
+    session_dir: Option<&Path>,
+) -> anyhow::Result<Box<dyn Connector>> {
     match &source.platform {
-        PlatformConfig::Tangsengdaodao(cfg) => Ok(Box::new(tangsengdaodao::TsddConnector::new(
-            source, cfg, http,
-        )?)),
+        PlatformConfig::Tangsengdaodao(cfg) => {
+            let connector = tangsengdaodao::TsddConnector::new(source, cfg, http)?;
+            Ok(Box::new(match session_dir {
+                Some(dir) => connector.with_session_dir(dir),
+                None => connector,
+            }))
+        }
         PlatformConfig::Yunxin(cfg) => {
             Ok(Box::new(yunxin::YunxinConnector::new(source, cfg, http)?))
         }

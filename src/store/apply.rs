@@ -667,7 +667,11 @@ async fn load_messages(
         .map(|h| {
             let raw_hash = to_hash(&h.raw_hash);
             let mark = |at: Option<DateTime<Utc>>, by: Option<String>| {
-                at.map(|at| Mark { at: Some(at), by })
+                at.map(|at| Mark {
+                    at: Some(at),
+                    by,
+                    reason: None,
+                })
             };
             let state = MessageState {
                 header: MessageHeader {

@@ -77,6 +77,7 @@ fn mark(m: &Option<Mark>) -> Option<Mark> {
     m.as_ref().map(|m| Mark {
         at: m.at.map(to_micros),
         by: opt_text(&m.by),
+        reason: opt_text(&m.reason),
     })
 }
 
@@ -206,10 +207,12 @@ mod tests {
             recalled: Some(Mark {
                 at: Some(t),
                 by: Some(n("u")),
+                reason: None,
             }),
             deleted: Some(Mark {
                 at: None,
                 by: Some(n("u")),
+                reason: Some(n("expired")),
             }),
             reactions: Some(vec![ReactionState {
                 user_id: n("u"),

@@ -258,13 +258,18 @@ fn apply_marks(
         *held = Some(Mark {
             at: Some(at),
             by: mark.by.clone(),
+            reason: mark.reason.clone(),
         });
+        let mut detail = json!({"by": mark.by});
+        if let Some(reason) = &mark.reason {
+            detail["reason"] = json!(reason);
+        }
         out.events.push(EventDraft {
             kind,
             conversation_id: obs.conversation_id.clone(),
             message_id: Some(obs.message_id.clone()),
             occurred_at: mark.at,
-            detail: json!({"by": mark.by}),
+            detail,
         });
         if !out.created {
             out.changed = true;
@@ -571,6 +576,7 @@ mod tests {
         recalled.recalled = Some(Mark {
             at: Some(t(9)),
             by: Some("u".into()),
+            reason: None,
         });
         let out = apply_message(&mut st, &recalled, t(10)).unwrap();
         assert!(out.versions.is_empty());

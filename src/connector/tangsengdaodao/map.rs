@@ -1,4 +1,5 @@
-//! Pure mapping of TangSengDaoDao JSON (spec §3, §5, §6, §7, §10) to observations.
+//! Pure mapping of TangSengDaoDao JSON to observations: conversations, messages, extra rows,
+//! reaction rows and payloads, as docs/upstreams/tangsengdaodao.md describes them.
 //!
 //! Every record is decoded on its own from a [`serde_json::Value`], so one malformed record
 //! becomes a [`QuarantineRecord`] while the rest of its page still maps (invariant 6). Ids
@@ -58,7 +59,8 @@ fn pick(to: &mut Map<String, Value>, from: &Value, keys: &[(&str, &str)]) {
 }
 
 /// The normalised `reply`: who and what is quoted, without the quoted `payload`, which TSDD
-/// rewrites when the quoted message is edited (§4.5) and would look like an edit of ours.
+/// rewrites when the quoted message is edited (docs/upstreams/tangsengdaodao.md, "Channel
+/// sync") and would look like an edit of ours.
 fn normalised_reply(reply: &Value) -> Value {
     let mut out = Map::new();
     if let Some(id) = reply.get("message_id").and_then(id_text) {
@@ -89,23 +91,74 @@ fn duration_label(label: &str, seconds: Option<i64>) -> String {
     }
 }
 
-/// Fill `{0}`, `{1}`… of a system template from `extra[i].name` (§10).
+/// How much longer than its template and names a filled system template may get.
+const MAX_TEMPLATE_GROWTH: usize = 4;
+/// How deep merged forwards inside merged forwards are followed for text.
+const MAX_FORWARD_DEPTH: usize = 4;
+
+/// Fill `{0}`, `{1}`… of a system template from `extra[i].name` (or `extra[i].uid`), in
+/// one pass over the template: a name that itself contains `{1}` is copied as it is, never
+/// expanded again, so names cannot make the text grow geometrically. The result is cut at
+/// [`MAX_TEMPLATE_GROWTH`] times the length of the template and names together (the
+/// template and `extra` are kept whole in the content).
 pub fn render_template(template: &str, extra: Option<&Value>) -> String {
-    let mut text = template.to_string();
-    let Some(items) = extra.and_then(Value::as_array) else {
-        return text;
-    };
-    for (i, item) in items.iter().enumerate() {
-        let name = text_field(item, "name").or_else(|| text_field(item, "uid"));
-        if let Some(name) = name {
-            text = text.replace(&format!("{{{i}}}"), name);
+    let names: Vec<Option<&str>> = extra
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| text_field(item, "name").or_else(|| text_field(item, "uid")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names_len: usize = names.iter().flatten().map(|n| n.len()).sum();
+    let limit = MAX_TEMPLATE_GROWTH.saturating_mul(template.len() + names_len);
+    let mut out = String::with_capacity(template.len().min(limit));
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if out.len() > limit {
+            break;
+        }
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let name = (digits > 0 && digits <= 6 && after.as_bytes().get(digits) == Some(&b'}'))
+            .then(|| after[..digits].parse::<usize>().ok())
+            .flatten()
+            .and_then(|i| names.get(i).copied().flatten());
+        match name {
+            Some(name) => {
+                out.push_str(name);
+                rest = &after[digits + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
         }
     }
-    text
+    if out.len() <= limit {
+        out.push_str(rest);
+    }
+    if out.len() > limit {
+        let mut cut = limit;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
-/// Map one payload (§10) to a [`Content`]: kind, plain text and normalised content.
+/// Map one payload (docs/upstreams/tangsengdaodao.md, "Payloads") to a [`Content`]: kind,
+/// plain text and normalised content.
 pub fn map_payload(payload: &Value) -> Content {
+    map_payload_at(payload, 0)
+}
+
+/// [`map_payload`] of a payload `depth` merged forwards deep.
+fn map_payload_at(payload: &Value, depth: usize) -> Content {
     let content_type = int(payload, "type").unwrap_or(0);
     let mut out = Map::new();
     out.insert("type".into(), json!(content_type));
@@ -218,7 +271,10 @@ pub fn map_payload(payload: &Value) -> Content {
             };
             (MessageKind::File, text)
         }
-        11 => map_forward(payload, &mut out),
+        11 if depth >= MAX_FORWARD_DEPTH => {
+            return verbatim(payload, MessageKind::Forward, "[forward]".to_string())
+        }
+        11 => map_forward(payload, &mut out, depth),
         14 => match text_field(payload, "content") {
             Some(text) => {
                 pick(&mut out, payload, &[("entities", "entities")]);
@@ -286,7 +342,7 @@ fn add_common(payload: &Value, out: &mut Map<String, Value>) {
     }
 }
 
-/// Types whose shape is not specified upstream (§10, "store raw"): the payload as is, with
+/// Types whose shape is not documented upstream ("Payloads"): the payload as is, with
 /// the volatile `reply.payload` removed.
 fn verbatim(payload: &Value, kind: MessageKind, text: String) -> Content {
     let mut content = payload.clone();
@@ -304,7 +360,11 @@ fn verbatim(payload: &Value, kind: MessageKind, text: String) -> Content {
 }
 
 /// A merged forward (type 11): the texts of its messages, one per line.
-fn map_forward(payload: &Value, out: &mut Map<String, Value>) -> (MessageKind, String) {
+fn map_forward(
+    payload: &Value,
+    out: &mut Map<String, Value>,
+    depth: usize,
+) -> (MessageKind, String) {
     let mut lines = Vec::new();
     let mut msgs = Vec::new();
     for msg in payload
@@ -313,7 +373,7 @@ fn map_forward(payload: &Value, out: &mut Map<String, Value>) -> (MessageKind, S
         .into_iter()
         .flatten()
     {
-        let inner = msg.get("payload").map(map_payload);
+        let inner = msg.get("payload").map(|p| map_payload_at(p, depth + 1));
         if let Some(inner) = &inner {
             if !inner.text.is_empty() {
                 lines.push(inner.text.clone());
@@ -351,7 +411,7 @@ fn map_forward(payload: &Value, out: &mut Map<String, Value>) -> (MessageKind, S
     (MessageKind::Forward, lines.join("\n"))
 }
 
-/// A `content_edit` is an object, or (defensively) the JSON text of one (§6.3).
+/// A `content_edit` is an object, or (defensively) the JSON text of one ("Extra sync").
 fn content_edit(extra: &Value) -> Option<Value> {
     match extra.get("content_edit")? {
         v @ Value::Object(_) => Some(v.clone()),
@@ -371,11 +431,55 @@ fn recall_mark(objects: &[&Value]) -> Option<Mark> {
         .iter()
         .find_map(|o| text_field(o, "revoker"))
         .map(str::to_string);
-    Some(Mark { at: None, by })
+    Some(Mark {
+        at: None,
+        by,
+        reason: None,
+    })
 }
 
+/// Why a message deleted for everyone is marked.
+pub const MUTUAL_DELETE_REASON: &str = "deleted for everyone (is_mutual_deleted)";
+
 fn mutual_delete_mark(extra: &Value) -> Option<Mark> {
-    flag(extra, "is_mutual_deleted").then(Mark::default)
+    flag(extra, "is_mutual_deleted").then(|| Mark {
+        reason: Some(MUTUAL_DELETE_REASON.to_string()),
+        ..Mark::default()
+    })
+}
+
+/// The deletion mark of a channel-sync record. `is_deleted` is computed by the server for
+/// the account that asks: 1 when the message was deleted for everyone, deleted by this
+/// account for itself, has expired, is visible only to other members, or lies at or below
+/// the channel's cleared history (docs/upstreams/tangsengdaodao.md, "is_deleted"). The
+/// content is kept; the reason names what the record itself shows.
+fn deletion_mark(record: &Value, extra: &Value, payload: &Value) -> Option<Mark> {
+    if let Some(mark) = mutual_delete_mark(extra) {
+        return Some(mark);
+    }
+    if !flag(record, "is_deleted") {
+        return None;
+    }
+    let mut reason = String::from(
+        "is_deleted=1 for this account upstream (deleted for this account, expired, \
+         not visible to it, or in cleared history)",
+    );
+    if let Some(expire) = int(record, "expire").filter(|e| *e > 0) {
+        reason.push_str(&format!(
+            "; the message expires {expire} s after it was sent"
+        ));
+    }
+    if payload
+        .get("visibles")
+        .and_then(Value::as_array)
+        .is_some_and(|v| !v.is_empty())
+    {
+        reason.push_str("; the message is visible only to the members in its visibles");
+    }
+    Some(Mark {
+        reason: Some(reason),
+        ..Mark::default()
+    })
 }
 
 /// A message mapped from a channel-sync record, with any sub-records set aside.
@@ -387,7 +491,7 @@ pub struct MappedMessage {
     pub quarantine: Vec<QuarantineRecord>,
 }
 
-/// Map one message record (§5) of the channel `conversation_id` that was requested.
+/// Map one channel-sync message record of the channel `conversation_id` that was requested.
 ///
 /// `Err` is the quarantine reason. `names` are user names learned elsewhere (discovery,
 /// login), used for `sender_name`.
@@ -486,7 +590,7 @@ pub fn map_message(
         edited_at,
         earlier_versions,
         recalled: recall_mark(&[record, &extra]),
-        deleted: mutual_delete_mark(&extra),
+        deleted: deletion_mark(record, &extra, payload),
         reactions,
         raw: record.clone(),
     };
@@ -521,7 +625,7 @@ pub fn lenient_seq(record: &Value) -> Option<u64> {
     }
 }
 
-/// Map one message-extra row (§6.2) to a change-only observation. Returns the observation
+/// Map one message-extra row ("Extra sync") to a change-only observation. Returns the observation
 /// and the row's `extra_version`; `Err` is the quarantine reason.
 pub fn map_extra(conversation_id: &str, row: &Value) -> Result<(MessageObservation, i64), String> {
     if !row.is_object() {
@@ -556,7 +660,7 @@ pub fn map_extra(conversation_id: &str, row: &Value) -> Result<(MessageObservati
     Ok((observation, version))
 }
 
-/// Map one reaction-sync row (§7.2). Returns the observation and the row's `seq`; `Err` is
+/// Map one reaction-sync row ("Reaction sync"). Returns the observation and the row's `seq`; `Err` is
 /// the quarantine reason.
 pub fn map_reaction(
     conversation_id: &str,
@@ -585,7 +689,7 @@ pub fn map_reaction(
     Ok((observation, seq))
 }
 
-/// A conversation from `conversation/sync` (§3.3), with what paging needs.
+/// A conversation from `conversation/sync` ("Conversation sync"), with what paging needs.
 #[derive(Debug)]
 pub struct DiscoveredChannel {
     pub observation: ConversationObservation,
@@ -603,7 +707,7 @@ pub struct DiscoveredPage {
     pub quarantine: Vec<QuarantineRecord>,
 }
 
-/// The conversation type a channel type maps to (§2.1).
+/// The conversation type a channel type maps to (1 person, 2 group).
 pub fn conversation_type(channel_type: u8) -> ConversationType {
     match channel_type {
         1 => ConversationType::Direct,
@@ -939,7 +1043,7 @@ mod tests {
     }
 
     #[test]
-    fn revoke_and_mutual_delete_are_marks_but_per_viewer_is_deleted_is_not() {
+    fn revoke_mutual_delete_and_per_viewer_is_deleted_are_marks() {
         let mut record = message(8, json!({"type": 1, "content": "oops"}));
         record["message_extra"] = json!({"revoke": 1, "revoker": "u1", "extra_version": 5});
         let o = map_message("u2", &record, &no_names()).unwrap().observation;
@@ -947,7 +1051,8 @@ mod tests {
             o.recalled,
             Some(Mark {
                 at: None,
-                by: Some("u1".into())
+                by: Some("u1".into()),
+                reason: None,
             })
         );
         assert_eq!(
@@ -964,24 +1069,96 @@ mod tests {
             .recalled
             .is_some());
 
+        // deleted for this account (or expired, hidden, cleared): a deletion with its reason,
+        // the content kept
         let mut per_viewer = message(10, json!({"type": 1, "content": "x"}));
         per_viewer["is_deleted"] = json!(1);
-        assert!(map_message("u2", &per_viewer, &no_names())
+        let o = map_message("u2", &per_viewer, &no_names())
+            .unwrap()
+            .observation;
+        let mark = o.deleted.expect("is_deleted=1 is a deletion");
+        assert!(
+            mark.reason.as_deref().unwrap().contains("for this account"),
+            "{mark:?}"
+        );
+        assert_eq!(o.content.unwrap().text, "x");
+
+        let mut expiring = message(11, json!({"type": 1, "content": "x", "visibles": ["u9"]}));
+        expiring["is_deleted"] = json!(1);
+        expiring["expire"] = json!(60);
+        let reason = map_message("u2", &expiring, &no_names())
+            .unwrap()
+            .observation
+            .deleted
+            .unwrap()
+            .reason
+            .unwrap();
+        assert!(reason.contains("expires 60 s"), "{reason}");
+        assert!(reason.contains("visibles"), "{reason}");
+
+        let mut mutual = message(12, json!({"type": 1, "content": "x"}));
+        mutual["is_deleted"] = json!(1);
+        mutual["message_extra"] = json!({"is_mutual_deleted": 1, "extra_version": 6});
+        let mark = map_message("u2", &mutual, &no_names())
+            .unwrap()
+            .observation
+            .deleted
+            .unwrap();
+        assert_eq!(mark.reason.as_deref(), Some(MUTUAL_DELETE_REASON));
+
+        let live = message(13, json!({"type": 1, "content": "x"}));
+        assert!(map_message("u2", &live, &no_names())
             .unwrap()
             .observation
             .deleted
             .is_none());
+    }
 
-        let mut mutual = message(11, json!({"type": 1, "content": "x"}));
-        mutual["is_deleted"] = json!(1);
-        mutual["message_extra"] = json!({"is_mutual_deleted": 1, "extra_version": 6});
+    #[test]
+    fn templates_expand_in_one_pass_and_stay_bounded() {
+        // names that hold placeholders are copied, never expanded again
+        let c = map_payload(&json!({
+            "type": 1002,
+            "content": "{0}邀请{1}加入群聊",
+            "extra": [{"name": "{1}{1}"}, {"name": "{0}{0}"}]
+        }));
+        assert_eq!(c.text, "{1}{1}邀请{0}{0}加入群聊");
+        // a small payload whose names refer to each other cannot blow up
+        let names: Vec<Value> = (0..10)
+            .map(|_| json!({"name": "{0}{1}{2}{3}{4}{5}{6}{7}{8}{9}"}))
+            .collect();
+        let template = "{0}{1}{2}{3}{4}{5}{6}{7}{8}{9}".repeat(3);
+        let payload = json!({"type": 1001, "content": template, "extra": names});
+        let input = payload.to_string().len();
+        let c = map_payload(&payload);
+        assert!(c.text.len() <= 4 * input, "{} > 4 x {input}", c.text.len());
+        assert!(c.text.len() > 100);
+        // a huge number of placeholders with long names is cut, not built
+        let long = "名".repeat(2000);
+        let payload =
+            json!({"type": 1001, "content": "{0}".repeat(3000), "extra": [{"name": long}]});
+        let input = payload.to_string().len();
+        let c = map_payload(&payload);
+        assert!(c.text.len() <= 4 * input + 3, "{}", c.text.len());
+        assert!(c.text.ends_with('…'));
+        // unknown indexes and stray braces are left alone
+        let c = render_template("{9} {x} {", Some(&json!([{"name": "A"}])));
+        assert_eq!(c, "{9} {x} {");
+    }
+
+    #[test]
+    fn deeply_nested_forwards_stop_descending() {
+        let mut payload = json!({"type": 1, "content": "leaf"});
+        for _ in 0..40 {
+            payload = json!({"type": 11, "msgs": [{"payload": payload}]});
+        }
+        let c = map_payload(&payload);
+        assert_eq!(c.kind, MessageKind::Forward);
         assert_eq!(
-            map_message("u2", &mutual, &no_names())
-                .unwrap()
-                .observation
-                .deleted,
-            Some(Mark::default())
+            c.text, "[forward]",
+            "followed {MAX_FORWARD_DEPTH} levels deep only"
         );
+        assert!(c.content.to_string().len() < 4 * payload.to_string().len());
     }
 
     #[test]
@@ -1150,5 +1327,228 @@ mod tests {
         let bare = json!({"conversations": [{"channel_id": "g_9", "channel_type": 2, "last_msg_seq": 1700}]});
         let page = map_conversations(&bare, &known).unwrap();
         assert_eq!(page.channels[0].observation, held);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "type",
+                    "content",
+                    "extra",
+                    "name",
+                    "uid",
+                    "reply",
+                    "message_id",
+                    "msgs",
+                    "payload",
+                    "message_seq",
+                    "message_idstr",
+                    "message_id_str",
+                    "timestamp",
+                    "from_uid",
+                    "message_extra",
+                    "content_edit",
+                    "edited_at",
+                    "reactions",
+                    "emoji",
+                    "is_deleted",
+                    "seq",
+                    "extra_version",
+                    "revoke",
+                    "revoker",
+                    "is_mutual_deleted",
+                    "visibles",
+                    "expire",
+                    "mention",
+                    "uids",
+                    "all",
+                    "users",
+                    "title",
+                    "address",
+                    "second",
+                    "timeTrad",
+                    "cmd",
+                    "conversations",
+                    "channel_id",
+                    "channel_type",
+                    "last_msg_seq",
+                    "groups",
+                    "group_no",
+                    "entities",
+                ])
+                .prop_map(String::from),
+                "[a-z_]{0,8}",
+            ]
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                prop::sample::select(vec![
+                    0i64, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 97, 98, 99, 1001, 1020, 9989
+                ])
+                .prop_map(|n| json!(n)),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<u64>().prop_map(|n| json!(n)),
+                (-1.0e9f64..1.0e9).prop_map(|f| json!(f)),
+                "[{}0-9a-z名 ]{0,16}".prop_map(Value::String),
+            ]
+        }
+
+        /// Any JSON, biased towards the keys and values TangSengDaoDao records use.
+        fn any_json() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(6, 96, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A message record whose required fields are mostly well-formed, so mapping gets
+        /// past them and into payloads, templates, forwards, extras and reactions.
+        fn object() -> impl Strategy<Value = Value> {
+            prop::collection::btree_map(key(), any_json(), 0..10)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        }
+
+        fn record() -> impl Strategy<Value = Value> {
+            (
+                any::<u32>(),
+                prop_oneof![
+                    Just(json!(1_723_790_132i64)),
+                    any::<i64>().prop_map(|n| json!(n))
+                ],
+                object(),
+                prop_oneof![Just(Value::Null), object()],
+                prop::collection::vec(any_json(), 0..4),
+                any_json(),
+            )
+                .prop_map(|(seq, timestamp, payload, extra, reactions, noise)| {
+                    let mut record = json!({
+                        "message_idstr": format!("18243341578540{seq}"),
+                        "message_seq": seq,
+                        "timestamp": timestamp,
+                        "from_uid": "u2",
+                        "payload": payload,
+                        "message_extra": extra,
+                        "reactions": reactions,
+                        "is_deleted": seq % 2,
+                    });
+                    if let (Some(r), Some(n)) = (record.as_object_mut(), noise.as_object()) {
+                        for (k, v) in n {
+                            if !r.contains_key(k) {
+                                r.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    record
+                })
+        }
+
+        fn size(v: &Value) -> usize {
+            v.to_string().len()
+        }
+
+        fn bounded(content: &Content, input: usize) {
+            assert!(
+                content.text.len() <= 8 * input + 64,
+                "text of {} bytes from {input} bytes",
+                content.text.len()
+            );
+            assert!(
+                size(&content.content) <= 8 * input + 64,
+                "content of {} bytes from {input} bytes",
+                size(&content.content)
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            #[test]
+            fn payloads_map_without_panicking_and_stay_bounded(payload in any_json()) {
+                let input = size(&payload);
+                bounded(&map_payload(&payload), input);
+            }
+
+            #[test]
+            fn a_system_template_stays_bounded(
+                template in "([{}0-9a-z名]|\\{[0-9]\\}){0,60}",
+                names in prop::collection::vec("([{}0-9a-z]|\\{[0-9]\\}){0,40}", 0..10),
+            ) {
+                let extra: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+                let payload = json!({"type": 1001, "content": template, "extra": extra});
+                let input = size(&payload);
+                let content = map_payload(&payload);
+                prop_assert!(content.text.len() <= 4 * input + 3);
+            }
+
+            /// Every record yields an observation or a quarantine reason, never a panic, and
+            /// what it yields is bounded by what came in.
+            #[test]
+            fn records_map_or_give_a_reason(record in prop_oneof![record(), any_json()]) {
+                let input = size(&record);
+                match map_message("g_9", &record, &HashMap::new()) {
+                    Ok(mapped) => {
+                        let o = mapped.observation;
+                        prop_assert_eq!(&o.conversation_id, "g_9");
+                        bounded(o.content.as_ref().unwrap(), input);
+                        for earlier in &o.earlier_versions {
+                            bounded(&earlier.content, input);
+                        }
+                        prop_assert!(o.header.is_some());
+                        // a deletion says why
+                        if let Some(mark) = &o.deleted {
+                            prop_assert!(mark.reason.is_some());
+                        }
+                        for q in &mapped.quarantine {
+                            prop_assert!(!q.reason.is_empty());
+                        }
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            #[test]
+            fn change_rows_map_or_give_a_reason(row in any_json()) {
+                let input = size(&row);
+                match map_extra("g_9", &row) {
+                    Ok((o, _)) => {
+                        if let Some(content) = &o.content {
+                            bounded(content, input);
+                        }
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+                match map_reaction("g_9", &row) {
+                    Ok((r, _)) => prop_assert!(!r.user_id.is_empty() && !r.emoji.is_empty()),
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            /// Every conversation entry becomes a channel or a quarantine record.
+            #[test]
+            fn conversation_lists_account_for_every_entry(
+                entries in prop::collection::vec(any_json(), 0..8),
+                users in any_json(),
+                groups in any_json(),
+                last in any::<u64>(),
+            ) {
+                let mut entries = entries;
+                entries.push(json!({"channel_id": "g_1", "channel_type": 2, "last_msg_seq": last}));
+                let response = json!({"conversations": entries, "users": users, "groups": groups});
+                let page = map_conversations(&response, &HashMap::new()).unwrap();
+                prop_assert_eq!(page.channels.len() + page.quarantine.len(), entries.len());
+                prop_assert_eq!(page.channels.last().unwrap().last_msg_seq, Some(last));
+                prop_assert!(map_conversations(&json!([1]), &HashMap::new()).is_err());
+            }
+        }
     }
 }

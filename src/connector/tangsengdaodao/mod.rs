@@ -1,36 +1,45 @@
 //! TangSengDaoDao (TSDD) connector: conversation discovery, message history by
-//! `message_seq`, edits/recalls/deletes by `extra_version`, and reactions by reaction `seq`
-//! (spec `specs/tangsengdaodao.md`, §13 for the loop).
+//! `message_seq`, edits/recalls/deletes by `extra_version`, and reactions by reaction `seq`.
+//! What it relies on about the server is written down, with links to the server's code, in
+//! docs/upstreams/tangsengdaodao.md.
 //!
-//! It only fetches and maps (STYLE rule 3): no database, no retries, no backoff. Pure
-//! mapping lives in [`map`], HTTP and error classification in [`api`].
+//! It only fetches and maps: no database, no retries, no backoff. Pure mapping lives in
+//! [`map`], HTTP and error classification in [`api`], the kept session token in
+//! [`session`].
 //!
-//! Feeds and their cursors (all versioned, invariant "durable formats carry a version"):
+//! Feeds and their cursors (all versioned, so a cursor format can change safely):
 //! - `messages`: `{"v":1,"seq":N}`: every seq ≤ N has been covered, by a message or by a
 //!   reported [`SeqGap`]. Paged in fixed windows `[N+1, N+1+W)` with `pull_mode: 1`, so
 //!   progress never depends on upstream filtering, and the never-filled `more` is ignored.
+//!   A window the server keeps failing on with a panic (HTTP 500) is narrowed to the seqs
+//!   it cannot serve, which become gaps (see [`TsddConnector::narrow`]).
 //! - `extras`: `{"v":1,"version":V,"source":S}`: rows with `extra_version ≤ V` have been
-//!   seen under the server-side checkpoint name `S`, which is this archive's own and is
-//!   renewed on a first or `--full` pass (the server's cursor for a source never moves back).
+//!   seen. `S` is the server-side checkpoint name the next request is sent under; it
+//!   alternates between two names of this archive's own (see [`next_extras_source`]).
 //! - `reactions`: `{"v":1,"seq":N}`: reaction rows with `seq ≤ N` have been seen.
 //!
-//! Per-run memory (cleared by [`Connector::discover`]): the paging target of each channel
-//! (its `last_msg_seq`) and which feeds a `--full` pass has already restarted. User names
-//! learned from discovery and login are kept for `sender_name`.
+//! A fetch depends on the request and its cursor only, however often the engine repeats
+//! it: the per-run memory holds nothing a retry or a prefetched page could see differently
+//! (each channel's paging target, from discovery or a probe, and user names for
+//! `sender_name`).
 
 mod api;
 mod map;
+mod session;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tracing::{info, warn};
 
-use self::api::Api;
+use self::api::{Api, WindowError};
+use self::session::{Session, SessionFile};
 use super::http::HttpClient;
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
@@ -53,6 +62,19 @@ const CURSOR_VERSION: u32 = 1;
 const GAP_REASON: &str = "not returned by upstream (cleared history, device filter or deleted)";
 const NOT_MEMBER_REASON: &str =
     "not returned by upstream: the account is not a current member of the group";
+const PANIC_REASON: &str = "upstream cannot serve this seq: channel sync answers HTTP 500 with \
+     an empty body (a panic in the server's handler, e.g. a reply whose message_id is not a \
+     string); sync --full tries it again";
+/// From this retry of the same window on (the engine's `attempt`), a window the server keeps
+/// failing on with a panic is narrowed. Earlier failures are retried whole: a 500 can be a
+/// passing fault, and a first failure never skips anything.
+const NARROW_FROM_ATTEMPT: u32 = 2;
+/// Requests one narrowing may make; what it has not resolved by then is read next time.
+const MAX_NARROWING_REQUESTS: u32 = 64;
+/// A window no channel has: answered empty by a server that works at all.
+const CONTROL_SEQ: u64 = u32::MAX as u64 - 1;
+/// The second name of an extra-sync checkpoint pair.
+const EXTRAS_ALT_SUFFIX: &str = "-b";
 
 /// A channel as TSDD addresses it: peer uid or group number, and the channel type.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -74,12 +96,20 @@ struct ExtrasCursor {
     source: String,
 }
 
+/// Where message paging of a channel stops in this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Target {
+    seq: u64,
+    /// Checked against the newest message the server returns (a probe) in this run; an
+    /// unchecked target (conversation sync's `last_msg_seq`) is checked at the first window
+    /// that comes back empty, so an absurd one cannot page empty windows for ever.
+    checked: bool,
+}
+
 #[derive(Default)]
 struct RunState {
-    /// `last_msg_seq` per channel, from discovery or a probe.
-    targets: HashMap<Channel, u64>,
-    /// `(feed, channel)` pairs a `--full` pass has already restarted in this run.
-    restarted: HashSet<(&'static str, Channel)>,
+    /// The paging target per channel, from discovery or a probe.
+    targets: HashMap<Channel, Target>,
     /// `uid -> name`, for `sender_name`.
     names: HashMap<String, String>,
 }
@@ -92,6 +122,8 @@ pub struct TsddConnector {
     device_id: String,
     window: u64,
     token: RwLock<Option<Secret>>,
+    /// Where a password login's token is kept between runs; `None`: this process only.
+    session: Option<SessionFile>,
     state: Mutex<RunState>,
 }
 
@@ -107,11 +139,25 @@ impl fmt::Debug for TsddConnector {
             .field("base_url", &self.api.base_url())
             .field("auth", &auth)
             .field("logged_in", &logged_in)
+            .field("session_file", &self.session.as_ref().map(|s| s.path()))
             .field("device_flag", &self.device_flag)
             .field("device_id", &self.device_id)
             .field("window", &self.window)
             .finish()
     }
+}
+
+/// What one channel-sync window yielded.
+#[derive(Debug, Default)]
+struct WindowRead {
+    records: Vec<Value>,
+    /// Seqs the server cannot serve (it panics on them).
+    unreadable: BTreeSet<u64>,
+    /// The window was read up to here (exclusive): less than asked when narrowing ran out of
+    /// requests.
+    end: u64,
+    /// The answer of a group the account is no longer a member of.
+    not_member: bool,
 }
 
 impl TsddConnector {
@@ -138,8 +184,23 @@ impl TsddConnector {
             device_id: device_id(source.name.as_str(), username),
             window: u64::from(cfg.page_size).clamp(1, MAX_WINDOW),
             token: RwLock::new(token),
+            session: None,
             state: Mutex::new(RunState::default()),
         })
+    }
+
+    /// Keep a password login's token in `dir` (`<dir>/<source>.token`, mode 0600) and reuse
+    /// it in later runs until the server refuses it.
+    pub fn with_session_dir(mut self, dir: &Path) -> Self {
+        if let TsddAuth::Password { username, .. } = &self.auth {
+            self.session = Some(SessionFile::new(
+                dir,
+                self.source.as_str(),
+                self.api.base_url(),
+                username,
+            ));
+        }
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, RunState> {
@@ -154,14 +215,13 @@ impl TsddConnector {
         })
     }
 
-    /// Whether this fetch starts a `--full` pass over the feed (once per run and channel).
-    fn restarts(&self, feed: &'static str, channel: &Channel, full: bool) -> bool {
-        full && !self.state().restarted.contains(&(feed, channel.clone()))
+    fn set_token(&self, token: Secret) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
     }
 
-    fn mark_restarted(&self, feed: &'static str, channel: &Channel, full: bool) {
-        if full {
-            self.state().restarted.insert((feed, channel.clone()));
+    fn learn_name(&self, uid: &str, name: &str) {
+        if !uid.is_empty() && !name.is_empty() {
+            self.state().names.insert(uid.to_string(), name.to_string());
         }
     }
 
@@ -169,54 +229,52 @@ impl TsddConnector {
         &self,
         request: &FetchRequest<'_>,
         channel: &Channel,
-        restart: bool,
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
-        let after = if restart {
-            0
-        } else {
-            parse_seq_cursor(request.cursor, &self.source)?
+        let after = parse_seq_cursor(request.cursor, &self.source)?;
+        let unchanged = || {
+            // nothing to read: the stored cursor stays as it is
+            let cursor = request.cursor.cloned().unwrap_or_else(|| seq_cursor(after));
+            Ok(Fetched::empty(cursor, true))
         };
-        let remembered = self.state().targets.get(channel).copied();
-        let target = match remembered {
-            Some(target) => target,
-            None => {
-                let target = self.probe_newest(channel, &token).await?;
-                self.state().targets.insert(channel.clone(), target);
-                target
-            }
-        };
-        if after >= target {
-            // nothing to read: the stored cursor stays as it is, even on a --full pass
-            let unchanged = request.cursor.cloned().unwrap_or_else(|| seq_cursor(after));
-            return Ok(Fetched::empty(unchanged, true));
+        let mut target = self.target(channel, &token, after, request.attempt).await?;
+        if after >= target.seq {
+            return unchanged();
         }
 
         let window = Window::after(after, self.window);
-        let body = json!({
-            "channel_id": channel.id,
-            "channel_type": channel.channel_type,
-            "start_message_seq": window.start,
-            "end_message_seq": window.end,
-            "pull_mode": 1,
-            "limit": window.width,
-        });
-        let response = self
-            .api
-            .post(api::CHANNEL_SYNC, Some(&channel.id), &token, &body)
+        let read = self
+            .read_window(channel, &token, window, request.attempt)
             .await?;
-        let records = page_array(&response, "messages").ok_or_else(|| ConnectorError::Decode {
-            message: format!(
-                "{}: messages is not an array",
-                self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
-            ),
-            raw: Some(response.clone()),
-        })?;
+        let newest_read = read
+            .records
+            .iter()
+            .filter_map(map::lenient_seq)
+            .chain(read.unreadable.iter().copied())
+            .filter(|seq| (window.start..read.end).contains(seq))
+            .max();
+        let short = newest_read.is_none_or(|seq| seq + 1 < read.end);
+        if short && !target.checked && target.seq >= read.end {
+            // The window ends early although the unchecked target lies beyond it: the newest
+            // message decides whether this is hidden history (gaps) or the end of the
+            // channel, so an absurd target cannot page empty windows for ever.
+            target = self
+                .check_target(channel, &token, target, after, request.attempt)
+                .await?;
+            if after >= target.seq {
+                return unchanged();
+            }
+        }
+        let window = Window {
+            end: read.end,
+            width: read.end - window.start,
+            ..window
+        };
 
         let names = self.state().names.clone();
         let mut fetched = Fetched::empty(seq_cursor(after), false);
-        let mut seen = BTreeSet::new();
-        for record in records {
+        let mut seen: BTreeSet<u64> = read.unreadable.clone();
+        for record in &read.records {
             match map::map_message(&channel.id, record, &names) {
                 Ok(mapped) => {
                     seen.insert(mapped.seq);
@@ -236,29 +294,115 @@ impl TsddConnector {
             }
         }
 
-        let outcome = window.outcome(target, &seen);
-        let reason = if records.is_empty() && not_member_echo(&response, window.end) {
+        let outcome = window.outcome(target.seq, &seen);
+        let reason = if read.not_member {
             NOT_MEMBER_REASON
         } else {
             GAP_REASON
         };
-        fetched.gaps = outcome
-            .gaps
-            .into_iter()
-            .map(|(from, to)| SeqGap {
-                conversation_id: request.conversation.conversation_id.clone(),
-                from_seq: from as i64,
-                to_seq: to as i64,
-                reason: reason.to_string(),
-            })
+        let gap = |(from, to): (u64, u64), reason: &str| SeqGap {
+            conversation_id: request.conversation.conversation_id.clone(),
+            from_seq: from as i64,
+            to_seq: to as i64,
+            reason: reason.to_string(),
+        };
+        fetched.gaps = outcome.gaps.into_iter().map(|g| gap(g, reason)).collect();
+        let unreadable: Vec<u64> = read
+            .unreadable
+            .range(window.start..=outcome.next)
+            .copied()
             .collect();
+        fetched.gaps.extend(
+            merge_runs(&unreadable)
+                .into_iter()
+                .map(|g| gap(g, PANIC_REASON)),
+        );
         fetched.next_cursor = seq_cursor(outcome.next);
-        fetched.done = outcome.next >= target;
+        fetched.done = outcome.next >= target.seq;
         Ok(fetched)
     }
 
+    /// Where paging of `channel` stops in this run: remembered from discovery or an earlier
+    /// page, else the newest message the server returns.
+    async fn target(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        after: u64,
+        attempt: u32,
+    ) -> Result<Target, ConnectorError> {
+        if let Some(target) = self.state().targets.get(channel).copied() {
+            return Ok(target);
+        }
+        let target = match self.probe_newest(channel, token).await {
+            Ok(newest) => Target {
+                seq: newest,
+                checked: true,
+            },
+            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+                // The newest message itself cannot be served. Read one window past the
+                // cursor in this run (narrowing records what cannot be read), no further.
+                warn!(channel = %channel.id, "the newest message of this channel cannot be read (HTTP 500); reading one window");
+                Target {
+                    seq: after + self.window,
+                    checked: true,
+                }
+            }
+            Err(WindowError::Panic) => {
+                return Err(ConnectorError::Transient(format!(
+                    "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
+                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
+                )))
+            }
+            Err(WindowError::Other(e)) => return Err(e),
+        };
+        self.state().targets.insert(channel.clone(), target);
+        Ok(target)
+    }
+
+    /// Check an unchecked target against the newest message: a target above it is cut down
+    /// to it (never below `after`), so empty windows past the end are not paged through.
+    async fn check_target(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        target: Target,
+        after: u64,
+        attempt: u32,
+    ) -> Result<Target, ConnectorError> {
+        let checked = match self.probe_newest(channel, token).await {
+            Ok(newest) => {
+                let seq = if newest <= after {
+                    after
+                } else {
+                    target.seq.min(newest)
+                };
+                if seq < target.seq {
+                    info!(channel = %channel.id, claimed = target.seq, newest, "the conversation list claims a newer message than the channel returns; paging to the newest one");
+                }
+                Target { seq, checked: true }
+            }
+            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+                return Err(ConnectorError::Permanent(format!(
+                    "{}: the window after seq {after} is empty and the newest message cannot be \
+                     read (HTTP 500), so where the channel ends is unknown; nothing was skipped",
+                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
+                )))
+            }
+            Err(WindowError::Panic) => {
+                return Err(ConnectorError::Transient(format!(
+                    "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
+                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
+                )))
+            }
+            Err(WindowError::Other(e)) => return Err(e),
+        };
+        self.state().targets.insert(channel.clone(), checked);
+        Ok(checked)
+    }
+
     /// The newest visible seq of a channel (0 when none): `{start:0, end:0, limit:1}`.
-    async fn probe_newest(&self, channel: &Channel, token: &Secret) -> Result<u64, ConnectorError> {
+    async fn probe_newest(&self, channel: &Channel, token: &Secret) -> Result<u64, WindowError> {
         let body = json!({
             "channel_id": channel.id,
             "channel_type": channel.channel_type,
@@ -267,17 +411,8 @@ impl TsddConnector {
             "limit": 1,
             "pull_mode": 0,
         });
-        let response = self
-            .api
-            .post(api::CHANNEL_SYNC, Some(&channel.id), token, &body)
-            .await?;
-        let records = page_array(&response, "messages").ok_or_else(|| ConnectorError::Decode {
-            message: format!(
-                "{}: messages is not an array",
-                self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
-            ),
-            raw: Some(response.clone()),
-        })?;
+        let response = self.api.post_window(&channel.id, token, &body).await?;
+        let records = self.messages_of(&response, channel)?;
         Ok(records
             .iter()
             .filter_map(map::lenient_seq)
@@ -285,21 +420,166 @@ impl TsddConnector {
             .unwrap_or(0))
     }
 
+    /// `messages` of a channel-sync answer.
+    fn messages_of<'a>(
+        &self,
+        response: &'a Value,
+        channel: &Channel,
+    ) -> Result<&'a [Value], ConnectorError> {
+        page_array(response, "messages").ok_or_else(|| ConnectorError::Decode {
+            message: format!(
+                "{}: messages is not an array",
+                self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
+            ),
+            raw: Some(response.clone()),
+        })
+    }
+
+    /// One forward window `[start, end)`: the request of every window and of narrowing.
+    async fn request_window(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        start: u64,
+        end: u64,
+    ) -> Result<Value, WindowError> {
+        let body = json!({
+            "channel_id": channel.id,
+            "channel_type": channel.channel_type,
+            "start_message_seq": start,
+            "end_message_seq": end,
+            "pull_mode": 1,
+            "limit": end - start,
+        });
+        self.api.post_window(&channel.id, token, &body).await
+    }
+
+    /// Read a window. A panic answer is a transient error on the first tries of the same
+    /// window; from [`NARROW_FROM_ATTEMPT`] on, the window is narrowed.
+    async fn read_window(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        window: Window,
+        attempt: u32,
+    ) -> Result<WindowRead, ConnectorError> {
+        match self
+            .request_window(channel, token, window.start, window.end)
+            .await
+        {
+            Ok(response) => {
+                let records = self.messages_of(&response, channel)?.to_vec();
+                let not_member = records.is_empty() && not_member_echo(&response, window.end);
+                Ok(WindowRead {
+                    records,
+                    unreadable: BTreeSet::new(),
+                    end: window.end,
+                    not_member,
+                })
+            }
+            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+                self.narrow(channel, token, window).await
+            }
+            Err(WindowError::Panic) => Err(ConnectorError::Transient(format!(
+                "{}: HTTP 500 with an empty body for seqs {}-{} (a panic in the server's handler); \
+                 a window that keeps failing is narrowed to the seqs it cannot serve",
+                self.api.what(api::CHANNEL_SYNC, Some(&channel.id)),
+                window.start,
+                window.end - 1
+            ))),
+            Err(WindowError::Other(e)) => Err(e),
+        }
+    }
+
+    /// Read a window the server keeps answering with a panic, in halves, lowest seqs first,
+    /// down to the single seqs it cannot serve. A single seq counts as unreadable only when
+    /// it fails twice and the server answers other requests of this channel (or, failing
+    /// that, a control request for a window no channel has): a server that fails on
+    /// everything makes this a transient error, never a gap. At most
+    /// [`MAX_NARROWING_REQUESTS`] requests; the read then ends where it got to, and the next
+    /// page goes on from there.
+    async fn narrow(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        window: Window,
+    ) -> Result<WindowRead, ConnectorError> {
+        let mut read = WindowRead {
+            end: window.end,
+            ..WindowRead::default()
+        };
+        // unresolved ranges, the lowest on top
+        let mut stack = vec![(window.start, window.end)];
+        let mut requests = 0u32;
+        let mut answered = false;
+        while let Some((lo, hi)) = stack.pop() {
+            if requests >= MAX_NARROWING_REQUESTS {
+                stack.push((lo, hi));
+                break;
+            }
+            requests += 1;
+            let mut answer = self.request_window(channel, token, lo, hi).await;
+            if hi - lo == 1 && matches!(answer, Err(WindowError::Panic)) {
+                requests += 1;
+                answer = self.request_window(channel, token, lo, hi).await;
+            }
+            match answer {
+                Ok(response) => {
+                    answered = true;
+                    read.records
+                        .extend(self.messages_of(&response, channel)?.iter().cloned());
+                }
+                Err(WindowError::Panic) if hi - lo == 1 => {
+                    read.unreadable.insert(lo);
+                }
+                Err(WindowError::Panic) => {
+                    let mid = lo + (hi - lo) / 2;
+                    stack.push((mid, hi));
+                    stack.push((lo, mid));
+                }
+                Err(WindowError::Other(e)) => return Err(e),
+            }
+        }
+        read.end = stack.last().map_or(window.end, |&(lo, _)| lo);
+        if read.end == window.start {
+            return Err(ConnectorError::Transient(format!(
+                "{}: could not narrow the failing window {}-{} in {MAX_NARROWING_REQUESTS} requests",
+                self.api.what(api::CHANNEL_SYNC, Some(&channel.id)),
+                window.start,
+                window.end - 1
+            )));
+        }
+        if !read.unreadable.is_empty() && !answered {
+            let control = self
+                .request_window(channel, token, CONTROL_SEQ, CONTROL_SEQ + 1)
+                .await;
+            if control.is_err() {
+                return Err(ConnectorError::Transient(format!(
+                    "{}: every request for this channel fails (HTTP 500); nothing was skipped",
+                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
+                )));
+            }
+        }
+        if !read.unreadable.is_empty() {
+            warn!(channel = %channel.id, seqs = ?read.unreadable, "the server cannot serve these seqs (HTTP 500); recorded as gaps");
+        }
+        Ok(read)
+    }
+
     async fn fetch_extras(
         &self,
         request: &FetchRequest<'_>,
         channel: &Channel,
-        restart: bool,
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
         let (version, source) = match request.cursor {
-            Some(cursor) if !restart => {
+            Some(cursor) => {
                 let c: ExtrasCursor = parse_cursor(cursor, FEED_EXTRAS, &self.source)?;
                 (c.version, c.source)
             }
-            _ => (0, extras_source(self.source.as_str())),
+            None => (0, extras_source(self.source.as_str())),
         };
-        // 0 would mean "the newest rows"; versions are far above 1 (§6.1)
+        // 0 would mean "the newest rows"; versions are far above 1 (microsecond clock)
         let body = json!({
             "channel_id": channel.id,
             "channel_type": channel.channel_type,
@@ -327,6 +607,11 @@ impl TsddConnector {
             }
         }
         fetched.done = rows.len() < CHANGE_PAGE_LIMIT || next <= version;
+        let source = if next > version {
+            next_extras_source(&source)
+        } else {
+            source
+        };
         fetched.next_cursor = Cursor(json!(ExtrasCursor {
             v: CURSOR_VERSION,
             version: next,
@@ -339,15 +624,10 @@ impl TsddConnector {
         &self,
         request: &FetchRequest<'_>,
         channel: &Channel,
-        restart: bool,
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
-        let after = if restart {
-            0
-        } else {
-            parse_seq_cursor(request.cursor, &self.source)?
-        };
-        // seq ≤ 0 would return the newest rows in descending order (§7.1)
+        let after = parse_seq_cursor(request.cursor, &self.source)?;
+        // seq ≤ 0 would return the newest rows in descending order
         let body = json!({
             "channel_id": channel.id,
             "channel_type": channel.channel_type,
@@ -397,22 +677,13 @@ impl TsddConnector {
             }),
         }
     }
-}
 
-#[async_trait]
-impl Connector for TsddConnector {
-    fn platform(&self) -> Platform {
-        Platform::Tangsengdaodao
-    }
-
-    async fn login(&self) -> Result<(), ConnectorError> {
-        let (username, password) = match &self.auth {
-            TsddAuth::Token(token) => {
-                *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
-                return Ok(());
-            }
-            TsddAuth::Password { username, password } => (username, password),
-        };
+    /// `POST /v1/user/login` with the configured password; keeps the token.
+    async fn password_login(
+        &self,
+        username: &str,
+        password: &Secret,
+    ) -> Result<(), ConnectorError> {
         let body = json!({
             "username": username,
             "password": password.expose(),
@@ -437,25 +708,73 @@ impl Connector for TsddConnector {
                 raw: None,
             });
         };
-        if let (Some(uid), Some(name)) = (
-            response.get("uid").and_then(Value::as_str),
-            response.get("name").and_then(Value::as_str),
-        ) {
-            if !uid.is_empty() && !name.is_empty() {
-                self.state().names.insert(uid.to_string(), name.to_string());
+        let text = |key| {
+            response
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let session = Session {
+            token: Secret::new(token),
+            uid: text("uid"),
+            name: text("name"),
+        };
+        self.learn_name(&session.uid, &session.name);
+        self.set_token(session.token.clone());
+        if let Some(file) = &self.session {
+            match file.store(&session) {
+                Ok(()) => {
+                    info!(path = %file.path().display(), "logged in; session token kept for later runs")
+                }
+                Err(e) => {
+                    warn!(path = %file.path().display(), error = %e, "logged in, but the session token could not be kept; the next run logs in again")
+                }
             }
         }
-        *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(Secret::new(token));
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Connector for TsddConnector {
+    fn platform(&self) -> Platform {
+        Platform::Tangsengdaodao
+    }
+
+    /// Log in, or take up the kept session. Asked again after the server answered 401, it
+    /// forgets the refused token and logs in with the password (once per run: the engine
+    /// asks only once).
+    async fn login(&self) -> Result<(), ConnectorError> {
+        let (username, password) = match &self.auth {
+            TsddAuth::Token(token) => {
+                self.set_token(token.clone());
+                return Ok(());
+            }
+            TsddAuth::Password { username, password } => (username, password),
+        };
+        let refused = self
+            .token
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if let Some(file) = &self.session {
+            if refused {
+                if let Err(e) = file.remove() {
+                    warn!(path = %file.path().display(), error = %e, "could not remove the refused session token");
+                }
+            } else if let Some(session) = file.load() {
+                self.learn_name(&session.uid, &session.name);
+                self.set_token(session.token);
+                return Ok(());
+            }
+        }
+        self.password_login(username, password).await
     }
 
     async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
         let known = request.known;
-        {
-            let mut state = self.state();
-            state.targets.clear();
-            state.restarted.clear();
-        }
+        self.state().targets.clear();
         let token = self.token()?;
         let body = json!({
             "version": 0,
@@ -490,7 +809,13 @@ impl Connector for TsddConnector {
                     id: channel.observation.conversation_id.clone(),
                     channel_type: channel.channel_type,
                 };
-                state.targets.insert(key, seq);
+                state.targets.insert(
+                    key,
+                    Target {
+                        seq,
+                        checked: false,
+                    },
+                );
             }
             discovery.conversations.push(channel.observation);
         }
@@ -503,25 +828,15 @@ impl Connector for TsddConnector {
 
     async fn fetch(&self, request: FetchRequest<'_>) -> Result<Fetched, ConnectorError> {
         let channel = channel_of(request.conversation, &self.source)?;
-        let feed = match request.feed {
-            FEED_MESSAGES => FEED_MESSAGES,
-            FEED_EXTRAS => FEED_EXTRAS,
-            FEED_REACTIONS => FEED_REACTIONS,
-            other => {
-                return Err(ConnectorError::Permanent(format!(
-                    "tsdd source {}: unknown feed {other}",
-                    self.source
-                )))
-            }
-        };
-        let restart = self.restarts(feed, &channel, request.full);
-        let fetched = match feed {
-            FEED_MESSAGES => self.fetch_messages(&request, &channel, restart).await?,
-            FEED_EXTRAS => self.fetch_extras(&request, &channel, restart).await?,
-            _ => self.fetch_reactions(&request, &channel, restart).await?,
-        };
-        self.mark_restarted(feed, &channel, request.full);
-        Ok(fetched)
+        match request.feed {
+            FEED_MESSAGES => self.fetch_messages(&request, &channel).await,
+            FEED_EXTRAS => self.fetch_extras(&request, &channel).await,
+            FEED_REACTIONS => self.fetch_reactions(&request, &channel).await,
+            other => Err(ConnectorError::Permanent(format!(
+                "tsdd source {}: unknown feed {other}",
+                self.source
+            ))),
+        }
     }
 }
 
@@ -558,7 +873,8 @@ fn channel_of(
     })
 }
 
-/// `channelID:channelType:lastMsgSeq` joined by `|` (§3.1), for known person and group
+/// `channelID:channelType:lastMsgSeq` joined by `|` (docs/upstreams/tangsengdaodao.md,
+/// "Conversation sync"), for known person and group
 /// channels that have a messages cursor. Ids that cannot be expressed are left out.
 fn last_msg_seqs(known: &[KnownConversation]) -> String {
     let mut entries = Vec::new();
@@ -624,7 +940,8 @@ fn page_array<'a>(response: &'a Value, key: &str) -> Option<&'a [Value]> {
     }
 }
 
-/// A non-member's answer: no messages, both bounds echoing the requested end (§4.3).
+/// A non-member's answer: no messages, both bounds echoing the requested end
+/// (docs/upstreams/tangsengdaodao.md, "Channel sync").
 fn not_member_echo(response: &Value, end: u64) -> bool {
     let bound = |key| response.get(key).and_then(Value::as_u64);
     bound("start_message_seq") == Some(end) && bound("end_message_seq") == Some(end)
@@ -636,7 +953,8 @@ fn device_id(source: &str, username: &str) -> String {
     format!("chatvault-{}", &hex::encode(digest)[..16])
 }
 
-/// A new, never-shared extra-sync checkpoint name for this archive (§6.1).
+/// A new, never-shared extra-sync checkpoint name for this archive, for a first or `--full`
+/// pass (docs/upstreams/tangsengdaodao.md, "Extra sync").
 fn extras_source(source: &str) -> String {
     let slug: String = source
         .chars()
@@ -650,6 +968,33 @@ fn extras_source(source: &str) -> String {
         .take(40)
         .collect();
     format!("chatvault-{slug}-{:016x}", rand::random::<u64>())
+}
+
+/// The checkpoint name the request after a page is sent under: the other name of the pair.
+///
+/// The server remembers, per checkpoint name and channel, the highest `extra_version` it
+/// was asked for, and answers from there even when a lower one is asked. The engine asks for
+/// the next page while the current one is being written, so that value can run ahead of
+/// the cursor the archive holds when the write then fails. Sending each page under the
+/// other name than the one before keeps every name's remembered value at or below the
+/// cursors written with it: the request from a held cursor is answered from that cursor.
+fn next_extras_source(source: &str) -> String {
+    match source.strip_suffix(EXTRAS_ALT_SUFFIX) {
+        Some(base) => base.to_string(),
+        None => format!("{source}{EXTRAS_ALT_SUFFIX}"),
+    }
+}
+
+/// Ascending seqs as inclusive runs of consecutive values.
+fn merge_runs(seqs: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &seq in seqs {
+        match runs.last_mut() {
+            Some((_, to)) if *to + 1 == seq => *to = seq,
+            _ => runs.push((seq, seq)),
+        }
+    }
+    runs
 }
 
 /// One forward channel-sync window `[start, end)` of `width` seqs after a cursor.
@@ -681,7 +1026,7 @@ impl Window {
 
     /// Where the cursor goes once the window's messages (`seen` seqs) are in hand: up to the
     /// target, or further when new messages above it arrived; every seq below that which
-    /// upstream did not return is a gap. Short or empty pages are normal (§4.4).
+    /// upstream did not return is a gap. Short or empty pages are normal (hidden history).
     fn outcome(&self, target: u64, seen: &BTreeSet<u64>) -> WindowOutcome {
         let last = self.end - 1;
         let newest_seen = seen.range(self.start..=last).next_back().copied();

@@ -282,7 +282,8 @@ fn msg(seq: u64) -> Value {
     })
 }
 
-/// A group channel holding `seqs`, answering windows the way WuKongIM does (§4.2).
+/// A group channel holding `seqs`, answering windows the way WuKongIM does
+/// (docs/upstreams/tangsengdaodao.md, "Channel sync").
 fn channel_sync(seqs: Vec<u64>) -> impl Fn(&Value) -> Value {
     move |body: &Value| {
         let start = body["start_message_seq"].as_u64().unwrap();
@@ -558,16 +559,18 @@ async fn message_paging_probes_walks_windows_and_reports_gaps() {
     assert_eq!(fake.requests().len(), before + 1);
 }
 
+/// A `--full` pass gets no cursor from the engine and starts at seq 1; a cursor, once given,
+/// is always followed (the fetch depends on the request and its cursor only, so a retried
+/// or prefetched page is the same page).
 #[tokio::test]
-async fn full_pass_restarts_messages_from_the_first_seq_once() {
+async fn a_full_pass_starts_from_no_cursor_and_a_given_cursor_is_always_followed() {
     let sync = channel_sync((1..=15).collect());
     let (base, fake) = serve(move |_, body| ok(sync(body))).await;
     let c = connector(&base, token_auth(), 10);
     c.login().await.unwrap();
     let g = conversation("g_9", ConversationType::Group, 2);
-    let stored = seq_cursor(15);
     let first = c
-        .fetch(request(&g, FEED_MESSAGES, Some(&stored), true))
+        .fetch(request(&g, FEED_MESSAGES, None, true))
         .await
         .unwrap();
     assert_eq!(
@@ -575,15 +578,25 @@ async fn full_pass_restarts_messages_from_the_first_seq_once() {
         1
     );
     assert_eq!(first.next_cursor, seq_cursor(10));
-    let second = c
-        .fetch(request(&g, FEED_MESSAGES, Some(&first.next_cursor), true))
+    for _ in 0..2 {
+        let second = c
+            .fetch(request(&g, FEED_MESSAGES, Some(&first.next_cursor), true))
+            .await
+            .unwrap();
+        assert_eq!(
+            fake.bodies("/api/v1/message/channel/sync").last().unwrap()["start_message_seq"],
+            11
+        );
+        assert!(second.done);
+        assert_eq!(second.next_cursor, seq_cursor(15));
+    }
+    // the same first request again is the same first page
+    let again = c
+        .fetch(request(&g, FEED_MESSAGES, None, true))
         .await
         .unwrap();
-    assert_eq!(
-        fake.bodies("/api/v1/message/channel/sync")[2]["start_message_seq"],
-        11
-    );
-    assert!(second.done);
+    assert_eq!(again.next_cursor, first.next_cursor);
+    assert_eq!(again.messages, first.messages);
 }
 
 #[tokio::test]
@@ -674,7 +687,7 @@ async fn extras_start_at_version_one_under_a_fresh_source_and_page_on() {
     assert_eq!(first.messages.len(), 1000);
     assert_eq!(
         first.next_cursor.0,
-        json!({"v": 1, "version": 1001, "source": source})
+        json!({"v": 1, "version": 1001, "source": format!("{source}-b")})
     );
 
     let second = c
@@ -685,16 +698,15 @@ async fn extras_start_at_version_one_under_a_fresh_source_and_page_on() {
     assert_eq!(sent[1]["extra_version"], 1001);
     assert_eq!(
         sent[1]["source"],
-        source.as_str(),
-        "the checkpoint name is kept"
+        format!("{source}-b"),
+        "each page goes out under the other name of the pair"
     );
     assert!(second.done);
+    assert_eq!(second.next_cursor.0["source"], source.as_str());
 
-    // --full: a new checkpoint name, from version 1 again
+    // --full (no cursor): a new checkpoint name, from version 1 again
     c.discover(discover_request(&[])).await.ok();
-    c.fetch(request(&g, FEED_EXTRAS, Some(&second.next_cursor), true))
-        .await
-        .unwrap();
+    c.fetch(request(&g, FEED_EXTRAS, None, true)).await.unwrap();
     let sent = fake.bodies("/api/v1/message/extra/sync");
     assert_eq!(sent[2]["extra_version"], 1);
     assert_ne!(sent[2]["source"], source.as_str());
@@ -771,4 +783,365 @@ fn device_flag_zero_is_refused() {
     };
     let http = HttpClient::new(0.0, Duration::from_secs(5)).unwrap();
     assert!(TsddConnector::new(&source, &cfg, http).is_err());
+}
+
+// ---- against the fake server -------------------------------------------------------
+
+mod against_the_fake {
+    use super::*;
+    use crate::sim::tangsengdaodao::{ChannelKey, Group, SimServer, User, World};
+
+    const ME: &str = "u_me";
+    const PEER: &str = "u_peer";
+    const GROUP: &str = "g_team";
+
+    fn user(uid: &str, username: &str, password: &str) -> User {
+        User {
+            uid: uid.into(),
+            name: format!("name of {uid}"),
+            username: username.into(),
+            password: password.into(),
+            sex: 0,
+            short_no: String::new(),
+            zone: String::new(),
+            phone: String::new(),
+            category: String::new(),
+        }
+    }
+
+    /// The archiving user and a peer in one group holding `n` text messages.
+    fn world(n: usize) -> World {
+        world_with(n, &[])
+    }
+
+    /// [`world`] where the messages at `poisoned` seqs quote with a numeric `message_id`, on
+    /// which the real handler panics.
+    fn world_with(n: usize, poisoned: &[usize]) -> World {
+        let mut w = World::new(user(ME, "me", "pw-me"), 3);
+        w.add_user(user(PEER, "peer", "pw-peer"));
+        w.add_group(Group {
+            group_no: GROUP.into(),
+            name: "team".into(),
+            owner: PEER.into(),
+            members: [ME.to_string(), PEER.to_string()].into_iter().collect(),
+            saved: false,
+            notice: String::new(),
+            created_at: 1_700_000_000,
+        });
+        for i in 1..=n {
+            let payload = if poisoned.contains(&i) {
+                json!({"type": 1, "content": "quoting", "reply": {"message_id": 42, "from_uid": PEER}})
+            } else {
+                json!({"type": 1, "content": format!("m{i}")})
+            };
+            w.post_message(&ChannelKey::group(GROUP), PEER, payload);
+        }
+        w
+    }
+
+    fn password() -> TsddAuth {
+        TsddAuth::Password {
+            username: "me".into(),
+            password: Secret::new("pw-me"),
+        }
+    }
+
+    fn group() -> ConversationObservation {
+        conversation(GROUP, ConversationType::Group, 2)
+    }
+
+    fn attempt(mut r: FetchRequest<'_>, attempt: u32) -> FetchRequest<'_> {
+        r.attempt = attempt;
+        r
+    }
+
+    fn gap_ranges(f: &Fetched) -> Vec<(i64, i64, bool)> {
+        f.gaps
+            .iter()
+            .map(|g| (g.from_seq, g.to_seq, g.reason == PANIC_REASON))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_window_that_keeps_panicking_is_narrowed_to_the_seqs_it_cannot_serve() {
+        let server = SimServer::start(world_with(60, &[23, 41, 42])).await;
+        let c = connector(&server.base_url(), password(), 100);
+        c.login().await.unwrap();
+        let g = group();
+
+        // the first failures of a window skip nothing: they are transient
+        for n in 0..NARROW_FROM_ATTEMPT {
+            let e = c
+                .fetch(attempt(request(&g, FEED_MESSAGES, None, false), n))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ConnectorError::Transient(_)), "{e:?}");
+            assert!(e.to_string().contains("HTTP 500"), "{e}");
+        }
+        let before = server.request_count();
+        let f = c
+            .fetch(attempt(
+                request(&g, FEED_MESSAGES, None, false),
+                NARROW_FROM_ATTEMPT,
+            ))
+            .await
+            .unwrap();
+        let used = server.request_count() - before;
+        assert_eq!(f.next_cursor, seq_cursor(60));
+        assert!(f.done);
+        assert_eq!(f.messages.len(), 57);
+        assert_eq!(gap_ranges(&f), vec![(23, 23, true), (41, 42, true)]);
+        assert!(used <= 40, "{used} requests");
+        // the same request again gives the same page
+        let again = c
+            .fetch(attempt(
+                request(&g, FEED_MESSAGES, None, false),
+                NARROW_FROM_ATTEMPT,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(again.messages, f.messages);
+        assert_eq!(again.gaps, f.gaps);
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_message_the_user_can_no_longer_see_still_fails_its_window() {
+        let mut w = world_with(30, &[5]);
+        w.clear_history_for_me(&ChannelKey::group(GROUP), 10);
+        let server = SimServer::start(w).await;
+        let c = connector(&server.base_url(), password(), 100);
+        c.login().await.unwrap();
+        let g = group();
+        let e = c
+            .fetch(request(&g, FEED_MESSAGES, None, false))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ConnectorError::Transient(_)), "{e:?}");
+        let f = c
+            .fetch(attempt(request(&g, FEED_MESSAGES, None, false), 2))
+            .await
+            .unwrap();
+        assert_eq!(f.messages.len(), 20);
+        assert_eq!(
+            gap_ranges(&f),
+            vec![(1, 4, false), (6, 10, false), (5, 5, true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_fails_on_everything_skips_nothing() {
+        let (base, fake) = serve(|path, _| match path {
+            "/api/v1/user/login" => ok(json!({"uid": "me", "name": "Me", "token": TOKEN})),
+            _ => (500, vec![], String::new()),
+        })
+        .await;
+        let c = connector(&base, password(), 100);
+        c.login().await.unwrap();
+        let g = group();
+        c.state().targets.insert(
+            Channel {
+                id: GROUP.into(),
+                channel_type: 2,
+            },
+            Target {
+                seq: 80,
+                checked: true,
+            },
+        );
+        for n in 0..5 {
+            let e = c
+                .fetch(attempt(request(&g, FEED_MESSAGES, None, false), n))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ConnectorError::Transient(_)), "{n}: {e:?}");
+        }
+        // narrowing stopped at its budget and asked the control window: no gap anywhere
+        let windows = fake.bodies("/api/v1/message/channel/sync");
+        assert!(windows.len() < 5 * (MAX_NARROWING_REQUESTS as usize + 3));
+        assert!(windows
+            .iter()
+            .any(|b| b["start_message_seq"] == CONTROL_SEQ));
+    }
+
+    #[tokio::test]
+    async fn an_absurd_last_msg_seq_is_cut_to_the_newest_message() {
+        let server = SimServer::start(world(30)).await;
+        let c = connector(&server.base_url(), password(), 100);
+        c.login().await.unwrap();
+        let g = group();
+        // as if conversation sync had claimed 2^62
+        c.state().targets.insert(
+            Channel {
+                id: GROUP.into(),
+                channel_type: 2,
+            },
+            Target {
+                seq: 1 << 62,
+                checked: false,
+            },
+        );
+        let f = c
+            .fetch(request(&g, FEED_MESSAGES, None, false))
+            .await
+            .unwrap();
+        assert!(f.done, "one window, then the end");
+        assert_eq!(f.next_cursor, seq_cursor(30));
+        assert!(f.gaps.is_empty(), "{:?}", f.gaps);
+        assert_eq!(f.messages.len(), 30);
+        // from a cursor past the newest message: done at once, cursor kept
+        c.state().targets.insert(
+            Channel {
+                id: GROUP.into(),
+                channel_type: 2,
+            },
+            Target {
+                seq: 1 << 62,
+                checked: false,
+            },
+        );
+        let past = seq_cursor(500);
+        let f = c
+            .fetch(request(&g, FEED_MESSAGES, Some(&past), false))
+            .await
+            .unwrap();
+        assert!(f.done && f.gaps.is_empty() && f.messages.is_empty());
+        assert_eq!(f.next_cursor, past);
+    }
+
+    #[tokio::test]
+    async fn hidden_history_under_an_unchecked_target_is_still_a_gap() {
+        let mut w = world(350);
+        w.clear_history_for_me(&ChannelKey::group(GROUP), 250);
+        let server = SimServer::start(w).await;
+        let c = connector(&server.base_url(), password(), 100);
+        c.login().await.unwrap();
+        let d = c.discover(discover_request(&[])).await.unwrap();
+        assert_eq!(d.conversations.len(), 2, "the group and the welcome chat");
+        let g = group();
+        let mut cursor = None;
+        let mut gaps = Vec::new();
+        let mut messages = 0;
+        for _ in 0..10 {
+            let f = c
+                .fetch(request(&g, FEED_MESSAGES, cursor.as_ref(), false))
+                .await
+                .unwrap();
+            gaps.extend(gap_ranges(&f));
+            messages += f.messages.len();
+            cursor = Some(f.next_cursor.clone());
+            if f.done {
+                break;
+            }
+        }
+        assert_eq!(cursor, Some(seq_cursor(350)));
+        assert_eq!(messages, 100);
+        assert_eq!(
+            gaps,
+            vec![(1, 100, false), (101, 200, false), (201, 250, false)]
+        );
+    }
+
+    /// The server keeps, per checkpoint name, the highest `extra_version` it was asked for.
+    /// A page asked for in advance whose predecessor was never written must not make the
+    /// held cursor skip that predecessor's rows.
+    #[tokio::test]
+    async fn an_extras_page_asked_in_advance_never_hides_rows_from_the_held_cursor() {
+        let mut w = world(2600);
+        let ids: Vec<u64> = w
+            .channel(&ChannelKey::group(GROUP))
+            .unwrap()
+            .messages()
+            .iter()
+            .map(|m| m.message_id)
+            .collect();
+        for id in &ids {
+            w.set_readed_count(*id, 1);
+        }
+        let server = SimServer::start(w).await;
+        let c = connector(&server.base_url(), password(), 100);
+        c.login().await.unwrap();
+        let g = group();
+        let page = |cursor: Option<Cursor>| {
+            let c = &c;
+            let g = &g;
+            async move {
+                c.fetch(request(g, FEED_EXTRAS, cursor.as_ref(), false))
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = page(None).await; // written
+        let second = page(Some(first.next_cursor.clone())).await; // its write fails...
+        let _third = page(Some(second.next_cursor.clone())).await; // ...while this was asked
+                                                                   // the next run starts again from the held cursor: the second page's rows come again
+        let again = page(Some(first.next_cursor.clone())).await;
+        assert_eq!(again.messages.len(), 1000);
+        assert_eq!(again.messages, second.messages);
+        assert_eq!(again.next_cursor, second.next_cursor);
+    }
+
+    #[tokio::test]
+    async fn a_kept_session_is_reused_and_replaced_after_a_401() {
+        let dir = std::env::temp_dir().join(format!(
+            "chatvault-tsdd-session-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let server = SimServer::start(world(3)).await;
+        let fresh = || connector(&server.base_url(), password(), 100).with_session_dir(&dir);
+
+        let first = fresh();
+        first.login().await.unwrap();
+        assert_eq!(server.world().login_count(), 1);
+        let file = dir.join("acme-tsdd.token");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("pw-me"), "no password in the session file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+
+        // a new connector (a new run, or another process) takes the kept token up
+        let second = fresh();
+        second.login().await.unwrap();
+        second.discover(discover_request(&[])).await.unwrap();
+        assert_eq!(server.world().login_count(), 1);
+        let f = second
+            .fetch(request(&group(), FEED_MESSAGES, None, false))
+            .await
+            .unwrap();
+        let me = f.messages.iter().find_map(|m| m.header.as_ref());
+        assert!(me.is_some());
+
+        // the server forgets it: 401, one new login, and the file holds the new token
+        server.world().expire_tokens();
+        let third = fresh();
+        third.login().await.unwrap();
+        let e = third.discover(discover_request(&[])).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Unauthorized(_)), "{e:?}");
+        third.login().await.unwrap();
+        assert_eq!(server.world().login_count(), 2);
+        third.discover(discover_request(&[])).await.unwrap();
+        assert_ne!(std::fs::read_to_string(&file).unwrap(), text);
+        let fourth = fresh();
+        fourth.login().await.unwrap();
+        fourth.discover(discover_request(&[])).await.unwrap();
+        assert_eq!(server.world().login_count(), 2);
+
+        // a token kept for another account is never sent
+        let other = connector(
+            &server.base_url(),
+            TsddAuth::Password {
+                username: "peer".into(),
+                password: Secret::new("pw-peer"),
+            },
+            100,
+        )
+        .with_session_dir(&dir);
+        other.login().await.unwrap();
+        assert_eq!(server.world().login_count(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

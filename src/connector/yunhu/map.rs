@@ -81,6 +81,7 @@ pub fn message(conversation_id: &str, msg: &pb::MsgData, bytes: &[u8]) -> Result
     let recalled = (msg.recall_time > 0).then(|| Mark {
         at: millis(msg.recall_time),
         by: None,
+        reason: None,
     });
     let mut raw = serde_json::to_value(msg).unwrap_or(Value::Null);
     prune(&mut raw);

@@ -550,7 +550,7 @@ impl YunxinConnector {
                             content: None,
                             edited_at: None,
                             earlier_versions: Vec::new(),
-                            recalled: Some(Mark { at: None, by: None }),
+                            recalled: Some(Mark::default()),
                             deleted: None,
                             reactions: None,
                             raw: json!({"no_sense": true, "message_server_id": id, "detail": "returned only with include_no_sense_msg=true: one-way recalled or deleted"}),
@@ -612,6 +612,7 @@ impl YunxinConnector {
                     recalled: Some(Mark {
                         at: None,
                         by: map::string(rn, "revoke_id").filter(|s| !s.is_empty()),
+                        reason: None,
                     }),
                     deleted: None,
                     reactions: None,

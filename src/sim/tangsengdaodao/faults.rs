@@ -23,8 +23,12 @@ pub enum FaultKind {
     DropMidBody,
     /// The next channel-sync page holding messages has one message with wrong types.
     Malformed(Malformed),
-    /// Every channel sync of this `channel_id` (as requested) answers 400.
+    /// Every channel sync of this `channel_id` (as requested) answers 400
+    /// `同步频道内的消息失败！` (WuKongIM failed for it).
     ChannelFailure { channel_id: String },
+    /// HTTP 400 `{"msg": <msg>, "status": 400}`: the handler's answer when the server's own
+    /// MySQL, Redis or WuKongIM call fails (e.g. `同步离线后的最近会话失败！`).
+    ServerFailure(String),
 }
 
 /// How a malformed message is broken.
@@ -44,7 +48,8 @@ fn stage_of(kind: &FaultKind) -> Option<Stage> {
         FaultKind::RateLimited { .. }
         | FaultKind::Status(_)
         | FaultKind::Slow(_)
-        | FaultKind::DropMidBody => Some(Stage::Transport),
+        | FaultKind::DropMidBody
+        | FaultKind::ServerFailure(_) => Some(Stage::Transport),
         FaultKind::Malformed(_) => Some(Stage::Malformed),
         FaultKind::ChannelFailure { .. } => None,
     }
@@ -83,6 +88,15 @@ impl Faults {
     /// `times` answers cut off mid-body.
     pub fn drop_mid_body(&self, path: Option<&str>, times: usize) {
         self.add(Fault::scoped(FaultKind::DropMidBody, path, times));
+    }
+
+    /// `times` answers of HTTP 400 with the server-failure body `msg`.
+    pub fn server_failure(&self, path: Option<&str>, times: usize, msg: &str) {
+        self.add(Fault::scoped(
+            FaultKind::ServerFailure(msg.to_string()),
+            path,
+            times,
+        ));
     }
 
     /// The next `times` channel-sync pages with messages carry one broken message.

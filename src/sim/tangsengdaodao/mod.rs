@@ -1,5 +1,11 @@
-//! A faithful fake TangSengDaoDao business server, following
-//! `specs/tangsengdaodao.md`, quirks included (it is never more lenient than the spec).
+//! A faithful fake TangSengDaoDao business server, following what
+//! docs/upstreams/tangsengdaodao.md says the real one does, quirks included: the welcome
+//! message each login posts, the handler panics on a malformed `reply` (before the offset
+//! filters) or `visibles`, 400 answers for the server's own failures, `is_deleted` computed
+//! per viewer, the extra-sync checkpoint per `source` name. It is never more lenient than the
+//! real server; it is simpler in that it has no device offsets and no
+//! `messageSaveAcrossDevice=false` mode, and its welcome message lands at once rather than
+//! two seconds after the login answer.
 //!
 //! - [`world`]: the ground truth (users, groups, channels, messages, extras, reactions,
 //!   offsets); `mutate` holds the changes tests drive, `sessions` the login tokens and
@@ -8,7 +14,8 @@
 //!   (message bodies in `payloads`, sentences from [`crate::sim::text`]);
 //! - [`truth`]: an owned snapshot of everything, to compare an archive against;
 //! - `server`, `sync_api` and `render`: the HTTP endpoints and their JSON;
-//! - [`faults`]: queued failures (429, 5xx, slow, dropped, malformed, per-channel 400).
+//! - [`faults`]: queued failures (429, 5xx, slow, dropped, malformed, per-channel 400, 400
+//!   server-failure bodies).
 //!
 //! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
 //! `/v1/...` to [`SimServer::base_url`]. The world stays mutable while serving.

@@ -73,6 +73,7 @@ impl World {
             extra: None,
             reactions: Vec::new(),
             deleted_for: Vec::new(),
+            expire: 0,
         });
         if from == me {
             channel.my_read_seq = message_seq;
@@ -184,6 +185,20 @@ impl World {
         if !message.deleted_for.iter().any(|u| u == uid) {
             message.deleted_for.push(uid.to_string());
         }
+    }
+
+    /// Rewrite a stored message's original payload in place, as an operator repairing a
+    /// record in the database would (no extra row, no new version).
+    pub fn replace_payload(&mut self, message_id: u64, payload: Value) {
+        let (ci, seq) = self.locate(message_id);
+        self.channels[ci].messages[seq as usize - 1].payload = payload;
+    }
+
+    /// Give a message a self-destruct timer: it is served with `is_deleted=1` once
+    /// `seconds` have passed since it was sent.
+    pub fn set_expire(&mut self, message_id: u64, seconds: u32) {
+        let (ci, seq) = self.locate(message_id);
+        self.channels[ci].messages[seq as usize - 1].expire = seconds;
     }
 
     /// React as `uid`: a first reaction adds a row; the same emoji again removes it

@@ -1,6 +1,7 @@
-//! Generated message payloads (§10): text with mentions and replies, image, GIF, voice,
-//! video, location, card, file, merged forward, group system notices and a few types
-//! TSDD does not define. Shapes follow what the official clients send.
+//! Generated message payloads (docs/upstreams/tangsengdaodao.md, "Payloads"): text with
+//! mentions and replies, image, GIF, voice, video, location, card, file, merged forward,
+//! group system notices and a few types TSDD does not define. Shapes follow what the
+//! official clients send.
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

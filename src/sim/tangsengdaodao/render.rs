@@ -1,5 +1,5 @@
-//! The JSON the server answers with: message objects (§5), extra rows (§6.2), reaction
-//! rows (§7.2), user details (§9.1) and group details (§9.2), always for one viewer.
+//! The JSON the server answers with: message objects, extra rows, reaction rows, user details
+//! and group details, always for one viewer (docs/upstreams/tangsengdaodao.md).
 
 use chrono::{DateTime, FixedOffset};
 use serde_json::{json, Map, Value};
@@ -19,9 +19,34 @@ pub(super) fn local_time(world: &World, unix_secs: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The payload has a `reply` whose `message_id` is not a string: the real handler panics.
+/// A Go type assertion in the real handler fails on this message: it panics, and gin's
+/// recovery answers HTTP 500 with an empty body.
 #[derive(Debug)]
-pub(super) struct ReplyPanic;
+pub(super) struct HandlerPanic;
+
+/// Whether the channel-sync handler's first pass over WuKongIM's messages panics on this
+/// payload: a JSON object whose `reply` is present and not null, and either not an object
+/// or without a string `message_id` (`replyJson.(map[string]interface{})["message_id"].(string)`
+/// in `newSyncChannelMessageResp`). This pass runs before the per-user offset filters, so a
+/// message the user can no longer see still makes the whole answer fail.
+pub(super) fn reply_panics(payload: &Value) -> bool {
+    let Some(object) = payload.as_object().filter(|o| !o.is_empty()) else {
+        return false;
+    };
+    match object.get("reply") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(reply)) => !matches!(reply.get("message_id"), Some(Value::String(_))),
+        Some(_) => true,
+    }
+}
+
+/// Whether `MsgSyncResp.from` panics on this payload: `visibles` present and not an array
+/// (`visibles.([]interface{})`). It runs for the messages left after the offset filters.
+fn visibles_panic(payload: &Value) -> bool {
+    payload
+        .get("visibles")
+        .is_some_and(|v| !v.is_null() && !v.is_array())
+}
 
 /// How a message is being served.
 #[derive(Clone, Copy)]
@@ -54,8 +79,11 @@ pub(super) fn message_json(
     message: &Message,
     viewer: &str,
     context: Context,
-) -> Result<Value, ReplyPanic> {
+) -> Result<Value, HandlerPanic> {
     let mut payload = message.payload.clone();
+    if visibles_panic(&payload) {
+        return Err(HandlerPanic);
+    }
     if let Context::ChannelSync = context {
         rewrite_reply(world, &mut payload)?;
     }
@@ -82,6 +110,9 @@ pub(super) fn message_json(
     out.insert("timestamp".into(), json!(message.timestamp));
     out.insert("payload".into(), payload);
     out.insert("signal_payload".into(), json!(""));
+    if message.expire > 0 {
+        out.insert("expire".into(), json!(message.expire));
+    }
     if !message.reactions.is_empty() {
         let reactions: Vec<Value> = message
             .reactions
@@ -116,13 +147,16 @@ pub(super) fn message_json(
     Ok(Value::Object(out))
 }
 
-/// §4.5: a quoted message that was edited is shown with its edit.
-fn rewrite_reply(world: &World, payload: &mut Value) -> Result<(), ReplyPanic> {
+/// A quoted message that was edited is shown with its edit (the handler's second pass).
+fn rewrite_reply(world: &World, payload: &mut Value) -> Result<(), HandlerPanic> {
+    if reply_panics(payload) {
+        return Err(HandlerPanic);
+    }
     let Some(reply) = payload.get_mut("reply").and_then(Value::as_object_mut) else {
         return Ok(());
     };
     let Some(Value::String(quoted_id)) = reply.get("message_id") else {
-        return Err(ReplyPanic);
+        return Ok(());
     };
     let edited = quoted_id
         .parse::<u64>()
@@ -169,7 +203,8 @@ pub(super) fn reaction_row_json(
     })
 }
 
-/// An extra row (§6.2): full state, zero fields absent, `extra_version` always present.
+/// An extra row ("Extra sync"): full state, zero fields absent, `extra_version` always
+/// present.
 pub(super) fn extra_json(
     message: &Message,
     extra: &MessageExtra,

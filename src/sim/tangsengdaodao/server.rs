@@ -1,4 +1,5 @@
-//! The axum router: authentication, request parsing, login, users and groups (§1, §9),
+//! The axum router: authentication, request parsing, login, users and groups
+//! (docs/upstreams/tangsengdaodao.md, "Login and the session token", "Errors"),
 //! request counting and transport-level fault injection. The sync endpoints live in
 //! `sync_api`.
 //!
@@ -72,7 +73,7 @@ async fn not_found() -> Response {
 
 // ---- errors, auth, parsing ----------------------------------------------------------
 
-/// Why a request was refused, in the shapes of §1.3.
+/// Why a request was refused, in the shapes the server answers ("Errors").
 pub(super) enum Refusal {
     /// The auth middleware's answer: 401 `{"msg":..}` without `status`.
     Unauthorized(&'static str),
@@ -147,6 +148,11 @@ async fn count_and_fault(State(state): State<AppState>, request: Request, next: 
             next.run(request).await
         }
         FaultKind::DropMidBody => serve::cut_body(next.run(request).await).await,
+        FaultKind::ServerFailure(msg) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"msg": msg, "status": 400})),
+        )
+            .into_response(),
         FaultKind::Malformed(_) | FaultKind::ChannelFailure { .. } => next.run(request).await,
     }
 }
@@ -165,16 +171,18 @@ struct LoginReq {
 }
 
 async fn login(State(state): State<AppState>, body: Bytes) -> Answer {
-    let req: LoginReq = parse(&body)?;
+    let req: LoginReq =
+        serde_json::from_slice(&body).map_err(|_| Refusal::BadRequest("请求数据格式有误！"))?;
     let mut world = state.world();
     let token = match world.login(&req.username, &req.password, req.flag) {
         Ok(token) => token,
         Err(LoginError::MissingUsername) => return Err(Refusal::BadRequest("用户名不能为空！")),
         Err(LoginError::MissingPassword) => return Err(Refusal::BadRequest("密码不能为空！")),
-        Err(LoginError::UnknownUser) => return Err(Refusal::BadRequest("用户不存在！")),
+        Err(LoginError::UnknownUser) => return Err(Refusal::BadRequest("用户不存在")),
         Err(LoginError::WrongPassword) => return Err(Refusal::BadRequest("密码不正确！")),
     };
     let uid = world.token_uid(&token).unwrap_or_default().to_string();
+    world.after_login(&uid, "127.0.0.1");
     let user = world.user(&uid).cloned().expect("logged-in user exists");
     Ok(Json(json!({
         "uid": user.uid,

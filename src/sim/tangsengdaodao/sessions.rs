@@ -1,6 +1,8 @@
 //! Server-side session state: login tokens and the extra-sync cursor cache.
 
-use super::world::{ChannelKey, World};
+use serde_json::json;
+
+use super::world::{ChannelKey, World, TSDD_SYSTEM_UID};
 
 /// A login session.
 #[derive(Clone, Debug)]
@@ -52,9 +54,43 @@ impl World {
             self.tokens.remove(&old);
         }
         let token = self.random_hex();
-        self.tokens.insert(token.clone(), Session { uid });
+        self.tokens
+            .insert(token.clone(), Session { uid: uid.clone() });
         self.device_tokens.insert(slot, token.clone());
         Ok(token)
+    }
+
+    /// What the server does after every successful login (`sentWelcomeMsg`): when
+    /// `send_welcome_message_on` is set, a "login info" text from [`TSDD_SYSTEM_UID`] into
+    /// the user's chat with it (red dot set), and a login-log row. The real server sends it
+    /// two seconds after answering; here it lands at once.
+    pub(super) fn after_login(&mut self, uid: &str, ip: &str) {
+        self.logins += 1;
+        if !self.welcome_message_on {
+            return;
+        }
+        let now = self.now_us() / 1_000_000;
+        let this = format!(
+            "本次登录的信息：{ip} {}",
+            super::render::local_time(self, now)
+        );
+        let content = match self.last_login.replace(this.clone()) {
+            Some(last) => format!(
+                "欢迎使用唐僧叨叨\n上次的登录信息：{}\n{this}",
+                last.trim_start_matches("本次登录的信息：")
+            ),
+            None => format!("欢迎使用唐僧叨叨\n{this}"),
+        };
+        self.post_message(
+            &ChannelKey::person(uid, TSDD_SYSTEM_UID),
+            TSDD_SYSTEM_UID,
+            json!({"type": 1, "content": content}),
+        );
+    }
+
+    /// Successful logins so far (each one put a welcome message on the user's phone).
+    pub fn login_count(&self) -> u64 {
+        self.logins
     }
 
     /// The uid a token belongs to, if it is still valid.

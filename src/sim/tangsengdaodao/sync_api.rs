@@ -1,5 +1,5 @@
-//! The four sync endpoints: conversations (§3), channel messages (§4), message extras (§6)
-//! and reactions (§7), with their windows, limits, filters and quirks.
+//! The four sync endpoints: conversations, channel messages, message extras and reactions,
+//! with their windows, limits, filters and quirks (docs/upstreams/tangsengdaodao.md).
 
 use std::collections::HashMap;
 
@@ -92,6 +92,13 @@ pub(super) async fn conversation_sync(
                 .rev()
                 .filter(|m| m.message_seq > channel.my_offset())
                 .collect();
+            let mut rendered = Vec::with_capacity(recents.len());
+            for m in &recents {
+                match render::message_json(&world, channel, m, &me, Context::Recents) {
+                    Ok(value) => rendered.push(value),
+                    Err(render::HandlerPanic) => return Err(Refusal::Panic),
+                }
+            }
             if recents.is_empty() {
                 continue;
             }
@@ -111,10 +118,7 @@ pub(super) async fn conversation_sync(
                 "last_client_msg_no": last_client_msg_no,
                 "offset_msg_seq": 0,
                 "version": newest.timestamp * 1_000_000_000,
-                "recents": recents
-                    .iter()
-                    .filter_map(|m| render::message_json(&world, channel, m, &me, Context::Recents).ok())
-                    .collect::<Vec<_>>(),
+                "recents": rendered,
             });
             if unread > 0 {
                 conversation["unread"] = json!(unread);
@@ -156,7 +160,7 @@ struct ChannelSyncReq {
     login_uid: String,
 }
 
-/// WK's window selection over a gap-free seq range (§4.2); returns the index range.
+/// WK's window selection over a gap-free seq range ("Channel sync"); returns the index range.
 fn channel_window(
     last: u32,
     start: u32,
@@ -210,7 +214,7 @@ pub(super) async fn channel_sync(
         return Err(Refusal::BadRequest("频道ID不能为空！"));
     }
     if state.faults.channel_fails(&req.channel_id) {
-        return Err(Refusal::BadRequest("同步频道消息失败！"));
+        return Err(Refusal::BadRequest("同步频道内的消息失败！"));
     }
     let echo = |start: u32, end: u32, messages: Vec<Value>| {
         Ok(Json(json!({
@@ -246,14 +250,19 @@ pub(super) async fn channel_sync(
         req.limit,
         req.pull_mode,
     );
-    let mut messages = Vec::with_capacity(range.len());
-    for message in &channel.messages()[range] {
+    let window = &channel.messages()[range];
+    // the handler's first pass runs over everything WuKongIM returned, filters come later
+    if window.iter().any(|m| render::reply_panics(&m.payload)) {
+        return Err(Refusal::Panic);
+    }
+    let mut messages = Vec::with_capacity(window.len());
+    for message in window {
         if message.message_seq <= channel.my_offset() {
             continue;
         }
         match render::message_json(&world, channel, message, &me, Context::ChannelSync) {
             Ok(value) => messages.push(value),
-            Err(render::ReplyPanic) => return Err(Refusal::Panic),
+            Err(render::HandlerPanic) => return Err(Refusal::Panic),
         }
     }
     if !messages.is_empty() {

@@ -181,6 +181,8 @@ pub struct Message {
     pub reactions: Vec<Reaction>,
     /// Users who deleted this message for themselves only.
     pub deleted_for: Vec<String>,
+    /// Seconds after `timestamp` at which the message expires (0: never).
+    pub expire: u32,
 }
 
 impl Message {
@@ -193,7 +195,10 @@ impl Message {
         }
     }
 
-    /// `is_deleted` as served to `viewer` (§5 rules 1–3 and 5; messages never expire here).
+    /// `is_deleted` as served to `viewer`, in the order the server's `MsgSyncResp.from`
+    /// computes it (docs/upstreams/tangsengdaodao.md, "is_deleted"): deleted for everyone;
+    /// then a non-empty `visibles` decides alone; then deleted for the viewer; then expired
+    /// (against the wall clock); then at or below the channel-wide clear point.
     pub fn is_deleted_for(&self, viewer: &str, channel_clear_offset: u32) -> bool {
         let mut deleted = self.extra.as_ref().is_some_and(|e| e.is_mutual_deleted);
         if let Some(visibles) = self.payload.get("visibles").and_then(Value::as_array) {
@@ -203,6 +208,15 @@ impl Message {
         }
         if !deleted && self.deleted_for.iter().any(|u| u == viewer) {
             deleted = true;
+        }
+        if self.expire > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            if now - i64::from(self.expire) >= self.timestamp {
+                deleted = true;
+            }
         }
         deleted || self.message_seq <= channel_clear_offset
     }
@@ -315,8 +329,9 @@ impl Channel {
     }
 }
 
-/// The whole fake account world. See the module docs for invariants.
-#[derive(Debug)]
+/// The whole fake account world. See the module docs for invariants. A clone is an
+/// independent copy (tests restore a world to an earlier state with it).
+#[derive(Clone, Debug)]
 pub struct World {
     pub(super) me: String,
     pub(super) users: BTreeMap<String, User>,
@@ -330,6 +345,13 @@ pub struct World {
     pub(super) tokens: HashMap<String, super::sessions::Session>,
     pub(super) device_tokens: HashMap<(String, u8), String>,
     pub(super) extra_cursors: HashMap<(String, String), i64>,
+    /// Successful logins so far.
+    pub(super) logins: u64,
+    /// The login-log entry of the last login (its "本次登录的信息" line).
+    pub(super) last_login: Option<String>,
+    /// The app setting `send_welcome_message_on`: each login posts a "login info" text
+    /// from [`TSDD_SYSTEM_UID`] to the user (on by default, as on a real server).
+    pub welcome_message_on: bool,
     /// Offset of the server's local time from UTC, for `created_at` strings.
     pub(super) utc_offset_secs: i32,
     pub(super) rng: StdRng,
@@ -351,6 +373,9 @@ impl World {
             tokens: HashMap::new(),
             device_tokens: HashMap::new(),
             extra_cursors: HashMap::new(),
+            logins: 0,
+            last_login: None,
+            welcome_message_on: true,
             utc_offset_secs: 8 * 3600,
             rng: StdRng::seed_from_u64(seed ^ 0x5eed_7d5d),
         };
