@@ -217,10 +217,13 @@ pub fn apply_message(
         || obs.deleted.is_some();
     if !frozen {
         let mut candidates: Vec<(Content, Option<DateTime<Utc>>)> = Vec::new();
+        // A version was written when the one before it was replaced, where upstream says.
+        let mut prev_replaced: Option<DateTime<Utc>> = None;
         for earlier in &obs.earlier_versions {
             if !already_held(st, earlier) {
-                candidates.push((earlier.content.clone(), None));
+                candidates.push((earlier.content.clone(), prev_replaced));
             }
+            prev_replaced = earlier.replaced_at;
         }
         if let Some(content) = &obs.content {
             candidates.push((content.clone(), obs.edited_at));
@@ -716,6 +719,33 @@ mod tests {
             .map(|v| v.content.text.as_str())
             .collect();
         assert_eq!(texts, ["something else", "third"]);
+    }
+
+    #[test]
+    fn an_unseen_version_reported_later_takes_its_time_from_the_version_before_it() {
+        let mut st = None;
+        apply_message(&mut st, &obs("v1"), t(1)).unwrap();
+        let mut o = obs("v3");
+        o.edited_at = Some(t(30));
+        o.earlier_versions = vec![
+            EarlierVersion {
+                content: content("v1"),
+                replaced_at: Some(t(20)),
+                known_fields: None,
+            },
+            EarlierVersion {
+                content: content("v2"),
+                replaced_at: Some(t(30)),
+                known_fields: None,
+            },
+        ];
+        let out = apply_message(&mut st, &o, t(99)).unwrap();
+        let got: Vec<_> = out
+            .versions
+            .iter()
+            .map(|v| (v.content.text.as_str(), v.edited_at))
+            .collect();
+        assert_eq!(got, [("v2", Some(t(20))), ("v3", Some(t(30)))]);
     }
 
     #[test]
