@@ -185,3 +185,96 @@ async fn a_request_failing_at_any_moment_of_an_incremental_sync_changes_nothing(
 async fn a_request_failing_at_any_moment_of_a_by_seq_catch_up_changes_nothing() {
     incremental(60).await;
 }
+
+/// The case: the first `list-message` of a chat fails once (a 502, then a dropped
+/// connection); the engine retries it, and the chat is read in full, not recorded as
+/// complete and empty.
+#[tokio::test]
+async fn a_retried_first_request_of_a_chat_reads_the_chat_in_full() {
+    for how in [RequestFailure::BadGateway, RequestFailure::Dropped] {
+        let server = SimServer::start(World::generate(&spec())).await;
+        let src = source(&server, 0);
+        let (store, _) = common::store().await;
+        // the conversation list, the address book, then the first chat's first page
+        server.fail_request(3, how);
+        let result = sync(&store, &src).await;
+        assert!(!server.failure_pending());
+        assert!(result.ok(), "{:?}", result.error);
+        assert!(result.counts.retries >= 1, "the failure was retried");
+        let visible: i64 = server
+            .world()
+            .truth()
+            .iter()
+            .map(|c| c.messages.iter().filter(|m| m.visible).count() as i64)
+            .sum();
+        assert_eq!(result.counts.messages_new as i64, visible, "{how:?}");
+        assert_eq!(
+            common::count(&store, "SELECT count(*) FROM archive.messages").await,
+            visible
+        );
+        server.shutdown().await;
+    }
+}
+
+/// The class behind it: fetching the same cursor twice, or again after a failed attempt,
+/// gives the same page and the same next cursor, at every step of every chat.
+#[tokio::test]
+async fn the_same_cursor_always_gives_the_same_page() {
+    use chatvault::connector::http::HttpClient;
+    use chatvault::connector::{self, DiscoverRequest, FetchRequest};
+
+    let server = SimServer::start(changed_world()).await;
+    let src = source(&server, 0);
+    let conn = connector::build(&src, HttpClient::new(0.0, TIMEOUT).unwrap()).unwrap();
+    let discovery = conn
+        .discover(DiscoverRequest {
+            known: &[],
+            state: None,
+            full: false,
+        })
+        .await
+        .unwrap();
+    let mut steps = 0;
+    for conversation in &discovery.conversations {
+        let mut cursor = None;
+        loop {
+            let fetch = |attempt| {
+                conn.fetch(FetchRequest {
+                    conversation,
+                    feed: "messages",
+                    cursor: cursor.as_ref(),
+                    full: false,
+                    attempt,
+                })
+            };
+            let a = fetch(0).await.unwrap();
+            let b = fetch(0).await.unwrap();
+            // and once more after an attempt whose second request failed, halfway through
+            // a chain of pages
+            server.fail_request(2, RequestFailure::Dropped);
+            let c = match fetch(0).await {
+                Err(_) => fetch(1).await.unwrap(),
+                Ok(c) => {
+                    // a one-request page: disarm the failure
+                    server.fail_request(u64::MAX / 2, RequestFailure::BadGateway);
+                    c
+                }
+            };
+            for other in [&b, &c] {
+                assert_eq!(a.next_cursor, other.next_cursor);
+                assert_eq!(a.messages, other.messages);
+                assert_eq!(a.gaps, other.gaps);
+                assert_eq!(a.quarantine, other.quarantine);
+                assert_eq!(a.done, other.done);
+            }
+            steps += 1;
+            if a.done {
+                break;
+            }
+            assert_ne!(cursor.as_ref(), Some(&a.next_cursor), "every page moves on");
+            cursor = Some(a.next_cursor);
+        }
+    }
+    assert!(steps >= discovery.conversations.len(), "{steps} pages");
+    server.shutdown().await;
+}

@@ -256,6 +256,7 @@ impl World {
             recall_blanks_content: spec.recall_blanks_content,
             by_seq: super::world::BySeq::default(),
             edit_record_page_cap: super::server::EDIT_RECORD_PAGE_CAP,
+            edit_record_ignores_page: false,
             chats,
             clock_ms: spec
                 .end_time_ms

@@ -351,11 +351,15 @@ async fn edit_record(State(state): State<AppState>, headers: HeaderMap, body: By
         .and_then(Value::as_u64)
         .unwrap_or(10)
         .clamp(1, world.edit_record_page_cap.max(1) as u64) as usize;
-    let page = request
-        .get("page")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .max(1) as usize;
+    let page = if world.edit_record_ignores_page {
+        1
+    } else {
+        request
+            .get("page")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1) as usize
+    };
     let Some((_, msg)) = world.message(msg_id) else {
         return Json(json!({"code": 1, "data": {"list": [], "total": 0}, "msg": "success"}))
             .into_response();
@@ -365,7 +369,7 @@ async fn edit_record(State(state): State<AppState>, headers: HeaderMap, body: By
         .edits
         .iter()
         .rev()
-        .skip((page - 1) * size)
+        .skip((page - 1).saturating_mul(size))
         .take(size)
         .map(|e| {
             json!({

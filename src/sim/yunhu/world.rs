@@ -105,6 +105,8 @@ pub struct World {
     pub by_seq: BySeq,
     /// The most edit-record rows one page returns, whatever `size` asked for.
     pub edit_record_page_cap: usize,
+    /// Every edit-record page is the first (a server that ignores `page`).
+    pub edit_record_ignores_page: bool,
     pub chats: Vec<Chat>,
     pub(super) clock_ms: u64,
     pub(super) next_edit_id: i64,
