@@ -203,7 +203,8 @@ struct DiscoveryState {
     address_book_at: i64,
     /// A short hash of each listed chat's last-message facts.
     chats: BTreeMap<String, String>,
-    /// Each listed chat's `timestamp_ms`: when its newest message was sent.
+    /// When each listed chat's newest message was sent, as far as its entry says
+    /// ([`announced_ms`]).
     #[serde(default)]
     times: BTreeMap<String, u64>,
 }
@@ -383,6 +384,14 @@ fn fingerprint(d: &pb::ConversationData) -> String {
     hex::encode(&digest[..8])
 }
 
+/// When a list entry says the chat's newest message was sent, in ms: `send_timestamp` (the
+/// message's send time, in seconds) or `timestamp_ms` (documented as the time the chat
+/// joined the list, equal to the message time in the one capture), whichever is later. A
+/// later value only makes the by-seq catch-up fall back to paging, never skip anything.
+fn announced_ms(d: &pb::ConversationData) -> u64 {
+    d.send_timestamp.saturating_mul(1000).max(d.timestamp_ms)
+}
+
 /// Whether a known chat must be read: its history is not complete, a pass is under way, or
 /// its list entry (`fingerprint`) is not the one its last pass was read at.
 fn needs_sync(k: &KnownConversation, fingerprint: Option<&String>) -> bool {
@@ -441,7 +450,7 @@ impl Connector for YunhuConnector {
                     continue;
                 }
                 fingerprints.insert(d.chat_id.clone(), fingerprint(d));
-                times.insert(d.chat_id.clone(), d.timestamp_ms);
+                times.insert(d.chat_id.clone(), announced_ms(d));
                 listed.insert(d.chat_id.clone());
                 discovery.conversations.push(map::conversation(
                     &d.chat_id,
