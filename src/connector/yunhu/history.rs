@@ -477,12 +477,12 @@ impl YunhuConnector {
             .map_or(pass.anchor_id.clone(), |a| a.id.clone());
         let mut records = self.list_before(chat, c, &ask_id).await?;
         step.quarantine = std::mem::take(&mut records.quarantine);
-        // Messages above the anchor were seen already in this pass.
         let answered = !records.messages.is_empty();
         let anchor_there = records
             .messages
             .iter()
             .any(|m| m.observation.message_id == pass.anchor_id && m.seq == pass.anchor_seq);
+        // Messages from the anchor up were read already in this pass.
         records.messages.retain(|m| m.seq < pass.anchor_seq);
         // The messages to remember just above this page's lowest, if it goes on from here.
         let mut kept_above: Vec<Anchor> = Vec::new();
