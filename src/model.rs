@@ -198,6 +198,12 @@ pub struct EarlierVersion {
     pub content: Content,
     /// When this version was replaced, where upstream says.
     pub replaced_at: Option<DateTime<Utc>>,
+    /// `None`: upstream reported the whole content. `Some(parts)`: upstream reported only
+    /// these parts of `content.content` (JSON pointers such as `/text`), and the connector
+    /// filled in the rest from the current version. Such a version *is* an archived version
+    /// that equals it on those parts; only when none does is it stored as a new one.
+    #[serde(default)]
+    pub known_fields: Option<Vec<String>>,
 }
 
 /// A recall or deletion mark.

@@ -178,6 +178,7 @@ async fn an_edit_is_found_by_its_new_text_and_by_its_old_text_only_with_history(
             content: json!({"text": "会议室在三楼"}),
         },
         replaced_at: Some(t(100)),
+        known_fields: None,
     }];
     store
         .apply_page(&src, &page("m/c1", Some(7), 8, vec![edited]))

@@ -1,5 +1,6 @@
-//! The fake Yunhu server on its own: protobuf decoding (spec example bytes, unknown fields),
-//! and the quirks of spec §3–§5 over real HTTP.
+//! The fake Yunhu server on its own: protobuf decoding (bytes built from the community's
+//! example values, unknown fields), and the quirks `docs/upstreams/yunhu.md` writes down,
+//! over real HTTP.
 
 use chatvault::connector::yunhu::pb;
 use chatvault::sim::yunhu::{
@@ -9,16 +10,17 @@ use prost::Message;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
-/// Built by hand from the spec's example values (§3.1 timestamps, §10 ids): a conversation
+/// Built by hand from the community's example values (conversation timestamps, a captured
+/// message id): a conversation
 /// list with one group entry, the undocumented field 10 and an unknown field 99.
 const CONVERSATION_LIST_HEX: &str = "0a0b10011a077375636365737312350a0933303731343932343510022206e4bda0e5a5bd28e7d2bcff8b33500160baa58fc5067a09e6b58be8af95e7bea49a0603616263180122203031323334353637383961626364656630313233343536373839616263646566";
 
-/// A message list with one bot message (§10's anchor id and send time), carrying the
+/// A message list with one bot message (a captured id and send time), carrying the
 /// undocumented field 11 and an unknown field 50, and no `edit_time`/`recall_time`.
 const MESSAGE_LIST_HEX: &str = "0a0b10011a077375636365737312600a20353738313537393464656562343136363935386439373734343031623437663012170a08383632393736353710031a09e5b08fe58aa9e6898b1a046c65667420012a090a026869aa0202414930cfa7a486a333502a580760009203027a7a1801";
 
 #[test]
-fn the_spec_example_bytes_decode_with_unknown_fields_skipped() {
+fn example_bytes_decode_with_unknown_fields_skipped() {
     let bytes = hex::decode(CONVERSATION_LIST_HEX).unwrap();
     let list = pb::ConversationListResponse::decode(bytes.as_slice()).expect("decodes");
     assert_eq!(list.status.as_ref().map(|s| s.code), Some(1));

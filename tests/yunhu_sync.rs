@@ -693,3 +693,431 @@ async fn between_window_rereads_a_changed_chat_costs_one_contiguous_by_seq_reque
     assert_eq!(server.request_count() - before.values().sum::<u64>(), 2);
     server.shutdown().await;
 }
+
+// ---- what the real server does where the fake used to differ -----------------------------
+
+async fn version_contents(store: &Store, msg_id: &str) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(
+        "SELECT content FROM archive.message_versions WHERE message_id = $1 ORDER BY version",
+    )
+    .bind(msg_id)
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+}
+
+/// A group, a member who is not the archiving user, and the archiving user.
+fn group_and_people(w: &World) -> (String, String, String) {
+    let chat = w
+        .chats
+        .iter()
+        .find(|c| c.chat_type == GROUP && c.in_list && c.visible_from == 1)
+        .unwrap();
+    let other = chat.members.iter().find(|p| p.id != w.me.id).unwrap();
+    (chat.chat_id.clone(), other.id.clone(), w.me.id.clone())
+}
+
+/// A text message that mentions someone, quotes a message and carries a row of buttons.
+fn rich(text: &str, mentioned: &str) -> chatvault::connector::yunhu::pb::MsgContent {
+    chatvault::connector::yunhu::pb::MsgContent {
+        text: text.into(),
+        buttons: r#"[[{"text":"打开","actionType":1,"url":"https://www.yhchat.com"}]]"#.into(),
+        mentioned_id: vec![mentioned.into()],
+        quote_msg_text: "王伟: 明天开会".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_edit_of_a_message_with_a_mention_a_quote_and_buttons_is_one_new_version() {
+    let (server, store, src) = start(&spec(), 200).await;
+    let (chat, other, me) = group_and_people(&server.world());
+    let (seen_before, seen_after) = {
+        let mut w = server.world();
+        let quoted = w.post_text(&chat, &other, "明天开会").unwrap();
+        let before = w
+            .post_content(&chat, &me, 1, rich("@林霞 三楼会议室", &other), &quoted)
+            .unwrap();
+        let after = w
+            .post_content(&chat, &me, 1, rich("@林霞 五楼会议室", &other), &quoted)
+            .unwrap();
+        assert!(w.edit_text(&after, "@林霞 六楼会议室"));
+        (before, after)
+    };
+    assert!(sync(&store, &src, false).await.ok());
+    {
+        let mut w = server.world();
+        assert!(w.edit_text(&seen_before, "@林霞 四楼会议室"));
+        w.post_text(&chat, &me, "makes the chat active").unwrap();
+    }
+    assert!(sync(&store, &src, false).await.ok());
+
+    for (msg, texts) in [
+        (&seen_before, ["@林霞 三楼会议室", "@林霞 四楼会议室"]),
+        (&seen_after, ["@林霞 五楼会议室", "@林霞 六楼会议室"]),
+    ] {
+        assert_eq!(
+            versions(&store, msg).await,
+            texts,
+            "no version that never existed"
+        );
+        let contents = version_contents(&store, msg).await;
+        for c in &contents {
+            // nothing of the earlier version is lost: mention, quote, array-shaped buttons
+            assert_eq!(c["mentions"], serde_json::json!([other.clone()]), "{c}");
+            assert_eq!(c["quote"]["text"], "王伟: 明天开会", "{c}");
+            assert_eq!(c["buttons"][0][0]["text"], "打开", "{c}");
+        }
+        assert_eq!(contents[0]["quote"], contents[1]["quote"]);
+    }
+    // and the archive matches the world in every other respect
+    let truth = server.world().truth();
+    assert_matches_world(&store, &truth).await;
+    server.shutdown().await;
+}
+
+/// An edit that also changed what its record leaves out (it added buttons: the record
+/// carries only the old text, since the old message had none): the version the record
+/// describes is still the archived one, not a version that never existed.
+#[tokio::test]
+async fn an_edit_record_is_the_archived_version_it_equals_on_what_it_carries() {
+    let (server, store, src) = start(&spec(), 200).await;
+    let (chat, other, me) = group_and_people(&server.world());
+    let msg = server
+        .world()
+        .post_text(&chat, &other, "投票：周五团建去哪")
+        .unwrap();
+    assert!(sync(&store, &src, false).await.ok());
+    {
+        let mut w = server.world();
+        let mut new = w.message(&msg).unwrap().1.content.clone();
+        new.text = "投票：周六团建去哪".into();
+        new.buttons =
+            r#"[[{"text":"爬山","actionType":3},{"text":"看电影","actionType":3}]]"#.into();
+        assert!(w.edit(&msg, new));
+        w.post_text(&chat, &me, "makes the chat active").unwrap();
+    }
+    assert!(sync(&store, &src, false).await.ok());
+    assert_eq!(
+        versions(&store, &msg).await,
+        ["投票：周五团建去哪", "投票：周六团建去哪"]
+    );
+    let contents = version_contents(&store, &msg).await;
+    assert!(contents[0].get("buttons").is_none(), "{}", contents[0]);
+    assert_eq!(contents[1]["buttons"][0][1]["text"], "看电影");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn edit_records_are_read_twenty_a_page_until_their_total() {
+    let (server, store, src) = start(&spec(), 200).await;
+    let (chat, _, me) = group_and_people(&server.world());
+    let msg = {
+        let mut w = server.world();
+        let msg = w.post_text(&chat, &me, "v0").unwrap();
+        for i in 1..=45 {
+            assert!(w.edit_text(&msg, &format!("v{i}")));
+        }
+        msg
+    };
+    let want: Vec<String> = (0..=45).map(|i| format!("v{i}")).collect();
+    let before = server.request_count_for("/v1/msg/list-message-edit-record");
+    assert!(sync(&store, &src, false).await.ok());
+    assert_eq!(versions(&store, &msg).await, want);
+    // 20 + 20 + 5 rows; the total ends it without asking for an empty page
+    let reads = server.request_count_for("/v1/msg/list-message-edit-record") - before;
+    let other_edited = server
+        .world()
+        .truth()
+        .iter()
+        .flat_map(|c| c.messages.iter())
+        .filter(|m| m.visible && m.edit_time > 0 && m.msg_id != msg)
+        .count() as u64;
+    assert_eq!(reads, other_edited + 3);
+
+    // a server whose pages are shorter than asked: short pages do not end the record
+    let (server, store, src) = start(&spec(), 200).await;
+    server.world().edit_record_page_cap = 7;
+    let msg = {
+        let mut w = server.world();
+        let msg = w.post_text(&chat, &me, "v0").unwrap();
+        for i in 1..=45 {
+            assert!(w.edit_text(&msg, &format!("v{i}")));
+        }
+        msg
+    };
+    assert!(sync(&store, &src, false).await.ok());
+    assert_eq!(versions(&store, &msg).await, want);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_edit_record_past_its_bounds_is_quarantined_and_the_rest_archived() {
+    use chatvault::connector::yunhu::MAX_EDIT_ROWS;
+    let (server, store, src) = start(&spec(), 200).await;
+    let (chat, _, me) = group_and_people(&server.world());
+    let edits = MAX_EDIT_ROWS + 20;
+    let msg = {
+        let mut w = server.world();
+        let msg = w.post_text(&chat, &me, "v0").unwrap();
+        for i in 1..=edits {
+            assert!(w.edit_text(&msg, &format!("v{i}")));
+        }
+        msg
+    };
+    let result = sync(&store, &src, false).await;
+    assert!(result.ok(), "{:?}", result.error);
+    let held = versions(&store, &msg).await;
+    assert_eq!(
+        held.len(),
+        MAX_EDIT_ROWS + 1,
+        "the rows read, and the current text"
+    );
+    assert_eq!(held.last().unwrap(), &format!("v{edits}"));
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM archive.quarantine")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains(&msg)
+            && reasons[0].contains(&format!("more than {MAX_EDIT_ROWS} rows")),
+        "{reasons:?}"
+    );
+    // everything else is archived as the world has it
+    let visible: usize = server
+        .world()
+        .truth()
+        .iter()
+        .map(|c| c.messages.iter().filter(|m| m.visible).count())
+        .sum();
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM archive.messages").await as usize,
+        visible
+    );
+
+    // a server that ignores `page` (every page repeats the first): the reading stops on
+    // the first page that adds nothing
+    let (server, store, src) = start(&spec(), 200).await;
+    server.world().edit_record_ignores_page = true;
+    let msg = {
+        let mut w = server.world();
+        let msg = w.post_text(&chat, &me, "v0").unwrap();
+        for i in 1..=25 {
+            assert!(w.edit_text(&msg, &format!("v{i}")));
+        }
+        msg
+    };
+    let before = server.request_count_for("/v1/msg/list-message-edit-record");
+    assert!(sync(&store, &src, false).await.ok());
+    assert_eq!(versions(&store, &msg).await.len(), 21);
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM archive.quarantine")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&msg) && r.contains("repeats rows")),
+        "{reasons:?}"
+    );
+    let reads = server.request_count_for("/v1/msg/list-message-edit-record") - before;
+    assert!(reads < 60, "{reads} edit-record requests");
+    server.shutdown().await;
+}
+
+/// `list-message-by-seq` read every way the community's sources read it: the documentation
+/// (the messages after the seq; far behind, only the newest), far behind answering nothing,
+/// and one client's reading (the messages before the seq). Whatever it answers, a chat the
+/// conversation list says has newer messages is read until it has them.
+#[tokio::test]
+async fn an_empty_or_older_by_seq_answer_is_not_taken_for_caught_up() {
+    use chatvault::sim::yunhu::BySeq;
+    for reading in [BySeq::Newer, BySeq::NewerOrNothing, BySeq::Older] {
+        let (server, store, mut src) = start(&spec(), 200).await;
+        server.world().by_seq = reading;
+        if let PlatformConfig::Yunhu(cfg) = &mut src.platform {
+            cfg.rescan_every_minutes = 60;
+        }
+        assert!(sync(&store, &src, false).await.ok());
+        let (near, far, me) = {
+            let w = server.world();
+            let t = w.truth();
+            let listed: Vec<_> = t.iter().filter(|c| c.in_list).collect();
+            (
+                listed[0].chat_id.clone(),
+                listed[1].chat_id.clone(),
+                w.me.id.clone(),
+            )
+        };
+        {
+            let mut w = server.world();
+            for i in 0..5 {
+                w.post_text(&near, &me, &format!("near {i}")).unwrap();
+            }
+            for i in 0..45 {
+                w.post_text(&far, &me, &format!("far {i}")).unwrap();
+            }
+        }
+        let before = server.request_counts();
+        let result = sync(&store, &src, false).await;
+        assert!(result.ok(), "{reading:?}: {:?}", result.error);
+        assert_eq!(result.counts.messages_new, 50, "{reading:?}");
+        let truth = server.world().truth();
+        assert_matches_world(&store, &truth).await;
+        let after = server.request_counts();
+        let delta =
+            |p: &str| after.get(p).copied().unwrap_or(0) - before.get(p).copied().unwrap_or(0);
+        assert_eq!(delta("/v1/msg/list-message-by-seq"), 2, "{reading:?}");
+        // where by-seq answered contiguously up to the newest, nothing else was read
+        let paged = match reading {
+            BySeq::Newer | BySeq::NewerOrNothing => 2,
+            BySeq::Older => 1 + 2,
+        };
+        assert_eq!(
+            delta("/v1/msg/list-message"),
+            paged,
+            "{reading:?}: {after:?}"
+        );
+        server.shutdown().await;
+    }
+}
+
+/// One chat of `messages` text messages, nothing edited, hidden or late: its requests are
+/// the conversation list, the address book, then `list-message` pages in order.
+fn one_chat(messages: usize) -> WorldSpec {
+    WorldSpec {
+        seed: 5,
+        users: 3,
+        groups: 1,
+        bots: 0,
+        direct_chats: 0,
+        messages,
+        unlisted_chats: 0,
+        late_joined_groups: 0,
+        hidden_per_mille: 0,
+        edited_per_mille: 0,
+        recalled_per_mille: 0,
+        ..WorldSpec::default()
+    }
+}
+
+/// A first sync that reads one fetch (ten pages of 30) of the only chat and then fails:
+/// its cursor holds a pass anchored 300 messages below the newest.
+async fn first_fetch_only(
+    server: &SimServer,
+    store: &Store,
+    src: &SourceConfig,
+) -> (String, Vec<String>) {
+    server.fail_request(
+        3 + 10 + 1,
+        chatvault::sim::serve::RequestFailure::BadGateway,
+    );
+    let options = SyncOptions {
+        max_retries: 0,
+        ..options(false)
+    };
+    let result = sync_source(store, src, &options, None).await;
+    assert_eq!(result.status, RunStatus::Failed, "{:?}", result.error);
+    let cursor: serde_json::Value =
+        sqlx::query_scalar("SELECT value FROM vault.cursors WHERE key LIKE 'messages/%'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    let pass = &cursor["pass"];
+    let anchor = pass["anchor_id"].as_str().unwrap().to_string();
+    let next = pass["anchor_next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    (anchor, next)
+}
+
+/// Every message the world shows is archived, and the ones that disappeared after being
+/// archived are kept.
+async fn assert_visible_archived(store: &Store, server: &SimServer, gone: &[String]) {
+    let rows = archived(store).await;
+    let truth = server.world().truth();
+    let mut want = 0;
+    for m in truth.iter().flat_map(|c| c.messages.iter()) {
+        if m.visible {
+            want += 1;
+            assert!(
+                rows.contains_key(&m.msg_id),
+                "seq {} is not archived",
+                m.seq
+            );
+        }
+    }
+    for id in gone {
+        assert!(
+            rows.contains_key(id),
+            "{id} was archived before it disappeared"
+        );
+    }
+    assert_eq!(rows.len(), want + gone.len());
+}
+
+#[tokio::test]
+async fn a_pass_whose_anchor_disappeared_re_anchors_and_reads_on() {
+    // deleted for this account: the next-oldest archived message confirms there is more
+    let (server, store, src) = start(&one_chat(700), 200).await;
+    let (anchor, _) = first_fetch_only(&server, &store, &src).await;
+    assert!(server.world().hide(&anchor));
+    let result = sync(&store, &src, false).await;
+    assert!(result.ok(), "{:?}", result.error);
+    assert_visible_archived(&store, &server, std::slice::from_ref(&anchor)).await;
+    let before_history = count(
+        &store,
+        "SELECT count(*) FROM vault.seq_gaps WHERE reason LIKE 'before the oldest%'",
+    )
+    .await;
+    assert_eq!(before_history, 0, "the history starts at seq 1");
+
+    // auto-deleted with the messages above it: every confirmation anchor is gone, and the
+    // chat is read again from the newest message down
+    let (server, store, src) = start(&one_chat(700), 200).await;
+    let (anchor, next) = first_fetch_only(&server, &store, &src).await;
+    assert_eq!(next.len(), 3);
+    let mut gone = vec![anchor];
+    gone.extend(next);
+    for id in &gone {
+        assert!(server.world().hide(id));
+    }
+    let result = sync(&store, &src, false).await;
+    assert!(result.ok(), "{:?}", result.error);
+    assert_visible_archived(&store, &server, &gone).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_history_that_really_ends_below_a_vanished_anchor_is_complete_with_its_gap() {
+    // a group's auto-delete took the anchor and everything older
+    let (server, store, src) = start(&one_chat(700), 200).await;
+    let (anchor, _) = first_fetch_only(&server, &store, &src).await;
+    let (chat, anchor_seq) = {
+        let w = server.world();
+        let (chat, msg) = w.message(&anchor).unwrap();
+        (chat.chat_id.clone(), msg.seq)
+    };
+    let deleted = server.world().auto_delete_up_to(&chat, anchor_seq);
+    assert_eq!(deleted as i64, anchor_seq);
+    let result = sync(&store, &src, false).await;
+    assert!(result.ok(), "{:?}", result.error);
+    assert_visible_archived(&store, &server, std::slice::from_ref(&anchor)).await;
+    let gaps: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT from_seq, to_seq, reason FROM vault.seq_gaps")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!((gaps[0].0, gaps[0].1), (1, anchor_seq - 1));
+    assert!(gaps[0].2.starts_with("before the oldest"), "{gaps:?}");
+    // recorded as complete: the next run with nothing new reads nothing
+    let before = server.request_count();
+    assert!(sync(&store, &src, false).await.ok());
+    assert_eq!(server.request_count() - before, 1);
+    server.shutdown().await;
+}

@@ -20,8 +20,8 @@ use super::clean;
 use super::diff::{self, EventDraft, MessageState, ReactionBook};
 use super::{Result, Store, StoreError};
 use crate::model::{
-    ConversationObservation, ConversationType, Mark, MessageHeader, Page, QuarantineRecord,
-    SourceName,
+    Content, ConversationObservation, ConversationType, Mark, MessageHeader, MessageKind, Page,
+    QuarantineRecord, SourceName,
 };
 
 /// What a page did to the archive.
@@ -497,6 +497,17 @@ async fn apply_records(
     keys.sort();
     keys.dedup();
     let mut rows: HashMap<MsgKey, Row> = load_messages(tx, src, &keys).await?;
+    // Earlier versions known only in part are compared with the held versions' content.
+    let mut partial: Vec<MsgKey> = page
+        .messages
+        .iter()
+        .filter(|m| m.earlier_versions.iter().any(|e| e.known_fields.is_some()))
+        .map(|m| (m.conversation_id.clone(), m.message_id.clone()))
+        .filter(|k| rows.contains_key(k))
+        .collect();
+    partial.sort();
+    partial.dedup();
+    load_versions(tx, src, &partial, &mut rows).await?;
     for key in &keys {
         rows.entry(key.clone()).or_insert(Row {
             state: None,
@@ -688,6 +699,7 @@ async fn load_messages(
                 raw_hash,
                 recalled: mark(h.recalled_at, h.recalled_by),
                 deleted: mark(h.deleted_at, h.deleted_by),
+                versions: None,
             };
             (
                 (h.conversation_id, h.message_id),
@@ -700,6 +712,49 @@ async fn load_messages(
             )
         })
         .collect())
+}
+
+/// Fill in the content of every held version of `keys` (rows loaded before).
+async fn load_versions(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    keys: &[MsgKey],
+    rows: &mut HashMap<MsgKey, Row>,
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (convs, ids) = distinct_parts(keys);
+    let held: Vec<(String, String, String, String, Value)> = sqlx::query_as(
+        "SELECT conversation_id, message_id, kind, text, content FROM vault.message_versions
+         WHERE source = $1 AND conversation_id = ANY($2) AND message_id = ANY($3)
+         ORDER BY conversation_id, message_id, version",
+    )
+    .bind(src)
+    .bind(&convs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for key in keys {
+        if let Some(st) = rows.get_mut(key).and_then(|r| r.state.as_mut()) {
+            st.versions = Some(Vec::new());
+        }
+    }
+    for (conversation_id, message_id, kind, text, content) in held {
+        let key = (conversation_id, message_id);
+        if let Some(held) = rows
+            .get_mut(&key)
+            .and_then(|r| r.state.as_mut())
+            .and_then(|st| st.versions.as_mut())
+        {
+            held.push(Content {
+                kind: MessageKind::parse(&kind),
+                text,
+                content,
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn load_reactions(

@@ -100,6 +100,7 @@ fn message(m: &MessageObservation) -> MessageObservation {
             .map(|e| EarlierVersion {
                 content: content(&e.content),
                 replaced_at: e.replaced_at.map(to_micros),
+                known_fields: e.known_fields.clone(),
             })
             .collect(),
         recalled: mark(&m.recalled),
@@ -203,6 +204,7 @@ mod tests {
             earlier_versions: vec![EarlierVersion {
                 content: body,
                 replaced_at: Some(t),
+                known_fields: None,
             }],
             recalled: Some(Mark {
                 at: Some(t),

@@ -5,7 +5,9 @@
 //! - A message's first observation creates it with version 1 (or with the earlier versions
 //!   upstream reports, oldest first, then the current one).
 //! - Content that differs from the current version adds a version; the same content again
-//!   changes nothing. Earlier versions reported later are appended if not yet held.
+//!   changes nothing. Earlier versions reported later are appended if not yet held; one
+//!   upstream reported only in part (`EarlierVersion::known_fields`) is held when a held
+//!   version equals it on those parts.
 //! - Once a message is recalled or deleted (or in the observation that says so), new
 //!   content is ignored: an upstream that blanks a recalled message never blanks ours.
 //! - Marks are set once and never cleared.
@@ -18,8 +20,8 @@ use serde_json::{json, Value};
 
 use super::canonical::{canonical_time, content_hash, value_hash, Hash};
 use crate::model::{
-    Content, ConversationObservation, Mark, MessageHeader, MessageObservation, ReactionObservation,
-    ReactionState,
+    Content, ConversationObservation, EarlierVersion, Mark, MessageHeader, MessageObservation,
+    ReactionObservation, ReactionState,
 };
 
 /// What the store holds about a message, as far as diffing needs it.
@@ -33,6 +35,9 @@ pub struct MessageState {
     pub raw_hash: Hash,
     pub recalled: Option<Mark>,
     pub deleted: Option<Mark>,
+    /// The content of every held version, oldest first, where the store loaded it (only for
+    /// observations carrying earlier versions known in part); `None`: not loaded.
+    pub versions: Option<Vec<Content>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +86,23 @@ pub enum DiffError {
 
 fn hex(h: &Hash) -> String {
     hex::encode(h)
+}
+
+/// Whether an earlier version reported by upstream is one the message already holds: the
+/// same content, or, when upstream reported it only in part, a held version equal to it on
+/// those parts.
+fn already_held(st: &MessageState, earlier: &EarlierVersion) -> bool {
+    if st.version_hashes.contains(&content_hash(&earlier.content)) {
+        return true;
+    }
+    match (&earlier.known_fields, &st.versions) {
+        (Some(parts), Some(held)) => held.iter().any(|h| {
+            parts
+                .iter()
+                .all(|p| h.content.pointer(p) == earlier.content.content.pointer(p))
+        }),
+        _ => false,
+    }
 }
 
 /// Apply one observation to the held state (`None`: not archived yet), returning what
@@ -175,6 +197,7 @@ pub fn apply_message(
                 raw_hash,
                 recalled: None,
                 deleted: None,
+                versions: Some(out.versions.iter().map(|v| v.content.clone()).collect()),
             });
             out.created = true;
             out.dirty = true;
@@ -194,10 +217,13 @@ pub fn apply_message(
         || obs.deleted.is_some();
     if !frozen {
         let mut candidates: Vec<(Content, Option<DateTime<Utc>>)> = Vec::new();
+        // A version was written when the one before it was replaced, where upstream says.
+        let mut prev_replaced: Option<DateTime<Utc>> = None;
         for earlier in &obs.earlier_versions {
-            if !st.version_hashes.contains(&content_hash(&earlier.content)) {
-                candidates.push((earlier.content.clone(), None));
+            if !already_held(st, earlier) {
+                candidates.push((earlier.content.clone(), prev_replaced));
             }
+            prev_replaced = earlier.replaced_at;
         }
         if let Some(content) = &obs.content {
             candidates.push((content.clone(), obs.edited_at));
@@ -211,6 +237,9 @@ pub fn apply_message(
             let edited_at = edited_at.unwrap_or(observed_at);
             st.current_version = version;
             st.version_hashes.push(hash);
+            if let Some(held) = &mut st.versions {
+                held.push(content.clone());
+            }
             st.edited_at = Some(edited_at);
             out.events.push(EventDraft {
                 kind: "message_edited",
@@ -505,7 +534,7 @@ pub fn apply_conversation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EarlierVersion, MessageKind};
+    use crate::model::MessageKind;
     use proptest::prelude::*;
 
     fn t(secs: i64) -> DateTime<Utc> {
@@ -597,10 +626,12 @@ mod tests {
             EarlierVersion {
                 content: content("v1"),
                 replaced_at: Some(t(2)),
+                known_fields: None,
             },
             EarlierVersion {
                 content: content("v2"),
                 replaced_at: Some(t(3)),
+                known_fields: None,
             },
         ];
         let mut st = None;
@@ -622,6 +653,105 @@ mod tests {
         // the same observation again is a no-op
         let again = apply_message(&mut st, &o, t(5)).unwrap();
         assert!(again.versions.is_empty() && again.events.is_empty());
+    }
+
+    /// A text message with a mention, as a connector normalises it.
+    fn mentioning(text: &str, buttons: Option<Value>) -> Content {
+        let mut c = json!({"text": text, "mentions": ["u2"]});
+        if let Some(b) = buttons {
+            c["buttons"] = b;
+        }
+        Content {
+            kind: MessageKind::Text,
+            text: text.to_string(),
+            content: c,
+        }
+    }
+
+    #[test]
+    fn an_earlier_version_known_in_part_is_the_held_version_it_matches_there() {
+        // held: version 1 with a mention and buttons, as first archived
+        let mut st = None;
+        let mut first = obs("hi");
+        first.content = Some(mentioning("hi", Some(json!([[{"text": "ok"}]]))));
+        apply_message(&mut st, &first, t(1)).unwrap();
+        if let Some(st) = &mut st {
+            // what the store loads for an observation with partial earlier versions
+            st.versions = Some(vec![mentioning("hi", Some(json!([[{"text": "ok"}]])))]);
+        }
+        // edited: new text, and the edit also dropped the buttons. The edit record says
+        // only the old text; the connector filled in the rest from the current version,
+        // which has no buttons, so in full it equals no held version.
+        let reported = EarlierVersion {
+            content: mentioning("hi", None),
+            replaced_at: Some(t(5)),
+            known_fields: Some(vec!["/text".into()]),
+        };
+        let mut edited = obs("hello");
+        edited.content = Some(mentioning("hello", None));
+        edited.edited_at = Some(t(5));
+        edited.earlier_versions = vec![reported.clone()];
+        edited.raw = json!({"text": "hello"});
+        let out = apply_message(&mut st, &edited, t(6)).unwrap();
+        let texts: Vec<_> = out
+            .versions
+            .iter()
+            .map(|v| v.content.text.as_str())
+            .collect();
+        assert_eq!(texts, ["hello"], "no second copy of version 1");
+        assert_eq!(st.as_ref().unwrap().current_version, 2);
+
+        // the same report known in full is a version of its own (it differs from v1)
+        let mut st2 = None;
+        apply_message(&mut st2, &first, t(1)).unwrap();
+        let mut full = edited.clone();
+        full.earlier_versions[0].known_fields = None;
+        let out = apply_message(&mut st2, &full, t(6)).unwrap();
+        assert_eq!(out.versions.len(), 2);
+
+        // and a part that differs (another old text) is a version that was not held
+        let mut st3 = st.clone();
+        let mut other = edited.clone();
+        other.earlier_versions = vec![EarlierVersion {
+            content: mentioning("something else", None),
+            ..reported
+        }];
+        other.content = Some(mentioning("third", None));
+        other.raw = json!({"text": "third"});
+        let out = apply_message(&mut st3, &other, t(7)).unwrap();
+        let texts: Vec<_> = out
+            .versions
+            .iter()
+            .map(|v| v.content.text.as_str())
+            .collect();
+        assert_eq!(texts, ["something else", "third"]);
+    }
+
+    #[test]
+    fn an_unseen_version_reported_later_takes_its_time_from_the_version_before_it() {
+        let mut st = None;
+        apply_message(&mut st, &obs("v1"), t(1)).unwrap();
+        let mut o = obs("v3");
+        o.edited_at = Some(t(30));
+        o.earlier_versions = vec![
+            EarlierVersion {
+                content: content("v1"),
+                replaced_at: Some(t(20)),
+                known_fields: None,
+            },
+            EarlierVersion {
+                content: content("v2"),
+                replaced_at: Some(t(30)),
+                known_fields: None,
+            },
+        ];
+        let out = apply_message(&mut st, &o, t(99)).unwrap();
+        let got: Vec<_> = out
+            .versions
+            .iter()
+            .map(|v| (v.content.text.as_str(), v.edited_at))
+            .collect();
+        assert_eq!(got, [("v2", Some(t(20))), ("v3", Some(t(30)))]);
     }
 
     #[test]

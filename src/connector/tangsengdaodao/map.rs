@@ -544,6 +544,7 @@ pub fn map_message(
             vec![EarlierVersion {
                 content: original,
                 replaced_at: None,
+                known_fields: None,
             }],
             int(&extra, "edited_at").and_then(unix_seconds),
         ),

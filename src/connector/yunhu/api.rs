@@ -1,4 +1,5 @@
-//! Yunhu HTTP calls and error classification (spec §1).
+//! Yunhu HTTP calls and error classification (`docs/upstreams/yunhu.md`, "Transport" and
+//! "Errors").
 //!
 //! Every call is a `POST` under `{base_url}/v1/` with the `token` header. Protobuf endpoints
 //! take and answer raw protobuf; the edit record is JSON. A protobuf endpoint may still
@@ -26,7 +27,7 @@ pub const EDIT_RECORD: &str = "/v1/msg/list-message-edit-record";
 
 /// Yunhu's "not logged in" code.
 pub const CODE_UNAUTHORIZED: i64 = -101;
-/// The bot open API's "rate limited" code (spec §1.1), treated the same here.
+/// The bot open API's "rate limited" code, treated the same here.
 pub const CODE_RATE_LIMITED: i64 = 1007;
 
 /// How much of an undecodable body is kept for quarantine.

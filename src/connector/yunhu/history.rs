@@ -1,9 +1,58 @@
 //! Reading one chat's history: passes from the newest message down over the rescan window,
-//! the contiguous `list-message-by-seq` catch-up, back-fill below the oldest archived
-//! message, and the edit records of edited messages (see the parent module's doc for the
-//! cursor and when each is used). Gaps are reported where upstream skips seqs.
+//! the `list-message-by-seq` catch-up, passes below the oldest archived message, the
+//! confirmation of an empty page, and the edit records of edited messages (see the parent
+//! module's doc for the cursor and when each is used). Gaps are reported where upstream
+//! skips seqs.
+//!
+//! Every function here works on a copy of the request's cursor: a fetch that fails leaves
+//! nothing behind, and the same cursor always leads to the same requests.
 
 use super::*;
+
+/// What one step of reading yields.
+#[derive(Default)]
+struct Step {
+    messages: Vec<map::Mapped>,
+    gaps: Vec<SeqGap>,
+    quarantine: Vec<QuarantineRecord>,
+    /// The chat has nothing more to read in this run.
+    done: bool,
+}
+
+/// A message whose edit record must be read, with what its earlier versions are completed
+/// from.
+struct Wanted {
+    id: String,
+    current: map::Current,
+}
+
+impl Pass {
+    /// A pass from the newest message down, stopping at `stop_seq` (0: at the oldest).
+    fn from_top(stop_seq: i64, window: bool) -> Pass {
+        Pass {
+            anchor_seq: i64::MAX,
+            stop_seq,
+            window,
+            ..Pass::default()
+        }
+    }
+
+    fn anchored(&self) -> bool {
+        self.anchor_seq != i64::MAX
+    }
+
+    /// Whether the pass has reached the messages archived before it began.
+    fn caught_up(&self) -> bool {
+        self.stop_seq > 0 && self.anchored() && self.anchor_seq <= self.stop_seq + 1
+    }
+}
+
+fn anchor_of(m: &map::Mapped) -> Anchor {
+    Anchor {
+        seq: m.seq,
+        id: m.observation.message_id.clone(),
+    }
+}
 
 impl YunhuConnector {
     fn window_disabled(&self) -> bool {
@@ -23,11 +72,107 @@ impl YunhuConnector {
         }
     }
 
+    /// The next page of a chat's history: up to [`PAGES_PER_FETCH`] steps chained, then the
+    /// edit records of the edited messages among them.
+    pub(super) async fn fetch_history(
+        &self,
+        ctx: &RunContext,
+        chat: &Chat,
+        cursor: Option<HistoryCursor>,
+    ) -> Result<Fetched, ConnectorError> {
+        let mut c = cursor.unwrap_or(HistoryCursor {
+            v: CURSOR_VERSION,
+            ..HistoryCursor::default()
+        });
+        // A cursor written by an earlier run: this run's work on the chat begins.
+        let run_start = c.run != ctx.run;
+        if run_start {
+            c.run = ctx.run.clone();
+            c.run_requests = 0;
+        }
+        if c.run_requests >= MAX_REQUESTS_PER_RUN {
+            return Err(ConnectorError::Permanent(format!(
+                "yunhu source {}: chat {} made {} requests in this run, the most one chat may; \
+                 what was read is archived and the next run goes on from there",
+                self.source, chat.id, c.run_requests
+            )));
+        }
+        let mut out = Fetched::empty(Cursor(Value::Null), false);
+        let mut wanted = Vec::new();
+        let mut first = run_start;
+        for _ in 0..PAGES_PER_FETCH {
+            let step = self.step(ctx, chat, &mut c, first, &mut wanted).await?;
+            first = false;
+            out.messages
+                .extend(step.messages.into_iter().map(|m| m.observation));
+            out.gaps.extend(step.gaps);
+            out.quarantine.extend(step.quarantine);
+            out.done = step.done;
+            if step.done
+                || out.messages.len() >= MESSAGES_PER_FETCH
+                || c.run_requests >= MAX_REQUESTS_PER_RUN
+            {
+                break;
+            }
+        }
+        let requests = self.attach_versions(chat, &mut out, wanted).await?;
+        c.run_requests = c.run_requests.saturating_add(requests);
+        out.next_cursor = Cursor(json!(c));
+        Ok(out)
+    }
+
+    /// One upstream page's worth of reading, from the cursor `c` (updated in place).
+    async fn step(
+        &self,
+        ctx: &RunContext,
+        chat: &Chat,
+        c: &mut HistoryCursor,
+        run_start: bool,
+        wanted: &mut Vec<Wanted>,
+    ) -> Result<Step, ConnectorError> {
+        if run_start && c.pass.is_none() {
+            c.list_fp = ctx.fingerprints.get(&chat.id).cloned().unwrap_or_default();
+            let window_due = !self.window_disabled()
+                && ctx.now - c.rescanned_at >= i64::from(self.rescan_every_minutes) * 60;
+            if c.newest_seq > 0 && !window_due {
+                if let Some(step) = self.catch_up_by_seq(ctx, chat, c, wanted).await? {
+                    return Ok(step);
+                }
+            }
+            c.pass = Some(Pass::from_top(c.newest_seq, window_due));
+        }
+        if c.pass.is_none() {
+            if c.complete {
+                return Ok(Step {
+                    done: true,
+                    ..Step::default()
+                });
+            }
+            // Back-fill: a pass from the oldest archived message down to the oldest message
+            // upstream returns.
+            c.pass = Some(if c.oldest_id.is_empty() {
+                Pass::from_top(0, false)
+            } else {
+                Pass {
+                    anchor_id: c.oldest_id.clone(),
+                    anchor_seq: c.oldest_seq,
+                    anchor_next: c.oldest_next.clone(),
+                    backfill: true,
+                    stop_seq: 0,
+                    top_seq: c.newest_seq,
+                    top_id: c.newest_id.clone(),
+                    top_ms: c.newest_ms,
+                    ..Pass::default()
+                }
+            });
+        }
+        self.pass_page(ctx, chat, c, wanted).await
+    }
+
     /// One `list-message` page (decoded record by record) for `chat`.
     async fn list_page(
         &self,
         chat: &Chat,
-        conversation_id: &str,
         path: &'static str,
         request: Vec<u8>,
     ) -> Result<PageRecords, ConnectorError> {
@@ -43,7 +188,7 @@ impl YunhuConnector {
         for (bytes, decoded) in list.records {
             let mapped = decoded
                 .map_err(|e| format!("protobuf record does not decode: {e}"))
-                .and_then(|msg| map::message(conversation_id, &msg, bytes));
+                .and_then(|msg| map::message(&chat.id, &msg, bytes));
             match mapped {
                 Ok(m) => out.messages.push(m),
                 Err(reason) => out.quarantine.push(QuarantineRecord {
@@ -62,7 +207,7 @@ impl YunhuConnector {
                 )),
             });
         }
-        // newest first, whatever order upstream used (spec §4.5)
+        // newest first, whatever order upstream used
         out.messages.sort_by_key(|m| std::cmp::Reverse(m.seq));
         out.messages.dedup_by(|a, b| {
             a.seq == b.seq && a.observation.message_id == b.observation.message_id
@@ -73,7 +218,7 @@ impl YunhuConnector {
     async fn list_before(
         &self,
         chat: &Chat,
-        conversation_id: &str,
+        c: &mut HistoryCursor,
         anchor: &str,
     ) -> Result<PageRecords, ConnectorError> {
         let request = pb::ListMsgRequest {
@@ -82,39 +227,46 @@ impl YunhuConnector {
             chat_type: chat.chat_type,
             chat_id: chat.id.clone(),
         };
-        self.list_page(chat, conversation_id, LIST_MESSAGE, request.encode_to_vec())
+        c.run_requests = c.run_requests.saturating_add(1);
+        self.list_page(chat, LIST_MESSAGE, request.encode_to_vec())
             .await
     }
 
-    /// Read the edit record of each message whose `edit_time` is news, and attach the
-    /// earlier versions. Rows that cannot be read are quarantined.
     /// Note the messages whose edit record must be read: `edit_time` is news.
     fn want_versions(
         records: &PageRecords,
         known: &dyn Fn(&str) -> Option<u64>,
-        wanted: &mut Vec<String>,
+        wanted: &mut Vec<Wanted>,
     ) {
         for m in &records.messages {
             if m.edit_time > 0 && known(&m.observation.message_id).is_none_or(|t| t < m.edit_time) {
-                wanted.push(m.observation.message_id.clone());
+                wanted.push(Wanted {
+                    id: m.observation.message_id.clone(),
+                    current: m.current.clone(),
+                });
             }
         }
     }
 
     /// Read the edit records of `wanted` a few at a time (the shared client's rate limit
-    /// still spaces them) and attach every earlier version. Rows that cannot be read are
-    /// quarantined.
-    pub(super) async fn attach_versions(
+    /// still spaces them) and attach every earlier version. Rows that cannot be read, and
+    /// what lies beyond a record's bounds, are quarantined. Returns the requests made.
+    async fn attach_versions(
         &self,
         chat: &Chat,
         fetched: &mut Fetched,
-        wanted: Vec<String>,
-    ) -> Result<(), ConnectorError> {
+        mut wanted: Vec<Wanted>,
+    ) -> Result<u32, ConnectorError> {
         use futures::StreamExt;
+        // a message read twice in one fetch has its record read once
+        let mut seen = HashSet::new();
+        wanted.reverse();
+        wanted.retain(|w| seen.insert(w.id.clone()));
+        wanted.reverse();
         let histories: Vec<_> = futures::stream::iter(wanted)
-            .map(|id| async move {
-                let history = self.edit_history(chat, &id).await;
-                (id, history)
+            .map(|w| async move {
+                let history = self.edit_history(chat, &w).await;
+                (w.id, history)
             })
             .buffered(EDIT_RECORD_CONCURRENCY)
             .collect()
@@ -125,25 +277,33 @@ impl YunhuConnector {
             .enumerate()
             .map(|(i, m)| (m.message_id.clone(), i))
             .collect();
+        let mut requests = 0u32;
         for (id, history) in histories {
-            let (versions, bad) = history?;
+            let history = history?;
+            requests = requests.saturating_add(history.requests);
             if let Some(&i) = index.get(&id) {
-                fetched.messages[i].earlier_versions = versions;
+                fetched.messages[i].earlier_versions = history.versions;
             }
-            fetched.quarantine.extend(bad);
+            fetched.quarantine.extend(history.quarantine);
         }
-        Ok(())
+        Ok(requests)
     }
 
-    /// Every earlier version of a message, oldest first.
-    async fn edit_history(
-        &self,
-        chat: &Chat,
-        msg_id: &str,
-    ) -> Result<(Vec<EarlierVersion>, Vec<QuarantineRecord>), ConnectorError> {
+    /// Every earlier version of a message, oldest first: pages of [`EDIT_PAGE_SIZE`] rows
+    /// until `total` rows or an empty page, within [`MAX_EDIT_PAGES`], [`MAX_EDIT_ROWS`]
+    /// and [`MAX_EDIT_BYTES`]. A record cut short keeps what was read and says so in a
+    /// quarantine record.
+    async fn edit_history(&self, chat: &Chat, want: &Wanted) -> Result<History, ConnectorError> {
+        let msg_id = want.id.as_str();
+        let mut history = History::default();
         let mut records = Vec::new();
-        let mut bad = Vec::new();
-        for page in 1..=1000u32 {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut rows_read = 0usize;
+        let mut bytes = 0usize;
+        let mut total: Option<u64> = None;
+        let mut cut: Option<String> = None;
+        for page in 1..=MAX_EDIT_PAGES {
+            history.requests += 1;
             let data = self
                 .api
                 .post_json(
@@ -166,163 +326,102 @@ impl YunhuConnector {
                     })
                 }
             };
+            if let Some(t) = data.get("total").and_then(Value::as_u64) {
+                total = Some(t);
+            }
+            if rows.is_empty() {
+                break;
+            }
+            let mut new_rows = 0;
             for row in &rows {
-                match map::edit_record(row) {
+                // A row is known by its id and edit time; a page that repeats rows (upstream
+                // ignoring `page`, or rows shifting while new edits arrive) adds nothing.
+                let key = match (row.get("id"), row.get("msgTime")) {
+                    (Some(id), Some(t)) => format!("{id}/{t}"),
+                    _ => row.to_string(),
+                };
+                if !seen.insert(key) {
+                    continue;
+                }
+                new_rows += 1;
+                rows_read += 1;
+                bytes += row.to_string().len();
+                if rows_read > MAX_EDIT_ROWS {
+                    cut = Some(format!("it has more than {MAX_EDIT_ROWS} rows"));
+                    break;
+                }
+                if bytes > MAX_EDIT_BYTES {
+                    cut = Some(format!("its rows exceed {MAX_EDIT_BYTES} bytes"));
+                    break;
+                }
+                match map::edit_record(row, &want.current) {
                     Ok(r) => records.push(r),
-                    Err(reason) => bad.push(QuarantineRecord {
+                    Err(reason) => history.quarantine.push(QuarantineRecord {
                         reason: format!("yunhu chat {} message {msg_id}: {reason}", chat.id),
                         raw: row.clone(),
                     }),
                 }
             }
-            let total = data.get("total").and_then(Value::as_u64);
-            if rows.len() < EDIT_PAGE_SIZE
-                || total.is_some_and(|t| records.len() + bad.len() >= t as usize)
-            {
+            if cut.is_some() {
                 break;
             }
+            if new_rows == 0 {
+                cut = Some(format!("page {page} repeats rows already read"));
+                break;
+            }
+            if total.is_some_and(|t| rows_read as u64 >= t) {
+                break;
+            }
+            if page == MAX_EDIT_PAGES {
+                cut = Some(format!("it has more than {MAX_EDIT_PAGES} pages"));
+            }
+        }
+        if let Some(why) = cut {
+            history.quarantine.push(QuarantineRecord {
+                reason: format!(
+                    "yunhu chat {} message {msg_id}: edit record not read to its end ({why}); \
+                     the earlier versions of {} rows are archived",
+                    chat.id,
+                    records.len()
+                ),
+                raw: json!({"chat_id": chat.id, "msg_id": msg_id, "total": total,
+                            "rows_read": rows_read.min(MAX_EDIT_ROWS), "bytes_read": bytes}),
+            });
         }
         records.sort_by_key(|r| (r.edited_ms, r.id));
-        Ok((records.into_iter().map(|r| r.version).collect(), bad))
+        history.versions = records.into_iter().map(|r| r.version).collect();
+        Ok(history)
     }
 
     /// Whether a pass has covered the trailing window after `covered` messages, the oldest
     /// sent at `oldest_ms`.
-    fn window_covered(&self, covered: u32, oldest_ms: Option<i64>) -> bool {
+    fn window_covered(&self, now: i64, covered: u32, oldest_ms: i64) -> bool {
         let by_count = covered >= self.rescan_messages;
-        let horizon = Utc::now().timestamp_millis() - i64::from(self.rescan_days) * 86_400_000;
-        let by_age = self.rescan_days == 0 || oldest_ms.is_some_and(|t| t < horizon);
+        let horizon = now.saturating_mul(1000) - i64::from(self.rescan_days) * 86_400_000;
+        let by_age = self.rescan_days == 0 || oldest_ms < horizon;
         by_count && by_age
     }
 
-    pub(super) async fn fetch_messages(
-        &self,
-        request: &FetchRequest<'_>,
-        chat: &Chat,
-        wanted: &mut Vec<String>,
-    ) -> Result<Fetched, ConnectorError> {
-        let conversation_id = request.conversation.conversation_id.as_str();
-        let mut cursor = match request.cursor {
-            None => None,
-            Some(c) => Some(parse_cursor(c, &self.source)?),
-        };
-        let first_this_run = self.begun().insert(conversation_id.to_string());
-        if first_this_run && cursor.as_ref().is_none_or(|c| c.pass.is_none()) {
-            let mut c = cursor.take().unwrap_or(HistoryCursor {
-                v: CURSOR_VERSION,
-                ..HistoryCursor::default()
-            });
-            c.list_fp = self
-                .fingerprints
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(conversation_id)
-                .cloned()
-                .unwrap_or_default();
-            let now = Utc::now().timestamp();
-            let window_due = !self.window_disabled()
-                && now - c.rescanned_at >= i64::from(self.rescan_every_minutes) * 60;
-            if c.newest_seq > 0 && !window_due {
-                if let Some(fetched) = self
-                    .catch_up_by_seq(chat, conversation_id, &mut c, wanted)
-                    .await?
-                {
-                    return Ok(fetched);
-                }
-            }
-            c.pass = Some(Pass {
-                stop_seq: c.newest_seq,
-                anchor_seq: i64::MAX,
-                window: window_due,
-                ..Pass::default()
-            });
-            cursor = Some(c);
-        }
-        let Some(mut c) = cursor else {
-            // begun this run, and the first page left no cursor: nothing to read
-            return Ok(Fetched::empty(
-                Cursor(json!(HistoryCursor {
-                    v: CURSOR_VERSION,
-                    complete: true,
-                    ..HistoryCursor::default()
-                })),
-                true,
-            ));
-        };
-        if c.pass.is_some() {
-            return self.pass_page(chat, conversation_id, c, wanted).await;
-        }
-        if c.complete {
-            return Ok(Fetched::empty(Cursor(json!(c)), true));
-        }
-        // back-fill below the oldest archived message
-        let mut records = self
-            .list_before(chat, conversation_id, &c.oldest_id)
-            .await?;
-        records.messages.retain(|m| m.seq < c.oldest_seq);
-        Self::want_versions(&records, &|_| None, wanted);
-        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
-        let mut gaps = Vec::new();
-        let mut above = c.oldest_seq;
-        for m in &records.messages {
-            if m.seq + 1 < above {
-                gaps.push((m.seq + 1, above - 1));
-            }
-            above = m.seq;
-        }
-        match records.messages.last() {
-            Some(lowest) => {
-                c.oldest_seq = lowest.seq;
-                c.oldest_id = lowest.observation.message_id.clone();
-            }
-            None => {
-                c.complete = true;
-                if c.oldest_seq > 1 {
-                    fetched.gaps.push(gap(
-                        conversation_id,
-                        1,
-                        c.oldest_seq - 1,
-                        BEFORE_HISTORY_REASON,
-                    ));
-                }
-                fetched.done = true;
-            }
-        }
-        fetched.gaps.extend(
-            gaps.into_iter()
-                .map(|(f, t)| gap(conversation_id, f, t, GAP_REASON)),
-        );
-        fetched.messages = records
-            .messages
-            .into_iter()
-            .map(|m| m.observation)
-            .collect();
-        fetched.quarantine = records.quarantine;
-        fetched.next_cursor = Cursor(json!(c));
-        Ok(fetched)
-    }
-
-    /// Catch up with one `list-message-by-seq` call, kept only when contiguous (spec §4.6).
-    /// `None`: not contiguous, page from the top instead.
+    /// Catch up with one `list-message-by-seq` call. The answer is kept only when it is
+    /// contiguous with the newest archived message and reaches the newest message the
+    /// conversation list announced: an empty or partial answer is no proof of being caught
+    /// up (far behind, upstream answers with the newest messages only, or, as one client
+    /// reads it, with older ones). `None`: page from the top instead.
     async fn catch_up_by_seq(
         &self,
+        ctx: &RunContext,
         chat: &Chat,
-        conversation_id: &str,
         c: &mut HistoryCursor,
-        wanted: &mut Vec<String>,
-    ) -> Result<Option<Fetched>, ConnectorError> {
+        wanted: &mut Vec<Wanted>,
+    ) -> Result<Option<Step>, ConnectorError> {
         let request = pb::ListMsgBySeqRequest {
             msg_start: c.newest_seq,
             chat_type: chat.chat_type,
             chat_id: chat.id.clone(),
         };
+        c.run_requests = c.run_requests.saturating_add(1);
         let mut records = self
-            .list_page(
-                chat,
-                conversation_id,
-                LIST_MESSAGE_BY_SEQ,
-                request.encode_to_vec(),
-            )
+            .list_page(chat, LIST_MESSAGE_BY_SEQ, request.encode_to_vec())
             .await?;
         records.messages.retain(|m| m.seq > c.newest_seq);
         let contiguous = records
@@ -330,18 +429,23 @@ impl YunhuConnector {
             .last()
             .is_none_or(|lowest| lowest.seq == c.newest_seq + 1)
             && records.quarantine.is_empty();
-        if !contiguous {
+        let head_ms = records
+            .messages
+            .first()
+            .map_or(c.newest_ms, |top| top.sent_ms.max(c.newest_ms));
+        let announced = ctx.list_ms.get(&chat.id).copied();
+        let reaches_list = head_ms > 0 && announced.is_some_and(|t| t as i64 <= head_ms);
+        if !contiguous || !reaches_list {
             return Ok(None);
         }
         Self::want_versions(&records, &|_| None, wanted);
-        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
+        let mut step = Step::default();
         let mut above = None;
         for m in &records.messages {
             if let Some(above) = above {
                 if m.seq + 1 < above {
-                    fetched
-                        .gaps
-                        .push(gap(conversation_id, m.seq + 1, above - 1, GAP_REASON));
+                    step.gaps
+                        .push(gap(&chat.id, m.seq + 1, above - 1, GAP_REASON));
                 }
             }
             above = Some(m.seq);
@@ -349,30 +453,86 @@ impl YunhuConnector {
         if let Some(top) = records.messages.first() {
             c.newest_seq = top.seq;
             c.newest_id = top.observation.message_id.clone();
+            c.newest_ms = top.sent_ms;
         }
-        fetched.messages = records
-            .messages
-            .into_iter()
-            .map(|m| m.observation)
-            .collect();
-        fetched.done = c.complete;
-        fetched.next_cursor = Cursor(json!(c));
-        Ok(Some(fetched))
+        step.messages = records.messages;
+        step.done = c.complete;
+        Ok(Some(step))
     }
 
-    /// One page of a pass from the top.
+    /// One page of a pass.
     async fn pass_page(
         &self,
+        ctx: &RunContext,
         chat: &Chat,
-        conversation_id: &str,
-        mut c: HistoryCursor,
-        wanted: &mut Vec<String>,
-    ) -> Result<Fetched, ConnectorError> {
-        let mut pass = c.pass.take().unwrap_or_default();
-        let mut records = self
-            .list_before(chat, conversation_id, &pass.anchor_id)
-            .await?;
+        c: &mut HistoryCursor,
+        wanted: &mut Vec<Wanted>,
+    ) -> Result<Step, ConnectorError> {
+        let mut pass = c.pass.take().unwrap_or_else(|| Pass::from_top(0, false));
+        let mut step = Step::default();
+        // Asking below a confirmation anchor, or below the pass's own anchor.
+        let confirming = pass.confirm.and_then(|i| pass.anchor_next.get(i).cloned());
+        let ask_id = confirming
+            .as_ref()
+            .map_or(pass.anchor_id.clone(), |a| a.id.clone());
+        let mut records = self.list_before(chat, c, &ask_id).await?;
+        step.quarantine = std::mem::take(&mut records.quarantine);
+        let answered = !records.messages.is_empty();
+        let anchor_there = records
+            .messages
+            .iter()
+            .any(|m| m.observation.message_id == pass.anchor_id && m.seq == pass.anchor_seq);
+        // Messages from the anchor up were read already in this pass.
         records.messages.retain(|m| m.seq < pass.anchor_seq);
+        // The messages to remember just above this page's lowest, if it goes on from here.
+        let mut kept_above: Vec<Anchor> = Vec::new();
+        if pass.anchored() {
+            kept_above.push(Anchor {
+                seq: pass.anchor_seq,
+                id: pass.anchor_id.clone(),
+            });
+        }
+        kept_above.extend(pass.anchor_next.iter().cloned());
+        if let Some(i) = pass.confirm {
+            // The page below the anchor came back empty; this asked below `anchor_next[i]`.
+            if records.messages.is_empty() && !answered {
+                // That message is gone too: try the next one, then the top.
+                if i + 1 < pass.anchor_next.len() {
+                    pass.confirm = Some(i + 1);
+                    c.pass = Some(pass);
+                    return Ok(step);
+                }
+                match restart(chat, &mut pass, &mut step) {
+                    Some(again) => {
+                        c.pass = Some(again);
+                        return Ok(step);
+                    }
+                    None => kept_above.clear(),
+                }
+            } else if !anchor_there {
+                // Messages below where the anchor was: it disappeared, go on from them.
+                // None: it is gone with nothing below where it was, the bottom.
+                kept_above = pass.anchor_next[i.min(pass.anchor_next.len())..].to_vec();
+            }
+            // else the anchor is there: messages below it, or none, the bottom confirmed
+            pass.confirm = None;
+        } else if records.messages.is_empty()
+            && pass.anchored()
+            && (!c.complete || !pass.caught_up())
+        {
+            // An empty page below a stored anchor is taken for the bottom only once the
+            // messages above it confirm it.
+            if !pass.anchor_next.is_empty() {
+                pass.confirm = Some(0);
+                c.pass = Some(pass);
+                return Ok(step);
+            }
+            if let Some(again) = restart(chat, &mut pass, &mut step) {
+                c.pass = Some(again);
+                return Ok(step);
+            }
+        }
+
         let previous = &c.edits;
         let seen = &pass.edits;
         Self::want_versions(
@@ -380,18 +540,17 @@ impl YunhuConnector {
             &|id| previous.get(id).or_else(|| seen.get(id)).copied(),
             wanted,
         );
-        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
-        let mut above = (pass.anchor_seq != i64::MAX).then_some(pass.anchor_seq);
+        let backfill = pass.backfill;
+        let mut above = pass.anchored().then_some(pass.anchor_seq);
         for m in &records.messages {
             if let Some(above) = above {
                 if m.seq + 1 < above {
-                    fetched
-                        .gaps
-                        .push(gap(conversation_id, m.seq + 1, above - 1, GAP_REASON));
+                    step.gaps
+                        .push(gap(&chat.id, m.seq + 1, above - 1, GAP_REASON));
                 }
             }
             above = Some(m.seq);
-            if m.edit_time > 0 {
+            if m.edit_time > 0 && !backfill {
                 pass.edits
                     .insert(m.observation.message_id.clone(), m.edit_time);
             }
@@ -400,67 +559,100 @@ impl YunhuConnector {
             if let Some(top) = records.messages.first() {
                 pass.top_seq = top.seq;
                 pass.top_id = top.observation.message_id.clone();
+                pass.top_ms = top.sent_ms;
             }
         }
-        pass.covered += records.messages.len() as u32;
-        let bottom = records.messages.last().map(|m| {
-            (
-                m.seq,
-                m.observation.message_id.clone(),
-                m.observation
-                    .header
-                    .as_ref()
-                    .map(|h| h.sent_at.timestamp_millis()),
-            )
-        });
-        let ended_at_bottom = bottom.is_none();
-        let finished = match &bottom {
+        pass.covered = pass
+            .covered
+            .saturating_add(records.messages.len().min(u32::MAX as usize) as u32);
+        let finished = match records.messages.last() {
             None => true,
-            Some((seq, id, sent_ms)) => {
-                pass.anchor_seq = *seq;
-                pass.anchor_id = id.clone();
-                let caught_up = pass.stop_seq > 0 && *seq <= pass.stop_seq + 1;
-                caught_up && (!pass.window || self.window_covered(pass.covered, *sent_ms))
+            Some(lowest) => {
+                let mut next: Vec<Anchor> = records
+                    .messages
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .take(CONFIRM_ANCHORS)
+                    .map(anchor_of)
+                    .collect();
+                next.extend(kept_above);
+                next.truncate(CONFIRM_ANCHORS);
+                pass.anchor_next = next;
+                pass.anchor_seq = lowest.seq;
+                pass.anchor_id = lowest.observation.message_id.clone();
+                pass.caught_up()
+                    && (!pass.window || self.window_covered(ctx.now, pass.covered, lowest.sent_ms))
             }
         };
+        let ended_at_bottom = records.messages.is_empty();
         if finished {
             if pass.window {
-                c.rescanned_at = Utc::now().timestamp();
+                c.rescanned_at = ctx.now;
             }
             if pass.top_seq > c.newest_seq {
                 c.newest_seq = pass.top_seq;
                 c.newest_id = pass.top_id.clone();
+                c.newest_ms = pass.top_ms;
             }
-            if pass.anchor_seq != i64::MAX && (c.oldest_seq == 0 || pass.anchor_seq < c.oldest_seq)
-            {
+            if pass.anchored() && (c.oldest_seq == 0 || pass.anchor_seq < c.oldest_seq) {
                 c.oldest_seq = pass.anchor_seq;
                 c.oldest_id = pass.anchor_id.clone();
+                c.oldest_next = pass.anchor_next.clone();
             }
             if ended_at_bottom {
                 c.complete = true;
                 if c.oldest_seq > 1 {
-                    fetched.gaps.push(gap(
-                        conversation_id,
-                        1,
-                        c.oldest_seq - 1,
-                        BEFORE_HISTORY_REASON,
-                    ));
+                    step.gaps
+                        .push(gap(&chat.id, 1, c.oldest_seq - 1, BEFORE_HISTORY_REASON));
                 }
             }
-            c.edits = std::mem::take(&mut pass.edits);
-            fetched.done = c.complete;
+            if !backfill {
+                c.edits = std::mem::take(&mut pass.edits);
+            }
+            step.done = c.complete;
         } else {
             c.pass = Some(pass);
         }
-        fetched.messages = records
-            .messages
-            .into_iter()
-            .map(|m| m.observation)
-            .collect();
-        fetched.quarantine = records.quarantine;
-        fetched.next_cursor = Cursor(json!(c));
-        Ok(fetched)
+        step.messages = records.messages;
+        Ok(step)
     }
+}
+
+/// Every message an empty page could be confirmed with is gone: the pass begins again from
+/// the newest message, down to the oldest (`Some`). The second time in one pass (`None`),
+/// the empty page is taken for the bottom, with a quarantine record saying it could not be
+/// confirmed.
+fn restart(chat: &Chat, pass: &mut Pass, step: &mut Step) -> Option<Pass> {
+    if pass.restarted {
+        step.quarantine.push(QuarantineRecord {
+            reason: format!(
+                "yunhu chat {}: no message below seq {} could be read, and this could not be \
+                 confirmed: the messages the read was anchored on kept disappearing upstream; \
+                 the history is recorded as complete there",
+                chat.id, pass.anchor_seq
+            ),
+            raw: json!({"chat_id": chat.id,
+                        "anchor": {"seq": pass.anchor_seq, "id": pass.anchor_id},
+                        "tried": pass.anchor_next}),
+        });
+        pass.confirm = None;
+        return None;
+    }
+    Some(Pass {
+        restarted: true,
+        edits: std::mem::take(&mut pass.edits),
+        ..Pass::from_top(0, pass.window)
+    })
+}
+
+/// A message's earlier versions, what could not be read of its record, and the requests
+/// reading it took.
+#[derive(Default)]
+struct History {
+    versions: Vec<EarlierVersion>,
+    quarantine: Vec<QuarantineRecord>,
+    requests: u32,
 }
 
 /// A request body already encoded.

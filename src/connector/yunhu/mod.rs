@@ -1,8 +1,9 @@
-//! Yunhu (云湖) connector: the community-documented user API over HTTP + protobuf (spec
-//! `specs/yunhu.md`, §8 for the loop).
+//! Yunhu (云湖) connector: the community-documented user API over HTTP + protobuf. What it
+//! relies on about the upstream, and how sure the community is of each fact, is written down
+//! in `docs/upstreams/yunhu.md`.
 //!
-//! It only fetches and maps (STYLE rule 3): no database, no retries. HTTP and error
-//! classification live in [`api`], mapping in [`map`], the protobuf types in [`pb`].
+//! It only fetches and maps: no database, no retries. HTTP and error classification live in
+//! [`api`], mapping in [`map`], the protobuf types in [`pb`].
 //!
 //! Discovery: `conversation/list` with the md5 of the last list (an unchanged list is one
 //! small request and nothing to sync), plus the address book on the first run, on `--full`
@@ -13,21 +14,38 @@
 //! it is new, or when its history is not complete yet; so a chat whose sync failed is read
 //! again on the next run even when the list did not change.
 //!
-//! One feed, `messages`, with the cursor [`HistoryCursor`]. Each run of a chat starts a
-//! *pass*: `list-message` pages from the newest message down until it has reached the
-//! newest archived seq (catch-up) and, when the window is due (every
-//! `rescan_every_minutes`), covered the trailing rescan window (the newest
+//! One feed, `messages`, with the cursor [`HistoryCursor`]. A fetch is a function of the
+//! request, its cursor and what this run's discovery saw ([`RunContext`]): the connector
+//! keeps no memory that a fetch changes, so a retried, repeated or prefetched request does
+//! exactly what the first one did. The cursor says which run wrote it; a cursor from an
+//! earlier run starts this run's work on the chat.
+//!
+//! Each run of a chat starts a *pass*: `list-message` pages from the newest message down
+//! until it has reached the newest archived seq (catch-up) and, when the window is due
+//! (every `rescan_every_minutes`), covered the trailing rescan window (the newest
 //! `rescan_messages` messages, and those of the last `rescan_days` days), so later edits
 //! and recalls there are observed; Yunhu has no change feed. When the window is not due,
 //! catch-up first tries one `list-message-by-seq` call and keeps it only when it is
-//! contiguous (spec §4.6: past ~30 behind it returns only the newest). Then, until the
-//! history is complete, back-fill pages down from the oldest archived message. Seqs that
-//! upstream never returns are recorded as gaps, not errors.
+//! contiguous and reaches the newest message the conversation list announced (past ~30
+//! behind, that endpoint answers with the newest messages only, or, as one client reads
+//! it, with older ones). Then, until the history is complete, a pass pages down from the
+//! oldest archived message. An empty page below an anchor is confirmed by asking again
+//! below the next-oldest archived messages before the history counts as complete: the
+//! anchor may have disappeared for this account (deleted for me, a group's auto-delete).
+//! Seqs that upstream never returns are recorded as gaps, not errors.
 //!
 //! Edits: a message whose `edit_time` is larger than the one seen in the previous pass (or
 //! that is seen for the first time with an `edit_time`) has its `list-message-edit-record`
-//! read, and every earlier version is reported, oldest first. Recalls are marks; the store
-//! never lets a recalled copy replace archived content or sender. Yunhu has no reactions.
+//! read, 20 rows a page until `total` or an empty page, within bounds (pages, rows, bytes;
+//! what lies beyond is quarantined with the reason), and every earlier version is
+//! reported, oldest first, as the current content with the parts the record carries put
+//! back. Recalls are marks; the store never lets a recalled copy replace archived content
+//! or sender. Yunhu has no reactions.
+//!
+//! Bounds: one fetch chains at most [`PAGES_PER_FETCH`] list pages; every step of a chat's
+//! reading moves an anchor down, moves on to the next confirmation anchor, or ends; and a
+//! chat reads at most [`MAX_REQUESTS_PER_RUN`] requests a run, then fails for this run with
+//! that reason (what it read is kept; the next run goes on from there).
 
 mod api;
 mod history;
@@ -36,11 +54,12 @@ pub mod pb;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::Utc;
 use prost::Message;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -67,21 +86,37 @@ pub fn content_text(content_type: i64, content: &pb::MsgContent) -> String {
 
 pub const FEED_MESSAGES: &str = "messages";
 
-/// `list-message` page size: the most clients use, and the fake's cap (spec §4.5).
+/// `list-message` page size: what the community's clients ask for (20 to 40).
 pub const PAGE_SIZE: i64 = 30;
-/// Upstream pages chained into one fetch, and the messages after which it stops early.
-const PAGES_PER_FETCH: usize = 10;
+/// Upstream list pages chained into one fetch, and the messages after which it stops early.
+pub const PAGES_PER_FETCH: usize = 10;
 const MESSAGES_PER_FETCH: usize = 300;
+/// Requests one chat may make in one run (list pages and edit records); past it the chat
+/// fails for this run, keeping what it read.
+pub const MAX_REQUESTS_PER_RUN: u32 = 20_000;
 /// Edit records read at the same time.
 const EDIT_RECORD_CONCURRENCY: usize = 8;
-/// Edit-record rows per page.
-const EDIT_PAGE_SIZE: usize = 50;
+/// Edit-record rows asked for per page: public clients ask for 10 to 20.
+pub const EDIT_PAGE_SIZE: usize = 20;
+/// Bounds on one message's edit record: pages read, rows kept, bytes of rows kept.
+pub const MAX_EDIT_PAGES: u32 = 30;
+pub const MAX_EDIT_ROWS: usize = 500;
+pub const MAX_EDIT_BYTES: usize = 4 * 1024 * 1024;
+/// Archived messages kept in the cursor just above an anchor, to confirm an empty page with.
+const CONFIRM_ANCHORS: usize = 3;
 /// How often the address book is read (and every archived chat swept).
 const ADDRESS_BOOK_EVERY_SECS: i64 = 24 * 3600;
 const CURSOR_VERSION: u32 = 1;
 const GAP_REASON: &str = "not returned by upstream (deleted for this account, or not visible)";
 const BEFORE_HISTORY_REASON: &str =
     "before the oldest message upstream returns (history not visible to this account)";
+
+/// An archived message a read can be anchored on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub seq: i64,
+    pub id: String,
+}
 
 /// Where a chat's history stands.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -90,15 +125,22 @@ pub struct HistoryCursor {
     /// The newest archived message; everything from `oldest` up to it has been covered.
     pub newest_seq: i64,
     pub newest_id: String,
+    /// Its `send_time` (ms; 0: not known).
+    #[serde(default)]
+    pub newest_ms: i64,
     /// The oldest archived message: the back-fill anchor.
     pub oldest_seq: i64,
     pub oldest_id: String,
+    /// The archived messages just above `oldest`, oldest first (a few): where to ask again
+    /// when the page below `oldest` comes back empty.
+    #[serde(default)]
+    pub oldest_next: Vec<Anchor>,
     /// Back-fill reached the oldest message upstream returns.
     pub complete: bool,
     /// `edit_time` of the edited messages seen in the last pass.
     #[serde(default)]
     pub edits: BTreeMap<String, u64>,
-    /// A pass from the top in progress.
+    /// A pass in progress.
     #[serde(default)]
     pub pass: Option<Pass>,
     /// The conversation-list fingerprint of the chat when its last pass or catch-up began.
@@ -107,21 +149,44 @@ pub struct HistoryCursor {
     /// Unix seconds when a pass last covered the trailing window.
     #[serde(default)]
     pub rescanned_at: i64,
+    /// The run that wrote this cursor (see [`RunContext::run`]).
+    #[serde(default)]
+    pub run: String,
+    /// Requests this chat made in that run.
+    #[serde(default)]
+    pub run_requests: u32,
 }
 
-/// A pass from the newest message down (see the module doc).
+/// A pass from a message down (see the module doc).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pass {
-    /// Page before this message next.
+    /// Page before this message next ("": from the newest).
     pub anchor_id: String,
-    /// The lowest seq seen so far in this pass.
+    /// The lowest seq seen so far in this pass (`i64::MAX`: none yet).
     pub anchor_seq: i64,
-    /// The newest archived seq when the pass began (0: nothing archived).
+    /// The messages seen just above the anchor, oldest first (a few).
+    #[serde(default)]
+    pub anchor_next: Vec<Anchor>,
+    /// The page below the anchor came back empty: asking below `anchor_next[i]` to confirm.
+    #[serde(default)]
+    pub confirm: Option<usize>,
+    /// Every confirmation anchor disappeared once already and the pass began again from
+    /// the newest message; the second time, the empty page is taken for the bottom.
+    #[serde(default)]
+    pub restarted: bool,
+    /// A back-fill: from the oldest archived message down (it leaves the cursor's `edits`,
+    /// which describe the newest messages, as they are).
+    #[serde(default)]
+    pub backfill: bool,
+    /// The newest archived seq when the pass began (0: nothing archived, or a pass that
+    /// must reach the oldest message).
     pub stop_seq: i64,
     /// Messages seen so far.
     pub covered: u32,
     pub top_seq: i64,
     pub top_id: String,
+    #[serde(default)]
+    pub top_ms: i64,
     /// This pass re-reads the trailing window (else it stops once caught up).
     #[serde(default)]
     pub window: bool,
@@ -138,6 +203,33 @@ struct DiscoveryState {
     address_book_at: i64,
     /// A short hash of each listed chat's last-message facts.
     chats: BTreeMap<String, String>,
+    /// When each listed chat's newest message was sent, as far as its entry says
+    /// ([`announced_ms`]).
+    #[serde(default)]
+    times: BTreeMap<String, u64>,
+}
+
+/// What this run's discovery saw, fixed for the run: fetches read it, never change it.
+#[derive(Clone, Debug, Default)]
+pub struct RunContext {
+    /// A fresh id per discovery; a cursor written by another run starts this run's work.
+    pub run: String,
+    /// Unix seconds when the run's discovery began: the run's "now".
+    pub now: i64,
+    /// The conversation-list fingerprint of each listed chat.
+    pub fingerprints: BTreeMap<String, String>,
+    /// When each listed chat's newest message was sent (ms), per the conversation list.
+    pub list_ms: BTreeMap<String, u64>,
+}
+
+impl RunContext {
+    fn new(now: i64) -> RunContext {
+        RunContext {
+            run: format!("{:016x}", rand::thread_rng().gen::<u64>()),
+            now,
+            ..RunContext::default()
+        }
+    }
 }
 
 pub struct YunhuConnector {
@@ -147,10 +239,8 @@ pub struct YunhuConnector {
     rescan_messages: u32,
     rescan_days: u32,
     rescan_every_minutes: u32,
-    /// Chats whose pass this run has begun (cleared by discovery).
-    begun: Mutex<HashSet<String>>,
-    /// The conversation-list fingerprint of each listed chat, from this run's discovery.
-    fingerprints: Mutex<BTreeMap<String, String>>,
+    /// Set by each discovery; read by fetches.
+    context: Mutex<Arc<RunContext>>,
 }
 
 impl fmt::Debug for YunhuConnector {
@@ -181,13 +271,15 @@ impl YunhuConnector {
             rescan_messages: cfg.rescan_messages,
             rescan_days: cfg.rescan_days,
             rescan_every_minutes: cfg.rescan_every_minutes,
-            begun: Mutex::new(HashSet::new()),
-            fingerprints: Mutex::new(BTreeMap::new()),
+            context: Mutex::new(Arc::new(RunContext::new(Utc::now().timestamp()))),
         })
     }
 
-    fn begun(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.begun.lock().unwrap_or_else(|e| e.into_inner())
+    fn context(&self) -> Arc<RunContext> {
+        self.context
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn conversation_list(
@@ -292,6 +384,14 @@ fn fingerprint(d: &pb::ConversationData) -> String {
     hex::encode(&digest[..8])
 }
 
+/// When a list entry says the chat's newest message was sent, in ms: `send_timestamp` (the
+/// message's send time, in seconds) or `timestamp_ms` (documented as the time the chat
+/// joined the list, equal to the message time in the one capture), whichever is later. A
+/// later value only makes the by-seq catch-up fall back to paging, never skip anything.
+fn announced_ms(d: &pb::ConversationData) -> u64 {
+    d.send_timestamp.saturating_mul(1000).max(d.timestamp_ms)
+}
+
 /// Whether a known chat must be read: its history is not complete, a pass is under way, or
 /// its list entry (`fingerprint`) is not the one its last pass was read at.
 fn needs_sync(k: &KnownConversation, fingerprint: Option<&String>) -> bool {
@@ -317,7 +417,6 @@ impl Connector for YunhuConnector {
     }
 
     async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
-        self.begun().clear();
         let previous: Option<DiscoveryState> = request
             .state
             .and_then(|c| serde_json::from_value(c.0.clone()).ok())
@@ -341,6 +440,7 @@ impl Connector for YunhuConnector {
         let mut listed = HashSet::new();
         if !list_unchanged {
             let mut fingerprints = BTreeMap::new();
+            let mut times = BTreeMap::new();
             for d in &list.data {
                 if d.chat_id.is_empty() {
                     discovery.quarantine.push(QuarantineRecord {
@@ -350,6 +450,7 @@ impl Connector for YunhuConnector {
                     continue;
                 }
                 fingerprints.insert(d.chat_id.clone(), fingerprint(d));
+                times.insert(d.chat_id.clone(), announced_ms(d));
                 listed.insert(d.chat_id.clone());
                 discovery.conversations.push(map::conversation(
                     &d.chat_id,
@@ -362,6 +463,7 @@ impl Connector for YunhuConnector {
             }
             state.md5 = list.md5.clone();
             state.chats = fingerprints;
+            state.times = times;
         }
         if sweep {
             let book = self.address_book().await?;
@@ -395,7 +497,12 @@ impl Connector for YunhuConnector {
                 .map(|k| k.conversation.conversation_id.clone())
                 .collect();
         }
-        *self.fingerprints.lock().unwrap_or_else(|e| e.into_inner()) = state.chats.clone();
+        let context = RunContext {
+            fingerprints: state.chats.clone(),
+            list_ms: state.times.clone(),
+            ..RunContext::new(now)
+        };
+        *self.context.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(context);
         discovery.state = Some(Cursor(json!(state)));
         Ok(discovery)
     }
@@ -412,26 +519,10 @@ impl Connector for YunhuConnector {
             )));
         }
         let chat = chat_of(request.conversation, &self.source)?;
-        // Several upstream pages of 30 make one page for the store, so that a transaction
-        // carries a few hundred messages rather than 30.
-        let mut wanted = Vec::new();
-        let mut merged = self.fetch_messages(&request, &chat, &mut wanted).await?;
-        for _ in 1..PAGES_PER_FETCH {
-            if merged.done || merged.messages.len() >= MESSAGES_PER_FETCH {
-                break;
-            }
-            let next = FetchRequest {
-                cursor: Some(&merged.next_cursor),
-                ..request.clone()
-            };
-            let more = self.fetch_messages(&next, &chat, &mut wanted).await?;
-            merged.messages.extend(more.messages);
-            merged.gaps.extend(more.gaps);
-            merged.quarantine.extend(more.quarantine);
-            merged.next_cursor = more.next_cursor;
-            merged.done = more.done;
-        }
-        self.attach_versions(&chat, &mut merged, wanted).await?;
-        Ok(merged)
+        let cursor = match request.cursor {
+            None => None,
+            Some(c) => Some(parse_cursor(c, &self.source)?),
+        };
+        self.fetch_history(&self.context(), &chat, cursor).await
     }
 }

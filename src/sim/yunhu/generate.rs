@@ -1,8 +1,9 @@
 //! Deterministic world generation: the same [`WorldSpec`] always yields the same world.
 //!
 //! Messages are laid out on one timeline, oldest first, over the chats with a skewed
-//! (Zipf-like) weight so a few chats are busy and most are quiet; every content type of
-//! spec §6.2 occurs, plus an unknown one. Edits, recalls and deletions-for-me are applied at
+//! (Zipf-like) weight so a few chats are busy and most are quiet; every content type the
+//! community documents occurs (`docs/upstreams/yunhu.md`, "Content types"), plus an unknown
+//! one. Edits, recalls and deletions-for-me are applied at
 //! the end of the timeline. Generation never reads the wall clock.
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ pub struct WorldSpec {
     pub token: String,
     /// Chats removed from the conversation list, still in the address book.
     pub unlisted_chats: usize,
-    /// Groups joined late: their history starts above seq 1 (spec §5, `history_msg`).
+    /// Groups joined late: their history starts above seq 1 (a group's `history_msg` off).
     pub late_joined_groups: usize,
     /// Per mille of messages deleted for the archiving user (seq gaps).
     pub hidden_per_mille: u32,
@@ -41,8 +42,8 @@ pub struct WorldSpec {
     pub edited_per_mille: u32,
     /// Per mille of messages recalled.
     pub recalled_per_mille: u32,
-    /// A recalled message's content is blanked in list results (else it is kept): spec
-    /// §11.3 leaves it open, so the fake does both.
+    /// A recalled message's content is blanked in list results (else it is kept): nobody
+    /// has documented which, so the fake does both.
     pub recall_blanks_content: bool,
 }
 
@@ -81,7 +82,7 @@ pub(super) fn lang_of(id: &str) -> Lang {
     }
 }
 
-/// Random content of a random type, every type of spec §6.2 plus an unknown one.
+/// Random content of a random type, every documented type plus an unknown one.
 fn random_content(rng: &mut StdRng, lang: Lang) -> (i64, pb::MsgContent) {
     let roll = rng.gen_range(0..100);
     let mut c = pb::MsgContent::default();
@@ -253,6 +254,9 @@ impl World {
             me: me.clone(),
             token: spec.token.clone(),
             recall_blanks_content: spec.recall_blanks_content,
+            by_seq: super::world::BySeq::default(),
+            edit_record_page_cap: super::server::EDIT_RECORD_PAGE_CAP,
+            edit_record_ignores_page: false,
             chats,
             clock_ms: spec
                 .end_time_ms

@@ -1,9 +1,12 @@
-//! A faithful fake Yunhu user-API server, following `specs/yunhu.md`, quirks included: real
-//! protobuf bodies, newest-first `list-message` pages of at most 30, the ~30-message window
-//! of `list-message-by-seq`, edit records whose `contentOld` is a JSON string, recalls that
-//! keep or blank content (a [`WorldSpec`] switch), the md5 shortcut of the conversation list,
-//! the JSON `-101` body for a bad token, seq gaps (messages deleted for the account, groups
-//! joined late), and fault injection ([`Faults`]).
+//! A faithful fake Yunhu user-API server, quirks included, following what
+//! `docs/upstreams/yunhu.md` writes down: real protobuf bodies, newest-first `list-message`
+//! pages of at most 30 that know no anchor the account cannot see, `list-message-by-seq`
+//! with its ~30-message window read each way the community's sources read it ([`BySeq`]),
+//! edit records whose `contentOld` is a JSON string carrying only the text, buttons and
+//! quoted text, recalls that keep or blank content (a [`WorldSpec`] switch), the md5
+//! shortcut of the conversation list, the JSON `-101` body for a bad token, seq gaps
+//! (messages deleted for the account, groups joined late, auto-delete), and fault injection
+//! ([`Faults`]).
 //!
 //! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
 //! `/v1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
@@ -19,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use super::serve::{self, RequestCounts};
 
 pub use faults::{Fault, FaultKind, Faults, Malformed};
-pub use server::{BY_SEQ_WINDOW, MAX_PAGE};
+pub use server::{BY_SEQ_WINDOW, EDIT_RECORD_PAGE_CAP, MAX_PAGE};
 pub use world::{
-    Activity, Chat, ChatTruth, EditRecord, Msg, MsgTruth, Person, World, WorldSpec, BOT, GROUP,
-    USER,
+    Activity, BySeq, Chat, ChatTruth, EditRecord, Msg, MsgTruth, Person, World, WorldSpec, BOT,
+    GROUP, USER,
 };
 
 /// A running fake server (the shared handle in [`crate::sim::serve`]).

@@ -1,6 +1,7 @@
 //! The axum router of the fake Yunhu server: protobuf in and out on the protobuf endpoints,
 //! JSON on the edit record, the JSON `-101` body for a bad token (even on protobuf
-//! endpoints, spec §1.1), request counting and fault injection.
+//! endpoints), request counting and fault injection. What each answer follows is written
+//! down in `docs/upstreams/yunhu.md`.
 //!
 //! Handlers lock the world only while computing an answer, never across an `.await`.
 
@@ -18,15 +19,18 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::faults::{FaultKind, Faults, Malformed};
-use super::world::World;
+use super::world::{BySeq, World};
 use crate::connector::yunhu::pb;
 use crate::sim::faults::Stage;
 use crate::sim::serve::{self, RequestCounts};
 
-/// The most `list-message` returns, whatever was asked (spec §4.5).
+/// The most `list-message` returns, whatever was asked (no client asks for more than 40).
 pub const MAX_PAGE: usize = 30;
-/// How far behind `list-message-by-seq` still answers the range asked for (spec §4.6).
+/// How far behind `list-message-by-seq` still answers the range asked for.
 pub const BY_SEQ_WINDOW: i64 = 30;
+/// The most edit-record rows one page returns by default, whatever `size` asked for (no
+/// public client asks for more than 20).
+pub const EDIT_RECORD_PAGE_CAP: usize = 30;
 
 #[derive(Clone)]
 pub(super) struct AppState {
@@ -58,7 +62,7 @@ pub(super) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The wrong method or path: HTTP 404 (spec §1).
+/// The wrong method or path: HTTP 404.
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "404 page not found").into_response()
 }
@@ -263,15 +267,21 @@ async fn list_message(State(state): State<AppState>, headers: HeaderMap, body: B
         let count = usize::try_from(request.msg_count)
             .unwrap_or(0)
             .min(MAX_PAGE);
+        // An anchor this account cannot see (deleted for it, auto-deleted, never there) is
+        // unknown: nothing comes back.
         let below = if request.msg_id.is_empty() {
             i64::MAX
         } else {
-            match chat.messages.iter().find(|m| m.msg_id == request.msg_id) {
+            match chat
+                .messages
+                .iter()
+                .find(|m| m.msg_id == request.msg_id && chat.visible(m))
+            {
                 Some(anchor) => anchor.seq,
                 None => 0,
             }
         };
-        // newest first (spec §4.5)
+        // newest first
         chat.messages
             .iter()
             .rev()
@@ -307,16 +317,19 @@ async fn list_message_by_seq(
             return refused("会话不存在");
         };
         let newest = chat.last_seq();
-        // further behind than the window: only the newest come back (spec §4.6)
-        let after = if newest - request.msg_start > BY_SEQ_WINDOW {
-            newest - BY_SEQ_WINDOW
-        } else {
-            request.msg_start
+        let far_behind = newest - request.msg_start > BY_SEQ_WINDOW;
+        // which seqs come back, by the reading the world follows
+        let (from, to) = match world.by_seq {
+            BySeq::Newer if far_behind => (newest - BY_SEQ_WINDOW + 1, newest),
+            BySeq::NewerOrNothing if far_behind => (1, 0),
+            BySeq::Newer | BySeq::NewerOrNothing => (request.msg_start + 1, newest),
+            BySeq::Older if request.msg_start <= 0 => (newest - BY_SEQ_WINDOW + 1, newest),
+            BySeq::Older => (request.msg_start - BY_SEQ_WINDOW, request.msg_start - 1),
         };
         // ascending: the order is unspecified, clients sort
         chat.messages
             .iter()
-            .filter(|m| m.seq > after && chat.visible(m))
+            .filter(|m| m.seq >= from && m.seq <= to && chat.visible(m))
             .map(|m| world.served(m))
             .collect::<Vec<_>>()
     };
@@ -337,12 +350,16 @@ async fn edit_record(State(state): State<AppState>, headers: HeaderMap, body: By
         .get("size")
         .and_then(Value::as_u64)
         .unwrap_or(10)
-        .clamp(1, 100) as usize;
-    let page = request
-        .get("page")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .max(1) as usize;
+        .clamp(1, world.edit_record_page_cap.max(1) as u64) as usize;
+    let page = if world.edit_record_ignores_page {
+        1
+    } else {
+        request
+            .get("page")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1) as usize
+    };
     let Some((_, msg)) = world.message(msg_id) else {
         return Json(json!({"code": 1, "data": {"list": [], "total": 0}, "msg": "success"}))
             .into_response();
@@ -352,7 +369,7 @@ async fn edit_record(State(state): State<AppState>, headers: HeaderMap, body: By
         .edits
         .iter()
         .rev()
-        .skip((page - 1) * size)
+        .skip((page - 1).saturating_mul(size))
         .take(size)
         .map(|e| {
             json!({

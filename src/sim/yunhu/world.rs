@@ -32,7 +32,9 @@ pub struct Person {
 pub struct EditRecord {
     pub id: i64,
     pub content_type: i64,
-    /// The replaced content as a JSON string (spec §4.8).
+    /// What the edit replaced, as a JSON string: only what an edit can change (the text,
+    /// the buttons, the quoted text), keys left out when empty (`docs/upstreams/yunhu.md`,
+    /// "Edit records").
     pub content_old: String,
     pub create_time: u64,
     /// When this content was replaced.
@@ -80,10 +82,31 @@ impl Chat {
     }
 }
 
+/// How `list-message-by-seq` reads its `msg_start`: the community's sources disagree
+/// (`docs/upstreams/yunhu.md`, "list-message-by-seq"), so the fake can answer each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BySeq {
+    /// The messages after `msg_start`; more than [`super::BY_SEQ_WINDOW`] behind the
+    /// newest, only the newest that many (the documentation's reading).
+    #[default]
+    Newer,
+    /// The messages after `msg_start`; more than the window behind, nothing.
+    NewerOrNothing,
+    /// The window of messages before `msg_start` (one client loads older history this
+    /// way); `msg_start` 0 gives the newest.
+    Older,
+}
+
 pub struct World {
     pub me: Person,
     pub token: String,
     pub recall_blanks_content: bool,
+    /// How `list-message-by-seq` answers.
+    pub by_seq: BySeq,
+    /// The most edit-record rows one page returns, whatever `size` asked for.
+    pub edit_record_page_cap: usize,
+    /// Every edit-record page is the first (a server that ignores `page`).
+    pub edit_record_ignores_page: bool,
     pub chats: Vec<Chat>,
     pub(super) clock_ms: u64,
     pub(super) next_edit_id: i64,
@@ -192,8 +215,43 @@ impl World {
         Some(self.post(ci, from, 1, content))
     }
 
+    /// Post a message of any content now, quoting `quote_msg_id` if not empty. `None` if
+    /// the chat or the sender is unknown.
+    pub fn post_content(
+        &mut self,
+        chat_id: &str,
+        from_id: &str,
+        content_type: i64,
+        content: pb::MsgContent,
+        quote_msg_id: &str,
+    ) -> Option<String> {
+        let ci = self.chats.iter().position(|c| c.chat_id == chat_id)?;
+        let from = self.chats[ci]
+            .members
+            .iter()
+            .find(|p| p.id == from_id)?
+            .clone();
+        self.tick();
+        let msg_id = self.post(ci, from, content_type, content);
+        let (c, m) = self.index[&msg_id];
+        self.chats[c].messages[m].quote_msg_id = quote_msg_id.to_string();
+        Some(msg_id)
+    }
+
     /// Edit a message's text now: the old content goes to its edit record.
     pub fn edit_text(&mut self, msg_id: &str, text: &str) -> bool {
+        let Some((c, m)) = self.index.get(msg_id).copied() else {
+            return false;
+        };
+        let mut content = self.chats[c].messages[m].content.clone();
+        content.text = text.to_string();
+        self.edit(msg_id, content)
+    }
+
+    /// Edit a message now: `new` replaces the text, the buttons and the quoted text (what
+    /// an edit can change; the rest of `new` is ignored), and the edit record keeps what
+    /// they were.
+    pub fn edit(&mut self, msg_id: &str, new: pb::MsgContent) -> bool {
         let Some((c, m)) = self.index.get(msg_id).copied() else {
             return false;
         };
@@ -205,19 +263,29 @@ impl World {
         if msg.recall_time > 0 || !matches!(msg.content_type, 1 | 3 | 8) {
             return false;
         }
-        let mut old = json!({"text": msg.content.text});
-        if !msg.content.buttons.is_empty() {
-            old["buttons"] = json!(msg.content.buttons);
+        let mut old = serde_json::Map::new();
+        if !msg.content.text.is_empty() {
+            old.insert("text".into(), json!(msg.content.text));
         }
-        let old = old.to_string();
+        if !msg.content.buttons.is_empty() {
+            // kept as the JSON it is, an array of button rows, not as a string
+            let buttons = serde_json::from_str::<serde_json::Value>(&msg.content.buttons)
+                .unwrap_or_else(|_| json!(msg.content.buttons));
+            old.insert("buttons".into(), buttons);
+        }
+        if !msg.content.quote_msg_text.is_empty() {
+            old.insert("quote_msg_text".into(), json!(msg.content.quote_msg_text));
+        }
         msg.edits.push(EditRecord {
             id,
             content_type: msg.content_type,
-            content_old: old,
+            content_old: serde_json::Value::Object(old).to_string(),
             create_time: msg.send_time,
             msg_time: now,
         });
-        msg.content.text = text.to_string();
+        msg.content.text = new.text;
+        msg.content.buttons = new.buttons;
+        msg.content.quote_msg_text = new.quote_msg_text;
         msg.edit_time = now;
         true
     }
@@ -236,13 +304,32 @@ impl World {
         true
     }
 
-    /// Delete a message for the archiving user (it is never listed again).
+    /// Delete a message for the archiving user (it is never listed again, and is no
+    /// anchor for `list-message` any more).
     pub fn hide(&mut self, msg_id: &str) -> bool {
         let Some((c, m)) = self.index.get(msg_id).copied() else {
             return false;
         };
         self.chats[c].messages[m].hidden = true;
         true
+    }
+
+    /// A group's auto-delete: every message of `chat_id` up to `seq` disappears for the
+    /// archiving user. Returns how many did.
+    pub fn auto_delete_up_to(&mut self, chat_id: &str, seq: i64) -> usize {
+        let Some(chat) = self.chat_mut(chat_id) else {
+            return 0;
+        };
+        let mut n = 0;
+        for m in chat
+            .messages
+            .iter_mut()
+            .filter(|m| m.seq <= seq && !m.hidden)
+        {
+            m.hidden = true;
+            n += 1;
+        }
+        n
     }
 
     pub fn chat(&self, chat_id: &str) -> Option<&Chat> {
