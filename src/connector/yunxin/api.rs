@@ -159,8 +159,10 @@ pub fn classify(
             .cloned()
             .unwrap_or(Value::Null)),
         416 => Err(ConnectorError::RateLimited { retry_after: None }),
-        500 | 503 | 514 => Err(ConnectorError::Transient(format!(
-            "{what}: upstream code {code} (server busy or failing): {msg}"
+        // 408: the status table's "client request times out"; 500/503/514 server error,
+        // busy, unavailable
+        408 | 500 | 503 | 514 => Err(ConnectorError::Transient(format!(
+            "{what}: upstream code {code} (timed out, server busy or failing): {msg}"
         ))),
         414 => Err(ConnectorError::Permanent(format!(
             "{what}: upstream refused the request (code 414, parameter or signature error: {msg}); \
@@ -266,7 +268,7 @@ mod tests {
                 Err(ConnectorError::Permanent(_))
             ));
         }
-        for code in [500, 503, 514] {
+        for code in [408, 500, 503, 514] {
             let body = format!(r#"{{"code":{code},"msg":"busy","data":{{}}}}"#);
             assert!(matches!(ok(&body), Err(ConnectorError::Transient(_))));
         }
