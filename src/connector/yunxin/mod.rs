@@ -170,13 +170,13 @@ impl YunxinConnector {
                 self.source
             ))
         })?;
-        if parsed.v != CURSOR_VERSION {
+        if parsed.v != CURSOR_VERSION && parsed.v != 1 {
             return Err(permanent(format!(
                 "yunxin source {}: messages cursor version {} is not {CURSOR_VERSION}; run with --full",
                 self.source, parsed.v
             )));
         }
-        Ok(parsed)
+        Ok(read::upgrade(parsed, self.planner.rescan_ms))
     }
 
     /// Every conversation of one account, page by page. Ends on `has_more: false`; a page

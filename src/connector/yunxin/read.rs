@@ -12,7 +12,8 @@ use serde_json::json;
 
 use crate::model::Cursor;
 
-pub(super) const CURSOR_VERSION: u32 = 1;
+/// 2: the cursor keeps a [`SenseMark`]. Version 1 cursors are still read ([`upgrade`]).
+pub(super) const CURSOR_VERSION: u32 = 2;
 /// Each incremental read starts this far before the watermark: whether `begin_time` and
 /// `end_time` are inclusive is not documented, and a message can be stamped a little
 /// before it becomes readable. Also how long after a read its newest messages count as
@@ -149,6 +150,27 @@ impl MsgCursor {
         }
         self.pending = merged;
     }
+}
+
+/// A version 1 cursor as version 2. Before the mark existed, every whole rescan marked each
+/// message it saw only with the no-sense flag recalled, so the window the last run covered
+/// (up to `covered_to`) counts as seen, with nothing flagged: a message of it that comes
+/// back only with the flag was seen normally then, or is already marked.
+pub(super) fn upgrade(mut cur: MsgCursor, rescan_ms: i64) -> MsgCursor {
+    if cur.v != 1 {
+        return cur;
+    }
+    cur.v = CURSOR_VERSION;
+    if let (None, Some(end), true) = (&cur.sense, cur.covered_to, rescan_ms > 0) {
+        let from = end.saturating_sub(rescan_ms);
+        cur.sense = Some(SenseMark {
+            from,
+            to: (end - OVERLAP_MS).max(from),
+            end,
+            ..SenseMark::default()
+        });
+    }
+    cur
 }
 
 /// The reads of one conversation in one run.
@@ -589,6 +611,19 @@ mod tests {
         let c: MsgCursor = serde_json::from_value(old.clone()).unwrap();
         assert_eq!(c.read.as_ref().unwrap().page, 0);
         assert!(c.pending.is_empty() && c.sense.is_none());
+        // version 1 had marked every no-sense message of its rescan recalled: its window
+        // counts as seen
+        let up = upgrade(c.clone(), 7 * DAY_MS);
+        assert_eq!(up.v, CURSOR_VERSION);
+        let mark = up.sense.clone().unwrap();
+        assert_eq!((mark.from, mark.end), (5 - 7 * DAY_MS, 5));
+        assert!(mark.flagged.is_empty() && !mark.overflow);
+        assert_eq!(upgrade(up.clone(), 7 * DAY_MS), up, "only once");
+        assert_eq!(
+            upgrade(c.clone(), 0).sense,
+            None,
+            "no rescan, nothing decided"
+        );
         // nothing new is written for a cursor without the new state
         let back = serde_json::to_value(MsgCursor { read: None, ..c }).unwrap();
         assert!(back.get("pending").is_none() && back.get("sense").is_none());
