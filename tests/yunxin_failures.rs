@@ -115,10 +115,18 @@ impl Template {
             sqlx::PgConnection::connect_with(&self.options.clone().database("postgres"))
                 .await
                 .expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {}", self.name))
-            .execute(&mut admin)
-            .await
-            .expect("copy the test database");
+        // a connection closed by the client can linger a moment on the server, and a
+        // database being used cannot be a template (SQLSTATE 55006): try again shortly
+        let sql = format!("CREATE DATABASE {name} TEMPLATE {}", self.name);
+        let mut tries = 0;
+        while let Err(e) = sqlx::query(&sql).execute(&mut admin).await {
+            let busy = e
+                .as_database_error()
+                .is_some_and(|d| d.code().as_deref() == Some("55006"));
+            tries += 1;
+            assert!(busy && tries < 100, "copy the test database: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = admin.close().await;
         let t = Template {
             options: self.options.clone(),
