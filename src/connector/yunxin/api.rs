@@ -1,6 +1,7 @@
-//! Yunxin HTTP calls: the CheckSum signature (spec §2), the `{code, msg, data}` envelope
-//! and error classification (§3). Nothing is retried here. Error texts name the source,
-//! the method and the path, never a header, the app secret or a query string.
+//! Yunxin HTTP calls: the CheckSum signature, the `{code, msg, data}` envelope and error
+//! classification (`docs/upstreams/yunxin.md`, "Signing" and "Errors and rate limits").
+//! Nothing is retried here. Error texts name the source, the method and the path, never a
+//! header, the app secret or a query string.
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ const MAX_RAW_BODY: usize = 64 * 1024;
 /// Path segment encoding: everything but unreserved characters (`|` becomes `%7C`).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
-/// `hex_lower(SHA1(app_secret ‖ nonce ‖ cur_time))` (spec §2.1).
+/// `hex_lower(SHA1(app_secret ‖ nonce ‖ cur_time))`.
 pub fn checksum(app_secret: &str, nonce: &str, cur_time: &str) -> String {
     let mut h = Sha1::new();
     h.update(app_secret.as_bytes());
@@ -115,7 +116,10 @@ impl Api {
     }
 }
 
-/// Turn an HTTP answer into `data` or a classified error (spec §3.1, §3.3).
+/// Turn an HTTP answer into `data` or a classified error. The IM API answers HTTP 200
+/// with the outcome in `code`; any other HTTP status comes from the path to it (a proxy,
+/// a load balancer): 429 is a rate limit, 408 and 5xx are worth retrying, the rest of 4xx
+/// are not.
 pub fn classify(
     what: &str,
     status: StatusCode,
@@ -125,7 +129,7 @@ pub fn classify(
     if status == StatusCode::TOO_MANY_REQUESTS {
         return Err(ConnectorError::RateLimited { retry_after });
     }
-    if status.is_server_error() {
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return Err(ConnectorError::Transient(format!("{what}: HTTP {status}")));
     }
     if !status.is_success() {
@@ -155,8 +159,10 @@ pub fn classify(
             .cloned()
             .unwrap_or(Value::Null)),
         416 => Err(ConnectorError::RateLimited { retry_after: None }),
-        500 | 503 | 514 => Err(ConnectorError::Transient(format!(
-            "{what}: upstream code {code} (server busy or failing): {msg}"
+        // 408: the status table's "client request times out"; 500/503/514 server error,
+        // busy, unavailable
+        408 | 500 | 503 | 514 => Err(ConnectorError::Transient(format!(
+            "{what}: upstream code {code} (timed out, server busy or failing): {msg}"
         ))),
         414 => Err(ConnectorError::Permanent(format!(
             "{what}: upstream refused the request (code 414, parameter or signature error: {msg}); \
@@ -185,7 +191,7 @@ mod tests {
 
     #[test]
     fn checksum_vectors() {
-        // spec §2.2: plain concatenation, SHA-1, lowercase hex
+        // plain concatenation, SHA-1, lowercase hex (vectors computed with sha1sum)
         assert_eq!(
             checksum("0123456789ab", "4tgggergigwow323t23t", "1443592222"),
             "2b3c3ba113c760606d5830e4d807ad8490040efd"
@@ -248,5 +254,36 @@ mod tests {
             classify("x", StatusCode::TOO_MANY_REQUESTS, b"", None),
             Err(ConnectorError::RateLimited { .. })
         ));
+        assert!(matches!(
+            classify("x", StatusCode::REQUEST_TIMEOUT, b"", None),
+            Err(ConnectorError::Transient(_))
+        ));
+        for status in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::FORBIDDEN,
+            StatusCode::NOT_FOUND,
+        ] {
+            assert!(matches!(
+                classify("x", status, b"", None),
+                Err(ConnectorError::Permanent(_))
+            ));
+        }
+        for code in [408, 500, 503, 514] {
+            let body = format!(r#"{{"code":{code},"msg":"busy","data":{{}}}}"#);
+            assert!(matches!(ok(&body), Err(ConnectorError::Transient(_))));
+        }
+        for code in [403, 404, 414, 417, 107404, 108404] {
+            let body = format!(r#"{{"code":{code},"msg":"no","data":{{}}}}"#);
+            assert!(
+                matches!(ok(&body), Err(ConnectorError::Permanent(_))),
+                "{code}"
+            );
+        }
+        // a 200 without data is an empty answer, and `ret` is read where `data` is missing
+        assert_eq!(ok(r#"{"code":200,"msg":"success"}"#).unwrap(), Value::Null);
+        assert_eq!(
+            ok(r#"{"code":200,"ret":{"k":1}}"#).unwrap()["k"].as_i64(),
+            Some(1)
+        );
     }
 }

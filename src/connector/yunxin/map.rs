@@ -1,5 +1,8 @@
-//! Pure mapping of Yunxin payloads (spec §4–§7) to observations. Ids above 2^53 stay exact:
-//! `serde_json` keeps integers as `i64`/`u64`, and numbers sent as strings are accepted.
+//! Pure mapping of Yunxin payloads to observations (the fields and their meaning:
+//! `docs/upstreams/yunxin.md`, "Identifiers", "Conversations", "Paging", "Quick comments").
+//! Ids above 2^53 stay exact: `serde_json` keeps integers as `i64`/`u64`, and numbers sent
+//! as strings are accepted. Every item gives an observation or a reason to quarantine it;
+//! nothing here panics, whatever the input.
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -9,7 +12,7 @@ use crate::model::{
     MessageObservation, ReactionState,
 };
 
-/// An integer field, as a JSON integer or a decimal string (spec §4.2).
+/// An integer field, as a JSON integer or a decimal string.
 pub fn int(v: &Value, key: &str) -> Option<i64> {
     match v.get(key)? {
         Value::Number(n) => n.as_i64(),
@@ -26,11 +29,18 @@ pub fn string(v: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// Upstream times are Unix milliseconds; anything before 1970 or after 9999 is not one.
+pub const MAX_MS: i64 = 253_402_300_799_999;
+
+/// A Unix-millisecond time, if it is one PostgreSQL and the archive can hold.
 pub fn ms_to_time(ms: i64) -> Option<DateTime<Utc>> {
+    if !(0..=MAX_MS).contains(&ms) {
+        return None;
+    }
     DateTime::from_timestamp_millis(ms)
 }
 
-/// A conversation object (§5.3). Only the facts worth a `conversation_changed` event go
+/// A conversation object. Only the facts worth a `conversation_changed` event go
 /// into `metadata`; `update_time` and friends move with every message and are returned
 /// separately.
 pub fn conversation(item: &Value) -> Result<(ConversationObservation, i64), String> {
@@ -80,7 +90,7 @@ pub fn conversation(item: &Value) -> Result<(ConversationObservation, i64), Stri
     ))
 }
 
-/// The kind and searchable text of a message type (§4.3, §6.3).
+/// The kind of a message type.
 pub fn kind_of(message_type: i64) -> MessageKind {
     match message_type {
         0 | 11 => MessageKind::Text,
@@ -95,20 +105,50 @@ pub fn kind_of(message_type: i64) -> MessageKind {
     }
 }
 
-/// The identity of a message for the quick-comment query (§7.4).
+/// A message's non-empty `message_client_id`.
+pub fn client_id(item: &Value) -> Option<String> {
+    string(item, "message_client_id").filter(|s| !s.is_empty())
+}
+
+/// The identity of a message for the quick-comment query: the six keys the API requires
+/// (a missing client id is sent as `""`; such messages are asked for apart).
 pub fn comment_key(item: &Value) -> Value {
+    let receiver = string(item, "receiver_id")
+        .filter(|s| !s.is_empty())
+        .or_else(|| string(item, "team_id"));
     json!({
-        "conversation_type": item.get("conversation_type"),
-        "sender_id": item.get("sender_id"),
-        "receiver_id": item.get("receiver_id").cloned().or_else(|| item.get("team_id").map(|t| json!(t.to_string()))),
-        "message_server_id": item.get("message_server_id"),
-        "message_client_id": item.get("message_client_id").cloned().unwrap_or(json!("")),
-        "create_time": item.get("create_time"),
+        "conversation_type": int(item, "conversation_type"),
+        "sender_id": string(item, "sender_id"),
+        "receiver_id": receiver,
+        "message_server_id": int(item, "message_server_id"),
+        "message_client_id": client_id(item).unwrap_or_default(),
+        "create_time": int(item, "create_time"),
     })
 }
 
-/// A history item (§6.2) as a full observation. `comments`: the item's quick comments
-/// from the batch query, `None` when the query did not answer for it.
+/// A quick-comment list as reactions (each comment's `index` is the emoji), sorted and
+/// without duplicates; `None` unless it is an array of comments that all name their
+/// operator and index: a list read only in part would end the reactions it left out.
+pub fn reactions(comments: &Value) -> Option<Vec<ReactionState>> {
+    let mut out: Vec<ReactionState> = comments
+        .as_array()?
+        .iter()
+        .map(|c| {
+            Some(ReactionState {
+                user_id: string(c, "operator_id").filter(|s| !s.is_empty())?,
+                user_name: None,
+                emoji: int(c, "index")?.to_string(),
+            })
+        })
+        .collect::<Option<_>>()?;
+    out.sort();
+    out.dedup();
+    Some(out)
+}
+
+/// A history item as a full observation. `comments`: the item's quick comments from the
+/// batch query, `None` when the query did not answer for it (or answered in a shape that
+/// cannot be read): its reactions are then left as they are.
 pub fn message(
     conversation_id: &str,
     item: &Value,
@@ -159,21 +199,7 @@ pub fn message(
     if let Some(r) = &reply {
         content.insert("reply_to".into(), json!(r));
     }
-    let reactions = comments.map(|list| {
-        list.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| {
-                        Some(ReactionState {
-                            user_id: string(c, "operator_id")?,
-                            user_name: None,
-                            emoji: int(c, "index")?.to_string(),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
+    let reactions = comments.and_then(reactions);
     Ok(MessageObservation {
         conversation_id: conversation_id.to_string(),
         message_id: id.to_string(),
@@ -277,5 +303,147 @@ mod tests {
             }]
         );
         assert_eq!(m.raw["quick_comments"][0]["extension"], "{}");
+    }
+
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The field names the mapper reads, and a few it does not.
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "message_server_id",
+                    "create_time",
+                    "message_type",
+                    "sub_type",
+                    "text",
+                    "attachment",
+                    "extension",
+                    "modify_time",
+                    "modify_account_id",
+                    "sender_id",
+                    "receiver_id",
+                    "team_id",
+                    "message_client_id",
+                    "conversation_type",
+                    "thread_config",
+                    "thread_reply",
+                    "conversation_id",
+                    "type",
+                    "stick_top",
+                    "group_ids",
+                    "server_extension",
+                    "message_state",
+                    "revoke_notification",
+                    "update_time",
+                    "operator_id",
+                    "index",
+                    "name",
+                    "title",
+                    "server_id",
+                ])
+                .prop_map(str::to_string),
+                "[a-z_]{1,8}",
+            ]
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (0i64..4_000_000_000_000).prop_map(Value::from),
+                any::<f64>().prop_filter_map("finite", |f| {
+                    serde_json::Number::from_f64(f).map(Value::Number)
+                }),
+                "-?[0-9]{1,22}".prop_map(Value::from),
+                "[a-z0-9|]{0,12}".prop_map(Value::from),
+                "\\PC{0,16}".prop_map(Value::from),
+                Just(Value::from("a\u{0}b")),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(3, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// An object with any of the mapper's fields, each holding anything; often with
+        /// the fields a message or a conversation needs, so both outcomes are exercised.
+        fn record() -> impl Strategy<Value = Value> {
+            let fields = || prop::collection::btree_map(key(), value(), 0..12);
+            prop_oneof![
+                fields().prop_map(|m| Value::Object(m.into_iter().collect())),
+                value(),
+                (
+                    fields(),
+                    any::<i64>(),
+                    prop_oneof![any::<i64>(), 0i64..4_000_000_000_000],
+                    -2i64..120
+                )
+                    .prop_map(|(m, id, t, ty)| {
+                        let mut o: Map<String, Value> = m.into_iter().collect();
+                        o.insert("message_server_id".into(), json!(id));
+                        o.insert("create_time".into(), json!(t));
+                        o.insert("message_type".into(), json!(ty));
+                        Value::Object(o)
+                    }),
+                (fields(), "[a-z\\x00]{0,5}\\|[0-9]{1,2}\\|[a-z0-9]{0,6}").prop_map(|(m, id)| {
+                    let mut o: Map<String, Value> = m.into_iter().collect();
+                    o.insert("conversation_id".into(), json!(id));
+                    Value::Object(o)
+                }),
+            ]
+        }
+
+        fn size(v: &impl serde::Serialize) -> usize {
+            serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any message and comment list gives an observation or a reason (for the
+            /// quarantine), never a panic, and the output is bounded by the input.
+            #[test]
+            fn any_message_maps_or_is_refused(item in record(), comments in proptest::option::of(value())) {
+                let input = size(&item) + comments.as_ref().map_or(0, size);
+                match message("c", &item, comments.as_ref()) {
+                    Ok(m) => {
+                        prop_assert!(size(&m) <= 6 * input + 4096, "{} from {}", size(&m), input);
+                        prop_assert_eq!(Some(m.message_id.clone()),
+                            int(&item, "message_server_id").map(|i| i.to_string()));
+                        let sent = m.header.as_ref().map(|h| h.sent_at.timestamp_millis());
+                        prop_assert!(sent.is_some_and(|t| (0..=MAX_MS).contains(&t)));
+                        if let Some(r) = &m.reactions {
+                            let n = comments.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
+                            prop_assert!(r.len() <= n);
+                        }
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty() && reason.len() <= 200 + input),
+                }
+                prop_assert!(size(&comment_key(&item)) <= 2 * input + 512);
+            }
+
+            /// Any conversation object gives an observation or a reason, bounded.
+            #[test]
+            fn any_conversation_maps_or_is_refused(item in record()) {
+                let input = size(&item);
+                match conversation(&item) {
+                    Ok((c, _)) => {
+                        prop_assert!(size(&c) <= 4 * input + 1024, "{} from {}", size(&c), input);
+                        prop_assert!(!c.conversation_id.is_empty());
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty() && reason.len() <= 200 + input),
+                }
+            }
+        }
     }
 }

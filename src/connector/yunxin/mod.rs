@@ -1,37 +1,51 @@
-//! NetEase Yunxin (网易云信) connector (spec `specs/yunxin.md`): signed v2.1 reads of the
-//! cloud conversations of configured accounts, their history in time windows, and the
-//! re-reads that catch what upstream changes or removes afterwards.
+//! NetEase Yunxin (网易云信) connector: signed v2.1 reads of the cloud conversations of
+//! configured accounts, their history in time windows, and the re-reads that catch what
+//! upstream changes or removes afterwards. What it relies on about the upstream, and how
+//! sure that is: `docs/upstreams/yunxin.md`.
 //!
-//! It only fetches and maps (STYLE rule 3). HTTP, signing and error classification live in
-//! [`api`], pure mapping in [`map`].
+//! It only fetches and maps. HTTP, signing and error classification live in [`api`], pure
+//! mapping in [`map`], the cursor and the plan of a run's reads in [`read`], the run's
+//! memory of them in [`memo`], paging in [`history`], quick comments in [`comments`].
 //!
 //! Yunxin has no sequence numbers and no change feed. The one feed, `messages`, keeps a
-//! per-conversation cursor (versioned JSON):
-//! `{"v":1, "covered_to":ms, "newest":ms, "oldest":ms, "sweep_end":ms, "swept_at":ms,
-//!   "read":{...}}`. Every `create_time ≤ covered_to` has been read. A run plans one *read*:
+//! per-conversation cursor (versioned JSON, [`read::MsgCursor`]). Every
+//! `create_time ≤ covered_to` has been read. A run reads in phases, each a window paged
+//! with `page_token` until `has_more` is false and persisted page by page:
 //! - `all`: `[covered_to − overlap, now − lag]` widened back to the rescan window
-//!   (`rescan_days`), or everything from `history_start` on the first run, paged with
-//!   `page_token` until `has_more` is false. Only a complete read moves `covered_to`; an
-//!   interrupted one resumes from its last committed page;
-//! - `sense`: the rescan window again without no-sense messages: ids only the first read
-//!   returned are one-way recalled (or one-way deleted) and get a recall mark. When both
-//!   reads were whole, they yield a [`WindowObservation`]: held messages of the rescan
-//!   window that neither read returned are marked deleted ("absent upstream"), content kept;
-//! - `sweep`: once a day per conversation, one older 30-day window is re-read, rotating
-//!   backwards through the history, for quick comments added to old messages.
+//!   (`rescan_days`), or everything from `history_start` on the first run. Only a complete
+//!   read moves `covered_to`; an interrupted one resumes past its last committed page;
+//! - `sense`: the rescan window again without no-sense messages. When both reads were whole
+//!   in this run, held messages of the window that neither returned are marked deleted
+//!   ("absent upstream", content kept), and a message only the first returned is marked
+//!   recalled if an earlier run saw it without the flag (a one-way recall); one never seen
+//!   without it was sent with a no-sense flag and is left alone (the cursor's `sense` mark
+//!   remembers which);
+//! - `retry`: windows whose quick comments could not be read on an earlier run;
+//! - `sweep`: once a day per conversation, one older 30-day window, rotating backwards
+//!   through the history, for quick comments added to old messages.
 //!
-//! Each page's messages get their quick comments from the batch query (one call per page).
-//! The conversation's `revoke_notification` marks its last message recalled.
+//! Each page's messages get their quick comments from the batch query; a failed query
+//! never holds the page back ([`comments`]). The conversation's `revoke_notification`
+//! marks its last message recalled.
 //!
-//! Per-run memory (reset by each planned read): which ids each read returned, for the
-//! absence and no-sense decisions. A read resumed after a crash has lost it and so never
-//! produces either (no false deletions).
+//! A fetch is a function of the request and the cursor: the run's memory (which ids each
+//! read returned, the tokens it used) is keyed by page and replaced when a page is fetched
+//! again, and the decisions that need it are taken only when it holds every page of the
+//! read ([`memo`]). A read resumed in a later run has lost it and decides nothing.
+//!
+//! Every read ends: a page token met twice in one read, a run of pages with nothing new,
+//! or more pages than a run allows stop that conversation with an error.
 
 pub mod api;
+mod comments;
+mod history;
 pub mod map;
+mod memo;
+mod read;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -41,92 +55,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use self::api::Api;
+use self::memo::ConvMemo;
+use self::read::{MsgCursor, Planner, CURSOR_VERSION, DAY_MS, LAG_MS, SWEEP_EVERY_MS};
 use super::http::HttpClient;
 use super::{Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched};
 use crate::config::{SourceConfig, YunxinConfig};
-use crate::model::{
-    ConversationObservation, Cursor, Mark, MessageObservation, Platform, QuarantineRecord,
-    SourceName, WindowObservation,
-};
+use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, SourceName};
 
 pub const FEED_MESSAGES: &str = "messages";
-const CURSOR_VERSION: u32 = 1;
-/// The history call's maximum `limit` (spec §6.1).
-const PAGE_LIMIT: usize = 100;
-/// Conversations per batch refresh and messages per quick-comment query.
-const BATCH: usize = 100;
-/// Each incremental read starts this far before the watermark (boundary inclusivity is
-/// undocumented, §10 question 2; clocks jitter).
-const OVERLAP_MS: i64 = 5 * 60_000;
-/// Reads end this far before now, so messages still being written are not half seen.
-const LAG_MS: i64 = 5_000;
-const SWEEP_WINDOW_MS: i64 = 30 * 86_400_000;
-const SWEEP_EVERY_MS: i64 = 86_400_000;
-const DAY_MS: i64 = 86_400_000;
-const ABSENT: &str =
-    "absent upstream: two-way recalled or deleted (the API does not tell them apart)";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Phase {
-    All,
-    Sense,
-    Sweep,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Order {
-    Asc,
-    Desc,
-}
-
-/// One planned window read, persisted in the cursor page by page.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Read {
-    /// The connector instance (run) that planned it; page tokens are only reused by it.
-    run: String,
-    phase: Phase,
-    begin: i64,
-    end: i64,
-    /// Where the rescan (absence and no-sense decisions) starts, if this run rescans.
-    rescan_from: Option<i64>,
-    /// The older window to sweep after the rescan, if due.
-    sweep: Option<(i64, i64)>,
-    token: Option<String>,
-    order: Option<Order>,
-    last_time: Option<i64>,
-    /// Read from `begin` in this run without a restart: absence decisions are allowed.
-    whole: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct MsgCursor {
-    v: u32,
-    covered_to: Option<i64>,
-    newest: Option<i64>,
-    oldest: Option<i64>,
-    sweep_end: Option<i64>,
-    swept_at: Option<i64>,
-    read: Option<Read>,
-}
-
-impl MsgCursor {
-    fn to_cursor(&self) -> Cursor {
-        Cursor(serde_json::to_value(self).unwrap_or_else(|_| json!({"v": CURSOR_VERSION})))
-    }
-}
-
-/// What the reads of this run returned, per conversation.
-#[derive(Default)]
-struct Seen {
-    present: HashSet<String>,
-    /// Ids returned by the `all` read with `create_time ≥ rescan_from`.
-    recent: Vec<String>,
-    sense: HashSet<String>,
-    /// An item came without a usable id: no absence or no-sense decision for this read.
-    broken: bool,
-}
+/// Pages of one account's conversation list, at most (a million conversations).
+const MAX_LIST_PAGES: usize = 10_000;
 
 #[derive(Default, Serialize, Deserialize)]
 struct SourceState {
@@ -139,10 +77,11 @@ pub struct YunxinConnector {
     api: Api,
     source: SourceName,
     accounts: Vec<String>,
-    history_start: i64,
-    rescan_ms: i64,
-    run: String,
-    seen: Mutex<HashMap<String, Seen>>,
+    planner: Planner,
+    /// Plans made by this run (each read carries the number of its plan).
+    plans: AtomicU64,
+    /// The run's memory of its reads, per conversation.
+    memory: Mutex<HashMap<String, ConvMemo>>,
 }
 
 impl fmt::Debug for YunxinConnector {
@@ -151,8 +90,8 @@ impl fmt::Debug for YunxinConnector {
             .field("source", &self.source)
             .field("base_url", &self.api.base_url())
             .field("accounts", &self.accounts)
-            .field("history_start", &self.history_start)
-            .field("rescan_ms", &self.rescan_ms)
+            .field("history_start", &self.planner.history_start)
+            .field("rescan_ms", &self.planner.rescan_ms)
             .finish()
     }
 }
@@ -196,19 +135,26 @@ impl YunxinConnector {
             ),
             source: source.name.clone(),
             accounts: cfg.accounts.clone(),
-            history_start: cfg
-                .history_start
-                .map(|t| t.timestamp_millis())
-                .unwrap_or(0)
-                .max(0),
-            rescan_ms: i64::from(cfg.rescan_days).saturating_mul(DAY_MS),
-            run,
-            seen: Mutex::new(HashMap::new()),
+            planner: Planner {
+                run,
+                history_start: cfg
+                    .history_start
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(0)
+                    .max(0),
+                rescan_ms: i64::from(cfg.rescan_days).saturating_mul(DAY_MS),
+            },
+            plans: AtomicU64::new(1),
+            memory: Mutex::new(HashMap::new()),
         })
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<String, ConvMemo>> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_plan(&self) -> u64 {
+        self.plans.fetch_add(1, Ordering::Relaxed)
     }
 
     fn parse_cursor(&self, cursor: Option<&Cursor>) -> Result<MsgCursor, ConnectorError> {
@@ -224,452 +170,26 @@ impl YunxinConnector {
                 self.source
             ))
         })?;
-        if parsed.v != CURSOR_VERSION {
+        if parsed.v != CURSOR_VERSION && parsed.v != 1 {
             return Err(permanent(format!(
                 "yunxin source {}: messages cursor version {} is not {CURSOR_VERSION}; run with --full",
                 self.source, parsed.v
             )));
         }
-        Ok(parsed)
+        Ok(read::upgrade(parsed, self.planner.rescan_ms))
     }
 
-    /// The read a run starts with, or `None` when there is nothing to read.
-    fn plan(&self, cur: &MsgCursor, now: i64) -> Option<Read> {
-        let end = now - LAG_MS;
-        let floor = self.history_start;
-        // the rescan window: absence and one-way recall decisions (also on a first read,
-        // where the store holds nothing yet or, on --full, everything)
-        let rescan_from = (self.rescan_ms > 0).then(|| (end - self.rescan_ms).max(floor));
-        let (begin, sweep) = match cur.covered_to {
-            None => (floor, None),
-            Some(covered) => {
-                let begin = (covered - OVERLAP_MS)
-                    .min(rescan_from.unwrap_or(i64::MAX))
-                    .max(floor);
-                let due = cur.swept_at.is_none_or(|t| now - t >= SWEEP_EVERY_MS);
-                let sweep = due.then(|| self.sweep_window(cur, begin)).flatten();
-                (begin, sweep)
-            }
-        };
-        (begin < end).then(|| Read {
-            run: self.run.clone(),
-            phase: Phase::All,
-            begin,
-            end,
-            rescan_from,
-            sweep,
-            token: None,
-            order: None,
-            last_time: None,
-            whole: true,
-        })
-    }
-
-    /// The next older window to sweep, rotating back to `limit` when it passed the oldest.
-    fn sweep_window(&self, cur: &MsgCursor, limit: i64) -> Option<(i64, i64)> {
-        let floor = self.history_start.max(cur.oldest?);
-        let mut end = cur.sweep_end.unwrap_or(limit).min(limit);
-        if end <= floor {
-            end = limit;
-        }
-        let begin = (end - SWEEP_WINDOW_MS).max(floor);
-        (begin < end).then_some((begin, end))
-    }
-
-    async fn fetch_messages(&self, request: &FetchRequest<'_>) -> Result<Fetched, ConnectorError> {
-        let conv = request.conversation.conversation_id.as_str();
-        let mut cur = self.parse_cursor(request.cursor)?;
-        let now = now_ms();
-        let read = match cur.read.take() {
-            Some(r) if r.run == self.run => r,
-            Some(r) => match self.resume(r) {
-                Some(r) => r,
-                None => return Ok(self.finish(request, cur, now, Vec::new())),
-            },
-            None => match self.plan(&cur, now) {
-                Some(r) => {
-                    self.seen().insert(conv.to_string(), Seen::default());
-                    r
-                }
-                None => {
-                    let unchanged = request.cursor.cloned().unwrap_or_else(|| cur.to_cursor());
-                    return Ok(Fetched::empty(unchanged, true));
-                }
-            },
-        };
-        self.read_page(request, cur, read, now).await
-    }
-
-    /// A read left by an earlier run (its page token and its memory are gone).
-    fn resume(&self, mut r: Read) -> Option<Read> {
-        r.run = self.run.clone();
-        r.token = None;
-        r.whole = false;
-        match r.phase {
-            Phase::All => {
-                if let (Some(Order::Asc), Some(t)) = (r.order, r.last_time) {
-                    r.begin = r.begin.max(t - OVERLAP_MS);
-                }
-                r.order = None;
-                r.last_time = None;
-                r.rescan_from = None;
-                Some(r)
-            }
-            // the no-sense decision needs the first read's ids: skip to the sweep
-            Phase::Sense => r.sweep.map(|(b, e)| Read {
-                phase: Phase::Sweep,
-                begin: b,
-                end: e,
-                order: None,
-                last_time: None,
-                ..r
-            }),
-            Phase::Sweep => {
-                r.order = None;
-                r.last_time = None;
-                Some(r)
-            }
-        }
-    }
-
-    async fn read_page(
-        &self,
-        request: &FetchRequest<'_>,
-        mut cur: MsgCursor,
-        mut read: Read,
-        now: i64,
-    ) -> Result<Fetched, ConnectorError> {
-        let conv = request.conversation.conversation_id.as_str();
-        let path = api::history_path(conv);
-        let what = format!(
-            "{} (conversation {conv})",
-            "/im/v2.1/conversations/{id}/messages"
-        );
-        let mut query = vec![
-            ("begin_time", read.begin.to_string()),
-            ("end_time", read.end.to_string()),
-            ("limit", PAGE_LIMIT.to_string()),
-            // the doc reads `true` as ascending; the order actually returned is checked
-            ("descending", "true".to_string()),
-            (
-                "include_no_sense_msg",
-                (read.phase != Phase::Sense).to_string(),
-            ),
-            ("check_team_valid", "false".to_string()),
-        ];
-        if let Some(t) = &read.token {
-            query.push(("page_token", t.clone()));
-        }
-        let data = self
-            .api
-            .call(Method::GET, &path, &query, None, &what)
-            .await?;
-        let bad = |m: &str| ConnectorError::Decode {
-            message: format!("{what}: {m}"),
-            raw: Some(data.clone()),
-        };
-        let has_more = data
-            .get("has_more")
-            .and_then(Value::as_bool)
-            .ok_or_else(|| bad("the page has no boolean has_more"))?;
-        let items = match data.get("items") {
-            Some(Value::Array(a)) => a.clone(),
-            None | Some(Value::Null) if !has_more => Vec::new(),
-            _ => return Err(bad("the page has no items array")),
-        };
-        let next_token = data
-            .get("next_token")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if has_more && (next_token.is_empty() || read.token.as_deref() == Some(&next_token)) {
-            return Err(permanent(format!(
-                "{what}: has_more is true but next_token is {}; stopping this conversation rather than loop",
-                if next_token.is_empty() { "empty" } else { "repeated" }
-            )));
-        }
-
-        // order check: the pages of one read must all run the same way
-        let times: Vec<i64> = items
-            .iter()
-            .filter_map(|i| map::int(i, "create_time"))
-            .collect();
-        let mut order = read.order;
-        let mut prev = if order == Some(Order::Asc) || order == Some(Order::Desc) {
-            read.last_time
-        } else {
-            None
-        };
-        for &t in &times {
-            if let Some(p) = prev {
-                let step = match t.cmp(&p) {
-                    std::cmp::Ordering::Greater => Some(Order::Asc),
-                    std::cmp::Ordering::Less => Some(Order::Desc),
-                    std::cmp::Ordering::Equal => None,
-                };
-                if let Some(step) = step {
-                    match order {
-                        None => order = Some(step),
-                        Some(o) if o != step => {
-                            return Err(permanent(format!(
-                                "{what}: history items are not in time order (asked for ascending); refusing to page on"
-                            )))
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            prev = Some(t);
-        }
-        read.order = order;
-        if let Some(&t) = times.last() {
-            read.last_time = Some(t);
-        }
-
-        let mut fetched = Fetched::empty(cur.to_cursor(), false);
-        let mut good: Vec<(&Value, String, i64)> = Vec::new();
-        {
-            let mut seen = self.seen();
-            let s = seen.entry(conv.to_string()).or_default();
-            for item in &items {
-                let id = map::int(item, "message_server_id");
-                let ct = map::int(item, "create_time");
-                match (id, ct) {
-                    (Some(id), Some(ct)) => {
-                        let id = id.to_string();
-                        match read.phase {
-                            Phase::All => {
-                                s.present.insert(id.clone());
-                                if read.rescan_from.is_some_and(|r| ct >= r) {
-                                    s.recent.push(id.clone());
-                                }
-                            }
-                            Phase::Sense => {
-                                s.sense.insert(id.clone());
-                            }
-                            Phase::Sweep => {}
-                        }
-                        good.push((item, id, ct));
-                    }
-                    _ => {
-                        s.broken = true;
-                        if read.phase != Phase::Sense {
-                            fetched.quarantine.push(QuarantineRecord {
-                                reason: format!(
-                                    "yunxin history item of conversation {conv} without a numeric message_server_id or create_time"
-                                ),
-                                raw: item.clone(),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        if read.phase != Phase::Sense && !good.is_empty() {
-            let comments = self.quick_comments(conv, &good).await?;
-            for (item, id, ct) in &good {
-                match map::message(conv, item, comments.get(id)) {
-                    Ok(m) => fetched.messages.push(m),
-                    Err(reason) => fetched.quarantine.push(QuarantineRecord {
-                        reason: format!("yunxin message {id} of conversation {conv}: {reason}"),
-                        raw: (*item).clone(),
-                    }),
-                }
-                cur.newest = Some(cur.newest.map_or(*ct, |n| n.max(*ct)));
-                cur.oldest = Some(cur.oldest.map_or(*ct, |o| o.min(*ct)));
-            }
-        }
-
-        if has_more {
-            read.token = Some(next_token);
-            cur.read = Some(read);
-            fetched.next_cursor = cur.to_cursor();
-            return Ok(fetched);
-        }
-        // the phase is complete
-        let next = match read.phase {
-            Phase::All => {
-                cur.covered_to = Some(cur.covered_to.map_or(read.end, |c| c.max(read.end)));
-                if cur.swept_at.is_none() {
-                    // a first backfill has just read every comment
-                    cur.swept_at = Some(now);
-                }
-                let seen = self.seen();
-                let s = seen.get(conv);
-                match (read.rescan_from, s) {
-                    (Some(_), Some(s)) if read.whole && !s.broken => Some(Read {
-                        phase: Phase::Sense,
-                        begin: read.rescan_from.unwrap_or(read.begin),
-                        token: None,
-                        order: None,
-                        last_time: None,
-                        ..read.clone()
-                    }),
-                    _ => read.sweep.map(|(b, e)| Read {
-                        phase: Phase::Sweep,
-                        begin: b,
-                        end: e,
-                        token: None,
-                        order: None,
-                        last_time: None,
-                        ..read.clone()
-                    }),
-                }
-            }
-            Phase::Sense => {
-                let seen = self.seen();
-                if let Some(s) = seen.get(conv).filter(|s| !s.broken && read.whole) {
-                    // absent from both reads of the window: deleted upstream. Two reads
-                    // make a page skipped by one of them (a token shifted by a removal
-                    // during the read) harmless.
-                    let from = read.begin + 1;
-                    let to = read.end - 1;
-                    if let (Some(from), Some(to)) = (map::ms_to_time(from), map::ms_to_time(to)) {
-                        let mut present: Vec<String> = s.present.union(&s.sense).cloned().collect();
-                        present.sort();
-                        fetched.windows.push(WindowObservation {
-                            conversation_id: conv.to_string(),
-                            from,
-                            to,
-                            present,
-                            detail: ABSENT.to_string(),
-                        });
-                    }
-                    let mut recalled: Vec<&String> = s
-                        .recent
-                        .iter()
-                        .filter(|id| !s.sense.contains(*id))
-                        .collect();
-                    recalled.sort();
-                    recalled.dedup();
-                    for id in recalled {
-                        fetched.messages.push(MessageObservation {
-                            conversation_id: conv.to_string(),
-                            message_id: id.clone(),
-                            header: None,
-                            content: None,
-                            edited_at: None,
-                            earlier_versions: Vec::new(),
-                            recalled: Some(Mark::default()),
-                            deleted: None,
-                            reactions: None,
-                            raw: json!({"no_sense": true, "message_server_id": id, "detail": "returned only with include_no_sense_msg=true: one-way recalled or deleted"}),
-                        });
-                    }
-                }
-                read.sweep.map(|(b, e)| Read {
-                    phase: Phase::Sweep,
-                    begin: b,
-                    end: e,
-                    token: None,
-                    order: None,
-                    last_time: None,
-                    ..read.clone()
-                })
-            }
-            Phase::Sweep => {
-                cur.swept_at = Some(now);
-                cur.sweep_end = Some(read.begin);
-                None
-            }
-        };
-        match next {
-            Some(next) => {
-                cur.read = Some(next);
-                fetched.next_cursor = cur.to_cursor();
-                Ok(fetched)
-            }
-            None => {
-                let done = self.finish(request, cur, now, fetched.messages);
-                Ok(Fetched {
-                    quarantine: fetched.quarantine,
-                    windows: fetched.windows,
-                    ..done
-                })
-            }
-        }
-    }
-
-    /// End the run's reads: clear the read and record the last message's recall notice.
-    fn finish(
-        &self,
-        request: &FetchRequest<'_>,
-        mut cur: MsgCursor,
-        _now: i64,
-        mut messages: Vec<MessageObservation>,
-    ) -> Fetched {
-        cur.read = None;
-        self.seen().remove(&request.conversation.conversation_id);
-        if let Some(rn) = request.conversation.metadata.get("revoke_notification") {
-            if let Some(id) = map::int(rn, "server_id") {
-                messages.push(MessageObservation {
-                    conversation_id: request.conversation.conversation_id.clone(),
-                    message_id: id.to_string(),
-                    header: None,
-                    content: None,
-                    edited_at: None,
-                    earlier_versions: Vec::new(),
-                    recalled: Some(Mark {
-                        at: None,
-                        by: map::string(rn, "revoke_id").filter(|s| !s.is_empty()),
-                        reason: None,
-                    }),
-                    deleted: None,
-                    reactions: None,
-                    raw: json!({"revoke_notification": rn}),
-                });
-            }
-        }
-        let mut f = Fetched::empty(cur.to_cursor(), true);
-        f.messages = messages;
-        f
-    }
-
-    /// The quick comments of one page's messages, by message id; a message the query
-    /// failed for is left out (its reactions are then not touched).
-    async fn quick_comments(
-        &self,
-        conv: &str,
-        items: &[(&Value, String, i64)],
-    ) -> Result<HashMap<String, Value>, ConnectorError> {
-        let mut out = HashMap::new();
-        for chunk in items.chunks(BATCH) {
-            let body = json!({"messages": chunk.iter().map(|(i, _, _)| map::comment_key(i)).collect::<Vec<_>>()});
-            let what = format!("{} (conversation {conv})", api::QUICK_COMMENTS);
-            let data = self
-                .api
-                .call(Method::POST, api::QUICK_COMMENTS, &[], Some(&body), &what)
-                .await?;
-            let Some(list) = data.get("success_list").and_then(Value::as_array) else {
-                return Err(ConnectorError::Decode {
-                    message: format!("{what}: no success_list"),
-                    raw: Some(data.clone()),
-                });
-            };
-            for entry in list {
-                if let Some(id) = map::int(entry, "message_server_id") {
-                    let comments = entry.get("comments").cloned().unwrap_or(json!([]));
-                    let comments = if comments.is_array() {
-                        comments
-                    } else {
-                        json!([])
-                    };
-                    out.insert(id.to_string(), comments);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every conversation of one account, page by page.
+    /// Every conversation of one account, page by page. Ends on `has_more: false`; a page
+    /// token met before, an empty one, or more than [`MAX_LIST_PAGES`] pages is an error.
     async fn list_account(
         &self,
         account: &str,
         into: &mut Vec<Value>,
     ) -> Result<(), ConnectorError> {
         let mut token: Option<String> = None;
+        let mut used: HashSet<String> = HashSet::new();
         let what = format!("{} (account {account})", api::LIST);
-        loop {
+        for _ in 0..MAX_LIST_PAGES {
             let mut query = vec![("account_id", account.to_string()), ("limit", "100".into())];
             if let Some(t) = &token {
                 query.push(("page_token", t.clone()));
@@ -705,13 +225,16 @@ impl YunxinConnector {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            if next.is_empty() || token.as_deref() == Some(&next) {
+            if next.is_empty() || !used.insert(next.clone()) {
                 return Err(permanent(format!(
-                    "{what}: has_more is true but next_token is empty or repeated; stopping rather than loop"
+                    "{what}: has_more is true but next_token is empty or was already used; stopping rather than loop"
                 )));
             }
             token = Some(next);
         }
+        Err(permanent(format!(
+            "{what}: more than {MAX_LIST_PAGES} pages of conversations; stopping rather than loop"
+        )))
     }
 }
 
@@ -752,7 +275,7 @@ impl Connector for YunxinConnector {
         for item in &items {
             take(item, &mut discovery, &mut update_times);
         }
-        // known conversations the lists no longer show: refresh them by id (seed 001)
+        // known conversations the lists no longer show: refresh them by id
         let missing: Vec<&str> = request
             .known
             .iter()
@@ -764,7 +287,7 @@ impl Connector for YunxinConnector {
                     .any(|a| id.starts_with(&format!("{a}|")))
             })
             .collect();
-        for chunk in missing.chunks(BATCH) {
+        for chunk in missing.chunks(comments::BATCH) {
             let what = format!("{} ({} conversations)", api::BATCH, chunk.len());
             let data = self
                 .api
@@ -797,10 +320,12 @@ impl Connector for YunxinConnector {
                 let Ok(c) = serde_json::from_value::<MsgCursor>(cursor.0.clone()) else {
                     continue;
                 };
-                let quiet = self.rescan_ms == 0
-                    || c.newest.is_none_or(|n| n < now - LAG_MS - self.rescan_ms);
+                let quiet = self.planner.rescan_ms == 0
+                    || c.newest
+                        .is_none_or(|n| n < now - LAG_MS - self.planner.rescan_ms);
                 let swept = c.swept_at.is_some_and(|s| now - s < SWEEP_EVERY_MS);
-                if t == p && c.read.is_none() && c.covered_to.is_some() && quiet && swept {
+                let settled = c.read.is_none() && c.pending.is_empty();
+                if t == p && settled && c.covered_to.is_some() && quiet && swept {
                     discovery.unchanged.push(id.clone());
                 }
             }
@@ -828,14 +353,15 @@ impl Connector for YunxinConnector {
 mod tests {
     use super::*;
 
-    fn connector(rescan_days: u32) -> YunxinConnector {
+    #[test]
+    fn debug_output_names_no_secret() {
         let cfg = YunxinConfig {
             base_url: "http://127.0.0.1:9".into(),
             app_key: "k".into(),
-            app_secret: crate::config::Secret::new("s"),
+            app_secret: crate::config::Secret::new("very-secret-value"),
             accounts: vec!["a".into()],
             history_start: None,
-            rescan_days,
+            rescan_days: 7,
         };
         let source = SourceConfig {
             name: SourceName::new("y"),
@@ -845,82 +371,14 @@ mod tests {
             enabled: true,
             platform: crate::config::PlatformConfig::Yunxin(cfg.clone()),
         };
-        YunxinConnector::new(
+        let c = YunxinConnector::new(
             &source,
             &cfg,
             HttpClient::new(0.0, std::time::Duration::from_secs(5)).unwrap(),
         )
-        .unwrap()
-    }
-
-    #[test]
-    fn plans_backfill_then_overlap_and_rescan() {
-        let c = connector(7);
-        let now = 1_750_000_000_000;
-        let first = c.plan(&MsgCursor::default(), now).unwrap();
-        assert_eq!(
-            (first.begin, first.end, first.rescan_from),
-            (0, now - LAG_MS, Some(now - LAG_MS - 7 * DAY_MS))
-        );
-        let cur = MsgCursor {
-            covered_to: Some(now - 1000),
-            oldest: Some(now - 100 * DAY_MS),
-            swept_at: Some(now),
-            ..MsgCursor::default()
-        };
-        let next = c.plan(&cur, now).unwrap();
-        assert_eq!(next.rescan_from, Some(now - LAG_MS - 7 * DAY_MS));
-        assert_eq!(next.begin, now - LAG_MS - 7 * DAY_MS);
-        assert_eq!(next.sweep, None, "swept just now");
-        let c0 = connector(0);
-        let next = c0.plan(&cur, now).unwrap();
-        assert_eq!(
-            (next.begin, next.rescan_from),
-            (now - 1000 - OVERLAP_MS, None)
-        );
-    }
-
-    #[test]
-    fn sweeps_rotate_backwards_and_wrap() {
-        let c = connector(7);
-        let cur = MsgCursor {
-            oldest: Some(0),
-            sweep_end: Some(40 * DAY_MS),
-            ..MsgCursor::default()
-        };
-        assert_eq!(
-            c.sweep_window(&cur, 100 * DAY_MS),
-            Some((10 * DAY_MS, 40 * DAY_MS))
-        );
-        let cur = MsgCursor {
-            sweep_end: Some(0),
-            ..cur
-        };
-        assert_eq!(
-            c.sweep_window(&cur, 100 * DAY_MS),
-            Some((70 * DAY_MS, 100 * DAY_MS))
-        );
-    }
-
-    #[test]
-    fn a_resumed_read_never_decides_absence() {
-        let c = connector(7);
-        let r = Read {
-            run: "old".into(),
-            phase: Phase::All,
-            begin: 0,
-            end: 1_000_000_000,
-            rescan_from: Some(500),
-            sweep: None,
-            token: Some("t".into()),
-            order: Some(Order::Asc),
-            last_time: Some(900_000_000),
-            whole: true,
-        };
-        let r = c.resume(r).unwrap();
-        assert!(!r.whole);
-        assert_eq!(r.token, None);
-        assert_eq!(r.rescan_from, None);
-        assert_eq!(r.begin, 900_000_000 - OVERLAP_MS);
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(debug.contains("rescan_ms") && !debug.contains("very-secret-value"));
+        assert_ne!(c.next_plan(), c.next_plan());
     }
 }

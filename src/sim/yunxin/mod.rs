@@ -1,5 +1,6 @@
-//! A faithful fake NetEase Yunxin (网易云信) IM server, following `specs/yunxin.md` §9,
-//! quirks included (it is never more lenient than the spec):
+//! A faithful fake NetEase Yunxin (网易云信) IM server, following what
+//! `docs/upstreams/yunxin.md` records of the real one, quirks included (where the sources
+//! leave a behaviour open, it takes the harsher reading):
 //!
 //! - CheckSum over `AppSecret ‖ Nonce ‖ CurTime` with a ±300 s window; a wrong or stale
 //!   signature answers code 414;
@@ -14,7 +15,12 @@
 //! - edits via `modify_time`/`modify_account_id`; one-way recalls as no-sense messages
 //!   (only with `include_no_sense_msg=true`); two-way recalls and deletes removing the
 //!   message; a recalled last message sets `message_state = 1` and `revoke_notification`;
-//! - quick comments through the batch query with `success_list`/`failed_list`;
+//! - quick comments through the batch query with `success_list`/`failed_list`; a query
+//!   holding a message without `message_client_id` (required by the API reference) is
+//!   refused as a whole with 414 ([`Behaviour::quick_comment_needs_client_id`]); the query
+//!   can be failed (queued codes, HTTP errors, an answer without `success_list`);
+//! - messages sent with `sender_no_sense`/`receiver_no_sense`, returned like one-way
+//!   recalled ones: only with `include_no_sense_msg=true`;
 //! - conversation lists only for accounts with cloud conversations (403 otherwise);
 //!   advanced-team history for a non-member with `check_team_valid` left true answers
 //!   108403;
@@ -36,7 +42,7 @@ pub use server::{
 };
 pub use world::{
     now_ms, Activity, Behaviour, Comment, Conversation, ConversationTruth, Descending, Message,
-    MessageTruth, Removal, Stream, Team, World, WorldSpec, FIRST_SERVER_ID,
+    MessageTruth, Removal, Stream, Team, TokenLoop, World, WorldSpec, FIRST_SERVER_ID,
 };
 
 /// What a queued fault does.
@@ -48,6 +54,16 @@ pub enum FaultKind {
     Http(u16),
     /// The next history page holding messages has one whose `message_server_id` is garbage.
     MalformedMessage,
+    /// The quick-comment query answers `code: 200` with a `data` that has no
+    /// `success_list` (the API reference marks it optional), only an empty `failed_list`.
+    NoSuccessList,
+}
+
+impl FaultKind {
+    /// Kinds a handler plays back (the others are answered before any handler runs).
+    fn in_handler(&self) -> bool {
+        matches!(self, FaultKind::MalformedMessage | FaultKind::NoSuccessList)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +96,11 @@ impl Faults {
     /// Break one message of the next `times` history pages.
     pub fn malformed(&self, times: usize) {
         self.push(FaultKind::MalformedMessage, Some(HISTORY_PATH), times);
+    }
+
+    /// Answer the next `times` quick-comment queries without a `success_list`.
+    pub fn no_success_list(&self, times: usize) {
+        self.push(FaultKind::NoSuccessList, Some(QUICK_COMMENT_PATH), times);
     }
 
     /// Answer `code` on `times` requests to `path` after letting `skip` of them through
@@ -115,14 +136,17 @@ impl Faults {
         serve::lock(&self.queue)
     }
 
-    /// Take one firing of the first fault matching `path`; `malformed` selects the
-    /// handler-level kind, otherwise the transport-level ones.
-    fn take(&self, path: &str, malformed: bool) -> Option<FaultKind> {
+    /// Take one firing of the first fault matching `path` and `kind`: the transport-level
+    /// kinds (`None`) or one handler-level kind.
+    fn take(&self, path: &str, kind: Option<FaultKind>) -> Option<FaultKind> {
         let mut q = self.lock();
         let i = q.iter().position(|f| {
             f.remaining > 0
                 && f.path.as_deref().is_none_or(|p| p == path)
-                && (f.kind == FaultKind::MalformedMessage) == malformed
+                && match &kind {
+                    None => !f.kind.in_handler(),
+                    Some(k) => f.kind == *k,
+                }
         })?;
         if q[i].skip > 0 {
             q[i].skip -= 1;

@@ -1,7 +1,7 @@
-//! The axum router of the fake Yunxin server: CheckSum check (§2), the `{code,msg,data}`
-//! envelope with HTTP 200 for business errors (§3), per-API rate limits answering 416,
-//! queued faults, and the read calls chatvault uses (§5, §6, §7.4) plus the conversation
-//! update of seed 003.
+//! The axum router of the fake Yunxin server: the CheckSum check, the `{code,msg,data}`
+//! envelope with HTTP 200 for business errors, per-API rate limits answering 416, queued
+//! faults, and the read calls chatvault uses plus the conversation update call (what each
+//! follows is in `docs/upstreams/yunxin.md`).
 //!
 //! Handlers lock the world only while computing an answer, never across an `.await`.
 
@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
-use super::world::{Descending, Message, Stream, World};
+use super::world::{Descending, Message, Stream, TokenLoop, World};
 use super::{FaultKind, Faults};
 use crate::sim::serve::{self, RequestCounts};
 
@@ -78,7 +78,8 @@ fn fail(code: i64, msg: &str) -> Response {
     envelope(code, msg, json!({}))
 }
 
-/// The lowercase hex SHA-1 of `secret ‖ nonce ‖ cur_time` (spec §2.1).
+/// The lowercase hex SHA-1 of `secret ‖ nonce ‖ cur_time` (`docs/upstreams/yunxin.md`,
+/// "Signing").
 pub fn checksum(secret: &str, nonce: &str, cur_time: &str) -> String {
     let mut h = Sha1::new();
     h.update(secret.as_bytes());
@@ -93,14 +94,14 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
     if let Some(how) = state.counts.record(&api) {
         return serve::fail_request(how, request, next).await;
     }
-    if let Some(kind) = state.faults.take(&api, false) {
+    if let Some(kind) = state.faults.take(&api, None) {
         match kind {
             FaultKind::Code(code) => return fail(code, "injected failure"),
             FaultKind::Http(status) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 return (status, "<html><body>bad gateway</body></html>").into_response();
             }
-            FaultKind::MalformedMessage => {}
+            FaultKind::MalformedMessage | FaultKind::NoSuccessList => {}
         }
     }
     let (secret, key, window, limit, block) = {
@@ -270,6 +271,15 @@ async fn list_conversations(
         .iter()
         .filter_map(|id| render_conversation(&w, id, w.behaviour.nested_last_message))
         .collect();
+    if w.behaviour.list_token_cycle {
+        // A (the end of page one), B (the start again), A, B…
+        let next = if offset == 0 { end } else { 0 };
+        return ok(json!({
+            "has_more": true,
+            "next_token": encode_token(next, 0, fingerprint(&[account])),
+            "items": items,
+        }));
+    }
     let has_more = end < ids.len();
     ok(json!({
         "has_more": has_more,
@@ -367,7 +377,6 @@ fn parse_bool(q: &HashMap<String, String>, key: &str) -> Result<Option<bool>, ()
 fn render_message(w: &World, m: &Message) -> Value {
     let mut v = json!({
         "message_server_id": m.server_id,
-        "message_client_id": m.client_id,
         "conversation_type": m.conversation_type(w),
         "sender_id": m.sender,
         "sender_client_type": m.sender_client_type,
@@ -377,6 +386,9 @@ fn render_message(w: &World, m: &Message) -> Value {
         "text": m.text,
         "extension": m.extension,
     });
+    if !m.client_id.is_empty() {
+        v["message_client_id"] = json!(m.client_id);
+    }
     match &m.stream {
         Stream::P2p(..) => v["receiver_id"] = json!(m.receiver()),
         Stream::Team(t) => v["team_id"] = json!(t),
@@ -399,7 +411,10 @@ async fn history(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let malformed = state.faults.take(HISTORY_PATH, true).is_some();
+    let malformed = state
+        .faults
+        .take(HISTORY_PATH, Some(FaultKind::MalformedMessage))
+        .is_some();
     let mut w = state.world();
     let num = |k: &str| q.get(k).map(|v| v.parse::<i64>());
     let (Some(Ok(begin)), Some(Ok(end))) = (num("begin_time"), num("end_time")) else {
@@ -506,6 +521,37 @@ async fn history(
         let idx = hits[start];
         w.messages[idx].malformed = true;
     }
+    let looping = w
+        .behaviour
+        .history_token_loop
+        .as_ref()
+        .filter(|(c, _)| *c == id)
+        .map(|(_, l)| l.clone());
+    match looping {
+        Some(TokenLoop::Cycle) => {
+            let items: Vec<Value> = hits[start..stop]
+                .iter()
+                .map(|&i| render_message(&w, &w.messages[i]))
+                .collect();
+            // page 0 → token of page 1 (A), page 1 → page 2 (B), then A, B, A…
+            let first_stop = limit.min(hits.len());
+            let next = match page {
+                0 => encode_token(first_stop, 1, fp),
+                1 => encode_token(stop, 2, fp),
+                2 => encode_token(first_stop, 1, fp),
+                _ => encode_token(stop, 2, fp),
+            };
+            return ok(json!({"has_more": true, "next_token": next, "items": items}));
+        }
+        Some(TokenLoop::FreshEmpty) => {
+            return ok(json!({
+                "has_more": true,
+                "next_token": encode_token(offset, page + 1, fp),
+                "items": [],
+            }));
+        }
+        None => {}
+    }
     let items: Vec<Value> = hits[start..stop]
         .iter()
         .map(|&i| render_message(&w, &w.messages[i]))
@@ -533,7 +579,23 @@ async fn query_quick_comments(
     if list.is_empty() || list.len() > 100 {
         return fail(414, "messages must hold 1 to 100 entries");
     }
+    let no_success_list = state
+        .faults
+        .take(QUICK_COMMENT_PATH, Some(FaultKind::NoSuccessList))
+        .is_some();
     let w = state.world();
+    if w.behaviour.quick_comment_needs_client_id
+        && list.iter().any(|k| {
+            k.get("message_client_id")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        })
+    {
+        return fail(414, "message_client_id is required");
+    }
+    if no_success_list {
+        return ok(json!({"failed_list": []}));
+    }
     let mut success = Vec::new();
     let mut failed = Vec::new();
     for key in list {

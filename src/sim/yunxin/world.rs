@@ -4,7 +4,8 @@
 //! snapshot to compare an archive against.
 //!
 //! A message belongs to a *stream* (a p2p pair or a team); every member's conversation
-//! (`owner|type|target`) shows the same stream from the owner's side (spec §4.1).
+//! (`owner|type|target`) shows the same stream from the owner's side (see
+//! `docs/upstreams/yunxin.md`, "Identifiers").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -16,15 +17,19 @@ use serde_json::{json, Value};
 
 use crate::sim::text::{self, Lang};
 
-/// The first `message_server_id`: above 2^53, as real ones are (spec §4.2).
+/// The first `message_server_id`: above 2^53, as real ones are (`docs/upstreams/yunxin.md`,
+/// "Identifiers").
 pub const FIRST_SERVER_ID: i64 = 158_844_553_334_358_021;
 
-/// Edits and two-way recalls reach back this many days (spec §7.1, §7.2).
+/// Edits and two-way recalls reach back this many days (`docs/upstreams/yunxin.md`,
+/// "Edits" and "Recalls and deletes").
 pub const EDIT_DAYS: i64 = 7;
-/// One-way recalls and deletes reach back this many days (spec §7.2, §7.3).
+/// One-way recalls and deletes reach back this many days (`docs/upstreams/yunxin.md`,
+/// "Recalls and deletes").
 pub const ONE_WAY_DAYS: i64 = 30;
 
-/// What `descending=true` means on this server (spec §6.1: the doc and the name disagree).
+/// What `descending=true` means on this server (the doc and the name disagree:
+/// `docs/upstreams/yunxin.md`, "Paging").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Descending {
     /// As the doc reads: `true` = ascending (oldest first).
@@ -33,13 +38,24 @@ pub enum Descending {
     NameLiteral,
 }
 
+/// How a broken server pages, for the client's loop guards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenLoop {
+    /// From the third page on, `next_token` goes back to the second page's token: A, B, A,
+    /// B… with `has_more` always true.
+    Cycle,
+    /// Every page is empty, `has_more` stays true, and every `next_token` is new.
+    FreshEmpty,
+}
+
 /// Server behaviour switches.
 #[derive(Clone, Debug)]
 pub struct Behaviour {
     pub descending: Descending,
     /// Every third page of a history read is half full while `has_more` is still true.
     pub short_pages: bool,
-    /// Requests per second per API before 416 (spec §3.4: 100); `None` = no limit.
+    /// Requests per second per API before 416 (100 by default, `docs/upstreams/yunxin.md`,
+    /// "Errors and rate limits"); `None` = no limit.
     pub rate_limit: Option<u32>,
     /// How long an API stays blocked after a 416.
     pub rate_limit_block: std::time::Duration,
@@ -48,8 +64,16 @@ pub struct Behaviour {
     /// New messages are stamped this many ms before the wall clock (a server whose writes
     /// become readable after a while).
     pub clock_lag_ms: i64,
-    /// Allowed CheckSum clock skew in seconds (spec §2.1: ±300).
+    /// Allowed CheckSum clock skew in seconds (±300, `docs/upstreams/yunxin.md`, "Signing").
     pub checksum_window_secs: i64,
+    /// A quick-comment query holding a message without `message_client_id` (a field the
+    /// API reference marks required) is refused as a whole with 414. What the real server
+    /// does is not documented; this is the harshest reading.
+    pub quick_comment_needs_client_id: bool,
+    /// The history of this conversation pages in a loop (`None`: pages end).
+    pub history_token_loop: Option<(String, TokenLoop)>,
+    /// The conversation list pages A, B, A, B… with `has_more` always true.
+    pub list_token_cycle: bool,
 }
 
 impl Default for Behaviour {
@@ -62,6 +86,9 @@ impl Default for Behaviour {
             nested_last_message: false,
             clock_lag_ms: 0,
             checksum_window_secs: 300,
+            quick_comment_needs_client_id: true,
+            history_token_loop: None,
+            list_token_cycle: false,
         }
     }
 }
@@ -155,8 +182,11 @@ pub struct Message {
     pub extension: String,
     pub modify_account_id: Option<String>,
     pub modify_time: Option<i64>,
-    /// Accounts for whom this is a no-sense message (one-way recall or delete).
+    /// Accounts for whom this is a no-sense message (one-way recall or delete, or sent
+    /// with `sender_no_sense`/`receiver_no_sense`).
     pub no_sense_for: BTreeSet<String>,
+    /// Sent with a no-sense flag (no-sense from the start, never recalled).
+    pub sent_no_sense: bool,
     pub removed: Option<Removal>,
     pub comments: Vec<Comment>,
     /// Set on a message broken on purpose (its id is served as a string of garbage).
@@ -240,6 +270,10 @@ pub struct World {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Activity {
     Message {
+        server_id: i64,
+    },
+    /// A message sent with a no-sense flag.
+    NoSenseMessage {
         server_id: i64,
     },
     Edit {
@@ -488,6 +522,7 @@ impl World {
             modify_account_id: None,
             modify_time: None,
             no_sense_for: BTreeSet::new(),
+            sent_no_sense: false,
             removed: None,
             comments: Vec::new(),
             malformed: false,
@@ -560,6 +595,45 @@ impl World {
             .collect()
     }
 
+    /// Post a text message sent with the no-sense flags of the send API
+    /// (`sender_no_sense`: the sender does not see it; `receiver_no_sense`: the receivers do
+    /// not). Reads return it only with `include_no_sense_msg=true` for those accounts, the
+    /// same way as a one-way recalled message; it was never recalled.
+    pub fn post_no_sense(
+        &mut self,
+        conversation_id: &str,
+        sender: &str,
+        text: &str,
+        sender_no_sense: bool,
+        receiver_no_sense: bool,
+    ) -> Option<i64> {
+        let id = self.post_text(conversation_id, sender, text)?;
+        let idx = self.by_id[&id];
+        let members = self.members(&self.messages[idx].stream.clone());
+        let m = &mut self.messages[idx];
+        m.sent_no_sense = sender_no_sense || receiver_no_sense;
+        for who in members {
+            let is_sender = who == m.sender;
+            if (is_sender && sender_no_sense) || (!is_sender && receiver_no_sense) {
+                m.no_sense_for.insert(who);
+            }
+        }
+        Some(id)
+    }
+
+    /// Post a text message that carries no `message_client_id` (reads leave the field out).
+    pub fn post_without_client_id(
+        &mut self,
+        conversation_id: &str,
+        sender: &str,
+        text: &str,
+    ) -> Option<i64> {
+        let id = self.post_text(conversation_id, sender, text)?;
+        let idx = self.by_id[&id];
+        self.messages[idx].client_id = String::new();
+        Some(id)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn post_at<R: Rng + ?Sized>(
         &mut self,
@@ -599,7 +673,7 @@ impl World {
         (m.removed.is_none() && now - m.create_time <= days * 86_400_000).then_some(idx)
     }
 
-    /// Edit a message (spec §7.1): new text, `modify_time`, `modify_account_id`; only
+    /// Edit a message: new text, `modify_time`, `modify_account_id`; only
     /// messages of the last 7 days can be edited.
     pub fn edit(&mut self, server_id: i64, by: &str, text: &str) -> bool {
         let Some(idx) = self.within(server_id, EDIT_DAYS) else {
@@ -698,7 +772,7 @@ impl World {
         true
     }
 
-    /// Add a quick comment (spec §7.4).
+    /// Add a quick comment.
     pub fn add_comment(&mut self, server_id: i64, operator: &str, index: i64) -> bool {
         let at = self.clock();
         let Some(&idx) = self.by_id.get(&server_id) else {
@@ -731,7 +805,7 @@ impl World {
         m.comments.len() < before
     }
 
-    /// The update call of seed 003 (`PATCH /im/v2/conversations/{id}`).
+    /// The conversation update call (`PATCH /im/v2/conversations/{id}`).
     pub fn set_server_extension(&mut self, conversation_id: &str, ext: &str) -> bool {
         let at = self.clock();
         match self.conversations.get_mut(conversation_id) {
@@ -790,6 +864,20 @@ impl World {
             let target = recent.choose(rng).copied();
             let member = self.random_member(&stream, rng);
             match (roll, target) {
+                (57..=59, Some(_)) => {
+                    let lang = lang_of(&member);
+                    let (sender_ns, receiver_ns) = match rng.gen_range(0..3) {
+                        0 => (true, false),
+                        1 => (false, true),
+                        _ => (true, true),
+                    };
+                    let text = text::message(rng, lang);
+                    if let Some(id) =
+                        self.post_no_sense(&conv, &member, &text, sender_ns, receiver_ns)
+                    {
+                        done.push(Activity::NoSenseMessage { server_id: id });
+                    }
+                }
                 (0..=59, _) | (_, None) => {
                     let (mt, text, att) = random_body(rng, &member);
                     let at = self.clock();
@@ -886,6 +974,7 @@ impl World {
                                     text: m.text.clone(),
                                     modify_time: m.modify_time,
                                     no_sense: m.no_sense_for.contains(&c.owner),
+                                    sent_no_sense: m.sent_no_sense,
                                     removed: m.removed.clone(),
                                     comments: m
                                         .comments
@@ -922,8 +1011,11 @@ pub struct MessageTruth {
     pub message_type: i64,
     pub text: String,
     pub modify_time: Option<i64>,
-    /// A no-sense message for this conversation's owner (one-way recalled or deleted).
+    /// A no-sense message for this conversation's owner (one-way recalled or deleted, or
+    /// sent with a no-sense flag).
     pub no_sense: bool,
+    /// Sent with a no-sense flag: no-sense from the start, never recalled.
+    pub sent_no_sense: bool,
     /// Gone from history (two-way recall or delete).
     pub removed: Option<Removal>,
     /// Standing quick comments `(operator, index)`.
@@ -938,7 +1030,8 @@ fn p2p(a: &str, b: &str) -> Stream {
     }
 }
 
-/// A random message body: `(message_type, text, attachment)` covering every type of §4.3.
+/// A random message body: `(message_type, text, attachment)` covering every message type
+/// (`docs/upstreams/yunxin.md`, "Identifiers").
 fn random_body<R: Rng + ?Sized>(rng: &mut R, sender: &str) -> (i64, String, Option<Value>) {
     let lang = lang_of(sender);
     let roll = rng.gen_range(0..100);
