@@ -555,7 +555,7 @@ async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Resul
                     )?;
                 }
                 if let Some(e) = &r.error {
-                    writeln!(out, "  error: {e}")?;
+                    writeln!(out, "  error: {}", crate::terminal::escape_line(e))?;
                 }
             }
             None => writeln!(out, "  never synced")?,
@@ -817,8 +817,8 @@ async fn search(
             "{}  {} › {}  {}{}",
             hit.sent_at.format("%Y-%m-%d %H:%M"),
             hit.source,
-            conversation,
-            sender,
+            crate::terminal::escape_line(&conversation),
+            crate::terminal::escape_line(sender),
             flags
         )?;
         writeln!(
@@ -841,9 +841,16 @@ async fn search(
 /// highlights in bold yellow on a terminal and between 【】 elsewhere.
 fn render_highlighted(text: &str, highlights: &[[usize; 2]], colour: bool) -> String {
     const WIDTH: usize = 200;
+    // one character for one: the highlights are character offsets
     let chars: Vec<char> = text
         .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .map(|c| {
+            if c == '\n' || c == '\r' {
+                ' '
+            } else {
+                crate::terminal::visible(c)
+            }
+        })
         .collect();
     let first = highlights.first().map_or(0, |h| h[0]);
     let start = if chars.len() <= WIDTH {
@@ -1015,10 +1022,11 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
             ExportFormat::Csv => {
                 let header: Vec<Option<String>> =
                     CSV_COLUMNS.iter().map(|c| Some(c.to_string())).collect();
-                sink.write_all(csv_record(&header).as_bytes())?;
+                let guard = !args.keep_formulas;
+                sink.write_all(csv_record(&header, guard).as_bytes())?;
                 let mut rows = std::pin::pin!(store.export_csv(&filter));
                 while let Some(fields) = rows.next().await {
-                    sink.write_all(csv_record(&fields?).as_bytes())?;
+                    sink.write_all(csv_record(&fields?, guard).as_bytes())?;
                     n += 1;
                 }
             }
@@ -1053,4 +1061,27 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
         eprintln!("exported {n} messages");
     }
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message can hold escape sequences (OSC 52 writes the reader's clipboard): shown,
+    /// never sent to the terminal, and the highlights stay on the matched characters.
+    #[test]
+    fn search_output_shows_control_characters_instead_of_obeying_them() {
+        let text = "a\u{1b}]52;c;ZXZpbA==\u{7}会议b";
+        let chars: Vec<char> = text.chars().collect();
+        let at = chars.iter().position(|c| *c == '会').unwrap();
+        let shown = render_highlighted(text, &[[at, at + 2]], false);
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown:?}"
+        );
+        assert_eq!(shown, "a␛]52;c;ZXZpbA==␇【会议】b");
+        let coloured = render_highlighted(text, &[[at, at + 2]], true);
+        // the only escapes are the highlight's own
+        assert_eq!(coloured.matches('\u{1b}').count(), 2, "{coloured:?}");
+    }
 }

@@ -234,6 +234,11 @@ pub struct ExportArgs {
     pub until: Option<DateTime<Utc>>,
     #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
     pub format: ExportFormat,
+    /// CSV: write cells that begin with = + - @, a tab or a carriage return as they are.
+    /// By default they get a leading ' so that a spreadsheet shows them as text instead of
+    /// running them as formulas (anyone in a chat can post one).
+    #[arg(long)]
+    pub keep_formulas: bool,
     /// Write here instead of stdout. The file appears complete or not at all.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,

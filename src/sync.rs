@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rand::Rng;
 use serde_json::json;
 use sqlx::Connection;
@@ -49,6 +50,24 @@ pub struct SyncOptions {
     /// Where connectors keep login sessions between runs (the daemon and the CLI use
     /// `<data_dir>/sessions`); `None` keeps them in memory for one run.
     pub session_dir: Option<PathBuf>,
+    /// How often the connection holding the source's lock is checked.
+    pub lock_check_every: Duration,
+    /// Called before each page of a feed is written, with the source and the page's cursor
+    /// key. Tests use it to fail a run at a chosen moment.
+    pub page_hook: Option<PageHook>,
+}
+
+/// See [`SyncOptions::page_hook`]: called with the source and the page's cursor key.
+pub type PageHookFn = dyn Fn(&SourceName, &str) + Send + Sync;
+
+/// See [`SyncOptions::page_hook`].
+#[derive(Clone)]
+pub struct PageHook(pub std::sync::Arc<PageHookFn>);
+
+impl std::fmt::Debug for PageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageHook")
+    }
 }
 
 impl Default for SyncOptions {
@@ -62,6 +81,8 @@ impl Default for SyncOptions {
             progress_bar: false,
             max_pages_per_feed: 1_000_000,
             session_dir: None,
+            lock_check_every: Duration::from_secs(5),
+            page_hook: None,
         }
     }
 }
@@ -108,16 +129,104 @@ enum SourceError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Other(String),
+    #[error("lost the source's lock (the database connection holding it broke); stopped so that no other process syncs this source at the same time, the next run goes on from the last page committed")]
+    LockLost,
 }
 
 /// A stop signal: `true` once shutdown was asked for.
 pub type Shutdown = watch::Receiver<bool>;
 
-/// The advisory lock class of source locks (the second key is the source name's hash).
-const LOCK_CLASS: i32 = 0x6376; // "cv"
+/// The advisory lock class of source locks: the high 32 bits of the lock's key, the
+/// source's `lock_id` (unique per source) the low ones.
+const LOCK_CLASS: i64 = 0x6376; // "cv"
 
-/// Sync one source: take its lock, run, record the run. Never panics on upstream data;
-/// every failure ends up in the returned result and in `archive.sync_runs`.
+/// A source's advisory lock, held on a connection of its own that is checked every
+/// `check_every`: if that connection breaks, the lock is gone (another daemon may take the
+/// source) and [`SourceLock::lost`] turns true, which stops the run.
+struct SourceLock {
+    release: tokio::sync::oneshot::Sender<()>,
+    lost: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SourceLock {
+    /// Take the lock of `source` if no one holds it: `Ok(None)` when someone does.
+    async fn take(
+        store: &Store,
+        source: &SourceName,
+        check_every: Duration,
+    ) -> Result<Option<SourceLock>, String> {
+        let id = store
+            .lock_id(source)
+            .await
+            .map_err(|e| format!("cannot read the source's lock number: {e}"))?;
+        let key = (LOCK_CLASS << 32) | i64::from(id as u32);
+        // The lock lives on its own connection for the whole run; if this process dies the
+        // connection drops and another daemon can take over.
+        let mut conn = store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| format!("cannot connect to the database: {e}"))?
+            .detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| format!("cannot take the source lock: {e}"))?;
+        if !locked {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        let (release, mut released) = tokio::sync::oneshot::channel::<()>();
+        let (lost_tx, lost) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut checks = tokio::time::interval(check_every);
+            checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            checks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = checks.tick() => {
+                        let alive = tokio::time::timeout(
+                            check_every.max(Duration::from_secs(5)),
+                            sqlx::query("SELECT 1").execute(&mut conn),
+                        )
+                        .await;
+                        if !matches!(alive, Ok(Ok(_))) {
+                            warn!("the connection holding the source lock broke; the lock is gone");
+                            let _ = lost_tx.send(true);
+                            return;
+                        }
+                    }
+                    _ = &mut released => break,
+                }
+            }
+            // Unlock explicitly: closing the connection alone releases the lock only once
+            // the server has noticed, which a sync started right after could race.
+            if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(&mut conn)
+                .await
+            {
+                warn!(error = %e, "could not release the source lock; it goes with the connection");
+            }
+            let _ = conn.close().await;
+        });
+        Ok(Some(SourceLock {
+            release,
+            lost,
+            task,
+        }))
+    }
+
+    async fn release(self) {
+        let _ = self.release.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Sync one source: take its lock, run, record the run. Never panics: every failure, a
+/// panic of a bug included, ends up in the returned result and in `archive.sync_runs`.
 pub async fn sync_source(
     store: &Store,
     source: &SourceConfig,
@@ -140,24 +249,16 @@ pub async fn sync_source(
             duration: Duration::ZERO,
         };
         let started = Instant::now();
-        // The lock lives on its own connection for the whole run; if this process dies the
-        // connection drops and another daemon can take over.
-        let mut lock_conn = match store.pool().acquire().await {
-            Ok(c) => c.detach(),
-            Err(e) => {
-                result.error = Some(format!("cannot connect to the database: {e}"));
-                return result;
-            }
-        };
-        let locked: Result<bool, sqlx::Error> =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-                .bind(LOCK_CLASS)
-                .bind(source.name.as_str())
-                .fetch_one(&mut lock_conn)
-                .await;
-        match locked {
-            Ok(true) => {}
-            Ok(false) => {
+        if let Err(e) = store
+            .register_source(&source.name, source.platform_key())
+            .await
+        {
+            result.error = Some(e.to_string());
+            return result;
+        }
+        let lock = match SourceLock::take(store, &source.name, options.lock_check_every).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
                 result.skipped = true;
                 result.status = RunStatus::Ok;
                 result.error = Some("another chatvault process is syncing this source".into());
@@ -165,22 +266,35 @@ pub async fn sync_source(
                 return result;
             }
             Err(e) => {
-                result.error = Some(format!("cannot take the source lock: {e}"));
+                result.error = Some(e);
                 return result;
             }
+        };
+        let run = run_locked(
+            store,
+            source,
+            options,
+            shutdown,
+            lock.lost.clone(),
+            &mut result,
+        );
+        if let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            warn!(panic = %what, "the run stopped on an internal error");
+            result.status = RunStatus::Failed;
+            result.error = Some(format!(
+                "internal error, please report it: {what}; the run stopped, and the next one \
+                 goes on from the last page committed"
+            ));
+            if let Some(run_id) = result.run_id {
+                finish(store, source, run_id, &result).await;
+            }
         }
-        run_locked(store, source, options, shutdown, &mut result).await;
-        // Unlock explicitly: closing the connection alone releases the lock only once the
-        // server has noticed, which a sync started right after could race.
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
-            .bind(LOCK_CLASS)
-            .bind(source.name.as_str())
-            .execute(&mut lock_conn)
-            .await;
-        if let Err(e) = unlocked {
-            warn!(error = %e, "could not release the source lock; it goes with the connection");
-        }
-        let _ = lock_conn.close().await;
+        lock.release().await;
         result.duration = started.elapsed();
         result
     }
@@ -193,15 +307,9 @@ async fn run_locked(
     source: &SourceConfig,
     options: &SyncOptions,
     shutdown: Option<Shutdown>,
+    lock_lost: watch::Receiver<bool>,
     result: &mut SourceResult,
 ) {
-    if let Err(e) = store
-        .register_source(&source.name, source.platform_key())
-        .await
-    {
-        result.error = Some(e.to_string());
-        return;
-    }
     let run_id = match store.start_run(&source.name).await {
         Ok(id) => id,
         Err(e) => {
@@ -228,6 +336,7 @@ async fn run_locked(
                 options,
                 connector: conn.as_ref(),
                 shutdown,
+                lock_lost,
                 counts: RunCounts::default(),
                 retries: AtomicU64::new(0),
                 rate_limit_waits: AtomicU64::new(0),
@@ -300,6 +409,8 @@ struct Run<'a> {
     options: &'a SyncOptions,
     connector: &'a dyn Connector,
     shutdown: Option<Shutdown>,
+    /// Turns true when the source's lock is gone (see [`SourceLock`]).
+    lock_lost: watch::Receiver<bool>,
     counts: RunCounts,
     retries: AtomicU64,
     rate_limit_waits: AtomicU64,
@@ -312,6 +423,14 @@ fn cursor_key(feed: &str, conversation_id: &str) -> String {
 }
 
 impl Run<'_> {
+    /// Fails once the source's lock is gone: no page is written without it.
+    fn check_lock(&self) -> Result<(), SourceError> {
+        if *self.lock_lost.borrow() {
+            return Err(SourceError::LockLost);
+        }
+        Ok(())
+    }
+
     fn stopping(&self) -> bool {
         self.shutdown.as_ref().is_some_and(|s| *s.borrow())
     }
@@ -408,6 +527,7 @@ impl Run<'_> {
                 Err(SourceError::Store(StoreError::Database(e))) => {
                     return Err(SourceError::Store(StoreError::Database(e)));
                 }
+                Err(e @ SourceError::LockLost) => return Err(e),
                 Err(e) => {
                     warn!(conversation = %conversation.conversation_id, error = %e, "conversation failed; continuing with the others");
                     result
@@ -481,6 +601,12 @@ impl Run<'_> {
                     && page.gaps.is_empty()
                     && page.quarantine.is_empty();
                 let write = !empty || progressed;
+                if write {
+                    if let Some(hook) = &self.options.page_hook {
+                        (hook.0)(&self.source.name, &page.cursor_key);
+                    }
+                    self.check_lock()?;
+                }
                 let apply = async {
                     if write {
                         Some(self.store.apply_page(&self.source.name, &page).await)

@@ -33,6 +33,17 @@ fn escape_with(text: &str, keep_newlines: bool) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// One visible character in place of `c` when `c` is unsafe (a control picture such as
+/// `␛` for ESC, `�` for the rest): for text whose character offsets must not move.
+pub fn visible(c: char) -> char {
+    match c {
+        '\0'..='\u{1f}' => char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}'),
+        '\u{7f}' => '\u{2421}',
+        c if is_unsafe(c) => '\u{fffd}',
+        c => c,
+    }
+}
+
 /// C0 and C1 controls, DEL, and the characters that reorder text invisibly (bidi
 /// overrides and isolates), which can disguise what a line says.
 fn is_unsafe(c: char) -> bool {
@@ -52,5 +63,8 @@ mod tests {
         assert_eq!(escape_line("a\nb"), "a\\u{a}b");
         assert_eq!(escape("rtl \u{202e}gnp.exe"), "rtl \\u{202e}gnp.exe");
         assert!(matches!(escape("会议 meeting 👍"), Cow::Borrowed(_)));
+        assert_eq!(visible('\u{1b}'), '␛');
+        assert_eq!(visible('\u{9b}'), '\u{fffd}');
+        assert_eq!(visible('会'), '会');
     }
 }

@@ -473,3 +473,108 @@ async fn a_flood_of_requests_does_not_starve_the_syncs() {
         "the sync took {loaded:?} under load against {quiet:?} quiet"
     );
 }
+
+/// A server that answers everything with `status` and a `Location` on `target`, counting
+/// what it was sent.
+async fn redirecting(status: u16, target: String) -> String {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let target = target.clone();
+        async move {
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                [("location", format!("{target}{}", uri.path()))],
+            )
+                .into_response()
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// Everything a server was sent: `(method path, headers, body)`.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+async fn recording() -> (String, Seen) {
+    let seen: Seen = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let log = log.clone();
+        async move {
+            let line = format!("{} {}", request.method(), request.uri());
+            let headers = format!("{:?}", request.headers());
+            let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            log.lock()
+                .unwrap()
+                .push((line, headers, String::from_utf8_lossy(&body).into_owned()));
+            "{}"
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, seen)
+}
+
+/// The HTTP client followed redirects to other hosts with the `token` header, and a 307 or
+/// 308 sent the login body, password and all, again. Another origin now sees nothing, and
+/// the run fails naming the source and what happened.
+#[tokio::test]
+async fn credentials_never_follow_a_redirect_to_another_origin() {
+    use chatvault::config::YunhuConfig;
+    use chatvault::sync::{sync_source, SyncOptions};
+    let (elsewhere, seen) = recording().await;
+    let options = SyncOptions {
+        max_retries: 0,
+        ..SyncOptions::default()
+    };
+    for status in [302, 307, 308] {
+        let upstream = redirecting(status, elsewhere.clone()).await;
+        let tsdd = SourceConfig {
+            name: SourceName::new("acme-tsdd"),
+            schedule: "0 */5 * * * *".into(),
+            requests_per_second: 0.0,
+            request_timeout: Duration::from_secs(5),
+            enabled: true,
+            platform: PlatformConfig::Tangsengdaodao(TsddConfig {
+                base_url: upstream.clone(),
+                auth: TsddAuth::Password {
+                    username: "008613800000000".into(),
+                    password: Secret::new("pw-do-not-leak"),
+                },
+                device_flag: 1,
+                page_size: 100,
+            }),
+        };
+        let yunhu = SourceConfig {
+            name: SourceName::new("acme-yunhu"),
+            platform: PlatformConfig::Yunhu(YunhuConfig {
+                base_url: upstream,
+                token: Secret::new("yh-token-do-not-leak"),
+                rescan_messages: 10,
+                rescan_days: 1,
+                rescan_every_minutes: 0,
+            }),
+            ..tsdd.clone()
+        };
+        for source in [tsdd, yunhu] {
+            let (store, _) = common::store().await;
+            let result = sync_source(&store, &source, &options, None).await;
+            assert!(!result.ok(), "{status}: the run cannot succeed");
+            let error = result.error.unwrap_or_default();
+            assert!(error.contains(source.name.as_str()), "{status}: {error}");
+            assert!(error.contains("another origin"), "{status}: {error}");
+            assert!(error.contains(&elsewhere), "names where it led: {error}");
+            assert!(!error.contains("do-not-leak"), "{error}");
+        }
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the other origin saw requests: {:?}",
+        seen.lock().unwrap()
+    );
+}

@@ -70,6 +70,7 @@ impl HttpClient {
             .connect_timeout(Duration::from_secs(10))
             .timeout(request_timeout)
             .gzip(true)
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| ConnectorError::Permanent(format!("cannot build http client: {e}")))?;
         Ok(HttpClient {
@@ -148,7 +149,66 @@ impl HttpClient {
     }
 }
 
+/// Redirects are followed only within the origin (scheme, host and port) they start
+/// from, at most [`MAX_REDIRECTS`] times. Requests carry credentials (a `token` header, a
+/// signature, a password in a login body that a 307 or 308 sends again), and another
+/// origin must never see them.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let origin = |u: &reqwest::Url| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        };
+        let from = attempt.previous().first().map(origin);
+        let to = origin(attempt.url());
+        if from.as_ref() != Some(&to) {
+            let target = format!(
+                "{}://{}{}",
+                to.0,
+                to.1.as_deref().unwrap_or(""),
+                to.2.map(|p| format!(":{p}")).unwrap_or_default()
+            );
+            return attempt.error(CrossOriginRedirect(target));
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(CrossOriginRedirect(String::new()));
+        }
+        attempt.follow()
+    })
+}
+
+/// Redirects followed within one origin before giving up.
+const MAX_REDIRECTS: usize = 5;
+
+/// A redirect chatvault refused to follow: to another origin (named), or one too many.
+#[derive(Debug)]
+struct CrossOriginRedirect(String);
+
+impl std::fmt::Display for CrossOriginRedirect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            write!(f, "more than {MAX_REDIRECTS} redirects")
+        } else {
+            write!(f, "a redirect to another origin ({})", self.0)
+        }
+    }
+}
+
+impl std::error::Error for CrossOriginRedirect {}
+
 fn transport_error(what: &str, e: &reqwest::Error) -> ConnectorError {
+    if e.is_redirect() {
+        let why = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<CrossOriginRedirect>())
+            .map_or_else(|| "a redirect".to_string(), ToString::to_string);
+        return ConnectorError::Permanent(format!(
+            "{what}: upstream answered with {why}; chatvault does not follow redirects off \
+             the configured server, so that no credential leaves it: check base_url"
+        ));
+    }
     // reqwest's Display includes the URL; ours carry no secrets in URLs, but strip it anyway
     // so that a query string can never leak.
     let e = e.without_url_ref();

@@ -162,14 +162,23 @@ impl Store {
 }
 
 /// One CSV record (RFC 4180): fields quoted when they hold a comma, a quote or a line
-/// break; a null is an empty field.
-pub fn csv_record(fields: &[Option<String>]) -> String {
+/// break; a null is an empty field. With `guard_formulas`, a field a spreadsheet would run
+/// as a formula (beginning with `=`, `+`, `-`, `@`, a tab or a carriage return: anyone in
+/// a chat can post one) gets a leading `'`, so the spreadsheet shows it as text.
+pub fn csv_record(fields: &[Option<String>], guard_formulas: bool) -> String {
     let mut out = String::new();
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         let f = field.as_deref().unwrap_or("");
+        let guarded;
+        let f = if guard_formulas && f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            guarded = format!("'{f}");
+            guarded.as_str()
+        } else {
+            f
+        };
         if f.contains([',', '"', '\n', '\r']) {
             out.push('"');
             out.push_str(&f.replace('"', "\"\""));
@@ -187,15 +196,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cells_a_spreadsheet_would_run_are_text_unless_asked() {
+        let cells = [
+            Some("=HYPERLINK(\"http://evil.example\",\"x\")".to_string()),
+            Some("+1".to_string()),
+            Some("-2".to_string()),
+            Some("@SUM(A1)".to_string()),
+            Some("\tx".to_string()),
+            Some("a=b".to_string()),
+        ];
+        assert_eq!(
+            csv_record(&cells, true),
+            "\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\",'+1,'-2,'@SUM(A1),'\tx,a=b\r\n"
+        );
+        assert_eq!(
+            csv_record(&cells, false),
+            "\"=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\",+1,-2,@SUM(A1),\tx,a=b\r\n"
+        );
+    }
+
+    #[test]
     fn csv_quotes_only_what_needs_it() {
-        let rec = csv_record(&[
-            Some("plain".into()),
-            None,
-            Some("a,b".into()),
-            Some("say \"hi\"".into()),
-            Some("two\nlines".into()),
-            Some("中文".into()),
-        ]);
+        let rec = csv_record(
+            &[
+                Some("plain".into()),
+                None,
+                Some("a,b".into()),
+                Some("say \"hi\"".into()),
+                Some("two\nlines".into()),
+                Some("中文".into()),
+            ],
+            true,
+        );
         assert_eq!(
             rec,
             "plain,,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",中文\r\n"

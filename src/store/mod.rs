@@ -178,6 +178,15 @@ impl Store {
         Ok(())
     }
 
+    /// The number that keys the source's advisory lock (unique per source, for good).
+    pub async fn lock_id(&self, source: &SourceName) -> Result<i32> {
+        sqlx::query_scalar("SELECT lock_id FROM vault.sources WHERE source = $1")
+            .bind(source.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::UnknownSource(source.to_string()))
+    }
+
     /// Every cursor of a source, by key.
     pub async fn cursors(&self, source: &SourceName) -> Result<BTreeMap<String, Cursor>> {
         let rows: Vec<(String, serde_json::Value)> =
