@@ -682,3 +682,56 @@ async fn a_full_pass_is_idempotent() {
     assert_eq!(full.counts.messages_new + full.counts.messages_changed, 0);
     assert_eq!(fingerprint(&store).await, before);
 }
+
+/// A NUL in a reaction's emoji, in a user's name or in a message made PostgreSQL refuse
+/// the whole page, and the same page came back every run: the source never advanced.
+#[tokio::test]
+async fn nul_characters_from_upstream_never_stop_the_source() {
+    let (server, store, src) = start().await;
+    let (message_id, channel, reactor) = {
+        let world = server.world();
+        let truth = world.truth();
+        let channel = truth
+            .iter()
+            .find(|c| c.is_member && c.messages.iter().any(|m| m.visible))
+            .unwrap();
+        let message = channel.messages.iter().find(|m| m.visible).unwrap();
+        let reactor = world
+            .users()
+            .find(|u| u.uid != world.me().uid)
+            .unwrap()
+            .uid
+            .clone();
+        (
+            message.message_id.clone(),
+            ChannelKey::group(&channel.fake_id),
+            reactor,
+        )
+    };
+    {
+        let mut world = server.world();
+        world.toggle_reaction(message_id.parse().unwrap(), &reactor, "👍\u{0}");
+        let me = world.me().uid.clone();
+        if world.channel(&channel).is_some() {
+            world.post_message(
+                &channel,
+                &me,
+                json!({"type": 1, "content": "null \u{0} inside"}),
+            );
+        }
+    }
+    let first = sync(&store, &src).await;
+    assert!(first.ok(), "{:?}", first.error);
+    let emoji: String = sqlx::query_scalar(
+        "SELECT emoji FROM archive.reactions WHERE message_id = $1 AND user_id = $2",
+    )
+    .bind(&message_id)
+    .bind(&reactor)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(emoji, "👍\u{FFFD}");
+    let second = sync(&store, &src).await;
+    assert!(second.ok(), "{:?}", second.error);
+    assert_eq!(second.counts.messages_new, 0, "nothing comes back");
+}
