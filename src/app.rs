@@ -778,7 +778,7 @@ async fn search(
     let Some(search_index) = SearchIndex::open(&index_dir)? else {
         bail!(index::SearchError::NoIndex);
     };
-    let page = index::search::search(&search_index, store.pool(), request).await?;
+    let page = index::search::search(&search_index, &store, request).await?;
     let mut out = std::io::stdout().lock();
     if json {
         for hit in &page.hits {

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rand::Rng;
 use serde_json::json;
-use sqlx::Connection;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -136,95 +135,6 @@ enum SourceError {
 /// A stop signal: `true` once shutdown was asked for.
 pub type Shutdown = watch::Receiver<bool>;
 
-/// The advisory lock class of source locks: the high 32 bits of the lock's key, the
-/// source's `lock_id` (unique per source) the low ones.
-const LOCK_CLASS: i64 = 0x6376; // "cv"
-
-/// A source's advisory lock, held on a connection of its own that is checked every
-/// `check_every`: if that connection breaks, the lock is gone (another daemon may take the
-/// source) and [`SourceLock::lost`] turns true, which stops the run.
-struct SourceLock {
-    release: tokio::sync::oneshot::Sender<()>,
-    lost: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SourceLock {
-    /// Take the lock of `source` if no one holds it: `Ok(None)` when someone does.
-    async fn take(
-        store: &Store,
-        source: &SourceName,
-        check_every: Duration,
-    ) -> Result<Option<SourceLock>, String> {
-        let id = store
-            .lock_id(source)
-            .await
-            .map_err(|e| format!("cannot read the source's lock number: {e}"))?;
-        let key = (LOCK_CLASS << 32) | i64::from(id as u32);
-        // The lock lives on its own connection for the whole run; if this process dies the
-        // connection drops and another daemon can take over.
-        let mut conn = store
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| format!("cannot connect to the database: {e}"))?
-            .detach();
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| format!("cannot take the source lock: {e}"))?;
-        if !locked {
-            let _ = conn.close().await;
-            return Ok(None);
-        }
-        let (release, mut released) = tokio::sync::oneshot::channel::<()>();
-        let (lost_tx, lost) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut checks = tokio::time::interval(check_every);
-            checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            checks.tick().await;
-            loop {
-                tokio::select! {
-                    _ = checks.tick() => {
-                        let alive = tokio::time::timeout(
-                            check_every.max(Duration::from_secs(5)),
-                            sqlx::query("SELECT 1").execute(&mut conn),
-                        )
-                        .await;
-                        if !matches!(alive, Ok(Ok(_))) {
-                            warn!("the connection holding the source lock broke; the lock is gone");
-                            let _ = lost_tx.send(true);
-                            return;
-                        }
-                    }
-                    _ = &mut released => break,
-                }
-            }
-            // Unlock explicitly: closing the connection alone releases the lock only once
-            // the server has noticed, which a sync started right after could race.
-            if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(key)
-                .execute(&mut conn)
-                .await
-            {
-                warn!(error = %e, "could not release the source lock; it goes with the connection");
-            }
-            let _ = conn.close().await;
-        });
-        Ok(Some(SourceLock {
-            release,
-            lost,
-            task,
-        }))
-    }
-
-    async fn release(self) {
-        let _ = self.release.send(());
-        let _ = self.task.await;
-    }
-}
-
 /// Sync one source: take its lock, run, record the run. Never panics: every failure, a
 /// panic of a bug included, ends up in the returned result and in `archive.sync_runs`.
 pub async fn sync_source(
@@ -256,7 +166,10 @@ pub async fn sync_source(
             result.error = Some(e.to_string());
             return result;
         }
-        let lock = match SourceLock::take(store, &source.name, options.lock_check_every).await {
+        let lock = match store
+            .try_lock_source(&source.name, options.lock_check_every)
+            .await
+        {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 result.skipped = true;
@@ -266,18 +179,11 @@ pub async fn sync_source(
                 return result;
             }
             Err(e) => {
-                result.error = Some(e);
+                result.error = Some(format!("cannot take the source lock: {e}"));
                 return result;
             }
         };
-        let run = run_locked(
-            store,
-            source,
-            options,
-            shutdown,
-            lock.lost.clone(),
-            &mut result,
-        );
+        let run = run_locked(store, source, options, shutdown, lock.lost(), &mut result);
         if let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await {
             let what = panic
                 .downcast_ref::<&str>()
@@ -409,7 +315,7 @@ struct Run<'a> {
     options: &'a SyncOptions,
     connector: &'a dyn Connector,
     shutdown: Option<Shutdown>,
-    /// Turns true when the source's lock is gone (see [`SourceLock`]).
+    /// Turns true when the source's lock is gone (see [`crate::store::SourceLock`]).
     lock_lost: watch::Receiver<bool>,
     counts: RunCounts,
     retries: AtomicU64,

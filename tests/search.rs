@@ -147,7 +147,7 @@ async fn filters_sort_and_highlights() {
     assert!(ids(&index, &r).is_empty());
 
     // Newest first, and the page carries names and highlights.
-    let page = search(&index, store.pool(), request("预算")).await.unwrap();
+    let page = search(&index, &store, request("预算")).await.unwrap();
     let order: Vec<&str> = page.hits.iter().map(|h| h.message_id.as_str()).collect();
     assert_eq!(order, ["7", "1"]);
     assert_eq!(page.total, 2);

@@ -91,8 +91,8 @@ pub(super) async fn readyz(State(state): State<ApiState>, headers: HeaderMap) ->
 
 /// Why the daemon is not ready, if it is not.
 async fn readiness(store: &Store) -> Result<(), String> {
-    sqlx::query("SELECT 1")
-        .execute(store.pool())
+    store
+        .ping()
         .await
         .map_err(|err| format!("the database is unreachable: {err}"))?;
     match store.migrations_current().await {
@@ -224,7 +224,7 @@ pub(super) async fn run_search(
              (`chatvault sync` or `chatvault reindex` builds it)",
         ));
     };
-    Ok(crate::index::search::search(index, state.store.pool(), request).await?)
+    Ok(crate::index::search::search(index, &state.store, request).await?)
 }
 
 pub(super) async fn search(

@@ -13,7 +13,6 @@ use std::ops::Bound;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
@@ -457,36 +456,24 @@ impl SearchIndex {
 /// PostgreSQL.
 pub async fn search(
     index: &SearchIndex,
-    pool: &PgPool,
+    store: &crate::store::Store,
     request: SearchRequest,
 ) -> Result<SearchPage, SearchError> {
     let index = index.clone();
     let mut page = tokio::task::spawn_blocking(move || index.search(&request))
         .await
         .map_err(|e| SearchError::Internal(anyhow::anyhow!("the search thread failed: {e}")))??;
-    let (sources, conversations): (Vec<String>, Vec<String>) = page
+    if page.hits.is_empty() {
+        return Ok(page);
+    }
+    let keys: Vec<(String, String)> = page
         .hits
         .iter()
         .map(|h| (h.source.clone(), h.conversation_id.clone()))
-        .unzip();
-    if sources.is_empty() {
-        return Ok(page);
-    }
-    let names: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT c.source, c.conversation_id, c.name
-         FROM vault.conversations c
-         JOIN unnest($1::text[], $2::text[]) AS k(source, conversation_id)
-           ON k.source = c.source AND k.conversation_id = c.conversation_id",
-    )
-    .bind(&sources)
-    .bind(&conversations)
-    .fetch_all(pool)
-    .await
-    .map_err(|e| {
+        .collect();
+    let names = store.conversation_names(&keys).await.map_err(|e| {
         SearchError::Internal(anyhow::Error::new(e).context("reading conversation names"))
     })?;
-    let names: std::collections::HashMap<(String, String), Option<String>> =
-        names.into_iter().map(|(s, c, n)| ((s, c), n)).collect();
     for hit in &mut page.hits {
         hit.conversation_name = names
             .get(&(hit.source.clone(), hit.conversation_id.clone()))

@@ -17,6 +17,7 @@ pub mod canonical;
 mod clean;
 pub mod diff;
 pub mod export;
+mod lock;
 mod runs;
 mod verify;
 
@@ -26,6 +27,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use apply::PageOutcome;
+pub use lock::SourceLock;
 pub use runs::{RunCounts, RunStatus, SourceStatus};
 pub use verify::{ExpectedHead, VerifyFailure, VerifyReport};
 
@@ -178,13 +180,31 @@ impl Store {
         Ok(())
     }
 
-    /// The number that keys the source's advisory lock (unique per source, for good).
-    pub async fn lock_id(&self, source: &SourceName) -> Result<i32> {
-        sqlx::query_scalar("SELECT lock_id FROM vault.sources WHERE source = $1")
-            .bind(source.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::UnknownSource(source.to_string()))
+    /// Whether the database answers a query.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The current names of conversations, by `(source, conversation_id)`; unknown ones
+    /// are left out.
+    pub async fn conversation_names(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<std::collections::HashMap<(String, String), Option<String>>> {
+        let (sources, conversations): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(s, c)| (s.as_str(), c.as_str())).unzip();
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT c.source, c.conversation_id, c.name
+             FROM vault.conversations c
+             JOIN unnest($1::text[], $2::text[]) AS k(source, conversation_id)
+               ON k.source = c.source AND k.conversation_id = c.conversation_id",
+        )
+        .bind(&sources)
+        .bind(&conversations)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(s, c, n)| ((s, c), n)).collect())
     }
 
     /// Every cursor of a source, by key.
