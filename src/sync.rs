@@ -172,9 +172,9 @@ pub async fn sync_source(
         {
             Ok(Some(lock)) => lock,
             Ok(None) => {
+                // not a failure and not an error: the other process is doing the work
                 result.skipped = true;
                 result.status = RunStatus::Ok;
-                result.error = Some("another chatvault process is syncing this source".into());
                 info!("skipped: another process holds the source lock");
                 return result;
             }
