@@ -739,12 +739,12 @@ fn search_request(args: &SearchArgs) -> anyhow::Result<SearchRequest> {
         .as_deref()
         .map(|s| index::search::parse_time(s, true))
         .transpose()?;
-    let withdrawn = if args.only_recalled {
-        index::search::Withdrawn::Only
+    let recalled = if args.only_recalled {
+        index::search::Recalled::Only
     } else if args.include_recalled {
-        index::search::Withdrawn::Include
+        index::search::Recalled::Include
     } else {
-        index::search::Withdrawn::Exclude
+        index::search::Recalled::Exclude
     };
     let request = SearchRequest {
         query: args.query.clone(),
@@ -754,7 +754,7 @@ fn search_request(args: &SearchArgs) -> anyhow::Result<SearchRequest> {
         since,
         until,
         kind: args.kind.clone(),
-        withdrawn,
+        recalled,
         history: args.history,
         sort: match args.sort {
             SearchSort::Newest => index::Sort::Newest,

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chatvault::index::indexer::check;
-use chatvault::index::search::{search, Withdrawn};
+use chatvault::index::search::{search, Recalled};
 use chatvault::index::{Indexer, SearchError, SearchIndex, SearchRequest, Sort};
 use chatvault::model::{
     Content, EarlierVersion, Mark, MessageKind, MessageObservation, Platform, SourceName,
@@ -223,12 +223,12 @@ async fn a_recalled_message_is_found_only_when_recalled_ones_are_asked_for() {
         .unwrap();
     assert!(ids(&index, &request("quarterly")).is_empty());
     let include = SearchRequest {
-        withdrawn: Withdrawn::Include,
+        recalled: Recalled::Include,
         ..request("quarterly OR meeting")
     };
     assert_eq!(ids(&index, &include), set(&["3", "4"]));
     let only = SearchRequest {
-        withdrawn: Withdrawn::Only,
+        recalled: Recalled::Only,
         ..request("quarterly OR meeting")
     };
     let page = index.search(&only).unwrap();
@@ -514,7 +514,7 @@ async fn reindex_gives_the_same_index_as_incremental_indexing() {
             .iter()
             .map(|q| {
                 let all = SearchRequest {
-                    withdrawn: Withdrawn::Include,
+                    recalled: Recalled::Include,
                     history: true,
                     ..request(q)
                 };

@@ -174,12 +174,12 @@ pub struct SearchParams {
 
 impl SearchParams {
     pub fn to_request(&self) -> Result<SearchRequest, SearchError> {
-        use crate::index::search::{parse_time, Withdrawn};
+        use crate::index::search::{parse_time, Recalled};
         let query = self.q.clone().unwrap_or_default();
-        let withdrawn = match self.recalled.as_deref() {
-            None | Some("exclude") => Withdrawn::Exclude,
-            Some("include") => Withdrawn::Include,
-            Some("only") => Withdrawn::Only,
+        let recalled = match self.recalled.as_deref() {
+            None | Some("exclude") => Recalled::Exclude,
+            Some("include") => Recalled::Include,
+            Some("only") => Recalled::Only,
             Some(other) => {
                 return Err(SearchError::BadRequest(format!(
                     "recalled must be exclude, include or only, not {other:?}"
@@ -202,7 +202,7 @@ impl SearchParams {
                 .map(|s| parse_time(s, true))
                 .transpose()?,
             kind: self.kind.clone(),
-            withdrawn,
+            recalled,
             history: self.history.unwrap_or(false),
             sort: self.sort.as_deref().unwrap_or("newest").parse()?,
             limit: self.limit.unwrap_or(20),

@@ -165,7 +165,7 @@ fn to_document(f: &Fields, d: &MessageDoc) -> TantivyDocument {
     doc.add_u64(f.edited, u64::from(d.edited));
     doc.add_u64(f.recalled, u64::from(d.recalled));
     doc.add_u64(f.deleted, u64::from(d.deleted));
-    doc.add_u64(f.withdrawn, u64::from(d.recalled || d.deleted));
+    doc.add_u64(f.recalled_or_deleted, u64::from(d.recalled || d.deleted));
     doc.add_text(f.text, &d.text);
     doc.add_text(f.text_grams, &d.text);
     doc.add_text(f.text_words, tokenizer::fold_text(&d.text));

@@ -70,7 +70,7 @@ pub struct Fields {
     pub recalled: Field,
     pub deleted: Field,
     /// 1 when recalled or deleted.
-    pub withdrawn: Field,
+    pub recalled_or_deleted: Field,
     /// The current text as stored (for display and highlighting).
     pub text: Field,
     pub text_grams: Field,
@@ -123,7 +123,8 @@ pub fn schema() -> (Schema, Fields) {
         edited: b.add_u64_field("edited", flag.clone()),
         recalled: b.add_u64_field("recalled", flag.clone()),
         deleted: b.add_u64_field("deleted", flag.clone()),
-        withdrawn: b.add_u64_field("withdrawn", flag),
+        // the index field keeps its name: renaming it would change the schema
+        recalled_or_deleted: b.add_u64_field("withdrawn", flag),
         text: b.add_text_field("text", STORED),
         text_grams: b.add_text_field("text_grams", grams.clone()),
         text_words: b.add_text_field("text_words", words.clone()),

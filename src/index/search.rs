@@ -55,7 +55,7 @@ impl std::str::FromStr for Sort {
 /// Which recalled or deleted messages a search returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Withdrawn {
+pub enum Recalled {
     /// Recalled and deleted messages are left out (the default).
     #[default]
     Exclude,
@@ -77,7 +77,7 @@ pub struct SearchRequest {
     pub until: Option<DateTime<Utc>>,
     pub kind: Option<String>,
     /// Recalled and deleted messages.
-    pub withdrawn: Withdrawn,
+    pub recalled: Recalled,
     /// Also match what messages said before they were edited.
     pub history: bool,
     pub sort: Sort,
@@ -189,7 +189,7 @@ fn request_hash(r: &SearchRequest) -> u64 {
         r.since,
         r.until,
         r.kind,
-        r.withdrawn,
+        r.recalled,
         r.history,
         r.sort
     );
@@ -306,12 +306,12 @@ impl SearchIndex {
         if let Some(k) = &request.kind {
             filter(term_filter(f.kind, k));
         }
-        match request.withdrawn {
-            Withdrawn::Include => {}
-            Withdrawn::Exclude | Withdrawn::Only => {
-                let v = u64::from(request.withdrawn == Withdrawn::Only);
+        match request.recalled {
+            Recalled::Include => {}
+            Recalled::Exclude | Recalled::Only => {
+                let v = u64::from(request.recalled == Recalled::Only);
                 filter(Box::new(TermQuery::new(
-                    Term::from_field_u64(f.withdrawn, v),
+                    Term::from_field_u64(f.recalled, v),
                     IndexRecordOption::Basic,
                 )));
             }
