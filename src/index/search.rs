@@ -167,7 +167,8 @@ pub struct SearchPage {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Cursor {
+/// Where the next page of a search starts: what `next_cursor` carries, signed.
+struct PagePosition {
     v: u32,
     /// Hash of the query and filters the cursor belongs to.
     q: u64,
@@ -200,7 +201,7 @@ type CursorMac = hmac::Hmac<sha2::Sha256>;
 
 /// `<payload>.<mac>`, both base64url: the payload is the cursor's JSON, the mac its
 /// HMAC-SHA256 under the index's cursor key.
-fn encode_cursor(c: &Cursor, key: &[u8; 32]) -> String {
+fn encode_cursor(c: &PagePosition, key: &[u8; 32]) -> String {
     use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
     use hmac::Mac;
     let payload = serde_json::to_vec(c).unwrap_or_default();
@@ -213,7 +214,7 @@ fn encode_cursor(c: &Cursor, key: &[u8; 32]) -> String {
     )
 }
 
-fn decode_cursor(s: &str, r: &SearchRequest, key: &[u8; 32]) -> Result<Cursor, SearchError> {
+fn decode_cursor(s: &str, r: &SearchRequest, key: &[u8; 32]) -> Result<PagePosition, SearchError> {
     use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
     use hmac::Mac;
     let foreign = || SearchError::BadCursor("not a cursor this server gave");
@@ -227,7 +228,7 @@ fn decode_cursor(s: &str, r: &SearchRequest, key: &[u8; 32]) -> Result<Cursor, S
     let mut mac = CursorMac::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(&payload);
     mac.verify_slice(&tag).map_err(|_| foreign())?;
-    let c: Cursor = serde_json::from_slice(&payload).map_err(|_| foreign())?;
+    let c: PagePosition = serde_json::from_slice(&payload).map_err(|_| foreign())?;
     if c.v != 1 {
         return Err(SearchError::BadCursor("from another version"));
     }
@@ -427,13 +428,13 @@ impl SearchIndex {
         }
         let next_cursor = if more {
             let c = match request.sort {
-                Sort::Newest => Cursor {
+                Sort::Newest => PagePosition {
                     v: 1,
                     q: request_hash(request),
                     t: last_place,
                     o: None,
                 },
-                Sort::Relevance => Cursor {
+                Sort::Relevance => PagePosition {
                     v: 1,
                     q: request_hash(request),
                     t: None,
@@ -604,7 +605,7 @@ mod tests {
         };
         let key = [7u8; 32];
         let c = encode_cursor(
-            &Cursor {
+            &PagePosition {
                 v: 1,
                 q: request_hash(&r),
                 t: Some((5, 6)),
@@ -638,7 +639,7 @@ mod tests {
         };
         let key = [7u8; 32];
         let genuine = encode_cursor(
-            &Cursor {
+            &PagePosition {
                 v: 1,
                 q: request_hash(&r),
                 t: None,

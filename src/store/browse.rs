@@ -109,7 +109,7 @@ impl Position {
 
 /// Which part of a conversation to show.
 #[derive(Clone, Debug)]
-pub enum Window {
+pub enum Slice {
     /// The newest messages.
     Latest,
     /// The messages just before this position.
@@ -120,9 +120,9 @@ pub enum Window {
     Around(String),
 }
 
-/// A window of a conversation, oldest first.
+/// A slice of a conversation, oldest first.
 #[derive(Clone, Debug, Default)]
-pub struct MessageWindow {
+pub struct MessageSlice {
     pub messages: Vec<MessageView>,
     pub has_older: bool,
     pub has_newer: bool,
@@ -209,32 +209,32 @@ impl Store {
         &self,
         source: &str,
         conversation_id: &str,
-        window: &Window,
+        window: &Slice,
         limit: i64,
-    ) -> Result<MessageWindow> {
+    ) -> Result<MessageSlice> {
         let limit = limit.clamp(1, 1000);
         let (mut messages, has_older, has_newer) = match window {
-            Window::Latest => {
+            Slice::Latest => {
                 let (mut rows, more) = self
                     .messages_from(source, conversation_id, None, Direction::Before, limit)
                     .await?;
                 rows.reverse();
                 (rows, more, false)
             }
-            Window::Before(p) => {
+            Slice::Before(p) => {
                 let (mut rows, more) = self
                     .messages_from(source, conversation_id, Some(p), Direction::Before, limit)
                     .await?;
                 rows.reverse();
                 (rows, more, true)
             }
-            Window::After(p) => {
+            Slice::After(p) => {
                 let (rows, more) = self
                     .messages_from(source, conversation_id, Some(p), Direction::After, limit)
                     .await?;
                 (rows, true, more)
             }
-            Window::Around(message_id) => {
+            Slice::Around(message_id) => {
                 let anchor: Option<(DateTime<Utc>, i64)> = sqlx::query_as(
                     "SELECT sent_at, COALESCE(seq, 9223372036854775807)
                      FROM archive.messages
@@ -249,7 +249,7 @@ impl Store {
                     return Box::pin(self.message_window(
                         source,
                         conversation_id,
-                        &Window::Latest,
+                        &Slice::Latest,
                         limit,
                     ))
                     .await;
@@ -280,7 +280,7 @@ impl Store {
         };
         self.fill_history(source, conversation_id, &mut messages)
             .await?;
-        Ok(MessageWindow {
+        Ok(MessageSlice {
             messages,
             has_older,
             has_newer,

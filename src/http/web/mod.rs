@@ -23,7 +23,7 @@ use maud::Markup;
 
 use super::api::{run_search, source_status};
 use super::ApiState;
-use crate::store::browse::{Position, Window};
+use crate::store::browse::{Position, Slice};
 
 /// Messages per conversation page.
 pub const PAGE_SIZE: i64 = 100;
@@ -201,10 +201,10 @@ async fn conversation_page(
     Query(q): Query<WindowQuery>,
 ) -> Response {
     let window = match (&q.before, &q.after, &q.around) {
-        (Some(p), None, None) => Position::parse(p).map(Window::Before),
-        (None, Some(p), None) => Position::parse(p).map(Window::After),
-        (None, None, Some(id)) if !id.is_empty() => Some(Window::Around(id.clone())),
-        (None, None, _) => Some(Window::Latest),
+        (Some(p), None, None) => Position::parse(p).map(Slice::Before),
+        (None, Some(p), None) => Position::parse(p).map(Slice::After),
+        (None, None, Some(id)) if !id.is_empty() => Some(Slice::Around(id.clone())),
+        (None, None, _) => Some(Slice::Latest),
         _ => None,
     };
     let Some(window) = window else {
@@ -230,7 +230,7 @@ async fn conversation_page(
         Err(e) => return database_error(e),
     };
     let highlight = match &window {
-        Window::Around(id) => Some(id.clone()),
+        Slice::Around(id) => Some(id.clone()),
         _ => None,
     };
     match state

@@ -11,7 +11,7 @@ use super::search::{fragments, Results};
 use super::SearchForm;
 use crate::index::SearchHit;
 use crate::store::browse::{
-    ConversationSummary, MessageView, MessageWindow, QuarantineView, ReactionView, RunView,
+    ConversationSummary, MessageSlice, MessageView, QuarantineView, ReactionView, RunView,
 };
 use crate::store::SourceStatus;
 
@@ -290,7 +290,7 @@ pub fn conversations(list: &[ConversationSummary], source: Option<&str>, sign_ou
 
 pub fn conversation(
     summary: &ConversationSummary,
-    window: &MessageWindow,
+    window: &MessageSlice,
     highlight: Option<&str>,
     sign_out: bool,
 ) -> Markup {
