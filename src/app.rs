@@ -170,7 +170,8 @@ pub(crate) async fn daemon(
     let state = ApiState::new(&store, metrics.clone())
         .with_server(&config.server)
         .with_sources(config.sources.clone())
-        .with_search(search_index);
+        .with_search(search_index)
+        .with_scheduler(scheduler.state());
     let listener = http::bind(config.server.listen).await?;
     if let Some(ready) = ready {
         let _ = ready.send(());

@@ -429,6 +429,19 @@ impl SourceLoop {
 }
 
 /// Fill each status's `next_run_at` from the configured schedules (disabled sources have none).
+/// Fill in each status's next run from the running scheduler's own state: jitter and
+/// backoff included, as the scheduler will really start it.
+pub fn fill_next_runs_from(statuses: &mut [crate::store::SourceStatus], state: &SharedState) {
+    let state = state.read().unwrap_or_else(|e| e.into_inner());
+    for status in statuses {
+        if let Some(s) = state.get(&status.source) {
+            status.next_run_at = s.next_run;
+        }
+    }
+}
+
+/// Fill in each status's next run from the configured schedule alone, for a process that
+/// runs no scheduler (the CLI): the next cron tick, without backoff.
 pub fn fill_next_runs(
     statuses: &mut [crate::store::SourceStatus],
     sources: &[SourceConfig],

@@ -254,3 +254,68 @@ async fn a_panic_inside_a_run_is_a_failed_run_and_the_schedule_goes_on() {
         "no run is left looking like it is still going"
     );
 }
+
+/// `/api/status` said a failing source runs at its next cron tick; the scheduler backs it
+/// off. The server now reads the next run from the running scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_run_a_server_shows_includes_the_backoff() {
+    use chatvault::http::{self, ApiState};
+    let server = SimServer::start(World::generate(&spec())).await;
+    let (store, _) = common::store().await;
+    let mut failing = source(&server, "s");
+    if let PlatformConfig::Tangsengdaodao(cfg) = &mut failing.platform {
+        cfg.auth = TsddAuth::Password {
+            username: spec().me_username,
+            password: Secret::new("not-the-password"),
+        };
+    }
+    let options = SchedulerOptions {
+        max_concurrent_sources: 1,
+        jitter: Duration::ZERO,
+        backoff_base: Duration::from_secs(3600),
+        backoff_cap: Duration::from_secs(3600),
+        sync: SyncOptions::default(),
+    };
+    let scheduler = Scheduler::new(
+        store.clone(),
+        Metrics::new(),
+        std::slice::from_ref(&failing),
+        options,
+    )
+    .unwrap();
+    let state = scheduler.state();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(scheduler.run(stopped.clone()));
+    let started = std::time::Instant::now();
+    while state.read().unwrap()["s"].consecutive_failures == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no failed run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let api = ApiState::new(&store, Metrics::new())
+        .with_sources(vec![failing])
+        .with_scheduler(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve_on(
+        listener,
+        api,
+        stopped,
+        Duration::from_secs(5),
+    ));
+    let status: serde_json::Value = reqwest::get(format!("{base}/api/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(status[0]["next_run_at"].clone()).unwrap();
+    let wait = next - chrono::Utc::now();
+    assert!(
+        wait > chrono::Duration::minutes(55),
+        "the next run is after the hour of backoff, not the next second: {next}"
+    );
+    stop.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}

@@ -141,7 +141,10 @@ pub(super) async fn source_status(
         .await
         .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason))?;
     let mut status = (*snapshot).clone();
-    crate::scheduler::fill_next_runs(&mut status, &state.sources, chrono::Utc::now());
+    match &state.scheduler {
+        Some(scheduler) => crate::scheduler::fill_next_runs_from(&mut status, scheduler),
+        None => crate::scheduler::fill_next_runs(&mut status, &state.sources, chrono::Utc::now()),
+    }
     Ok(status)
 }
 

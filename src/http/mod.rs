@@ -72,6 +72,8 @@ pub struct ApiState {
     /// The search index the daemon keeps current (`None`: search answers 503).
     pub(crate) search: Option<crate::index::SearchIndex>,
     pub(crate) status: status::StatusCache,
+    /// The running scheduler's state, for when each source runs next (backoff included).
+    pub(crate) scheduler: Option<crate::scheduler::SharedState>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -87,6 +89,7 @@ impl ApiState {
             access: Arc::new(access::Access::new(None, Vec::new(), None)),
             sources: Arc::default(),
             search: None,
+            scheduler: None,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -125,6 +128,12 @@ impl ApiState {
 
     pub fn with_search(mut self, index: crate::index::SearchIndex) -> ApiState {
         self.search = Some(index);
+        self
+    }
+
+    /// Read when each source runs next from this running scheduler.
+    pub fn with_scheduler(mut self, state: crate::scheduler::SharedState) -> ApiState {
+        self.scheduler = Some(state);
         self
     }
 
