@@ -1,4 +1,4 @@
-//! The command line: one enum of subcommands (DESIGN.md, "Command line").
+//! The command line: one enum of subcommands (README, "Commands").
 //!
 //! Stdout carries only a command's output; logs and errors go to stderr.
 

@@ -303,7 +303,7 @@ async fn conversations_lists_batches_and_last_message_shapes() {
         )
         .await;
     assert!(nested["data"]["success_list"][0]["last_message"]["message"]["message_type"].is_i64());
-    // the update of seed 003 changes server_extension and update_time
+    // the documented update example changes server_extension and update_time
     let now = chrono::Utc::now().timestamp();
     let path = format!("/im/v2/conversations/{}", id.replace('|', "%7C"));
     let v: Value = h

@@ -1,5 +1,5 @@
 //! The full-text index: a tantivy index in `data_dir/index`, derived from PostgreSQL and
-//! rebuildable from it at any time (DESIGN.md invariant 4).
+//! rebuildable from it at any time (ARCHITECTURE.md, invariant 4).
 //!
 //! - [`tokenizer`]: the CJK n-gram analyser (decides matches) and the jieba word analyser
 //!   (English stemming, whole-word ranking).
