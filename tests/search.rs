@@ -536,3 +536,39 @@ async fn reindex_gives_the_same_index_as_incremental_indexing() {
     assert_eq!(snapshot(&reopened), incremental);
     assert_exact(&store, &index).await;
 }
+
+/// "Recalled" in search means recalled or deleted: a deleted message is left out unless
+/// asked for, like a recalled one.
+#[tokio::test]
+async fn a_deleted_message_is_left_out_like_a_recalled_one() {
+    let (store, src, _dir, index) = seeded().await;
+    let mut deleted = message("c1", "3", 3, "");
+    deleted.header = None;
+    deleted.content = None;
+    deleted.deleted = Some(Mark {
+        at: Some(t(60)),
+        by: None,
+        reason: Some("deleted for everyone".into()),
+    });
+    store
+        .apply_page(&src, &page("m/c1", Some(7), 8, vec![deleted]))
+        .await
+        .unwrap();
+    Indexer::new(index.clone())
+        .catch_up(store.pool())
+        .await
+        .unwrap();
+    assert!(ids(&index, &request("quarterly")).is_empty());
+    let only = SearchRequest {
+        recalled: Recalled::Only,
+        ..request("quarterly")
+    };
+    let page = index.search(&only).unwrap();
+    assert_eq!(page.hits.len(), 1);
+    assert!(page.hits[0].flags.deleted);
+    let include = SearchRequest {
+        recalled: Recalled::Include,
+        ..request("quarterly")
+    };
+    assert_eq!(ids(&index, &include), set(&["3"]));
+}

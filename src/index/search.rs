@@ -312,7 +312,7 @@ impl SearchIndex {
             Recalled::Exclude | Recalled::Only => {
                 let v = u64::from(request.recalled == Recalled::Only);
                 filter(Box::new(TermQuery::new(
-                    Term::from_field_u64(f.recalled, v),
+                    Term::from_field_u64(f.recalled_or_deleted, v),
                     IndexRecordOption::Basic,
                 )));
             }
