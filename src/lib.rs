@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod demo;
+pub mod files;
 pub mod index;
 pub mod metrics;
 pub mod model;
