@@ -1107,8 +1107,11 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
             .sync_all()
             .with_context(|| format!("cannot write {}", from.display()))?;
         temp.persist(out).map_err(|e| {
-            anyhow::Error::new(e.error)
-                .context(format!("cannot move {} to {}", from.display(), out.display()))
+            anyhow::Error::new(e.error).context(format!(
+                "cannot move {} to {}",
+                from.display(),
+                out.display()
+            ))
         })?;
         eprintln!("exported {n} messages to {}", out.display());
     } else {

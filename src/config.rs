@@ -1167,7 +1167,8 @@ fn read_source<'t>(
         MIN_REQUESTS_PER_SECOND,
         MAX_REQUESTS_PER_SECOND,
     );
-    let request_timeout = section.seconds_or(cx, "request_timeout", 30, 1, MAX_REQUEST_TIMEOUT_SECONDS);
+    let request_timeout =
+        section.seconds_or(cx, "request_timeout", 30, 1, MAX_REQUEST_TIMEOUT_SECONDS);
 
     let platform = match platform? {
         Platform::Tangsengdaodao => PlatformConfig::Tangsengdaodao(read_tsdd(cx, &section)?),
@@ -1661,10 +1662,15 @@ mod tests {
             ]
         );
         for (value, shown) in [("1e300", "1e300"), ("0", "0"), ("-5", "-5"), ("nan", "NaN")] {
-            let text = tsdd(&format!("{TSDD_PASSWORD_ENV}requests_per_second = {value}\n"));
+            let text = tsdd(&format!(
+                "{TSDD_PASSWORD_ENV}requests_per_second = {value}\n"
+            ));
             let problems = problems(&text, &[("PW", "p")]);
             assert_eq!(problems.len(), 1, "{problems:?}");
-            assert!(problems[0].ends_with(&format!("got {shown}")), "{problems:?}");
+            assert!(
+                problems[0].ends_with(&format!("got {shown}")),
+                "{problems:?}"
+            );
         }
         let text = "[server]\nshutdown_timeout = -1\n[sync]\nschedule_jitter = 100000000\n\
                     max_retries = 4000000000\n";

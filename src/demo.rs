@@ -145,9 +145,8 @@ fn toml_path(p: &Path) -> String {
 fn data_dir(given: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
     let (dir, temporary) = match given {
         Some(d) => {
-            crate::files::prepare_data_dir(d).with_context(|| {
-                format!("cannot use {} as the data directory", d.display())
-            })?;
+            crate::files::prepare_data_dir(d)
+                .with_context(|| format!("cannot use {} as the data directory", d.display()))?;
             (d.to_path_buf(), false)
         }
         None => {
@@ -252,44 +251,45 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
     let settings = config.clone();
     let metrics = crate::metrics::Metrics::new();
     let daemon_metrics = metrics.clone();
-    let code = crate::app::with_store_and_metrics(&config, true, Some(metrics), move |store| async move {
-        first_sync(&store, &settings).await;
-        let (ready, listening) = tokio::sync::oneshot::channel();
-        let banner = {
-            let store = store.clone();
-            let settings = settings.clone();
-            tokio::spawn(async move {
-                if listening.await.is_ok() {
-                    print_banner(
-                        &store,
-                        &settings,
-                        &config_path,
-                        started,
-                        exit_after.is_some(),
-                    )
-                    .await;
+    let code =
+        crate::app::with_store_and_metrics(&config, true, Some(metrics), move |store| async move {
+            first_sync(&store, &settings).await;
+            let (ready, listening) = tokio::sync::oneshot::channel();
+            let banner = {
+                let store = store.clone();
+                let settings = settings.clone();
+                tokio::spawn(async move {
+                    if listening.await.is_ok() {
+                        print_banner(
+                            &store,
+                            &settings,
+                            &config_path,
+                            started,
+                            exit_after.is_some(),
+                        )
+                        .await;
+                    }
+                })
+            };
+            let activity = tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(7);
+                loop {
+                    tokio::time::sleep(ACTIVITY_EVERY).await;
+                    let changes: usize = activities.iter_mut().map(|a| a(&mut rng)).sum();
+                    tracing::debug!(changes, "new activity in the fake worlds");
                 }
-            })
-        };
-        let activity = tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(7);
-            loop {
-                tokio::time::sleep(ACTIVITY_EVERY).await;
-                let changes: usize = activities.iter_mut().map(|a| a(&mut rng)).sum();
-                tracing::debug!(changes, "new activity in the fake worlds");
-            }
-        });
-        let extras = crate::app::DaemonExtras {
-            metrics: Some(daemon_metrics),
-            lifetime: exit_after,
-            ready: Some(ready),
-        };
-        let code = crate::app::daemon(store, settings, extras).await;
-        banner.abort();
-        activity.abort();
-        code
-    })
-    .await;
+            });
+            let extras = crate::app::DaemonExtras {
+                metrics: Some(daemon_metrics),
+                lifetime: exit_after,
+                ready: Some(ready),
+            };
+            let code = crate::app::daemon(store, settings, extras).await;
+            banner.abort();
+            activity.abort();
+            code
+        })
+        .await;
     futures::future::join_all(stops).await;
     eprintln!("demo stopped");
     code

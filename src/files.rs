@@ -28,10 +28,7 @@ pub const FILE_MODE: u32 = 0o600;
 /// Creates `dir` and any missing parents, each mode 0700. An existing directory is left as it
 /// is.
 pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
 /// Creates `dir` mode 0700; `Ok(false)` when something already exists there.
@@ -80,7 +77,12 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// Replaces `path` with `contents`: a new temporary file beside it, created with `mode` (and,
 /// given `gid`, handed to that group through its descriptor), written, synced and renamed over
 /// `path`. Whatever was at `path` (a symlink included) is replaced, never written through.
-pub fn write_replacing(path: &Path, contents: &[u8], mode: u32, gid: Option<u32>) -> io::Result<()> {
+pub fn write_replacing(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    gid: Option<u32>,
+) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     let dir = dir.unwrap_or_else(|| Path::new("."));
     let name = path
@@ -173,7 +175,9 @@ pub enum DataDir {
     Created,
     Private,
     /// It was open to others (the old mode) and is 0700 now.
-    Tightened { was: u32 },
+    Tightened {
+        was: u32,
+    },
 }
 
 /// Makes `dir` a private data directory: created 0700 (parents too) when missing; an existing
@@ -248,7 +252,10 @@ mod tests {
         let file = deep.join("f");
         create_new_private(&file).unwrap();
         assert_eq!(mode(&file), 0o600);
-        assert!(create_new_private(&file).is_err(), "never opens an existing file");
+        assert!(
+            create_new_private(&file).is_err(),
+            "never opens an existing file"
+        );
         write_private(&deep.join("g"), b"x").unwrap();
         assert_eq!(mode(&deep.join("g")), 0o600);
     }

@@ -949,7 +949,10 @@ async fn numbers_jsonb_normalises_verify_and_are_not_edits() {
     .fetch_one(store.pool())
     .await
     .unwrap();
-    assert!(stored.contains("[0.0, 0.0, 1.0, 100.0, 100.0, 12.5, 10000000000000000, 0.00000015"), "jsonb normalised: {stored}");
+    assert!(
+        stored.contains("[0.0, 0.0, 1.0, 100.0, 100.0, 12.5, 10000000000000000, 0.00000015"),
+        "jsonb normalised: {stored}"
+    );
     let report = store.verify(&[]).await.unwrap();
     assert!(report.ok(), "{:?}", report.failures);
     assert_eq!(report.versions_checked, 1);
@@ -957,7 +960,10 @@ async fn numbers_jsonb_normalises_verify_and_are_not_edits() {
     // seen again (a rescan): the same content, no new version, still intact
     let before = snapshot(&store).await;
     store
-        .apply_page(&src, &page("m/c", Some(1), 1, vec![message_with_numbers("1", 1)]))
+        .apply_page(
+            &src,
+            &page("m/c", Some(1), 1, vec![message_with_numbers("1", 1)]),
+        )
         .await
         .unwrap();
     assert_eq!(snapshot(&store).await, before);
@@ -1038,10 +1044,9 @@ async fn verify_reports_every_break_and_keeps_going() {
     assert!(events[2].1.contains("altered"), "{events:?}");
     for message in ["1", "3"] {
         assert!(
-            report
-                .failures
-                .iter()
-                .any(|f| f.problem.starts_with(&format!("version 1 of message {message} "))),
+            report.failures.iter().any(|f| f
+                .problem
+                .starts_with(&format!("version 1 of message {message} "))),
             "{:?}",
             report.failures
         );
@@ -1073,7 +1078,8 @@ async fn truncate_of_the_append_only_tables_is_refused() {
 async fn events_hashed_with_the_earlier_number_spelling_still_verify() {
     use chatvault::store::canonical::{chain_hash_as, Numbers};
     let (store, _) = store().await;
-    let detail: Value = serde_json::from_str(r#"{"ratio": 1.5e-7, "big": 1e300, "n": 2.5}"#).unwrap();
+    let detail: Value =
+        serde_json::from_str(r#"{"ratio": 1.5e-7, "big": 1e300, "n": 2.5}"#).unwrap();
     let observed_at = t(1);
     let fields = EventFields {
         source: "s",
@@ -1086,7 +1092,11 @@ async fn events_hashed_with_the_earlier_number_spelling_still_verify() {
         detail: &detail,
     };
     let legacy = chain_hash_as(&GENESIS, &fields, Numbers::Legacy);
-    assert_ne!(legacy, chain_hash(&GENESIS, &fields), "the spellings differ here");
+    assert_ne!(
+        legacy,
+        chain_hash(&GENESIS, &fields),
+        "the spellings differ here"
+    );
     sqlx::query(
         "INSERT INTO vault.events (source, event_seq, kind, conversation_id, observed_at, detail, prev_hash, hash)
          VALUES ('s', 1, 'conversation_changed', 'c', $1, $2, $3, $4)",

@@ -55,7 +55,10 @@ impl TerminatingWrite for PrivateFile {
 }
 
 impl Directory for PrivateDirectory {
-    fn get_file_handle(&self, path: &Path) -> Result<std::sync::Arc<dyn FileHandle>, OpenReadError> {
+    fn get_file_handle(
+        &self,
+        path: &Path,
+    ) -> Result<std::sync::Arc<dyn FileHandle>, OpenReadError> {
         self.inner.get_file_handle(path)
     }
 

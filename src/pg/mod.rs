@@ -298,9 +298,11 @@ impl EmbeddedPostgres {
     fn restart_blocking(&mut self) -> Result<bool, PgError> {
         let _start_lock = FileLock::acquire(&self.layout.start_lock, true)?;
         if let Some(found) = cluster::read_postmaster_pid(&self.layout.cluster) {
-            if found.pid != self.pid && cluster::serves_cluster(found.pid, &self.layout.cluster)
-            {
-                tracing::info!(pid = found.pid, "another chatvault process restarted the postgres server; using it");
+            if found.pid != self.pid && cluster::serves_cluster(found.pid, &self.layout.cluster) {
+                tracing::info!(
+                    pid = found.pid,
+                    "another chatvault process restarted the postgres server; using it"
+                );
                 self.pid = found.pid;
                 self.child = None;
                 return Ok(false);

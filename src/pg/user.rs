@@ -114,7 +114,12 @@ pub(crate) fn current_user_name() -> Result<String, PgError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     match user_by_uid(euid) {
-        Some((name, _)) if !name.is_empty() && name.chars().all(|c| c != '"' && !c.is_control() && !c.is_whitespace()) => {
+        Some((name, _))
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c != '"' && !c.is_control() && !c.is_whitespace()) =>
+        {
             Ok(name)
         }
         _ => Err(PgError::NoUserName { uid: euid }),

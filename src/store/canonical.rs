@@ -332,7 +332,11 @@ mod tests {
         ] {
             let written: Value = serde_json::from_str(upstream).unwrap();
             let read: Value = serde_json::from_str(from_jsonb).unwrap();
-            assert_eq!(canonical_bytes(&written), canonical_bytes(&read), "{upstream}");
+            assert_eq!(
+                canonical_bytes(&written),
+                canonical_bytes(&read),
+                "{upstream}"
+            );
         }
         // the legacy spelling of events written before differs exactly there
         let v: Value = serde_json::from_str("[-0.0, 1e16]").unwrap();

@@ -162,10 +162,7 @@ impl Store {
                 let problem = if e.event_seq == expected_seq + 1 {
                     format!("event {expected_seq} is missing")
                 } else {
-                    format!(
-                        "events {expected_seq} to {} are missing",
-                        e.event_seq - 1
-                    )
+                    format!("events {expected_seq} to {} are missing", e.event_seq - 1)
                 };
                 fail(report, Some(expected_seq), problem);
             }
