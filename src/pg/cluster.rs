@@ -255,27 +255,29 @@ pub(crate) fn read_postmaster_pid(cluster: &Path) -> Option<PostmasterPid> {
     Some(PostmasterPid { pid, ready })
 }
 
-/// Whether `pid` is a postmaster serving `cluster`: alive, and a `postgres` process started
-/// with `-D cluster` (a pid recycled since the server died belongs to some other program,
-/// which must not keep a new server from starting). Its command line is world-readable in
-/// `/proc`; where it cannot be read, its working directory must be the cluster (the server
-/// `chdir`s there); where neither can be read (no `/proc`), the process is taken to be it.
+/// Whether `pid` is a postmaster serving `cluster` (see [`judge_postmaster`]); a pid recycled
+/// since the server died belongs to some other program, which must not keep a new server from
+/// starting.
 pub(crate) fn serves_cluster(pid: i32, cluster: &Path) -> bool {
     if !process_alive(pid) {
         return false;
     }
-    if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-        return is_postmaster_of(&cmdline, cluster);
-    }
-    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
-        Ok(cwd) => cwd == cluster,
-        Err(_) => true,
-    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    judge_postmaster(cmdline.as_deref(), cwd.as_deref(), cluster)
 }
 
-/// Whether a NUL-separated command line is that of a postmaster of `cluster`: a program named
-/// `postgres` (or `postmaster`) given `-D cluster`, `-Dcluster` or `--pgdata=cluster`.
-pub(crate) fn is_postmaster_of(cmdline: &[u8], cluster: &Path) -> bool {
+/// Whether a live process with this command line (NUL-separated, world-readable in `/proc`)
+/// and working directory (readable for our own processes, or as root) is a postmaster of
+/// `cluster`. It must be a program named `postgres` (or `postmaster`); then it is ours if it
+/// was given `-D cluster` (`-Dcluster`, `--pgdata=cluster`) or, failing that, if it works in
+/// `cluster` (a postmaster `chdir`s to its data directory). What cannot be read counts in
+/// favour: wrongly taking a dead server for alive only delays a start with a clear error,
+/// while wrongly taking a live one for dead would start a second server on its files.
+pub(crate) fn judge_postmaster(cmdline: Option<&[u8]>, cwd: Option<&Path>, cluster: &Path) -> bool {
+    let Some(cmdline) = cmdline else {
+        return cwd.is_none_or(|cwd| cwd == cluster);
+    };
     let args: Vec<&[u8]> = cmdline
         .split(|b| *b == 0)
         .filter(|arg| !arg.is_empty())
@@ -290,11 +292,8 @@ pub(crate) fn is_postmaster_of(cmdline: &[u8], cluster: &Path) -> bool {
     if !named {
         return false;
     }
-    let is_cluster = |dir: &[u8]| {
-        let dir = Path::new(std::ffi::OsStr::from_bytes(dir));
-        dir == cluster || dir.canonicalize().is_ok_and(|dir| dir == cluster)
-    };
-    args.iter().enumerate().skip(1).any(|(i, arg)| {
+    let is_cluster = |dir: &[u8]| Path::new(std::ffi::OsStr::from_bytes(dir)) == cluster;
+    let given_cluster = args.iter().enumerate().skip(1).any(|(i, arg)| {
         if *arg == b"-D" {
             args.get(i + 1).is_some_and(|dir| is_cluster(dir))
         } else if let Some(dir) = arg.strip_prefix(b"--pgdata=") {
@@ -304,7 +303,8 @@ pub(crate) fn is_postmaster_of(cmdline: &[u8], cluster: &Path) -> bool {
         } else {
             false
         }
-    })
+    });
+    given_cluster || cwd.is_none_or(|cwd| cwd == cluster)
 }
 
 /// Removes what a killed server leaves behind: `postmaster.pid`, the socket and its lock file.
@@ -540,4 +540,59 @@ pub(crate) fn stop_cluster(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmdline(args: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for arg in args {
+            out.extend_from_slice(arg.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn a_recycled_pid_is_not_taken_for_the_postmaster() {
+        let cluster = Path::new("/data/postgres");
+        let ours = cmdline(&[
+            "/usr/lib/postgresql/15/bin/postgres",
+            "-D",
+            "/data/postgres",
+            "-c",
+            "port=5432",
+        ]);
+        assert!(judge_postmaster(Some(&ours), Some(cluster), cluster));
+        assert!(judge_postmaster(Some(&ours), None, cluster));
+        let pg_ctl_style = cmdline(&["postgres", "--pgdata=/data/postgres"]);
+        assert!(judge_postmaster(Some(&pg_ctl_style), None, cluster));
+        // relative -D: the working directory decides
+        let relative = cmdline(&["postgres", "-D", "postgres"]);
+        assert!(judge_postmaster(Some(&relative), Some(cluster), cluster));
+        assert!(!judge_postmaster(
+            Some(&relative),
+            Some(Path::new("/other")),
+            cluster
+        ));
+
+        // another program, even one working in the cluster's directory
+        let sleep = cmdline(&["sleep", "300"]);
+        assert!(!judge_postmaster(Some(&sleep), Some(cluster), cluster));
+        assert!(!judge_postmaster(Some(&sleep), None, cluster));
+        // another cluster's server
+        let other = cmdline(&["postgres", "-D", "/var/lib/postgresql/15/main"]);
+        assert!(!judge_postmaster(
+            Some(&other),
+            Some(Path::new("/var/lib/postgresql/15/main")),
+            cluster
+        ));
+        assert!(!judge_postmaster(Some(b""), None, cluster));
+
+        // nothing readable: taken to be it (never start a second server on live files)
+        assert!(judge_postmaster(None, None, cluster));
+        assert!(!judge_postmaster(None, Some(Path::new("/")), cluster));
+    }
 }

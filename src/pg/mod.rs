@@ -282,14 +282,13 @@ impl EmbeddedPostgres {
         )
     }
 
-    /// Whether the server this value knows is still running (a zombie child is reaped).
+    /// Whether the server this value knows is still running (our own child is asked, and
+    /// reaped when it exited).
     fn alive(&mut self) -> bool {
-        if let Some(child) = &mut self.child {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return false;
-            }
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => cluster::serves_cluster(self.pid, &self.layout.cluster),
         }
-        cluster::serves_cluster(self.pid, &self.layout.cluster)
     }
 
     /// After the server died: under the start lock, use the server another chatvault process
