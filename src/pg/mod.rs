@@ -285,9 +285,11 @@ impl EmbeddedPostgres {
     /// Whether the server this value knows is still running (our own child is asked, and
     /// reaped when it exited).
     fn alive(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => cluster::serves_cluster(self.pid, &self.layout.cluster),
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_))) => false,
+            // not our child (or it cannot be asked): what /proc says
+            None | Some(Err(_)) => cluster::serves_cluster(self.pid, &self.layout.cluster),
         }
     }
 
@@ -297,13 +299,15 @@ impl EmbeddedPostgres {
     fn restart_blocking(&mut self) -> Result<bool, PgError> {
         let _start_lock = FileLock::acquire(&self.layout.start_lock, true)?;
         if let Some(found) = cluster::read_postmaster_pid(&self.layout.cluster) {
-            if found.pid != self.pid && cluster::serves_cluster(found.pid, &self.layout.cluster) {
-                tracing::info!(
-                    pid = found.pid,
-                    "another chatvault process restarted the postgres server; using it"
-                );
-                self.pid = found.pid;
-                self.child = None;
+            if cluster::serves_cluster(found.pid, &self.layout.cluster) {
+                if found.pid != self.pid {
+                    tracing::info!(
+                        pid = found.pid,
+                        "another chatvault process restarted the postgres server; using it"
+                    );
+                    self.pid = found.pid;
+                    self.child = None;
+                }
                 return Ok(false);
             }
         }
