@@ -4,7 +4,7 @@
 //! errors go to stderr. Every command returns an exit code.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -74,8 +74,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = load_config(cli.config.as_deref(), false)?;
             daemon_preflight(&config)?;
             let settings = config.clone();
-            with_store(&config, true, move |store| {
-                daemon(store, settings, DaemonExtras::default())
+            let metrics = Metrics::new();
+            let extras = DaemonExtras {
+                metrics: Some(metrics.clone()),
+                ..DaemonExtras::default()
+            };
+            with_store_and_metrics(&config, true, Some(metrics), move |store| {
+                daemon(store, settings, extras)
             })
             .await
         }
@@ -94,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Reindex => {
             let config = load_config(cli.config.as_deref(), true)?;
+            prepare_data_dir(&config)?;
             let index_dir = index::index_dir(&config.storage.data_dir);
             with_store(&config, true, move |store| reindex(store, index_dir)).await
         }
@@ -117,9 +123,21 @@ fn daemon_preflight(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `demo` adds to a daemon.
+/// Makes the data directory private (see [`crate::files::prepare_data_dir`]) before anything
+/// is written into it.
+fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
+    let dir = &config.storage.data_dir;
+    crate::files::prepare_data_dir(dir)
+        .with_context(|| format!("cannot use {} as the data directory", dir.display()))?;
+    Ok(())
+}
+
+/// What `run` and `demo` add to a daemon.
 #[derive(Default)]
 pub(crate) struct DaemonExtras {
+    /// The registry to serve (created by the caller so that the embedded PostgreSQL's
+    /// supervisor counts into it); a new one if `None`.
+    pub metrics: Option<std::sync::Arc<Metrics>>,
     /// Stop by itself after this long.
     pub lifetime: Option<Duration>,
     /// Told once the HTTP API listens.
@@ -134,12 +152,17 @@ pub(crate) async fn daemon(
     config: Config,
     extras: DaemonExtras,
 ) -> anyhow::Result<i32> {
-    let DaemonExtras { lifetime, ready } = extras;
+    let DaemonExtras {
+        metrics,
+        lifetime,
+        ready,
+    } = extras;
     use tokio::signal::unix::{signal, SignalKind};
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let metrics = Metrics::new();
+    let metrics = metrics.unwrap_or_else(Metrics::new);
+    prepare_data_dir(&config)?;
     let scheduler = Scheduler::new(
         store.clone(),
         metrics.clone(),
@@ -458,6 +481,21 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<i32>>,
 {
+    with_store_and_metrics(config, migrate, None, f).await
+}
+
+/// [`with_store`], counting restarts of the embedded cluster (which is watched and started
+/// again should it die while `f` runs) into `metrics`.
+pub(crate) async fn with_store_and_metrics<F, Fut>(
+    config: &Config,
+    migrate: bool,
+    metrics: Option<std::sync::Arc<Metrics>>,
+    f: F,
+) -> anyhow::Result<i32>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<i32>>,
+{
     let (options, embedded) = match &config.database.url {
         Some(url) => {
             let options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
@@ -468,12 +506,17 @@ where
             (options, None)
         }
         None => {
-            let data_dir = &config.storage.data_dir;
-            std::fs::create_dir_all(data_dir).with_context(|| {
-                format!("cannot create the data directory {}", data_dir.display())
-            })?;
-            let pg = EmbeddedPostgres::start(data_dir).await?;
-            (pg.connect_options(), Some(pg))
+            // Creates the data directory, or makes it private.
+            let pg = EmbeddedPostgres::start(&config.storage.data_dir).await?;
+            let options = pg.connect_options();
+            let on_restart: Box<dyn Fn() + Send + Sync> = match metrics {
+                Some(metrics) => {
+                    metrics.embedded_postgres_watched();
+                    Box::new(move || metrics.embedded_postgres_restarted())
+                }
+                None => Box::new(|| {}),
+            };
+            (options, Some(pg.supervise(on_restart)))
         }
     };
     let result = async {
@@ -716,6 +759,7 @@ async fn sync(
 async fn index_after_sync(store: &Store, config: &Config) {
     let dir = index::index_dir(&config.storage.data_dir);
     let result = async {
+        prepare_data_dir(config)?;
         let index = SearchIndex::open_or_create(&dir)?;
         Indexer::new(index).catch_up(store.pool()).await
     }
@@ -957,8 +1001,8 @@ async fn verify_index(store: &Store, index_dir: &Path) -> anyhow::Result<bool> {
     Ok(check.ok())
 }
 
-/// `chatvault export`: stream matching messages to stdout or, through a `.partial` file
-/// renamed at the end, to `--output`.
+/// `chatvault export`: stream matching messages to stdout or, through a private temporary
+/// file beside it (mode 0600, a fresh random name) renamed at the end, to `--output`.
 async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
     use futures::StreamExt as _;
 
@@ -996,14 +1040,26 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
         }
     }
 
-    let partial = args.output.as_ref().map(|path| {
-        let mut name = path.as_os_str().to_owned();
-        name.push(".partial");
-        PathBuf::from(name)
-    });
+    // The export is created private (0600) under a name nobody can predict or plant a
+    // symlink at, and appears under `--output` only when complete.
+    let partial = match &args.output {
+        Some(path) => {
+            let dir = crate::files::parent_dir(path);
+            let name = path.file_name().map_or_else(
+                || "export".to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let temp = crate::files::private_temp_file_in(&dir, &format!(".{name}."))
+                .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+            Some(temp)
+        }
+        None => None,
+    };
     let sink: Box<dyn Write + Send> = match &partial {
-        Some(p) => Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        Some(temp) => Box::new(
+            temp.as_file()
+                .try_clone()
+                .with_context(|| format!("cannot open {}", temp.path().display()))?,
         ),
         None => Box::new(std::io::stdout()),
     };
@@ -1040,10 +1096,8 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
     let n = match written {
         Ok(n) => n,
         Err(e) => {
-            if let Some(p) = &partial {
-                let _ = std::fs::remove_file(p);
-            }
-            // A closed pipe (`export | head`) is the reader's choice, not a failure.
+            // A closed pipe (`export | head`) is the reader's choice, not a failure. (Dropping
+            // the temporary file removes it.)
             if partial.is_none()
                 && e.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
@@ -1054,9 +1108,18 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<i32> {
         }
     };
     drop(sink);
-    if let (Some(p), Some(out)) = (&partial, &args.output) {
-        std::fs::rename(p, out)
-            .with_context(|| format!("cannot move {} to {}", p.display(), out.display()))?;
+    if let (Some(temp), Some(out)) = (partial, &args.output) {
+        let from = temp.path().to_path_buf();
+        temp.as_file()
+            .sync_all()
+            .with_context(|| format!("cannot write {}", from.display()))?;
+        temp.persist(out).map_err(|e| {
+            anyhow::Error::new(e.error).context(format!(
+                "cannot move {} to {}",
+                from.display(),
+                out.display()
+            ))
+        })?;
         eprintln!("exported {n} messages to {}", out.display());
     } else {
         eprintln!("exported {n} messages");

@@ -190,6 +190,15 @@ const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
 const DEFAULT_YUNXIN_BASE_URL: &str = "https://open.yunxinapi.com";
 const DEFAULT_YUNHU_BASE_URL: &str = "https://chat-go.jwzhd.com";
 
+/// Bounds of values that would otherwise overflow a duration or never end: a request every
+/// 1000 s at the slowest, a million a second at the fastest; an hour per request; a day for
+/// the shutdown deadline and the schedule jitter; a hundred retries of one request.
+const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 3600;
+const MAX_WAIT_SECONDS: u64 = 86_400;
+const MAX_RETRIES: u32 = 100;
+
 const TOP_KEYS: &[&str] = &["version", "database", "storage", "server", "sync", "source"];
 const DATABASE_KEYS: &[&str] = &["url", "url_env", "url_file", "max_connections"];
 const STORAGE_KEYS: &[&str] = &["data_dir"];
@@ -598,8 +607,10 @@ impl<'t> Section<'t> {
             .unwrap_or(default)
     }
 
-    fn seconds_or(&self, cx: &mut Cx, key: &str, default: u64, min: u64) -> Duration {
-        let range = i64::try_from(min).unwrap_or(i64::MAX)..=i64::from(u32::MAX);
+    /// Whole seconds in `min..=max` (a negative, fractional or absurdly large value is a
+    /// problem, never a duration that could overflow later).
+    fn seconds_or(&self, cx: &mut Cx, key: &str, default: u64, min: u64, max: u64) -> Duration {
+        let range = i64::try_from(min).unwrap_or(i64::MAX)..=i64::try_from(max).unwrap_or(i64::MAX);
         let seconds = self
             .integer(cx, key, range)
             .and_then(|value| u64::try_from(value).ok())
@@ -612,7 +623,9 @@ impl<'t> Section<'t> {
             .map_or(default, |(value, _)| value)
     }
 
-    fn positive_f64_or(&self, cx: &mut Cx, key: &str, default: f64) -> f64 {
+    /// A number in `min..=max` (both positive), so that e.g. `1 / value` seconds is a
+    /// duration that exists.
+    fn f64_in_or(&self, cx: &mut Cx, key: &str, default: f64, min: f64, max: f64) -> f64 {
         let number = |value: &Value| {
             value
                 .as_float()
@@ -621,11 +634,16 @@ impl<'t> Section<'t> {
         let Some((value, span)) = self.typed(cx, key, "a number", number) else {
             return default;
         };
-        if !(value.is_finite() && value > 0.0) {
+        if !(value.is_finite() && (min..=max).contains(&value)) {
             cx.problem(
                 span,
                 self.key_path(key),
-                format!("must be a number greater than 0, got {value}"),
+                format!(
+                    "must be a number from {} to {}, got {}",
+                    plain_number(min),
+                    plain_number(max),
+                    plain_number(value)
+                ),
             );
             return default;
         }
@@ -787,6 +805,15 @@ impl<'t> Section<'t> {
 }
 
 /// The candidate closest to `given`, if it is close enough to be a likely typo.
+/// A number as a person would write it: `0.001`, `1000000`, `1e-300`.
+fn plain_number(value: f64) -> String {
+    if value == 0.0 || (1e-4..1e15).contains(&value.abs()) {
+        format!("{value}")
+    } else {
+        format!("{value:e}")
+    }
+}
+
 fn suggest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
@@ -1013,7 +1040,7 @@ fn read_server(cx: &mut Cx, root: &Section) -> ServerConfig {
     ServerConfig {
         listen: listen.unwrap_or(default_listen),
         token,
-        shutdown_timeout: section.seconds_or(cx, "shutdown_timeout", 30, 0),
+        shutdown_timeout: section.seconds_or(cx, "shutdown_timeout", 30, 0, MAX_WAIT_SECONDS),
         allowed_hosts: read_allowed_hosts(cx, section),
         public_url: read_public_url(cx, section),
     }
@@ -1093,8 +1120,8 @@ fn read_sync(cx: &mut Cx, root: &Section) -> SyncConfig {
     let max_concurrent_sources = section.u32_or(cx, "max_concurrent_sources", 4, 1..=u32::MAX);
     SyncConfig {
         max_concurrent_sources: usize::try_from(max_concurrent_sources).unwrap_or(usize::MAX),
-        schedule_jitter: section.seconds_or(cx, "schedule_jitter", 5, 0),
-        max_retries: section.u32_or(cx, "max_retries", 5, 1..=u32::MAX),
+        schedule_jitter: section.seconds_or(cx, "schedule_jitter", 5, 0, MAX_WAIT_SECONDS),
+        max_retries: section.u32_or(cx, "max_retries", 5, 1..=MAX_RETRIES),
     }
 }
 
@@ -1216,22 +1243,36 @@ fn read_source<'t>(
     let enabled = section.bool_or(cx, "enabled", true);
     let schedule = match section.string(cx, "schedule") {
         Some((expression, span)) => {
-            if let Err(err) = cron::Schedule::from_str(expression) {
-                cx.problem(
+            match cron::Schedule::from_str(expression) {
+                Err(err) => cx.problem(
                     span,
                     section.key_path("schedule"),
                     format!(
                         "invalid cron expression {expression:?}: {}",
                         cron_reason(expression, &err)
                     ),
-                );
+                ),
+                // e.g. `0 0 0 30 2 *` (30 February) or a year that has passed
+                Ok(schedule) if schedule.upcoming(Utc).next().is_none() => cx.problem(
+                    span,
+                    section.key_path("schedule"),
+                    format!("cron expression {expression:?} never fires from now on"),
+                ),
+                Ok(_) => {}
             }
             expression.to_owned()
         }
         None => DEFAULT_SCHEDULE.to_owned(),
     };
-    let requests_per_second = section.positive_f64_or(cx, "requests_per_second", 20.0);
-    let request_timeout = section.seconds_or(cx, "request_timeout", 30, 1);
+    let requests_per_second = section.f64_in_or(
+        cx,
+        "requests_per_second",
+        20.0,
+        MIN_REQUESTS_PER_SECOND,
+        MAX_REQUESTS_PER_SECOND,
+    );
+    let request_timeout =
+        section.seconds_or(cx, "request_timeout", 30, 1, MAX_REQUEST_TIMEOUT_SECONDS);
 
     let platform = match platform? {
         Platform::Tangsengdaodao => PlatformConfig::Tangsengdaodao(read_tsdd(cx, &section)?),
@@ -1706,6 +1747,50 @@ mod tests {
                 "chatvault.toml:2: source: expected an array of tables ([[source]]), found a string",
             ]
         );
+    }
+
+    /// Regression: `requests_per_second = 1e-300` passed the check and panicked when the
+    /// rate limiter turned it into an interval.
+    #[test]
+    fn extreme_values_are_problems_not_panics() {
+        let text = tsdd(&format!(
+            "{TSDD_PASSWORD_ENV}requests_per_second = 1e-300\nrequest_timeout = 9999999999\n\
+             schedule = \"0 0 0 30 2 *\"\n"
+        ));
+        assert_eq!(
+            problems(&text, &[("PW", "p")]),
+            [
+                r#"chatvault.toml:7: source "a".requests_per_second: must be a number from 0.001 to 1000000, got 1e-300"#,
+                r#"chatvault.toml:8: source "a".request_timeout: must be between 1 and 3600, got 9999999999"#,
+                r#"chatvault.toml:9: source "a".schedule: cron expression "0 0 0 30 2 *" never fires from now on"#,
+            ]
+        );
+        for (value, shown) in [("1e300", "1e300"), ("0", "0"), ("-5", "-5"), ("nan", "NaN")] {
+            let text = tsdd(&format!(
+                "{TSDD_PASSWORD_ENV}requests_per_second = {value}\n"
+            ));
+            let problems = problems(&text, &[("PW", "p")]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].ends_with(&format!("got {shown}")),
+                "{problems:?}"
+            );
+        }
+        let text = "[server]\nshutdown_timeout = -1\n[sync]\nschedule_jitter = 100000000\n\
+                    max_retries = 4000000000\n";
+        assert_eq!(
+            problems(text, &[]),
+            [
+                "chatvault.toml:2: server.shutdown_timeout: must be between 0 and 86400, got -1",
+                "chatvault.toml:4: sync.schedule_jitter: must be between 0 and 86400, got 100000000",
+                "chatvault.toml:5: sync.max_retries: must be between 1 and 100, got 4000000000",
+            ]
+        );
+        let text = tsdd(&format!(
+            "{TSDD_PASSWORD_ENV}requests_per_second = 0.001\nrequest_timeout = 3600\n"
+        ));
+        let config = loaded(&text, &[("PW", "p")]).config;
+        assert_eq!(config.sources[0].requests_per_second, 0.001);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! the embedded PostgreSQL there, syncs once, and then runs the daemon (scheduler, HTTP API
 //! and web pages) while the fakes keep producing activity: new messages, edits, recalls,
 //! reactions. Ctrl-C stops everything; a temporary data directory is removed again.
+//!
+//! The temporary data directory is a fresh one with a random name, created mode 0700 (never a
+//! predictable path that someone else could have made first); the secret files and the
+//! configuration are created mode 0600, private from the first byte.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -136,17 +140,24 @@ fn toml_path(p: &Path) -> String {
         .replace('"', "\\\"")
 }
 
-/// Where the demo keeps its data, and whether to remove it at the end.
+/// Where the demo keeps its data, and whether to remove it at the end: the given directory
+/// (made private), or a new private temporary one.
 fn data_dir(given: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
     let (dir, temporary) = match given {
-        Some(d) => (d.to_path_buf(), false),
-        None => (
-            std::env::temp_dir().join(format!("chatvault-demo-{}", std::process::id())),
-            true,
-        ),
+        Some(d) => {
+            crate::files::prepare_data_dir(d)
+                .with_context(|| format!("cannot use {} as the data directory", d.display()))?;
+            (d.to_path_buf(), false)
+        }
+        None => {
+            // mkdtemp: a new directory, mode 0700, under a random name.
+            let temp = tempfile::Builder::new()
+                .prefix("chatvault-demo-")
+                .tempdir()
+                .context("cannot create a temporary data directory")?;
+            (temp.keep(), true)
+        }
     };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -188,7 +199,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
 async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets)
+    crate::files::create_private_dir_all(&secrets)
         .with_context(|| format!("cannot create {}", secrets.display()))?;
     eprintln!(
         "starting the fake upstreams (seeded worlds, {} messages each)…",
@@ -214,7 +225,7 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
         }
     }
     let config_path = dir.join("chatvault.toml");
-    std::fs::write(&config_path, &toml)
+    crate::files::write_private(&config_path, toml.as_bytes())
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = crate::config::load(Some(&config_path))
         .map_err(|errors| {
@@ -238,56 +249,56 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
         stops.push(u.stop);
     }
     let settings = config.clone();
-    let code = crate::app::with_store(&config, true, move |store| async move {
-        first_sync(&store, &settings).await;
-        let (ready, listening) = tokio::sync::oneshot::channel();
-        let banner = {
-            let store = store.clone();
-            let settings = settings.clone();
-            tokio::spawn(async move {
-                if listening.await.is_ok() {
-                    print_banner(
-                        &store,
-                        &settings,
-                        &config_path,
-                        started,
-                        exit_after.is_some(),
-                    )
-                    .await;
+    let metrics = crate::metrics::Metrics::new();
+    let daemon_metrics = metrics.clone();
+    let code =
+        crate::app::with_store_and_metrics(&config, true, Some(metrics), move |store| async move {
+            first_sync(&store, &settings).await;
+            let (ready, listening) = tokio::sync::oneshot::channel();
+            let banner = {
+                let store = store.clone();
+                let settings = settings.clone();
+                tokio::spawn(async move {
+                    if listening.await.is_ok() {
+                        print_banner(
+                            &store,
+                            &settings,
+                            &config_path,
+                            started,
+                            exit_after.is_some(),
+                        )
+                        .await;
+                    }
+                })
+            };
+            let activity = tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(7);
+                loop {
+                    tokio::time::sleep(ACTIVITY_EVERY).await;
+                    let changes: usize = activities.iter_mut().map(|a| a(&mut rng)).sum();
+                    tracing::debug!(changes, "new activity in the fake worlds");
                 }
-            })
-        };
-        let activity = tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(7);
-            loop {
-                tokio::time::sleep(ACTIVITY_EVERY).await;
-                let changes: usize = activities.iter_mut().map(|a| a(&mut rng)).sum();
-                tracing::debug!(changes, "new activity in the fake worlds");
-            }
-        });
-        let extras = crate::app::DaemonExtras {
-            lifetime: exit_after,
-            ready: Some(ready),
-        };
-        let code = crate::app::daemon(store, settings, extras).await;
-        banner.abort();
-        activity.abort();
-        code
-    })
-    .await;
+            });
+            let extras = crate::app::DaemonExtras {
+                metrics: Some(daemon_metrics),
+                lifetime: exit_after,
+                ready: Some(ready),
+            };
+            let code = crate::app::daemon(store, settings, extras).await;
+            banner.abort();
+            activity.abort();
+            code
+        })
+        .await;
     futures::future::join_all(stops).await;
     eprintln!("demo stopped");
     code
 }
 
+/// A secret file, mode 0600 from its creation.
 fn write_secret(path: &Path, content: &str) -> anyhow::Result<()> {
-    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
+    crate::files::write_private(path, content.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// One pass over every source before serving, so the page shows an archive at once.

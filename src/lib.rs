@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod demo;
+pub mod files;
 pub mod http;
 pub mod index;
 pub mod metrics;

@@ -3,7 +3,8 @@
 //! A small registry of our own, rendered in the Prometheus text exposition format 0.0.4.
 //! Three kinds of numbers live here:
 //! - run metrics, counted by the daemon as runs end ([`Metrics::record_run`],
-//!   [`Metrics::run_skipped`]);
+//!   [`Metrics::run_skipped`]), and restarts of the embedded PostgreSQL server
+//!   ([`Metrics::embedded_postgres_restarted`]);
 //! - archive gauges (events, messages, quarantine per source), read from the store at scrape
 //!   time ([`Metrics::refresh_from_store`]), so they are right before the first run and agree
 //!   with `chatvault status`;
@@ -51,6 +52,9 @@ struct Inner {
     archive: BTreeMap<String, ArchiveGauges>,
     /// Whether the last read from the store worked; `None` before the first one.
     database_up: Option<bool>,
+    /// Times the embedded PostgreSQL server died and was started again; `None` without an
+    /// embedded server.
+    embedded_postgres_restarts: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,6 +166,18 @@ impl Metrics {
     /// A scheduled run was skipped because the previous one was still going.
     pub fn run_skipped(&self, source: &str) {
         add(&mut self.lock().runs_skipped, source, 1);
+    }
+
+    /// This process uses an embedded PostgreSQL server: its restarts are counted from 0.
+    pub fn embedded_postgres_watched(&self) {
+        self.lock().embedded_postgres_restarts.get_or_insert(0);
+    }
+
+    /// The embedded PostgreSQL server died and this process started it again.
+    pub fn embedded_postgres_restarted(&self) {
+        let mut inner = self.lock();
+        let restarts = inner.embedded_postgres_restarts.get_or_insert(0);
+        *restarts = restarts.saturating_add(1);
     }
 
     /// Replace the archive gauges with `status` (what [`Store::status`] returns).
@@ -302,6 +318,16 @@ impl Metrics {
                 for (source, archive) in &inner.archive {
                     out.sample(name, &[("source", source)], value(archive) as f64);
                 }
+            }
+
+            if let Some(restarts) = inner.embedded_postgres_restarts {
+                let name = "chatvault_embedded_postgres_restarts_total";
+                out.family(
+                    name,
+                    "counter",
+                    "Times the embedded PostgreSQL server died and the daemon started it again.",
+                );
+                out.sample(name, &[], restarts as f64);
             }
 
             if let Some(up) = inner.database_up {
@@ -835,6 +861,24 @@ mod tests {
             ),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn embedded_postgres_restarts_are_counted_once_watched() {
+        let metrics = Metrics::new();
+        let restarts = |m: &Metrics| {
+            value(
+                &parse(&m.render()),
+                "chatvault_embedded_postgres_restarts_total",
+                &[],
+            )
+        };
+        assert_eq!(restarts(&metrics), None, "no embedded server, no counter");
+        metrics.embedded_postgres_watched();
+        assert_eq!(restarts(&metrics), Some(0.0));
+        metrics.embedded_postgres_restarted();
+        metrics.embedded_postgres_restarted();
+        assert_eq!(restarts(&metrics), Some(2.0));
     }
 
     #[test]

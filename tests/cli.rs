@@ -346,3 +346,38 @@ fn an_unreachable_database_is_one_line_naming_the_cause_without_the_password() {
     assert!(!stderr.contains("topsecret"), "{stderr}");
     assert!(!stderr.contains("timed out"), "{stderr}");
 }
+
+/// Regression: `requests_per_second = 1e-300` passed `config check` and panicked in `sync`.
+#[test]
+fn extreme_config_values_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("extreme.toml"),
+        "[sync]\nschedule_jitter = 99999999999\n[[source]]\nname = \"a\"\nplatform = \"tangsengdaodao\"\nbase_url = \"http://127.0.0.1:9\"\nusername = \"u\"\npassword_env = \"EXTREME_PW\"\nrequests_per_second = 1e-300\nrequest_timeout = -1\n",
+    )
+    .unwrap();
+    let env = [("EXTREME_PW", "p")];
+    let out = chatvault(
+        dir.path(),
+        &["--config", "extreme.toml", "config", "check"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("requests_per_second: must be a number from 0.001 to 1000000, got 1e-300"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("request_timeout"), "{stdout}");
+    assert!(stdout.contains("schedule_jitter"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    // and sync refuses to start rather than panic
+    let out = chatvault(dir.path(), &["--config", "extreme.toml", "sync"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("chatvault-data").exists());
+}

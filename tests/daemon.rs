@@ -670,3 +670,118 @@ fn startup_without_enabled_sources_is_one_clear_error() {
         "nothing is started before the check"
     );
 }
+
+/// The API's address, from the daemon's JSON log.
+fn api_address(log: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|entry| entry["fields"]["message"] == "http api listening")
+        .and_then(|entry| entry["fields"]["address"].as_str().map(str::to_string))
+}
+
+/// The pid in `postmaster.pid` once it says the server is ready.
+fn ready_postmaster(cluster: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(cluster.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    (lines.get(7)?.trim() == "ready").then(|| lines[0].trim().parse().ok())?
+}
+
+async fn get_text(http: &reqwest::Client, url: &str) -> Option<String> {
+    let response = http.get(url).send().await.ok()?;
+    response
+        .status()
+        .is_success()
+        .then_some(response.text().await.ok()?)
+}
+
+/// Regression: an embedded PostgreSQL that died while the daemon ran stayed down; every run
+/// failed until someone restarted the daemon, and nothing said why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_embedded_postmaster_is_started_again_by_the_daemon() {
+    let server = SimServer::start(World::generate(&spec(200))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sources = [source_toml("a", &server, "* * * * * *")];
+    std::fs::write(dir.path().join("chatvault.toml"), daemon_toml(10, &sources)).unwrap();
+    let mut daemon = Daemon::spawn_with(
+        command(dir.path(), &["--config", "chatvault.toml", "run"], None),
+        dir.path(),
+        "embedded".to_string(),
+    );
+    let address = wait_for("the API's address", Duration::from_secs(120), || async {
+        api_address(&daemon.log())
+    })
+    .await;
+    let base = format!("http://{address}");
+    let http = reqwest::Client::new();
+    let status_of_a = |http: reqwest::Client, base: String| async move {
+        let text = get_text(&http, &format!("{base}/api/status")).await?;
+        let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let last = status.as_array()?.first()?["last_run"].clone();
+        Some((
+            last["run_id"].as_i64()?,
+            last["status"].as_str()?.to_string(),
+        ))
+    };
+    let (ok_run, _) = wait_for("an ok run", Duration::from_secs(60), || {
+        let (http, base) = (http.clone(), base.clone());
+        async move { status_of_a(http, base).await.filter(|(_, s)| s == "ok") }
+    })
+    .await;
+
+    let cluster = dir.path().join("chatvault-data/postgres");
+    let killed = ready_postmaster(&cluster).expect("the embedded server runs");
+    // SAFETY: kill has no memory-safety preconditions; the pid is the embedded postmaster.
+    assert_eq!(unsafe { libc::kill(killed, libc::SIGKILL) }, 0);
+
+    let restarted = wait_for("a new postmaster", Duration::from_secs(60), || async {
+        ready_postmaster(&cluster).filter(|pid| *pid != killed)
+    })
+    .await;
+    wait_for(
+        "the restart in the metrics",
+        Duration::from_secs(30),
+        || {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let metrics = get_text(&http, &format!("{base}/metrics")).await?;
+                metrics
+                    .lines()
+                    .any(|l| l == "chatvault_embedded_postgres_restarts_total 1")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let (after, _) = wait_for(
+        "an ok run after the restart",
+        Duration::from_secs(60),
+        || {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                status_of_a(http, base)
+                    .await
+                    .filter(|(id, s)| *id > ok_run + 1 && s == "ok")
+            }
+        },
+    )
+    .await;
+    assert!(after > ok_run);
+    let log = daemon.log();
+    assert!(
+        log.contains("the embedded postgres server died"),
+        "the death is in the log: {log}"
+    );
+    assert_eq!(daemon.wait(Duration::ZERO), None, "{log}");
+
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait(Duration::from_secs(60))
+        .expect("the daemon exits");
+    assert!(status.success(), "{}", daemon.log());
+    let pid_file_gone = !cluster.join("postmaster.pid").exists();
+    assert!(
+        pid_file_gone,
+        "the restarted server {restarted} was stopped"
+    );
+    server.shutdown().await;
+}

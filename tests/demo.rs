@@ -1,14 +1,26 @@
 //! `chatvault demo` as a newcomer runs it: it starts, archives from every fake upstream,
 //! serves the page while the fakes keep changing, and stops cleanly, removing its
-//! temporary data directory.
+//! temporary data directory, which is private while it exists.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatvault"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatvault"));
+    // SAFETY: umask is async-signal-safe and touches no memory. With umask 0 nothing is
+    // private by accident.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut child = command
         .args([
             "demo",
             "--listen",
@@ -67,6 +79,7 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
     let config = std::path::PathBuf::from(config.unwrap());
     let data_dir = config.parent().unwrap().to_path_buf();
     assert!(config.exists());
+    assert_demo_files_are_private(&data_dir, child.id());
 
     let http = reqwest::Client::new();
     let status: serde_json::Value = get_json(&http, &format!("{url}/api/status")).await;
@@ -146,6 +159,47 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
             "no secret printed"
         );
     }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Regression: the demo reused a predictable `/tmp/chatvault-demo-<pid>` if it existed and
+/// wrote its secret files readable by all before restricting them.
+fn assert_demo_files_are_private(data_dir: &Path, pid: u32) {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let name = data_dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("chatvault-demo-"), "{name}");
+    assert_ne!(name, format!("chatvault-demo-{pid}"), "a predictable name");
+    // the cluster's user passes through a root-owned data directory, nothing more
+    assert_eq!(mode(data_dir), if root { 0o711 } else { 0o700 });
+    assert_eq!(mode(&data_dir.join("secrets")), 0o700);
+    let mut secrets = 0;
+    for entry in std::fs::read_dir(data_dir.join("secrets")).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+        secrets += 1;
+    }
+    assert_eq!(secrets, 3);
+    assert_eq!(mode(&data_dir.join("chatvault.toml")), 0o600);
+    let mut pending: Vec<PathBuf> = vec![data_dir.join("index")];
+    let mut index_files = 0;
+    while let Some(path) = pending.pop() {
+        let m = mode(&path);
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            assert_eq!(m, 0o700, "{}", path.display());
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(m, 0o600, "{}", path.display());
+            index_files += 1;
+        }
+    }
+    assert!(index_files > 3, "the index has files");
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {

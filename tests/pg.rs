@@ -336,3 +336,177 @@ async fn fresh_databases_work_from_another_test_runtime() {
         .unwrap();
     assert_eq!(fsync, "off");
 }
+
+/// A `postmaster.pid` as a server leaves it when it is killed, naming `pid`.
+fn write_stale_postmaster_pid(cluster: &std::path::Path, socket_dir: &std::path::Path, pid: u32) {
+    let text = format!(
+        "{pid}\n{}\n1700000000\n5432\n{}\n\n  5432001     32768\nready   \n",
+        cluster.display(),
+        socket_dir.display()
+    );
+    std::fs::write(cluster.join("postmaster.pid"), text).unwrap();
+}
+
+/// Regression: a `postmaster.pid` whose pid now belongs to another process (here one that
+/// even works in the cluster's directory, as the old check looked at) was taken for the
+/// running server, and startup waited for it until it gave up.
+#[tokio::test]
+async fn a_stale_postmaster_pid_naming_another_process_does_not_block_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = EmbeddedPostgres::start(dir.path()).await.unwrap();
+    let socket_dir = server.socket_dir().to_path_buf();
+    let pid = server.pid();
+    server.stop().await.unwrap();
+    wait_until_gone(pid);
+    let cluster = dir.path().canonicalize().unwrap().join("postgres");
+    let mut impostor = std::process::Command::new("sleep")
+        .arg("300")
+        .current_dir(&cluster)
+        .spawn()
+        .unwrap();
+    write_stale_postmaster_pid(&cluster, &socket_dir, impostor.id());
+
+    let started = Instant::now();
+    let server = tokio::time::timeout(Duration::from_secs(60), EmbeddedPostgres::start(dir.path()))
+        .await
+        .expect("startup is not blocked by the stale postmaster.pid")
+        .unwrap();
+    eprintln!(
+        "start past a stale postmaster.pid took {:?}",
+        started.elapsed()
+    );
+    assert!(server.started_here());
+    assert_ne!(server.pid(), impostor.id());
+    let mut connection = connect(&server).await;
+    sqlx::query("SELECT 1")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    assert!(
+        process_exists(impostor.id()),
+        "the other process is left alone"
+    );
+    let pid = server.pid();
+    server.stop().await.unwrap();
+    wait_until_gone(pid);
+    impostor.kill().unwrap();
+    impostor.wait().unwrap();
+}
+
+/// `psql` as `user` (root switches to it), `-c 'SELECT 1'` against the server's socket.
+fn psql_as(server: &EmbeddedPostgres, user: Option<(u32, u32)>) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let binaries = chatvault::pg::find_binaries().unwrap();
+    let mut command = std::process::Command::new(binaries.psql());
+    command
+        .env_clear()
+        .args(["-X", "-w", "-h"])
+        .arg(server.socket_dir())
+        .args(["-U", "chatvault", "-d", "chatvault", "-c", "SELECT 1"]);
+    if let Some((uid, gid)) = user {
+        command.uid(uid).gid(gid);
+    }
+    command.output().unwrap()
+}
+
+/// The uid and gid of the user running the cluster's processes.
+fn server_user(server: &EmbeddedPostgres) -> (u32, u32) {
+    let uid = proc_status_field(server.pid(), "Uid:");
+    let gid = proc_status_field(server.pid(), "Gid:");
+    let first = |ids: String| ids.split_whitespace().next().unwrap().parse().unwrap();
+    (first(uid), first(gid))
+}
+
+/// Regression: as root the server runs as the shared `postgres` (or `nobody`) account with
+/// trust authentication, so every process of that account was a database superuser.
+#[tokio::test]
+async fn only_the_user_running_chatvault_may_connect() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = EmbeddedPostgres::start(dir.path()).await.unwrap();
+    let data_dir = dir.path().canonicalize().unwrap();
+
+    let mut connection = connect(&server).await;
+    let methods: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT auth_method FROM pg_hba_file_rules")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    assert_eq!(methods, ["peer"]);
+    let hba: String = sqlx::query_scalar("SHOW hba_file")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(hba, data_dir.join("pg_hba.conf").to_string_lossy());
+    connection.close().await.unwrap();
+
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let ident = std::fs::read_to_string(data_dir.join("pg_ident.conf")).unwrap();
+    let mapped: Vec<&str> = ident
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(mapped.len(), 1, "{ident}");
+    let (cluster_uid, cluster_gid) = server_user(&server);
+    for name in ["pg_hba.conf", "pg_ident.conf"] {
+        let meta = std::fs::metadata(data_dir.join(name)).unwrap();
+        assert_eq!(meta.uid(), me);
+        let mode = meta.permissions().mode() & 0o777;
+        if is_root() {
+            assert_eq!((mode, meta.gid()), (0o640, cluster_gid), "{name}");
+        } else {
+            assert_eq!(mode, 0o600, "{name}");
+        }
+    }
+
+    let mine = psql_as(&server, None);
+    assert!(
+        mine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mine.stderr)
+    );
+    if is_root() {
+        assert_ne!(cluster_uid, 0);
+        let theirs = psql_as(&server, Some((cluster_uid, cluster_gid)));
+        let stderr = String::from_utf8_lossy(&theirs.stderr);
+        assert!(!theirs.status.success(), "the cluster's account got in");
+        assert!(stderr.contains("authentication failed"), "{stderr}");
+    }
+    let pid = server.pid();
+    server.stop().await.unwrap();
+    wait_until_gone(pid);
+}
+
+#[tokio::test]
+async fn the_throwaway_test_clusters_use_peer_authentication_too() {
+    let pool = testing::fresh_pool().await;
+    let methods: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT auth_method FROM pg_hba_file_rules")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(methods, ["peer"]);
+}
+
+/// Regression: the socket directory's owner and mode were set by path, following a symlink
+/// planted there, so root could be made to hand any directory to the cluster's account.
+#[tokio::test]
+async fn a_symlink_where_chatvault_changes_owners_is_refused_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(victim.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::os::unix::fs::symlink(victim.path(), data_dir.join("run")).unwrap();
+
+    let err = EmbeddedPostgres::start(&data_dir).await.unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+    let meta = std::fs::metadata(victim.path()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), unsafe {
+        libc::geteuid()
+    });
+}

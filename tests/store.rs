@@ -922,3 +922,198 @@ async fn records_postgres_refuses_are_quarantined_and_the_rest_lands() {
     );
     assert_eq!(store.cursors(&src).await.unwrap()["messages/c"], cursor(9));
 }
+
+/// A message whose content and payload hold numbers `jsonb` normalises, as upstream JSON
+/// (any chat member can post them).
+fn message_with_numbers(id: &str, seq: i64) -> chatvault::model::MessageObservation {
+    let numbers: Value = serde_json::from_str(
+        "[-0.0, -0, 1.0, 1e2, 100.0, 1.250e1, 1e16, 1.5e-7, -2.5e-10, 1e300, 5e-324, 12345678901234567890123]",
+    )
+    .unwrap();
+    let mut m = message("c", id, seq, "numbers");
+    m.content.as_mut().unwrap().content = json!({"text": "numbers", "card": {"values": numbers}});
+    m.raw = json!({"message_idstr": id, "payload": {"values": numbers}});
+    m
+}
+
+/// Regression: jsonb stores `-0.0` as `0.0` and `1e16` as `10000000000000000`, so `verify`
+/// recomputed other bytes than were hashed and reported tampering.
+#[tokio::test]
+async fn numbers_jsonb_normalises_verify_and_are_not_edits() {
+    let (store, src) = store().await;
+    let mut p = page("m/c", None, 1, vec![message_with_numbers("1", 1)]);
+    p.conversations.push(conversation("c"));
+    store.apply_page(&src, &p).await.unwrap();
+    let stored: String = sqlx::query_scalar(
+        "SELECT content::text FROM vault.message_versions WHERE message_id = '1'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        stored.contains("[0.0, 0.0, 1.0, 100.0, 100.0, 12.5, 10000000000000000, 0.00000015"),
+        "jsonb normalised: {stored}"
+    );
+    let report = store.verify(&[]).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!(report.versions_checked, 1);
+
+    // seen again (a rescan): the same content, no new version, still intact
+    let before = snapshot(&store).await;
+    store
+        .apply_page(
+            &src,
+            &page("m/c", Some(1), 1, vec![message_with_numbers("1", 1)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&store).await, before);
+    assert!(store.verify(&[]).await.unwrap().ok());
+}
+
+/// Every double, written into `jsonb` and read back, has the canonical bytes it had before.
+#[tokio::test]
+async fn every_double_hashes_the_same_after_a_round_trip_through_jsonb() {
+    use rand::{Rng, SeedableRng};
+    let (store, _) = store().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let mut values: Vec<Value> = [0.0, -0.0, 1.0, 0.1, 1e15, 1e16, 1e21, 1e-5, 1e-7, f64::MAX]
+        .iter()
+        .map(|x| json!(x))
+        .collect();
+    while values.len() < 4000 {
+        let x = f64::from_bits(rng.gen());
+        if x.is_finite() {
+            values.push(json!(x));
+        }
+        let y: f64 = rng.gen_range(-1e6..1e6);
+        values.push(json!((y * 100.0).round() / 100.0));
+    }
+    let written = Value::Array(values);
+    let read: Value = sqlx::query_scalar("SELECT $1::jsonb")
+        .bind(sqlx::types::Json(&written))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let (Value::Array(written), Value::Array(read)) = (&written, &read) else {
+        panic!("arrays");
+    };
+    assert_eq!(written.len(), read.len());
+    for (w, r) in written.iter().zip(read) {
+        assert_eq!(
+            chatvault::store::canonical::canonical_bytes(w),
+            chatvault::store::canonical::canonical_bytes(r),
+            "{w} came back as {r}"
+        );
+    }
+}
+
+/// Regression: `verify` stopped at the first break, so later tampering went unreported.
+#[tokio::test]
+async fn verify_reports_every_break_and_keeps_going() {
+    let (store, src) = store().await;
+    history(&store, &src).await;
+    tamper(
+        &store,
+        "UPDATE vault.events SET detail = jsonb_set(detail, '{seq}', '7') WHERE event_seq = 2",
+    )
+    .await;
+    tamper(&store, "DELETE FROM vault.events WHERE event_seq = 4").await;
+    tamper(
+        &store,
+        "UPDATE vault.events SET observed_at = observed_at + interval '1 day' WHERE event_seq = 6",
+    )
+    .await;
+    tamper(
+        &store,
+        "UPDATE vault.message_versions SET text = 'forged' WHERE message_id IN ('1', '3')",
+    )
+    .await;
+    let report = store.verify(&[]).await.unwrap();
+    let events: Vec<(Option<i64>, &str)> = report
+        .failures
+        .iter()
+        .filter(|f| !f.problem.starts_with("version"))
+        .map(|f| (f.event_seq, f.problem.as_str()))
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].0, Some(2));
+    assert!(events[0].1.contains("altered"), "{events:?}");
+    assert_eq!(events[1].0, Some(4));
+    assert!(events[1].1.contains("missing"), "{events:?}");
+    assert_eq!(events[2].0, Some(6));
+    assert!(events[2].1.contains("altered"), "{events:?}");
+    for message in ["1", "3"] {
+        assert!(
+            report.failures.iter().any(|f| f
+                .problem
+                .starts_with(&format!("version 1 of message {message} "))),
+            "{:?}",
+            report.failures
+        );
+    }
+    assert_eq!(report.failures.len(), 5, "{:?}", report.failures);
+}
+
+#[tokio::test]
+async fn truncate_of_the_append_only_tables_is_refused() {
+    let (store, src) = store().await;
+    history(&store, &src).await;
+    let before = snapshot(&store).await;
+    for sql in [
+        "TRUNCATE vault.events",
+        "TRUNCATE vault.message_versions",
+        "TRUNCATE vault.messages, vault.message_versions",
+    ] {
+        let err = sqlx::query(sql).execute(store.pool()).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        assert!(err.to_string().contains("TRUNCATE"), "{sql}: {err}");
+    }
+    assert_eq!(snapshot(&store).await, before);
+    assert!(store.verify(&[]).await.unwrap().ok());
+}
+
+/// Events hashed before numbers followed PostgreSQL (serde_json's spelling, `1.5e-7`) still
+/// verify.
+#[tokio::test]
+async fn events_hashed_with_the_earlier_number_spelling_still_verify() {
+    use chatvault::store::canonical::{chain_hash_as, Numbers};
+    let (store, _) = store().await;
+    let detail: Value =
+        serde_json::from_str(r#"{"ratio": 1.5e-7, "big": 1e300, "n": 2.5}"#).unwrap();
+    let observed_at = t(1);
+    let fields = EventFields {
+        source: "s",
+        event_seq: 1,
+        kind: "conversation_changed",
+        conversation_id: Some("c"),
+        message_id: None,
+        occurred_at: None,
+        observed_at,
+        detail: &detail,
+    };
+    let legacy = chain_hash_as(&GENESIS, &fields, Numbers::Legacy);
+    assert_ne!(
+        legacy,
+        chain_hash(&GENESIS, &fields),
+        "the spellings differ here"
+    );
+    sqlx::query(
+        "INSERT INTO vault.events (source, event_seq, kind, conversation_id, observed_at, detail, prev_hash, hash)
+         VALUES ('s', 1, 'conversation_changed', 'c', $1, $2, $3, $4)",
+    )
+    .bind(observed_at)
+    .bind(sqlx::types::Json(&detail))
+    .bind(&GENESIS[..])
+    .bind(&legacy[..])
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query("UPDATE vault.chain_heads SET event_seq = 1, hash = $1 WHERE source = 's'")
+        .bind(&legacy[..])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let report = store.verify(&[]).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+}

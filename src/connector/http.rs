@@ -246,6 +246,9 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// The longest wait between two requests the rate limiter imposes.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// A token bucket of one: requests are spaced at least `1 / rate` apart.
 struct RateLimiter {
     interval: Option<Duration>,
@@ -254,8 +257,12 @@ struct RateLimiter {
 
 impl RateLimiter {
     fn new(requests_per_second: f64) -> Self {
-        let interval = (requests_per_second.is_finite() && requests_per_second > 0.0)
-            .then(|| Duration::from_secs_f64(1.0 / requests_per_second));
+        // At most one request an hour: a rate so small that its interval overflows a
+        // duration (1e-300 per second) must not panic here or at `slot + interval`.
+        let interval = (requests_per_second.is_finite() && requests_per_second > 0.0).then(|| {
+            Duration::try_from_secs_f64(1.0 / requests_per_second)
+                .map_or(MAX_INTERVAL, |interval| interval.min(MAX_INTERVAL))
+        });
         RateLimiter {
             interval,
             next: Mutex::new(Instant::now()),
@@ -280,6 +287,14 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_absurdly_small_rate_does_not_panic() {
+        let limiter = RateLimiter::new(1e-300);
+        assert_eq!(limiter.interval, Some(MAX_INTERVAL));
+        limiter.acquire().await;
+        assert!(HttpClient::new(1e-300, Duration::from_secs(1)).is_ok());
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_rejects_garbage() {

@@ -394,12 +394,17 @@ impl Indexer {
 
     /// Rebuild the index from PostgreSQL in a new generation, swap it in, then apply the
     /// events that arrived meanwhile. Search keeps answering from the old generation until
-    /// the swap. `progress` is told the messages done so far and the total.
+    /// the swap. `progress` is told the messages done so far and the total. A rebuild already
+    /// running on the same index (another `reindex`) is waited for first.
     pub async fn rebuild(
         &mut self,
         pool: &PgPool,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> anyhow::Result<IndexReport> {
+        let index = self.index.clone();
+        let rebuild_lock = tokio::task::spawn_blocking(move || index.lock_for_rebuild())
+            .await
+            .context("the index lock task panicked")??;
         // The heads are read before the scan: every message the scan reads is at least as
         // new as them, and the events after them are applied again on top (idempotent).
         let heads = chain_heads(pool).await?;
@@ -408,7 +413,7 @@ impl Indexer {
             .await
             .context("cannot count the messages")?;
         let total = total.max(0) as u64;
-        let generation = self.index.create_generation()?;
+        let generation = self.index.create_generation(&rebuild_lock)?;
         let fields = generation.fields;
         let writer = Arc::new(Mutex::new(open_writer(&generation)?));
         let mut payload = Payload {
@@ -443,7 +448,8 @@ impl Indexer {
             .context("cannot reload the index reader")?;
         // The old writer (if this indexer had one) belongs to the old generation.
         self.writer = None;
-        self.index.swap_in(generation)?;
+        self.index.swap_in(generation, &rebuild_lock)?;
+        drop(rebuild_lock);
         let after = self.catch_up(pool).await?;
         report.events = after.events;
         report.documents += after.documents;

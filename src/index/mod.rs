@@ -14,7 +14,17 @@
 //! A rebuild fills a new generation and then replaces `CURRENT` by rename, so readers keep
 //! the old one until the swap. The schema carries [`SCHEMA_VERSION`]: an index of another
 //! version is not read, and the indexer rebuilds it.
+//!
+//! Rebuilds are serialised by an exclusive `flock` on `index/REBUILD` held from the new
+//! generation's creation to its swap: a second `reindex` waits for the first (and then builds
+//! its own), and no process removes a generation while a rebuild holds that lock, so two
+//! rebuilds never delete each other's work.
+//!
+//! Files: the index directory and every generation directory are created mode 0700, `CURRENT`
+//! and the lock files 0600, and tantivy's own files 0600 through [`directory::PrivateDirectory`]
+//! (the index holds the full text of every message).
 
+mod directory;
 pub mod indexer;
 pub mod query;
 pub mod search;
@@ -23,13 +33,16 @@ pub mod tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
+use directory::PrivateDirectory;
 use serde::{Deserialize, Serialize};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST,
     INDEXED, STORED, STRING,
 };
 use tantivy::{Index, IndexReader, ReloadPolicy};
+
+use crate::files;
 
 pub use indexer::{IndexReport, Indexer};
 pub use query::QueryError;
@@ -169,21 +182,27 @@ pub struct Generation {
 impl Generation {
     fn open(root: &Path, name: &str) -> anyhow::Result<Generation> {
         let path = root.join(name);
-        let index = Index::open_in_dir(&path).with_context(|| {
-            format!(
-                "cannot open the search index in {} (`chatvault reindex` rebuilds it)",
-                path.display()
-            )
-        })?;
+        let index = PrivateDirectory::open(&path)
+            .and_then(Index::open)
+            .with_context(|| {
+                format!(
+                    "cannot open the search index in {} (`chatvault reindex` rebuilds it)",
+                    path.display()
+                )
+            })?;
         Self::wrap(index, name, path)
     }
 
     fn create(root: &Path, name: &str) -> anyhow::Result<Generation> {
         let path = root.join(name);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        if !files::create_private_dir(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?
+        {
+            bail!("cannot create {}: it exists already", path.display());
+        }
         let (schema, _) = schema();
-        let index = Index::create_in_dir(&path, schema)
+        let index = PrivateDirectory::open(&path)
+            .and_then(|dir| Index::create(dir, schema, tantivy::IndexSettings::default()))
             .with_context(|| format!("cannot create the search index in {}", path.display()))?;
         Self::wrap(index, name, path)
     }
@@ -283,11 +302,9 @@ fn read_current(root: &Path) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// Replaces `CURRENT` atomically (a fresh 0600 file renamed over it).
 fn write_current(root: &Path, name: &str) -> anyhow::Result<()> {
-    let tmp = root.join("CURRENT.tmp");
-    std::fs::write(&tmp, format!("{name}\n"))
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, root.join("CURRENT"))
+    files::write_private(&root.join("CURRENT"), format!("{name}\n").as_bytes())
         .with_context(|| format!("cannot replace {}/CURRENT", root.display()))
 }
 
@@ -319,17 +336,20 @@ impl SearchIndex {
     /// Open the index in `root`, creating an empty one when there is none of this schema
     /// version.
     pub fn open_or_create(root: &Path) -> anyhow::Result<SearchIndex> {
-        std::fs::create_dir_all(root)
+        files::create_private_dir_all(root)
             .with_context(|| format!("cannot create the index directory {}", root.display()))?;
         // Several processes may share a data directory: one creates, the others open.
-        let _lock = DirLock::acquire(root)?;
+        let _lock = DirLock::acquire(root, "LOCK")?;
         if let Some(index) = Self::open(root)? {
             return Ok(index);
         }
         let name = new_generation_name();
         let generation = Generation::create(root, &name)?;
         write_current(root, &name)?;
-        remove_other_generations(root, &name);
+        // A rebuild in progress elsewhere owns the generation it is filling.
+        if let Some(_rebuild) = DirLock::try_acquire(root, REBUILD_LOCK)? {
+            remove_other_generations(root, &name);
+        }
         Ok(SearchIndex {
             root: root.to_path_buf(),
             current: Arc::new(RwLock::new(Arc::new(generation))),
@@ -366,15 +386,29 @@ impl SearchIndex {
         }
     }
 
-    /// Create an empty generation beside the current one (for a rebuild).
-    pub fn create_generation(&self) -> anyhow::Result<Generation> {
+    /// Wait until no other rebuild runs on this index, and keep it so until the returned lock
+    /// is dropped (after [`Self::swap_in`]). Blocking: call it on a blocking thread.
+    pub fn lock_for_rebuild(&self) -> anyhow::Result<RebuildLock> {
+        if let Some(lock) = DirLock::try_acquire(&self.root, REBUILD_LOCK)? {
+            return Ok(RebuildLock { _held: lock });
+        }
+        tracing::warn!(
+            index = %self.root.display(),
+            "another reindex is running on this index; waiting for it to finish"
+        );
+        DirLock::acquire(&self.root, REBUILD_LOCK).map(|lock| RebuildLock { _held: lock })
+    }
+
+    /// Create an empty generation beside the current one (for a rebuild, under
+    /// [`Self::lock_for_rebuild`]).
+    pub fn create_generation(&self, _rebuild: &RebuildLock) -> anyhow::Result<Generation> {
         Generation::create(&self.root, &new_generation_name())
     }
 
     /// Make `generation` the current one (atomically, by renaming `CURRENT`), and remove
     /// the others.
-    pub fn swap_in(&self, generation: Generation) -> anyhow::Result<()> {
-        let _lock = DirLock::acquire(&self.root)?;
+    pub fn swap_in(&self, generation: Generation, _rebuild: &RebuildLock) -> anyhow::Result<()> {
+        let _lock = DirLock::acquire(&self.root, "LOCK")?;
         write_current(&self.root, &generation.name)?;
         let name = generation.name.clone();
         *self.current.write().expect("index lock poisoned") = Arc::new(generation);
@@ -383,27 +417,56 @@ impl SearchIndex {
     }
 }
 
-/// An exclusive lock on `index/LOCK` (flock), held while `CURRENT` is created or replaced
-/// and old generations are removed.
+/// The lock file a rebuild holds from creating its generation until it swapped it in.
+const REBUILD_LOCK: &str = "REBUILD";
+
+/// Held by a rebuild (see [`SearchIndex::lock_for_rebuild`]); released when dropped.
+pub struct RebuildLock {
+    _held: DirLock,
+}
+
+/// An exclusive `flock` on a lock file in the index directory: `index/LOCK` is held while
+/// `CURRENT` is created or replaced and old generations are removed; `index/REBUILD` by a
+/// rebuild.
 struct DirLock(std::fs::File);
 
 impl DirLock {
-    fn acquire(root: &Path) -> anyhow::Result<DirLock> {
-        use std::os::fd::AsRawFd;
-        let path = root.join("LOCK");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+    fn open(root: &Path, name: &str) -> anyhow::Result<(std::fs::File, PathBuf)> {
+        let path = root.join(name);
+        let file = files::open_private(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: flock on a file descriptor this struct owns; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot lock {}", path.display()));
+        Ok((file, path))
+    }
+
+    /// Blocks until the lock is granted.
+    fn acquire(root: &Path, name: &str) -> anyhow::Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        let (file, path) = Self::open(root, name)?;
+        loop {
+            // SAFETY: flock on a file descriptor this struct owns; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(DirLock(file));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+            }
         }
-        Ok(DirLock(file))
+    }
+
+    /// `None` when someone else holds the lock.
+    fn try_acquire(root: &Path, name: &str) -> anyhow::Result<Option<DirLock>> {
+        use std::os::fd::AsRawFd;
+        let (file, path) = Self::open(root, name)?;
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(DirLock(file)));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        Err(err).with_context(|| format!("cannot lock {}", path.display()))
     }
 }
 

@@ -52,12 +52,18 @@ pub(crate) struct Layout {
     pub users_lock: PathBuf,
     /// `data_dir/run/chatvault.pid`: pid of the postmaster a chatvault process started.
     pub owner_marker: PathBuf,
+    /// `data_dir/pg_hba.conf` and `data_dir/pg_ident.conf`: who may connect (see
+    /// [`write_auth_files`]); the server is pointed at them on its command line.
+    pub hba_file: PathBuf,
+    pub ident_file: PathBuf,
 }
 
 impl Layout {
-    /// Creates `data_dir` if needed and checks that the socket path fits in `sun_path`.
+    /// Creates `data_dir` if needed (or makes it private, see [`crate::files::prepare_data_dir`])
+    /// and checks that the socket path fits in `sun_path`.
     pub fn new(data_dir: &Path) -> Result<Self, PgError> {
-        std::fs::create_dir_all(data_dir).map_err(io_error("create directory", data_dir))?;
+        crate::files::prepare_data_dir(data_dir)
+            .map_err(io_error("prepare the data directory", data_dir))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(io_error("resolve directory", data_dir))?;
@@ -83,6 +89,8 @@ impl Layout {
             start_lock: data_dir.join("postgres.lock"),
             users_lock: data_dir.join("postgres.users"),
             owner_marker: socket_dir.join("chatvault.pid"),
+            hba_file: data_dir.join("pg_hba.conf"),
+            ident_file: data_dir.join("pg_ident.conf"),
             socket_dir,
             data_dir,
         })
@@ -92,12 +100,14 @@ impl Layout {
         self.socket_dir.join(format!(".s.PGSQL.{PORT}"))
     }
 
-    /// Makes `data_dir` reachable for the cluster user and creates the private socket directory.
+    /// Makes `data_dir` reachable for the cluster user, creates the private socket directory
+    /// and writes the authentication files.
     pub fn prepare(&self, user: &ClusterUser) -> Result<(), PgError> {
         if user.switch {
             self.make_reachable(user)?;
         }
-        ensure_private_dir(&self.socket_dir, user)
+        ensure_private_dir(&self.socket_dir, user)?;
+        write_auth_files(self, user)
     }
 
     /// Every ancestor of `data_dir` must let the cluster user through; `data_dir` itself gets
@@ -125,24 +135,57 @@ impl Layout {
             });
         }
         let mode = (meta.permissions().mode() & 0o7777) | 0o111;
-        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(mode))
+        crate::files::chmod_dir_nofollow(&self.data_dir, mode)
             .map_err(io_error("change permissions of", &self.data_dir))
     }
 }
 
-/// Creates `dir` if missing, owned by the cluster user, mode 0700.
+/// Creates `dir` if missing, owned by the cluster user, mode 0700. The owner and mode are set
+/// through a descriptor opened without following symlinks, so a symlink at `dir` is refused.
 fn ensure_private_dir(dir: &Path, user: &ClusterUser) -> Result<(), PgError> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(io_error("create directory", dir)(err)),
-    }
+    crate::files::create_private_dir(dir).map_err(io_error("create directory", dir))?;
     if user.switch {
-        std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+        crate::files::chown_dir_nofollow(dir, user.uid, user.gid)
             .map_err(io_error("change owner of", dir))?;
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(io_error("change permissions of", dir))
+    crate::files::chmod_dir_nofollow(dir, 0o700).map_err(io_error("change permissions of", dir))
+}
+
+/// The ident map naming who may connect.
+const IDENT_MAP: &str = "chatvault";
+
+/// Writes `pg_hba.conf` and `pg_ident.conf` into `data_dir`: the server accepts connections on
+/// its Unix socket only, by `peer` authentication (the kernel tells it the connecting process's
+/// user), and maps exactly one operating-system user to the superuser: the one running
+/// chatvault. So when root runs the server as the shared `postgres` or `nobody` account, no
+/// process of that account can connect (it may not even enter the socket directory), and no
+/// password exists that could leak.
+///
+/// Both files are rewritten at every start (a fresh file renamed over the old one). They hold
+/// no secret; the server reads them as the cluster user, so when that is another user they
+/// are mode 0640 with the cluster user's group, else 0600.
+pub(crate) fn write_auth_files(layout: &Layout, user: &ClusterUser) -> Result<(), PgError> {
+    let client = super::user::current_user_name()?;
+    let hba = format!(
+        "# Written by chatvault at every start of its embedded server; edits are overwritten.\n\
+         # Unix socket only, peer authentication, users mapped by {IDENT_MAP:?} in pg_ident.conf.\n\
+         local all all peer map={IDENT_MAP}\n"
+    );
+    let ident = format!(
+        "# Written by chatvault at every start of its embedded server; edits are overwritten.\n\
+         # The operating-system user running chatvault is the superuser {SUPERUSER}; nobody else.\n\
+         {IDENT_MAP} \"{client}\" {SUPERUSER}\n"
+    );
+    let (mode, gid) = if user.switch {
+        (0o640, Some(user.gid))
+    } else {
+        (0o600, None)
+    };
+    for (path, text) in [(&layout.hba_file, hba), (&layout.ident_file, ident)] {
+        crate::files::write_replacing(path, text.as_bytes(), mode, gid)
+            .map_err(io_error("write", path))?;
+    }
+    Ok(())
 }
 
 /// An open lock file; the `flock` is released when this is dropped (or the process dies).
@@ -152,14 +195,7 @@ pub(crate) struct FileLock(File);
 impl FileLock {
     /// Blocks until the lock is granted.
     pub fn acquire(path: &Path, exclusive: bool) -> Result<Self, PgError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_error("open lock file", path))?;
+        let file = crate::files::open_private(path).map_err(io_error("open lock file", path))?;
         let operation = if exclusive {
             libc::LOCK_EX
         } else {
@@ -219,16 +255,56 @@ pub(crate) fn read_postmaster_pid(cluster: &Path) -> Option<PostmasterPid> {
     Some(PostmasterPid { pid, ready })
 }
 
-/// Whether `pid` is a postmaster serving `cluster`: alive and, where `/proc` tells, working in
-/// that directory (a recycled pid belongs to some other program).
+/// Whether `pid` is a postmaster serving `cluster` (see [`judge_postmaster`]); a pid recycled
+/// since the server died belongs to some other program, which must not keep a new server from
+/// starting.
 pub(crate) fn serves_cluster(pid: i32, cluster: &Path) -> bool {
     if !process_alive(pid) {
         return false;
     }
-    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
-        Ok(cwd) => cwd == cluster,
-        Err(_) => true,
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    judge_postmaster(cmdline.as_deref(), cwd.as_deref(), cluster)
+}
+
+/// Whether a live process with this command line (NUL-separated, world-readable in `/proc`)
+/// and working directory (readable for our own processes, or as root) is a postmaster of
+/// `cluster`. It must be a program named `postgres` (or `postmaster`); then it is ours if it
+/// was given `-D cluster` (`-Dcluster`, `--pgdata=cluster`) or, failing that, if it works in
+/// `cluster` (a postmaster `chdir`s to its data directory). What cannot be read counts in
+/// favour: wrongly taking a dead server for alive only delays a start with a clear error,
+/// while wrongly taking a live one for dead would start a second server on its files.
+pub(crate) fn judge_postmaster(cmdline: Option<&[u8]>, cwd: Option<&Path>, cluster: &Path) -> bool {
+    let Some(cmdline) = cmdline else {
+        return cwd.is_none_or(|cwd| cwd == cluster);
+    };
+    let args: Vec<&[u8]> = cmdline
+        .split(|b| *b == 0)
+        .filter(|arg| !arg.is_empty())
+        .collect();
+    let Some(program) = args.first() else {
+        return false;
+    };
+    let program = Path::new(std::ffi::OsStr::from_bytes(program));
+    let named = program
+        .file_name()
+        .is_some_and(|name| name == "postgres" || name == "postmaster");
+    if !named {
+        return false;
     }
+    let is_cluster = |dir: &[u8]| Path::new(std::ffi::OsStr::from_bytes(dir)) == cluster;
+    let given_cluster = args.iter().enumerate().skip(1).any(|(i, arg)| {
+        if *arg == b"-D" {
+            args.get(i + 1).is_some_and(|dir| is_cluster(dir))
+        } else if let Some(dir) = arg.strip_prefix(b"--pgdata=") {
+            is_cluster(dir)
+        } else if let Some(dir) = arg.strip_prefix(b"-D") {
+            is_cluster(dir)
+        } else {
+            false
+        }
+    });
+    given_cluster || cwd.is_none_or(|cwd| cwd == cluster)
 }
 
 /// Removes what a killed server leaves behind: `postmaster.pid`, the socket and its lock file.
@@ -256,6 +332,7 @@ pub(crate) fn open_log(layout: &Layout) -> Result<(File, u64), PgError> {
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&layout.log)
         .map_err(io_error("open log file", &layout.log))?;
     let len = log
@@ -344,7 +421,9 @@ pub(crate) fn init_cluster(
     command
         .arg("--pgdata")
         .arg(&scratch)
-        .args(["--username", SUPERUSER, "--auth=trust", "--encoding=UTF8"])
+        // Nobody may connect by the cluster's own pg_hba.conf: chatvault starts the server with
+        // its own (see `write_auth_files`).
+        .args(["--username", SUPERUSER, "--auth=reject", "--encoding=UTF8"])
         .arg("--no-locale")
         .stdout(log)
         .stderr(stderr);
@@ -382,13 +461,21 @@ pub(crate) fn postgres_command(
     let mut socket_dirs = OsString::from("unix_socket_directories=\"");
     socket_dirs.push(&layout.socket_dir);
     socket_dirs.push("\"");
+    let mut hba_file = OsString::from("hba_file=");
+    hba_file.push(&layout.hba_file);
+    let mut ident_file = OsString::from("ident_file=");
+    ident_file.push(&layout.ident_file);
     let mut command = user.command(&binaries.postgres(), &layout.cluster);
     command
         .arg("-D")
         .arg(&layout.cluster)
         .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
         .arg("-c")
-        .arg(socket_dirs);
+        .arg(socket_dirs)
+        .arg("-c")
+        .arg(hba_file)
+        .arg("-c")
+        .arg(ident_file);
     for (name, value) in settings {
         command.arg("-c").arg(format!("{name}={value}"));
     }
@@ -453,4 +540,59 @@ pub(crate) fn stop_cluster(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmdline(args: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for arg in args {
+            out.extend_from_slice(arg.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn a_recycled_pid_is_not_taken_for_the_postmaster() {
+        let cluster = Path::new("/data/postgres");
+        let ours = cmdline(&[
+            "/usr/lib/postgresql/15/bin/postgres",
+            "-D",
+            "/data/postgres",
+            "-c",
+            "port=5432",
+        ]);
+        assert!(judge_postmaster(Some(&ours), Some(cluster), cluster));
+        assert!(judge_postmaster(Some(&ours), None, cluster));
+        let pg_ctl_style = cmdline(&["postgres", "--pgdata=/data/postgres"]);
+        assert!(judge_postmaster(Some(&pg_ctl_style), None, cluster));
+        // relative -D: the working directory decides
+        let relative = cmdline(&["postgres", "-D", "postgres"]);
+        assert!(judge_postmaster(Some(&relative), Some(cluster), cluster));
+        assert!(!judge_postmaster(
+            Some(&relative),
+            Some(Path::new("/other")),
+            cluster
+        ));
+
+        // another program, even one working in the cluster's directory
+        let sleep = cmdline(&["sleep", "300"]);
+        assert!(!judge_postmaster(Some(&sleep), Some(cluster), cluster));
+        assert!(!judge_postmaster(Some(&sleep), None, cluster));
+        // another cluster's server
+        let other = cmdline(&["postgres", "-D", "/var/lib/postgresql/15/main"]);
+        assert!(!judge_postmaster(
+            Some(&other),
+            Some(Path::new("/var/lib/postgresql/15/main")),
+            cluster
+        ));
+        assert!(!judge_postmaster(Some(b""), None, cluster));
+
+        // nothing readable: taken to be it (never start a second server on live files)
+        assert!(judge_postmaster(None, None, cluster));
+        assert!(!judge_postmaster(None, Some(Path::new("/")), cluster));
+    }
 }

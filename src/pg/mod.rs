@@ -3,12 +3,24 @@
 //! With no `database.url`, chatvault keeps a private cluster under its data directory:
 //!
 //! - `data_dir/postgres`: the cluster, made by `initdb` on first use (superuser `chatvault`,
-//!   UTF8, C locale, `trust` authentication), holding the database `chatvault`;
+//!   UTF8, C locale), holding the database `chatvault`;
 //! - `data_dir/run`: the Unix socket directory, mode 0700, owned by the cluster user. The server
-//!   listens there and nowhere else (`listen_addresses = ''`, no TCP), so `trust` admits only
-//!   those who may enter that directory: the cluster user and root;
+//!   listens there and nowhere else (`listen_addresses = ''`, no TCP);
+//! - `data_dir/pg_hba.conf`, `data_dir/pg_ident.conf`: who may connect, rewritten at every
+//!   start and given to the server on its command line (the cluster's own `pg_hba.conf`
+//!   rejects everyone): `peer` authentication on the socket, and only the operating-system user
+//!   running chatvault maps to the superuser. The kernel vouches for the connecting user, so
+//!   there is no password to keep or leak; when root runs the server as the shared `postgres`
+//!   or `nobody` account, processes of that account are refused;
 //! - `data_dir/postgres.log`: everything the server and `initdb` print;
 //! - `data_dir/postgres.lock` and `data_dir/postgres.users`: the `flock`s described below.
+//!
+//! `data_dir` is private (0700, see [`crate::files::prepare_data_dir`]); every file chatvault
+//! writes there is created 0600 (the authentication files 0640 for the cluster user's group,
+//! when that is another user: the server must read them). As root, ownership and modes are
+//! changed through descriptors opened with `O_NOFOLLOW`, and files in directories the cluster
+//! user owns are replaced by rename, never written through, so that user cannot redirect
+//! root's writes with a symlink.
 //!
 //! # Which user runs the server
 //!
@@ -26,8 +38,9 @@
 //!   exclusive `flock` on `postgres.lock`. A process that finds the server running (its
 //!   `postmaster.pid` names a live process working in the cluster and the socket accepts a
 //!   connection) uses it instead of starting another.
-//! - A `postmaster.pid` whose process is gone (a killed server) is removed, with the socket's lock
-//!   file, before starting.
+//! - A `postmaster.pid` whose process is gone (a killed server), or whose pid now belongs to a
+//!   process that is not a `postgres -D <this cluster>` (a recycled pid), is removed, with the
+//!   socket's lock file, before starting.
 //! - Every process using the cluster holds a shared `flock` on `postgres.users` until it stops.
 //!   [`EmbeddedPostgres::stop`] stops the server only when no other chatvault process uses it,
 //!   and only if a chatvault process started it (`run/chatvault.pid` names the running
@@ -36,6 +49,9 @@
 //! - The server runs in its own process group, so Ctrl-C in a terminal reaches chatvault only,
 //!   which then stops the server cleanly. A chatvault process that dies without stopping leaves
 //!   the server running; the next start uses it and the last user then stops it.
+//! - A server that dies while chatvault uses it is started again ([`EmbeddedPostgres::supervise`]):
+//!   checked every second, the death logged with the end of the server's log, the restart
+//!   counted (`chatvault_embedded_postgres_restarts_total` in the daemon's metrics).
 
 mod binaries;
 mod cluster;
@@ -85,6 +101,11 @@ pub enum PgError {
         "running as root, but neither user \"postgres\" nor \"nobody\" exists to run the embedded postgres server; create one, run chatvault as a normal user, or set database.url to use an existing server"
     )]
     NoUnprivilegedUser,
+
+    #[error(
+        "uid {uid} has no plain user name (see /etc/passwd), which the embedded postgres server needs to recognise chatvault by peer authentication; run chatvault as a named user or set database.url to use an existing server"
+    )]
+    NoUserName { uid: u32 },
 
     #[error(
         "user {user} runs the embedded postgres server but cannot enter {}; make it traversable (chmod o+x) or choose a data_dir outside it",
@@ -159,6 +180,26 @@ fn display_dirs(dirs: &[PathBuf]) -> String {
     dirs.join(", ")
 }
 
+/// How often [`EmbeddedPostgres::supervise`] checks the server.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An embedded cluster being watched (see [`EmbeddedPostgres::supervise`]).
+#[derive(Debug)]
+pub struct Supervisor {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<EmbeddedPostgres>,
+}
+
+impl Supervisor {
+    /// Ends the watch (after a restart in progress), then leaves the cluster as
+    /// [`EmbeddedPostgres::stop`] does.
+    pub async fn stop(self) -> Result<(), PgError> {
+        let _ = self.stop.send(true);
+        let server = self.task.await.expect("postgres supervisor panicked");
+        server.stop().await
+    }
+}
+
 /// A running embedded cluster, started by this process or found running.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
@@ -216,20 +257,127 @@ impl EmbeddedPostgres {
             }
             tracing::warn!(
                 pid = found.pid,
-                "postgres server is gone; cleaning up after it"
+                "postmaster.pid names a process that is not this cluster's server (it is gone, or its pid was reused); cleaning up after it"
             );
             cluster::remove_stale_files(&server.layout)?;
         }
-        let child = server.spawn_server()?;
-        server.pid = child.id() as i32;
-        server.child = Some(child);
-        let marker = &server.layout.owner_marker;
-        std::fs::write(marker, format!("{}\n", server.pid)).map_err(|source| PgError::Io {
-            action: "write",
-            path: marker.clone(),
-            source,
-        })?;
+        server.spawn_and_mark()?;
         Ok((server, start_lock))
+    }
+
+    /// Starts the server and records in `run/chatvault.pid` that a chatvault process did. The
+    /// socket directory belongs to the cluster user, so the marker is a new file renamed into
+    /// place: nothing planted there is written through.
+    fn spawn_and_mark(&mut self) -> Result<(), PgError> {
+        let child = self.spawn_server()?;
+        self.pid = child.id() as i32;
+        self.child = Some(child);
+        let marker = &self.layout.owner_marker;
+        crate::files::write_private(marker, format!("{}\n", self.pid).as_bytes()).map_err(
+            |source| PgError::Io {
+                action: "write",
+                path: marker.clone(),
+                source,
+            },
+        )
+    }
+
+    /// Whether the server this value knows is still running (our own child is asked, and
+    /// reaped when it exited).
+    fn alive(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_))) => false,
+            // not our child (or it cannot be asked): what /proc says
+            None | Some(Err(_)) => cluster::serves_cluster(self.pid, &self.layout.cluster),
+        }
+    }
+
+    /// After the server died: under the start lock, use the server another chatvault process
+    /// may have started meanwhile, else clean up and start a new one. `Ok(true)` when this
+    /// process started it.
+    fn restart_blocking(&mut self) -> Result<bool, PgError> {
+        let _start_lock = FileLock::acquire(&self.layout.start_lock, true)?;
+        if let Some(found) = cluster::read_postmaster_pid(&self.layout.cluster) {
+            if cluster::serves_cluster(found.pid, &self.layout.cluster) {
+                if found.pid != self.pid {
+                    tracing::info!(
+                        pid = found.pid,
+                        "another chatvault process restarted the postgres server; using it"
+                    );
+                    self.pid = found.pid;
+                    self.child = None;
+                }
+                return Ok(false);
+            }
+        }
+        cluster::remove_stale_files(&self.layout)?;
+        // The authentication files are rewritten, as at every start.
+        self.layout.prepare(&self.user)?;
+        self.spawn_and_mark()?;
+        Ok(true)
+    }
+
+    /// Watches the server while chatvault uses it: every second, whether it still runs; when
+    /// it died, logs that (with the end of its log) and starts it again, retrying with backoff
+    /// (1 s doubling to 1 min) while that fails, and calls `on_restart` after each restart.
+    /// [`Supervisor::stop`] ends the watch and leaves the cluster as [`Self::stop`] does.
+    pub fn supervise(self, on_restart: Box<dyn Fn() + Send + Sync>) -> Supervisor {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut server = self;
+            let mut wait = SUPERVISE_INTERVAL;
+            loop {
+                tokio::select! {
+                    _ = stop_rx.wait_for(|stop| *stop) => return server,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                let (returned, restarted) = tokio::task::spawn_blocking(move || {
+                    let mut server = server;
+                    if server.alive() {
+                        return (server, None);
+                    }
+                    let offset = std::fs::metadata(&server.layout.log)
+                        .map_or(0, |meta| meta.len().saturating_sub(2048));
+                    tracing::error!(
+                        pid = server.pid,
+                        log = %cluster::log_excerpt(&server.layout.log, offset),
+                        "the embedded postgres server died; starting it again"
+                    );
+                    let result = server.restart_blocking();
+                    (server, Some(result))
+                })
+                .await
+                .expect("postgres supervisor task panicked");
+                server = returned;
+                match restarted {
+                    None => wait = SUPERVISE_INTERVAL,
+                    Some(Ok(started_here)) => {
+                        tracing::warn!(
+                            pid = server.pid,
+                            started_here,
+                            "the embedded postgres server runs again"
+                        );
+                        if started_here {
+                            on_restart();
+                        }
+                        wait = SUPERVISE_INTERVAL;
+                    }
+                    Some(Err(err)) => {
+                        wait = (wait * 2).min(Duration::from_secs(60));
+                        tracing::error!(
+                            error = %err,
+                            retry_in_seconds = wait.as_secs(),
+                            "could not start the embedded postgres server again"
+                        );
+                    }
+                }
+            }
+        });
+        Supervisor {
+            stop: stop_tx,
+            task,
+        }
     }
 
     /// Spawns `postgres` in its own process group and waits until it is ready. Retries while

@@ -9,7 +9,7 @@
 //! Each `#[tokio::test]` has its own runtime, so nothing async is shared between calls: every
 //! call opens its own connections.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,13 +80,11 @@ fn start_cluster() -> Result<TestCluster, PgError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let base = std::env::temp_dir().join(format!("chatvault-pg-tests-{euid}"));
-    std::fs::create_dir_all(&base).map_err(|source| PgError::Io {
-        action: "create directory",
+    prepare_base(&base, euid).map_err(|source| PgError::Io {
+        action: "prepare directory",
         path: base.clone(),
         source,
     })?;
-    // The cluster user (when we are root) must be able to pass through.
-    let _ = std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711));
     remove_finished(&base);
 
     let nanos = SystemTime::now()
@@ -127,6 +125,20 @@ fn start_cluster() -> Result<TestCluster, PgError> {
     Ok(TestCluster {
         socket_dir: layout.socket_dir,
     })
+}
+
+/// The shared parent of the test clusters, a predictable name in the temporary directory:
+/// created 0711 (the cluster user, when we are root, must pass through), and used only if it
+/// is a real directory of ours, never a symlink or someone else's directory made first.
+fn prepare_base(base: &Path, euid: u32) -> std::io::Result<()> {
+    crate::files::create_private_dir(base)?;
+    let meta = std::fs::symlink_metadata(base)?;
+    if !meta.is_dir() || meta.uid() != euid {
+        return Err(std::io::Error::other(
+            "not a directory owned by this user; remove it",
+        ));
+    }
+    crate::files::chmod_dir_nofollow(base, 0o711)
 }
 
 /// Spawns `command` from a thread that lives as long as the process and asks the kernel to send

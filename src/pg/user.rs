@@ -108,6 +108,24 @@ impl ClusterUser {
     }
 }
 
+/// The name of the user running chatvault: the one `peer` authentication admits (see
+/// `cluster::write_auth_files`).
+pub(crate) fn current_user_name() -> Result<String, PgError> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    match user_by_uid(euid) {
+        Some((name, _))
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c != '"' && !c.is_control() && !c.is_whitespace()) =>
+        {
+            Ok(name)
+        }
+        _ => Err(PgError::NoUserName { uid: euid }),
+    }
+}
+
 fn user_by_name(name: &str) -> Option<(u32, u32)> {
     let name = CString::new(name).ok()?;
     lookup_passwd(|pwd, buf, result| {

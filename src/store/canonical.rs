@@ -2,9 +2,23 @@
 //!
 //! Canonical JSON here is: objects with keys sorted by their UTF-8 bytes, no whitespace,
 //! strings escaped as serde_json escapes them (only `"`, `\` and control characters),
-//! numbers as serde_json prints them. It is written explicitly rather than relying on
-//! `serde_json::Map` ordering, so no feature flag elsewhere can change it. ARCHITECTURE.md
-//! documents it for auditors.
+//! numbers as PostgreSQL stores them in `jsonb` ([`stored_decimal`]). It is written
+//! explicitly rather than relying on `serde_json::Map` ordering, so no feature flag elsewhere
+//! can change it. ARCHITECTURE.md documents it for auditors.
+//!
+//! Why numbers follow PostgreSQL: what is hashed when an event is written is the value in
+//! memory, what `verify` hashes is the value read back from `jsonb`, and `jsonb` keeps a
+//! number as a `numeric`, which has no negative zero and no exponent (`-0.0` comes back as
+//! `0.0`, `1e16` as `10000000000000000`). Hashing serde_json's own spelling made `verify`
+//! report tampering for content any chat member can post. The canonical spelling is the
+//! stored one, so both sides agree. Reading `jsonb` back needs serde_json's correctly rounded
+//! float parser (the `float_roundtrip` feature), so the same double comes back.
+//!
+//! Events written before this change were hashed with serde_json's spelling
+//! ([`Numbers::Legacy`]); the two differ only for a negative zero or a double written with an
+//! exponent. `verify` accepts an event or version whose digest matches either form, and the
+//! store's diff treats a version whose digest matches either form as unchanged, so existing
+//! chains verify and no message gains a phantom version.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -17,8 +31,22 @@ pub type Hash = [u8; 32];
 /// The `prev_hash` of the first event of a chain.
 pub const GENESIS: Hash = [0u8; 32];
 
+/// How numbers are spelled in the canonical bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numbers {
+    /// As PostgreSQL stores them (the canonical form).
+    Stored,
+    /// As serde_json prints them: the form of events written before numbers followed
+    /// PostgreSQL. Only for checking those.
+    Legacy,
+}
+
 /// Write `value` as canonical JSON.
 pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    write_canonical_as(value, out, Numbers::Stored)
+}
+
+fn write_canonical_as(value: &Value, out: &mut Vec<u8>, numbers: Numbers) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
@@ -30,7 +58,7 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 }
                 write_string(key, out);
                 out.push(b':');
-                write_canonical(&map[key], out);
+                write_canonical_as(&map[key], out, numbers);
             }
             out.push(b'}');
         }
@@ -40,13 +68,71 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(item, out);
+                write_canonical_as(item, out, numbers);
             }
             out.push(b']');
         }
         Value::String(s) => write_string(s, out),
+        Value::Number(n) if numbers == Numbers::Stored && n.is_f64() => {
+            out.extend_from_slice(stored_decimal(&n.to_string()).as_bytes())
+        }
         other => out.extend_from_slice(other.to_string().as_bytes()),
     }
+}
+
+/// A JSON number as PostgreSQL's `numeric` (and so `jsonb`) keeps and prints it: plain decimal
+/// notation, the exponent applied to the digits (`1.5e-7` → `0.00000015`, `1e16` →
+/// `10000000000000000`), as many fractional digits as the text has after applying the
+/// exponent (`100.0` stays `100.0`, `1.250e1` is `12.50`), no leading zeros, and zero without
+/// a sign (`-0.0` → `0.0`). Text that is not a plain JSON number is returned as it is.
+pub fn stored_decimal(text: &str) -> String {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => match unsigned[i + 1..].parse::<i64>() {
+            Ok(e) if e.abs() <= 100_000 => (&unsigned[..i], e),
+            _ => return text.to_string(),
+        },
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !all_digits(int) || !all_digits(frac) {
+        return text.to_string();
+    }
+    let digits = format!("{int}{frac}");
+    let scale = (frac.len() as i64 - exponent).max(0) as usize;
+    let point = int.len() as i64 + exponent;
+    let (int_part, frac_part) = if point <= 0 {
+        (
+            "0".to_string(),
+            format!("{}{digits}", "0".repeat(point.unsigned_abs() as usize)),
+        )
+    } else if point as usize >= digits.len() {
+        (
+            format!("{digits}{}", "0".repeat(point as usize - digits.len())),
+            String::new(),
+        )
+    } else {
+        let (i, f) = digits.split_at(point as usize);
+        (i.to_string(), f.to_string())
+    };
+    debug_assert_eq!(frac_part.len(), scale);
+    let int_part = int_part.trim_start_matches('0');
+    let int_part = if int_part.is_empty() { "0" } else { int_part };
+    let zero = digits.bytes().all(|b| b == b'0');
+    let mut out = String::with_capacity(int_part.len() + frac_part.len() + 2);
+    if negative && !zero {
+        out.push('-');
+    }
+    out.push_str(int_part);
+    if scale > 0 {
+        out.push('.');
+        out.push_str(&frac_part);
+    }
+    out
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
@@ -59,8 +145,12 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
 }
 
 pub fn canonical_bytes(value: &Value) -> Vec<u8> {
+    canonical_bytes_as(value, Numbers::Stored)
+}
+
+fn canonical_bytes_as(value: &Value, numbers: Numbers) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    write_canonical(value, &mut out);
+    write_canonical_as(value, &mut out, numbers);
     out
 }
 
@@ -75,12 +165,22 @@ pub fn canonical_time(t: &DateTime<Utc>) -> String {
 
 /// The digest of one version of a message's content, recorded in its event.
 pub fn content_hash(content: &Content) -> Hash {
+    content_hash_as(content, Numbers::Stored)
+}
+
+pub fn content_hash_as(content: &Content, numbers: Numbers) -> Hash {
     let value = serde_json::json!({
         "kind": content.kind.as_str(),
         "text": content.text,
         "content": content.content,
     });
-    sha256(&canonical_bytes(&value))
+    sha256(&canonical_bytes_as(&value, numbers))
+}
+
+/// Whether `recorded` is the digest of `content`, in the canonical form or the legacy one
+/// (see the module doc).
+pub fn content_matches(recorded: &Hash, content: &Content) -> bool {
+    *recorded == content_hash(content) || *recorded == content_hash_as(content, Numbers::Legacy)
 }
 
 /// The digest of a raw payload, used to notice that upstream sent something new.
@@ -103,6 +203,10 @@ pub struct EventFields<'a> {
 
 /// The canonical bytes of an event: a canonical JSON object of all its fields.
 pub fn event_bytes(e: &EventFields<'_>) -> Vec<u8> {
+    event_bytes_as(e, Numbers::Stored)
+}
+
+fn event_bytes_as(e: &EventFields<'_>, numbers: Numbers) -> Vec<u8> {
     let value = serde_json::json!({
         "source": e.source,
         "event_seq": e.event_seq,
@@ -113,14 +217,18 @@ pub fn event_bytes(e: &EventFields<'_>) -> Vec<u8> {
         "observed_at": canonical_time(&e.observed_at),
         "detail": e.detail,
     });
-    canonical_bytes(&value)
+    canonical_bytes_as(&value, numbers)
 }
 
 /// `hash = sha256(prev_hash || canonical event)`.
 pub fn chain_hash(prev: &Hash, e: &EventFields<'_>) -> Hash {
+    chain_hash_as(prev, e, Numbers::Stored)
+}
+
+pub fn chain_hash_as(prev: &Hash, e: &EventFields<'_>, numbers: Numbers) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update(prev);
-    hasher.update(event_bytes(e));
+    hasher.update(event_bytes_as(e, numbers));
     hasher.finalize().into()
 }
 
@@ -183,6 +291,57 @@ mod tests {
             String::from_utf8(canonical_bytes(&v)).unwrap(),
             r#"{"id":18446744073709551615,"n":-9007199254740993}"#
         );
+    }
+
+    #[test]
+    fn numbers_are_spelled_as_postgresql_stores_them() {
+        for (given, stored) in [
+            ("-0.0", "0.0"),
+            ("-0", "0"),
+            ("1.0", "1.0"),
+            ("100.0", "100.0"),
+            ("1e2", "100"),
+            ("1E+2", "100"),
+            ("1.250e1", "12.50"),
+            ("-0.0e5", "0"),
+            ("1e16", "10000000000000000"),
+            ("1.5e-7", "0.00000015"),
+            ("-1.5e-7", "-0.00000015"),
+            ("1.2345e20", "123450000000000000000"),
+            ("0.001", "0.001"),
+            ("007.50", "7.50"),
+            ("12", "12"),
+        ] {
+            assert_eq!(stored_decimal(given), stored, "{given}");
+        }
+        let tiny = stored_decimal("5e-324");
+        assert_eq!(tiny, format!("0.{}5", "0".repeat(323)));
+        assert_eq!(stored_decimal("1e400").len(), 401);
+        assert_eq!(stored_decimal("not a number"), "not a number");
+    }
+
+    #[test]
+    fn negative_zero_and_exponents_hash_like_what_jsonb_gives_back() {
+        // in memory as parsed from upstream, and as PostgreSQL returns it from jsonb
+        for (upstream, from_jsonb) in [
+            ("[-0.0]", "[0.0]"),
+            ("[1e16]", "[10000000000000000]"),
+            ("[1.5e-7]", "[0.00000015]"),
+            ("[1e300]", &*format!("[1{}]", "0".repeat(300))),
+            ("[1.0, 2.5]", "[1.0, 2.5]"),
+        ] {
+            let written: Value = serde_json::from_str(upstream).unwrap();
+            let read: Value = serde_json::from_str(from_jsonb).unwrap();
+            assert_eq!(
+                canonical_bytes(&written),
+                canonical_bytes(&read),
+                "{upstream}"
+            );
+        }
+        // the legacy spelling of events written before differs exactly there
+        let v: Value = serde_json::from_str("[-0.0, 1e16]").unwrap();
+        assert_eq!(canonical_bytes_as(&v, Numbers::Legacy), b"[-0.0,1e+16]");
+        assert_eq!(canonical_bytes(&v), b"[0.0,10000000000000000]");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::canonical::{canonical_time, content_hash, value_hash, Hash};
+use super::canonical::{canonical_time, content_hash, content_hash_as, value_hash, Hash, Numbers};
 use crate::model::{
     Content, ConversationObservation, EarlierVersion, Mark, MessageHeader, MessageObservation,
     ReactionObservation, ReactionState,
@@ -92,7 +92,12 @@ fn hex(h: &Hash) -> String {
 /// same content, or, when upstream reported it only in part, a held version equal to it on
 /// those parts.
 fn already_held(st: &MessageState, earlier: &EarlierVersion) -> bool {
-    if st.version_hashes.contains(&content_hash(&earlier.content)) {
+    // A digest recorded before numbers were spelled as PostgreSQL stores them matches in
+    // the legacy spelling (see `canonical`): the same content, not an edit.
+    let held = |hash: &Hash| st.version_hashes.contains(hash);
+    if held(&content_hash(&earlier.content))
+        || held(&content_hash_as(&earlier.content, Numbers::Legacy))
+    {
         return true;
     }
     match (&earlier.known_fields, &st.versions) {
@@ -230,7 +235,10 @@ pub fn apply_message(
         }
         for (content, edited_at) in candidates {
             let hash = content_hash(&content);
-            if st.version_hashes.last() == Some(&hash) {
+            let unchanged = st.version_hashes.last().is_some_and(|last| {
+                *last == hash || *last == content_hash_as(&content, Numbers::Legacy)
+            });
+            if unchanged {
                 continue;
             }
             let version = st.current_version + 1;
@@ -578,6 +586,23 @@ mod tests {
         assert_eq!(first.events.len(), 1);
         let again = apply_message(&mut st, &obs("hi"), t(2)).unwrap();
         assert_eq!(again, MessageOutcome::default());
+    }
+
+    #[test]
+    fn a_version_digested_in_the_earlier_number_spelling_is_not_an_edit() {
+        let mut st = None;
+        let mut o = obs("hi");
+        o.content.as_mut().unwrap().content = serde_json::from_str(r#"{"ratio": 1.5e-7}"#).unwrap();
+        apply_message(&mut st, &o, t(1)).unwrap();
+        // as a store written before numbers followed PostgreSQL holds it
+        let mut held = st.clone().unwrap();
+        let legacy = content_hash_as(o.content.as_ref().unwrap(), Numbers::Legacy);
+        assert_ne!(held.version_hashes[0], legacy);
+        held.version_hashes = vec![legacy];
+        o.raw = json!({"text": "hi", "seen": 2});
+        let out = apply_message(&mut Some(held), &o, t(2)).unwrap();
+        assert!(out.versions.is_empty(), "{out:?}");
+        assert!(!out.changed);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! saved earlier outside the database.
 //!
 //! An `UPDATE`, `DELETE` or re-ordering of events changes a recomputed hash or breaks the
-//! `event_seq`/`prev_hash` links. Someone with write access could recompute the whole chain
+//! `event_seq`/`prev_hash` links. Every break is reported, each event and each version on its
+//! own: one break never hides another further on. Someone with write access could recompute the whole chain
 //! consistently; a head saved elsewhere (`--head SOURCE=SEQ:HASH`) catches that, because
 //! the event at SEQ then no longer has HASH.
 
@@ -14,7 +15,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::canonical::{self, chain_hash, EventFields, Hash};
+use super::canonical::{self, chain_hash, chain_hash_as, EventFields, Hash, Numbers};
 use super::{Result, Store};
 
 /// A head saved earlier: the chain of `source` must contain `hash` at `event_seq`.
@@ -121,6 +122,11 @@ impl Store {
         Ok(report)
     }
 
+    /// Checks every event of one source and reports every break it finds, never stopping at
+    /// the first: each event is recomputed from its own stored `prev_hash` (so one altered
+    /// event is one failure, and the events after it are still checked), each `prev_hash`
+    /// must be the stored hash of the event before, numbering must have no gaps, and the
+    /// recorded head must be the last event.
     async fn verify_source(
         &self,
         source: &str,
@@ -143,29 +149,25 @@ impl Store {
         )
         .bind(source)
         .fetch(&self.pool);
+        // The stored hash of the event before (the genesis before the first).
         let mut prev: Hash = canonical::GENESIS;
-        let mut expected_seq = 1i64;
+        let mut last_seq = 0i64;
         let mut count = 0i64;
-        let mut broken = false;
         let mut seen_wanted: HashMap<usize, bool> = HashMap::new();
         while let Some(e) = rows.try_next().await? {
             count += 1;
-            if broken {
-                continue;
+            let expected_seq = last_seq + 1;
+            let after_gap = e.event_seq != expected_seq;
+            if after_gap {
+                let problem = if e.event_seq == expected_seq + 1 {
+                    format!("event {expected_seq} is missing")
+                } else {
+                    format!("events {expected_seq} to {} are missing", e.event_seq - 1)
+                };
+                fail(report, Some(expected_seq), problem);
             }
-            if e.event_seq != expected_seq {
-                fail(
-                    report,
-                    Some(expected_seq),
-                    format!(
-                        "event {expected_seq} is missing (the next stored event is {})",
-                        e.event_seq
-                    ),
-                );
-                broken = true;
-                continue;
-            }
-            if e.prev_hash != prev {
+            // After a gap the event before is missing: its link cannot be checked.
+            if !after_gap && e.prev_hash != prev {
                 fail(
                     report,
                     Some(e.event_seq),
@@ -176,9 +178,8 @@ impl Store {
                         hex::encode(prev)
                     ),
                 );
-                broken = true;
-                continue;
             }
+            let stored_prev: Hash = e.prev_hash.as_slice().try_into().unwrap_or([0xff; 32]);
             let fields = EventFields {
                 source,
                 event_seq: e.event_seq,
@@ -189,8 +190,10 @@ impl Store {
                 observed_at: e.observed_at,
                 detail: &e.detail,
             };
-            let hash = chain_hash(&prev, &fields);
-            if e.hash != hash {
+            let recomputed = chain_hash(&stored_prev, &fields);
+            if e.hash != recomputed
+                && e.hash != chain_hash_as(&stored_prev, &fields, Numbers::Legacy)
+            {
                 fail(
                     report,
                     Some(e.event_seq),
@@ -198,24 +201,22 @@ impl Store {
                         "{} event was altered: stored hash {}, recomputed {}",
                         e.kind,
                         hex::encode(&e.hash),
-                        hex::encode(hash)
+                        hex::encode(recomputed)
                     ),
                 );
-                broken = true;
-                continue;
             }
+            let stored: Hash = e.hash.as_slice().try_into().unwrap_or([0xff; 32]);
             for (i, w) in wanted.iter().enumerate() {
                 if w.event_seq == Some(e.event_seq)
-                    || (w.event_seq.is_none() && hex::encode(hash) == w.hash)
+                    || (w.event_seq.is_none() && hex::encode(stored) == w.hash)
                 {
-                    seen_wanted.insert(i, hex::encode(hash) == w.hash);
+                    seen_wanted.insert(i, hex::encode(stored) == w.hash);
                 }
             }
-            prev = hash;
-            expected_seq += 1;
+            prev = stored;
+            last_seq = e.event_seq;
         }
-        let last_seq = expected_seq - 1;
-        if !broken && (last_seq != head_seq || prev[..] != *head_hash) {
+        if last_seq != head_seq || prev[..] != *head_hash {
             fail(
                 report,
                 Some(last_seq),
@@ -238,7 +239,6 @@ impl Store {
                         w.event_seq.unwrap_or(0)
                     ),
                 ),
-                None if broken => {}
                 None => fail(
                     report,
                     w.event_seq,
@@ -286,8 +286,9 @@ impl Store {
                 content: v.content,
             };
             let actual = hex::encode(canonical::content_hash(&content));
+            let legacy = || hex::encode(canonical::content_hash_as(&content, Numbers::Legacy));
             match v.recorded {
-                Some(recorded) if recorded == actual => {}
+                Some(recorded) if recorded == actual || recorded == legacy() => {}
                 Some(recorded) => report.failures.push(VerifyFailure {
                     source: v.source,
                     event_seq: v.event_seq,
