@@ -245,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     reset_peak_rss();
     let rss_before = support::rss_mb();
     let t = Instant::now();
-    let report = Indexer::new(index.clone()).catch_up(store.pool()).await?;
+    let report = Indexer::new(index.clone()).catch_up(&store).await?;
     let index_secs = t.elapsed().as_secs_f64();
     let peak = peak_rss_mb();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -273,7 +273,7 @@ async fn main() -> anyhow::Result<()> {
     // 2. Index lag with the daemon's follower.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(Indexer::new(index.clone()).follow(
-        store.pool().clone(),
+        store.clone(),
         chatvault::app::INDEX_INTERVAL,
         stop_rx,
     ));

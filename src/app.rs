@@ -184,7 +184,7 @@ pub(crate) async fn daemon(
     let (stop_tx, stop_rx) = watch::channel(false);
     let search_index = SearchIndex::open_or_create(&index::index_dir(&config.storage.data_dir))?;
     let indexer = tokio::spawn(Indexer::new(search_index.clone()).follow(
-        store.pool().clone(),
+        store.clone(),
         INDEX_INTERVAL,
         stop_rx.clone(),
     ));
@@ -761,7 +761,7 @@ async fn index_after_sync(store: &Store, config: &Config) {
     let result = async {
         prepare_data_dir(config)?;
         let index = SearchIndex::open_or_create(&dir)?;
-        Indexer::new(index).catch_up(store.pool()).await
+        Indexer::new(index).catch_up(&store).await
     }
     .await;
     match result {
@@ -957,7 +957,7 @@ async fn reindex(store: Store, index_dir: std::path::PathBuf) -> anyhow::Result<
     };
     let started = std::time::Instant::now();
     let report = Indexer::new(search_index)
-        .rebuild(store.pool(), &progress)
+        .rebuild(&store, &progress)
         .await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -976,7 +976,7 @@ async fn verify_index(store: &Store, index_dir: &Path) -> anyhow::Result<bool> {
         println!("index: none yet (`chatvault sync` or `chatvault reindex` builds it)");
         return Ok(true);
     };
-    let check = index::indexer::check(store.pool(), &search_index, 200).await?;
+    let check = index::indexer::check(&store, &search_index, 200).await?;
     for s in &check.sources {
         let lag = if s.watermark < s.head {
             format!(

@@ -216,10 +216,7 @@ impl Drop for Browser {
 
 async fn serve(store: Store, index_dir: &std::path::Path) -> (String, watch::Sender<bool>) {
     let index = SearchIndex::open_or_create(index_dir).unwrap();
-    Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);

@@ -48,10 +48,7 @@ async fn seeded() -> (Store, SourceName, tempfile::TempDir, SearchIndex) {
     store.apply_page(&src, &p).await.expect("apply");
     let dir = tempfile::tempdir().unwrap();
     let index = SearchIndex::open_or_create(dir.path()).unwrap();
-    let report = Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    let report = Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     assert_eq!(report.documents, 7);
     (store, src, dir, index)
 }
@@ -184,10 +181,7 @@ async fn an_edit_is_found_by_its_new_text_and_by_its_old_text_only_with_history(
         .apply_page(&src, &page("m/c1", Some(7), 8, vec![edited]))
         .await
         .unwrap();
-    let report = Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    let report = Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     assert_eq!(report.documents, 1);
     assert_eq!(ids(&index, &request("五楼")), set(&["2"]));
     assert!(ids(&index, &request("三楼")).is_empty());
@@ -217,10 +211,7 @@ async fn a_recalled_message_is_found_only_when_recalled_ones_are_asked_for() {
         .apply_page(&src, &page("m/c1", Some(7), 8, vec![recalled]))
         .await
         .unwrap();
-    Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     assert!(ids(&index, &request("quarterly")).is_empty());
     let include = SearchRequest {
         recalled: Recalled::Include,
@@ -300,10 +291,7 @@ async fn pages_follow_each_other_without_repeats_or_gaps() {
     store.apply_page(&src, &p).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let index = SearchIndex::open_or_create(dir.path()).unwrap();
-    Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     for sort in [Sort::Newest, Sort::Relevance] {
         let mut seen = Vec::new();
         let mut r = SearchRequest {
@@ -372,7 +360,7 @@ async fn many_messages(store: &Store, src: &SourceName, conv: &str, n: i64, per_
 
 /// Each key in the index exactly once, and as many documents as messages.
 async fn assert_exact(store: &Store, index: &SearchIndex) {
-    let report = check(store.pool(), index, 100_000).await.unwrap();
+    let report = check(&store, index, 100_000).await.unwrap();
     assert!(report.ok(), "{:?}", report.drift);
     let messages: i64 = common::count(store, "SELECT count(*) FROM vault.messages").await;
     assert_eq!(report.sampled as i64, messages);
@@ -390,11 +378,11 @@ async fn an_indexer_killed_midway_resumes_without_missing_or_duplicate_documents
     // Small batches and commits, then abort the task once some (not all) are committed.
     let task = {
         let index = index.clone();
-        let pool = store.pool().clone();
+        let store = store.clone();
         tokio::spawn(async move {
             Indexer::new(index)
                 .with_batches(20, 20)
-                .catch_up(&pool)
+                .catch_up(&store)
                 .await
         })
     };
@@ -423,7 +411,7 @@ async fn an_indexer_killed_midway_resumes_without_missing_or_duplicate_documents
     // Restart: the writer lock is free once the aborted task's last blocking step ends.
     let mut report = None;
     for _ in 0..100 {
-        match Indexer::new(index.clone()).catch_up(store.pool()).await {
+        match Indexer::new(index.clone()).catch_up(&store).await {
             Ok(r) => {
                 report = Some(r);
                 break;
@@ -438,10 +426,7 @@ async fn an_indexer_killed_midway_resumes_without_missing_or_duplicate_documents
     assert_eq!(report.watermarks.get("s"), Some(&head));
     assert_exact(&store, &index).await;
     // Applying everything again changes nothing.
-    let again = Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    let again = Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     assert_eq!(again.events, 0);
     assert_exact(&store, &index).await;
 }
@@ -463,7 +448,7 @@ async fn two_sources_written_concurrently_are_fully_indexed_while_the_indexer_fo
     let index = SearchIndex::open_or_create(dir.path()).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(Indexer::new(index.clone()).with_batches(7, 30).follow(
-        store.pool().clone(),
+        store.clone(),
         Duration::from_millis(5),
         stop_rx,
     ));
@@ -474,10 +459,7 @@ async fn two_sources_written_concurrently_are_fully_indexed_while_the_indexer_fo
     let _ = stop_tx.send(true);
     follower.await.unwrap();
     // The follower stopped somewhere; one more catch-up (a restart) finishes the job.
-    Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     assert_exact(&store, &index).await;
     for (source, conv) in [("a", "ca"), ("b", "cb")] {
         let r = SearchRequest {
@@ -504,10 +486,7 @@ async fn reindex_gives_the_same_index_as_incremental_indexing() {
         .apply_page(&src, &page("m/c1", Some(7), 8, vec![edited, recalled]))
         .await
         .unwrap();
-    Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     let queries = ["会", "预算", "下午", "上午", "照片", "meeting", "🎉", "abc"];
     let snapshot = |index: &SearchIndex| -> Vec<(BTreeSet<String>, BTreeSet<String>)> {
         queries
@@ -525,7 +504,7 @@ async fn reindex_gives_the_same_index_as_incremental_indexing() {
     let incremental = snapshot(&index);
     let before = index.generation().unwrap().name.clone();
     let report = Indexer::new(index.clone())
-        .rebuild(store.pool(), &|_, _| {})
+        .rebuild(&store, &|_, _| {})
         .await
         .unwrap();
     assert_eq!(report.documents, 7);
@@ -554,10 +533,7 @@ async fn a_deleted_message_is_left_out_like_a_recalled_one() {
         .apply_page(&src, &page("m/c1", Some(7), 8, vec![deleted]))
         .await
         .unwrap();
-    Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     assert!(ids(&index, &request("quarterly")).is_empty());
     let only = SearchRequest {
         recalled: Recalled::Only,

@@ -54,10 +54,7 @@ async fn start(config: ServerConfig) -> (Server, Store) {
     store.apply_page(&src, &p).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let index = SearchIndex::open_or_create(dir.path()).unwrap();
-    Indexer::new(index.clone())
-        .catch_up(store.pool())
-        .await
-        .unwrap();
+    Indexer::new(index.clone()).catch_up(&store).await.unwrap();
     let state = ApiState::new(&store, Metrics::new())
         .with_server(&config)
         .with_search(index);

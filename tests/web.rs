@@ -30,10 +30,7 @@ impl Server {
     async fn start(store: Store, token: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let index = SearchIndex::open_or_create(dir.path()).unwrap();
-        Indexer::new(index.clone())
-            .catch_up(store.pool())
-            .await
-            .unwrap();
+        Indexer::new(index.clone()).catch_up(&store).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, shutdown) = watch::channel(false);

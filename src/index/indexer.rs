@@ -20,13 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+
 use tantivy::collector::Count;
 use tantivy::query::TermQuery;
 use tantivy::schema::IndexRecordOption;
 use tantivy::{IndexWriter, TantivyDocument, Term};
 use tokio::sync::watch;
+
+use crate::store::Store;
 
 use super::{
     doc_key, key_hash, tokenizer, Fields, Generation, Payload, SearchIndex, SCHEMA_VERSION,
@@ -43,105 +44,7 @@ const SCAN_BATCH: i64 = 5_000;
 const WRITER_BUSY: &str =
     "the search index is being written by another chatvault process (only one indexes at a time)";
 
-/// One message as the index holds it.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct MessageDoc {
-    pub source: String,
-    pub conversation_id: String,
-    pub message_id: String,
-    pub sender_id: Option<String>,
-    pub sender_name: Option<String>,
-    pub sent_at: DateTime<Utc>,
-    pub kind: String,
-    pub text: String,
-    pub conversation_type: String,
-    pub edited: bool,
-    pub recalled: bool,
-    pub deleted: bool,
-    /// Earlier versions' text, oldest first, one per line.
-    pub history: String,
-}
-
-const SELECT_DOCS: &str = "
-SELECT m.source, m.conversation_id, m.message_id, m.sender_id, m.sender_name, m.sent_at,
-       v.kind, v.text, c.conversation_type,
-       m.current_version > 1 AS edited,
-       m.recalled_at IS NOT NULL AS recalled,
-       m.deleted_at IS NOT NULL AS deleted,
-       COALESCE((SELECT string_agg(h.text, E'\\n' ORDER BY h.version)
-                 FROM vault.message_versions h
-                 WHERE h.source = m.source AND h.conversation_id = m.conversation_id
-                   AND h.message_id = m.message_id AND h.version < m.current_version), '') AS history
-FROM vault.messages m
-JOIN vault.message_versions v
-  ON v.source = m.source AND v.conversation_id = m.conversation_id
- AND v.message_id = m.message_id AND v.version = m.current_version
-JOIN vault.conversations c
-  ON c.source = m.source AND c.conversation_id = m.conversation_id";
-
-/// The current state of the given messages of one source.
-async fn load_docs(
-    pool: &PgPool,
-    source: &str,
-    keys: &[(String, String)],
-) -> anyhow::Result<Vec<MessageDoc>> {
-    let (conversations, messages): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-    let sql = format!(
-        "{SELECT_DOCS}
-JOIN unnest($2::text[], $3::text[]) AS k(conversation_id, message_id)
-  ON k.conversation_id = m.conversation_id AND k.message_id = m.message_id
-WHERE m.source = $1"
-    );
-    sqlx::query_as::<_, MessageDoc>(&sql)
-        .bind(source)
-        .bind(&conversations)
-        .bind(&messages)
-        .fetch_all(pool)
-        .await
-        .with_context(|| format!("cannot read messages of source {source} to index"))
-}
-
-/// The next messages of one source after `after` in key order (a rebuild's scan).
-async fn scan_docs(
-    pool: &PgPool,
-    source: &str,
-    after: Option<&(String, String)>,
-) -> anyhow::Result<Vec<MessageDoc>> {
-    let (c, m) = after.cloned().unwrap_or_default();
-    let sql = format!(
-        "{SELECT_DOCS}
-WHERE m.source = $1 AND ($4 OR (m.conversation_id, m.message_id) > ($2, $3))
-ORDER BY m.conversation_id, m.message_id
-LIMIT $5"
-    );
-    sqlx::query_as::<_, MessageDoc>(&sql)
-        .bind(source)
-        .bind(&c)
-        .bind(&m)
-        .bind(after.is_none())
-        .bind(SCAN_BATCH)
-        .fetch_all(pool)
-        .await
-        .with_context(|| format!("cannot read messages of source {source} to index"))
-}
-
-/// Every source's chain head (`event_seq` of its last event).
-async fn chain_heads(pool: &PgPool) -> anyhow::Result<BTreeMap<String, i64>> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT source, event_seq FROM vault.chain_heads ORDER BY source")
-            .fetch_all(pool)
-            .await
-            .context("cannot read the chain heads")?;
-    Ok(rows.into_iter().collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    event_seq: i64,
-    kind: String,
-    conversation_id: Option<String>,
-    message_id: Option<String>,
-}
+pub use crate::store::index_feed::MessageDoc;
 
 fn to_document(f: &Fields, d: &MessageDoc) -> TantivyDocument {
     let key = doc_key(&d.source, &d.conversation_id, &d.message_id);
@@ -309,9 +212,12 @@ impl Indexer {
 
     /// Apply every event not yet applied, for every source, and commit. Returns when the
     /// index has caught up with the chain heads read at the start.
-    pub async fn catch_up(&mut self, pool: &PgPool) -> anyhow::Result<IndexReport> {
-        let heads = chain_heads(pool).await?;
-        let result = self.catch_up_to(pool, &heads).await;
+    pub async fn catch_up(&mut self, store: &Store) -> anyhow::Result<IndexReport> {
+        let heads = store
+            .chain_heads()
+            .await
+            .context("cannot read the chain heads")?;
+        let result = self.catch_up_to(store, &heads).await;
         if result.is_err() {
             if let Some(w) = self.writer.take() {
                 rollback(&w.writer).await;
@@ -322,7 +228,7 @@ impl Indexer {
 
     async fn catch_up_to(
         &mut self,
-        pool: &PgPool,
+        store: &Store,
         heads: &BTreeMap<String, i64>,
     ) -> anyhow::Result<IndexReport> {
         let (event_batch, commit_every) = (self.event_batch, self.commit_every);
@@ -336,18 +242,10 @@ impl Indexer {
                 if from >= *head {
                     break;
                 }
-                let events: Vec<EventRow> = sqlx::query_as(
-                    "SELECT event_seq, kind, conversation_id, message_id FROM vault.events
-                     WHERE source = $1 AND event_seq > $2 AND event_seq <= $3
-                     ORDER BY event_seq LIMIT $4",
-                )
-                .bind(source)
-                .bind(from)
-                .bind(head)
-                .bind(event_batch)
-                .fetch_all(pool)
-                .await
-                .with_context(|| format!("cannot read the events of source {source}"))?;
+                let events = store
+                    .events_between(source, from, *head, event_batch)
+                    .await
+                    .with_context(|| format!("cannot read the events of source {source}"))?;
                 let Some(last) = events.last().map(|e| e.event_seq) else {
                     break;
                 };
@@ -366,7 +264,9 @@ impl Indexer {
                 let docs = if keys.is_empty() {
                     Vec::new()
                 } else {
-                    load_docs(pool, source, &keys).await?
+                    store.message_docs(source, &keys).await.with_context(|| {
+                        format!("cannot read messages of source {source} to index")
+                    })?
                 };
                 report.events += events.len() as u64;
                 report.documents += docs.len() as u64;
@@ -398,7 +298,7 @@ impl Indexer {
     /// running on the same index (another `reindex`) is waited for first.
     pub async fn rebuild(
         &mut self,
-        pool: &PgPool,
+        store: &Store,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> anyhow::Result<IndexReport> {
         let index = self.index.clone();
@@ -407,11 +307,16 @@ impl Indexer {
             .context("the index lock task panicked")??;
         // The heads are read before the scan: every message the scan reads is at least as
         // new as them, and the events after them are applied again on top (idempotent).
-        let heads = chain_heads(pool).await?;
-        let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM vault.messages")
-            .fetch_one(pool)
+        let heads = store
+            .chain_heads()
             .await
-            .context("cannot count the messages")?;
+            .context("cannot read the chain heads")?;
+        let total: i64 = store
+            .message_counts()
+            .await
+            .context("cannot count the messages")?
+            .values()
+            .sum();
         let total = total.max(0) as u64;
         let generation = self.index.create_generation(&rebuild_lock)?;
         let fields = generation.fields;
@@ -426,7 +331,10 @@ impl Indexer {
         for source in heads.keys() {
             let mut after: Option<(String, String)> = None;
             loop {
-                let docs = scan_docs(pool, source, after.as_ref()).await?;
+                let docs = store
+                    .scan_message_docs(source, after.as_ref(), SCAN_BATCH)
+                    .await
+                    .with_context(|| format!("cannot read messages of source {source} to index"))?;
                 let Some(last) = docs.last() else { break };
                 after = Some((last.conversation_id.clone(), last.message_id.clone()));
                 report.documents += docs.len() as u64;
@@ -450,7 +358,7 @@ impl Indexer {
         self.writer = None;
         self.index.swap_in(generation, &rebuild_lock)?;
         drop(rebuild_lock);
-        let after = self.catch_up(pool).await?;
+        let after = self.catch_up(store).await?;
         report.events = after.events;
         report.documents += after.documents;
         report.watermarks = after.watermarks;
@@ -462,7 +370,7 @@ impl Indexer {
     /// the time to index it). Failures are logged and retried with backoff.
     pub async fn follow(
         mut self,
-        pool: PgPool,
+        store: Store,
         interval: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -471,7 +379,7 @@ impl Indexer {
             if *stop.borrow() {
                 return;
             }
-            let wait = match self.catch_up(&pool).await {
+            let wait = match self.catch_up(&store).await {
                 Ok(report) => {
                     if report.events > 0 {
                         tracing::debug!(
@@ -537,32 +445,28 @@ impl IndexCheck {
 /// Compare the index with PostgreSQL: per source, the document count against the message
 /// count (for sources the index has caught up with), and a random sample of messages,
 /// each of which must be in the index exactly once.
-pub async fn check(pool: &PgPool, index: &SearchIndex, sample: i64) -> anyhow::Result<IndexCheck> {
+pub async fn check(store: &Store, index: &SearchIndex, sample: i64) -> anyhow::Result<IndexCheck> {
     let generation = index.generation()?;
     generation
         .reader
         .reload()
         .context("cannot reload the index reader")?;
     let payload = generation.payload()?;
-    let heads = chain_heads(pool).await?;
-    let counts: Vec<(String, i64)> =
-        sqlx::query_as("SELECT source, count(*) FROM vault.messages GROUP BY source")
-            .fetch_all(pool)
-            .await
-            .context("cannot count the messages")?;
-    let counts: BTreeMap<String, i64> = counts.into_iter().collect();
+    let heads = store
+        .chain_heads()
+        .await
+        .context("cannot read the chain heads")?;
+    let counts = store
+        .message_counts()
+        .await
+        .context("cannot count the messages")?;
     let mut samples: Vec<(String, String, String)> = Vec::new();
     for source in heads.keys() {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT source, conversation_id, message_id FROM vault.messages
-             WHERE source = $1 ORDER BY random() LIMIT $2",
-        )
-        .bind(source)
-        .bind(sample)
-        .fetch_all(pool)
-        .await
-        .context("cannot sample the messages")?;
-        samples.extend(rows);
+        let rows = store
+            .sample_messages(source, sample)
+            .await
+            .context("cannot sample the messages")?;
+        samples.extend(rows.into_iter().map(|(c, m)| (source.clone(), c, m)));
     }
     let fields = generation.fields;
     tokio::task::spawn_blocking(move || -> anyhow::Result<IndexCheck> {

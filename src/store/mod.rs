@@ -17,6 +17,7 @@ pub mod canonical;
 mod clean;
 pub mod diff;
 pub mod export;
+pub mod index_feed;
 mod lock;
 mod runs;
 mod verify;
