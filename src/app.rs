@@ -761,7 +761,7 @@ async fn index_after_sync(store: &Store, config: &Config) {
     let result = async {
         prepare_data_dir(config)?;
         let index = SearchIndex::open_or_create(&dir)?;
-        Indexer::new(index).catch_up(&store).await
+        Indexer::new(index).catch_up(store).await
     }
     .await;
     match result {
@@ -976,7 +976,7 @@ async fn verify_index(store: &Store, index_dir: &Path) -> anyhow::Result<bool> {
         println!("index: none yet (`chatvault sync` or `chatvault reindex` builds it)");
         return Ok(true);
     };
-    let check = index::indexer::check(&store, &search_index, 200).await?;
+    let check = index::indexer::check(store, &search_index, 200).await?;
     for s in &check.sources {
         let lag = if s.watermark < s.head {
             format!(

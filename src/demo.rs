@@ -373,12 +373,7 @@ async fn print_banner(
 
 /// `"host=… port=… user=… dbname=…"` for the database the store is connected to.
 async fn psql_line(store: &Store) -> anyhow::Result<String> {
-    let (user, db, sockets, port): (String, String, String, String) = sqlx::query_as(
-        "SELECT current_user::text, current_database()::text,
-                current_setting('unix_socket_directories'), current_setting('port')",
-    )
-    .fetch_one(store.pool())
-    .await?;
+    let (user, db, sockets, port) = store.connection_facts().await?;
     let host = sockets
         .split(',')
         .next()

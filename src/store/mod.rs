@@ -181,6 +181,17 @@ impl Store {
         Ok(())
     }
 
+    /// Who and where the store is connected: `(user, database, socket directories, port)`,
+    /// as the server says (for a `psql` line).
+    pub async fn connection_facts(&self) -> Result<(String, String, String, String)> {
+        Ok(sqlx::query_as(
+            "SELECT current_user::text, current_database()::text,
+                    current_setting('unix_socket_directories'), current_setting('port')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Whether the database answers a query.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
