@@ -360,7 +360,7 @@ async fn many_messages(store: &Store, src: &SourceName, conv: &str, n: i64, per_
 
 /// Each key in the index exactly once, and as many documents as messages.
 async fn assert_exact(store: &Store, index: &SearchIndex) {
-    let report = check(&store, index, 100_000).await.unwrap();
+    let report = check(store, index, 100_000).await.unwrap();
     assert!(report.ok(), "{:?}", report.drift);
     let messages: i64 = common::count(store, "SELECT count(*) FROM vault.messages").await;
     assert_eq!(report.sampled as i64, messages);
