@@ -269,18 +269,7 @@ impl SearchIndex {
     /// [`search`] for the names).
     pub fn search(&self, request: &SearchRequest) -> Result<SearchPage, SearchError> {
         let parsed = query::parse(&request.query)?;
-        if request.limit == 0 || request.limit > MAX_LIMIT {
-            return Err(SearchError::BadRequest(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            )));
-        }
-        if let (Some(s), Some(u)) = (request.since, request.until) {
-            if s >= u {
-                return Err(SearchError::BadRequest(
-                    "since must be earlier than until".to_string(),
-                ));
-            }
-        }
+        check_request(request)?;
         let key = self.cursor_key()?;
         let cursor = match &request.cursor {
             Some(c) => Some(decode_cursor(c, request, &key)?),
@@ -288,49 +277,9 @@ impl SearchIndex {
         };
         let generation = self.generation()?;
         let f = generation.fields;
-        let history = request.history.then(|| f.history());
-        let with_boosts = request.sort == Sort::Relevance;
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
-            Occur::Must,
-            query::build(&parsed, f.current(), history, with_boosts),
-        )];
-        let mut filter = |q: Box<dyn Query>| clauses.push((Occur::Must, q));
-        if let Some(s) = &request.source {
-            filter(term_filter(f.source, s));
-        }
-        if let Some(c) = &request.conversation {
-            filter(term_filter(f.conversation_id, c));
-        }
-        if let Some(s) = &request.sender {
-            filter(term_filter(f.sender, &s.to_lowercase()));
-        }
-        if let Some(k) = &request.kind {
-            filter(term_filter(f.kind, k));
-        }
-        match request.recalled {
-            Recalled::Include => {}
-            Recalled::Exclude | Recalled::Only => {
-                let v = u64::from(request.recalled == Recalled::Only);
-                filter(Box::new(TermQuery::new(
-                    Term::from_field_u64(f.recalled_or_deleted, v),
-                    IndexRecordOption::Basic,
-                )));
-            }
-        }
-        if request.since.is_some() || request.until.is_some() {
-            let lower = request.since.map_or(Bound::Unbounded, |t| {
-                Bound::Included(Term::from_field_i64(f.sent_at, t.timestamp_micros()))
-            });
-            let upper = request.until.map_or(Bound::Unbounded, |t| {
-                Bound::Excluded(Term::from_field_i64(f.sent_at, t.timestamp_micros()))
-            });
-            filter(Box::new(RangeQuery::new(lower, upper)));
-        }
-        let full_query = BooleanQuery::new(clauses);
+        let full_query = full_query(request, &parsed, &f);
         let searcher = generation.reader.searcher();
-        let want = request.limit + 1;
-
-        let (addresses, total): (Vec<Ranked>, usize) = match request.sort {
+        let (ranked, total) = match request.sort {
             Sort::Newest => {
                 let after = match &cursor {
                     Some(c) => {
@@ -338,27 +287,7 @@ impl SearchIndex {
                     }
                     None => None,
                 };
-                // Sorted by fast fields alone: no relevance score is computed.
-                let collector =
-                    TopDocs::with_limit(want).order_by(move |segment: &SegmentReader| {
-                        let sent = segment.fast_fields().i64("sent_at").ok();
-                        let hash = segment.fast_fields().u64("key_hash").ok();
-                        move |doc: DocId| {
-                            let t = sent.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
-                            let h = hash.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
-                            let before_cursor = after.is_none_or(|a| (t, h) < a);
-                            (before_cursor, t, h)
-                        }
-                    });
-                let (top, total) = searcher
-                    .search(&full_query, &(collector, Count))
-                    .map_err(anyhow::Error::from)?;
-                let hits = top
-                    .into_iter()
-                    .filter(|((valid, _, _), _)| *valid)
-                    .map(|((_, t, h), a)| (a, None, (t, h)))
-                    .collect();
-                (hits, total)
+                newest_first(&searcher, &full_query, request.limit + 1, after)?
             }
             Sort::Relevance => {
                 let offset = match &cursor {
@@ -367,67 +296,20 @@ impl SearchIndex {
                     }
                     None => 0,
                 };
-                if offset.saturating_add(request.limit) > MAX_RELEVANCE_DEPTH {
-                    return Err(SearchError::BadRequest(format!(
-                        "results sorted by relevance go {MAX_RELEVANCE_DEPTH} hits deep; narrow the \
-                         search (source, conversation, sender, dates) or sort by newest, which \
-                         pages through every hit"
-                    )));
-                }
-                let collector = TopDocs::with_limit(want)
-                    .and_offset(offset)
-                    .order_by_score();
-                let (top, total) = searcher
-                    .search(&full_query, &(collector, Count))
-                    .map_err(anyhow::Error::from)?;
-                let hits = top
-                    .into_iter()
-                    .map(|(score, a)| (a, Some(score), (0, 0)))
-                    .collect();
-                (hits, total)
+                by_relevance(&searcher, &full_query, request.limit, offset)?
             }
         };
 
-        let more = addresses.len() > request.limit;
+        let more = ranked.len() > request.limit;
         let mut hits = Vec::new();
         let mut last_place = None;
-        for (address, score, place) in addresses.into_iter().take(request.limit) {
+        for (address, score, place) in ranked.into_iter().take(request.limit) {
             let doc: TantivyDocument = searcher.doc(address).map_err(anyhow::Error::from)?;
-            let text_of = |field| {
-                doc.get_first(field)
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            };
-            let flag = |field| doc.get_first(field).and_then(|v| v.as_u64()) == Some(1);
-            let sent_micros = doc
-                .get_first(f.sent_at)
-                .and_then(|v| v.as_i64())
-                .unwrap_or(0);
-            let text = text_of(f.text).unwrap_or_default();
-            let highlights = highlight(&text, &parsed);
-            hits.push(SearchHit {
-                source: text_of(f.source).unwrap_or_default(),
-                conversation_id: text_of(f.conversation_id).unwrap_or_default(),
-                conversation_name: None,
-                conversation_type: text_of(f.conversation_type).unwrap_or_default(),
-                message_id: text_of(f.message_id).unwrap_or_default(),
-                sender_id: text_of(f.sender_id),
-                sender_name: text_of(f.sender_name),
-                sent_at: DateTime::from_timestamp_micros(sent_micros).unwrap_or_default(),
-                kind: text_of(f.kind).unwrap_or_default(),
-                text,
-                highlights,
-                flags: Flags {
-                    edited: flag(f.edited),
-                    recalled: flag(f.recalled),
-                    deleted: flag(f.deleted),
-                },
-                score,
-            });
+            hits.push(hit(&doc, &f, &parsed, score));
             last_place = Some(place);
         }
-        let next_cursor = if more {
-            let c = match request.sort {
+        let next_cursor = more.then(|| {
+            let position = match request.sort {
                 Sort::Newest => PagePosition {
                     v: 1,
                     q: request_hash(request),
@@ -441,15 +323,170 @@ impl SearchIndex {
                     o: Some(cursor.and_then(|c| c.o).unwrap_or(0) + hits.len()),
                 },
             };
-            Some(encode_cursor(&c, &key))
-        } else {
-            None
-        };
+            encode_cursor(&position, &key)
+        });
         Ok(SearchPage {
             hits,
             next_cursor,
             total,
         })
+    }
+}
+
+/// A request's bounds that do not depend on the index.
+fn check_request(request: &SearchRequest) -> Result<(), SearchError> {
+    if request.limit == 0 || request.limit > MAX_LIMIT {
+        return Err(SearchError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    if let (Some(s), Some(u)) = (request.since, request.until) {
+        if s >= u {
+            return Err(SearchError::BadRequest(
+                "since must be earlier than until".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The query's words, plus one required clause per filter of the request.
+fn full_query(request: &SearchRequest, parsed: &ParsedQuery, f: &super::Fields) -> BooleanQuery {
+    let history = request.history.then(|| f.history());
+    let with_boosts = request.sort == Sort::Relevance;
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
+        Occur::Must,
+        query::build(parsed, f.current(), history, with_boosts),
+    )];
+    let mut filter = |q: Box<dyn Query>| clauses.push((Occur::Must, q));
+    if let Some(s) = &request.source {
+        filter(term_filter(f.source, s));
+    }
+    if let Some(c) = &request.conversation {
+        filter(term_filter(f.conversation_id, c));
+    }
+    if let Some(s) = &request.sender {
+        filter(term_filter(f.sender, &s.to_lowercase()));
+    }
+    if let Some(k) = &request.kind {
+        filter(term_filter(f.kind, k));
+    }
+    match request.recalled {
+        Recalled::Include => {}
+        Recalled::Exclude | Recalled::Only => {
+            let v = u64::from(request.recalled == Recalled::Only);
+            filter(Box::new(TermQuery::new(
+                Term::from_field_u64(f.recalled_or_deleted, v),
+                IndexRecordOption::Basic,
+            )));
+        }
+    }
+    if request.since.is_some() || request.until.is_some() {
+        let lower = request.since.map_or(Bound::Unbounded, |t| {
+            Bound::Included(Term::from_field_i64(f.sent_at, t.timestamp_micros()))
+        });
+        let upper = request.until.map_or(Bound::Unbounded, |t| {
+            Bound::Excluded(Term::from_field_i64(f.sent_at, t.timestamp_micros()))
+        });
+        filter(Box::new(RangeQuery::new(lower, upper)));
+    }
+    BooleanQuery::new(clauses)
+}
+
+/// The `want` newest hits after the place `after` in newest-first order, sorted by fast
+/// fields alone (no relevance score is computed), and how many hits there are in all.
+fn newest_first(
+    searcher: &tantivy::Searcher,
+    query: &BooleanQuery,
+    want: usize,
+    after: Option<(i64, u64)>,
+) -> Result<(Vec<Ranked>, usize), SearchError> {
+    let collector = TopDocs::with_limit(want).order_by(move |segment: &SegmentReader| {
+        let sent = segment.fast_fields().i64("sent_at").ok();
+        let hash = segment.fast_fields().u64("key_hash").ok();
+        move |doc: DocId| {
+            let t = sent.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+            let h = hash.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+            let before_cursor = after.is_none_or(|a| (t, h) < a);
+            (before_cursor, t, h)
+        }
+    });
+    let (top, total) = searcher
+        .search(query, &(collector, Count))
+        .map_err(anyhow::Error::from)?;
+    let hits = top
+        .into_iter()
+        .filter(|((valid, _, _), _)| *valid)
+        .map(|((_, t, h), a)| (a, None, (t, h)))
+        .collect();
+    Ok((hits, total))
+}
+
+/// The `limit + 1` best hits from `offset` on, within [`MAX_RELEVANCE_DEPTH`], and how
+/// many hits there are in all.
+fn by_relevance(
+    searcher: &tantivy::Searcher,
+    query: &BooleanQuery,
+    limit: usize,
+    offset: usize,
+) -> Result<(Vec<Ranked>, usize), SearchError> {
+    if offset.saturating_add(limit) > MAX_RELEVANCE_DEPTH {
+        return Err(SearchError::BadRequest(format!(
+            "results sorted by relevance go {MAX_RELEVANCE_DEPTH} hits deep; narrow the \
+             search (source, conversation, sender, dates) or sort by newest, which \
+             pages through every hit"
+        )));
+    }
+    let collector = TopDocs::with_limit(limit + 1)
+        .and_offset(offset)
+        .order_by_score();
+    let (top, total) = searcher
+        .search(query, &(collector, Count))
+        .map_err(anyhow::Error::from)?;
+    let hits = top
+        .into_iter()
+        .map(|(score, a)| (a, Some(score), (0, 0)))
+        .collect();
+    Ok((hits, total))
+}
+
+/// A hit as the index stored it, with its highlights.
+fn hit(
+    doc: &TantivyDocument,
+    f: &super::Fields,
+    parsed: &ParsedQuery,
+    score: Option<f32>,
+) -> SearchHit {
+    let text_of = |field| {
+        doc.get_first(field)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let flag = |field| doc.get_first(field).and_then(|v| v.as_u64()) == Some(1);
+    let sent_micros = doc
+        .get_first(f.sent_at)
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    let text = text_of(f.text).unwrap_or_default();
+    let highlights = highlight(&text, parsed);
+    SearchHit {
+        source: text_of(f.source).unwrap_or_default(),
+        conversation_id: text_of(f.conversation_id).unwrap_or_default(),
+        conversation_name: None,
+        conversation_type: text_of(f.conversation_type).unwrap_or_default(),
+        message_id: text_of(f.message_id).unwrap_or_default(),
+        sender_id: text_of(f.sender_id),
+        sender_name: text_of(f.sender_name),
+        sent_at: DateTime::from_timestamp_micros(sent_micros).unwrap_or_default(),
+        kind: text_of(f.kind).unwrap_or_default(),
+        text,
+        highlights,
+        flags: Flags {
+            edited: flag(f.edited),
+            recalled: flag(f.recalled),
+            deleted: flag(f.deleted),
+        },
+        score,
     }
 }
 
