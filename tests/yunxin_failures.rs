@@ -124,7 +124,7 @@ impl Template {
                 .as_database_error()
                 .is_some_and(|d| d.code().as_deref() == Some("55006"));
             tries += 1;
-            assert!(busy && tries < 100, "copy the test database: {e}");
+            assert!(busy && tries < 600, "copy the test database: {e}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = admin.close().await;

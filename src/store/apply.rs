@@ -417,8 +417,31 @@ async fn quarantine_refused(
     write_quarantine(tx, src, std::slice::from_ref(&fallback), observed_at).await
 }
 
-/// Steps 3 to 7 of a page (everything but the cursor) in the open transaction, appending
-/// its events to `chain`. `present` are messages known to be upstream (see [`full_keys`]).
+/// What applying a page's records derives, before it is written.
+#[derive(Default)]
+struct Derived {
+    events: Vec<EventDraft>,
+    quarantine: Vec<QuarantineRecord>,
+    versions: Vec<(MsgKey, diff::NewVersion)>,
+    new_msgs: BTreeSet<MsgKey>,
+    changed_msgs: BTreeSet<MsgKey>,
+}
+
+impl Derived {
+    /// Count `key` as changed (unless it is new) when events were added since `before`.
+    fn changed_since(&mut self, before: usize, key: &MsgKey) {
+        if self.events.len() > before && !self.new_msgs.contains(key) {
+            self.changed_msgs.insert(key.clone());
+        }
+    }
+}
+
+/// Conversations as held, with whether each must be written.
+type HeldConversations = HashMap<String, (Option<ConversationObservation>, bool)>;
+
+/// Everything but the cursor of a page, in the open transaction, appending its events to
+/// `chain`: load what is held for the page's keys, diff in memory, write. `present` are
+/// messages known to be upstream (see [`full_keys`]).
 async fn apply_records(
     tx: &mut Transaction<'_, Postgres>,
     src: &str,
@@ -427,10 +450,50 @@ async fn apply_records(
     observed_at: DateTime<Utc>,
     chain: &mut Chain,
 ) -> Result<PageOutcome> {
-    let mut events: Vec<EventDraft> = Vec::new();
-    let mut quarantine: Vec<QuarantineRecord> = page.quarantine.clone();
+    let mut derived = Derived {
+        quarantine: page.quarantine.clone(),
+        ..Derived::default()
+    };
+    let (convs, new_convs) = diff_conversations(tx, src, page, &mut derived).await?;
+    let (mut rows, mut books) = load_held(tx, src, page).await?;
+    diff_messages(page, &mut rows, &mut books, observed_at, &mut derived);
 
-    // 3. Conversations: the observed ones, and placeholders for any only referenced.
+    write_conversations(tx, src, &convs, &new_convs, observed_at).await?;
+    write_messages(tx, src, &rows, observed_at).await?;
+    write_versions(tx, src, &derived.versions, observed_at).await?;
+    write_reactions(tx, src, &books).await?;
+    apply_windows(tx, src, page, present, observed_at, &mut derived).await?;
+    update_conversation_counts(tx, src, &rows, &derived.new_msgs).await?;
+    write_events(
+        tx,
+        src,
+        &derived.events,
+        observed_at,
+        &mut chain.seq,
+        &mut chain.head,
+    )
+    .await?;
+    let gaps = write_gaps(tx, src, page, observed_at).await?;
+    let quarantined = write_quarantine(tx, src, &derived.quarantine, observed_at).await?;
+    Ok(PageOutcome {
+        messages_new: derived.new_msgs.len() as u64,
+        messages_changed: derived.changed_msgs.len() as u64,
+        events: derived.events.len() as u64,
+        quarantined,
+        gaps,
+        chain_seq: chain.seq,
+        chain_head: chain.head,
+    })
+}
+
+/// The observed conversations against the held ones, and placeholders for any the page
+/// only refers to: the conversations to write, and which of them are new.
+async fn diff_conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    page: &Page,
+    derived: &mut Derived,
+) -> Result<(HeldConversations, BTreeSet<String>)> {
     let mut conv_ids: BTreeSet<&str> = BTreeSet::new();
     conv_ids.extend(
         page.conversations
@@ -448,7 +511,7 @@ async fn apply_records(
     .bind(&conv_ids)
     .fetch_all(&mut **tx)
     .await?;
-    let mut convs: HashMap<String, (Option<ConversationObservation>, bool)> = held
+    let mut convs: HeldConversations = held
         .into_iter()
         .map(|(id, ty, name, metadata)| {
             let obs = ConversationObservation {
@@ -470,7 +533,7 @@ async fn apply_records(
         }
         if let Some(event) = diff::apply_conversation(&mut entry.0, obs) {
             entry.1 = true;
-            events.push(event);
+            derived.events.push(event);
         }
     }
     for id in &conv_ids {
@@ -483,12 +546,22 @@ async fn apply_records(
                 metadata: Value::Object(Default::default()),
             };
             new_convs.insert(id.clone());
-            events.extend(diff::apply_conversation(&mut entry.0, &placeholder));
+            derived
+                .events
+                .extend(diff::apply_conversation(&mut entry.0, &placeholder));
             entry.1 = true;
         }
     }
+    Ok((convs, new_convs))
+}
 
-    // 4. Messages held for the page's keys.
+/// The held rows of the page's messages (a new row for each not held yet), and the open
+/// reaction episodes of every message the page touches.
+async fn load_held(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    page: &Page,
+) -> Result<(HashMap<MsgKey, Row>, HashMap<MsgKey, ReactionBook>)> {
     let mut keys: Vec<MsgKey> = page
         .messages
         .iter()
@@ -516,9 +589,7 @@ async fn apply_records(
             dirty: false,
         });
     }
-
-    // 5. Open reaction episodes for every message the page touches.
-    let mut reaction_keys: Vec<MsgKey> = keys.clone();
+    let mut reaction_keys: Vec<MsgKey> = keys;
     reaction_keys.extend(
         page.reactions
             .iter()
@@ -526,19 +597,25 @@ async fn apply_records(
     );
     reaction_keys.sort();
     reaction_keys.dedup();
-    let mut books = load_reactions(tx, src, &reaction_keys).await?;
+    let books = load_reactions(tx, src, &reaction_keys).await?;
+    Ok((rows, books))
+}
 
-    // 6. Diff, in page order.
-    let mut versions: Vec<(MsgKey, diff::NewVersion)> = Vec::new();
-    let mut new_msgs: BTreeSet<MsgKey> = BTreeSet::new();
-    let mut changed_msgs: BTreeSet<MsgKey> = BTreeSet::new();
+/// Diff the page's messages and reaction changes against the held state, in page order.
+fn diff_messages(
+    page: &Page,
+    rows: &mut HashMap<MsgKey, Row>,
+    books: &mut HashMap<MsgKey, ReactionBook>,
+    observed_at: DateTime<Utc>,
+    derived: &mut Derived,
+) {
     for obs in &page.messages {
         let key = (obs.conversation_id.clone(), obs.message_id.clone());
         let row = rows.get_mut(&key).expect("every page key has a row");
         let out = match diff::apply_message(&mut row.state, obs, observed_at) {
             Ok(out) => out,
             Err(e) => {
-                quarantine.push(QuarantineRecord {
+                derived.quarantine.push(QuarantineRecord {
                     reason: e.to_string(),
                     raw: obs.raw.clone(),
                 });
@@ -546,44 +623,49 @@ async fn apply_records(
             }
         };
         if out.created {
-            new_msgs.insert(key.clone());
+            derived.new_msgs.insert(key.clone());
         }
-        if out.changed && !new_msgs.contains(&key) {
-            changed_msgs.insert(key.clone());
+        if out.changed && !derived.new_msgs.contains(&key) {
+            derived.changed_msgs.insert(key.clone());
         }
         row.dirty |= out.dirty;
-        events.extend(out.events);
-        versions.extend(out.versions.into_iter().map(|v| (key.clone(), v)));
+        derived.events.extend(out.events);
+        derived
+            .versions
+            .extend(out.versions.into_iter().map(|v| (key.clone(), v)));
         if let Some(set) = &obs.reactions {
             let book = books.entry(key.clone()).or_default();
-            let before = events.len();
-            book.apply_set(&key.0, &key.1, set, observed_at, &mut events);
-            if events.len() > before && !new_msgs.contains(&key) {
-                changed_msgs.insert(key.clone());
-            }
+            let before = derived.events.len();
+            book.apply_set(&key.0, &key.1, set, observed_at, &mut derived.events);
+            derived.changed_since(before, &key);
         }
     }
     for obs in &page.reactions {
         let key = (obs.conversation_id.clone(), obs.message_id.clone());
         let book = books.entry(key.clone()).or_default();
-        let before = events.len();
-        book.apply_change(obs, observed_at, &mut events);
-        if events.len() > before && !new_msgs.contains(&key) {
-            changed_msgs.insert(key);
-        }
+        let before = derived.events.len();
+        book.apply_change(obs, observed_at, &mut derived.events);
+        derived.changed_since(before, &key);
     }
+}
 
-    // 7. Write.
-    write_conversations(tx, src, &convs, &new_convs, observed_at).await?;
-    write_messages(tx, src, &rows, observed_at).await?;
-    write_versions(tx, src, &versions, observed_at).await?;
-    write_reactions(tx, src, &books).await?;
-    // Only a full observation (a history item) shows a message is there; a mark is not.
+/// Mark what each complete window read no longer finds upstream as deleted. Only a full
+/// observation (a history item) shows a message is there; a mark is not.
+async fn apply_windows(
+    tx: &mut Transaction<'_, Postgres>,
+    src: &str,
+    page: &Page,
+    present: &[MsgKey],
+    observed_at: DateTime<Utc>,
+    derived: &mut Derived,
+) -> Result<()> {
     for window in &page.windows {
         let deleted = apply_window(tx, src, window, present, observed_at).await?;
         for id in deleted {
-            changed_msgs.insert((window.conversation_id.clone(), id.clone()));
-            events.push(EventDraft {
+            derived
+                .changed_msgs
+                .insert((window.conversation_id.clone(), id.clone()));
+            derived.events.push(EventDraft {
                 kind: "message_deleted",
                 conversation_id: window.conversation_id.clone(),
                 message_id: Some(id),
@@ -599,29 +681,7 @@ async fn apply_records(
             });
         }
     }
-    update_conversation_counts(tx, src, &rows, &new_msgs).await?;
-    let n_events = events.len() as u64;
-    write_events(
-        tx,
-        src,
-        &events,
-        observed_at,
-        &mut chain.seq,
-        &mut chain.head,
-    )
-    .await?;
-    let gaps = write_gaps(tx, src, page, observed_at).await?;
-    let quarantined = write_quarantine(tx, src, &quarantine, observed_at).await?;
-
-    Ok(PageOutcome {
-        messages_new: new_msgs.len() as u64,
-        messages_changed: changed_msgs.len() as u64,
-        events: n_events,
-        quarantined,
-        gaps,
-        chain_seq: chain.seq,
-        chain_head: chain.head,
-    })
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]
