@@ -95,20 +95,24 @@ fn register<C: Collector + Clone + 'static>(
     collector
 }
 
-fn per_source(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
+/// A counter labelled by `source`.
+fn source_counter(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), &["source"])
 }
 
+/// A gauge labelled by `source`.
 fn source_gauge(name: &str, help: &str) -> prometheus::Result<IntGaugeVec> {
     IntGaugeVec::new(Opts::new(name, help), &["source"])
 }
 
 impl Metrics {
+    /// A registry of its own with every metric, and on Linux the process metrics, which the
+    /// collector's namespace names `chatvault_process_*`.
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let r = &registry;
         #[cfg(target_os = "linux")]
-        if let Ok(pid) = i32::try_from(std::process::id()) {
+        if let Ok(pid) = prometheus::process_collector::pid_t::try_from(std::process::id()) {
             use prometheus::process_collector::ProcessCollector;
             r.register(Box::new(ProcessCollector::new(pid, "chatvault")))
                 .expect("the process metrics are registered once");
@@ -126,49 +130,49 @@ impl Metrics {
             ),
             runs_skipped: register(
                 r,
-                per_source(
+                source_counter(
                     "chatvault_runs_skipped_total",
                     "Scheduled runs skipped because the previous run of the source was still going.",
                 ),
             ),
             messages_new: register(
                 r,
-                per_source(
+                source_counter(
                     "chatvault_messages_new_total",
                     "Messages archived for the first time.",
                 ),
             ),
             messages_changed: register(
                 r,
-                per_source(
+                source_counter(
                     "chatvault_messages_changed_total",
                     "Archived messages that changed (edited, recalled, deleted, reactions).",
                 ),
             ),
             requests: register(
                 r,
-                per_source(
+                source_counter(
                     "chatvault_upstream_requests_total",
                     "Requests sent to the upstream chat server.",
                 ),
             ),
             request_failures: register(
                 r,
-                per_source(
+                source_counter(
                     "chatvault_upstream_request_failures_total",
                     "Upstream requests that failed in transport (timeouts, dropped connections).",
                 ),
             ),
             retries: register(
                 r,
-                per_source(
+                source_counter(
                     "chatvault_upstream_retries_total",
                     "Upstream requests retried after a transient failure.",
                 ),
             ),
             rate_limit_waits: register(
                 r,
-                per_source(
+                source_counter(
                     "chatvault_rate_limit_waits_total",
                     "Times a sync waited because the upstream rate-limited it.",
                 ),
