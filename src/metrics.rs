@@ -1,24 +1,33 @@
 //! Prometheus metrics: every chatvault metric is named `chatvault_*`.
 //!
-//! A small registry of our own, rendered in the Prometheus text exposition format 0.0.4.
-//! Three kinds of numbers live here:
+//! Each [`Metrics`] owns a [`prometheus::Registry`] of its own (never the crate's global one,
+//! so tests can hold several), rendered by the crate's encoder in the Prometheus text
+//! exposition format 0.0.4. Three kinds of numbers live here:
 //! - run metrics, counted by the daemon as runs end ([`Metrics::record_run`],
 //!   [`Metrics::run_skipped`]), and restarts of the embedded PostgreSQL server
 //!   ([`Metrics::embedded_postgres_restarted`]);
-//! - archive gauges (events, messages, quarantine per source), read from the store at scrape
-//!   time ([`Metrics::refresh_from_store`]), so they are right before the first run and agree
-//!   with `chatvault status`;
-//! - process metrics, read from `/proc/self` at render time (left out where there is none).
+//! - archive gauges (events, messages, quarantine per source), set from the store's status at
+//!   scrape time ([`Metrics::set_archive_status`]), so they are right before the first run and
+//!   agree with `chatvault status`;
+//! - process metrics (`chatvault_process_*`), read from `/proc/self` at render time by the
+//!   crate's process collector (Linux only).
 //!
-//! Invariants: every family is announced by `# HELP` and `# TYPE` before its samples; label
-//! values are escaped; histogram buckets are cumulative and end with `+Inf` equal to `_count`.
+//! Invariants: a family is rendered once it has a sample; the archive gauges are replaced as a
+//! whole, never seen half-replaced by a scrape; `chatvault_database_up` is absent until the
+//! first status read; a run skipped for the lock is counted but not timed.
+//!
+//! A new metric is a field, one `register` line in [`Metrics::new`] and a method that moves it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::store::{RunStatus, SourceStatus, Store, StoreError};
+use prometheus::core::Collector;
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracing::warn;
+
+use crate::store::{RunStatus, SourceStatus};
 use crate::sync::SourceResult;
 
 /// Upper bounds (seconds) of the run duration histogram's buckets; `+Inf` is implied.
@@ -30,69 +39,29 @@ pub const RUN_DURATION_BUCKETS: [f64; 12] = [
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The daemon's metrics registry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    /// By (source, outcome).
-    runs: BTreeMap<(String, &'static str), u64>,
-    runs_skipped: BTreeMap<String, u64>,
-    messages_new: BTreeMap<String, u64>,
-    messages_changed: BTreeMap<String, u64>,
-    requests: BTreeMap<String, u64>,
-    request_failures: BTreeMap<String, u64>,
-    retries: BTreeMap<String, u64>,
-    rate_limit_waits: BTreeMap<String, u64>,
-    run_duration: BTreeMap<String, Histogram>,
-    last_success: BTreeMap<String, f64>,
-    /// The archive as last read from the store, by source.
-    archive: BTreeMap<String, ArchiveGauges>,
-    /// Whether the last read from the store worked; `None` before the first one.
-    database_up: Option<bool>,
-    /// Times the embedded PostgreSQL server died and was started again; `None` without an
-    /// embedded server.
-    embedded_postgres_restarts: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct ArchiveGauges {
-    events: i64,
-    messages: i64,
-    quarantine: i64,
-}
-
-/// Reads one of the archive gauges.
-type ArchiveField = fn(&ArchiveGauges) -> i64;
-
-#[derive(Clone, Debug)]
-struct Histogram {
-    /// Per bucket of [`RUN_DURATION_BUCKETS`], observations that fell in it (not cumulative).
-    counts: [u64; RUN_DURATION_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: [0; RUN_DURATION_BUCKETS.len()],
-            count: 0,
-            sum: 0.0,
-        }
-    }
-}
-
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        if let Some(i) = RUN_DURATION_BUCKETS.iter().position(|&le| value <= le) {
-            self.counts[i] += 1;
-        }
-        self.count += 1;
-        self.sum += value;
-    }
+    registry: Registry,
+    /// By source and outcome.
+    runs: IntCounterVec,
+    runs_skipped: IntCounterVec,
+    messages_new: IntCounterVec,
+    messages_changed: IntCounterVec,
+    requests: IntCounterVec,
+    request_failures: IntCounterVec,
+    retries: IntCounterVec,
+    rate_limit_waits: IntCounterVec,
+    run_duration: HistogramVec,
+    last_success: GaugeVec,
+    events: IntGaugeVec,
+    messages: IntGaugeVec,
+    quarantine: IntGaugeVec,
+    /// Without labels: it has no sample, so is not rendered, until the first status read.
+    database_up: IntGaugeVec,
+    /// Without labels: rendered only in a process that watches an embedded server.
+    embedded_postgres_restarts: IntCounterVec,
+    /// Held while the archive gauges are replaced and while the registry is gathered.
+    archive: Mutex<()>,
 }
 
 /// The `outcome` label of `chatvault_sync_runs_total`.
@@ -108,412 +77,267 @@ fn outcome(result: &SourceResult) -> &'static str {
     }
 }
 
-fn add(map: &mut BTreeMap<String, u64>, source: &str, n: u64) {
-    let value = map.entry(source.to_owned()).or_default();
-    *value = value.saturating_add(n);
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Registers `collector` with `registry` and hands it back.
+///
+/// Panics on an invalid name or one registered twice: a mistake in [`Metrics::new`] that every
+/// test creating a [`Metrics`] shows.
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: prometheus::Result<C>,
+) -> C {
+    let collector = collector.expect("metric names, labels and buckets are valid");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("every metric is registered once");
+    collector
+}
+
+/// A counter labelled by `source`.
+fn source_counter(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), &["source"])
+}
+
+/// A gauge labelled by `source`.
+fn source_gauge(name: &str, help: &str) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), &["source"])
+}
+
 impl Metrics {
+    /// A registry of its own with every metric, and on Linux the process metrics, which the
+    /// collector's namespace names `chatvault_process_*`.
     pub fn new() -> Arc<Metrics> {
-        Arc::new(Metrics::default())
+        let registry = Registry::new();
+        let r = &registry;
+        #[cfg(target_os = "linux")]
+        if let Ok(pid) = prometheus::process_collector::pid_t::try_from(std::process::id()) {
+            use prometheus::process_collector::ProcessCollector;
+            r.register(Box::new(ProcessCollector::new(pid, "chatvault")))
+                .expect("the process metrics are registered once");
+        }
+        let metrics = Metrics {
+            runs: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "chatvault_sync_runs_total",
+                        "Sync runs that ended, by source and outcome (ok, failed, interrupted, skipped_locked).",
+                    ),
+                    &["source", "outcome"],
+                ),
+            ),
+            runs_skipped: register(
+                r,
+                source_counter(
+                    "chatvault_runs_skipped_total",
+                    "Scheduled runs skipped because the previous run of the source was still going.",
+                ),
+            ),
+            messages_new: register(
+                r,
+                source_counter(
+                    "chatvault_messages_new_total",
+                    "Messages archived for the first time.",
+                ),
+            ),
+            messages_changed: register(
+                r,
+                source_counter(
+                    "chatvault_messages_changed_total",
+                    "Archived messages that changed (edited, recalled, deleted, reactions).",
+                ),
+            ),
+            requests: register(
+                r,
+                source_counter(
+                    "chatvault_upstream_requests_total",
+                    "Requests sent to the upstream chat server.",
+                ),
+            ),
+            request_failures: register(
+                r,
+                source_counter(
+                    "chatvault_upstream_request_failures_total",
+                    "Upstream requests that failed in transport (timeouts, dropped connections).",
+                ),
+            ),
+            retries: register(
+                r,
+                source_counter(
+                    "chatvault_upstream_retries_total",
+                    "Upstream requests retried after a transient failure.",
+                ),
+            ),
+            rate_limit_waits: register(
+                r,
+                source_counter(
+                    "chatvault_rate_limit_waits_total",
+                    "Times a sync waited because the upstream rate-limited it.",
+                ),
+            ),
+            run_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "chatvault_sync_run_duration_seconds",
+                        "How long sync runs took.",
+                    )
+                    .buckets(RUN_DURATION_BUCKETS.to_vec()),
+                    &["source"],
+                ),
+            ),
+            last_success: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "chatvault_last_success_timestamp_seconds",
+                        "When the last successful sync run of the source ended, as a Unix timestamp.",
+                    ),
+                    &["source"],
+                ),
+            ),
+            events: register(
+                r,
+                source_gauge(
+                    "chatvault_events",
+                    "Events in the source's hash chain (the sequence number of its head).",
+                ),
+            ),
+            messages: register(
+                r,
+                source_gauge("chatvault_messages", "Messages archived for the source."),
+            ),
+            quarantine: register(
+                r,
+                source_gauge(
+                    "chatvault_quarantine_records",
+                    "Upstream records kept in quarantine because they could not be archived.",
+                ),
+            ),
+            database_up: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "chatvault_database_up",
+                        "Whether the last read of the archive for these metrics worked (1) or not (0).",
+                    ),
+                    &[],
+                ),
+            ),
+            embedded_postgres_restarts: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "chatvault_embedded_postgres_restarts_total",
+                        "Times the embedded PostgreSQL server died and the daemon started it again.",
+                    ),
+                    &[],
+                ),
+            ),
+            archive: Mutex::new(()),
+            registry,
+        };
+        Arc::new(metrics)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // a panic while holding the lock leaves plain numbers behind: still worth serving
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Serialises replacing the archive gauges with gathering them.
+    fn archive_lock(&self) -> MutexGuard<'_, ()> {
+        // the lock guards no data: a panic while it was held leaves nothing inconsistent
+        self.archive.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Record the end of one source's run.
     pub fn record_run(&self, result: &SourceResult) {
         let source = result.source.as_str();
-        let mut inner = self.lock();
-        *inner
-            .runs
-            .entry((source.to_owned(), outcome(result)))
-            .or_default() += 1;
-        add(&mut inner.messages_new, source, result.counts.messages_new);
-        add(
-            &mut inner.messages_changed,
-            source,
-            result.counts.messages_changed,
-        );
-        add(&mut inner.requests, source, result.counts.requests);
-        add(&mut inner.request_failures, source, result.failed_requests);
-        add(&mut inner.retries, source, result.counts.retries);
-        add(&mut inner.rate_limit_waits, source, result.rate_limit_waits);
+        self.runs
+            .with_label_values(&[source, outcome(result)])
+            .inc();
+        let counts = [
+            (&self.messages_new, result.counts.messages_new),
+            (&self.messages_changed, result.counts.messages_changed),
+            (&self.requests, result.counts.requests),
+            (&self.request_failures, result.failed_requests),
+            (&self.retries, result.counts.retries),
+            (&self.rate_limit_waits, result.rate_limit_waits),
+        ];
+        for (counter, n) in counts {
+            counter.with_label_values(&[source]).inc_by(n);
+        }
         if result.skipped {
             // nothing ran: its duration would only drag the histogram towards zero
             return;
         }
-        inner
-            .run_duration
-            .entry(source.to_owned())
-            .or_default()
+        self.run_duration
+            .with_label_values(&[source])
             .observe(result.duration.as_secs_f64());
         if result.status == RunStatus::Ok {
-            inner.last_success.insert(source.to_owned(), unix_now());
+            self.last_success
+                .with_label_values(&[source])
+                .set(unix_now());
         }
     }
 
     /// A scheduled run was skipped because the previous one was still going.
     pub fn run_skipped(&self, source: &str) {
-        add(&mut self.lock().runs_skipped, source, 1);
+        self.runs_skipped.with_label_values(&[source]).inc();
     }
 
     /// This process uses an embedded PostgreSQL server: its restarts are counted from 0.
     pub fn embedded_postgres_watched(&self) {
-        self.lock().embedded_postgres_restarts.get_or_insert(0);
+        self.embedded_postgres_restarts
+            .with_label_values::<&str>(&[])
+            .inc_by(0);
     }
 
     /// The embedded PostgreSQL server died and this process started it again.
     pub fn embedded_postgres_restarted(&self) {
-        let mut inner = self.lock();
-        let restarts = inner.embedded_postgres_restarts.get_or_insert(0);
-        *restarts = restarts.saturating_add(1);
+        self.embedded_postgres_restarts
+            .with_label_values::<&str>(&[])
+            .inc();
     }
 
-    /// Replace the archive gauges with `status` (what [`Store::status`] returns).
+    /// Replace the archive gauges with `status` (what [`crate::store::Store::status`]
+    /// returns): a source gone from it is gone from the gauges.
     pub fn set_archive_status(&self, status: &[SourceStatus]) {
-        let archive = status
-            .iter()
-            .map(|s| {
-                let gauges = ArchiveGauges {
-                    events: s.events,
-                    messages: s.messages,
-                    quarantine: s.quarantine,
-                };
-                (s.source.clone(), gauges)
-            })
-            .collect();
-        let mut inner = self.lock();
-        inner.archive = archive;
-        inner.database_up = Some(true);
+        let _archive = self.archive_lock();
+        let gauges = [&self.events, &self.messages, &self.quarantine];
+        for gauge in gauges {
+            gauge.reset();
+        }
+        for s in status {
+            let source = [s.source.as_str()];
+            self.events.with_label_values(&source).set(s.events);
+            self.messages.with_label_values(&source).set(s.messages);
+            self.quarantine.with_label_values(&source).set(s.quarantine);
+        }
+        self.database_up.with_label_values::<&str>(&[]).set(1);
     }
 
     /// Note that the store could not be read: `chatvault_database_up` turns 0 and the archive
     /// gauges keep their last values.
     pub fn set_database_down(&self) {
-        self.lock().database_up = Some(false);
-    }
-
-    /// Read the archive gauges from the store (call before [`Metrics::render`] on a scrape).
-    /// On error the gauges keep their last values and `chatvault_database_up` is 0.
-    pub async fn refresh_from_store(&self, store: &Store) -> Result<(), StoreError> {
-        match store.status().await {
-            Ok(status) => {
-                self.set_archive_status(&status);
-                Ok(())
-            }
-            Err(err) => {
-                self.set_database_down();
-                Err(err)
-            }
-        }
+        let _archive = self.archive_lock();
+        self.database_up.with_label_values::<&str>(&[]).set(0);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Text::default();
-        {
-            let inner = self.lock();
-            out.family(
-                "chatvault_sync_runs_total",
-                "counter",
-                "Sync runs that ended, by source and outcome (ok, failed, interrupted, skipped_locked).",
-            );
-            for ((source, outcome), n) in &inner.runs {
-                out.sample(
-                    "chatvault_sync_runs_total",
-                    &[("source", source), ("outcome", outcome)],
-                    *n as f64,
-                );
-            }
-            let counters: [(&str, &str, &BTreeMap<String, u64>); 7] = [
-                (
-                    "chatvault_runs_skipped_total",
-                    "Scheduled runs skipped because the previous run of the source was still going.",
-                    &inner.runs_skipped,
-                ),
-                (
-                    "chatvault_messages_new_total",
-                    "Messages archived for the first time.",
-                    &inner.messages_new,
-                ),
-                (
-                    "chatvault_messages_changed_total",
-                    "Archived messages that changed (edited, recalled, deleted, reactions).",
-                    &inner.messages_changed,
-                ),
-                (
-                    "chatvault_upstream_requests_total",
-                    "Requests sent to the upstream chat server.",
-                    &inner.requests,
-                ),
-                (
-                    "chatvault_upstream_request_failures_total",
-                    "Upstream requests that failed in transport (timeouts, dropped connections).",
-                    &inner.request_failures,
-                ),
-                (
-                    "chatvault_upstream_retries_total",
-                    "Upstream requests retried after a transient failure.",
-                    &inner.retries,
-                ),
-                (
-                    "chatvault_rate_limit_waits_total",
-                    "Times a sync waited because the upstream rate-limited it.",
-                    &inner.rate_limit_waits,
-                ),
-            ];
-            for (name, help, values) in counters {
-                out.family(name, "counter", help);
-                for (source, n) in values {
-                    out.sample(name, &[("source", source)], *n as f64);
-                }
-            }
-
-            let name = "chatvault_sync_run_duration_seconds";
-            out.family(name, "histogram", "How long sync runs took.");
-            for (source, histogram) in &inner.run_duration {
-                out.histogram(name, source, histogram);
-            }
-
-            let name = "chatvault_last_success_timestamp_seconds";
-            out.family(
-                name,
-                "gauge",
-                "When the last successful sync run of the source ended, as a Unix timestamp.",
-            );
-            for (source, at) in &inner.last_success {
-                out.sample(name, &[("source", source)], *at);
-            }
-
-            let gauges: [(&str, &str, ArchiveField); 3] = [
-                (
-                    "chatvault_events",
-                    "Events in the source's hash chain (the sequence number of its head).",
-                    |g| g.events,
-                ),
-                (
-                    "chatvault_messages",
-                    "Messages archived for the source.",
-                    |g| g.messages,
-                ),
-                (
-                    "chatvault_quarantine_records",
-                    "Upstream records kept in quarantine because they could not be archived.",
-                    |g| g.quarantine,
-                ),
-            ];
-            for (name, help, value) in gauges {
-                out.family(name, "gauge", help);
-                for (source, archive) in &inner.archive {
-                    out.sample(name, &[("source", source)], value(archive) as f64);
-                }
-            }
-
-            if let Some(restarts) = inner.embedded_postgres_restarts {
-                let name = "chatvault_embedded_postgres_restarts_total";
-                out.family(
-                    name,
-                    "counter",
-                    "Times the embedded PostgreSQL server died and the daemon started it again.",
-                );
-                out.sample(name, &[], restarts as f64);
-            }
-
-            if let Some(up) = inner.database_up {
-                let name = "chatvault_database_up";
-                out.family(
-                    name,
-                    "gauge",
-                    "Whether the last read of the archive for these metrics worked (1) or not (0).",
-                );
-                out.sample(name, &[], if up { 1.0 } else { 0.0 });
-            }
-        }
-        render_process(&mut out);
-        out.0
-    }
-}
-
-/// Process metrics from `/proc/self`; each one is left out when it cannot be read.
-fn render_process(out: &mut Text) {
-    if let Some(stat) = ProcStat::read() {
-        let name = "chatvault_process_cpu_seconds_total";
-        out.family(
-            name,
-            "counter",
-            "User and system CPU time spent, in seconds.",
-        );
-        out.sample(name, &[], stat.cpu_seconds);
-        let name = "chatvault_process_resident_memory_bytes";
-        out.family(name, "gauge", "Resident memory size in bytes.");
-        out.sample(name, &[], stat.resident_bytes);
-        if let Some(start) = stat.start_time {
-            let name = "chatvault_process_start_time_seconds";
-            out.family(
-                name,
-                "gauge",
-                "When the process started, as a Unix timestamp.",
-            );
-            out.sample(name, &[], start);
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-        // the directory handle itself is one of the entries
-        let open = entries.count().saturating_sub(1);
-        let name = "chatvault_process_open_fds";
-        out.family(name, "gauge", "Open file descriptors.");
-        out.sample(name, &[], open as f64);
-    }
-}
-
-struct ProcStat {
-    cpu_seconds: f64,
-    resident_bytes: f64,
-    start_time: Option<f64>,
-}
-
-impl ProcStat {
-    fn read() -> Option<ProcStat> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let (ticks, page_size) = unsafe {
-            (
-                libc::sysconf(libc::_SC_CLK_TCK),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
+        let families = {
+            let _archive = self.archive_lock();
+            self.registry.gather()
         };
-        if ticks <= 0 || page_size <= 0 {
-            return None;
+        let mut text = String::new();
+        // fails only on a family without samples, which gathering leaves out
+        if let Err(err) = TextEncoder::new().encode_utf8(&families, &mut text) {
+            warn!(error = %err, "metrics: rendering failed");
         }
-        let boot_time = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|text| parse_boot_time(&text));
-        parse_proc_stat(&stat, ticks as f64, page_size as f64, boot_time)
+        text
     }
-}
-
-/// Parses `/proc/self/stat`: the fields after the command name (which may hold spaces and
-/// parentheses, hence the last `)`) start with field 3, `state`.
-fn parse_proc_stat(
-    stat: &str,
-    ticks_per_second: f64,
-    page_size: f64,
-    boot_time: Option<f64>,
-) -> Option<ProcStat> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse::<f64>().ok() };
-    let utime = field(14)?;
-    let stime = field(15)?;
-    let start_ticks = field(22)?;
-    let rss_pages = field(24)?;
-    Some(ProcStat {
-        cpu_seconds: (utime + stime) / ticks_per_second,
-        resident_bytes: rss_pages * page_size,
-        start_time: boot_time.map(|boot| boot + start_ticks / ticks_per_second),
-    })
-}
-
-/// The `btime` line of `/proc/stat`: when the system booted, as a Unix timestamp.
-fn parse_boot_time(proc_stat: &str) -> Option<f64> {
-    proc_stat
-        .lines()
-        .find_map(|line| line.strip_prefix("btime "))
-        .and_then(|value| value.trim().parse().ok())
-}
-
-/// Text exposition being written.
-#[derive(Default)]
-struct Text(String);
-
-impl Text {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (label, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{label}=\"{}\"", escape_label_value(value));
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {}", format_value(value));
-    }
-
-    fn histogram(&mut self, name: &str, source: &str, histogram: &Histogram) {
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0;
-        for (le, n) in RUN_DURATION_BUCKETS.iter().zip(histogram.counts) {
-            cumulative += n;
-            let le = format_value(*le);
-            self.sample(
-                &bucket,
-                &[("source", source), ("le", &le)],
-                cumulative as f64,
-            );
-        }
-        self.sample(
-            &bucket,
-            &[("source", source), ("le", "+Inf")],
-            histogram.count as f64,
-        );
-        self.sample(&format!("{name}_sum"), &[("source", source)], histogram.sum);
-        self.sample(
-            &format!("{name}_count"),
-            &[("source", source)],
-            histogram.count as f64,
-        );
-    }
-}
-
-/// A sample value as the text format writes it (`+Inf`, `-Inf`, `NaN` for the specials).
-fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value == f64::INFINITY {
-        "+Inf".to_owned()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".to_owned()
-    } else {
-        format!("{value}")
-    }
-}
-
-/// Label values escape backslash, double quote and line feed.
-pub fn escape_label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Help text escapes backslash and line feed.
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -685,6 +509,70 @@ mod tests {
         }
     }
 
+    fn status(source: &str, events: i64, messages: i64, quarantine: i64) -> SourceStatus {
+        SourceStatus {
+            source: source.to_owned(),
+            platform: "tangsengdaodao".to_owned(),
+            conversations: 1,
+            messages,
+            versions: messages,
+            events,
+            reactions: 0,
+            quarantine,
+            gaps: 0,
+            chain_head: format!("{events}:00"),
+            cursors: 1,
+            last_run: None,
+            last_success_at: None,
+            lag_seconds: None,
+            newest_message_at: None,
+            failures_in_a_row: 0,
+            next_run_at: None,
+        }
+    }
+
+    /// Runs of every outcome, skips (one for a source name that needs escaping) and two
+    /// archive statuses, the second without the source `gone`, then a failed status read.
+    fn scenario() -> Arc<Metrics> {
+        let metrics = Metrics::new();
+        metrics.record_run(&result("a", RunStatus::Ok, 2.0));
+        metrics.record_run(&result("a", RunStatus::Failed, 0.05));
+        metrics.record_run(&result("b", RunStatus::Interrupted, 45.0));
+        metrics.record_run(&result("a", RunStatus::Ok, 4000.0));
+        let mut skipped = result("c", RunStatus::Ok, 0.0);
+        skipped.skipped = true;
+        skipped.counts = RunCounts::default();
+        skipped.rate_limit_waits = 0;
+        skipped.failed_requests = 0;
+        metrics.record_run(&skipped);
+        metrics.run_skipped("a");
+        metrics.run_skipped("b");
+        metrics.run_skipped("we\"ird\\source\nname");
+        metrics.set_archive_status(&[
+            status("a", 5, 3, 1),
+            status("b", 0, 0, 0),
+            status("gone", 9, 9, 9),
+        ]);
+        metrics.set_archive_status(&[status("a", 6, 3, 1), status("b", 2, 1, 0)]);
+        metrics.set_database_down();
+        metrics
+    }
+
+    /// `# HELP` and `# TYPE` by family name.
+    fn families(text: &str) -> BTreeMap<String, (String, String)> {
+        let mut families: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                families.entry(name.to_owned()).or_default().1 = help.to_owned();
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                families.entry(name.to_owned()).or_default().0 = kind.to_owned();
+            }
+        }
+        families
+    }
+
     #[test]
     fn an_empty_registry_renders_valid_text() {
         let samples = parse(&Metrics::new().render());
@@ -841,10 +729,6 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape_label_value("line\nbreak"), r"line\nbreak");
-        assert_eq!(escape_label_value("你好 {x=1}"), "你好 {x=1}");
-
         let metrics = Metrics::new();
         let nasty = "we\"ird\\source\nname} 1";
         metrics.run_skipped(nasty);
@@ -864,45 +748,8 @@ mod tests {
     }
 
     #[test]
-    fn embedded_postgres_restarts_are_counted_once_watched() {
-        let metrics = Metrics::new();
-        let restarts = |m: &Metrics| {
-            value(
-                &parse(&m.render()),
-                "chatvault_embedded_postgres_restarts_total",
-                &[],
-            )
-        };
-        assert_eq!(restarts(&metrics), None, "no embedded server, no counter");
-        metrics.embedded_postgres_watched();
-        assert_eq!(restarts(&metrics), Some(0.0));
-        metrics.embedded_postgres_restarted();
-        metrics.embedded_postgres_restarted();
-        assert_eq!(restarts(&metrics), Some(2.0));
-    }
-
-    #[test]
     fn archive_gauges_follow_the_last_status_and_database_up_reports_failures() {
         let metrics = Metrics::new();
-        let status = |source: &str, events, messages, quarantine| SourceStatus {
-            source: source.to_owned(),
-            platform: "tangsengdaodao".to_owned(),
-            conversations: 1,
-            messages,
-            versions: messages,
-            events,
-            reactions: 0,
-            quarantine,
-            gaps: 0,
-            chain_head: format!("{events}:00"),
-            cursors: 1,
-            last_run: None,
-            last_success_at: None,
-            lag_seconds: None,
-            newest_message_at: None,
-            failures_in_a_row: 0,
-            next_run_at: None,
-        };
         metrics.set_archive_status(&[status("a", 5, 3, 1), status("b", 0, 0, 0)]);
         let samples = parse(&metrics.render());
         assert_eq!(
@@ -938,21 +785,6 @@ mod tests {
         assert_eq!(value(&samples, "chatvault_database_up", &[]), Some(0.0));
     }
 
-    #[test]
-    fn proc_stat_parsing_survives_odd_command_names() {
-        let stat = "1234 (we ird) proc)) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
-                    250 150 0 0 20 0 4 0 5000 123456789 300 18446744073709551615";
-        let parsed = parse_proc_stat(stat, 100.0, 4096.0, Some(1_700_000_000.0)).unwrap();
-        assert_eq!(parsed.cpu_seconds, 4.0);
-        assert_eq!(parsed.resident_bytes, 300.0 * 4096.0);
-        assert_eq!(parsed.start_time, Some(1_700_000_050.0));
-        assert_eq!(
-            parse_boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 5\n"),
-            Some(1_700_000_000.0)
-        );
-        assert!(parse_proc_stat("garbage", 100.0, 4096.0, None).is_none());
-    }
-
     #[cfg(target_os = "linux")]
     #[test]
     fn process_metrics_are_read_on_linux() {
@@ -970,5 +802,94 @@ mod tests {
         assert!(rss > 1e6, "rss {rss}");
         let start = value(&samples, "chatvault_process_start_time_seconds", &[]).unwrap();
         assert!(start <= unix_now() + 1.0 && start > unix_now() - 86400.0 * 365.0);
+    }
+
+    /// What the hand-written renderer this module had before the `prometheus` crate wrote for
+    /// [`scenario`], verbatim (its process values are those of the process that recorded it).
+    const RECORDED_BEFORE_THE_CRATE: &str =
+        include_str!("../tests/data/metrics_hand_rendered.prom");
+
+    #[test]
+    fn the_exposition_has_the_samples_recorded_before_the_crate() {
+        let before = RECORDED_BEFORE_THE_CRATE;
+        let after = scenario().render();
+        let is_process = |name: &str| name.starts_with("chatvault_process_");
+
+        // the same families, each with the same type and help; process ones at least
+        let (families_before, families_after) = (families(before), families(&after));
+        for (name, family) in &families_before {
+            if is_process(name) {
+                assert_eq!(
+                    families_after.get(name).map(|f| &f.0),
+                    Some(&family.0),
+                    "{name}"
+                );
+            } else {
+                assert_eq!(families_after.get(name), Some(family), "{name}");
+            }
+        }
+        let added: Vec<&String> = families_after
+            .keys()
+            .filter(|name| !families_before.contains_key(*name))
+            .collect();
+        assert!(added.iter().all(|name| is_process(name)), "{added:?}");
+
+        // the same samples with the same labels and values, but for the time of the last
+        // success and the process's own numbers
+        let comparable = |text: &str| {
+            let mut samples: Vec<(String, BTreeMap<String, String>, String)> = parse(text)
+                .into_iter()
+                .filter(|s| !is_process(&s.name))
+                .map(|s| {
+                    let value = if s.name == "chatvault_last_success_timestamp_seconds" {
+                        "when it was rendered".to_owned()
+                    } else {
+                        s.value.to_string()
+                    };
+                    (s.name, s.labels, value)
+                })
+                .collect();
+            samples.sort();
+            samples
+        };
+        assert_eq!(comparable(before), comparable(&after));
+        let samples = parse(&after);
+        let last = value(&samples, "chatvault_last_success_timestamp_seconds", &[]).unwrap();
+        assert!((last - unix_now()).abs() < 60.0, "{last}");
+    }
+
+    #[test]
+    fn each_metrics_has_a_registry_of_its_own() {
+        let (one, other) = (Metrics::new(), Metrics::new());
+        one.run_skipped("a");
+        one.set_archive_status(&[status("a", 1, 1, 0)]);
+        let samples = parse(&other.render());
+        assert_eq!(
+            value(&samples, "chatvault_runs_skipped_total", &[("source", "a")]),
+            None
+        );
+        assert_eq!(
+            value(&samples, "chatvault_events", &[("source", "a")]),
+            None
+        );
+        assert_eq!(value(&samples, "chatvault_database_up", &[]), None);
+    }
+
+    #[test]
+    fn embedded_postgres_restarts_are_counted_once_watched() {
+        let metrics = Metrics::new();
+        let restarts = |m: &Metrics| {
+            value(
+                &parse(&m.render()),
+                "chatvault_embedded_postgres_restarts_total",
+                &[],
+            )
+        };
+        assert_eq!(restarts(&metrics), None, "no embedded server, no counter");
+        metrics.embedded_postgres_watched();
+        assert_eq!(restarts(&metrics), Some(0.0));
+        metrics.embedded_postgres_restarted();
+        metrics.embedded_postgres_restarted();
+        assert_eq!(restarts(&metrics), Some(2.0));
     }
 }
