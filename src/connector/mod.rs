@@ -2,7 +2,8 @@
 //!
 //! A connector only fetches and maps. It never touches PostgreSQL, the index or the
 //! schedule, and it never retries by itself: it classifies each failure as a
-//! [`ConnectorError`] and the sync engine decides what to do (STYLE rule 3).
+//! [`ConnectorError`] and the sync engine decides what to do (ARCHITECTURE.md, "Data
+//! flow").
 
 pub mod http;
 pub mod tangsengdaodao;
