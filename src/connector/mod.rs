@@ -5,6 +5,7 @@
 //! [`ConnectorError`] and the sync engine decides what to do (ARCHITECTURE.md, "Data
 //! flow").
 
+mod cursor;
 pub mod http;
 pub mod tangsengdaodao;
 pub mod yunhu;

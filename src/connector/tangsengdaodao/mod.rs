@@ -33,6 +33,7 @@ use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -40,6 +41,7 @@ use tracing::{info, warn};
 
 use self::api::{Api, WindowError};
 use self::session::{Session, SessionFile};
+use super::cursor;
 use super::http::HttpClient;
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
@@ -231,7 +233,7 @@ impl TsddConnector {
         channel: &Channel,
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
-        let after = parse_seq_cursor(request.cursor, &self.source)?;
+        let after = parse_seq_cursor(request.cursor, request.feed, &self.source)?;
         let unchanged = || {
             // nothing to read: the stored cursor stays as it is
             let cursor = request.cursor.cloned().unwrap_or_else(|| seq_cursor(after));
@@ -612,11 +614,11 @@ impl TsddConnector {
         } else {
             source
         };
-        fetched.next_cursor = Cursor(json!(ExtrasCursor {
+        fetched.next_cursor = cursor::encode(&ExtrasCursor {
             v: CURSOR_VERSION,
             version: next,
             source,
-        }));
+        });
         Ok(fetched)
     }
 
@@ -626,7 +628,7 @@ impl TsddConnector {
         channel: &Channel,
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
-        let after = parse_seq_cursor(request.cursor, &self.source)?;
+        let after = parse_seq_cursor(request.cursor, request.feed, &self.source)?;
         // seq ≤ 0 would return the newest rows in descending order
         let body = json!({
             "channel_id": channel.id,
@@ -888,8 +890,7 @@ fn last_msg_seqs(known: &[KnownConversation]) -> String {
         let Some(seq) = k
             .cursors
             .get(FEED_MESSAGES)
-            .and_then(|c| serde_json::from_value::<SeqCursor>(c.0.clone()).ok())
-            .filter(|c| c.v == CURSOR_VERSION)
+            .and_then(|c| cursor::peek::<SeqCursor>(c, &[CURSOR_VERSION]))
             .map(|c| c.seq)
         else {
             continue;
@@ -900,35 +901,34 @@ fn last_msg_seqs(known: &[KnownConversation]) -> String {
 }
 
 fn seq_cursor(seq: u64) -> Cursor {
-    Cursor(json!(SeqCursor {
+    cursor::encode(&SeqCursor {
         v: CURSOR_VERSION,
-        seq
-    }))
-}
-
-fn parse_cursor<T: for<'de> Deserialize<'de>>(
-    cursor: &Cursor,
-    feed: &str,
-    source: &SourceName,
-) -> Result<T, ConnectorError> {
-    let unrecognised = || {
-        ConnectorError::Permanent(format!(
-            "tsdd source {source}: unrecognised {feed} cursor {}; run with --full to start over",
-            cursor.0
-        ))
-    };
-    if cursor.0.get("v").and_then(Value::as_u64) != Some(u64::from(CURSOR_VERSION)) {
-        return Err(unrecognised());
-    }
-    serde_json::from_value(cursor.0.clone()).map_err(|_| unrecognised())
+        seq,
+    })
 }
 
 /// A seq cursor's position; `None` is 0 (the start).
-fn parse_seq_cursor(cursor: Option<&Cursor>, source: &SourceName) -> Result<u64, ConnectorError> {
+fn parse_seq_cursor(
+    cursor: Option<&Cursor>,
+    feed: &str,
+    source: &SourceName,
+) -> Result<u64, ConnectorError> {
     match cursor {
         None => Ok(0),
-        Some(cursor) => Ok(parse_cursor::<SeqCursor>(cursor, "seq", source)?.seq),
+        Some(cursor) => Ok(parse_cursor::<SeqCursor>(cursor, feed, source)?.seq),
     }
+}
+
+fn parse_cursor<T: DeserializeOwned>(
+    stored: &Cursor,
+    feed: &str,
+    source: &SourceName,
+) -> Result<T, ConnectorError> {
+    cursor::decode(
+        stored,
+        &[CURSOR_VERSION],
+        &format!("tsdd source {source}: {feed} cursor"),
+    )
 }
 
 /// `messages` of a channel-sync response (`null` or absent reads as empty).

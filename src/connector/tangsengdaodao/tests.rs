@@ -101,9 +101,17 @@ fn seqs_outside_the_window_do_not_move_the_cursor() {
 fn cursors_carry_a_version() {
     assert_eq!(seq_cursor(7).0, json!({"v": 1, "seq": 7}));
     let source = SourceName::new("acme");
-    assert_eq!(parse_seq_cursor(Some(&seq_cursor(7)), &source).unwrap(), 7);
-    assert_eq!(parse_seq_cursor(None, &source).unwrap(), 0);
-    let e = parse_seq_cursor(Some(&Cursor(json!({"v": 2, "seq": 7}))), &source).unwrap_err();
+    assert_eq!(
+        parse_seq_cursor(Some(&seq_cursor(7)), FEED_MESSAGES, &source).unwrap(),
+        7
+    );
+    assert_eq!(parse_seq_cursor(None, FEED_MESSAGES, &source).unwrap(), 0);
+    let e = parse_seq_cursor(
+        Some(&Cursor(json!({"v": 2, "seq": 7}))),
+        FEED_MESSAGES,
+        &source,
+    )
+    .unwrap_err();
     assert!(matches!(e, ConnectorError::Permanent(_)));
 }
 

@@ -117,7 +117,7 @@ impl YunhuConnector {
         }
         let requests = self.attach_versions(chat, &mut out, wanted).await?;
         c.run_requests = c.run_requests.saturating_add(requests);
-        out.next_cursor = Cursor(json!(c));
+        out.next_cursor = cursor::encode(&c);
         Ok(out)
     }
 

@@ -65,6 +65,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use self::api::Api;
+use super::cursor;
 use super::http::HttpClient;
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
@@ -330,16 +331,12 @@ impl YunhuConnector {
     }
 }
 
-fn parse_cursor(cursor: &Cursor, source: &SourceName) -> Result<HistoryCursor, ConnectorError> {
-    let unrecognised = || {
-        ConnectorError::Permanent(format!(
-            "yunhu source {source}: unrecognised messages cursor; run with --full to start over"
-        ))
-    };
-    if cursor.0.get("v").and_then(Value::as_u64) != Some(u64::from(CURSOR_VERSION)) {
-        return Err(unrecognised());
-    }
-    serde_json::from_value(cursor.0.clone()).map_err(|_| unrecognised())
+fn parse_cursor(stored: &Cursor, source: &SourceName) -> Result<HistoryCursor, ConnectorError> {
+    cursor::decode(
+        stored,
+        &[CURSOR_VERSION],
+        &format!("yunhu source {source}: messages cursor"),
+    )
 }
 
 fn chat_of(
@@ -397,11 +394,9 @@ fn announced_ms(d: &pb::ConversationData) -> u64 {
 fn needs_sync(k: &KnownConversation, fingerprint: Option<&String>) -> bool {
     match k.cursors.get(FEED_MESSAGES) {
         None => true,
-        Some(c) => serde_json::from_value::<HistoryCursor>(c.0.clone())
-            .map(|c| {
-                !c.complete || c.pass.is_some() || fingerprint.is_some_and(|fp| *fp != c.list_fp)
-            })
-            .unwrap_or(true),
+        Some(c) => cursor::peek::<HistoryCursor>(c, &[CURSOR_VERSION]).is_none_or(|c| {
+            !c.complete || c.pass.is_some() || fingerprint.is_some_and(|fp| *fp != c.list_fp)
+        }),
     }
 }
 
@@ -419,8 +414,7 @@ impl Connector for YunhuConnector {
     async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
         let previous: Option<DiscoveryState> = request
             .state
-            .and_then(|c| serde_json::from_value(c.0.clone()).ok())
-            .filter(|s: &DiscoveryState| s.v == CURSOR_VERSION);
+            .and_then(|c| cursor::peek(c, &[CURSOR_VERSION]));
         let now = Utc::now().timestamp();
         let full = request.full || previous.is_none();
         let mut state = previous.unwrap_or(DiscoveryState {
@@ -503,7 +497,7 @@ impl Connector for YunhuConnector {
             ..RunContext::new(now)
         };
         *self.context.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(context);
-        discovery.state = Some(Cursor(json!(state)));
+        discovery.state = Some(cursor::encode(&state));
         Ok(discovery)
     }
 

@@ -52,11 +52,12 @@ use async_trait::async_trait;
 use rand::Rng;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use self::api::Api;
 use self::memo::ConvMemo;
 use self::read::{MsgCursor, Planner, CURSOR_VERSION, DAY_MS, LAG_MS, SWEEP_EVERY_MS};
+use super::cursor;
 use super::http::HttpClient;
 use super::{Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched};
 use crate::config::{SourceConfig, YunxinConfig};
@@ -65,6 +66,9 @@ use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, 
 pub const FEED_MESSAGES: &str = "messages";
 /// Pages of one account's conversation list, at most (a million conversations).
 const MAX_LIST_PAGES: usize = 10_000;
+
+/// The version of [`SourceState`]'s format.
+const STATE_VERSION: u32 = 1;
 
 #[derive(Default, Serialize, Deserialize)]
 struct SourceState {
@@ -157,25 +161,19 @@ impl YunxinConnector {
         self.plans.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn parse_cursor(&self, cursor: Option<&Cursor>) -> Result<MsgCursor, ConnectorError> {
-        let Some(c) = cursor else {
+    /// The stored cursor (version 1 cursors upgraded), or a new one for a first read.
+    fn parse_cursor(&self, stored: Option<&Cursor>) -> Result<MsgCursor, ConnectorError> {
+        let Some(stored) = stored else {
             return Ok(MsgCursor {
                 v: CURSOR_VERSION,
                 ..MsgCursor::default()
             });
         };
-        let parsed: MsgCursor = serde_json::from_value(c.0.clone()).map_err(|e| {
-            permanent(format!(
-                "yunxin source {}: stored messages cursor is not readable ({e}); run with --full",
-                self.source
-            ))
-        })?;
-        if parsed.v != CURSOR_VERSION && parsed.v != 1 {
-            return Err(permanent(format!(
-                "yunxin source {}: messages cursor version {} is not {CURSOR_VERSION}; run with --full",
-                self.source, parsed.v
-            )));
-        }
+        let parsed: MsgCursor = cursor::decode(
+            stored,
+            &[1, CURSOR_VERSION],
+            &format!("yunxin source {}: messages cursor", self.source),
+        )?;
         Ok(read::upgrade(parsed, self.planner.rescan_ms))
     }
 
@@ -252,7 +250,7 @@ impl Connector for YunxinConnector {
     async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
         let previous: SourceState = request
             .state
-            .and_then(|s| serde_json::from_value(s.0.clone()).ok())
+            .and_then(|s| cursor::peek(s, &[STATE_VERSION]))
             .unwrap_or_default();
         let mut items: Vec<Value> = Vec::new();
         for account in &self.accounts {
@@ -314,10 +312,10 @@ impl Connector for YunxinConnector {
                 else {
                     continue;
                 };
-                let Some(cursor) = k.cursors.get(FEED_MESSAGES) else {
+                let Some(stored) = k.cursors.get(FEED_MESSAGES) else {
                     continue;
                 };
-                let Ok(c) = serde_json::from_value::<MsgCursor>(cursor.0.clone()) else {
+                let Some(c) = cursor::peek::<MsgCursor>(stored, &[1, CURSOR_VERSION]) else {
                     continue;
                 };
                 let quiet = self.planner.rescan_ms == 0
@@ -330,7 +328,10 @@ impl Connector for YunxinConnector {
                 }
             }
         }
-        discovery.state = Some(Cursor(json!(SourceState { v: 1, update_times })));
+        discovery.state = Some(cursor::encode(&SourceState {
+            v: STATE_VERSION,
+            update_times,
+        }));
         Ok(discovery)
     }
 
