@@ -3,13 +3,17 @@
 //!
 //! It classifies transport failures into [`ConnectorError`]s but never retries: the sync
 //! engine owns retries. Error texts name the path, never a header or a body with secrets.
+//! It also owns what every connector does the same way with a response: how an
+//! undecodable body is kept for quarantine ([`raw_body`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use futures::StreamExt;
 use reqwest::{RequestBuilder, StatusCode};
+use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -17,6 +21,9 @@ use super::ConnectorError;
 
 /// Responses larger than this are refused rather than buffered.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// How much of an undecodable body is kept for quarantine.
+pub const MAX_RAW_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct HttpClient {
@@ -246,6 +253,26 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// A response body that could not be decoded, as quarantine keeps it: a body that is UTF-8
+/// text without NUL, up to [`MAX_RAW_BODY`] bytes, as a JSON string (an HTML error page
+/// reads as itself); any other body (protobuf, other bytes, longer text) as
+/// `{"base64": ...}` of its first [`MAX_RAW_BODY`] bytes, with `"truncated_from"`: its
+/// length, when it was cut. Either way the bytes kept are exactly the bytes received
+/// (PostgreSQL cannot store NUL in text, so text with NUL goes as base64).
+pub fn raw_body(body: &[u8]) -> Value {
+    if body.len() <= MAX_RAW_BODY && !body.contains(&0) {
+        if let Ok(text) = std::str::from_utf8(body) {
+            return Value::String(text.to_string());
+        }
+    }
+    let kept = &body[..body.len().min(MAX_RAW_BODY)];
+    let mut raw = json!({"base64": base64::engine::general_purpose::STANDARD.encode(kept)});
+    if kept.len() < body.len() {
+        raw["truncated_from"] = json!(body.len());
+    }
+    raw
+}
+
 /// A token bucket of one: requests are spaced at least `1 / rate` apart.
 struct RateLimiter {
     interval: Option<Duration>,
@@ -290,6 +317,25 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert(reqwest::header::RETRY_AFTER, "-1".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn raw_bodies_keep_the_bytes_received() {
+        assert_eq!(
+            raw_body(b"<html>gateway</html>"),
+            json!("<html>gateway</html>")
+        );
+        assert_eq!(raw_body("服务繁忙".as_bytes()), json!("服务繁忙"));
+        // protobuf, invalid UTF-8 and NUL go as base64
+        assert_eq!(raw_body(b"\x0a\x02ok\x00"), json!({"base64": "CgJvawA="}));
+        assert_eq!(raw_body(&[0xff, 0xfe]), json!({"base64": "//4="}));
+        let long = "a".repeat(MAX_RAW_BODY + 10);
+        let raw = raw_body(long.as_bytes());
+        assert_eq!(raw["truncated_from"], json!(MAX_RAW_BODY + 10));
+        let kept = base64::engine::general_purpose::STANDARD
+            .decode(raw["base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(kept, long.as_bytes()[..MAX_RAW_BODY]);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::super::http::{HttpClient, Response};
+use super::super::http::{raw_body, HttpClient, Response};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -27,9 +27,6 @@ pub const CONVERSATION_SYNC: &str = "/v1/conversation/sync";
 pub const CHANNEL_SYNC: &str = "/v1/message/channel/sync";
 pub const EXTRA_SYNC: &str = "/v1/message/extra/sync";
 pub const REACTION_SYNC: &str = "/v1/reaction/sync";
-
-/// How much of an undecodable body is kept for quarantine.
-const MAX_RAW_BODY: usize = 64 * 1024;
 
 /// 400 messages that say the request itself is wrong: the same request fails again. Every
 /// other 400 of the endpoints chatvault calls reports a failure on the server's side.
@@ -271,11 +268,6 @@ fn upstream_msg(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let msg = value.get("msg")?.as_str()?.trim();
     (!msg.is_empty()).then(|| msg.chars().take(500).collect())
-}
-
-fn raw_body(body: &[u8]) -> Value {
-    let end = body.len().min(MAX_RAW_BODY);
-    Value::String(String::from_utf8_lossy(&body[..end]).into_owned())
 }
 
 #[cfg(test)]

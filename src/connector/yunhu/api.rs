@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use prost::Message;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::super::http::HttpClient;
+use super::super::http::{raw_body, HttpClient};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -29,9 +28,6 @@ pub const EDIT_RECORD: &str = "/v1/msg/list-message-edit-record";
 pub const CODE_UNAUTHORIZED: i64 = -101;
 /// The bot open API's "rate limited" code, treated the same here.
 pub const CODE_RATE_LIMITED: i64 = 1007;
-
-/// How much of an undecodable body is kept for quarantine.
-const MAX_RAW_BODY: usize = 64 * 1024;
 
 pub struct Api {
     http: HttpClient,
@@ -218,16 +214,6 @@ fn json_error(what: &str, body: &[u8]) -> ConnectorError {
 
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
-}
-
-/// Bytes as quarantine keeps them: `{"base64": ...}`, cut at a bound.
-pub fn raw_body(body: &[u8]) -> Value {
-    let kept = &body[..body.len().min(MAX_RAW_BODY)];
-    let mut raw = json!({"base64": base64::engine::general_purpose::STANDARD.encode(kept)});
-    if kept.len() < body.len() {
-        raw["truncated_from"] = json!(body.len());
-    }
-    raw
 }
 
 #[cfg(test)]

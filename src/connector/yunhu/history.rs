@@ -68,7 +68,7 @@ impl YunhuConnector {
     ) -> ConnectorError {
         ConnectorError::Decode {
             message: format!("{}: {why}", self.api.what(path, chat)),
-            raw: Some(api::raw_body(body)),
+            raw: Some(raw_body(body)),
         }
     }
 
@@ -193,7 +193,7 @@ impl YunhuConnector {
                 Ok(m) => out.messages.push(m),
                 Err(reason) => out.quarantine.push(QuarantineRecord {
                     reason: format!("yunhu chat {}: {reason}", chat.id),
-                    raw: api::raw_body(bytes),
+                    raw: raw_body(bytes),
                 }),
             }
         }

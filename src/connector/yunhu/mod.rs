@@ -66,7 +66,7 @@ use sha2::{Digest, Sha256};
 
 use self::api::Api;
 use super::cursor;
-use super::http::HttpClient;
+use super::http::{raw_body, HttpClient};
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
 };
@@ -439,7 +439,7 @@ impl Connector for YunhuConnector {
                 if d.chat_id.is_empty() {
                     discovery.quarantine.push(QuarantineRecord {
                         reason: "yunhu conversation list: an entry has no chat_id".into(),
-                        raw: api::raw_body(&d.encode_to_vec()),
+                        raw: raw_body(&d.encode_to_vec()),
                     });
                     continue;
                 }

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
-use super::super::http::HttpClient;
+use super::super::http::{raw_body, HttpClient};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -19,9 +19,6 @@ use crate::model::SourceName;
 pub const LIST: &str = "/im/v2.1/conversations";
 pub const BATCH: &str = "/im/v2.1/conversations/actions/conversation_ids";
 pub const QUICK_COMMENTS: &str = "/im/v2/messages/actions/quick_comment";
-
-/// How much of an undecodable body is kept for quarantine.
-const MAX_RAW_BODY: usize = 64 * 1024;
 
 /// Path segment encoding: everything but unreserved characters (`|` becomes `%7C`).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
@@ -178,11 +175,6 @@ pub fn classify(
             "{what}: unknown upstream code {code}: {msg}"
         ))),
     }
-}
-
-fn raw_body(body: &[u8]) -> Value {
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_RAW_BODY)]).into_owned();
-    serde_json::json!({ "body": text })
 }
 
 #[cfg(test)]
