@@ -3,8 +3,11 @@
 //!
 //! It classifies transport failures into [`ConnectorError`]s but never retries: the sync
 //! engine owns retries. Error texts name the path, never a header or a body with secrets.
-//! It also owns what every connector does the same way with a response: how an
-//! undecodable body is kept for quarantine ([`raw_body`]).
+//! It also owns what every connector does the same way with a response: the one table
+//! of HTTP statuses ([`status_error`]) and how an undecodable body is kept for quarantine
+//! ([`raw_body`]). What a platform says beyond the status (a message in a 400 body, a
+//! business code in a 200 envelope, a JSON error on a protobuf endpoint) is read by that
+//! platform's `api.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -253,6 +256,33 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// The HTTP status table, the same for every platform, for an answer that is not a
+/// success: 401 is unauthorized (the engine logs in again once), 429 rate limited (waiting
+/// `retry_after` when upstream gave one), 408 and every 5xx transient (upstream or a proxy
+/// in front of it failing for now: retried with backoff), anything else permanent (the
+/// same request would fail again). `said` is what the body said, when the platform could
+/// read it. A platform's own rules for a status come before this table, in its `api.rs`.
+pub fn status_error(
+    what: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    said: Option<&str>,
+) -> ConnectorError {
+    let code = status.as_u16();
+    let detail = match said {
+        Some(said) => format!("HTTP {code}: {said}"),
+        None => format!("HTTP {code}"),
+    };
+    match code {
+        401 => ConnectorError::Unauthorized(format!(
+            "{what}: upstream refused the credentials ({detail})"
+        )),
+        429 => ConnectorError::RateLimited { retry_after },
+        408 | 500..=599 => ConnectorError::Transient(format!("{what}: {detail}")),
+        _ => ConnectorError::Permanent(format!("{what}: upstream refused the request ({detail})")),
+    }
+}
+
 /// A response body that could not be decoded, as quarantine keeps it: a body that is UTF-8
 /// text without NUL, up to [`MAX_RAW_BODY`] bytes, as a JSON string (an HTML error page
 /// reads as itself); any other body (protobuf, other bytes, longer text) as
@@ -317,6 +347,48 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert(reqwest::header::RETRY_AFTER, "-1".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn one_status_table_for_every_platform() {
+        let class = |code: u16| {
+            let status = StatusCode::from_u16(code).unwrap();
+            match status_error("w", status, Some(Duration::from_secs(2)), None) {
+                ConnectorError::Unauthorized(_) => "unauthorized",
+                ConnectorError::RateLimited {
+                    retry_after: Some(_),
+                } => "rate limited",
+                e if e.is_retryable() => "transient",
+                ConnectorError::Permanent(_) => "permanent",
+                other => panic!("{code}: {other:?}"),
+            }
+        };
+        for (code, want) in [
+            (401, "unauthorized"),
+            (429, "rate limited"),
+            (408, "transient"),
+            (500, "transient"),
+            (502, "transient"),
+            (503, "transient"),
+            (504, "transient"),
+            (520, "transient"),
+            (400, "permanent"),
+            (403, "permanent"),
+            (404, "permanent"),
+            (302, "permanent"),
+        ] {
+            assert_eq!(class(code), want, "HTTP {code}");
+        }
+        let e = status_error(
+            "yunxin source a: GET /x",
+            StatusCode::NOT_FOUND,
+            None,
+            Some("no"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "yunxin source a: GET /x: upstream refused the request (HTTP 404: no)"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use prost::Message;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::super::http::{raw_body, HttpClient};
+use super::super::http::{self, raw_body, HttpClient};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -153,8 +153,8 @@ pub fn code_error(what: &str, code: i64, msg: Option<&str>) -> ConnectorError {
     }
 }
 
-/// 2xx passes; 401/403 unauthorized, 429 rate limited, 408 and 5xx transient, anything else
-/// (the 404 of a wrong method included) permanent.
+/// 2xx passes. A JSON error body with code -101 is "token rejected" whatever the status;
+/// every other status goes by the connectors' one table ([`http::status_error`]).
 fn check_http(
     what: &str,
     status: StatusCode,
@@ -178,13 +178,7 @@ fn check_http(
             }
         }
     }
-    let detail = format!("HTTP {}", status.as_u16());
-    Err(match status.as_u16() {
-        401 | 403 => ConnectorError::Unauthorized(format!("{what}: token rejected ({detail})")),
-        429 => ConnectorError::RateLimited { retry_after },
-        408 | 500..=599 => ConnectorError::Transient(format!("{what}: {detail}")),
-        _ => ConnectorError::Permanent(format!("{what}: {detail}")),
-    })
+    Err(http::status_error(what, status, retry_after, None))
 }
 
 fn looks_like_json(body: &[u8]) -> bool {

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
-use super::super::http::{raw_body, HttpClient};
+use super::super::http::{self, raw_body, HttpClient};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -115,22 +115,15 @@ impl Api {
 
 /// Turn an HTTP answer into `data` or a classified error. The IM API answers HTTP 200
 /// with the outcome in `code`; any other HTTP status comes from the path to it (a proxy,
-/// a load balancer): 429 is a rate limit, 408 and 5xx are worth retrying, the rest of 4xx
-/// are not.
+/// a load balancer) and goes by the connectors' one table ([`http::status_error`]).
 pub fn classify(
     what: &str,
     status: StatusCode,
     body: &[u8],
     retry_after: Option<Duration>,
 ) -> Result<Value, ConnectorError> {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(ConnectorError::RateLimited { retry_after });
-    }
-    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        return Err(ConnectorError::Transient(format!("{what}: HTTP {status}")));
-    }
     if !status.is_success() {
-        return Err(ConnectorError::Permanent(format!("{what}: HTTP {status}")));
+        return Err(http::status_error(what, status, retry_after, None));
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| ConnectorError::Decode {
         message: format!("{what}: the answer is not JSON ({e})"),
