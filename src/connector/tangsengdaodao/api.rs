@@ -47,15 +47,15 @@ const ACCOUNT_REFUSALS: &[&str] = &["该用户已被禁用", "此账号已经被
 
 /// Why a channel-sync window could not be read.
 #[derive(Debug)]
-pub enum WindowError {
+pub enum SeqWindowError {
     /// HTTP 500 with an empty body: the handler panicked on something in the window.
     Panic,
     Other(ConnectorError),
 }
 
-impl From<ConnectorError> for WindowError {
+impl From<ConnectorError> for SeqWindowError {
     fn from(e: ConnectorError) -> Self {
-        WindowError::Other(e)
+        SeqWindowError::Other(e)
     }
 }
 
@@ -131,11 +131,11 @@ impl Api {
         channel: &str,
         token: &Secret,
         body: &Value,
-    ) -> Result<Value, WindowError> {
+    ) -> Result<Value, SeqWindowError> {
         let what = self.what(CHANNEL_SYNC, Some(channel));
         let response = self.send(CHANNEL_SYNC, &what, Some(token), body).await?;
         if is_panic(response.status, &response.body) {
-            return Err(WindowError::Panic);
+            return Err(SeqWindowError::Panic);
         }
         Ok(classify(
             &what,

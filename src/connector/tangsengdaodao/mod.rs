@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use self::api::{Api, WindowError};
+use self::api::{Api, SeqWindowError};
 use self::session::{Session, SessionFile};
 use super::cursor;
 use super::http::HttpClient;
@@ -122,7 +122,8 @@ pub struct TsddConnector {
     auth: TsddAuth,
     device_flag: u8,
     device_id: String,
-    window: u64,
+    /// Seqs per channel-sync window (`page_size`).
+    window_width: u64,
     token: RwLock<Option<Secret>>,
     /// Where a password login's token is kept between runs; `None`: this process only.
     session: Option<SessionFile>,
@@ -144,14 +145,14 @@ impl fmt::Debug for TsddConnector {
             .field("session_file", &self.session.as_ref().map(|s| s.path()))
             .field("device_flag", &self.device_flag)
             .field("device_id", &self.device_id)
-            .field("window", &self.window)
+            .field("window_width", &self.window_width)
             .finish()
     }
 }
 
 /// What one channel-sync window yielded.
 #[derive(Debug, Default)]
-struct WindowRead {
+struct SeqWindowRead {
     records: Vec<Value>,
     /// Seqs the server cannot serve (it panics on them).
     unreadable: BTreeSet<u64>,
@@ -184,7 +185,7 @@ impl TsddConnector {
             auth: cfg.auth.clone(),
             device_flag: cfg.device_flag,
             device_id: device_id(source.name.as_str(), username),
-            window: u64::from(cfg.page_size).clamp(1, MAX_WINDOW),
+            window_width: u64::from(cfg.page_size).clamp(1, MAX_WINDOW),
             token: RwLock::new(token),
             session: None,
             state: Mutex::new(RunState::default()),
@@ -244,7 +245,7 @@ impl TsddConnector {
             return unchanged();
         }
 
-        let window = Window::after(after, self.window);
+        let window = SeqWindow::after(after, self.window_width);
         let read = self
             .read_window(channel, &token, window, request.attempt)
             .await?;
@@ -267,7 +268,7 @@ impl TsddConnector {
                 return unchanged();
             }
         }
-        let window = Window {
+        let window = SeqWindow {
             end: read.end,
             width: read.end - window.start,
             ..window
@@ -341,22 +342,22 @@ impl TsddConnector {
                 seq: newest,
                 checked: true,
             },
-            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+            Err(SeqWindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
                 // The newest message itself cannot be served. Read one window past the
                 // cursor in this run (narrowing records what cannot be read), no further.
                 warn!(channel = %channel.id, "the newest message of this channel cannot be read (HTTP 500); reading one window");
                 Target {
-                    seq: after + self.window,
+                    seq: after + self.window_width,
                     checked: true,
                 }
             }
-            Err(WindowError::Panic) => {
+            Err(SeqWindowError::Panic) => {
                 return Err(ConnectorError::Transient(format!(
                     "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
                     self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
                 )))
             }
-            Err(WindowError::Other(e)) => return Err(e),
+            Err(SeqWindowError::Other(e)) => return Err(e),
         };
         self.state().targets.insert(channel.clone(), target);
         Ok(target)
@@ -384,27 +385,27 @@ impl TsddConnector {
                 }
                 Target { seq, checked: true }
             }
-            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+            Err(SeqWindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
                 return Err(ConnectorError::Permanent(format!(
                     "{}: the window after seq {after} is empty and the newest message cannot be \
                      read (HTTP 500), so where the channel ends is unknown; nothing was skipped",
                     self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
                 )))
             }
-            Err(WindowError::Panic) => {
+            Err(SeqWindowError::Panic) => {
                 return Err(ConnectorError::Transient(format!(
                     "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
                     self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
                 )))
             }
-            Err(WindowError::Other(e)) => return Err(e),
+            Err(SeqWindowError::Other(e)) => return Err(e),
         };
         self.state().targets.insert(channel.clone(), checked);
         Ok(checked)
     }
 
     /// The newest visible seq of a channel (0 when none): `{start:0, end:0, limit:1}`.
-    async fn probe_newest(&self, channel: &Channel, token: &Secret) -> Result<u64, WindowError> {
+    async fn probe_newest(&self, channel: &Channel, token: &Secret) -> Result<u64, SeqWindowError> {
         let body = json!({
             "channel_id": channel.id,
             "channel_type": channel.channel_type,
@@ -444,7 +445,7 @@ impl TsddConnector {
         token: &Secret,
         start: u64,
         end: u64,
-    ) -> Result<Value, WindowError> {
+    ) -> Result<Value, SeqWindowError> {
         let body = json!({
             "channel_id": channel.id,
             "channel_type": channel.channel_type,
@@ -462,9 +463,9 @@ impl TsddConnector {
         &self,
         channel: &Channel,
         token: &Secret,
-        window: Window,
+        window: SeqWindow,
         attempt: u32,
-    ) -> Result<WindowRead, ConnectorError> {
+    ) -> Result<SeqWindowRead, ConnectorError> {
         match self
             .request_window(channel, token, window.start, window.end)
             .await
@@ -472,24 +473,24 @@ impl TsddConnector {
             Ok(response) => {
                 let records = self.messages_of(&response, channel)?.to_vec();
                 let not_member = records.is_empty() && not_member_echo(&response, window.end);
-                Ok(WindowRead {
+                Ok(SeqWindowRead {
                     records,
                     unreadable: BTreeSet::new(),
                     end: window.end,
                     not_member,
                 })
             }
-            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+            Err(SeqWindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
                 self.narrow(channel, token, window).await
             }
-            Err(WindowError::Panic) => Err(ConnectorError::Transient(format!(
+            Err(SeqWindowError::Panic) => Err(ConnectorError::Transient(format!(
                 "{}: HTTP 500 with an empty body for seqs {}-{} (a panic in the server's handler); \
                  a window that keeps failing is narrowed to the seqs it cannot serve",
                 self.api.what(api::CHANNEL_SYNC, Some(&channel.id)),
                 window.start,
                 window.end - 1
             ))),
-            Err(WindowError::Other(e)) => Err(e),
+            Err(SeqWindowError::Other(e)) => Err(e),
         }
     }
 
@@ -504,11 +505,11 @@ impl TsddConnector {
         &self,
         channel: &Channel,
         token: &Secret,
-        window: Window,
-    ) -> Result<WindowRead, ConnectorError> {
-        let mut read = WindowRead {
+        window: SeqWindow,
+    ) -> Result<SeqWindowRead, ConnectorError> {
+        let mut read = SeqWindowRead {
             end: window.end,
-            ..WindowRead::default()
+            ..SeqWindowRead::default()
         };
         // unresolved ranges, the lowest on top
         let mut stack = vec![(window.start, window.end)];
@@ -521,7 +522,7 @@ impl TsddConnector {
             }
             requests += 1;
             let mut answer = self.request_window(channel, token, lo, hi).await;
-            if hi - lo == 1 && matches!(answer, Err(WindowError::Panic)) {
+            if hi - lo == 1 && matches!(answer, Err(SeqWindowError::Panic)) {
                 requests += 1;
                 answer = self.request_window(channel, token, lo, hi).await;
             }
@@ -531,15 +532,15 @@ impl TsddConnector {
                     read.records
                         .extend(self.messages_of(&response, channel)?.iter().cloned());
                 }
-                Err(WindowError::Panic) if hi - lo == 1 => {
+                Err(SeqWindowError::Panic) if hi - lo == 1 => {
                     read.unreadable.insert(lo);
                 }
-                Err(WindowError::Panic) => {
+                Err(SeqWindowError::Panic) => {
                     let mid = lo + (hi - lo) / 2;
                     stack.push((mid, hi));
                     stack.push((lo, mid));
                 }
-                Err(WindowError::Other(e)) => return Err(e),
+                Err(SeqWindowError::Other(e)) => return Err(e),
             }
         }
         read.end = stack.last().map_or(window.end, |&(lo, _)| lo);
@@ -999,7 +1000,7 @@ fn merge_runs(seqs: &[u64]) -> Vec<(u64, u64)> {
 
 /// One forward channel-sync window `[start, end)` of `width` seqs after a cursor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Window {
+struct SeqWindow {
     after: u64,
     start: u64,
     end: u64,
@@ -1007,16 +1008,16 @@ struct Window {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct WindowOutcome {
+struct SeqWindowOutcome {
     /// The new cursor: every seq ≤ `next` is covered.
     next: u64,
     /// Missing seq ranges, inclusive, merged.
     gaps: Vec<(u64, u64)>,
 }
 
-impl Window {
-    fn after(after: u64, width: u64) -> Window {
-        Window {
+impl SeqWindow {
+    fn after(after: u64, width: u64) -> SeqWindow {
+        SeqWindow {
             after,
             start: after + 1,
             end: after + 1 + width,
@@ -1027,7 +1028,7 @@ impl Window {
     /// Where the cursor goes once the window's messages (`seen` seqs) are in hand: up to the
     /// target, or further when new messages above it arrived; every seq below that which
     /// upstream did not return is a gap. Short or empty pages are normal (hidden history).
-    fn outcome(&self, target: u64, seen: &BTreeSet<u64>) -> WindowOutcome {
+    fn outcome(&self, target: u64, seen: &BTreeSet<u64>) -> SeqWindowOutcome {
         let last = self.end - 1;
         let newest_seen = seen.range(self.start..=last).next_back().copied();
         let next = last
@@ -1045,7 +1046,7 @@ impl Window {
         if expected <= next {
             gaps.push((expected, next));
         }
-        WindowOutcome { next, gaps }
+        SeqWindowOutcome { next, gaps }
     }
 }
 
