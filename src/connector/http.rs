@@ -91,6 +91,8 @@ impl HttpClient {
         })
     }
 
+    /// A smaller bound than [`DEFAULT_MAX_BODY`] (tests of the bound).
+    #[cfg(test)]
     pub fn with_max_body(mut self, max_body: usize) -> Self {
         self.max_body = max_body;
         self
@@ -408,6 +410,46 @@ mod tests {
             .decode(raw["base64"].as_str().unwrap())
             .unwrap();
         assert_eq!(kept, long.as_bytes()[..MAX_RAW_BODY]);
+    }
+
+    /// A body over the bound is refused, whether its length is announced or it is streamed.
+    #[tokio::test]
+    async fn a_body_over_the_bound_is_refused() {
+        use axum::body::{Body, Bytes};
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route("/small", get(|| async { "x".repeat(1000) }))
+            .route("/big", get(|| async { "x".repeat(1025) }))
+            .route(
+                "/streamed",
+                get(|| async {
+                    let chunks =
+                        (0..5).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 300])));
+                    Body::from_stream(futures::stream::iter(chunks))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = HttpClient::new(0.0, Duration::from_secs(5))
+            .unwrap()
+            .with_max_body(1024);
+        let get = |path: &'static str| {
+            let request = client.request(reqwest::Method::GET, &format!("http://{addr}{path}"));
+            client.send(request, path)
+        };
+        assert_eq!(get("/small").await.unwrap().body.len(), 1000);
+        for path in ["/big", "/streamed"] {
+            match get(path).await {
+                Err(ConnectorError::Permanent(text)) => {
+                    assert!(text.contains("exceeds the limit of 1024 bytes"), "{text}")
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!(client.stats().requests(), 3);
+        assert_eq!(client.stats().failures.load(Ordering::Relaxed), 2);
+        server.abort();
     }
 
     #[tokio::test]

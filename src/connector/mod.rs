@@ -45,8 +45,10 @@ pub enum ConnectorError {
     Decode { message: String, raw: Option<Value> },
 }
 
+#[cfg(test)]
 impl ConnectorError {
-    /// Whether repeating the same request may succeed.
+    /// Whether repeating the same request may succeed (for tests of a classification; the
+    /// engine matches the variants itself).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
