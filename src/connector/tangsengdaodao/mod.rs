@@ -163,6 +163,21 @@ struct SeqWindowRead {
     not_member: bool,
 }
 
+impl SeqWindowRead {
+    /// Whether the newest seq read (a record or an unreadable seq) falls short of the end of
+    /// the window that starts at `start`.
+    fn ends_short(&self, start: u64) -> bool {
+        let newest = self
+            .records
+            .iter()
+            .filter_map(map::lenient_seq)
+            .chain(self.unreadable.iter().copied())
+            .filter(|seq| (start..self.end).contains(seq))
+            .max();
+        newest.is_none_or(|seq| seq + 1 < self.end)
+    }
+}
+
 impl TsddConnector {
     pub fn new(source: &SourceConfig, cfg: &TsddConfig, http: HttpClient) -> anyhow::Result<Self> {
         if !matches!(cfg.device_flag, 1 | 2) {
@@ -235,37 +250,53 @@ impl TsddConnector {
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
         let after = parse_seq_cursor(request.cursor, request.feed, &self.source)?;
-        let unchanged = || {
+        let Some((window, read, target)) = self
+            .read_after(channel, &token, after, request.attempt)
+            .await?
+        else {
             // nothing to read: the stored cursor stays as it is
             let cursor = request.cursor.cloned().unwrap_or_else(|| seq_cursor(after));
-            Ok(Fetched::empty(cursor, true))
+            return Ok(Fetched::empty(cursor, true));
         };
-        let mut target = self.target(channel, &token, after, request.attempt).await?;
-        if after >= target.seq {
-            return unchanged();
-        }
+        let names = self.state().names.clone();
+        let mut fetched = Fetched::empty(seq_cursor(after), false);
+        let seen = map_records(&channel.id, &read, &names, &mut fetched);
+        let outcome = window.outcome(target.seq, &seen);
+        fetched.gaps = window_gaps(
+            &request.conversation.conversation_id,
+            &window,
+            &read,
+            &outcome,
+        );
+        fetched.next_cursor = seq_cursor(outcome.next);
+        fetched.done = outcome.next >= target.seq;
+        Ok(fetched)
+    }
 
+    /// Read the window after `after`: the window as far as it was read, what it yielded,
+    /// and the target paging goes to. `None` when the channel has nothing after `after`.
+    async fn read_after(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        after: u64,
+        attempt: u32,
+    ) -> Result<Option<(SeqWindow, SeqWindowRead, Target)>, ConnectorError> {
+        let mut target = self.target(channel, token, after, attempt).await?;
+        if after >= target.seq {
+            return Ok(None);
+        }
         let window = SeqWindow::after(after, self.window_width);
-        let read = self
-            .read_window(channel, &token, window, request.attempt)
-            .await?;
-        let newest_read = read
-            .records
-            .iter()
-            .filter_map(map::lenient_seq)
-            .chain(read.unreadable.iter().copied())
-            .filter(|seq| (window.start..read.end).contains(seq))
-            .max();
-        let short = newest_read.is_none_or(|seq| seq + 1 < read.end);
-        if short && !target.checked && target.seq >= read.end {
+        let read = self.read_window(channel, token, window, attempt).await?;
+        if read.ends_short(window.start) && !target.checked && target.seq >= read.end {
             // The window ends early although the unchecked target lies beyond it: the newest
             // message decides whether this is hidden history (gaps) or the end of the
             // channel, so an absurd target cannot page empty windows for ever.
             target = self
-                .check_target(channel, &token, target, after, request.attempt)
+                .check_target(channel, token, target, after, attempt)
                 .await?;
             if after >= target.seq {
-                return unchanged();
+                return Ok(None);
             }
         }
         let window = SeqWindow {
@@ -273,56 +304,7 @@ impl TsddConnector {
             width: read.end - window.start,
             ..window
         };
-
-        let names = self.state().names.clone();
-        let mut fetched = Fetched::empty(seq_cursor(after), false);
-        let mut seen: BTreeSet<u64> = read.unreadable.clone();
-        for record in &read.records {
-            match map::map_message(&channel.id, record, &names) {
-                Ok(mapped) => {
-                    seen.insert(mapped.seq);
-                    fetched.messages.push(mapped.observation);
-                    fetched.quarantine.extend(mapped.quarantine);
-                }
-                Err(reason) => {
-                    // kept in quarantine, so its seq is not also reported missing
-                    if let Some(seq) = map::lenient_seq(record) {
-                        seen.insert(seq);
-                    }
-                    fetched.quarantine.push(QuarantineRecord {
-                        reason: format!("tsdd channel {}: {reason}", channel.id),
-                        raw: record.clone(),
-                    });
-                }
-            }
-        }
-
-        let outcome = window.outcome(target.seq, &seen);
-        let reason = if read.not_member {
-            NOT_MEMBER_REASON
-        } else {
-            GAP_REASON
-        };
-        let gap = |(from, to): (u64, u64), reason: &str| SeqGap {
-            conversation_id: request.conversation.conversation_id.clone(),
-            from_seq: from as i64,
-            to_seq: to as i64,
-            reason: reason.to_string(),
-        };
-        fetched.gaps = outcome.gaps.into_iter().map(|g| gap(g, reason)).collect();
-        let unreadable: Vec<u64> = read
-            .unreadable
-            .range(window.start..=outcome.next)
-            .copied()
-            .collect();
-        fetched.gaps.extend(
-            merge_runs(&unreadable)
-                .into_iter()
-                .map(|g| gap(g, PANIC_REASON)),
-        );
-        fetched.next_cursor = seq_cursor(outcome.next);
-        fetched.done = outcome.next >= target.seq;
-        Ok(fetched)
+        Ok(Some((window, read, target)))
     }
 
     /// Where paging of `channel` stops in this run: remembered from discovery or an earlier
@@ -984,6 +966,74 @@ fn next_extras_source(source: &str) -> String {
         Some(base) => base.to_string(),
         None => format!("{source}{EXTRAS_ALT_SUFFIX}"),
     }
+}
+
+/// Map a window's records into `fetched` (a record that cannot be mapped is quarantined).
+/// Returns the seqs accounted for: mapped, quarantined or unreadable, so that none of them
+/// is also reported missing.
+fn map_records(
+    channel_id: &str,
+    read: &SeqWindowRead,
+    names: &HashMap<String, String>,
+    fetched: &mut Fetched,
+) -> BTreeSet<u64> {
+    let mut seen: BTreeSet<u64> = read.unreadable.clone();
+    for record in &read.records {
+        match map::map_message(channel_id, record, names) {
+            Ok(mapped) => {
+                seen.insert(mapped.seq);
+                fetched.messages.push(mapped.observation);
+                fetched.quarantine.extend(mapped.quarantine);
+            }
+            Err(reason) => {
+                if let Some(seq) = map::lenient_seq(record) {
+                    seen.insert(seq);
+                }
+                fetched.quarantine.push(QuarantineRecord {
+                    reason: format!("tsdd channel {channel_id}: {reason}"),
+                    raw: record.clone(),
+                });
+            }
+        }
+    }
+    seen
+}
+
+/// The gaps a window read leaves at or below the new cursor: the seqs upstream did not
+/// return (hidden history, or a group the account is no longer in) and the seqs it cannot
+/// serve.
+fn window_gaps(
+    conversation_id: &str,
+    window: &SeqWindow,
+    read: &SeqWindowRead,
+    outcome: &SeqWindowOutcome,
+) -> Vec<SeqGap> {
+    let gap = |(from, to): (u64, u64), reason: &str| SeqGap {
+        conversation_id: conversation_id.to_string(),
+        from_seq: from as i64,
+        to_seq: to as i64,
+        reason: reason.to_string(),
+    };
+    let missing = if read.not_member {
+        NOT_MEMBER_REASON
+    } else {
+        GAP_REASON
+    };
+    let unreadable: Vec<u64> = read
+        .unreadable
+        .range(window.start..=outcome.next)
+        .copied()
+        .collect();
+    outcome
+        .gaps
+        .iter()
+        .map(|&g| gap(g, missing))
+        .chain(
+            merge_runs(&unreadable)
+                .into_iter()
+                .map(|g| gap(g, PANIC_REASON)),
+        )
+        .collect()
 }
 
 /// Ascending seqs as inclusive runs of consecutive values.
