@@ -294,82 +294,31 @@ impl YunhuConnector {
     /// and [`MAX_EDIT_BYTES`]. A record cut short keeps what was read and says so in a
     /// quarantine record.
     async fn edit_history(&self, chat: &Chat, want: &Wanted) -> Result<History, ConnectorError> {
-        let msg_id = want.id.as_str();
+        let label = format!("yunhu chat {} message {}", chat.id, want.id);
         let mut history = History::default();
-        let mut records = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut rows_read = 0usize;
-        let mut bytes = 0usize;
-        let mut total: Option<u64> = None;
+        let mut read = EditRecordRead::default();
         let mut cut: Option<String> = None;
         for page in 1..=MAX_EDIT_PAGES {
             history.requests += 1;
-            let data = self
-                .api
-                .post_json(
-                    EDIT_RECORD,
-                    Some(&chat.id),
-                    &self.token,
-                    &json!({"msgId": msg_id, "size": EDIT_PAGE_SIZE, "page": page}),
-                )
-                .await?;
-            let rows = match data.get("list") {
-                Some(Value::Array(rows)) => rows.clone(),
-                None | Some(Value::Null) => Vec::new(),
-                Some(_) => {
-                    return Err(ConnectorError::Decode {
-                        message: format!(
-                            "{}: list is not an array",
-                            self.api.what(EDIT_RECORD, Some(&chat.id))
-                        ),
-                        raw: Some(data),
-                    })
-                }
-            };
-            if let Some(t) = data.get("total").and_then(Value::as_u64) {
-                total = Some(t);
+            let (rows, total) = self.edit_record_page(chat, &want.id, page).await?;
+            if total.is_some() {
+                read.total = total;
             }
             if rows.is_empty() {
                 break;
             }
-            let mut new_rows = 0;
-            for row in &rows {
-                // A row is known by its id and edit time; a page that repeats rows (upstream
-                // ignoring `page`, or rows shifting while new edits arrive) adds nothing.
-                let key = match (row.get("id"), row.get("msgTime")) {
-                    (Some(id), Some(t)) => format!("{id}/{t}"),
-                    _ => row.to_string(),
-                };
-                if !seen.insert(key) {
-                    continue;
-                }
-                new_rows += 1;
-                rows_read += 1;
-                bytes += row.to_string().len();
-                if rows_read > MAX_EDIT_ROWS {
-                    cut = Some(format!("it has more than {MAX_EDIT_ROWS} rows"));
+            match read.take(&rows, &want.current, &label, &mut history.quarantine) {
+                Err(why) => {
+                    cut = Some(why);
                     break;
                 }
-                if bytes > MAX_EDIT_BYTES {
-                    cut = Some(format!("its rows exceed {MAX_EDIT_BYTES} bytes"));
+                Ok(0) => {
+                    cut = Some(format!("page {page} repeats rows already read"));
                     break;
                 }
-                match map::edit_record(row, &want.current) {
-                    Ok(r) => records.push(r),
-                    Err(reason) => history.quarantine.push(QuarantineRecord {
-                        reason: format!("yunhu chat {} message {msg_id}: {reason}", chat.id),
-                        raw: row.clone(),
-                    }),
-                }
+                Ok(_) => {}
             }
-            if cut.is_some() {
-                break;
-            }
-            if new_rows == 0 {
-                cut = Some(format!("page {page} repeats rows already read"));
-                break;
-            }
-            if total.is_some_and(|t| rows_read as u64 >= t) {
+            if read.total.is_some_and(|t| read.rows_read as u64 >= t) {
                 break;
             }
             if page == MAX_EDIT_PAGES {
@@ -377,20 +326,43 @@ impl YunhuConnector {
             }
         }
         if let Some(why) = cut {
-            history.quarantine.push(QuarantineRecord {
-                reason: format!(
-                    "yunhu chat {} message {msg_id}: edit record not read to its end ({why}); \
-                     the earlier versions of {} rows are archived",
-                    chat.id,
-                    records.len()
-                ),
-                raw: json!({"chat_id": chat.id, "msg_id": msg_id, "total": total,
-                            "rows_read": rows_read.min(MAX_EDIT_ROWS), "bytes_read": bytes}),
-            });
+            history
+                .quarantine
+                .push(read.cut_short(chat, &want.id, &label, &why));
         }
-        records.sort_by_key(|r| (r.edited_ms, r.id));
-        history.versions = records.into_iter().map(|r| r.version).collect();
+        history.versions = read.versions();
         Ok(history)
+    }
+
+    /// One page of a message's edit record: its rows (none when `list` is `null` or
+    /// absent) and `total`, when upstream gave it.
+    async fn edit_record_page(
+        &self,
+        chat: &Chat,
+        msg_id: &str,
+        page: u32,
+    ) -> Result<(Vec<Value>, Option<u64>), ConnectorError> {
+        let data = self
+            .api
+            .post_json(
+                EDIT_RECORD,
+                Some(&chat.id),
+                &self.token,
+                &json!({"msgId": msg_id, "size": EDIT_PAGE_SIZE, "page": page}),
+            )
+            .await?;
+        let total = data.get("total").and_then(Value::as_u64);
+        match data.get("list") {
+            Some(Value::Array(rows)) => Ok((rows.clone(), total)),
+            None | Some(Value::Null) => Ok((Vec::new(), total)),
+            Some(_) => Err(ConnectorError::Decode {
+                message: format!(
+                    "{}: list is not an array",
+                    self.api.what(EDIT_RECORD, Some(&chat.id))
+                ),
+                raw: Some(data),
+            }),
+        }
     }
 
     /// Whether a pass has covered the trailing window after `covered` messages, the oldest
@@ -708,6 +680,80 @@ struct History {
     versions: Vec<EarlierVersion>,
     quarantine: Vec<QuarantineRecord>,
     requests: u32,
+}
+
+/// How far a message's edit record has been read.
+#[derive(Default)]
+struct EditRecordRead {
+    records: Vec<map::EditRecord>,
+    /// The rows read so far, by id and edit time.
+    seen: HashSet<String>,
+    rows_read: usize,
+    bytes: usize,
+    /// The rows the record has, as upstream last said.
+    total: Option<u64>,
+}
+
+impl EditRecordRead {
+    /// Take a page's rows: each new one becomes an earlier version (or, when it cannot be
+    /// read, a quarantine record labelled `label`). Returns how many rows were new, or why
+    /// the record is cut short here (past [`MAX_EDIT_ROWS`] or [`MAX_EDIT_BYTES`]).
+    fn take(
+        &mut self,
+        rows: &[Value],
+        current: &map::Current,
+        label: &str,
+        quarantine: &mut Vec<QuarantineRecord>,
+    ) -> Result<usize, String> {
+        let mut new_rows = 0;
+        for row in rows {
+            // A row is known by its id and edit time; a page that repeats rows (upstream
+            // ignoring `page`, or rows shifting while new edits arrive) adds nothing.
+            let key = match (row.get("id"), row.get("msgTime")) {
+                (Some(id), Some(t)) => format!("{id}/{t}"),
+                _ => row.to_string(),
+            };
+            if !self.seen.insert(key) {
+                continue;
+            }
+            new_rows += 1;
+            self.rows_read += 1;
+            self.bytes += row.to_string().len();
+            if self.rows_read > MAX_EDIT_ROWS {
+                return Err(format!("it has more than {MAX_EDIT_ROWS} rows"));
+            }
+            if self.bytes > MAX_EDIT_BYTES {
+                return Err(format!("its rows exceed {MAX_EDIT_BYTES} bytes"));
+            }
+            match map::edit_record(row, current) {
+                Ok(r) => self.records.push(r),
+                Err(reason) => quarantine.push(QuarantineRecord {
+                    reason: format!("{label}: {reason}"),
+                    raw: row.clone(),
+                }),
+            }
+        }
+        Ok(new_rows)
+    }
+
+    /// The quarantine record of a record not read to its end, and why.
+    fn cut_short(&self, chat: &Chat, msg_id: &str, label: &str, why: &str) -> QuarantineRecord {
+        QuarantineRecord {
+            reason: format!(
+                "{label}: edit record not read to its end ({why}); the earlier versions of {} \
+                 rows are archived",
+                self.records.len()
+            ),
+            raw: json!({"chat_id": chat.id, "msg_id": msg_id, "total": self.total,
+                        "rows_read": self.rows_read.min(MAX_EDIT_ROWS), "bytes_read": self.bytes}),
+        }
+    }
+
+    /// The earlier versions read, oldest first.
+    fn versions(mut self) -> Vec<EarlierVersion> {
+        self.records.sort_by_key(|r| (r.edited_ms, r.id));
+        self.records.into_iter().map(|r| r.version).collect()
+    }
 }
 
 /// A request body already encoded.
