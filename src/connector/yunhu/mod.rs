@@ -372,6 +372,66 @@ fn chat_of(
     })
 }
 
+/// A changed conversation list: every listed chat is discovered (an entry without a
+/// `chat_id` is quarantined), and `state` takes the list's md5 and each chat's fingerprint
+/// and announced time.
+fn take_list(
+    list: &pb::ConversationListResponse,
+    state: &mut DiscoveryState,
+    discovery: &mut Discovery,
+    listed: &mut HashSet<String>,
+) {
+    let mut fingerprints = BTreeMap::new();
+    let mut times = BTreeMap::new();
+    for d in &list.data {
+        if d.chat_id.is_empty() {
+            discovery.quarantine.push(QuarantineRecord {
+                reason: "yunhu conversation list: an entry has no chat_id".into(),
+                raw: raw_body(&d.encode_to_vec()),
+            });
+            continue;
+        }
+        fingerprints.insert(d.chat_id.clone(), fingerprint(d));
+        times.insert(d.chat_id.clone(), announced_ms(d));
+        listed.insert(d.chat_id.clone());
+        discovery.conversations.push(map::conversation(
+            &d.chat_id,
+            d.chat_type,
+            &d.name,
+            &d.remark,
+            &d.avatar_url,
+            d.certification_level,
+        ));
+    }
+    state.md5 = list.md5.clone();
+    state.chats = fingerprints;
+    state.times = times;
+}
+
+/// The address book's chats that the conversation list did not show.
+fn take_address_book(
+    book: &pb::AddressBookListResponse,
+    discovery: &mut Discovery,
+    listed: &mut HashSet<String>,
+) {
+    for section in &book.data {
+        for entry in &section.data {
+            if entry.chat_id.is_empty() || listed.contains(&entry.chat_id) {
+                continue;
+            }
+            listed.insert(entry.chat_id.clone());
+            discovery.conversations.push(map::conversation(
+                &entry.chat_id,
+                section.chat_type,
+                &entry.name,
+                &entry.remark,
+                &entry.avatar_url,
+                0,
+            ));
+        }
+    }
+}
+
 /// A short hash of the list facts that change with a chat's latest message.
 fn fingerprint(d: &pb::ConversationData) -> String {
     let digest = Sha256::digest(format!(
@@ -433,50 +493,11 @@ impl Connector for YunhuConnector {
         let mut discovery = Discovery::default();
         let mut listed = HashSet::new();
         if !list_unchanged {
-            let mut fingerprints = BTreeMap::new();
-            let mut times = BTreeMap::new();
-            for d in &list.data {
-                if d.chat_id.is_empty() {
-                    discovery.quarantine.push(QuarantineRecord {
-                        reason: "yunhu conversation list: an entry has no chat_id".into(),
-                        raw: raw_body(&d.encode_to_vec()),
-                    });
-                    continue;
-                }
-                fingerprints.insert(d.chat_id.clone(), fingerprint(d));
-                times.insert(d.chat_id.clone(), announced_ms(d));
-                listed.insert(d.chat_id.clone());
-                discovery.conversations.push(map::conversation(
-                    &d.chat_id,
-                    d.chat_type,
-                    &d.name,
-                    &d.remark,
-                    &d.avatar_url,
-                    d.certification_level,
-                ));
-            }
-            state.md5 = list.md5.clone();
-            state.chats = fingerprints;
-            state.times = times;
+            take_list(&list, &mut state, &mut discovery, &mut listed);
         }
         if sweep {
             let book = self.address_book().await?;
-            for section in &book.data {
-                for entry in &section.data {
-                    if entry.chat_id.is_empty() || listed.contains(&entry.chat_id) {
-                        continue;
-                    }
-                    listed.insert(entry.chat_id.clone());
-                    discovery.conversations.push(map::conversation(
-                        &entry.chat_id,
-                        section.chat_type,
-                        &entry.name,
-                        &entry.remark,
-                        &entry.avatar_url,
-                        0,
-                    ));
-                }
-            }
+            take_address_book(&book, &mut discovery, &mut listed);
             state.address_book_at = now;
         } else {
             // A chat waits while its history is complete and was read at the list entry
