@@ -150,6 +150,16 @@ impl fmt::Debug for TsddConnector {
     }
 }
 
+/// One page of a change feed, mapped.
+struct ChangePage<T> {
+    observations: Vec<T>,
+    quarantine: Vec<QuarantineRecord>,
+    /// The highest feed position (`extra_version`, reaction `seq`) among the mapped rows.
+    newest: Option<i64>,
+    /// Fewer rows than asked for: the feed has nothing more now.
+    last: bool,
+}
+
 /// What one channel-sync window yielded.
 #[derive(Debug, Default)]
 struct SeqWindowRead {
@@ -572,26 +582,16 @@ impl TsddConnector {
             "source": source,
             "limit": CHANGE_PAGE_LIMIT,
         });
-        let response = self
-            .api
-            .post(api::EXTRA_SYNC, Some(&channel.id), &token, &body)
+        let conversation = &request.conversation.conversation_id;
+        let page = self
+            .change_page(channel, &token, api::EXTRA_SYNC, &body, |row| {
+                map::map_extra(conversation, row)
+            })
             .await?;
-        let rows = self.rows(&response, api::EXTRA_SYNC, &channel.id)?;
-        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
-        let mut next = version;
-        for row in rows {
-            match map::map_extra(&request.conversation.conversation_id, row) {
-                Ok((observation, row_version)) => {
-                    next = next.max(row_version);
-                    fetched.messages.push(observation);
-                }
-                Err(reason) => fetched.quarantine.push(QuarantineRecord {
-                    reason: format!("tsdd channel {}: {reason}", channel.id),
-                    raw: row.clone(),
-                }),
-            }
-        }
-        fetched.done = rows.len() < CHANGE_PAGE_LIMIT || next <= version;
+        let next = page.newest.map_or(version, |n| n.max(version));
+        let mut fetched = Fetched::empty(Cursor(Value::Null), page.last || next <= version);
+        fetched.messages = page.observations;
+        fetched.quarantine = page.quarantine;
         let source = if next > version {
             next_extras_source(&source)
         } else {
@@ -619,48 +619,64 @@ impl TsddConnector {
             "seq": after.max(1),
             "limit": CHANGE_PAGE_LIMIT,
         });
-        let response = self
-            .api
-            .post(api::REACTION_SYNC, Some(&channel.id), &token, &body)
+        let conversation = &request.conversation.conversation_id;
+        let page = self
+            .change_page(channel, &token, api::REACTION_SYNC, &body, |row| {
+                map::map_reaction(conversation, row)
+            })
             .await?;
-        let rows = self.rows(&response, api::REACTION_SYNC, &channel.id)?;
-        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
-        let mut next = after;
+        let newest = page.newest.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        let next = after.max(newest);
+        let mut fetched = Fetched::empty(seq_cursor(next), page.last || next <= after);
+        fetched.reactions = page.observations;
+        fetched.quarantine = page.quarantine;
+        Ok(fetched)
+    }
+
+    /// One page of a change feed (extra or reaction sync): `body` posted to `path`, whose
+    /// answer must be a JSON array (`null` reads as empty), each row mapped by `map` to an
+    /// observation and its position in the feed, or quarantined with the reason.
+    async fn change_page<T>(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        path: &str,
+        body: &Value,
+        map: impl Fn(&Value) -> Result<(T, i64), String>,
+    ) -> Result<ChangePage<T>, ConnectorError> {
+        let response = self.api.post(path, Some(&channel.id), token, body).await?;
+        let rows: &[Value] = match &response {
+            Value::Array(rows) => rows,
+            Value::Null => &[],
+            other => {
+                return Err(ConnectorError::Decode {
+                    message: format!(
+                        "{}: response is not an array",
+                        self.api.what(path, Some(&channel.id))
+                    ),
+                    raw: Some(other.clone()),
+                })
+            }
+        };
+        let mut page = ChangePage {
+            observations: Vec::new(),
+            quarantine: Vec::new(),
+            newest: None,
+            last: rows.len() < CHANGE_PAGE_LIMIT,
+        };
         for row in rows {
-            match map::map_reaction(&request.conversation.conversation_id, row) {
-                Ok((observation, seq)) => {
-                    next = next.max(u64::try_from(seq).unwrap_or(0));
-                    fetched.reactions.push(observation);
+            match map(row) {
+                Ok((observation, position)) => {
+                    page.newest = Some(page.newest.map_or(position, |n| n.max(position)));
+                    page.observations.push(observation);
                 }
-                Err(reason) => fetched.quarantine.push(QuarantineRecord {
+                Err(reason) => page.quarantine.push(QuarantineRecord {
                     reason: format!("tsdd channel {}: {reason}", channel.id),
                     raw: row.clone(),
                 }),
             }
         }
-        fetched.done = rows.len() < CHANGE_PAGE_LIMIT || next <= after;
-        fetched.next_cursor = seq_cursor(next);
-        Ok(fetched)
-    }
-
-    /// A response that must be a JSON array (`null` reads as empty).
-    fn rows<'a>(
-        &self,
-        response: &'a Value,
-        path: &str,
-        channel: &str,
-    ) -> Result<&'a [Value], ConnectorError> {
-        match response {
-            Value::Array(rows) => Ok(rows),
-            Value::Null => Ok(&[]),
-            other => Err(ConnectorError::Decode {
-                message: format!(
-                    "{}: response is not an array",
-                    self.api.what(path, Some(channel))
-                ),
-                raw: Some(other.clone()),
-            }),
-        }
+        Ok(page)
     }
 
     /// `POST /v1/user/login` with the configured password; keeps the token.
