@@ -342,22 +342,12 @@ impl YunxinConnector {
         }
         let outcome = decide_no_sense(cur.sense.as_ref(), from, read.end, &only_flagged, &plain);
         for id in outcome.recalled {
-            fetched.messages.push(MessageObservation {
-                conversation_id: conv.to_string(),
-                message_id: id.clone(),
-                header: None,
-                content: None,
-                edited_at: None,
-                earlier_versions: Vec::new(),
-                recalled: Some(Mark {
-                    at: None,
-                    by: None,
-                    reason: Some(ONE_WAY.to_string()),
-                }),
-                deleted: None,
-                reactions: None,
-                raw: json!({"no_sense": true, "message_server_id": id, "detail": ONE_WAY}),
-            });
+            let mark = Mark {
+                reason: Some(ONE_WAY.to_string()),
+                ..Mark::default()
+            };
+            let raw = json!({"no_sense": true, "message_server_id": id, "detail": ONE_WAY});
+            fetched.messages.push(recall(conv, id, mark, raw));
         }
         cur.sense = Some(outcome.mark);
     }
@@ -374,27 +364,39 @@ impl YunxinConnector {
         self.memory().remove(&request.conversation.conversation_id);
         if let Some(rn) = request.conversation.metadata.get("revoke_notification") {
             if let Some(id) = map::int(rn, "server_id") {
-                messages.push(MessageObservation {
-                    conversation_id: request.conversation.conversation_id.clone(),
-                    message_id: id.to_string(),
-                    header: None,
-                    content: None,
-                    edited_at: None,
-                    earlier_versions: Vec::new(),
-                    recalled: Some(Mark {
-                        at: None,
-                        by: map::string(rn, "revoke_id").filter(|s| !s.is_empty()),
-                        reason: None,
-                    }),
-                    deleted: None,
-                    reactions: None,
-                    raw: json!({"revoke_notification": rn}),
-                });
+                let mark = Mark {
+                    by: map::string(rn, "revoke_id").filter(|s| !s.is_empty()),
+                    ..Mark::default()
+                };
+                let raw = json!({"revoke_notification": rn});
+                messages.push(recall(
+                    &request.conversation.conversation_id,
+                    id.to_string(),
+                    mark,
+                    raw,
+                ));
             }
         }
         let mut f = Fetched::empty(cur.to_cursor(), true);
         f.messages = messages;
         f
+    }
+}
+
+/// A recall of a message, and nothing else about it: the store sets the mark on the
+/// message it holds and changes nothing else.
+fn recall(conv: &str, message_id: String, mark: Mark, raw: Value) -> MessageObservation {
+    MessageObservation {
+        conversation_id: conv.to_string(),
+        message_id,
+        header: None,
+        content: None,
+        edited_at: None,
+        earlier_versions: Vec::new(),
+        recalled: Some(mark),
+        deleted: None,
+        reactions: None,
+        raw,
     }
 }
 
