@@ -56,6 +56,29 @@ impl Api {
         }
     }
 
+    /// `POST {base_url}{path}` with the token.
+    fn post(&self, path: &str, token: &Secret) -> reqwest::RequestBuilder {
+        self.http
+            .request(Method::POST, &format!("{}{path}", self.base_url))
+            .header("token", token.expose())
+    }
+
+    /// Send a request; the body of a 2xx answer, else the classified error.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Vec<u8>, ConnectorError> {
+        let response = self.http.send(request, what).await?;
+        check_http(
+            what,
+            response.status,
+            response.retry_after(),
+            &response.body,
+        )?;
+        Ok(response.body)
+    }
+
     /// A protobuf call: the raw response body once it is known to be protobuf (not a JSON
     /// error) on a 2xx.
     pub async fn post_proto<M: Message>(
@@ -67,22 +90,14 @@ impl Api {
     ) -> Result<Vec<u8>, ConnectorError> {
         let what = self.what(path, chat);
         let request = self
-            .http
-            .request(Method::POST, &format!("{}{path}", self.base_url))
-            .header("token", token.expose())
+            .post(path, token)
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
             .body(request.encode_to_vec());
-        let response = self.http.send(request, &what).await?;
-        check_http(
-            &what,
-            response.status,
-            response.retry_after(),
-            &response.body,
-        )?;
-        if looks_like_json(&response.body) {
-            return Err(json_error(&what, &response.body));
+        let body = self.send(request, &what).await?;
+        if looks_like_json(&body) {
+            return Err(json_error(&what, &body));
         }
-        Ok(response.body)
+        Ok(body)
     }
 
     /// A JSON call: the `data` of a `{"code":1,...}` answer.
@@ -94,23 +109,11 @@ impl Api {
         body: &Value,
     ) -> Result<Value, ConnectorError> {
         let what = self.what(path, chat);
-        let request = self
-            .http
-            .request(Method::POST, &format!("{}{path}", self.base_url))
-            .header("token", token.expose())
-            .json(body);
-        let response = self.http.send(request, &what).await?;
-        check_http(
-            &what,
-            response.status,
-            response.retry_after(),
-            &response.body,
-        )?;
-        let value: Value =
-            serde_json::from_slice(&response.body).map_err(|e| ConnectorError::Decode {
-                message: format!("{what}: response is not JSON: {e}"),
-                raw: Some(raw_body(&response.body)),
-            })?;
+        let body = self.send(self.post(path, token).json(body), &what).await?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| ConnectorError::Decode {
+            message: format!("{what}: response is not JSON: {e}"),
+            raw: Some(raw_body(&body)),
+        })?;
         match value.get("code").and_then(Value::as_i64) {
             Some(1) => Ok(value.get("data").cloned().unwrap_or(Value::Null)),
             Some(code) => Err(code_error(

@@ -411,17 +411,10 @@ impl YunhuConnector {
             return Ok(None);
         }
         Self::want_versions(&records, &|_| None, wanted);
-        let mut step = Step::default();
-        let mut above = None;
-        for m in &records.messages {
-            if let Some(above) = above {
-                if m.seq + 1 < above {
-                    step.gaps
-                        .push(gap(&chat.id, m.seq + 1, above - 1, GAP_REASON));
-                }
-            }
-            above = Some(m.seq);
-        }
+        let mut step = Step {
+            gaps: missing_between(&chat.id, None, &records.messages),
+            ..Step::default()
+        };
         if let Some(top) = records.messages.first() {
             c.newest_seq = top.seq;
             c.newest_id = top.observation.message_id.clone();
@@ -583,16 +576,11 @@ fn note_page(
         &|id| previous_edits.get(id).or_else(|| seen.get(id)).copied(),
         wanted,
     );
-    let mut above = pass.anchored().then_some(pass.anchor_seq);
-    for m in &records.messages {
-        if let Some(above) = above {
-            if m.seq + 1 < above {
-                step.gaps
-                    .push(gap(&chat.id, m.seq + 1, above - 1, GAP_REASON));
-            }
-        }
-        above = Some(m.seq);
-        if m.edit_time > 0 && !pass.backfill {
+    let above = pass.anchored().then_some(pass.anchor_seq);
+    step.gaps
+        .extend(missing_between(&chat.id, above, &records.messages));
+    if !pass.backfill {
+        for m in records.messages.iter().filter(|m| m.edit_time > 0) {
             pass.edits
                 .insert(m.observation.message_id.clone(), m.edit_time);
         }
@@ -790,6 +778,22 @@ impl fmt::Debug for RawRequest {
 struct PageRecords {
     messages: Vec<map::Mapped>,
     quarantine: Vec<QuarantineRecord>,
+}
+
+/// The seqs missing between messages listed newest first, and between `above` (a message
+/// above the first, when there is one) and the first.
+fn missing_between(chat_id: &str, above: Option<i64>, messages: &[map::Mapped]) -> Vec<SeqGap> {
+    let mut gaps = Vec::new();
+    let mut above = above;
+    for m in messages {
+        if let Some(above) = above {
+            if m.seq + 1 < above {
+                gaps.push(gap(chat_id, m.seq + 1, above - 1, GAP_REASON));
+            }
+        }
+        above = Some(m.seq);
+    }
+    gaps
 }
 
 fn gap(conversation_id: &str, from: i64, to: i64, reason: &str) -> SeqGap {
