@@ -343,12 +343,7 @@ impl TsddConnector {
                     checked: true,
                 }
             }
-            Err(SeqWindowError::Panic) => {
-                return Err(ConnectorError::Transient(format!(
-                    "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
-                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
-                )))
-            }
+            Err(SeqWindowError::Panic) => return Err(self.newest_unreadable(channel)),
             Err(SeqWindowError::Other(e)) => return Err(e),
         };
         self.state().targets.insert(channel.clone(), target);
@@ -384,16 +379,19 @@ impl TsddConnector {
                     self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
                 )))
             }
-            Err(SeqWindowError::Panic) => {
-                return Err(ConnectorError::Transient(format!(
-                    "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
-                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
-                )))
-            }
+            Err(SeqWindowError::Panic) => return Err(self.newest_unreadable(channel)),
             Err(SeqWindowError::Other(e)) => return Err(e),
         };
         self.state().targets.insert(channel.clone(), checked);
         Ok(checked)
+    }
+
+    /// The error of a first failure to read the newest message: the handler panicked.
+    fn newest_unreadable(&self, channel: &Channel) -> ConnectorError {
+        ConnectorError::Transient(format!(
+            "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
+            self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
+        ))
     }
 
     /// The newest visible seq of a channel (0 when none): `{start:0, end:0, limit:1}`.
