@@ -573,16 +573,10 @@ impl TsddConnector {
             None => (0, extras_source(self.source.as_str())),
         };
         // 0 would mean "the newest rows"; versions are far above 1 (microsecond clock)
-        let body = json!({
-            "channel_id": channel.id,
-            "channel_type": channel.channel_type,
-            "extra_version": version.max(1),
-            "source": source,
-            "limit": CHANGE_PAGE_LIMIT,
-        });
+        let from = json!({"extra_version": version.max(1), "source": source});
         let conversation = &request.conversation.conversation_id;
         let page = self
-            .change_page(channel, &token, api::EXTRA_SYNC, &body, |row| {
+            .change_page(channel, &token, api::EXTRA_SYNC, from, |row| {
                 map::map_extra(conversation, row)
             })
             .await?;
@@ -611,15 +605,10 @@ impl TsddConnector {
         let token = self.token()?;
         let after = parse_seq_cursor(request.cursor, request.feed, &self.source)?;
         // seq ≤ 0 would return the newest rows in descending order
-        let body = json!({
-            "channel_id": channel.id,
-            "channel_type": channel.channel_type,
-            "seq": after.max(1),
-            "limit": CHANGE_PAGE_LIMIT,
-        });
+        let from = json!({"seq": after.max(1)});
         let conversation = &request.conversation.conversation_id;
         let page = self
-            .change_page(channel, &token, api::REACTION_SYNC, &body, |row| {
+            .change_page(channel, &token, api::REACTION_SYNC, from, |row| {
                 map::map_reaction(conversation, row)
             })
             .await?;
@@ -631,18 +620,23 @@ impl TsddConnector {
         Ok(fetched)
     }
 
-    /// One page of a change feed (extra or reaction sync): `body` posted to `path`, whose
-    /// answer must be a JSON array (`null` reads as empty), each row mapped by `map` to an
+    /// One page of a change feed (extra or reaction sync) of `channel` from the position
+    /// `from` (an object of the feed's own fields): posted to `path`, its answer must be a
+    /// JSON array (`null` reads as empty), and each row is mapped by `map` to an
     /// observation and its position in the feed, or quarantined with the reason.
     async fn change_page<T>(
         &self,
         channel: &Channel,
         token: &Secret,
         path: &str,
-        body: &Value,
+        from: Value,
         map: impl Fn(&Value) -> Result<(T, i64), String>,
     ) -> Result<ChangePage<T>, ConnectorError> {
-        let response = self.api.post(path, Some(&channel.id), token, body).await?;
+        let mut body = from;
+        body["channel_id"] = json!(channel.id);
+        body["channel_type"] = json!(channel.channel_type);
+        body["limit"] = json!(CHANGE_PAGE_LIMIT);
+        let response = self.api.post(path, Some(&channel.id), token, &body).await?;
         let rows: &[Value] = match &response {
             Value::Array(rows) => rows,
             Value::Null => &[],
