@@ -438,6 +438,7 @@ async fn two_daemons_share_a_database_and_one_takes_over_when_the_other_dies() {
             sqlx::query_scalar::<_, String>(
                 "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                    AND l.classid::bigint = 25462
                    AND l.objid::bigint = (SELECT lock_id FROM vault.sources WHERE source = 'a')
                    AND EXISTS (SELECT 1 FROM archive.sync_runs

@@ -3,13 +3,20 @@
 //!
 //! It classifies transport failures into [`ConnectorError`]s but never retries: the sync
 //! engine owns retries. Error texts name the path, never a header or a body with secrets.
+//! It also owns what every connector does the same way with a response: the one table
+//! of HTTP statuses ([`status_error`]) and how an undecodable body is kept for quarantine
+//! ([`raw_body`]). What a platform says beyond the status (a message in a 400 body, a
+//! business code in a 200 envelope, a JSON error on a protobuf endpoint) is read by that
+//! platform's `api.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use futures::StreamExt;
 use reqwest::{RequestBuilder, StatusCode};
+use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -17,6 +24,9 @@ use super::ConnectorError;
 
 /// Responses larger than this are refused rather than buffered.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// How much of an undecodable body is kept for quarantine.
+pub const MAX_RAW_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct HttpClient {
@@ -81,6 +91,8 @@ impl HttpClient {
         })
     }
 
+    /// A smaller bound than [`DEFAULT_MAX_BODY`] (tests of the bound).
+    #[cfg(test)]
     pub fn with_max_body(mut self, max_body: usize) -> Self {
         self.max_body = max_body;
         self
@@ -249,6 +261,53 @@ impl WithoutUrl for reqwest::Error {
 /// The longest wait between two requests the rate limiter imposes.
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// The HTTP status table, the same for every platform, for an answer that is not a
+/// success: 401 is unauthorized (the engine logs in again once), 429 rate limited (waiting
+/// `retry_after` when upstream gave one), 408 and every 5xx transient (upstream or a proxy
+/// in front of it failing for now: retried with backoff), anything else permanent (the
+/// same request would fail again). `said` is what the body said, when the platform could
+/// read it. A platform's own rules for a status come before this table, in its `api.rs`.
+pub fn status_error(
+    what: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    said: Option<&str>,
+) -> ConnectorError {
+    let code = status.as_u16();
+    let detail = match said {
+        Some(said) => format!("HTTP {code}: {said}"),
+        None => format!("HTTP {code}"),
+    };
+    match code {
+        401 => ConnectorError::Unauthorized(format!(
+            "{what}: upstream refused the credentials ({detail})"
+        )),
+        429 => ConnectorError::RateLimited { retry_after },
+        408 | 500..=599 => ConnectorError::Transient(format!("{what}: {detail}")),
+        _ => ConnectorError::Permanent(format!("{what}: upstream refused the request ({detail})")),
+    }
+}
+
+/// A response body that could not be decoded, as quarantine keeps it: a body that is UTF-8
+/// text without NUL, up to [`MAX_RAW_BODY`] bytes, as a JSON string (an HTML error page
+/// reads as itself); any other body (protobuf, other bytes, longer text) as
+/// `{"base64": ...}` of its first [`MAX_RAW_BODY`] bytes, with `"truncated_from"`: its
+/// length, when it was cut. Either way the bytes kept are exactly the bytes received
+/// (PostgreSQL cannot store NUL in text, so text with NUL goes as base64).
+pub fn raw_body(body: &[u8]) -> Value {
+    if body.len() <= MAX_RAW_BODY && !body.contains(&0) {
+        if let Ok(text) = std::str::from_utf8(body) {
+            return Value::String(text.to_string());
+        }
+    }
+    let kept = &body[..body.len().min(MAX_RAW_BODY)];
+    let mut raw = json!({"base64": base64::engine::general_purpose::STANDARD.encode(kept)});
+    if kept.len() < body.len() {
+        raw["truncated_from"] = json!(body.len());
+    }
+    raw
+}
+
 /// A token bucket of one: requests are spaced at least `1 / rate` apart.
 struct RateLimiter {
     interval: Option<Duration>,
@@ -305,6 +364,107 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert(reqwest::header::RETRY_AFTER, "-1".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn one_status_table_for_every_platform() {
+        let class = |code: u16| {
+            let status = StatusCode::from_u16(code).unwrap();
+            match status_error("w", status, Some(Duration::from_secs(2)), None) {
+                ConnectorError::Unauthorized(_) => "unauthorized",
+                ConnectorError::RateLimited {
+                    retry_after: Some(_),
+                } => "rate limited",
+                e if e.is_retryable() => "transient",
+                ConnectorError::Permanent(_) => "permanent",
+                other => panic!("{code}: {other:?}"),
+            }
+        };
+        for (code, want) in [
+            (401, "unauthorized"),
+            (429, "rate limited"),
+            (408, "transient"),
+            (500, "transient"),
+            (502, "transient"),
+            (503, "transient"),
+            (504, "transient"),
+            (520, "transient"),
+            (400, "permanent"),
+            (403, "permanent"),
+            (404, "permanent"),
+            (302, "permanent"),
+        ] {
+            assert_eq!(class(code), want, "HTTP {code}");
+        }
+        let e = status_error(
+            "yunxin source a: GET /x",
+            StatusCode::NOT_FOUND,
+            None,
+            Some("no"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "yunxin source a: GET /x: upstream refused the request (HTTP 404: no)"
+        );
+    }
+
+    #[test]
+    fn raw_bodies_keep_the_bytes_received() {
+        assert_eq!(
+            raw_body(b"<html>gateway</html>"),
+            json!("<html>gateway</html>")
+        );
+        assert_eq!(raw_body("服务繁忙".as_bytes()), json!("服务繁忙"));
+        // protobuf, invalid UTF-8 and NUL go as base64
+        assert_eq!(raw_body(b"\x0a\x02ok\x00"), json!({"base64": "CgJvawA="}));
+        assert_eq!(raw_body(&[0xff, 0xfe]), json!({"base64": "//4="}));
+        let long = "a".repeat(MAX_RAW_BODY + 10);
+        let raw = raw_body(long.as_bytes());
+        assert_eq!(raw["truncated_from"], json!(MAX_RAW_BODY + 10));
+        let kept = base64::engine::general_purpose::STANDARD
+            .decode(raw["base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(kept, long.as_bytes()[..MAX_RAW_BODY]);
+    }
+
+    /// A body over the bound is refused, whether its length is announced or it is streamed.
+    #[tokio::test]
+    async fn a_body_over_the_bound_is_refused() {
+        use axum::body::{Body, Bytes};
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route("/small", get(|| async { "x".repeat(1000) }))
+            .route("/big", get(|| async { "x".repeat(1025) }))
+            .route(
+                "/streamed",
+                get(|| async {
+                    let chunks =
+                        (0..5).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 300])));
+                    Body::from_stream(futures::stream::iter(chunks))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = HttpClient::new(0.0, Duration::from_secs(5))
+            .unwrap()
+            .with_max_body(1024);
+        let get = |path: &'static str| {
+            let request = client.request(reqwest::Method::GET, &format!("http://{addr}{path}"));
+            client.send(request, path)
+        };
+        assert_eq!(get("/small").await.unwrap().body.len(), 1000);
+        for path in ["/big", "/streamed"] {
+            match get(path).await {
+                Err(ConnectorError::Permanent(text)) => {
+                    assert!(text.contains("exceeds the limit of 1024 bytes"), "{text}")
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!(client.stats().requests(), 3);
+        assert_eq!(client.stats().failures.load(Ordering::Relaxed), 2);
+        server.abort();
     }
 
     #[tokio::test]

@@ -2,8 +2,10 @@
 //!
 //! A connector only fetches and maps. It never touches PostgreSQL, the index or the
 //! schedule, and it never retries by itself: it classifies each failure as a
-//! [`ConnectorError`] and the sync engine decides what to do (STYLE rule 3).
+//! [`ConnectorError`] and the sync engine decides what to do (ARCHITECTURE.md, "Data
+//! flow").
 
+mod cursor;
 pub mod http;
 pub mod tangsengdaodao;
 pub mod yunhu;
@@ -43,8 +45,10 @@ pub enum ConnectorError {
     Decode { message: String, raw: Option<Value> },
 }
 
+#[cfg(test)]
 impl ConnectorError {
-    /// Whether repeating the same request may succeed.
+    /// Whether repeating the same request may succeed (for tests of a classification; the
+    /// engine matches the variants itself).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

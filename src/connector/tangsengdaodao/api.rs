@@ -17,7 +17,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::super::http::{HttpClient, Response};
+use super::super::http::{self, HttpClient, Response};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -27,9 +27,6 @@ pub const CONVERSATION_SYNC: &str = "/v1/conversation/sync";
 pub const CHANNEL_SYNC: &str = "/v1/message/channel/sync";
 pub const EXTRA_SYNC: &str = "/v1/message/extra/sync";
 pub const REACTION_SYNC: &str = "/v1/reaction/sync";
-
-/// How much of an undecodable body is kept for quarantine.
-const MAX_RAW_BODY: usize = 64 * 1024;
 
 /// 400 messages that say the request itself is wrong: the same request fails again. Every
 /// other 400 of the endpoints chatvault calls reports a failure on the server's side.
@@ -50,15 +47,15 @@ const ACCOUNT_REFUSALS: &[&str] = &["该用户已被禁用", "此账号已经被
 
 /// Why a channel-sync window could not be read.
 #[derive(Debug)]
-pub enum WindowError {
+pub enum SeqWindowError {
     /// HTTP 500 with an empty body: the handler panicked on something in the window.
     Panic,
     Other(ConnectorError),
 }
 
-impl From<ConnectorError> for WindowError {
+impl From<ConnectorError> for SeqWindowError {
     fn from(e: ConnectorError) -> Self {
-        WindowError::Other(e)
+        SeqWindowError::Other(e)
     }
 }
 
@@ -134,11 +131,11 @@ impl Api {
         channel: &str,
         token: &Secret,
         body: &Value,
-    ) -> Result<Value, WindowError> {
+    ) -> Result<Value, SeqWindowError> {
         let what = self.what(CHANNEL_SYNC, Some(channel));
         let response = self.send(CHANNEL_SYNC, &what, Some(token), body).await?;
         if is_panic(response.status, &response.body) {
-            return Err(WindowError::Panic);
+            return Err(SeqWindowError::Panic);
         }
         Ok(classify(
             &what,
@@ -167,41 +164,47 @@ pub fn is_panic(status: StatusCode, body: &[u8]) -> bool {
     status == StatusCode::INTERNAL_SERVER_ERROR && body.iter().all(u8::is_ascii_whitespace)
 }
 
-/// Classify a response: 2xx decodes, 401 is unauthorized, 429 rate limited, 408 and
-/// 500/502/503/504 transient; a 400 is transient when its `msg` reports the server's own
-/// failure and permanent when it says the request is wrong; anything else is permanent.
+/// Classify a response: 2xx decodes; a 400 is transient when its `msg` reports the
+/// server's own failure (its handlers answer 400 for both) and permanent when it says the
+/// request is wrong; every other status goes by the connectors' one table
+/// ([`http::status_error`]), with the server's `msg`, or the panic a bare 500 is, named.
 pub fn classify(
     what: &str,
     status: StatusCode,
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Result<Value, ConnectorError> {
-    if status.is_success() {
-        return serde_json::from_slice(body).map_err(|e| ConnectorError::Decode {
-            message: format!("{what}: response is not JSON: {e}"),
-            raw: Some(raw_body(body)),
-        });
+    if !status.is_success() {
+        return Err(status_error(what, status, retry_after, body));
     }
-    let msg = upstream_msg(body);
-    let detail = match &msg {
-        Some(msg) => format!("HTTP {}: {msg}", status.as_u16()),
-        None if is_panic(status, body) => {
-            format!(
-                "HTTP {} with an empty body (a panic in the server's handler)",
-                status.as_u16()
-            )
-        }
-        None => format!("HTTP {}", status.as_u16()),
-    };
-    Err(match status.as_u16() {
-        401 => ConnectorError::Unauthorized(format!("{what}: token rejected ({detail})")),
-        429 => ConnectorError::RateLimited { retry_after },
-        408 | 500 | 502 | 503 | 504 => ConnectorError::Transient(format!("{what}: {detail}")),
-        400 if msg.as_deref().is_some_and(server_failure) => {
-            ConnectorError::Transient(format!("{what}: the server failed on its side ({detail})"))
-        }
-        _ => ConnectorError::Permanent(format!("{what}: upstream refused the request ({detail})")),
+    serde_json::from_slice(body).map_err(|e| ConnectorError::Decode {
+        message: format!("{what}: response is not JSON: {e}"),
+        raw: Some(http::raw_body(body)),
     })
+}
+
+fn status_error(
+    what: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> ConnectorError {
+    let msg = upstream_msg(body);
+    if status == StatusCode::BAD_REQUEST {
+        if let Some(msg) = msg.as_deref().filter(|m| server_failure(m)) {
+            return ConnectorError::Transient(format!(
+                "{what}: the server failed on its side (HTTP 400: {msg})"
+            ));
+        }
+    }
+    let said = match msg {
+        Some(msg) => Some(msg),
+        None if is_panic(status, body) => {
+            Some("an empty body, from a panic in the server's handler".to_string())
+        }
+        None => None,
+    };
+    http::status_error(what, status, retry_after, said.as_deref())
 }
 
 /// Whether a 400 `msg` reports a failure of the server's own storage or of WuKongIM (e.g.
@@ -271,11 +274,6 @@ fn upstream_msg(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let msg = value.get("msg")?.as_str()?.trim();
     (!msg.is_empty()).then(|| msg.chars().take(500).collect())
-}
-
-fn raw_body(body: &[u8]) -> Value {
-    let end = body.len().min(MAX_RAW_BODY);
-    Value::String(String::from_utf8_lossy(&body[..end]).into_owned())
 }
 
 #[cfg(test)]

@@ -151,6 +151,101 @@ pub fn render_template(template: &str, extra: Option<&Value>) -> String {
     out
 }
 
+/// TangSengDaoDao's payload `type` codes: the server's `ContentType` (`common/msg.go` of
+/// TangSengDaoDaoServerLib), plus rich text, which the clients send
+/// (docs/upstreams/tangsengdaodao.md, "Payloads").
+mod content_type {
+    /// Plain text in `content`.
+    pub const TEXT: i64 = 1;
+    /// A picture: `url`, `width`, `height`.
+    pub const IMAGE: i64 = 2;
+    /// A GIF sticker.
+    pub const GIF: i64 = 3;
+    /// A voice clip: `url` and its length in `timeTrad` seconds.
+    pub const VOICE: i64 = 4;
+    /// A video: `url`, `cover`, `size`, dimensions and its length in `second`.
+    pub const VIDEO: i64 = 5;
+    /// A place: `lng`, `lat`, `title`, `address`, a map image.
+    pub const LOCATION: i64 = 6;
+    /// A contact card: `uid`, `name`, `avatar`.
+    pub const CARD: i64 = 7;
+    /// A file: `url`, `name`, `size`, `ext`.
+    pub const FILE: i64 = 8;
+    /// A merged forward: the forwarded messages in `msgs`, their senders in `users`.
+    pub const MULTIPLE_FORWARD: i64 = 11;
+    /// A vector (Lottie) sticker.
+    pub const VECTOR_STICKER: i64 = 12;
+    /// A vector emoji sticker.
+    pub const EMOJI_STICKER: i64 = 13;
+    /// Rich text: `content` with formatting `entities`.
+    pub const RICH_TEXT: i64 = 14;
+    /// The server could not decode the message's content.
+    pub const CONTENT_ERROR: i64 = 97;
+    /// An end-to-end encrypted message the server cannot read.
+    pub const SIGNAL_ERROR: i64 = 98;
+    /// A command to the clients: `cmd` and `param`.
+    pub const CMD: i64 = 99;
+    /// The first of the system notices (friend requests, group changes, recalls, tips).
+    pub const SYSTEM_FIRST: i64 = 1000;
+    /// The last of the system notices.
+    pub const SYSTEM_LAST: i64 = 2000;
+    /// The outcome of an audio or video call.
+    pub const VIDEO_CALL_RESULT: i64 = 9989;
+}
+
+/// Fields kept per payload type, `(upstream, ours)`.
+const IMAGE_FIELDS: &[(&str, &str)] = &[("url", "url"), ("width", "width"), ("height", "height")];
+const STICKER_FIELDS: &[(&str, &str)] = &[
+    ("url", "url"),
+    ("width", "width"),
+    ("height", "height"),
+    ("category", "category"),
+    ("title", "title"),
+    ("format", "format"),
+];
+const VOICE_FIELDS: &[(&str, &str)] = &[("url", "url"), ("timeTrad", "duration")];
+const VIDEO_FIELDS: &[(&str, &str)] = &[
+    ("url", "url"),
+    ("cover", "cover"),
+    ("size", "size"),
+    ("width", "width"),
+    ("height", "height"),
+    ("second", "duration"),
+];
+const LOCATION_FIELDS: &[(&str, &str)] = &[
+    ("lng", "lng"),
+    ("lat", "lat"),
+    ("title", "title"),
+    ("address", "address"),
+    ("img", "img"),
+];
+const CARD_FIELDS: &[(&str, &str)] = &[("uid", "uid"), ("name", "name"), ("avatar", "avatar")];
+const FILE_FIELDS: &[(&str, &str)] = &[
+    ("url", "url"),
+    ("name", "name"),
+    ("size", "size"),
+    ("ext", "ext"),
+];
+const RICH_TEXT_FIELDS: &[(&str, &str)] = &[("entities", "entities")];
+const CMD_FIELDS: &[(&str, &str)] = &[("cmd", "cmd"), ("param", "param")];
+/// A system notice keeps its template and what fills it.
+const SYSTEM_FIELDS: &[(&str, &str)] = &[
+    ("content", "template"),
+    ("extra", "extra"),
+    ("creator", "creator"),
+    ("from_uid", "from_uid"),
+];
+
+/// How a payload is archived.
+enum Layout {
+    /// A documented type: its kind, the fields kept and the text.
+    Fields(MessageKind, &'static [(&'static str, &'static str)], String),
+    /// A merged forward: the texts of its messages ([`map_forward`]).
+    Forward,
+    /// A type whose shape is not documented: the payload as is ([`verbatim`]).
+    Verbatim(MessageKind, String),
+}
+
 /// Map one payload (docs/upstreams/tangsengdaodao.md, "Payloads") to a [`Content`]: kind,
 /// plain text and normalised content.
 pub fn map_payload(payload: &Value) -> Content {
@@ -162,167 +257,13 @@ fn map_payload_at(payload: &Value, depth: usize) -> Content {
     let content_type = int(payload, "type").unwrap_or(0);
     let mut out = Map::new();
     out.insert("type".into(), json!(content_type));
-    let (kind, text) = match content_type {
-        1 => (
-            MessageKind::Text,
-            text_field(payload, "content").unwrap_or("").to_string(),
-        ),
-        2 => {
-            pick(
-                &mut out,
-                payload,
-                &[("url", "url"), ("width", "width"), ("height", "height")],
-            );
-            (MessageKind::Image, "[image]".to_string())
+    let (kind, text) = match layout(content_type, payload, depth) {
+        Layout::Fields(kind, fields, text) => {
+            pick(&mut out, payload, fields);
+            (kind, text)
         }
-        3 | 12 | 13 => {
-            pick(
-                &mut out,
-                payload,
-                &[
-                    ("url", "url"),
-                    ("width", "width"),
-                    ("height", "height"),
-                    ("category", "category"),
-                    ("title", "title"),
-                    ("format", "format"),
-                ],
-            );
-            let text = match text_field(payload, "title") {
-                Some(title) => format!("[sticker] {title}"),
-                None => "[sticker]".to_string(),
-            };
-            (MessageKind::Sticker, text)
-        }
-        4 => {
-            pick(
-                &mut out,
-                payload,
-                &[("url", "url"), ("timeTrad", "duration")],
-            );
-            let text = duration_label("voice", int(payload, "timeTrad"));
-            (MessageKind::Voice, text)
-        }
-        5 => {
-            pick(
-                &mut out,
-                payload,
-                &[
-                    ("url", "url"),
-                    ("cover", "cover"),
-                    ("size", "size"),
-                    ("width", "width"),
-                    ("height", "height"),
-                    ("second", "duration"),
-                ],
-            );
-            let text = duration_label("video", int(payload, "second"));
-            (MessageKind::Video, text)
-        }
-        6 => {
-            pick(
-                &mut out,
-                payload,
-                &[
-                    ("lng", "lng"),
-                    ("lat", "lat"),
-                    ("title", "title"),
-                    ("address", "address"),
-                    ("img", "img"),
-                ],
-            );
-            let place: Vec<&str> = [text_field(payload, "title"), text_field(payload, "address")]
-                .into_iter()
-                .flatten()
-                .collect();
-            let text = if place.is_empty() {
-                "[location]".to_string()
-            } else {
-                format!("[location] {}", place.join(" "))
-            };
-            (MessageKind::Location, text)
-        }
-        7 => {
-            pick(
-                &mut out,
-                payload,
-                &[("uid", "uid"), ("name", "name"), ("avatar", "avatar")],
-            );
-            let text = match text_field(payload, "name") {
-                Some(name) => format!("[card] {name}"),
-                None => "[card]".to_string(),
-            };
-            (MessageKind::Card, text)
-        }
-        8 => {
-            pick(
-                &mut out,
-                payload,
-                &[
-                    ("url", "url"),
-                    ("name", "name"),
-                    ("size", "size"),
-                    ("ext", "ext"),
-                ],
-            );
-            let text = match text_field(payload, "name") {
-                Some(name) => format!("[file] {name}"),
-                None => "[file]".to_string(),
-            };
-            (MessageKind::File, text)
-        }
-        11 if depth >= MAX_FORWARD_DEPTH => {
-            return verbatim(payload, MessageKind::Forward, "[forward]".to_string())
-        }
-        11 => map_forward(payload, &mut out, depth),
-        14 => match text_field(payload, "content") {
-            Some(text) => {
-                pick(&mut out, payload, &[("entities", "entities")]);
-                (MessageKind::Text, text.to_string())
-            }
-            None => return verbatim(payload, MessageKind::Other, String::new()),
-        },
-        97 => {
-            return verbatim(
-                payload,
-                MessageKind::Other,
-                "[content not decodable]".to_string(),
-            )
-        }
-        98 => return verbatim(payload, MessageKind::Other, "[encrypted]".to_string()),
-        99 => {
-            pick(&mut out, payload, &[("cmd", "cmd"), ("param", "param")]);
-            let text = match text_field(payload, "cmd") {
-                Some(cmd) => format!("[cmd {cmd}]"),
-                None => "[cmd]".to_string(),
-            };
-            (MessageKind::System, text)
-        }
-        1000..=2000 => {
-            let template = text_field(payload, "content").unwrap_or("");
-            let text = render_template(template, payload.get("extra"));
-            pick(
-                &mut out,
-                payload,
-                &[
-                    ("content", "template"),
-                    ("extra", "extra"),
-                    ("creator", "creator"),
-                    ("from_uid", "from_uid"),
-                ],
-            );
-            (MessageKind::System, text)
-        }
-        9989 => {
-            let text = text_field(payload, "content")
-                .unwrap_or("[call]")
-                .to_string();
-            return verbatim(payload, MessageKind::Call, text);
-        }
-        _ => {
-            let text = text_field(payload, "content").unwrap_or("").to_string();
-            return verbatim(payload, MessageKind::Other, text);
-        }
+        Layout::Forward => map_forward(payload, &mut out, depth),
+        Layout::Verbatim(kind, text) => return verbatim(payload, kind, text),
     };
     add_common(payload, &mut out);
     Content {
@@ -330,6 +271,90 @@ fn map_payload_at(payload: &Value, depth: usize) -> Content {
         text,
         content: Value::Object(out),
     }
+}
+
+/// What a payload of `content_type` is archived as, and its text.
+fn layout(content_type: i64, payload: &Value, depth: usize) -> Layout {
+    use content_type::*;
+    let field = |key| text_field(payload, key);
+    let content = field("content");
+    match content_type {
+        TEXT => Layout::Fields(MessageKind::Text, &[], content.unwrap_or("").to_string()),
+        IMAGE => Layout::Fields(MessageKind::Image, IMAGE_FIELDS, "[image]".to_string()),
+        GIF | VECTOR_STICKER | EMOJI_STICKER => Layout::Fields(
+            MessageKind::Sticker,
+            STICKER_FIELDS,
+            labelled("sticker", field("title")),
+        ),
+        VOICE => Layout::Fields(
+            MessageKind::Voice,
+            VOICE_FIELDS,
+            duration_label("voice", int(payload, "timeTrad")),
+        ),
+        VIDEO => Layout::Fields(
+            MessageKind::Video,
+            VIDEO_FIELDS,
+            duration_label("video", int(payload, "second")),
+        ),
+        LOCATION => Layout::Fields(
+            MessageKind::Location,
+            LOCATION_FIELDS,
+            location_text(field("title"), field("address")),
+        ),
+        CARD => Layout::Fields(
+            MessageKind::Card,
+            CARD_FIELDS,
+            labelled("card", field("name")),
+        ),
+        FILE => Layout::Fields(
+            MessageKind::File,
+            FILE_FIELDS,
+            labelled("file", field("name")),
+        ),
+        MULTIPLE_FORWARD if depth >= MAX_FORWARD_DEPTH => {
+            Layout::Verbatim(MessageKind::Forward, "[forward]".to_string())
+        }
+        MULTIPLE_FORWARD => Layout::Forward,
+        RICH_TEXT => match content {
+            Some(text) => Layout::Fields(MessageKind::Text, RICH_TEXT_FIELDS, text.to_string()),
+            None => Layout::Verbatim(MessageKind::Other, String::new()),
+        },
+        CONTENT_ERROR => Layout::Verbatim(MessageKind::Other, "[content not decodable]".into()),
+        SIGNAL_ERROR => Layout::Verbatim(MessageKind::Other, "[encrypted]".to_string()),
+        CMD => {
+            let text = match field("cmd") {
+                Some(cmd) => format!("[cmd {cmd}]"),
+                None => "[cmd]".to_string(),
+            };
+            Layout::Fields(MessageKind::System, CMD_FIELDS, text)
+        }
+        SYSTEM_FIRST..=SYSTEM_LAST => Layout::Fields(
+            MessageKind::System,
+            SYSTEM_FIELDS,
+            render_template(content.unwrap_or(""), payload.get("extra")),
+        ),
+        VIDEO_CALL_RESULT => {
+            Layout::Verbatim(MessageKind::Call, content.unwrap_or("[call]").into())
+        }
+        _ => Layout::Verbatim(MessageKind::Other, content.unwrap_or("").to_string()),
+    }
+}
+
+/// `[label] what`, or `[label]` when there is nothing to name.
+fn labelled(label: &str, what: Option<&str>) -> String {
+    match what {
+        Some(what) => format!("[{label}] {what}"),
+        None => format!("[{label}]"),
+    }
+}
+
+/// `[location] title address`, with what of the two there is.
+fn location_text(title: Option<&str>, address: Option<&str>) -> String {
+    let place: Vec<&str> = [title, address].into_iter().flatten().collect();
+    labelled(
+        "location",
+        (!place.is_empty()).then(|| place.join(" ")).as_deref(),
+    )
 }
 
 /// Mention and reply, kept on every type.
@@ -515,12 +540,7 @@ pub fn map_message(
     let sent_at = int(record, "timestamp")
         .and_then(unix_seconds)
         .ok_or("timestamp is missing or not unix seconds")?;
-    let sender_id = match record.get("from_uid") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err("from_uid is not a string".into()),
-    };
+    let sender_id = sender_of(record)?;
     let payload = record
         .get("payload")
         .filter(|p| p.is_object())
@@ -537,45 +557,8 @@ pub fn map_message(
         .and_then(id_text);
     let sender_name = sender_id.as_ref().and_then(|uid| names.get(uid)).cloned();
 
-    let original = map_payload(payload);
-    let (content, earlier_versions, edited_at) = match content_edit(&extra) {
-        Some(edit) => (
-            map_payload(&edit),
-            vec![EarlierVersion {
-                content: original,
-                replaced_at: None,
-                known_fields: None,
-            }],
-            int(&extra, "edited_at").and_then(unix_seconds),
-        ),
-        None => (original, Vec::new(), None),
-    };
-
-    let mut quarantine = Vec::new();
-    let reactions = match record.get("reactions") {
-        None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::Array(rows)) => {
-            let mut standing = Vec::new();
-            let mut complete = true;
-            for row in rows {
-                match reaction_state(row) {
-                    Ok(Some(state)) => standing.push(state),
-                    Ok(None) => {}
-                    Err(reason) => {
-                        complete = false;
-                        quarantine.push(QuarantineRecord {
-                            reason: format!("message {message_id}: {reason}"),
-                            raw: row.clone(),
-                        });
-                    }
-                }
-            }
-            standing.sort();
-            standing.dedup();
-            complete.then_some(standing)
-        }
-        Some(_) => return Err("reactions is not an array".into()),
-    };
+    let (content, earlier_versions, edited_at) = versions(payload, &extra);
+    let (reactions, quarantine) = standing_reactions(record, &message_id)?;
 
     let observation = MessageObservation {
         conversation_id: conversation_id.to_string(),
@@ -600,6 +583,66 @@ pub fn map_message(
         seq,
         quarantine,
     })
+}
+
+/// The sender of a channel-sync record: `from_uid`, when there is one.
+fn sender_of(record: &Value) -> Result<Option<String>, String> {
+    match record.get("from_uid") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err("from_uid is not a string".into()),
+    }
+}
+
+/// The current content of a message, the original as its earlier version when the
+/// `message_extra` carries an edit, and when it was edited.
+fn versions(
+    payload: &Value,
+    extra: &Value,
+) -> (Content, Vec<EarlierVersion>, Option<DateTime<Utc>>) {
+    let original = map_payload(payload);
+    match content_edit(extra) {
+        Some(edit) => (
+            map_payload(&edit),
+            vec![EarlierVersion {
+                content: original,
+                replaced_at: None,
+                known_fields: None,
+            }],
+            int(extra, "edited_at").and_then(unix_seconds),
+        ),
+        None => (original, Vec::new(), None),
+    }
+}
+
+/// The reactions standing on a message, sorted, and a quarantine record for each row that
+/// cannot be read. One unreadable row leaves the set unknown (`None`), so that no reaction
+/// is taken away for it.
+fn standing_reactions(
+    record: &Value,
+    message_id: &str,
+) -> Result<(Option<Vec<ReactionState>>, Vec<QuarantineRecord>), String> {
+    let rows = match record.get("reactions") {
+        None | Some(Value::Null) => return Ok((Some(Vec::new()), Vec::new())),
+        Some(Value::Array(rows)) => rows,
+        Some(_) => return Err("reactions is not an array".into()),
+    };
+    let mut standing = Vec::new();
+    let mut quarantine = Vec::new();
+    for row in rows {
+        match reaction_state(row) {
+            Ok(Some(state)) => standing.push(state),
+            Ok(None) => {}
+            Err(reason) => quarantine.push(QuarantineRecord {
+                reason: format!("message {message_id}: {reason}"),
+                raw: row.clone(),
+            }),
+        }
+    }
+    standing.sort();
+    standing.dedup();
+    Ok((quarantine.is_empty().then_some(standing), quarantine))
 }
 
 /// A standing reaction from a message's `reactions` row; `None` for a removed one.

@@ -33,13 +33,15 @@ use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use self::api::{Api, WindowError};
+use self::api::{Api, SeqWindowError};
 use self::session::{Session, SessionFile};
+use super::cursor;
 use super::http::HttpClient;
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
@@ -120,7 +122,8 @@ pub struct TsddConnector {
     auth: TsddAuth,
     device_flag: u8,
     device_id: String,
-    window: u64,
+    /// Seqs per channel-sync window (`page_size`).
+    window_width: u64,
     token: RwLock<Option<Secret>>,
     /// Where a password login's token is kept between runs; `None`: this process only.
     session: Option<SessionFile>,
@@ -142,14 +145,24 @@ impl fmt::Debug for TsddConnector {
             .field("session_file", &self.session.as_ref().map(|s| s.path()))
             .field("device_flag", &self.device_flag)
             .field("device_id", &self.device_id)
-            .field("window", &self.window)
+            .field("window_width", &self.window_width)
             .finish()
     }
 }
 
+/// One page of a change feed, mapped.
+struct ChangePage<T> {
+    observations: Vec<T>,
+    quarantine: Vec<QuarantineRecord>,
+    /// The highest feed position (`extra_version`, reaction `seq`) among the mapped rows.
+    newest: Option<i64>,
+    /// Fewer rows than asked for: the feed has nothing more now.
+    last: bool,
+}
+
 /// What one channel-sync window yielded.
 #[derive(Debug, Default)]
-struct WindowRead {
+struct SeqWindowRead {
     records: Vec<Value>,
     /// Seqs the server cannot serve (it panics on them).
     unreadable: BTreeSet<u64>,
@@ -158,6 +171,21 @@ struct WindowRead {
     end: u64,
     /// The answer of a group the account is no longer a member of.
     not_member: bool,
+}
+
+impl SeqWindowRead {
+    /// Whether the newest seq read (a record or an unreadable seq) falls short of the end of
+    /// the window that starts at `start`.
+    fn ends_short(&self, start: u64) -> bool {
+        let newest = self
+            .records
+            .iter()
+            .filter_map(map::lenient_seq)
+            .chain(self.unreadable.iter().copied())
+            .filter(|seq| (start..self.end).contains(seq))
+            .max();
+        newest.is_none_or(|seq| seq + 1 < self.end)
+    }
 }
 
 impl TsddConnector {
@@ -182,7 +210,7 @@ impl TsddConnector {
             auth: cfg.auth.clone(),
             device_flag: cfg.device_flag,
             device_id: device_id(source.name.as_str(), username),
-            window: u64::from(cfg.page_size).clamp(1, MAX_WINDOW),
+            window_width: u64::from(cfg.page_size).clamp(1, MAX_WINDOW),
             token: RwLock::new(token),
             session: None,
             state: Mutex::new(RunState::default()),
@@ -231,95 +259,62 @@ impl TsddConnector {
         channel: &Channel,
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
-        let after = parse_seq_cursor(request.cursor, &self.source)?;
-        let unchanged = || {
+        let after = parse_seq_cursor(request.cursor, request.feed, &self.source)?;
+        let Some((window, read, target)) = self
+            .read_after(channel, &token, after, request.attempt)
+            .await?
+        else {
             // nothing to read: the stored cursor stays as it is
             let cursor = request.cursor.cloned().unwrap_or_else(|| seq_cursor(after));
-            Ok(Fetched::empty(cursor, true))
+            return Ok(Fetched::empty(cursor, true));
         };
-        let mut target = self.target(channel, &token, after, request.attempt).await?;
-        if after >= target.seq {
-            return unchanged();
-        }
-
-        let window = Window::after(after, self.window);
-        let read = self
-            .read_window(channel, &token, window, request.attempt)
-            .await?;
-        let newest_read = read
-            .records
-            .iter()
-            .filter_map(map::lenient_seq)
-            .chain(read.unreadable.iter().copied())
-            .filter(|seq| (window.start..read.end).contains(seq))
-            .max();
-        let short = newest_read.is_none_or(|seq| seq + 1 < read.end);
-        if short && !target.checked && target.seq >= read.end {
-            // The window ends early although the unchecked target lies beyond it: the newest
-            // message decides whether this is hidden history (gaps) or the end of the
-            // channel, so an absurd target cannot page empty windows for ever.
-            target = self
-                .check_target(channel, &token, target, after, request.attempt)
-                .await?;
-            if after >= target.seq {
-                return unchanged();
-            }
-        }
-        let window = Window {
-            end: read.end,
-            width: read.end - window.start,
-            ..window
-        };
-
         let names = self.state().names.clone();
         let mut fetched = Fetched::empty(seq_cursor(after), false);
-        let mut seen: BTreeSet<u64> = read.unreadable.clone();
-        for record in &read.records {
-            match map::map_message(&channel.id, record, &names) {
-                Ok(mapped) => {
-                    seen.insert(mapped.seq);
-                    fetched.messages.push(mapped.observation);
-                    fetched.quarantine.extend(mapped.quarantine);
-                }
-                Err(reason) => {
-                    // kept in quarantine, so its seq is not also reported missing
-                    if let Some(seq) = map::lenient_seq(record) {
-                        seen.insert(seq);
-                    }
-                    fetched.quarantine.push(QuarantineRecord {
-                        reason: format!("tsdd channel {}: {reason}", channel.id),
-                        raw: record.clone(),
-                    });
-                }
-            }
-        }
-
+        let seen = map_records(&channel.id, &read, &names, &mut fetched);
         let outcome = window.outcome(target.seq, &seen);
-        let reason = if read.not_member {
-            NOT_MEMBER_REASON
-        } else {
-            GAP_REASON
-        };
-        let gap = |(from, to): (u64, u64), reason: &str| SeqGap {
-            conversation_id: request.conversation.conversation_id.clone(),
-            from_seq: from as i64,
-            to_seq: to as i64,
-            reason: reason.to_string(),
-        };
-        fetched.gaps = outcome.gaps.into_iter().map(|g| gap(g, reason)).collect();
-        let unreadable: Vec<u64> = read
-            .unreadable
-            .range(window.start..=outcome.next)
-            .copied()
-            .collect();
-        fetched.gaps.extend(
-            merge_runs(&unreadable)
-                .into_iter()
-                .map(|g| gap(g, PANIC_REASON)),
+        fetched.gaps = window_gaps(
+            &request.conversation.conversation_id,
+            &window,
+            &read,
+            &outcome,
         );
         fetched.next_cursor = seq_cursor(outcome.next);
         fetched.done = outcome.next >= target.seq;
         Ok(fetched)
+    }
+
+    /// Read the window after `after`: the window as far as it was read, what it yielded,
+    /// and the target paging goes to. `None` when the channel has nothing after `after`.
+    async fn read_after(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        after: u64,
+        attempt: u32,
+    ) -> Result<Option<(SeqWindow, SeqWindowRead, Target)>, ConnectorError> {
+        let mut target = self.target(channel, token, after, attempt).await?;
+        if after >= target.seq {
+            return Ok(None);
+        }
+        let window = SeqWindow::after(after, self.window_width);
+        let read = self.read_window(channel, token, window, attempt).await?;
+        if read.ends_short(window.start) && !target.checked && target.seq >= read.end {
+            // The window ends early although the unchecked target lies beyond it: the newest
+            // message decides whether this is hidden history (gaps) or the end of the
+            // channel, so an absurd target cannot page empty windows for ever.
+            target = self
+                .check_target(channel, token, target, after, attempt)
+                .await?;
+            if after >= target.seq {
+                return Ok(None);
+            }
+        }
+        let window = SeqWindow {
+            end: read.end,
+            width: read.end - window.start,
+            ..window
+        };
+        Ok(Some((window, read, target)))
     }
 
     /// Where paging of `channel` stops in this run: remembered from discovery or an earlier
@@ -339,22 +334,17 @@ impl TsddConnector {
                 seq: newest,
                 checked: true,
             },
-            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+            Err(SeqWindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
                 // The newest message itself cannot be served. Read one window past the
                 // cursor in this run (narrowing records what cannot be read), no further.
                 warn!(channel = %channel.id, "the newest message of this channel cannot be read (HTTP 500); reading one window");
                 Target {
-                    seq: after + self.window,
+                    seq: after + self.window_width,
                     checked: true,
                 }
             }
-            Err(WindowError::Panic) => {
-                return Err(ConnectorError::Transient(format!(
-                    "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
-                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
-                )))
-            }
-            Err(WindowError::Other(e)) => return Err(e),
+            Err(SeqWindowError::Panic) => return Err(self.newest_unreadable(channel)),
+            Err(SeqWindowError::Other(e)) => return Err(e),
         };
         self.state().targets.insert(channel.clone(), target);
         Ok(target)
@@ -382,27 +372,30 @@ impl TsddConnector {
                 }
                 Target { seq, checked: true }
             }
-            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+            Err(SeqWindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
                 return Err(ConnectorError::Permanent(format!(
                     "{}: the window after seq {after} is empty and the newest message cannot be \
                      read (HTTP 500), so where the channel ends is unknown; nothing was skipped",
                     self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
                 )))
             }
-            Err(WindowError::Panic) => {
-                return Err(ConnectorError::Transient(format!(
-                    "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
-                    self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
-                )))
-            }
-            Err(WindowError::Other(e)) => return Err(e),
+            Err(SeqWindowError::Panic) => return Err(self.newest_unreadable(channel)),
+            Err(SeqWindowError::Other(e)) => return Err(e),
         };
         self.state().targets.insert(channel.clone(), checked);
         Ok(checked)
     }
 
+    /// The error of a first failure to read the newest message: the handler panicked.
+    fn newest_unreadable(&self, channel: &Channel) -> ConnectorError {
+        ConnectorError::Transient(format!(
+            "{}: HTTP 500 with an empty body for the newest message (a panic in the server's handler)",
+            self.api.what(api::CHANNEL_SYNC, Some(&channel.id))
+        ))
+    }
+
     /// The newest visible seq of a channel (0 when none): `{start:0, end:0, limit:1}`.
-    async fn probe_newest(&self, channel: &Channel, token: &Secret) -> Result<u64, WindowError> {
+    async fn probe_newest(&self, channel: &Channel, token: &Secret) -> Result<u64, SeqWindowError> {
         let body = json!({
             "channel_id": channel.id,
             "channel_type": channel.channel_type,
@@ -442,7 +435,7 @@ impl TsddConnector {
         token: &Secret,
         start: u64,
         end: u64,
-    ) -> Result<Value, WindowError> {
+    ) -> Result<Value, SeqWindowError> {
         let body = json!({
             "channel_id": channel.id,
             "channel_type": channel.channel_type,
@@ -460,9 +453,9 @@ impl TsddConnector {
         &self,
         channel: &Channel,
         token: &Secret,
-        window: Window,
+        window: SeqWindow,
         attempt: u32,
-    ) -> Result<WindowRead, ConnectorError> {
+    ) -> Result<SeqWindowRead, ConnectorError> {
         match self
             .request_window(channel, token, window.start, window.end)
             .await
@@ -470,24 +463,24 @@ impl TsddConnector {
             Ok(response) => {
                 let records = self.messages_of(&response, channel)?.to_vec();
                 let not_member = records.is_empty() && not_member_echo(&response, window.end);
-                Ok(WindowRead {
+                Ok(SeqWindowRead {
                     records,
                     unreadable: BTreeSet::new(),
                     end: window.end,
                     not_member,
                 })
             }
-            Err(WindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
+            Err(SeqWindowError::Panic) if attempt >= NARROW_FROM_ATTEMPT => {
                 self.narrow(channel, token, window).await
             }
-            Err(WindowError::Panic) => Err(ConnectorError::Transient(format!(
+            Err(SeqWindowError::Panic) => Err(ConnectorError::Transient(format!(
                 "{}: HTTP 500 with an empty body for seqs {}-{} (a panic in the server's handler); \
                  a window that keeps failing is narrowed to the seqs it cannot serve",
                 self.api.what(api::CHANNEL_SYNC, Some(&channel.id)),
                 window.start,
                 window.end - 1
             ))),
-            Err(WindowError::Other(e)) => Err(e),
+            Err(SeqWindowError::Other(e)) => Err(e),
         }
     }
 
@@ -502,11 +495,11 @@ impl TsddConnector {
         &self,
         channel: &Channel,
         token: &Secret,
-        window: Window,
-    ) -> Result<WindowRead, ConnectorError> {
-        let mut read = WindowRead {
+        window: SeqWindow,
+    ) -> Result<SeqWindowRead, ConnectorError> {
+        let mut read = SeqWindowRead {
             end: window.end,
-            ..WindowRead::default()
+            ..SeqWindowRead::default()
         };
         // unresolved ranges, the lowest on top
         let mut stack = vec![(window.start, window.end)];
@@ -519,7 +512,7 @@ impl TsddConnector {
             }
             requests += 1;
             let mut answer = self.request_window(channel, token, lo, hi).await;
-            if hi - lo == 1 && matches!(answer, Err(WindowError::Panic)) {
+            if hi - lo == 1 && matches!(answer, Err(SeqWindowError::Panic)) {
                 requests += 1;
                 answer = self.request_window(channel, token, lo, hi).await;
             }
@@ -529,15 +522,15 @@ impl TsddConnector {
                     read.records
                         .extend(self.messages_of(&response, channel)?.iter().cloned());
                 }
-                Err(WindowError::Panic) if hi - lo == 1 => {
+                Err(SeqWindowError::Panic) if hi - lo == 1 => {
                     read.unreadable.insert(lo);
                 }
-                Err(WindowError::Panic) => {
+                Err(SeqWindowError::Panic) => {
                     let mid = lo + (hi - lo) / 2;
                     stack.push((mid, hi));
                     stack.push((lo, mid));
                 }
-                Err(WindowError::Other(e)) => return Err(e),
+                Err(SeqWindowError::Other(e)) => return Err(e),
             }
         }
         read.end = stack.last().map_or(window.end, |&(lo, _)| lo);
@@ -580,43 +573,27 @@ impl TsddConnector {
             None => (0, extras_source(self.source.as_str())),
         };
         // 0 would mean "the newest rows"; versions are far above 1 (microsecond clock)
-        let body = json!({
-            "channel_id": channel.id,
-            "channel_type": channel.channel_type,
-            "extra_version": version.max(1),
-            "source": source,
-            "limit": CHANGE_PAGE_LIMIT,
-        });
-        let response = self
-            .api
-            .post(api::EXTRA_SYNC, Some(&channel.id), &token, &body)
+        let from = json!({"extra_version": version.max(1), "source": source});
+        let conversation = &request.conversation.conversation_id;
+        let page = self
+            .change_page(channel, &token, api::EXTRA_SYNC, from, |row| {
+                map::map_extra(conversation, row)
+            })
             .await?;
-        let rows = self.rows(&response, api::EXTRA_SYNC, &channel.id)?;
-        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
-        let mut next = version;
-        for row in rows {
-            match map::map_extra(&request.conversation.conversation_id, row) {
-                Ok((observation, row_version)) => {
-                    next = next.max(row_version);
-                    fetched.messages.push(observation);
-                }
-                Err(reason) => fetched.quarantine.push(QuarantineRecord {
-                    reason: format!("tsdd channel {}: {reason}", channel.id),
-                    raw: row.clone(),
-                }),
-            }
-        }
-        fetched.done = rows.len() < CHANGE_PAGE_LIMIT || next <= version;
+        let next = page.newest.map_or(version, |n| n.max(version));
+        let mut fetched = Fetched::empty(Cursor(Value::Null), page.last || next <= version);
+        fetched.messages = page.observations;
+        fetched.quarantine = page.quarantine;
         let source = if next > version {
             next_extras_source(&source)
         } else {
             source
         };
-        fetched.next_cursor = Cursor(json!(ExtrasCursor {
+        fetched.next_cursor = cursor::encode(&ExtrasCursor {
             v: CURSOR_VERSION,
             version: next,
             source,
-        }));
+        });
         Ok(fetched)
     }
 
@@ -626,56 +603,72 @@ impl TsddConnector {
         channel: &Channel,
     ) -> Result<Fetched, ConnectorError> {
         let token = self.token()?;
-        let after = parse_seq_cursor(request.cursor, &self.source)?;
+        let after = parse_seq_cursor(request.cursor, request.feed, &self.source)?;
         // seq ≤ 0 would return the newest rows in descending order
-        let body = json!({
-            "channel_id": channel.id,
-            "channel_type": channel.channel_type,
-            "seq": after.max(1),
-            "limit": CHANGE_PAGE_LIMIT,
-        });
-        let response = self
-            .api
-            .post(api::REACTION_SYNC, Some(&channel.id), &token, &body)
+        let from = json!({"seq": after.max(1)});
+        let conversation = &request.conversation.conversation_id;
+        let page = self
+            .change_page(channel, &token, api::REACTION_SYNC, from, |row| {
+                map::map_reaction(conversation, row)
+            })
             .await?;
-        let rows = self.rows(&response, api::REACTION_SYNC, &channel.id)?;
-        let mut fetched = Fetched::empty(Cursor(Value::Null), false);
-        let mut next = after;
+        let newest = page.newest.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        let next = after.max(newest);
+        let mut fetched = Fetched::empty(seq_cursor(next), page.last || next <= after);
+        fetched.reactions = page.observations;
+        fetched.quarantine = page.quarantine;
+        Ok(fetched)
+    }
+
+    /// One page of a change feed (extra or reaction sync) of `channel` from the position
+    /// `from` (an object of the feed's own fields): posted to `path`, its answer must be a
+    /// JSON array (`null` reads as empty), and each row is mapped by `map` to an
+    /// observation and its position in the feed, or quarantined with the reason.
+    async fn change_page<T>(
+        &self,
+        channel: &Channel,
+        token: &Secret,
+        path: &str,
+        from: Value,
+        map: impl Fn(&Value) -> Result<(T, i64), String>,
+    ) -> Result<ChangePage<T>, ConnectorError> {
+        let mut body = from;
+        body["channel_id"] = json!(channel.id);
+        body["channel_type"] = json!(channel.channel_type);
+        body["limit"] = json!(CHANGE_PAGE_LIMIT);
+        let response = self.api.post(path, Some(&channel.id), token, &body).await?;
+        let rows: &[Value] = match &response {
+            Value::Array(rows) => rows,
+            Value::Null => &[],
+            other => {
+                return Err(ConnectorError::Decode {
+                    message: format!(
+                        "{}: response is not an array",
+                        self.api.what(path, Some(&channel.id))
+                    ),
+                    raw: Some(other.clone()),
+                })
+            }
+        };
+        let mut page = ChangePage {
+            observations: Vec::new(),
+            quarantine: Vec::new(),
+            newest: None,
+            last: rows.len() < CHANGE_PAGE_LIMIT,
+        };
         for row in rows {
-            match map::map_reaction(&request.conversation.conversation_id, row) {
-                Ok((observation, seq)) => {
-                    next = next.max(u64::try_from(seq).unwrap_or(0));
-                    fetched.reactions.push(observation);
+            match map(row) {
+                Ok((observation, position)) => {
+                    page.newest = Some(page.newest.map_or(position, |n| n.max(position)));
+                    page.observations.push(observation);
                 }
-                Err(reason) => fetched.quarantine.push(QuarantineRecord {
+                Err(reason) => page.quarantine.push(QuarantineRecord {
                     reason: format!("tsdd channel {}: {reason}", channel.id),
                     raw: row.clone(),
                 }),
             }
         }
-        fetched.done = rows.len() < CHANGE_PAGE_LIMIT || next <= after;
-        fetched.next_cursor = seq_cursor(next);
-        Ok(fetched)
-    }
-
-    /// A response that must be a JSON array (`null` reads as empty).
-    fn rows<'a>(
-        &self,
-        response: &'a Value,
-        path: &str,
-        channel: &str,
-    ) -> Result<&'a [Value], ConnectorError> {
-        match response {
-            Value::Array(rows) => Ok(rows),
-            Value::Null => Ok(&[]),
-            other => Err(ConnectorError::Decode {
-                message: format!(
-                    "{}: response is not an array",
-                    self.api.what(path, Some(channel))
-                ),
-                raw: Some(other.clone()),
-            }),
-        }
+        Ok(page)
     }
 
     /// `POST /v1/user/login` with the configured password; keeps the token.
@@ -888,8 +881,7 @@ fn last_msg_seqs(known: &[KnownConversation]) -> String {
         let Some(seq) = k
             .cursors
             .get(FEED_MESSAGES)
-            .and_then(|c| serde_json::from_value::<SeqCursor>(c.0.clone()).ok())
-            .filter(|c| c.v == CURSOR_VERSION)
+            .and_then(|c| cursor::peek::<SeqCursor>(c, &[CURSOR_VERSION]))
             .map(|c| c.seq)
         else {
             continue;
@@ -900,35 +892,34 @@ fn last_msg_seqs(known: &[KnownConversation]) -> String {
 }
 
 fn seq_cursor(seq: u64) -> Cursor {
-    Cursor(json!(SeqCursor {
+    cursor::encode(&SeqCursor {
         v: CURSOR_VERSION,
-        seq
-    }))
-}
-
-fn parse_cursor<T: for<'de> Deserialize<'de>>(
-    cursor: &Cursor,
-    feed: &str,
-    source: &SourceName,
-) -> Result<T, ConnectorError> {
-    let unrecognised = || {
-        ConnectorError::Permanent(format!(
-            "tsdd source {source}: unrecognised {feed} cursor {}; run with --full to start over",
-            cursor.0
-        ))
-    };
-    if cursor.0.get("v").and_then(Value::as_u64) != Some(u64::from(CURSOR_VERSION)) {
-        return Err(unrecognised());
-    }
-    serde_json::from_value(cursor.0.clone()).map_err(|_| unrecognised())
+        seq,
+    })
 }
 
 /// A seq cursor's position; `None` is 0 (the start).
-fn parse_seq_cursor(cursor: Option<&Cursor>, source: &SourceName) -> Result<u64, ConnectorError> {
+fn parse_seq_cursor(
+    cursor: Option<&Cursor>,
+    feed: &str,
+    source: &SourceName,
+) -> Result<u64, ConnectorError> {
     match cursor {
         None => Ok(0),
-        Some(cursor) => Ok(parse_cursor::<SeqCursor>(cursor, "seq", source)?.seq),
+        Some(cursor) => Ok(parse_cursor::<SeqCursor>(cursor, feed, source)?.seq),
     }
+}
+
+fn parse_cursor<T: DeserializeOwned>(
+    stored: &Cursor,
+    feed: &str,
+    source: &SourceName,
+) -> Result<T, ConnectorError> {
+    cursor::decode(
+        stored,
+        &[CURSOR_VERSION],
+        &format!("tsdd source {source}: {feed} cursor"),
+    )
 }
 
 /// `messages` of a channel-sync response (`null` or absent reads as empty).
@@ -985,6 +976,74 @@ fn next_extras_source(source: &str) -> String {
     }
 }
 
+/// Map a window's records into `fetched` (a record that cannot be mapped is quarantined).
+/// Returns the seqs accounted for: mapped, quarantined or unreadable, so that none of them
+/// is also reported missing.
+fn map_records(
+    channel_id: &str,
+    read: &SeqWindowRead,
+    names: &HashMap<String, String>,
+    fetched: &mut Fetched,
+) -> BTreeSet<u64> {
+    let mut seen: BTreeSet<u64> = read.unreadable.clone();
+    for record in &read.records {
+        match map::map_message(channel_id, record, names) {
+            Ok(mapped) => {
+                seen.insert(mapped.seq);
+                fetched.messages.push(mapped.observation);
+                fetched.quarantine.extend(mapped.quarantine);
+            }
+            Err(reason) => {
+                if let Some(seq) = map::lenient_seq(record) {
+                    seen.insert(seq);
+                }
+                fetched.quarantine.push(QuarantineRecord {
+                    reason: format!("tsdd channel {channel_id}: {reason}"),
+                    raw: record.clone(),
+                });
+            }
+        }
+    }
+    seen
+}
+
+/// The gaps a window read leaves at or below the new cursor: the seqs upstream did not
+/// return (hidden history, or a group the account is no longer in) and the seqs it cannot
+/// serve.
+fn window_gaps(
+    conversation_id: &str,
+    window: &SeqWindow,
+    read: &SeqWindowRead,
+    outcome: &SeqWindowOutcome,
+) -> Vec<SeqGap> {
+    let gap = |(from, to): (u64, u64), reason: &str| SeqGap {
+        conversation_id: conversation_id.to_string(),
+        from_seq: from as i64,
+        to_seq: to as i64,
+        reason: reason.to_string(),
+    };
+    let missing = if read.not_member {
+        NOT_MEMBER_REASON
+    } else {
+        GAP_REASON
+    };
+    let unreadable: Vec<u64> = read
+        .unreadable
+        .range(window.start..=outcome.next)
+        .copied()
+        .collect();
+    outcome
+        .gaps
+        .iter()
+        .map(|&g| gap(g, missing))
+        .chain(
+            merge_runs(&unreadable)
+                .into_iter()
+                .map(|g| gap(g, PANIC_REASON)),
+        )
+        .collect()
+}
+
 /// Ascending seqs as inclusive runs of consecutive values.
 fn merge_runs(seqs: &[u64]) -> Vec<(u64, u64)> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -999,7 +1058,7 @@ fn merge_runs(seqs: &[u64]) -> Vec<(u64, u64)> {
 
 /// One forward channel-sync window `[start, end)` of `width` seqs after a cursor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Window {
+struct SeqWindow {
     after: u64,
     start: u64,
     end: u64,
@@ -1007,16 +1066,16 @@ struct Window {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct WindowOutcome {
+struct SeqWindowOutcome {
     /// The new cursor: every seq ≤ `next` is covered.
     next: u64,
     /// Missing seq ranges, inclusive, merged.
     gaps: Vec<(u64, u64)>,
 }
 
-impl Window {
-    fn after(after: u64, width: u64) -> Window {
-        Window {
+impl SeqWindow {
+    fn after(after: u64, width: u64) -> SeqWindow {
+        SeqWindow {
             after,
             start: after + 1,
             end: after + 1 + width,
@@ -1027,7 +1086,7 @@ impl Window {
     /// Where the cursor goes once the window's messages (`seen` seqs) are in hand: up to the
     /// target, or further when new messages above it arrived; every seq below that which
     /// upstream did not return is a gap. Short or empty pages are normal (hidden history).
-    fn outcome(&self, target: u64, seen: &BTreeSet<u64>) -> WindowOutcome {
+    fn outcome(&self, target: u64, seen: &BTreeSet<u64>) -> SeqWindowOutcome {
         let last = self.end - 1;
         let newest_seen = seen.range(self.start..=last).next_back().copied();
         let next = last
@@ -1045,7 +1104,7 @@ impl Window {
         if expected <= next {
             gaps.push((expected, next));
         }
-        WindowOutcome { next, gaps }
+        SeqWindowOutcome { next, gaps }
     }
 }
 

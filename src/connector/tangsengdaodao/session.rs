@@ -1,7 +1,8 @@
 //! The TangSengDaoDao session token, kept across runs and processes.
 //!
 //! Every `POST /v1/user/login` makes the server post a "login info" text from `u_10000` to
-//! the user's phone and write a login-log row (docs/upstreams/tangsengdaodao.md, "Login").
+//! the user's phone and write a login-log row (docs/upstreams/tangsengdaodao.md, "Login and
+//! the session token").
 //! So the token of a password login is kept in a file under the data directory and reused
 //! until the server answers 401; only then does the connector log in again.
 //!

@@ -20,19 +20,19 @@ fn seen(seqs: &[u64]) -> BTreeSet<u64> {
 
 #[test]
 fn window_bounds_follow_the_cursor() {
-    let w = Window::after(0, 100);
+    let w = SeqWindow::after(0, 100);
     assert_eq!((w.start, w.end, w.width), (1, 101, 100));
-    let w = Window::after(250, 100);
+    let w = SeqWindow::after(250, 100);
     assert_eq!((w.start, w.end, w.width), (251, 351, 100));
 }
 
 #[test]
 fn full_window_below_the_target_covers_its_width() {
     let all: Vec<u64> = (1..=100).collect();
-    let out = Window::after(0, 100).outcome(1000, &seen(&all));
+    let out = SeqWindow::after(0, 100).outcome(1000, &seen(&all));
     assert_eq!(
         out,
-        WindowOutcome {
+        SeqWindowOutcome {
             next: 100,
             gaps: vec![]
         }
@@ -44,17 +44,17 @@ fn short_page_mid_history_is_covered_with_merged_gaps() {
     // seqs 101..=200 requested; 101-110 cleared, 150 and 151 filtered, 199-200 deleted
     let mut returned: Vec<u64> = (111..=149).collect();
     returned.extend(152..=198);
-    let out = Window::after(100, 100).outcome(5000, &seen(&returned));
+    let out = SeqWindow::after(100, 100).outcome(5000, &seen(&returned));
     assert_eq!(out.next, 200, "a short page is not the end");
     assert_eq!(out.gaps, vec![(101, 110), (150, 151), (199, 200)]);
 }
 
 #[test]
 fn empty_window_is_one_gap() {
-    let out = Window::after(100, 100).outcome(5000, &BTreeSet::new());
+    let out = SeqWindow::after(100, 100).outcome(5000, &BTreeSet::new());
     assert_eq!(
         out,
-        WindowOutcome {
+        SeqWindowOutcome {
             next: 200,
             gaps: vec![(101, 200)]
         }
@@ -63,10 +63,10 @@ fn empty_window_is_one_gap() {
 
 #[test]
 fn the_cursor_stops_at_the_target() {
-    let out = Window::after(90, 100).outcome(95, &seen(&[91, 92, 95]));
+    let out = SeqWindow::after(90, 100).outcome(95, &seen(&[91, 92, 95]));
     assert_eq!(
         out,
-        WindowOutcome {
+        SeqWindowOutcome {
             next: 95,
             gaps: vec![(93, 94)]
         }
@@ -75,10 +75,10 @@ fn the_cursor_stops_at_the_target() {
 
 #[test]
 fn new_arrivals_above_the_target_move_the_cursor_further() {
-    let out = Window::after(90, 100).outcome(95, &seen(&[91, 92, 93, 94, 95, 96, 98]));
+    let out = SeqWindow::after(90, 100).outcome(95, &seen(&[91, 92, 93, 94, 95, 96, 98]));
     assert_eq!(
         out,
-        WindowOutcome {
+        SeqWindowOutcome {
             next: 98,
             gaps: vec![(97, 97)]
         }
@@ -87,10 +87,10 @@ fn new_arrivals_above_the_target_move_the_cursor_further() {
 
 #[test]
 fn seqs_outside_the_window_do_not_move_the_cursor() {
-    let out = Window::after(10, 5).outcome(100, &seen(&[3, 11, 12, 13, 14, 15, 40]));
+    let out = SeqWindow::after(10, 5).outcome(100, &seen(&[3, 11, 12, 13, 14, 15, 40]));
     assert_eq!(
         out,
-        WindowOutcome {
+        SeqWindowOutcome {
             next: 15,
             gaps: vec![]
         }
@@ -101,9 +101,17 @@ fn seqs_outside_the_window_do_not_move_the_cursor() {
 fn cursors_carry_a_version() {
     assert_eq!(seq_cursor(7).0, json!({"v": 1, "seq": 7}));
     let source = SourceName::new("acme");
-    assert_eq!(parse_seq_cursor(Some(&seq_cursor(7)), &source).unwrap(), 7);
-    assert_eq!(parse_seq_cursor(None, &source).unwrap(), 0);
-    let e = parse_seq_cursor(Some(&Cursor(json!({"v": 2, "seq": 7}))), &source).unwrap_err();
+    assert_eq!(
+        parse_seq_cursor(Some(&seq_cursor(7)), FEED_MESSAGES, &source).unwrap(),
+        7
+    );
+    assert_eq!(parse_seq_cursor(None, FEED_MESSAGES, &source).unwrap(), 0);
+    let e = parse_seq_cursor(
+        Some(&Cursor(json!({"v": 2, "seq": 7}))),
+        FEED_MESSAGES,
+        &source,
+    )
+    .unwrap_err();
     assert!(matches!(e, ConnectorError::Permanent(_)));
 }
 

@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use prost::Message;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::super::http::HttpClient;
+use super::super::http::{self, raw_body, HttpClient};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -29,9 +28,6 @@ pub const EDIT_RECORD: &str = "/v1/msg/list-message-edit-record";
 pub const CODE_UNAUTHORIZED: i64 = -101;
 /// The bot open API's "rate limited" code, treated the same here.
 pub const CODE_RATE_LIMITED: i64 = 1007;
-
-/// How much of an undecodable body is kept for quarantine.
-const MAX_RAW_BODY: usize = 64 * 1024;
 
 pub struct Api {
     http: HttpClient,
@@ -60,6 +56,29 @@ impl Api {
         }
     }
 
+    /// `POST {base_url}{path}` with the token.
+    fn post(&self, path: &str, token: &Secret) -> reqwest::RequestBuilder {
+        self.http
+            .request(Method::POST, &format!("{}{path}", self.base_url))
+            .header("token", token.expose())
+    }
+
+    /// Send a request; the body of a 2xx answer, else the classified error.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Vec<u8>, ConnectorError> {
+        let response = self.http.send(request, what).await?;
+        check_http(
+            what,
+            response.status,
+            response.retry_after(),
+            &response.body,
+        )?;
+        Ok(response.body)
+    }
+
     /// A protobuf call: the raw response body once it is known to be protobuf (not a JSON
     /// error) on a 2xx.
     pub async fn post_proto<M: Message>(
@@ -71,22 +90,14 @@ impl Api {
     ) -> Result<Vec<u8>, ConnectorError> {
         let what = self.what(path, chat);
         let request = self
-            .http
-            .request(Method::POST, &format!("{}{path}", self.base_url))
-            .header("token", token.expose())
+            .post(path, token)
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
             .body(request.encode_to_vec());
-        let response = self.http.send(request, &what).await?;
-        check_http(
-            &what,
-            response.status,
-            response.retry_after(),
-            &response.body,
-        )?;
-        if looks_like_json(&response.body) {
-            return Err(json_error(&what, &response.body));
+        let body = self.send(request, &what).await?;
+        if looks_like_json(&body) {
+            return Err(json_error(&what, &body));
         }
-        Ok(response.body)
+        Ok(body)
     }
 
     /// A JSON call: the `data` of a `{"code":1,...}` answer.
@@ -98,23 +109,11 @@ impl Api {
         body: &Value,
     ) -> Result<Value, ConnectorError> {
         let what = self.what(path, chat);
-        let request = self
-            .http
-            .request(Method::POST, &format!("{}{path}", self.base_url))
-            .header("token", token.expose())
-            .json(body);
-        let response = self.http.send(request, &what).await?;
-        check_http(
-            &what,
-            response.status,
-            response.retry_after(),
-            &response.body,
-        )?;
-        let value: Value =
-            serde_json::from_slice(&response.body).map_err(|e| ConnectorError::Decode {
-                message: format!("{what}: response is not JSON: {e}"),
-                raw: Some(raw_body(&response.body)),
-            })?;
+        let body = self.send(self.post(path, token).json(body), &what).await?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| ConnectorError::Decode {
+            message: format!("{what}: response is not JSON: {e}"),
+            raw: Some(raw_body(&body)),
+        })?;
         match value.get("code").and_then(Value::as_i64) {
             Some(1) => Ok(value.get("data").cloned().unwrap_or(Value::Null)),
             Some(code) => Err(code_error(
@@ -157,8 +156,8 @@ pub fn code_error(what: &str, code: i64, msg: Option<&str>) -> ConnectorError {
     }
 }
 
-/// 2xx passes; 401/403 unauthorized, 429 rate limited, 408 and 5xx transient, anything else
-/// (the 404 of a wrong method included) permanent.
+/// 2xx passes. A JSON error body with code -101 is "token rejected" whatever the status;
+/// every other status goes by the connectors' one table ([`http::status_error`]).
 fn check_http(
     what: &str,
     status: StatusCode,
@@ -182,13 +181,7 @@ fn check_http(
             }
         }
     }
-    let detail = format!("HTTP {}", status.as_u16());
-    Err(match status.as_u16() {
-        401 | 403 => ConnectorError::Unauthorized(format!("{what}: token rejected ({detail})")),
-        429 => ConnectorError::RateLimited { retry_after },
-        408 | 500..=599 => ConnectorError::Transient(format!("{what}: {detail}")),
-        _ => ConnectorError::Permanent(format!("{what}: {detail}")),
-    })
+    Err(http::status_error(what, status, retry_after, None))
 }
 
 fn looks_like_json(body: &[u8]) -> bool {
@@ -218,16 +211,6 @@ fn json_error(what: &str, body: &[u8]) -> ConnectorError {
 
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
-}
-
-/// Bytes as quarantine keeps them: `{"base64": ...}`, cut at a bound.
-pub fn raw_body(body: &[u8]) -> Value {
-    let kept = &body[..body.len().min(MAX_RAW_BODY)];
-    let mut raw = json!({"base64": base64::engine::general_purpose::STANDARD.encode(kept)});
-    if kept.len() < body.len() {
-        raw["truncated_from"] = json!(body.len());
-    }
-    raw
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ impl YunhuConnector {
     ) -> ConnectorError {
         ConnectorError::Decode {
             message: format!("{}: {why}", self.api.what(path, chat)),
-            raw: Some(api::raw_body(body)),
+            raw: Some(raw_body(body)),
         }
     }
 
@@ -117,7 +117,7 @@ impl YunhuConnector {
         }
         let requests = self.attach_versions(chat, &mut out, wanted).await?;
         c.run_requests = c.run_requests.saturating_add(requests);
-        out.next_cursor = Cursor(json!(c));
+        out.next_cursor = cursor::encode(&c);
         Ok(out)
     }
 
@@ -193,7 +193,7 @@ impl YunhuConnector {
                 Ok(m) => out.messages.push(m),
                 Err(reason) => out.quarantine.push(QuarantineRecord {
                     reason: format!("yunhu chat {}: {reason}", chat.id),
-                    raw: api::raw_body(bytes),
+                    raw: raw_body(bytes),
                 }),
             }
         }
@@ -294,82 +294,31 @@ impl YunhuConnector {
     /// and [`MAX_EDIT_BYTES`]. A record cut short keeps what was read and says so in a
     /// quarantine record.
     async fn edit_history(&self, chat: &Chat, want: &Wanted) -> Result<History, ConnectorError> {
-        let msg_id = want.id.as_str();
+        let label = format!("yunhu chat {} message {}", chat.id, want.id);
         let mut history = History::default();
-        let mut records = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut rows_read = 0usize;
-        let mut bytes = 0usize;
-        let mut total: Option<u64> = None;
+        let mut read = EditRecordRead::default();
         let mut cut: Option<String> = None;
         for page in 1..=MAX_EDIT_PAGES {
             history.requests += 1;
-            let data = self
-                .api
-                .post_json(
-                    EDIT_RECORD,
-                    Some(&chat.id),
-                    &self.token,
-                    &json!({"msgId": msg_id, "size": EDIT_PAGE_SIZE, "page": page}),
-                )
-                .await?;
-            let rows = match data.get("list") {
-                Some(Value::Array(rows)) => rows.clone(),
-                None | Some(Value::Null) => Vec::new(),
-                Some(_) => {
-                    return Err(ConnectorError::Decode {
-                        message: format!(
-                            "{}: list is not an array",
-                            self.api.what(EDIT_RECORD, Some(&chat.id))
-                        ),
-                        raw: Some(data),
-                    })
-                }
-            };
-            if let Some(t) = data.get("total").and_then(Value::as_u64) {
-                total = Some(t);
+            let (rows, total) = self.edit_record_page(chat, &want.id, page).await?;
+            if total.is_some() {
+                read.total = total;
             }
             if rows.is_empty() {
                 break;
             }
-            let mut new_rows = 0;
-            for row in &rows {
-                // A row is known by its id and edit time; a page that repeats rows (upstream
-                // ignoring `page`, or rows shifting while new edits arrive) adds nothing.
-                let key = match (row.get("id"), row.get("msgTime")) {
-                    (Some(id), Some(t)) => format!("{id}/{t}"),
-                    _ => row.to_string(),
-                };
-                if !seen.insert(key) {
-                    continue;
-                }
-                new_rows += 1;
-                rows_read += 1;
-                bytes += row.to_string().len();
-                if rows_read > MAX_EDIT_ROWS {
-                    cut = Some(format!("it has more than {MAX_EDIT_ROWS} rows"));
+            match read.take(&rows, &want.current, &label, &mut history.quarantine) {
+                Err(why) => {
+                    cut = Some(why);
                     break;
                 }
-                if bytes > MAX_EDIT_BYTES {
-                    cut = Some(format!("its rows exceed {MAX_EDIT_BYTES} bytes"));
+                Ok(0) => {
+                    cut = Some(format!("page {page} repeats rows already read"));
                     break;
                 }
-                match map::edit_record(row, &want.current) {
-                    Ok(r) => records.push(r),
-                    Err(reason) => history.quarantine.push(QuarantineRecord {
-                        reason: format!("yunhu chat {} message {msg_id}: {reason}", chat.id),
-                        raw: row.clone(),
-                    }),
-                }
+                Ok(_) => {}
             }
-            if cut.is_some() {
-                break;
-            }
-            if new_rows == 0 {
-                cut = Some(format!("page {page} repeats rows already read"));
-                break;
-            }
-            if total.is_some_and(|t| rows_read as u64 >= t) {
+            if read.total.is_some_and(|t| read.rows_read as u64 >= t) {
                 break;
             }
             if page == MAX_EDIT_PAGES {
@@ -377,20 +326,43 @@ impl YunhuConnector {
             }
         }
         if let Some(why) = cut {
-            history.quarantine.push(QuarantineRecord {
-                reason: format!(
-                    "yunhu chat {} message {msg_id}: edit record not read to its end ({why}); \
-                     the earlier versions of {} rows are archived",
-                    chat.id,
-                    records.len()
-                ),
-                raw: json!({"chat_id": chat.id, "msg_id": msg_id, "total": total,
-                            "rows_read": rows_read.min(MAX_EDIT_ROWS), "bytes_read": bytes}),
-            });
+            history
+                .quarantine
+                .push(read.cut_short(chat, &want.id, &label, &why));
         }
-        records.sort_by_key(|r| (r.edited_ms, r.id));
-        history.versions = records.into_iter().map(|r| r.version).collect();
+        history.versions = read.versions();
         Ok(history)
+    }
+
+    /// One page of a message's edit record: its rows (none when `list` is `null` or
+    /// absent) and `total`, when upstream gave it.
+    async fn edit_record_page(
+        &self,
+        chat: &Chat,
+        msg_id: &str,
+        page: u32,
+    ) -> Result<(Vec<Value>, Option<u64>), ConnectorError> {
+        let data = self
+            .api
+            .post_json(
+                EDIT_RECORD,
+                Some(&chat.id),
+                &self.token,
+                &json!({"msgId": msg_id, "size": EDIT_PAGE_SIZE, "page": page}),
+            )
+            .await?;
+        let total = data.get("total").and_then(Value::as_u64);
+        match data.get("list") {
+            Some(Value::Array(rows)) => Ok((rows.clone(), total)),
+            None | Some(Value::Null) => Ok((Vec::new(), total)),
+            Some(_) => Err(ConnectorError::Decode {
+                message: format!(
+                    "{}: list is not an array",
+                    self.api.what(EDIT_RECORD, Some(&chat.id))
+                ),
+                raw: Some(data),
+            }),
+        }
     }
 
     /// Whether a pass has covered the trailing window after `covered` messages, the oldest
@@ -439,17 +411,10 @@ impl YunhuConnector {
             return Ok(None);
         }
         Self::want_versions(&records, &|_| None, wanted);
-        let mut step = Step::default();
-        let mut above = None;
-        for m in &records.messages {
-            if let Some(above) = above {
-                if m.seq + 1 < above {
-                    step.gaps
-                        .push(gap(&chat.id, m.seq + 1, above - 1, GAP_REASON));
-                }
-            }
-            above = Some(m.seq);
-        }
+        let mut step = Step {
+            gaps: missing_between(&chat.id, None, &records.messages),
+            ..Step::default()
+        };
         if let Some(top) = records.messages.first() {
             c.newest_seq = top.seq;
             c.newest_id = top.observation.message_id.clone();
@@ -468,155 +433,205 @@ impl YunhuConnector {
         c: &mut HistoryCursor,
         wanted: &mut Vec<Wanted>,
     ) -> Result<Step, ConnectorError> {
-        let mut pass = c.pass.take().unwrap_or_else(|| Pass::from_top(0, false));
-        let mut step = Step::default();
+        let pass = c.pass.take().unwrap_or_else(|| Pass::from_top(0, false));
         // Asking below a confirmation anchor, or below the pass's own anchor.
-        let confirming = pass.confirm.and_then(|i| pass.anchor_next.get(i).cloned());
-        let ask_id = confirming
-            .as_ref()
+        let ask_id = pass
+            .confirm
+            .and_then(|i| pass.anchor_next.get(i))
             .map_or(pass.anchor_id.clone(), |a| a.id.clone());
         let mut records = self.list_before(chat, c, &ask_id).await?;
-        step.quarantine = std::mem::take(&mut records.quarantine);
-        let answered = !records.messages.is_empty();
-        let anchor_there = records
-            .messages
-            .iter()
-            .any(|m| m.observation.message_id == pass.anchor_id && m.seq == pass.anchor_seq);
-        // Messages from the anchor up were read already in this pass.
-        records.messages.retain(|m| m.seq < pass.anchor_seq);
-        // The messages to remember just above this page's lowest, if it goes on from here.
-        let mut kept_above: Vec<Anchor> = Vec::new();
-        if pass.anchored() {
-            kept_above.push(Anchor {
-                seq: pass.anchor_seq,
-                id: pass.anchor_id.clone(),
-            });
-        }
-        kept_above.extend(pass.anchor_next.iter().cloned());
-        if let Some(i) = pass.confirm {
-            // The page below the anchor came back empty; this asked below `anchor_next[i]`.
-            if records.messages.is_empty() && !answered {
-                // That message is gone too: try the next one, then the top.
-                if i + 1 < pass.anchor_next.len() {
-                    pass.confirm = Some(i + 1);
-                    c.pass = Some(pass);
-                    return Ok(step);
-                }
-                match restart(chat, &mut pass, &mut step) {
-                    Some(again) => {
-                        c.pass = Some(again);
-                        return Ok(step);
-                    }
-                    None => kept_above.clear(),
-                }
-            } else if !anchor_there {
-                // Messages below where the anchor was: it disappeared, go on from them.
-                // None: it is gone with nothing below where it was, the bottom.
-                kept_above = pass.anchor_next[i.min(pass.anchor_next.len())..].to_vec();
-            }
-            // else the anchor is there: messages below it, or none, the bottom confirmed
-            pass.confirm = None;
-        } else if records.messages.is_empty()
-            && pass.anchored()
-            && (!c.complete || !pass.caught_up())
+        let mut step = Step {
+            quarantine: std::mem::take(&mut records.quarantine),
+            ..Step::default()
+        };
+        let (mut pass, kept_above) = match confirm(chat, pass, &mut records, c.complete, &mut step)
         {
-            // An empty page below a stored anchor is taken for the bottom only once the
-            // messages above it confirm it.
-            if !pass.anchor_next.is_empty() {
-                pass.confirm = Some(0);
+            Confirmation::AskAgain(pass) => {
                 c.pass = Some(pass);
                 return Ok(step);
             }
-            if let Some(again) = restart(chat, &mut pass, &mut step) {
-                c.pass = Some(again);
-                return Ok(step);
-            }
-        }
-
-        let previous = &c.edits;
-        let seen = &pass.edits;
-        Self::want_versions(
-            &records,
-            &|id| previous.get(id).or_else(|| seen.get(id)).copied(),
-            wanted,
-        );
-        let backfill = pass.backfill;
-        let mut above = pass.anchored().then_some(pass.anchor_seq);
-        for m in &records.messages {
-            if let Some(above) = above {
-                if m.seq + 1 < above {
-                    step.gaps
-                        .push(gap(&chat.id, m.seq + 1, above - 1, GAP_REASON));
-                }
-            }
-            above = Some(m.seq);
-            if m.edit_time > 0 && !backfill {
-                pass.edits
-                    .insert(m.observation.message_id.clone(), m.edit_time);
-            }
-        }
-        if pass.top_id.is_empty() {
-            if let Some(top) = records.messages.first() {
-                pass.top_seq = top.seq;
-                pass.top_id = top.observation.message_id.clone();
-                pass.top_ms = top.sent_ms;
-            }
-        }
-        pass.covered = pass
-            .covered
-            .saturating_add(records.messages.len().min(u32::MAX as usize) as u32);
-        let finished = match records.messages.last() {
-            None => true,
-            Some(lowest) => {
-                let mut next: Vec<Anchor> = records
-                    .messages
-                    .iter()
-                    .rev()
-                    .skip(1)
-                    .take(CONFIRM_ANCHORS)
-                    .map(anchor_of)
-                    .collect();
-                next.extend(kept_above);
-                next.truncate(CONFIRM_ANCHORS);
-                pass.anchor_next = next;
-                pass.anchor_seq = lowest.seq;
-                pass.anchor_id = lowest.observation.message_id.clone();
-                pass.caught_up()
-                    && (!pass.window || self.window_covered(ctx.now, pass.covered, lowest.sent_ms))
-            }
+            Confirmation::GoOn(pass, kept_above) => (pass, kept_above),
         };
-        let ended_at_bottom = records.messages.is_empty();
-        if finished {
-            if pass.window {
-                c.rescanned_at = ctx.now;
-            }
-            if pass.top_seq > c.newest_seq {
-                c.newest_seq = pass.top_seq;
-                c.newest_id = pass.top_id.clone();
-                c.newest_ms = pass.top_ms;
-            }
-            if pass.anchored() && (c.oldest_seq == 0 || pass.anchor_seq < c.oldest_seq) {
-                c.oldest_seq = pass.anchor_seq;
-                c.oldest_id = pass.anchor_id.clone();
-                c.oldest_next = pass.anchor_next.clone();
-            }
-            if ended_at_bottom {
-                c.complete = true;
-                if c.oldest_seq > 1 {
-                    step.gaps
-                        .push(gap(&chat.id, 1, c.oldest_seq - 1, BEFORE_HISTORY_REASON));
-                }
-            }
-            if !backfill {
-                c.edits = std::mem::take(&mut pass.edits);
-            }
-            step.done = c.complete;
+        note_page(chat, &mut pass, &records, &c.edits, &mut step, wanted);
+        if self.advance(ctx, &mut pass, &records, kept_above) {
+            end_pass(ctx, chat, c, pass, records.messages.is_empty(), &mut step);
         } else {
             c.pass = Some(pass);
         }
         step.messages = records.messages;
         Ok(step)
     }
+
+    /// Move the pass's anchor down to the page's lowest message, keeping the few messages
+    /// above it to confirm an empty page with. Whether the pass is finished: the page was
+    /// empty, or the pass has caught up and covered the trailing window when it must.
+    fn advance(
+        &self,
+        ctx: &RunContext,
+        pass: &mut Pass,
+        records: &PageRecords,
+        kept_above: Vec<Anchor>,
+    ) -> bool {
+        let Some(lowest) = records.messages.last() else {
+            return true;
+        };
+        let mut next: Vec<Anchor> = records
+            .messages
+            .iter()
+            .rev()
+            .skip(1)
+            .take(CONFIRM_ANCHORS)
+            .map(anchor_of)
+            .collect();
+        next.extend(kept_above);
+        next.truncate(CONFIRM_ANCHORS);
+        pass.anchor_next = next;
+        pass.anchor_seq = lowest.seq;
+        pass.anchor_id = lowest.observation.message_id.clone();
+        pass.caught_up()
+            && (!pass.window || self.window_covered(ctx.now, pass.covered, lowest.sent_ms))
+    }
+}
+
+/// Where a pass goes after a page below its anchor (or below a confirmation anchor).
+enum Confirmation {
+    /// Ask again before taking the page for anything: the pass as it is to be kept.
+    AskAgain(Pass),
+    /// Go on with the page (the messages below the anchor, or none: the bottom), and the
+    /// messages known just above its lowest.
+    GoOn(Pass, Vec<Anchor>),
+}
+
+/// What the page below the anchor tells: an empty page below a stored anchor is taken for
+/// the bottom only once the messages above the anchor confirm it (asked below each in
+/// turn, then from the top once). Drops from `records` the messages from the anchor up,
+/// which the pass has read already.
+fn confirm(
+    chat: &Chat,
+    mut pass: Pass,
+    records: &mut PageRecords,
+    complete: bool,
+    step: &mut Step,
+) -> Confirmation {
+    let answered = !records.messages.is_empty();
+    let anchor_there = records
+        .messages
+        .iter()
+        .any(|m| m.observation.message_id == pass.anchor_id && m.seq == pass.anchor_seq);
+    records.messages.retain(|m| m.seq < pass.anchor_seq);
+    // The messages to remember just above this page's lowest, if it goes on from here.
+    let mut kept_above: Vec<Anchor> = Vec::new();
+    if pass.anchored() {
+        kept_above.push(Anchor {
+            seq: pass.anchor_seq,
+            id: pass.anchor_id.clone(),
+        });
+    }
+    kept_above.extend(pass.anchor_next.iter().cloned());
+    if let Some(i) = pass.confirm {
+        // The page below the anchor came back empty; this asked below `anchor_next[i]`.
+        if records.messages.is_empty() && !answered {
+            // That message is gone too: try the next one, then the top.
+            if i + 1 < pass.anchor_next.len() {
+                pass.confirm = Some(i + 1);
+                return Confirmation::AskAgain(pass);
+            }
+            match restart(chat, &mut pass, step) {
+                Some(again) => return Confirmation::AskAgain(again),
+                None => kept_above.clear(),
+            }
+        } else if !anchor_there {
+            // Messages below where the anchor was: it disappeared, go on from them.
+            // None: it is gone with nothing below where it was, the bottom.
+            kept_above = pass.anchor_next[i.min(pass.anchor_next.len())..].to_vec();
+        }
+        // else the anchor is there: messages below it, or none, the bottom confirmed
+        pass.confirm = None;
+    } else if records.messages.is_empty() && pass.anchored() && (!complete || !pass.caught_up()) {
+        if !pass.anchor_next.is_empty() {
+            pass.confirm = Some(0);
+            return Confirmation::AskAgain(pass);
+        }
+        if let Some(again) = restart(chat, &mut pass, step) {
+            return Confirmation::AskAgain(again);
+        }
+    }
+    Confirmation::GoOn(pass, kept_above)
+}
+
+/// Note a page in its pass: the edited messages whose record must be read, the seqs
+/// missing between its messages, the edit times seen (not in a back-fill: the cursor's
+/// describe the newest messages), the pass's top message and how many it has covered.
+fn note_page(
+    chat: &Chat,
+    pass: &mut Pass,
+    records: &PageRecords,
+    previous_edits: &BTreeMap<String, u64>,
+    step: &mut Step,
+    wanted: &mut Vec<Wanted>,
+) {
+    let seen = &pass.edits;
+    YunhuConnector::want_versions(
+        records,
+        &|id| previous_edits.get(id).or_else(|| seen.get(id)).copied(),
+        wanted,
+    );
+    let above = pass.anchored().then_some(pass.anchor_seq);
+    step.gaps
+        .extend(missing_between(&chat.id, above, &records.messages));
+    if !pass.backfill {
+        for m in records.messages.iter().filter(|m| m.edit_time > 0) {
+            pass.edits
+                .insert(m.observation.message_id.clone(), m.edit_time);
+        }
+    }
+    if pass.top_id.is_empty() {
+        if let Some(top) = records.messages.first() {
+            pass.top_seq = top.seq;
+            pass.top_id = top.observation.message_id.clone();
+            pass.top_ms = top.sent_ms;
+        }
+    }
+    pass.covered = pass
+        .covered
+        .saturating_add(records.messages.len().min(u32::MAX as usize) as u32);
+}
+
+/// A finished pass: the cursor takes its newest and oldest messages and its edit times. A
+/// pass that ended on an empty page (`at_bottom`) has read the history to its start, and
+/// the seqs below the oldest message are a gap before the visible history.
+fn end_pass(
+    ctx: &RunContext,
+    chat: &Chat,
+    c: &mut HistoryCursor,
+    mut pass: Pass,
+    at_bottom: bool,
+    step: &mut Step,
+) {
+    if pass.window {
+        c.rescanned_at = ctx.now;
+    }
+    if pass.top_seq > c.newest_seq {
+        c.newest_seq = pass.top_seq;
+        c.newest_id = pass.top_id.clone();
+        c.newest_ms = pass.top_ms;
+    }
+    if pass.anchored() && (c.oldest_seq == 0 || pass.anchor_seq < c.oldest_seq) {
+        c.oldest_seq = pass.anchor_seq;
+        c.oldest_id = pass.anchor_id.clone();
+        c.oldest_next = pass.anchor_next.clone();
+    }
+    if at_bottom {
+        c.complete = true;
+        if c.oldest_seq > 1 {
+            step.gaps
+                .push(gap(&chat.id, 1, c.oldest_seq - 1, BEFORE_HISTORY_REASON));
+        }
+    }
+    if !pass.backfill {
+        c.edits = std::mem::take(&mut pass.edits);
+    }
+    step.done = c.complete;
 }
 
 /// Every message an empty page could be confirmed with is gone: the pass begins again from
@@ -655,6 +670,80 @@ struct History {
     requests: u32,
 }
 
+/// How far a message's edit record has been read.
+#[derive(Default)]
+struct EditRecordRead {
+    records: Vec<map::EditRecord>,
+    /// The rows read so far, by id and edit time.
+    seen: HashSet<String>,
+    rows_read: usize,
+    bytes: usize,
+    /// The rows the record has, as upstream last said.
+    total: Option<u64>,
+}
+
+impl EditRecordRead {
+    /// Take a page's rows: each new one becomes an earlier version (or, when it cannot be
+    /// read, a quarantine record labelled `label`). Returns how many rows were new, or why
+    /// the record is cut short here (past [`MAX_EDIT_ROWS`] or [`MAX_EDIT_BYTES`]).
+    fn take(
+        &mut self,
+        rows: &[Value],
+        current: &map::Current,
+        label: &str,
+        quarantine: &mut Vec<QuarantineRecord>,
+    ) -> Result<usize, String> {
+        let mut new_rows = 0;
+        for row in rows {
+            // A row is known by its id and edit time; a page that repeats rows (upstream
+            // ignoring `page`, or rows shifting while new edits arrive) adds nothing.
+            let key = match (row.get("id"), row.get("msgTime")) {
+                (Some(id), Some(t)) => format!("{id}/{t}"),
+                _ => row.to_string(),
+            };
+            if !self.seen.insert(key) {
+                continue;
+            }
+            new_rows += 1;
+            self.rows_read += 1;
+            self.bytes += row.to_string().len();
+            if self.rows_read > MAX_EDIT_ROWS {
+                return Err(format!("it has more than {MAX_EDIT_ROWS} rows"));
+            }
+            if self.bytes > MAX_EDIT_BYTES {
+                return Err(format!("its rows exceed {MAX_EDIT_BYTES} bytes"));
+            }
+            match map::edit_record(row, current) {
+                Ok(r) => self.records.push(r),
+                Err(reason) => quarantine.push(QuarantineRecord {
+                    reason: format!("{label}: {reason}"),
+                    raw: row.clone(),
+                }),
+            }
+        }
+        Ok(new_rows)
+    }
+
+    /// The quarantine record of a record not read to its end, and why.
+    fn cut_short(&self, chat: &Chat, msg_id: &str, label: &str, why: &str) -> QuarantineRecord {
+        QuarantineRecord {
+            reason: format!(
+                "{label}: edit record not read to its end ({why}); the earlier versions of {} \
+                 rows are archived",
+                self.records.len()
+            ),
+            raw: json!({"chat_id": chat.id, "msg_id": msg_id, "total": self.total,
+                        "rows_read": self.rows_read.min(MAX_EDIT_ROWS), "bytes_read": self.bytes}),
+        }
+    }
+
+    /// The earlier versions read, oldest first.
+    fn versions(mut self) -> Vec<EarlierVersion> {
+        self.records.sort_by_key(|r| (r.edited_ms, r.id));
+        self.records.into_iter().map(|r| r.version).collect()
+    }
+}
+
 /// A request body already encoded.
 struct RawRequest(Vec<u8>);
 
@@ -689,6 +778,22 @@ impl fmt::Debug for RawRequest {
 struct PageRecords {
     messages: Vec<map::Mapped>,
     quarantine: Vec<QuarantineRecord>,
+}
+
+/// The seqs missing between messages listed newest first, and between `above` (a message
+/// above the first, when there is one) and the first.
+fn missing_between(chat_id: &str, above: Option<i64>, messages: &[map::Mapped]) -> Vec<SeqGap> {
+    let mut gaps = Vec::new();
+    let mut above = above;
+    for m in messages {
+        if let Some(above) = above {
+            if m.seq + 1 < above {
+                gaps.push(gap(chat_id, m.seq + 1, above - 1, GAP_REASON));
+            }
+        }
+        above = Some(m.seq);
+    }
+    gaps
 }
 
 fn gap(conversation_id: &str, from: i64, to: i64, reason: &str) -> SeqGap {

@@ -177,7 +177,7 @@ pub fn kind_of(content_type: i64) -> MessageKind {
 }
 
 /// A media field as a URL: a bare key gets the host of its media type
-/// (`docs/upstreams/yunhu.md`, "Media").
+/// (`docs/upstreams/yunhu.md`, "Transport").
 fn media_url(value: &str, host: &str) -> String {
     if value.contains("://") {
         value.to_string()
@@ -191,144 +191,135 @@ fn json_field(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|_| json!(s))
 }
 
+/// Media hosts of bare keys, per media type (`docs/upstreams/yunhu.md`, "Transport").
+const IMAGE_HOST: &str = "chat-img.jwznb.com";
+const FILE_HOST: &str = "chat-file.jwznb.com";
+const VIDEO_HOST: &str = "chat-video1.jwznb.com";
+const AUDIO_HOST: &str = "chat-audio1.jwznb.com";
+
 /// Normalised content: `kind`, plain `text` for search, and the fields that say what the
 /// message holds (urls, names, sizes, mentions, the quoted message).
 pub fn content_of(content_type: i64, c: &pb::MsgContent, quote_msg_id: &str) -> Content {
     let kind = kind_of(content_type);
     let mut m = Map::new();
-    let mut put = |key: &str, value: Value| {
-        m.insert(key.to_string(), value);
-    };
-    let nonempty = |s: &str| !s.is_empty();
-    if nonempty(&c.text) {
-        put("text", json!(c.text));
-    }
-    if nonempty(&c.buttons) {
-        put("buttons", json_field(&c.buttons));
-    }
-    if nonempty(&c.image_url) {
-        put(
-            "image_url",
-            json!(media_url(&c.image_url, "chat-img.jwznb.com")),
-        );
-    }
-    if nonempty(&c.file_name) {
-        put("file_name", json!(c.file_name));
-    }
-    if nonempty(&c.file_url) {
-        put(
-            "file_url",
-            json!(media_url(&c.file_url, "chat-file.jwznb.com")),
-        );
-    }
-    if c.file_size != 0 {
-        put("file_size", json!(c.file_size));
-    }
-    if c.width != 0 || c.height != 0 {
-        put("width", json!(c.width));
-        put("height", json!(c.height));
-    }
-    if !c.mentioned_id.is_empty() {
-        put("mentions", json!(c.mentioned_id));
-    }
-    if nonempty(&c.form) {
-        put("form", json_field(&c.form));
-    }
-    if nonempty(&c.image) {
-        put(
-            "sticker_url",
-            json!(media_url(&c.image, "chat-img.jwznb.com")),
-        );
-    }
-    if nonempty(&c.expression_id) {
-        put("expression_id", json!(c.expression_id));
-    }
-    if c.sticker_item_id != 0 || c.sticker_pack_id != 0 {
-        put("sticker_item_id", json!(c.sticker_item_id));
-        put("sticker_pack_id", json!(c.sticker_pack_id));
-    }
-    if nonempty(&c.post_id) {
-        put("post_id", json!(c.post_id));
-        put("post_title", json!(c.post_title));
-        put("post_content", json!(c.post_content));
-        put(
-            "post_format",
-            json!(if c.post_content_type == "2" {
-                "markdown"
-            } else {
-                "text"
-            }),
-        );
-    }
-    if nonempty(&c.video_url) {
-        put(
-            "video_url",
-            json!(media_url(&c.video_url, "chat-video1.jwznb.com")),
-        );
-    }
-    if c.video_time != 0 {
-        put("video_seconds", json!(c.video_time));
-    }
-    if nonempty(&c.audio_url) {
-        put(
-            "audio_url",
-            json!(media_url(&c.audio_url, "chat-audio1.jwznb.com")),
-        );
-    }
-    if c.audio_time != 0 {
-        put("audio_seconds", json!(c.audio_time));
-    }
-    if nonempty(&c.call_text) {
-        put("call_text", json!(c.call_text));
-    }
-    if nonempty(&c.call_status_text) {
-        put("call_status", json!(c.call_status_text));
-    }
-    if nonempty(&c.tip) {
-        put("tip", json!(c.tip));
-    }
-    let mut quote = Map::new();
-    if !quote_msg_id.is_empty() {
-        quote.insert("msg_id".into(), json!(quote_msg_id));
-    }
-    if nonempty(&c.quote_msg_text) {
-        quote.insert("text".into(), json!(c.quote_msg_text));
-    }
-    if nonempty(&c.quote_image_url) {
-        quote.insert("image_url".into(), json!(c.quote_image_url));
-    }
-    if nonempty(&c.quote_image_name) {
-        quote.insert("image_name".into(), json!(c.quote_image_name));
-    }
-    if nonempty(&c.quote_video_url) {
-        quote.insert("video_url".into(), json!(c.quote_video_url));
-    }
-    if !quote.is_empty() {
-        put("quote", Value::Object(quote));
+    said_fields(c, &mut m);
+    media_fields(c, &mut m);
+    post_fields(c, &mut m);
+    if let Some(quote) = quote_of(c, quote_msg_id) {
+        m.insert("quote".into(), quote);
     }
     if kind == MessageKind::Other {
-        put("content_type", json!(content_type));
+        m.insert("content_type".into(), json!(content_type));
     }
-
-    let text = match kind {
-        MessageKind::File => c.file_name.clone(),
-        MessageKind::Post => [c.post_title.as_str(), c.post_content.as_str()]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        MessageKind::Call => [c.call_status_text.as_str(), c.call_text.as_str()]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join(" "),
-        MessageKind::Form if c.text.is_empty() => c.form.clone(),
-        _ => c.text.clone(),
-    };
     Content {
         kind,
-        text,
+        text: text_of(kind, c),
         content: Value::Object(m),
+    }
+}
+
+/// A string field under `key`, unless it is empty.
+fn put_str(m: &mut Map<String, Value>, key: &str, value: &str) {
+    if !value.is_empty() {
+        m.insert(key.to_string(), json!(value));
+    }
+}
+
+/// A media field under `key` as a URL ([`media_url`]), unless it is empty.
+fn put_url(m: &mut Map<String, Value>, key: &str, value: &str, host: &str) {
+    if !value.is_empty() {
+        m.insert(key.to_string(), json!(media_url(value, host)));
+    }
+}
+
+/// A number under `key`, unless it is 0.
+fn put_number(m: &mut Map<String, Value>, key: &str, value: i64) {
+    if value != 0 {
+        m.insert(key.to_string(), json!(value));
+    }
+}
+
+/// What the message says: its text, buttons, form, mentions, tip and call texts.
+fn said_fields(c: &pb::MsgContent, m: &mut Map<String, Value>) {
+    put_str(m, "text", &c.text);
+    if !c.buttons.is_empty() {
+        m.insert("buttons".into(), json_field(&c.buttons));
+    }
+    if !c.mentioned_id.is_empty() {
+        m.insert("mentions".into(), json!(c.mentioned_id));
+    }
+    if !c.form.is_empty() {
+        m.insert("form".into(), json_field(&c.form));
+    }
+    put_str(m, "call_text", &c.call_text);
+    put_str(m, "call_status", &c.call_status_text);
+    put_str(m, "tip", &c.tip);
+}
+
+/// What the message carries: images, files, stickers, video and audio.
+fn media_fields(c: &pb::MsgContent, m: &mut Map<String, Value>) {
+    put_url(m, "image_url", &c.image_url, IMAGE_HOST);
+    put_str(m, "file_name", &c.file_name);
+    put_url(m, "file_url", &c.file_url, FILE_HOST);
+    put_number(m, "file_size", c.file_size);
+    if c.width != 0 || c.height != 0 {
+        m.insert("width".into(), json!(c.width));
+        m.insert("height".into(), json!(c.height));
+    }
+    put_url(m, "sticker_url", &c.image, IMAGE_HOST);
+    put_str(m, "expression_id", &c.expression_id);
+    if c.sticker_item_id != 0 || c.sticker_pack_id != 0 {
+        m.insert("sticker_item_id".into(), json!(c.sticker_item_id));
+        m.insert("sticker_pack_id".into(), json!(c.sticker_pack_id));
+    }
+    put_url(m, "video_url", &c.video_url, VIDEO_HOST);
+    put_number(m, "video_seconds", c.video_time);
+    put_url(m, "audio_url", &c.audio_url, AUDIO_HOST);
+    put_number(m, "audio_seconds", c.audio_time);
+}
+
+/// A community post the message shares.
+fn post_fields(c: &pb::MsgContent, m: &mut Map<String, Value>) {
+    if c.post_id.is_empty() {
+        return;
+    }
+    m.insert("post_id".into(), json!(c.post_id));
+    m.insert("post_title".into(), json!(c.post_title));
+    m.insert("post_content".into(), json!(c.post_content));
+    let format = if c.post_content_type == "2" {
+        "markdown"
+    } else {
+        "text"
+    };
+    m.insert("post_format".into(), json!(format));
+}
+
+/// The quoted message: its id and what the quote shows of it.
+fn quote_of(c: &pb::MsgContent, quote_msg_id: &str) -> Option<Value> {
+    let mut quote = Map::new();
+    put_str(&mut quote, "msg_id", quote_msg_id);
+    put_str(&mut quote, "text", &c.quote_msg_text);
+    put_str(&mut quote, "image_url", &c.quote_image_url);
+    put_str(&mut quote, "image_name", &c.quote_image_name);
+    put_str(&mut quote, "video_url", &c.quote_video_url);
+    (!quote.is_empty()).then_some(Value::Object(quote))
+}
+
+/// The plain text search indexes for a message of `kind`.
+fn text_of(kind: MessageKind, c: &pb::MsgContent) -> String {
+    let joined = |parts: [&str; 2], sep: &str| {
+        parts
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    match kind {
+        MessageKind::File => c.file_name.clone(),
+        MessageKind::Post => joined([&c.post_title, &c.post_content], "\n"),
+        MessageKind::Call => joined([&c.call_status_text, &c.call_text], " "),
+        MessageKind::Form if c.text.is_empty() => c.form.clone(),
+        _ => c.text.clone(),
     }
 }
 

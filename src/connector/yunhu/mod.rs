@@ -65,7 +65,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use self::api::Api;
-use super::http::HttpClient;
+use super::cursor;
+use super::http::{raw_body, HttpClient};
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
 };
@@ -330,16 +331,12 @@ impl YunhuConnector {
     }
 }
 
-fn parse_cursor(cursor: &Cursor, source: &SourceName) -> Result<HistoryCursor, ConnectorError> {
-    let unrecognised = || {
-        ConnectorError::Permanent(format!(
-            "yunhu source {source}: unrecognised messages cursor; run with --full to start over"
-        ))
-    };
-    if cursor.0.get("v").and_then(Value::as_u64) != Some(u64::from(CURSOR_VERSION)) {
-        return Err(unrecognised());
-    }
-    serde_json::from_value(cursor.0.clone()).map_err(|_| unrecognised())
+fn parse_cursor(stored: &Cursor, source: &SourceName) -> Result<HistoryCursor, ConnectorError> {
+    cursor::decode(
+        stored,
+        &[CURSOR_VERSION],
+        &format!("yunhu source {source}: messages cursor"),
+    )
 }
 
 fn chat_of(
@@ -375,6 +372,66 @@ fn chat_of(
     })
 }
 
+/// A changed conversation list: every listed chat is discovered (an entry without a
+/// `chat_id` is quarantined), and `state` takes the list's md5 and each chat's fingerprint
+/// and announced time.
+fn take_list(
+    list: &pb::ConversationListResponse,
+    state: &mut DiscoveryState,
+    discovery: &mut Discovery,
+    listed: &mut HashSet<String>,
+) {
+    let mut fingerprints = BTreeMap::new();
+    let mut times = BTreeMap::new();
+    for d in &list.data {
+        if d.chat_id.is_empty() {
+            discovery.quarantine.push(QuarantineRecord {
+                reason: "yunhu conversation list: an entry has no chat_id".into(),
+                raw: raw_body(&d.encode_to_vec()),
+            });
+            continue;
+        }
+        fingerprints.insert(d.chat_id.clone(), fingerprint(d));
+        times.insert(d.chat_id.clone(), announced_ms(d));
+        listed.insert(d.chat_id.clone());
+        discovery.conversations.push(map::conversation(
+            &d.chat_id,
+            d.chat_type,
+            &d.name,
+            &d.remark,
+            &d.avatar_url,
+            d.certification_level,
+        ));
+    }
+    state.md5 = list.md5.clone();
+    state.chats = fingerprints;
+    state.times = times;
+}
+
+/// The address book's chats that the conversation list did not show.
+fn take_address_book(
+    book: &pb::AddressBookListResponse,
+    discovery: &mut Discovery,
+    listed: &mut HashSet<String>,
+) {
+    for section in &book.data {
+        for entry in &section.data {
+            if entry.chat_id.is_empty() || listed.contains(&entry.chat_id) {
+                continue;
+            }
+            listed.insert(entry.chat_id.clone());
+            discovery.conversations.push(map::conversation(
+                &entry.chat_id,
+                section.chat_type,
+                &entry.name,
+                &entry.remark,
+                &entry.avatar_url,
+                0,
+            ));
+        }
+    }
+}
+
 /// A short hash of the list facts that change with a chat's latest message.
 fn fingerprint(d: &pb::ConversationData) -> String {
     let digest = Sha256::digest(format!(
@@ -397,11 +454,9 @@ fn announced_ms(d: &pb::ConversationData) -> u64 {
 fn needs_sync(k: &KnownConversation, fingerprint: Option<&String>) -> bool {
     match k.cursors.get(FEED_MESSAGES) {
         None => true,
-        Some(c) => serde_json::from_value::<HistoryCursor>(c.0.clone())
-            .map(|c| {
-                !c.complete || c.pass.is_some() || fingerprint.is_some_and(|fp| *fp != c.list_fp)
-            })
-            .unwrap_or(true),
+        Some(c) => cursor::peek::<HistoryCursor>(c, &[CURSOR_VERSION]).is_none_or(|c| {
+            !c.complete || c.pass.is_some() || fingerprint.is_some_and(|fp| *fp != c.list_fp)
+        }),
     }
 }
 
@@ -419,8 +474,7 @@ impl Connector for YunhuConnector {
     async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
         let previous: Option<DiscoveryState> = request
             .state
-            .and_then(|c| serde_json::from_value(c.0.clone()).ok())
-            .filter(|s: &DiscoveryState| s.v == CURSOR_VERSION);
+            .and_then(|c| cursor::peek(c, &[CURSOR_VERSION]));
         let now = Utc::now().timestamp();
         let full = request.full || previous.is_none();
         let mut state = previous.unwrap_or(DiscoveryState {
@@ -439,50 +493,11 @@ impl Connector for YunhuConnector {
         let mut discovery = Discovery::default();
         let mut listed = HashSet::new();
         if !list_unchanged {
-            let mut fingerprints = BTreeMap::new();
-            let mut times = BTreeMap::new();
-            for d in &list.data {
-                if d.chat_id.is_empty() {
-                    discovery.quarantine.push(QuarantineRecord {
-                        reason: "yunhu conversation list: an entry has no chat_id".into(),
-                        raw: api::raw_body(&d.encode_to_vec()),
-                    });
-                    continue;
-                }
-                fingerprints.insert(d.chat_id.clone(), fingerprint(d));
-                times.insert(d.chat_id.clone(), announced_ms(d));
-                listed.insert(d.chat_id.clone());
-                discovery.conversations.push(map::conversation(
-                    &d.chat_id,
-                    d.chat_type,
-                    &d.name,
-                    &d.remark,
-                    &d.avatar_url,
-                    d.certification_level,
-                ));
-            }
-            state.md5 = list.md5.clone();
-            state.chats = fingerprints;
-            state.times = times;
+            take_list(&list, &mut state, &mut discovery, &mut listed);
         }
         if sweep {
             let book = self.address_book().await?;
-            for section in &book.data {
-                for entry in &section.data {
-                    if entry.chat_id.is_empty() || listed.contains(&entry.chat_id) {
-                        continue;
-                    }
-                    listed.insert(entry.chat_id.clone());
-                    discovery.conversations.push(map::conversation(
-                        &entry.chat_id,
-                        section.chat_type,
-                        &entry.name,
-                        &entry.remark,
-                        &entry.avatar_url,
-                        0,
-                    ));
-                }
-            }
+            take_address_book(&book, &mut discovery, &mut listed);
             state.address_book_at = now;
         } else {
             // A chat waits while its history is complete and was read at the list entry
@@ -503,7 +518,7 @@ impl Connector for YunhuConnector {
             ..RunContext::new(now)
         };
         *self.context.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(context);
-        discovery.state = Some(Cursor(json!(state)));
+        discovery.state = Some(cursor::encode(&state));
         Ok(discovery)
     }
 

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
-use super::super::http::HttpClient;
+use super::super::http::{self, raw_body, HttpClient};
 use super::super::ConnectorError;
 use crate::config::Secret;
 use crate::model::SourceName;
@@ -19,9 +19,6 @@ use crate::model::SourceName;
 pub const LIST: &str = "/im/v2.1/conversations";
 pub const BATCH: &str = "/im/v2.1/conversations/actions/conversation_ids";
 pub const QUICK_COMMENTS: &str = "/im/v2/messages/actions/quick_comment";
-
-/// How much of an undecodable body is kept for quarantine.
-const MAX_RAW_BODY: usize = 64 * 1024;
 
 /// Path segment encoding: everything but unreserved characters (`|` becomes `%7C`).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
@@ -118,22 +115,15 @@ impl Api {
 
 /// Turn an HTTP answer into `data` or a classified error. The IM API answers HTTP 200
 /// with the outcome in `code`; any other HTTP status comes from the path to it (a proxy,
-/// a load balancer): 429 is a rate limit, 408 and 5xx are worth retrying, the rest of 4xx
-/// are not.
+/// a load balancer) and goes by the connectors' one table ([`http::status_error`]).
 pub fn classify(
     what: &str,
     status: StatusCode,
     body: &[u8],
     retry_after: Option<Duration>,
 ) -> Result<Value, ConnectorError> {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(ConnectorError::RateLimited { retry_after });
-    }
-    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        return Err(ConnectorError::Transient(format!("{what}: HTTP {status}")));
-    }
     if !status.is_success() {
-        return Err(ConnectorError::Permanent(format!("{what}: HTTP {status}")));
+        return Err(http::status_error(what, status, retry_after, None));
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| ConnectorError::Decode {
         message: format!("{what}: the answer is not JSON ({e})"),
@@ -178,11 +168,6 @@ pub fn classify(
             "{what}: unknown upstream code {code}: {msg}"
         ))),
     }
-}
-
-fn raw_body(body: &[u8]) -> Value {
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_RAW_BODY)]).into_owned();
-    serde_json::json!({ "body": text })
 }
 
 #[cfg(test)]

@@ -67,6 +67,53 @@ impl YunxinConnector {
                  still has more; stopping this conversation (the next run goes on from here)"
             )));
         }
+        let page = self.history_page(conv, &what, &read).await?;
+        check_order(&what, &mut read, &page.items)?;
+
+        let mut fetched = Fetched::empty(cur.to_cursor(), false);
+        let (good, unusable) = split_items(conv, &page.items);
+        let broken = !unusable.is_empty();
+        if read.phase != Phase::Sense {
+            // the sense read sees the same items again: quarantined once, by the first read
+            fetched.quarantine.extend(unusable);
+        }
+        self.count_page(conv, &what, &mut read, &page, &good, broken)?;
+        if read.phase != Phase::Sense && !good.is_empty() {
+            let comments = self.quick_comments(conv, &good, request.attempt).await?;
+            self.map_page(conv, &good, &comments, &mut cur, &mut fetched);
+        }
+
+        if let Some(next_token) = page.next_token {
+            read.token = Some(next_token);
+            cur.read = Some(read);
+            fetched.next_cursor = cur.to_cursor();
+            return Ok(fetched);
+        }
+        match self.end_phase(conv, read, &mut cur, &mut fetched, now) {
+            Some(next) => {
+                cur.read = Some(next);
+                fetched.next_cursor = cur.to_cursor();
+                Ok(fetched)
+            }
+            None => {
+                let done = self.finish(request, cur, fetched.messages);
+                Ok(Fetched {
+                    quarantine: fetched.quarantine,
+                    windows: fetched.windows,
+                    ..done
+                })
+            }
+        }
+    }
+
+    /// The next page of `read` from upstream, checked: a boolean `has_more`, an `items`
+    /// array (absent only on the last page), and a usable `next_token` when there is more.
+    async fn history_page(
+        &self,
+        conv: &str,
+        what: &str,
+        read: &Read,
+    ) -> Result<HistoryPage, ConnectorError> {
         let mut query = vec![
             ("begin_time", read.begin.to_string()),
             ("end_time", read.end.to_string()),
@@ -85,7 +132,7 @@ impl YunxinConnector {
         let path = api::history_path(conv);
         let data = self
             .api
-            .call(Method::GET, &path, &query, None, &what)
+            .call(Method::GET, &path, &query, None, what)
             .await?;
         let bad = |m: &str| ConnectorError::Decode {
             message: format!("{what}: {m}"),
@@ -100,34 +147,47 @@ impl YunxinConnector {
             None | Some(Value::Null) if !has_more => Vec::new(),
             _ => return Err(bad("the page has no items array")),
         };
+        if !has_more {
+            return Ok(HistoryPage {
+                items,
+                next_token: None,
+            });
+        }
         let next_token = data
             .get("next_token")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if has_more && (next_token.is_empty() || next_token.chars().count() > MAX_TOKEN_CHARS) {
+        if next_token.is_empty() || next_token.chars().count() > MAX_TOKEN_CHARS {
             return Err(permanent(format!(
                 "{what}: has_more is true but next_token is {}; stopping this conversation rather than loop",
                 if next_token.is_empty() { "empty" } else { "longer than any token should be" }
             )));
         }
-        check_order(&what, &mut read, &items)?;
+        Ok(HistoryPage {
+            items,
+            next_token: Some(next_token),
+        })
+    }
 
-        let mut fetched = Fetched::empty(cur.to_cursor(), false);
-        let (good, unusable) = split_items(conv, &items);
-        let broken = !unusable.is_empty();
-        if read.phase != Phase::Sense {
-            // the sense read sees the same items again: quarantined once, by the first read
-            fetched.quarantine.extend(unusable);
-        }
-
-        // remember the page; a token seen before in this read is a loop
+    /// Remember a page in the run's memory and count it in `read`. A page token this read
+    /// used before, or too many pages in a row with nothing new, stops the conversation.
+    fn count_page(
+        &self,
+        conv: &str,
+        what: &str,
+        read: &mut Read,
+        page: &HistoryPage,
+        good: &[Item<'_>],
+        broken: bool,
+    ) -> Result<(), ConnectorError> {
+        let has_more = page.next_token.is_some();
         let recorded = self.remember(
             conv,
-            &read,
+            read,
             PageMemo {
                 token: read.token.clone(),
-                next: has_more.then(|| next_token.clone()),
+                next: page.next_token.clone(),
                 items: good.iter().map(|(_, id, ct)| (id.clone(), *ct)).collect(),
                 broken,
             },
@@ -152,20 +212,20 @@ impl YunxinConnector {
                 read.stale
             )));
         }
+        Ok(())
+    }
 
-        if read.phase != Phase::Sense && !good.is_empty() {
-            let comments = self.quick_comments(conv, &good, request.attempt).await?;
-            self.map_page(conv, &good, &comments, &mut cur, &mut fetched);
-        }
-
-        if has_more {
-            read.token = Some(next_token);
-            cur.read = Some(read);
-            fetched.next_cursor = cur.to_cursor();
-            return Ok(fetched);
-        }
-        // the phase is complete
-        let next = match read.phase {
+    /// A phase has read its last page: note what it covered in the cursor, take the
+    /// decisions it makes possible, and return the read of the next phase, if any.
+    fn end_phase(
+        &self,
+        conv: &str,
+        read: Read,
+        cur: &mut MsgCursor,
+        fetched: &mut Fetched,
+        now: i64,
+    ) -> Option<Read> {
+        match read.phase {
             Phase::All => {
                 cur.covered_to = Some(cur.covered_to.map_or(read.end, |c| c.max(read.end)));
                 if cur.swept_at.is_none() {
@@ -178,7 +238,7 @@ impl YunxinConnector {
                 read::after(&read, Phase::All, sense_ok)
             }
             Phase::Sense => {
-                self.decide(conv, &read, &mut cur, &mut fetched);
+                self.decide(conv, &read, cur, fetched);
                 read::after(&read, Phase::Sense, false)
             }
             Phase::Retry => read::after(&read, Phase::Retry, false),
@@ -186,21 +246,6 @@ impl YunxinConnector {
                 cur.swept_at = Some(now);
                 cur.sweep_end = Some(read.begin);
                 None
-            }
-        };
-        match next {
-            Some(next) => {
-                cur.read = Some(next);
-                fetched.next_cursor = cur.to_cursor();
-                Ok(fetched)
-            }
-            None => {
-                let done = self.finish(request, cur, fetched.messages);
-                Ok(Fetched {
-                    quarantine: fetched.quarantine,
-                    windows: fetched.windows,
-                    ..done
-                })
             }
         }
     }
@@ -297,22 +342,12 @@ impl YunxinConnector {
         }
         let outcome = decide_no_sense(cur.sense.as_ref(), from, read.end, &only_flagged, &plain);
         for id in outcome.recalled {
-            fetched.messages.push(MessageObservation {
-                conversation_id: conv.to_string(),
-                message_id: id.clone(),
-                header: None,
-                content: None,
-                edited_at: None,
-                earlier_versions: Vec::new(),
-                recalled: Some(Mark {
-                    at: None,
-                    by: None,
-                    reason: Some(ONE_WAY.to_string()),
-                }),
-                deleted: None,
-                reactions: None,
-                raw: json!({"no_sense": true, "message_server_id": id, "detail": ONE_WAY}),
-            });
+            let mark = Mark {
+                reason: Some(ONE_WAY.to_string()),
+                ..Mark::default()
+            };
+            let raw = json!({"no_sense": true, "message_server_id": id, "detail": ONE_WAY});
+            fetched.messages.push(recall(conv, id, mark, raw));
         }
         cur.sense = Some(outcome.mark);
     }
@@ -329,28 +364,47 @@ impl YunxinConnector {
         self.memory().remove(&request.conversation.conversation_id);
         if let Some(rn) = request.conversation.metadata.get("revoke_notification") {
             if let Some(id) = map::int(rn, "server_id") {
-                messages.push(MessageObservation {
-                    conversation_id: request.conversation.conversation_id.clone(),
-                    message_id: id.to_string(),
-                    header: None,
-                    content: None,
-                    edited_at: None,
-                    earlier_versions: Vec::new(),
-                    recalled: Some(Mark {
-                        at: None,
-                        by: map::string(rn, "revoke_id").filter(|s| !s.is_empty()),
-                        reason: None,
-                    }),
-                    deleted: None,
-                    reactions: None,
-                    raw: json!({"revoke_notification": rn}),
-                });
+                let mark = Mark {
+                    by: map::string(rn, "revoke_id").filter(|s| !s.is_empty()),
+                    ..Mark::default()
+                };
+                let raw = json!({"revoke_notification": rn});
+                messages.push(recall(
+                    &request.conversation.conversation_id,
+                    id.to_string(),
+                    mark,
+                    raw,
+                ));
             }
         }
         let mut f = Fetched::empty(cur.to_cursor(), true);
         f.messages = messages;
         f
     }
+}
+
+/// A recall of a message, and nothing else about it: the store sets the mark on the
+/// message it holds and changes nothing else.
+fn recall(conv: &str, message_id: String, mark: Mark, raw: Value) -> MessageObservation {
+    MessageObservation {
+        conversation_id: conv.to_string(),
+        message_id,
+        header: None,
+        content: None,
+        edited_at: None,
+        earlier_versions: Vec::new(),
+        recalled: Some(mark),
+        deleted: None,
+        reactions: None,
+        raw,
+    }
+}
+
+/// One history page as read: its items, and the token of the next page when upstream has
+/// more.
+struct HistoryPage {
+    items: Vec<Value>,
+    next_token: Option<String>,
 }
 
 /// A page's items: those with a numeric id and time, and a quarantine record for each of

@@ -52,13 +52,16 @@ use async_trait::async_trait;
 use rand::Rng;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use self::api::Api;
 use self::memo::ConvMemo;
 use self::read::{MsgCursor, Planner, CURSOR_VERSION, DAY_MS, LAG_MS, SWEEP_EVERY_MS};
+use super::cursor;
 use super::http::HttpClient;
-use super::{Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched};
+use super::{
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+};
 use crate::config::{SourceConfig, YunxinConfig};
 use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, SourceName};
 
@@ -66,11 +69,37 @@ pub const FEED_MESSAGES: &str = "messages";
 /// Pages of one account's conversation list, at most (a million conversations).
 const MAX_LIST_PAGES: usize = 10_000;
 
+/// The version of [`SourceState`]'s format.
+const STATE_VERSION: u32 = 1;
+
 #[derive(Default, Serialize, Deserialize)]
 struct SourceState {
     v: u32,
     /// `update_time` per conversation at the last discovery.
     update_times: BTreeMap<String, i64>,
+}
+
+/// What a discovery found so far: the conversations (or why one is quarantined) and their
+/// `update_time`s.
+#[derive(Default)]
+struct Found {
+    discovery: Discovery,
+    update_times: BTreeMap<String, i64>,
+}
+
+impl Found {
+    fn take(&mut self, item: &Value) {
+        match map::conversation(item) {
+            Ok((obs, t)) => {
+                self.update_times.insert(obs.conversation_id.clone(), t);
+                self.discovery.conversations.push(obs);
+            }
+            Err(reason) => self.discovery.quarantine.push(QuarantineRecord {
+                reason: format!("yunxin conversation: {reason}"),
+                raw: item.clone(),
+            }),
+        }
+    }
 }
 
 pub struct YunxinConnector {
@@ -157,26 +186,70 @@ impl YunxinConnector {
         self.plans.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn parse_cursor(&self, cursor: Option<&Cursor>) -> Result<MsgCursor, ConnectorError> {
-        let Some(c) = cursor else {
+    /// The stored cursor (version 1 cursors upgraded), or a new one for a first read.
+    fn parse_cursor(&self, stored: Option<&Cursor>) -> Result<MsgCursor, ConnectorError> {
+        let Some(stored) = stored else {
             return Ok(MsgCursor {
                 v: CURSOR_VERSION,
                 ..MsgCursor::default()
             });
         };
-        let parsed: MsgCursor = serde_json::from_value(c.0.clone()).map_err(|e| {
-            permanent(format!(
-                "yunxin source {}: stored messages cursor is not readable ({e}); run with --full",
-                self.source
-            ))
-        })?;
-        if parsed.v != CURSOR_VERSION && parsed.v != 1 {
-            return Err(permanent(format!(
-                "yunxin source {}: messages cursor version {} is not {CURSOR_VERSION}; run with --full",
-                self.source, parsed.v
-            )));
-        }
+        let parsed: MsgCursor = cursor::decode(
+            stored,
+            &[1, CURSOR_VERSION],
+            &format!("yunxin source {}: messages cursor", self.source),
+        )?;
         Ok(read::upgrade(parsed, self.planner.rescan_ms))
+    }
+
+    /// The conversations of `ids`, as the batch query finds them (those it cannot find are
+    /// left out).
+    async fn conversations_by_id(&self, ids: &[&str]) -> Result<Vec<Value>, ConnectorError> {
+        let what = format!("{} ({} conversations)", api::BATCH, ids.len());
+        let data = self
+            .api
+            .call(
+                Method::GET,
+                api::BATCH,
+                &[("conversation_ids", ids.join(","))],
+                None,
+                &what,
+            )
+            .await?;
+        Ok(data
+            .get("success_list")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Whether a known conversation has nothing to read this run: the same `update_time`
+    /// as at the last discovery, no read or quick-comment retry left over, nothing recent
+    /// enough to rescan and no sweep due.
+    fn unchanged(
+        &self,
+        known: &KnownConversation,
+        update_times: &BTreeMap<String, i64>,
+        previous: &SourceState,
+        now: i64,
+    ) -> bool {
+        let id = &known.conversation.conversation_id;
+        let (Some(t), Some(p)) = (update_times.get(id), previous.update_times.get(id)) else {
+            return false;
+        };
+        let Some(c) = known
+            .cursors
+            .get(FEED_MESSAGES)
+            .and_then(|stored| cursor::peek::<MsgCursor>(stored, &[1, CURSOR_VERSION]))
+        else {
+            return false;
+        };
+        let quiet = self.planner.rescan_ms == 0
+            || c.newest
+                .is_none_or(|n| n < now - LAG_MS - self.planner.rescan_ms);
+        let swept = c.swept_at.is_some_and(|s| now - s < SWEEP_EVERY_MS);
+        let settled = c.read.is_none() && c.pending.is_empty();
+        t == p && settled && c.covered_to.is_some() && quiet && swept
     }
 
     /// Every conversation of one account, page by page. Ends on `has_more: false`; a page
@@ -252,35 +325,22 @@ impl Connector for YunxinConnector {
     async fn discover(&self, request: DiscoverRequest<'_>) -> Result<Discovery, ConnectorError> {
         let previous: SourceState = request
             .state
-            .and_then(|s| serde_json::from_value(s.0.clone()).ok())
+            .and_then(|s| cursor::peek(s, &[STATE_VERSION]))
             .unwrap_or_default();
         let mut items: Vec<Value> = Vec::new();
         for account in &self.accounts {
             self.list_account(account, &mut items).await?;
         }
-        let mut discovery = Discovery::default();
-        let mut update_times: BTreeMap<String, i64> = BTreeMap::new();
-        let take = |item: &Value, d: &mut Discovery, ut: &mut BTreeMap<String, i64>| {
-            match map::conversation(item) {
-                Ok((obs, t)) => {
-                    ut.insert(obs.conversation_id.clone(), t);
-                    d.conversations.push(obs);
-                }
-                Err(reason) => d.quarantine.push(QuarantineRecord {
-                    reason: format!("yunxin conversation: {reason}"),
-                    raw: item.clone(),
-                }),
-            }
-        };
+        let mut found = Found::default();
         for item in &items {
-            take(item, &mut discovery, &mut update_times);
+            found.take(item);
         }
         // known conversations the lists no longer show: refresh them by id
         let missing: Vec<&str> = request
             .known
             .iter()
             .map(|k| k.conversation.conversation_id.as_str())
-            .filter(|id| !update_times.contains_key(*id))
+            .filter(|id| !found.update_times.contains_key(*id))
             .filter(|id| {
                 self.accounts
                     .iter()
@@ -288,49 +348,27 @@ impl Connector for YunxinConnector {
             })
             .collect();
         for chunk in missing.chunks(comments::BATCH) {
-            let what = format!("{} ({} conversations)", api::BATCH, chunk.len());
-            let data = self
-                .api
-                .call(
-                    Method::GET,
-                    api::BATCH,
-                    &[("conversation_ids", chunk.join(","))],
-                    None,
-                    &what,
-                )
-                .await?;
-            if let Some(list) = data.get("success_list").and_then(Value::as_array) {
-                for item in list {
-                    take(item, &mut discovery, &mut update_times);
-                }
+            for item in self.conversations_by_id(chunk).await? {
+                found.take(&item);
             }
         }
-        // unchanged: same update_time, nothing left to rescan, no sweep due
-        let now = now_ms();
+        let Found {
+            mut discovery,
+            update_times,
+        } = found;
         if !request.full {
-            for k in request.known {
-                let id = &k.conversation.conversation_id;
-                let (Some(t), Some(p)) = (update_times.get(id), previous.update_times.get(id))
-                else {
-                    continue;
-                };
-                let Some(cursor) = k.cursors.get(FEED_MESSAGES) else {
-                    continue;
-                };
-                let Ok(c) = serde_json::from_value::<MsgCursor>(cursor.0.clone()) else {
-                    continue;
-                };
-                let quiet = self.planner.rescan_ms == 0
-                    || c.newest
-                        .is_none_or(|n| n < now - LAG_MS - self.planner.rescan_ms);
-                let swept = c.swept_at.is_some_and(|s| now - s < SWEEP_EVERY_MS);
-                let settled = c.read.is_none() && c.pending.is_empty();
-                if t == p && settled && c.covered_to.is_some() && quiet && swept {
-                    discovery.unchanged.push(id.clone());
-                }
-            }
+            let now = now_ms();
+            discovery.unchanged = request
+                .known
+                .iter()
+                .filter(|k| self.unchanged(k, &update_times, &previous, now))
+                .map(|k| k.conversation.conversation_id.clone())
+                .collect();
         }
-        discovery.state = Some(Cursor(json!(SourceState { v: 1, update_times })));
+        discovery.state = Some(cursor::encode(&SourceState {
+            v: STATE_VERSION,
+            update_times,
+        }));
         Ok(discovery)
     }
 

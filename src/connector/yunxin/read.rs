@@ -8,8 +8,8 @@
 //! old messages). What upstream does that this relies on: `docs/upstreams/yunxin.md`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
+use crate::connector::cursor;
 use crate::model::Cursor;
 
 /// 2: the cursor keeps a [`SenseMark`]. Version 1 cursors are still read ([`upgrade`]).
@@ -121,7 +121,7 @@ pub(super) struct MsgCursor {
 
 impl MsgCursor {
     pub fn to_cursor(&self) -> Cursor {
-        Cursor(serde_json::to_value(self).unwrap_or_else(|_| json!({"v": CURSOR_VERSION})))
+        cursor::encode(self)
     }
 
     /// Remember a window whose quick comments are still to be read. Overlapping or touching
