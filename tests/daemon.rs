@@ -723,7 +723,7 @@ async fn a_killed_embedded_postmaster_is_started_again_by_the_daemon() {
             last["status"].as_str()?.to_string(),
         ))
     };
-    let (ok_run, _) = wait_for("an ok run", Duration::from_secs(60), || {
+    let (ok_run, _) = wait_for("an ok run", Duration::from_secs(180), || {
         let (http, base) = (http.clone(), base.clone());
         async move { status_of_a(http, base).await.filter(|(_, s)| s == "ok") }
     })
@@ -755,7 +755,7 @@ async fn a_killed_embedded_postmaster_is_started_again_by_the_daemon() {
     .await;
     let (after, _) = wait_for(
         "an ok run after the restart",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || {
             let (http, base) = (http.clone(), base.clone());
             async move {
