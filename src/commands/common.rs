@@ -1,6 +1,7 @@
 //! What the subcommands share: loading the configuration (its problems reported as one
-//! line, or listed), making the data directory private, and opening the store, starting the
-//! embedded PostgreSQL when no URL is configured and stopping it again at the end.
+//! line, or listed), making the data directory private, opening the store (starting the
+//! embedded PostgreSQL when no URL is configured and stopping it again at the end), and
+//! listing names in an error line.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -40,6 +41,18 @@ pub fn load_config(path: Option<&Path>, offline: bool) -> anyhow::Result<Config>
             )
         }
     }
+}
+
+/// `names` as a list for an error line (`a, b`), or `none` when there are none.
+pub fn list_or(names: &[impl AsRef<str>], none: &str) -> String {
+    if names.is_empty() {
+        return none.to_string();
+    }
+    names
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<&str>>()
+        .join(", ")
 }
 
 /// Makes the data directory private (see [`crate::files::prepare_data_dir`]) before anything

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 
-use super::common::{load_config, with_store};
+use super::common::{list_or, load_config, with_store};
 use crate::index::search::{parse_time, SearchError};
 use crate::store::export::{csv_record, ExportFilter, CSV_COLUMNS};
 use crate::store::Store;
@@ -95,11 +95,7 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
         if !archived.contains(source) {
             bail!(
                 "no source named {source:?} in the archive (archived sources: {})",
-                if archived.is_empty() {
-                    "none yet".to_string()
-                } else {
-                    archived.join(", ")
-                }
+                list_or(&archived, "none yet")
             );
         }
     }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tokio::sync::watch;
 
-use super::common::{load_config, prepare_data_dir, with_store};
+use super::common::{list_or, load_config, prepare_data_dir, with_store};
 use crate::config::{Config, SourceConfig};
 use crate::index::{self, Indexer, SearchIndex};
 use crate::store::Store;
@@ -44,11 +44,7 @@ fn select_sources(config: &Config, names: &[String]) -> anyhow::Result<Vec<Sourc
             let known: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
             bail!(
                 "no source named {name:?} in the configuration (configured: {})",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
+                list_or(&known, "none")
             );
         }
     }

@@ -11,6 +11,9 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use super::serve::SimServer;
+use super::LiveWorld;
+
 /// The world to generate and how to serve it.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -24,8 +27,8 @@ pub struct Options {
     pub activity_every: u64,
 }
 
-/// A fake server that is up: what to print about it, and how to change and stop its world.
-struct Served<A, S> {
+/// What the operator reads about a server that is up.
+struct Printout {
     /// The first lines: where it listens, what its world holds, and whatever else the
     /// configuration needs.
     summary: String,
@@ -33,8 +36,6 @@ struct Served<A, S> {
     source: String,
     /// The last line.
     closing: &'static str,
-    activity: A,
-    stop: S,
 }
 
 /// The fake TangSengDaoDao server; prints the `[[source]]` with the account's password.
@@ -51,27 +52,23 @@ pub async fn tangsengdaodao(options: &Options) -> anyhow::Result<()> {
         messages: options.messages as usize,
         ..WorldSpec::default()
     };
-    let started = Instant::now();
-    let world = World::generate(&spec);
-    let server = SimServer::start_on(world, options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let (server, took) = start(options, || {
+        SimServer::start_on(World::generate(&spec), options.listen)
+    })
+    .await?;
     let base_url = server.base_url();
-    let served = Served {
+    let printout = Printout {
         summary: format!(
-            "fake TangSengDaoDao server on {base_url} ({} messages, {conversations} conversations, generated in {:.1}s)",
+            "fake TangSengDaoDao server on {base_url} ({} messages, {conversations} conversations, generated in {took:.1}s)",
             options.messages,
-            started.elapsed().as_secs_f64()
         ),
         source: format!(
             "[[source]]\nname = \"sim-tsdd\"\nplatform = \"tangsengdaodao\"\nbase_url = \"{base_url}\"\nusername = \"{}\"\npassword_env = \"SIM_TSDD_PASSWORD\"   # export SIM_TSDD_PASSWORD={}\nrequests_per_second = 200\n",
             spec.me_username, spec.me_password
         ),
         closing: "Ctrl-C stops the server.",
-        activity: super::activity(server.world_handle(), 5),
-        stop: server.shutdown(),
     };
-    serve(options, served).await
+    serve(options, server, printout).await
 }
 
 /// A fake Yunxin app whose timeline ends now; prints the app key, secret and accounts.
@@ -90,20 +87,20 @@ pub async fn yunxin(options: &Options) -> anyhow::Result<()> {
         days: 60,
         ..WorldSpec::default()
     };
-    let started = Instant::now();
-    let world = World::generate(&spec);
-    let accounts = world.accounts.clone();
-    let server = SimServer::start_on(world, options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let (server, took) = start(options, || {
+        SimServer::start_on(World::generate(&spec), options.listen)
+    })
+    .await?;
     let base_url = server.base_url();
-    let conversations = server.world().conversations.len();
-    let served = Served {
+    let (accounts, conversations) = {
+        let world = server.world();
+        (world.accounts.clone(), world.conversations.len())
+    };
+    let printout = Printout {
         summary: format!(
-            "fake Yunxin server on {base_url} ({} messages, {conversations} conversations, generated in {:.1}s)\n\
+            "fake Yunxin server on {base_url} ({} messages, {conversations} conversations, generated in {took:.1}s)\n\
              app_key    = {}\napp_secret = {}\naccounts   = {}",
             options.messages,
-            started.elapsed().as_secs_f64(),
             spec.app_key,
             spec.app_secret,
             accounts.join(", ")
@@ -119,10 +116,8 @@ pub async fn yunxin(options: &Options) -> anyhow::Result<()> {
                 .join(", ")
         ),
         closing: "The server allows 100 requests/s per API, as Yunxin's standard package does. Ctrl-C stops it.",
-        activity: super::activity(server.world_handle(), 5),
-        stop: server.shutdown(),
     };
-    serve(options, served).await
+    serve(options, server, printout).await
 }
 
 /// The fake Yunhu user API: direct chats, groups and bots; prints the `[[source]]` with the
@@ -142,44 +137,50 @@ pub async fn yunhu(options: &Options) -> anyhow::Result<()> {
         messages: options.messages as usize,
         ..WorldSpec::default()
     };
-    let started = Instant::now();
-    let world = World::generate(&spec);
-    let server = SimServer::start_on(world, options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let (server, took) = start(options, || {
+        SimServer::start_on(World::generate(&spec), options.listen)
+    })
+    .await?;
     let base_url = server.base_url();
-    let served = Served {
+    let printout = Printout {
         summary: format!(
-            "fake Yunhu server on {base_url} ({} messages, {} chats, generated in {:.1}s)",
+            "fake Yunhu server on {base_url} ({} messages, {} chats, generated in {took:.1}s)",
             options.messages,
             direct_chats + groups + bots,
-            started.elapsed().as_secs_f64()
         ),
         source: format!(
             "[[source]]\nname = \"sim-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{base_url}\"\ntoken_env = \"SIM_YUNHU_TOKEN\"   # export SIM_YUNHU_TOKEN={}\nrequests_per_second = 200\n",
             spec.token
         ),
         closing: "Ctrl-C stops the server.",
-        activity: super::activity(server.world_handle(), 5),
-        stop: server.shutdown(),
     };
-    serve(options, served).await
+    serve(options, server, printout).await
+}
+
+/// Generate the world and start its server (`start` does both); with the seconds it took.
+async fn start<S, Fut>(options: &Options, start: impl FnOnce() -> Fut) -> anyhow::Result<(S, f64)>
+where
+    Fut: Future<Output = std::io::Result<S>>,
+{
+    let started = Instant::now();
+    let server = start()
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    Ok((server, started.elapsed().as_secs_f64()))
 }
 
 /// Print what the operator needs, then until Ctrl-C add activity to the world every
 /// `activity_every` seconds; then stop the server.
-async fn serve<A, S>(options: &Options, served: Served<A, S>) -> anyhow::Result<()>
-where
-    A: FnMut(&mut StdRng) -> usize + Send + 'static,
-    S: Future<Output = ()>,
-{
-    let Served {
+async fn serve<W: LiveWorld, F: Clone>(
+    options: &Options,
+    server: SimServer<W, F>,
+    printout: Printout,
+) -> anyhow::Result<()> {
+    let Printout {
         summary,
         source,
         closing,
-        mut activity,
-        stop,
-    } = served;
+    } = printout;
     println!("{summary}");
     println!("archive it with this configuration (then `chatvault --config sim.toml sync`):\n");
     println!("{source}");
@@ -187,6 +188,7 @@ where
     let task = (options.activity_every > 0).then(|| {
         let every = Duration::from_secs(options.activity_every);
         let seed = options.seed;
+        let mut activity = super::activity(server.world_handle(), 5);
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed);
             loop {
@@ -202,6 +204,6 @@ where
     if let Some(task) = task {
         task.abort();
     }
-    stop.await;
+    server.shutdown().await;
     Ok(())
 }
