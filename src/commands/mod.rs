@@ -8,8 +8,8 @@
 //! directory) is in [`common`].
 //!
 //! Stdout carries only a command's output; logs and errors go to stderr. Every command
-//! returns an exit code: 0 when it did what was asked, 1 when it failed (clap answers a
-//! malformed command line with 2).
+//! returns an exit code: 0 when it did what was asked, 1 when it failed; clap answers a
+//! malformed command line with 2, and a second Ctrl-C exits at once with 130.
 
 pub mod common;
 pub mod config;

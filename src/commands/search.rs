@@ -108,7 +108,7 @@ pub async fn run(args: SearchArgs, config_path: Option<&Path>) -> anyhow::Result
     .await
 }
 
-/// `chatvault search`.
+/// Run the search; the hits on stdout.
 async fn search(
     store: Store,
     index_dir: PathBuf,
