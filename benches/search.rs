@@ -274,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(Indexer::new(index.clone()).follow(
         store.clone(),
-        chatvault::app::INDEX_INTERVAL,
+        chatvault::commands::run::INDEX_INTERVAL,
         stop_rx,
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -315,7 +315,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "index lag after a page commits: median {:.0} ms, max {max_lag:.0} ms (follower polls every {} ms)",
         percentile(&mut lag_sorted, 0.5),
-        chatvault::app::INDEX_INTERVAL.as_millis()
+        chatvault::commands::run::INDEX_INTERVAL.as_millis()
     );
 
     // 3. The queries on the index.

@@ -2,11 +2,9 @@
 //!
 //! See `ARCHITECTURE.md` for the data flow and the invariants, and which module keeps each.
 
-pub mod app;
-pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod connector;
-pub mod demo;
 pub mod files;
 pub mod http;
 pub mod index;

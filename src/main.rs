@@ -1,30 +1,31 @@
-//! The `chatvault` binary: parse the command line, set up logging, run the command, and turn
-//! the outcome into an exit code. An error is one line on stderr.
+//! The `chatvault` binary: parse the command line, set up logging, run the command
+//! ([`chatvault::commands`]), and turn the outcome into an exit code. An error is one line on
+//! stderr.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-use chatvault::cli::{Cli, Command};
+use chatvault::commands::{self, Cli};
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.command {
-        Command::Run | Command::Sync(_) | Command::Demo(_) | Command::Sim(_) => "info",
-        _ => "warn",
-    };
-    chatvault::telemetry::init(cli.log_format, level);
+    chatvault::telemetry::init(cli.log_format, cli.command.log_level());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
+            return ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(chatvault::app::run(cli)) {
+    let code = match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            ExitCode::FAILURE
         }
     };
-    std::process::exit(code);
+    // Tasks still running (a Ctrl-C watcher, a blocking read) are not waited for.
+    runtime.shutdown_background();
+    code
 }

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+use crate::commands::LogFormat;
 
 /// `chatvault=<level>,warn`: chatvault's lines at `level`, other crates' warnings only.
 pub fn default_filter(level: &str) -> String {

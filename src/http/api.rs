@@ -11,7 +11,8 @@ use axum::Json;
 use tracing::warn;
 
 use super::{access, web, ApiState, DATABASE_TIMEOUT};
-use crate::index::{SearchError, SearchRequest};
+use crate::index::search::SearchParams;
+use crate::index::SearchError;
 use crate::metrics;
 use crate::store::Store;
 
@@ -152,65 +153,6 @@ pub(super) async fn status(State(state): State<ApiState>) -> Response {
     match source_status(&state).await {
         Ok(status) => Json(status).into_response(),
         Err(e) => e.into_response(),
-    }
-}
-
-/// The parameters of `GET /api/search` (the CLI's flags); the web page's search form
-/// becomes these too.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchParams {
-    pub q: Option<String>,
-    pub source: Option<String>,
-    pub conversation: Option<String>,
-    pub sender: Option<String>,
-    pub since: Option<String>,
-    pub until: Option<String>,
-    pub kind: Option<String>,
-    /// `exclude` (default), `include` or `only`.
-    pub recalled: Option<String>,
-    pub history: Option<bool>,
-    pub sort: Option<String>,
-    pub limit: Option<usize>,
-    pub cursor: Option<String>,
-}
-
-impl SearchParams {
-    pub fn to_request(&self) -> Result<SearchRequest, SearchError> {
-        use crate::index::search::{parse_time, Recalled};
-        let query = self.q.clone().unwrap_or_default();
-        let recalled = match self.recalled.as_deref() {
-            None | Some("exclude") => Recalled::Exclude,
-            Some("include") => Recalled::Include,
-            Some("only") => Recalled::Only,
-            Some(other) => {
-                return Err(SearchError::BadRequest(format!(
-                    "recalled must be exclude, include or only, not {other:?}"
-                )))
-            }
-        };
-        Ok(SearchRequest {
-            query,
-            source: self.source.clone(),
-            conversation: self.conversation.clone(),
-            sender: self.sender.clone(),
-            since: self
-                .since
-                .as_deref()
-                .map(|s| parse_time(s, false))
-                .transpose()?,
-            until: self
-                .until
-                .as_deref()
-                .map(|s| parse_time(s, true))
-                .transpose()?,
-            kind: self.kind.clone(),
-            recalled,
-            history: self.history.unwrap_or(false),
-            sort: self.sort.as_deref().unwrap_or("newest").parse()?,
-            limit: self.limit.unwrap_or(20),
-            cursor: self.cursor.clone(),
-        })
     }
 }
 

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
-pub use api::{ApiError, SearchParams};
+pub use api::ApiError;
 
 use crate::config::{Secret, ServerConfig, SourceConfig};
 use crate::metrics::Metrics;

@@ -85,6 +85,66 @@ pub struct SearchRequest {
     pub cursor: Option<String>,
 }
 
+/// A search as a person or a client writes it: the parameters of `GET /api/search`, which
+/// the flags of `chatvault search` and the web page's search form become too.
+/// [`SearchParams::to_request`] is the one way to build a [`SearchRequest`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    pub q: Option<String>,
+    pub source: Option<String>,
+    pub conversation: Option<String>,
+    pub sender: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub kind: Option<String>,
+    /// `exclude` (default), `include` or `only`.
+    pub recalled: Option<String>,
+    pub history: Option<bool>,
+    /// `newest` (default) or `relevance`.
+    pub sort: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+impl SearchParams {
+    pub fn to_request(&self) -> Result<SearchRequest, SearchError> {
+        let query = self.q.clone().unwrap_or_default();
+        let recalled = match self.recalled.as_deref() {
+            None | Some("exclude") => Recalled::Exclude,
+            Some("include") => Recalled::Include,
+            Some("only") => Recalled::Only,
+            Some(other) => {
+                return Err(SearchError::BadRequest(format!(
+                    "recalled must be exclude, include or only, not {other:?}"
+                )))
+            }
+        };
+        Ok(SearchRequest {
+            query,
+            source: self.source.clone(),
+            conversation: self.conversation.clone(),
+            sender: self.sender.clone(),
+            since: self
+                .since
+                .as_deref()
+                .map(|s| parse_time(s, false))
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(|s| parse_time(s, true))
+                .transpose()?,
+            kind: self.kind.clone(),
+            recalled,
+            history: self.history.unwrap_or(false),
+            sort: self.sort.as_deref().unwrap_or("newest").parse()?,
+            limit: self.limit.unwrap_or(20),
+            cursor: self.cursor.clone(),
+        })
+    }
+}
+
 /// Why a search could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -241,8 +301,10 @@ fn decode_cursor(s: &str, r: &SearchRequest, key: &[u8; 32]) -> Result<PagePosit
 }
 
 /// Parse a `since`/`until` bound: RFC 3339, or a date (`2026-01-31`, UTC). A date as
-/// `until` means the end of that day.
+/// `until` means the end of that day. The one reader of a time bound: `chatvault search`,
+/// `chatvault export`, `GET /api/search` and the web page.
 pub fn parse_time(s: &str, until: bool) -> Result<DateTime<Utc>, SearchError> {
+    let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -605,6 +667,43 @@ pub fn highlight(text: &str, parsed: &ParsedQuery) -> Vec<[usize; 2]> {
     merged
 }
 
+/// `text` cut to about `width` characters around the first of its `highlights` (a hit's
+/// [`SearchHit::highlights`]), as fragments: `true` for a matched one. An elided start or
+/// end is a fragment `…`. Each caller renders them: the CLI in colour or between 【】, the
+/// web page in `<mark>`.
+pub fn fragments(text: &str, highlights: &[[usize; 2]], width: usize) -> Vec<(String, bool)> {
+    let chars: Vec<char> = text.chars().collect();
+    let first = highlights.first().map_or(0, |h| h[0]);
+    let start = if chars.len() <= width {
+        0
+    } else {
+        first.saturating_sub(width / 4).min(chars.len() - width)
+    };
+    let end = (start + width).min(chars.len());
+    let mut out: Vec<(String, bool)> = Vec::new();
+    if start > 0 {
+        out.push(("…".to_string(), false));
+    }
+    let mut i = start;
+    for h in highlights.iter().filter(|h| h[1] > start && h[0] < end) {
+        let (from, to) = (h[0].max(start), h[1].min(end));
+        if from > i {
+            out.push((chars[i..from].iter().collect(), false));
+        }
+        if to > from.max(i) {
+            out.push((chars[from.max(i)..to].iter().collect(), true));
+        }
+        i = i.max(to);
+    }
+    if i < end {
+        out.push((chars[i..end].iter().collect(), false));
+    }
+    if end < chars.len() {
+        out.push(("…".to_string(), false));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +715,27 @@ mod tests {
             highlight("明天的会议改到Meetings室", &q),
             vec![[3, 5], [7, 15]]
         );
+    }
+
+    #[test]
+    fn fragments_mark_matches_and_cut_long_text_around_the_first() {
+        let f = fragments("明天开会讨论 budget", &[[2, 4], [7, 13]], 200);
+        assert_eq!(
+            f,
+            vec![
+                ("明天".to_string(), false),
+                ("开会".to_string(), true),
+                ("讨论 ".to_string(), false),
+                ("budget".to_string(), true),
+            ]
+        );
+        let long = format!("{}会议{}", "前".repeat(300), "后".repeat(300));
+        let f = fragments(&long, &[[300, 302]], 40);
+        assert_eq!(f.first().unwrap().0, "…");
+        assert_eq!(f.last().unwrap().0, "…");
+        assert!(f.contains(&("会议".to_string(), true)));
+        let shown: usize = f.iter().map(|(s, _)| s.chars().count()).sum();
+        assert_eq!(shown, 42);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Fake upstreams of the supported platforms, for tests, benchmarks and the demo.
+//! Fake upstreams of the supported platforms, for tests, benchmarks, the demo and
+//! `chatvault sim` ([`cli`]).
 
+pub mod cli;
 pub mod faults;
 pub mod serve;
 pub mod tangsengdaodao;

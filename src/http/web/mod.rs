@@ -275,7 +275,7 @@ async fn status_page(State(state): State<ApiState>) -> Response {
 /// The search behind the search page: its form as the API's parameters.
 pub mod search {
     use super::SearchForm;
-    use crate::http::api::SearchParams;
+    use crate::index::search::SearchParams;
     use crate::index::SearchPage;
 
     /// Hits shown per page.
@@ -308,66 +308,5 @@ pub mod search {
             limit: Some(PAGE),
             cursor: non_empty(&form.cursor),
         }
-    }
-
-    /// `text` cut to about `width` characters around the first highlight, as fragments
-    /// (`true` = matched).
-    pub fn fragments(text: &str, highlights: &[[usize; 2]], width: usize) -> Vec<(String, bool)> {
-        let chars: Vec<char> = text.chars().collect();
-        let first = highlights.first().map_or(0, |h| h[0]);
-        let start = if chars.len() <= width {
-            0
-        } else {
-            first.saturating_sub(width / 4).min(chars.len() - width)
-        };
-        let end = (start + width).min(chars.len());
-        let mut out: Vec<(String, bool)> = Vec::new();
-        if start > 0 {
-            out.push(("…".to_string(), false));
-        }
-        let mut i = start;
-        for h in highlights.iter().filter(|h| h[1] > start && h[0] < end) {
-            let (from, to) = (h[0].max(start), h[1].min(end));
-            if from > i {
-                out.push((chars[i..from].iter().collect(), false));
-            }
-            if to > from.max(i) {
-                out.push((chars[from.max(i)..to].iter().collect(), true));
-            }
-            i = i.max(to);
-        }
-        if i < end {
-            out.push((chars[i..end].iter().collect(), false));
-        }
-        if end < chars.len() {
-            out.push(("…".to_string(), false));
-        }
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fragments_mark_matches_and_cut_long_text_around_the_first() {
-        let f = search::fragments("明天开会讨论 budget", &[[2, 4], [7, 13]], 200);
-        assert_eq!(
-            f,
-            vec![
-                ("明天".to_string(), false),
-                ("开会".to_string(), true),
-                ("讨论 ".to_string(), false),
-                ("budget".to_string(), true),
-            ]
-        );
-        let long = format!("{}会议{}", "前".repeat(300), "后".repeat(300));
-        let f = search::fragments(&long, &[[300, 302]], 40);
-        assert_eq!(f.first().unwrap().0, "…");
-        assert_eq!(f.last().unwrap().0, "…");
-        assert!(f.contains(&("会议".to_string(), true)));
-        let shown: usize = f.iter().map(|(s, _)| s.chars().count()).sum();
-        assert_eq!(shown, 42);
     }
 }

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
-use super::search::{fragments, Results};
+use super::search::Results;
 use super::SearchForm;
+use crate::index::search::fragments;
 use crate::index::SearchHit;
 use crate::store::browse::{
     ConversationSummary, MessageSlice, MessageView, QuarantineView, ReactionView, RunView,

@@ -13,17 +13,43 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use clap::Args;
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::cli::DemoArgs;
+use super::common::with_store_and_metrics;
+use super::run::{daemon, DaemonExtras};
 use crate::config::Config;
 use crate::store::Store;
 use crate::sync::{self, SyncOptions};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Nothing to configure: it starts a fake upstream server per platform with a seeded \
+world (Chinese and English, groups and direct chats), an embedded PostgreSQL, syncs them every 15 s while \
+the fakes keep posting, editing, recalling and reacting, and serves the web page. It prints the URL, a \
+psql command line and commands to try. Ctrl-C stops everything.\n\nExamples:\n  cargo run --release -- demo\n  \
+chatvault demo --data-dir ./demo-archive --listen 127.0.0.1:9000"
+)]
+pub struct DemoArgs {
+    /// Keep the demo's archive here (default: a temporary directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where to serve the web page and API (default: 127.0.0.1:8080, or a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Messages in each fake upstream's world.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub messages: u64,
+    /// Stop by itself after this many seconds (for scripts and tests).
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    pub exit_after: Option<u64>,
+}
 
 /// How often each demo source syncs.
 pub const SCHEDULE: &str = "*/15 * * * * *";
@@ -184,7 +210,7 @@ fn listen_address(given: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
     Err(anyhow::Error::new(e).context(format!("cannot listen on {address}")))
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (dir, temporary) = data_dir(args.data_dir.as_deref())?;
     let listen = listen_address(args.listen)?;
     let result = run_in(&dir, listen, &args).await;
@@ -196,7 +222,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     result
 }
 
-async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Result<i32> {
+async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let secrets = dir.join("secrets");
     crate::files::create_private_dir_all(&secrets)
@@ -251,45 +277,44 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
     let settings = config.clone();
     let metrics = crate::metrics::Metrics::new();
     let daemon_metrics = metrics.clone();
-    let code =
-        crate::app::with_store_and_metrics(&config, true, Some(metrics), move |store| async move {
-            first_sync(&store, &settings).await;
-            let (ready, listening) = tokio::sync::oneshot::channel();
-            let banner = {
-                let store = store.clone();
-                let settings = settings.clone();
-                tokio::spawn(async move {
-                    if listening.await.is_ok() {
-                        print_banner(
-                            &store,
-                            &settings,
-                            &config_path,
-                            started,
-                            exit_after.is_some(),
-                        )
-                        .await;
-                    }
-                })
-            };
-            let activity = tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(7);
-                loop {
-                    tokio::time::sleep(ACTIVITY_EVERY).await;
-                    let changes: usize = activities.iter_mut().map(|a| a(&mut rng)).sum();
-                    tracing::debug!(changes, "new activity in the fake worlds");
+    let code = with_store_and_metrics(&config, true, Some(metrics), move |store| async move {
+        first_sync(&store, &settings).await;
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        let banner = {
+            let store = store.clone();
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                if listening.await.is_ok() {
+                    print_banner(
+                        &store,
+                        &settings,
+                        &config_path,
+                        started,
+                        exit_after.is_some(),
+                    )
+                    .await;
                 }
-            });
-            let extras = crate::app::DaemonExtras {
-                metrics: Some(daemon_metrics),
-                lifetime: exit_after,
-                ready: Some(ready),
-            };
-            let code = crate::app::daemon(store, settings, extras).await;
-            banner.abort();
-            activity.abort();
-            code
-        })
-        .await;
+            })
+        };
+        let activity = tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(7);
+            loop {
+                tokio::time::sleep(ACTIVITY_EVERY).await;
+                let changes: usize = activities.iter_mut().map(|a| a(&mut rng)).sum();
+                tracing::debug!(changes, "new activity in the fake worlds");
+            }
+        });
+        let extras = DaemonExtras {
+            metrics: Some(daemon_metrics),
+            lifetime: exit_after,
+            ready: Some(ready),
+        };
+        let code = daemon(store, settings, extras).await;
+        banner.abort();
+        activity.abort();
+        code
+    })
+    .await;
     futures::future::join_all(stops).await;
     eprintln!("demo stopped");
     code
