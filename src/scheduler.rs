@@ -20,7 +20,7 @@
 //!
 //! The next-run arithmetic ([`next_run`], [`backoff_delay`], [`parse_schedule`]) is pure and
 //! tested here; the loops are tested against a real database and a fake upstream in
-//! `tests/daemon.rs`. A snapshot of every source's state ([`SourceState`]) is shared through
+//! `tests/it/daemon.rs`. A snapshot of every source's state ([`SourceState`]) is shared through
 //! [`Scheduler::state`] for the HTTP API.
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! The store against a real PostgreSQL: versions, marks, reactions, cursors, quarantine,
 //! the hash chain and `verify`.
 
-mod common;
+use crate::common;
 
 use chatvault::model::{Mark, Page, ReactionObservation, ReactionState, SourceName};
 use chatvault::store::canonical::{chain_hash, EventFields, GENESIS};

@@ -1,7 +1,7 @@
 //! The HTTP API over real HTTP against a real PostgreSQL: health, readiness, metrics,
 //! status, the bearer token and the loopback rule.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

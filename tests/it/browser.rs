@@ -4,7 +4,7 @@
 //! `.ci/run` installs Debian's `chromium` and `chromium-driver`; where they cannot be
 //! installed these tests say so on stderr and pass without a browser.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

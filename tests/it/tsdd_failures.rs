@@ -4,7 +4,7 @@
 //! behaves as the real server does (docs/upstreams/tangsengdaodao.md); everything runs over
 //! real HTTP into a real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! NetEase Yunxin end to end: the sync engine and the connector against the fake server
 //! over real HTTP, into a real PostgreSQL; plus the store's window (absence) observations.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! What keeps runs of a source safe whatever happens around them: the source lock (one
 //! key per source, held on a checked connection) and a panic inside a run.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};

@@ -1,7 +1,7 @@
 //! TangSengDaoDao end to end: the sync engine and the connector against the fake server
 //! over real HTTP, into a real PostgreSQL. The archive is compared with the whole world.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

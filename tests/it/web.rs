@@ -1,7 +1,7 @@
 //! The web pages over real HTTP against a real PostgreSQL: a conversation with an edited,
 //! a recalled and a hostile message, pagination, the status page, escaping, sign-in.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

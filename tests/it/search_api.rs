@@ -1,6 +1,6 @@
 //! `GET /api/search` over real HTTP: filters, cursor pagination, errors, the token rule.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! a sync, quick-comment queries that fail, messages sent with no-sense flags, page tokens
 //! that go round in circles. The fake server over real HTTP, a real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +117,16 @@ impl Template {
                 .expect("connect to the test cluster");
         // a connection closed by the client can linger a moment on the server, and a
         // database being used cannot be a template (SQLSTATE 55006): try again shortly
+        // A template must have no connection open to it. Every pool on it was closed, but
+        // a closed connection can linger on the server: end any that is left.
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .execute(&mut admin)
+        .await
+        .expect("end the connections left on the template");
         let sql = format!("CREATE DATABASE {name} TEMPLATE {}", self.name);
         let mut tries = 0;
         while let Err(e) = sqlx::query(&sql).execute(&mut admin).await {
@@ -124,7 +134,7 @@ impl Template {
                 .as_database_error()
                 .is_some_and(|d| d.code().as_deref() == Some("55006"));
             tries += 1;
-            assert!(busy && tries < 600, "copy the test database: {e}");
+            assert!(busy && tries < 100, "copy the test database: {e}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = admin.close().await;

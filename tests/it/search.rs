@@ -2,7 +2,7 @@
 //! take), the indexer following the event log, and searches over the result, against a
 //! real PostgreSQL. Expected hits are exact id sets.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

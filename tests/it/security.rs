@@ -2,7 +2,7 @@
 //! check), requests from other sites, the sign-in redirect, sessions, sign-in limits,
 //! readiness details, and the database kept free for the syncs under a flood of requests.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! incremental sync after the world changed (new messages, edits, recalls). Real HTTP, real
 //! protobuf, real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

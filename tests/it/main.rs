@@ -1,0 +1,30 @@
+//! The integration tests, one binary (linking the crate and starting a PostgreSQL
+//! cluster once, not once per file): each module is what one file tested before, against
+//! real parts: a throwaway PostgreSQL cluster (`common::store`), the fake upstreams over
+//! real HTTP, the `chatvault` binary, and headless Chromium for the browser tests.
+
+mod common;
+
+mod api;
+mod browser;
+mod cli;
+mod daemon;
+mod demo;
+mod files;
+mod pg;
+mod runs;
+mod search;
+mod search_api;
+mod search_cli;
+mod security;
+mod sim_tangsengdaodao;
+mod sim_yunhu;
+mod sim_yunxin;
+mod store;
+mod tsdd_failures;
+mod tsdd_sync;
+mod web;
+mod yunhu_failures;
+mod yunhu_sync;
+mod yunxin_failures;
+mod yunxin_sync;
