@@ -14,6 +14,7 @@
 mod apply;
 pub mod browse;
 pub mod canonical;
+pub mod charts;
 mod clean;
 pub mod diff;
 pub mod export;
@@ -21,6 +22,7 @@ pub mod index_feed;
 mod lock;
 mod runs;
 mod verify;
+mod verify_results;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,7 @@ pub use apply::PageOutcome;
 pub use lock::SourceLock;
 pub use runs::{RunCounts, RunStatus, SourceStatus};
 pub use verify::{ExpectedHead, VerifyFailure, VerifyReport};
+pub use verify_results::VerifyResult;
 
 use crate::model::{ConversationObservation, ConversationType, Cursor, Platform, SourceName};
 
