@@ -62,6 +62,7 @@ pub struct Metrics {
     index_lag: IntGaugeVec,
     verify_ok: IntGaugeVec,
     verify_time: GaugeVec,
+    schedule_period: GaugeVec,
     /// Without labels: it has no sample, so is not rendered, until the first status read.
     database_up: IntGaugeVec,
     /// Without labels: rendered only in a process that watches an embedded server.
@@ -256,6 +257,16 @@ impl Metrics {
                     &["source"],
                 ),
             ),
+            schedule_period: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "chatvault_schedule_period_seconds",
+                        "The longest wait between two scheduled runs of the source (set by the daemon).",
+                    ),
+                    &["source"],
+                ),
+            ),
             database_up: register(
                 r,
                 IntGaugeVec::new(
@@ -359,8 +370,27 @@ impl Metrics {
             self.consecutive_failures
                 .with_label_values(&source)
                 .set(s.failures_in_a_row);
+            // known from the archive after a restart too, before this process's first run
+            if let Some(at) = s.last_success_at {
+                let gauge = self.last_success.with_label_values(&source);
+                let at = at.timestamp_millis() as f64 / 1000.0;
+                if at > gauge.get() {
+                    gauge.set(at);
+                }
+            }
         }
         self.database_up.with_label_values::<&str>(&[]).set(1);
+    }
+
+    /// The daemon schedules `source` with at most `period` between two runs: its skipped
+    /// runs are counted from 0 from now on (so `increase()` sees the first one).
+    pub fn source_scheduled(&self, source: &str, period: Option<std::time::Duration>) {
+        self.runs_skipped.with_label_values(&[source]).inc_by(0);
+        if let Some(period) = period {
+            self.schedule_period
+                .with_label_values(&[source])
+                .set(period.as_secs_f64());
+        }
     }
 
     /// Replace the index lag gauges: per source, the events of its chain (`head`) less those
@@ -382,7 +412,9 @@ impl Metrics {
         self.verify_time.reset();
         for r in results {
             let source = [r.source.as_str()];
-            self.verify_ok.with_label_values(&source).set(i64::from(r.ok));
+            self.verify_ok
+                .with_label_values(&source)
+                .set(i64::from(r.ok));
             self.verify_time
                 .with_label_values(&source)
                 .set(r.checked_at.timestamp_millis() as f64 / 1000.0);
@@ -859,11 +891,12 @@ mod tests {
     #[test]
     fn failures_index_lag_and_verify_results_are_gauges_per_source() {
         let metrics = Metrics::new();
+        let checked_at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let mut failing = status("a", 5, 3, 0);
         failing.failures_in_a_row = 4;
+        failing.last_success_at = Some(checked_at);
         metrics.set_archive_status(&[failing, status("b", 1, 1, 0)]);
         metrics.set_index_lag([("a", 10, 7), ("b", 3, 5)]);
-        let checked_at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         metrics.set_verify_results(&[
             VerifyResult {
                 source: "a".into(),
@@ -884,8 +917,18 @@ mod tests {
         let v = |name, source| value(&samples, name, &[("source", source)]);
         assert_eq!(v("chatvault_source_consecutive_failures", "a"), Some(4.0));
         assert_eq!(v("chatvault_source_consecutive_failures", "b"), Some(0.0));
+        // the last success the archive knows, before this process ran anything
+        assert_eq!(
+            v("chatvault_last_success_timestamp_seconds", "a"),
+            Some(1_700_000_000.0)
+        );
+        assert_eq!(v("chatvault_last_success_timestamp_seconds", "b"), None);
         assert_eq!(v("chatvault_index_lag_events", "a"), Some(3.0));
-        assert_eq!(v("chatvault_index_lag_events", "b"), Some(0.0), "never below zero");
+        assert_eq!(
+            v("chatvault_index_lag_events", "b"),
+            Some(0.0),
+            "never below zero"
+        );
         assert_eq!(v("chatvault_verify_ok", "a"), Some(0.0));
         assert_eq!(v("chatvault_verify_ok", "b"), Some(1.0));
         assert_eq!(
@@ -896,7 +939,10 @@ mod tests {
         // a source gone from the index's view is gone from the lag
         metrics.set_index_lag([("a", 10, 10)]);
         let samples = parse(&metrics.render());
-        assert_eq!(value(&samples, "chatvault_index_lag_events", &[("source", "b")]), None);
+        assert_eq!(
+            value(&samples, "chatvault_index_lag_events", &[("source", "b")]),
+            None
+        );
     }
 
     #[cfg(target_os = "linux")]

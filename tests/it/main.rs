@@ -11,6 +11,7 @@ mod cli;
 mod daemon;
 mod demo;
 mod files;
+mod monitoring;
 mod pg;
 mod runs;
 mod search;
