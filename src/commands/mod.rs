@@ -14,6 +14,7 @@
 pub mod common;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod export;
 pub mod migrate;
 pub mod reindex;
@@ -77,6 +78,8 @@ pub enum Command {
     Reindex(reindex::ReindexArgs),
     /// Apply the database migrations (also done automatically at start).
     Migrate(migrate::MigrateArgs),
+    /// Check the configuration, database, data directory, credentials, clock and index.
+    Doctor(doctor::DoctorArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -109,6 +112,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(args, config).await,
         Command::Reindex(args) => reindex::run(args, config).await,
         Command::Migrate(args) => migrate::run(args, config).await,
+        Command::Doctor(args) => doctor::run(args, config).await,
         Command::Config(command) => config::run(command, config),
         Command::Demo(args) => demo::run(args).await,
         Command::Sim(args) => sim::run(args).await,

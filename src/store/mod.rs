@@ -150,6 +150,27 @@ impl Store {
         Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
     }
 
+    /// The embedded migrations not applied yet, oldest first, as `VERSION_description`.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{}_{}", m.version, m.description.replace(' ', "_")))
+            .collect())
+    }
+
     /// Make sure `source` exists with its chain head. A source name keeps its platform
     /// forever: its archive and chain belong to that account.
     pub async fn register_source(&self, source: &SourceName, platform: Platform) -> Result<()> {

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod daemon;
 mod demo;
+mod doctor;
 mod files;
 mod monitoring;
 mod pg;
