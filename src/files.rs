@@ -234,13 +234,11 @@ pub fn inspect_data_dir(dir: &Path) -> Result<String, (String, String)> {
                 dir.display()
             ))
         }
-        Err(e) => {
-            return Err((
-                format!("cannot read {}: {e}", dir.display()),
-                "make it readable by the user running chatvault, or choose another storage.data_dir"
-                    .to_string(),
-            ))
-        }
+        Err(e) => return Err((
+            format!("cannot read {}: {e}", dir.display()),
+            "make it readable by the user running chatvault, or choose another storage.data_dir"
+                .to_string(),
+        )),
     };
     if !meta.is_dir() {
         return Err((

@@ -32,11 +32,13 @@ pub const CLOCK_SKEW_WARN_SECS: i64 = 60;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Args)]
-#[command(after_help = "Each line is `ok`, `warn`, `FAIL` or `skip`, the check, what was \
+#[command(
+    after_help = "Each line is `ok`, `warn`, `FAIL` or `skip`, the check, what was \
 found and, for a failure, the fix. TangSengDaoDao sources are checked with their kept session \
 (data_dir/sessions); without one, a check needs a login, which posts a login notice to the \
 account's phone: pass --login to allow it.\n\nExamples:\n  chatvault doctor\n  chatvault \
---config /etc/chatvault/chatvault.toml doctor --json\n  chatvault doctor --login")]
+--config /etc/chatvault/chatvault.toml doctor --json\n  chatvault doctor --login"
+)]
 pub struct DoctorArgs {
     /// One JSON object per check: {"check", "status", "detail", "fix"}.
     #[arg(long)]
@@ -445,6 +447,10 @@ async fn check_index(data_dir: &Path) -> Check {
             format!("{e:#}"),
             "run `chatvault reindex` to rebuild it from PostgreSQL (nothing is lost)",
         ),
-        Err(e) => Check::fail("index", format!("reading the index failed: {e}"), "run `chatvault reindex`"),
+        Err(e) => Check::fail(
+            "index",
+            format!("reading the index failed: {e}"),
+            "run `chatvault reindex`",
+        ),
     }
 }

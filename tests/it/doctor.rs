@@ -114,7 +114,10 @@ fn stdout(out: &Output) -> String {
 /// The line of `check` in doctor's text output.
 fn line<'a>(text: &'a str, check: &str) -> &'a str {
     text.lines()
-        .find(|l| l.get(5..).is_some_and(|rest| rest.starts_with(&format!("{check}:"))))
+        .find(|l| {
+            l.get(5..)
+                .is_some_and(|rest| rest.starts_with(&format!("{check}:")))
+        })
         .unwrap_or_else(|| panic!("no {check} line in:\n{text}"))
 }
 
@@ -130,7 +133,10 @@ async fn a_working_setup_passes_every_check_without_logging_in_again() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(line(&text, "schema").starts_with("FAIL"), "{text}");
-    assert!(line(&text, "schema").contains("chatvault migrate"), "{text}");
+    assert!(
+        line(&text, "schema").contains("chatvault migrate"),
+        "{text}"
+    );
     let t = line(&text, "credentials t");
     assert!(t.starts_with("warn") && t.contains("--login"), "{text}");
     assert_eq!(fakes.tsdd.request_count_for(LOGIN), 0, "doctor logged in");
@@ -165,7 +171,10 @@ async fn a_working_setup_passes_every_check_without_logging_in_again() {
     for (l, check) in lines.iter().zip(checks) {
         assert!(l.starts_with(&format!("ok   {check}: ")), "{l}\n{text}");
     }
-    assert!(line(&text, "credentials t").contains("kept session"), "{text}");
+    assert!(
+        line(&text, "credentials t").contains("kept session"),
+        "{text}"
+    );
     assert!(line(&text, "index").contains("documents"), "{text}");
     assert_eq!(
         fakes.tsdd.request_count_for(LOGIN),
@@ -236,7 +245,10 @@ async fn an_unreachable_database_and_an_open_data_dir_fail_with_their_fixes() {
     // no server listens in this socket directory
     let nowhere = dir.path().join("no-server");
     std::fs::create_dir(&nowhere).unwrap();
-    let url = format!("postgres://chatvault@localhost/chatvault?host={}", nowhere.display());
+    let url = format!(
+        "postgres://chatvault@localhost/chatvault?host={}",
+        nowhere.display()
+    );
 
     let out = output(fakes.command(dir.path(), &url, &["doctor"])).await;
     let text = stdout(&out);

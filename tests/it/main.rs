@@ -8,6 +8,7 @@ mod common;
 mod api;
 mod browser;
 mod cli;
+mod completions;
 mod daemon;
 mod demo;
 mod doctor;

@@ -44,8 +44,8 @@ use self::session::{Session, SessionFile};
 use super::cursor;
 use super::http::HttpClient;
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
-    Probe,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Probe,
 };
 use crate::config::{Secret, SourceConfig, TsddAuth, TsddConfig};
 use crate::model::{

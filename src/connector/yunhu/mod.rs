@@ -68,8 +68,8 @@ use self::api::Api;
 use super::cursor;
 use super::http::{raw_body, HttpClient};
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
-    Probe,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Probe,
 };
 use crate::config::{Secret, SourceConfig, YunhuConfig};
 use crate::model::{

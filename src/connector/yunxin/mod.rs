@@ -60,8 +60,8 @@ use self::read::{MsgCursor, Planner, CURSOR_VERSION, DAY_MS, LAG_MS, SWEEP_EVERY
 use super::cursor;
 use super::http::HttpClient;
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
-    Probe,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Probe,
 };
 use crate::config::{SourceConfig, YunxinConfig};
 use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, SourceName};
