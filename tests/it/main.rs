@@ -7,6 +7,7 @@ mod common;
 
 mod api;
 mod browser;
+mod charts;
 mod cli;
 mod completions;
 mod daemon;
