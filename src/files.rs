@@ -221,6 +221,87 @@ pub fn prepare_data_dir(dir: &Path) -> io::Result<DataDir> {
     Ok(DataDir::Tightened { was: mode })
 }
 
+/// What `chatvault doctor` finds of the data directory, changing nothing: a line saying it is
+/// fine, or the problem and its fix. Checked: it is a directory, belongs to the user running
+/// chatvault (or that user is root), and neither it nor `sessions/` (with its token files)
+/// nor `index/` may be read or written by others.
+pub fn inspect_data_dir(dir: &Path) -> Result<String, (String, String)> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(format!(
+                "{} does not exist yet; it is created (mode 0700) at the first start",
+                dir.display()
+            ))
+        }
+        Err(e) => return Err((
+            format!("cannot read {}: {e}", dir.display()),
+            "make it readable by the user running chatvault, or choose another storage.data_dir"
+                .to_string(),
+        )),
+    };
+    if !meta.is_dir() {
+        return Err((
+            format!("{} is not a directory", dir.display()),
+            "set storage.data_dir to a directory".to_string(),
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid && euid != 0 {
+        return Err((
+            format!(
+                "{} belongs to uid {}, but chatvault runs as uid {euid}",
+                dir.display(),
+                meta.uid()
+            ),
+            format!(
+                "chown -R {euid} {} (or run chatvault as its owner)",
+                dir.display()
+            ),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & OPEN_BITS != 0 {
+        return Err((
+            format!(
+                "{} is open to other users (mode {mode:04o}): they can read the archive",
+                dir.display()
+            ),
+            format!("chmod 700 {}", dir.display()),
+        ));
+    }
+    let private = |path: &Path, want: u32| -> Result<(), (String, String)> {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err((
+                format!(
+                    "{} is open to other users (mode {mode:04o})",
+                    path.display()
+                ),
+                format!("chmod {want:o} {}", path.display()),
+            ));
+        }
+        Ok(())
+    };
+    let sessions = dir.join("sessions");
+    private(&sessions, 0o700)?;
+    if let Ok(entries) = std::fs::read_dir(&sessions) {
+        for entry in entries.flatten().take(10_000) {
+            private(&entry.path(), 0o600)?;
+        }
+    }
+    private(&dir.join("index"), 0o700)?;
+    Ok(format!(
+        "{}: mode {mode:04o}, owned by uid {}",
+        dir.display(),
+        meta.uid()
+    ))
+}
+
 /// The directory a file path lives in (`.` for a bare name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

@@ -9,6 +9,8 @@
 //! - archive gauges (events, messages, quarantine per source), set from the store's status at
 //!   scrape time ([`Metrics::set_archive_status`]), so they are right before the first run and
 //!   agree with `chatvault status`;
+//! - the index's lag behind each chain ([`Metrics::set_index_lag`]) and the last `chatvault
+//!   verify` of each source ([`Metrics::set_verify_results`]), set at scrape time too;
 //! - process metrics (`chatvault_process_*`), read from `/proc/self` at render time by the
 //!   crate's process collector (Linux only).
 //!
@@ -27,7 +29,7 @@ use prometheus::{
 };
 use tracing::warn;
 
-use crate::store::{RunStatus, SourceStatus};
+use crate::store::{RunStatus, SourceStatus, VerifyResult};
 use crate::sync::SourceResult;
 
 /// Upper bounds (seconds) of the run duration histogram's buckets; `+Inf` is implied.
@@ -56,6 +58,11 @@ pub struct Metrics {
     events: IntGaugeVec,
     messages: IntGaugeVec,
     quarantine: IntGaugeVec,
+    consecutive_failures: IntGaugeVec,
+    index_lag: IntGaugeVec,
+    verify_ok: IntGaugeVec,
+    verify_time: GaugeVec,
+    schedule_period: GaugeVec,
     /// Without labels: it has no sample, so is not rendered, until the first status read.
     database_up: IntGaugeVec,
     /// Without labels: rendered only in a process that watches an embedded server.
@@ -219,6 +226,47 @@ impl Metrics {
                     "Upstream records kept in quarantine because they could not be archived.",
                 ),
             ),
+            consecutive_failures: register(
+                r,
+                source_gauge(
+                    "chatvault_source_consecutive_failures",
+                    "Failed sync runs of the source since its last successful one.",
+                ),
+            ),
+            index_lag: register(
+                r,
+                source_gauge(
+                    "chatvault_index_lag_events",
+                    "Events of the source's hash chain the search index has not applied yet.",
+                ),
+            ),
+            verify_ok: register(
+                r,
+                source_gauge(
+                    "chatvault_verify_ok",
+                    "Whether the last `chatvault verify` found the source's chain and versions intact (1) or not (0).",
+                ),
+            ),
+            verify_time: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "chatvault_verify_timestamp_seconds",
+                        "When the last `chatvault verify` checked the source, as a Unix timestamp.",
+                    ),
+                    &["source"],
+                ),
+            ),
+            schedule_period: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "chatvault_schedule_period_seconds",
+                        "The longest wait between two scheduled runs of the source (set by the daemon).",
+                    ),
+                    &["source"],
+                ),
+            ),
             database_up: register(
                 r,
                 IntGaugeVec::new(
@@ -305,7 +353,12 @@ impl Metrics {
     /// returns): a source gone from it is gone from the gauges.
     pub fn set_archive_status(&self, status: &[SourceStatus]) {
         let _archive = self.archive_lock();
-        let gauges = [&self.events, &self.messages, &self.quarantine];
+        let gauges = [
+            &self.events,
+            &self.messages,
+            &self.quarantine,
+            &self.consecutive_failures,
+        ];
         for gauge in gauges {
             gauge.reset();
         }
@@ -314,8 +367,58 @@ impl Metrics {
             self.events.with_label_values(&source).set(s.events);
             self.messages.with_label_values(&source).set(s.messages);
             self.quarantine.with_label_values(&source).set(s.quarantine);
+            self.consecutive_failures
+                .with_label_values(&source)
+                .set(s.failures_in_a_row);
+            // known from the archive after a restart too, before this process's first run
+            if let Some(at) = s.last_success_at {
+                let gauge = self.last_success.with_label_values(&source);
+                let at = at.timestamp_millis() as f64 / 1000.0;
+                if at > gauge.get() {
+                    gauge.set(at);
+                }
+            }
         }
         self.database_up.with_label_values::<&str>(&[]).set(1);
+    }
+
+    /// The daemon schedules `source` with at most `period` between two runs: its skipped
+    /// runs are counted from 0 from now on (so `increase()` sees the first one).
+    pub fn source_scheduled(&self, source: &str, period: Option<std::time::Duration>) {
+        self.runs_skipped.with_label_values(&[source]).inc_by(0);
+        if let Some(period) = period {
+            self.schedule_period
+                .with_label_values(&[source])
+                .set(period.as_secs_f64());
+        }
+    }
+
+    /// Replace the index lag gauges: per source, the events of its chain (`head`) less those
+    /// the index has applied (`watermark`), never below zero.
+    pub fn set_index_lag<'a>(&self, lags: impl IntoIterator<Item = (&'a str, i64, i64)>) {
+        let _archive = self.archive_lock();
+        self.index_lag.reset();
+        for (source, head, watermark) in lags {
+            self.index_lag
+                .with_label_values(&[source])
+                .set((head - watermark).max(0));
+        }
+    }
+
+    /// Replace the verification gauges with the last `chatvault verify` of each source.
+    pub fn set_verify_results(&self, results: &[VerifyResult]) {
+        let _archive = self.archive_lock();
+        self.verify_ok.reset();
+        self.verify_time.reset();
+        for r in results {
+            let source = [r.source.as_str()];
+            self.verify_ok
+                .with_label_values(&source)
+                .set(i64::from(r.ok));
+            self.verify_time
+                .with_label_values(&source)
+                .set(r.checked_at.timestamp_millis() as f64 / 1000.0);
+        }
     }
 
     /// Note that the store could not be read: `chatvault_database_up` turns 0 and the archive
@@ -785,6 +888,63 @@ mod tests {
         assert_eq!(value(&samples, "chatvault_database_up", &[]), Some(0.0));
     }
 
+    #[test]
+    fn failures_index_lag_and_verify_results_are_gauges_per_source() {
+        let metrics = Metrics::new();
+        let checked_at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let mut failing = status("a", 5, 3, 0);
+        failing.failures_in_a_row = 4;
+        failing.last_success_at = Some(checked_at);
+        metrics.set_archive_status(&[failing, status("b", 1, 1, 0)]);
+        metrics.set_index_lag([("a", 10, 7), ("b", 3, 5)]);
+        metrics.set_verify_results(&[
+            VerifyResult {
+                source: "a".into(),
+                checked_at,
+                ok: false,
+                events: 5,
+                failures: 2,
+            },
+            VerifyResult {
+                source: "b".into(),
+                checked_at,
+                ok: true,
+                events: 1,
+                failures: 0,
+            },
+        ]);
+        let samples = parse(&metrics.render());
+        let v = |name, source| value(&samples, name, &[("source", source)]);
+        assert_eq!(v("chatvault_source_consecutive_failures", "a"), Some(4.0));
+        assert_eq!(v("chatvault_source_consecutive_failures", "b"), Some(0.0));
+        // the last success the archive knows, before this process ran anything
+        assert_eq!(
+            v("chatvault_last_success_timestamp_seconds", "a"),
+            Some(1_700_000_000.0)
+        );
+        assert_eq!(v("chatvault_last_success_timestamp_seconds", "b"), None);
+        assert_eq!(v("chatvault_index_lag_events", "a"), Some(3.0));
+        assert_eq!(
+            v("chatvault_index_lag_events", "b"),
+            Some(0.0),
+            "never below zero"
+        );
+        assert_eq!(v("chatvault_verify_ok", "a"), Some(0.0));
+        assert_eq!(v("chatvault_verify_ok", "b"), Some(1.0));
+        assert_eq!(
+            v("chatvault_verify_timestamp_seconds", "b"),
+            Some(1_700_000_000.0)
+        );
+
+        // a source gone from the index's view is gone from the lag
+        metrics.set_index_lag([("a", 10, 10)]);
+        let samples = parse(&metrics.render());
+        assert_eq!(
+            value(&samples, "chatvault_index_lag_events", &[("source", "b")]),
+            None
+        );
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn process_metrics_are_read_on_linux() {
@@ -832,7 +992,14 @@ mod tests {
             .keys()
             .filter(|name| !families_before.contains_key(*name))
             .collect();
-        assert!(added.iter().all(|name| is_process(name)), "{added:?}");
+        // families added since then: the process ones and those listed here
+        let added_since = ["chatvault_source_consecutive_failures"];
+        assert!(
+            added
+                .iter()
+                .all(|name| is_process(name) || added_since.contains(&name.as_str())),
+            "{added:?}"
+        );
 
         // the same samples with the same labels and values, but for the time of the last
         // success and the process's own numbers
@@ -840,6 +1007,7 @@ mod tests {
             let mut samples: Vec<(String, BTreeMap<String, String>, String)> = parse(text)
                 .into_iter()
                 .filter(|s| !is_process(&s.name))
+                .filter(|s| s.name != "chatvault_source_consecutive_failures")
                 .map(|s| {
                     let value = if s.name == "chatvault_last_success_timestamp_seconds" {
                         "when it was rendered".to_owned()

@@ -103,6 +103,17 @@ pub fn next_run(
     })
 }
 
+/// The longest wait between two consecutive ticks among the next 64 of `schedule` after
+/// `after` (a weekday schedule waits over the weekend): what "one schedule period" means to an
+/// alert on a source without a successful run. `None` with fewer than two ticks left.
+pub fn schedule_period(schedule: &Schedule, after: DateTime<Utc>) -> Option<Duration> {
+    let ticks: Vec<DateTime<Utc>> = schedule.after(&after).take(64).collect();
+    ticks
+        .windows(2)
+        .filter_map(|w| (w[1] - w[0]).to_std().ok())
+        .max()
+}
+
 /// A random delay in `0..max` (zero when `max` is zero).
 pub fn random_jitter(max: Duration) -> Duration {
     if max.is_zero() {
@@ -462,6 +473,23 @@ pub fn fill_next_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_period_is_the_longest_gap_between_ticks() {
+        let at = DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let every_5_min = parse_schedule("s", "0 */5 * * * *").unwrap();
+        assert_eq!(
+            schedule_period(&every_5_min, at),
+            Some(Duration::from_secs(300))
+        );
+        let weekdays = parse_schedule("s", "0 0 9 * * Mon-Fri").unwrap();
+        assert_eq!(
+            schedule_period(&weekdays, at),
+            Some(Duration::from_secs(3 * 86400))
+        );
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -12,8 +12,10 @@
 //! malformed command line with 2, and a second Ctrl-C exits at once with 130.
 
 pub mod common;
+pub mod completions;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod export;
 pub mod migrate;
 pub mod reindex;
@@ -77,6 +79,12 @@ pub enum Command {
     Reindex(reindex::ReindexArgs),
     /// Apply the database migrations (also done automatically at start).
     Migrate(migrate::MigrateArgs),
+    /// Check the configuration, database, data directory, credentials, clock and index.
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff).
+    Man(completions::ManArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -109,6 +117,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(args, config).await,
         Command::Reindex(args) => reindex::run(args, config).await,
         Command::Migrate(args) => migrate::run(args, config).await,
+        Command::Doctor(args) => doctor::run(args, config).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
         Command::Config(command) => config::run(command, config),
         Command::Demo(args) => demo::run(args).await,
         Command::Sim(args) => sim::run(args).await,

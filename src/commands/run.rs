@@ -96,6 +96,12 @@ pub(super) async fn daemon(
         &config.sources,
         SchedulerOptions::from_config(&config),
     )?;
+    for source in config.sources.iter().filter(|s| s.enabled) {
+        let period = crate::scheduler::parse_schedule(source.name.as_str(), &source.schedule)
+            .ok()
+            .and_then(|s| crate::scheduler::schedule_period(&s, chrono::Utc::now()));
+        metrics.source_scheduled(source.name.as_str(), period);
+    }
     let schedules: Vec<String> = config
         .sources
         .iter()

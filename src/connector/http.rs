@@ -36,16 +36,36 @@ pub struct HttpClient {
     max_body: usize,
 }
 
-/// Counters the engine reads into `sync_runs` and metrics.
+/// Counters the engine reads into `sync_runs` and metrics, and the upstream's clock.
 #[derive(Debug, Default)]
 pub struct HttpStats {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// How far this machine's clock was ahead of the upstream's `Date` header at the last
+    /// response that had one, in seconds (negative: behind).
+    clock_skew: std::sync::Mutex<Option<i64>>,
 }
 
 impl HttpStats {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// This machine's clock minus the upstream's, as of the last response with a `Date`
+    /// header (seconds; the header has whole seconds, so ±1 is no skew).
+    pub fn clock_skew(&self) -> Option<i64> {
+        *self.clock_skew.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note_date(&self, headers: &reqwest::header::HeaderMap) {
+        let date = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok());
+        if let Some(date) = date {
+            let skew = chrono::Utc::now().timestamp() - date.timestamp();
+            *self.clock_skew.lock().unwrap_or_else(|e| e.into_inner()) = Some(skew);
+        }
     }
 }
 
@@ -133,6 +153,7 @@ impl HttpClient {
             .map_err(|e| transport_error(what, &e))?;
         let status = response.status();
         let headers = response.headers().clone();
+        self.stats.note_date(&headers);
         if let Some(len) = response.content_length() {
             if len as usize > self.max_body {
                 return Err(ConnectorError::Permanent(format!(
@@ -353,6 +374,22 @@ mod tests {
         assert_eq!(limiter.interval, Some(MAX_INTERVAL));
         limiter.acquire().await;
         assert!(HttpClient::new(1e-300, Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn the_clock_skew_is_read_from_the_date_header() {
+        let stats = HttpStats::default();
+        assert_eq!(stats.clock_skew(), None);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::DATE, "yesterday".parse().unwrap());
+        stats.note_date(&h);
+        assert_eq!(stats.clock_skew(), None, "garbage is no date");
+        let behind = chrono::Utc::now() - chrono::Duration::seconds(300);
+        let http_date = behind.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        h.insert(reqwest::header::DATE, http_date.parse().unwrap());
+        stats.note_date(&h);
+        let skew = stats.clock_skew().unwrap();
+        assert!((299..=302).contains(&skew), "{skew}");
     }
 
     #[test]

@@ -141,6 +141,15 @@ pub struct FetchRequest<'a> {
     pub attempt: u32,
 }
 
+/// What a [`Connector::probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The credentials work; what was read, in words.
+    Ok(String),
+    /// Checking would need a login the caller did not allow; why, in words.
+    LoginNeeded(String),
+}
+
 #[async_trait]
 pub trait Connector: Send + Sync {
     fn platform(&self) -> Platform;
@@ -157,6 +166,12 @@ pub trait Connector: Send + Sync {
 
     /// Fetch the page of `request.feed` that follows `request.cursor`.
     async fn fetch(&self, request: FetchRequest<'_>) -> Result<Fetched, ConnectorError>;
+
+    /// One harmless read-only request showing whether the credentials work (for `chatvault
+    /// doctor`): nothing is archived and nothing changes upstream. Unless `login` allows it,
+    /// a connector that would have to log in first does not, and answers
+    /// [`Probe::LoginNeeded`] (a TangSengDaoDao login posts a message to the user's phone).
+    async fn probe(&self, login: bool) -> Result<Probe, ConnectorError>;
 }
 
 /// The one place where platforms are wired. `session_dir` is where a connector may keep a

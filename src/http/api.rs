@@ -104,15 +104,37 @@ async fn readiness(store: &Store) -> Result<(), String> {
 }
 
 pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
-    match state.status.get().await {
-        Ok(status) => state.metrics.set_archive_status(&status),
+    let heads = match state.status.get().await {
+        Ok(status) => {
+            state.metrics.set_archive_status(&status);
+            Some(status)
+        }
         Err(reason) => {
             state.metrics.set_database_down();
             warn!(%reason, "metrics: no archive status");
+            None
         }
-    }
+    };
+    state
+        .metrics
+        .set_verify_results(&state.status.verify_results());
     let registry = Arc::clone(&state.metrics);
-    let text = match tokio::task::spawn_blocking(move || registry.render()).await {
+    let search = state.search.clone();
+    let text = match tokio::task::spawn_blocking(move || {
+        // the index's lag: each chain's head against the watermark of the index's last commit
+        if let (Some(status), Some(search)) = (heads, search) {
+            match search.generation().and_then(|g| g.payload()) {
+                Ok(payload) => registry.set_index_lag(status.iter().map(|s| {
+                    let watermark = payload.watermarks.get(&s.source).copied().unwrap_or(0);
+                    (s.source.as_str(), s.events, watermark)
+                })),
+                Err(err) => warn!(error = %err, "metrics: cannot read the index watermarks"),
+            }
+        }
+        registry.render()
+    })
+    .await
+    {
         Ok(text) => text,
         Err(err) => {
             return ApiError::new(

@@ -5,14 +5,15 @@
 //! The first request waits for the first snapshot; later ones get the snapshot at hand,
 //! which a background task replaces every [`MIN_INTERVAL`], or every [`SLOWDOWN`] times
 //! as long as the last refresh took when that is longer, so a large archive whose counts
-//! take seconds is not counted continually. One refresh runs at a time.
+//! take seconds is not counted continually. One refresh runs at a time. The last
+//! `chatvault verify` of each source is read with the snapshot (for `/metrics`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Mutex};
 
-use crate::store::{SourceStatus, Store};
+use crate::store::{SourceStatus, Store, VerifyResult};
 
 /// The shortest time between two refreshes.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
@@ -28,6 +29,8 @@ pub struct StatusCache {
     /// The snapshot, when it was taken and how long taking it took. Locked only to read
     /// or replace it, never across a database call.
     current: Arc<std::sync::Mutex<Option<(Snapshot, Instant, Duration)>>>,
+    /// The last verification of each source, as of the last refresh that could read it.
+    verify: Arc<std::sync::Mutex<Arc<Vec<VerifyResult>>>>,
     /// Held while a refresh runs: one at a time.
     refreshing: Arc<Mutex<()>>,
 }
@@ -37,6 +40,7 @@ impl StatusCache {
         StatusCache {
             store,
             current: Arc::default(),
+            verify: Arc::default(),
             refreshing: Arc::default(),
         }
     }
@@ -60,8 +64,21 @@ impl StatusCache {
         self.refresh().await
     }
 
+    /// The last verification of each source (empty until a refresh could read them).
+    pub fn verify_results(&self) -> Arc<Vec<VerifyResult>> {
+        self.verify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     async fn refresh(&self) -> Snapshot {
         let started = Instant::now();
+        let verify =
+            tokio::time::timeout(super::DATABASE_TIMEOUT, self.store.last_verify_results()).await;
+        if let Ok(Ok(results)) = verify {
+            *self.verify.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(results);
+        }
         let read = tokio::time::timeout(super::DATABASE_TIMEOUT * 6, self.store.status()).await;
         let snapshot = match read {
             Ok(Ok(status)) => Ok(Arc::new(status)),

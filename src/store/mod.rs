@@ -14,6 +14,7 @@
 mod apply;
 pub mod browse;
 pub mod canonical;
+pub mod charts;
 mod clean;
 pub mod diff;
 pub mod export;
@@ -21,6 +22,7 @@ pub mod index_feed;
 mod lock;
 mod runs;
 mod verify;
+mod verify_results;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,7 @@ pub use apply::PageOutcome;
 pub use lock::SourceLock;
 pub use runs::{RunCounts, RunStatus, SourceStatus};
 pub use verify::{ExpectedHead, VerifyFailure, VerifyReport};
+pub use verify_results::VerifyResult;
 
 use crate::model::{ConversationObservation, ConversationType, Cursor, Platform, SourceName};
 
@@ -145,6 +148,27 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    /// The embedded migrations not applied yet, oldest first, as `VERSION_description`.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{}_{}", m.version, m.description.replace(' ', "_")))
+            .collect())
     }
 
     /// Make sure `source` exists with its chain head. A source name keeps its platform

@@ -7,10 +7,14 @@ mod common;
 
 mod api;
 mod browser;
+mod charts;
 mod cli;
+mod completions;
 mod daemon;
 mod demo;
+mod doctor;
 mod files;
+mod monitoring;
 mod pg;
 mod runs;
 mod search;

@@ -44,7 +44,8 @@ use self::session::{Session, SessionFile};
 use super::cursor;
 use super::http::HttpClient;
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Probe,
 };
 use crate::config::{Secret, SourceConfig, TsddAuth, TsddConfig};
 use crate::model::{
@@ -733,6 +734,40 @@ impl TsddConnector {
 impl Connector for TsddConnector {
     fn platform(&self) -> Platform {
         Platform::Tangsengdaodao
+    }
+
+    /// The conversation list (what every run reads first) with the configured token or the
+    /// kept session; without either, a password login only when `login` allows it.
+    async fn probe(&self, login: bool) -> Result<Probe, ConnectorError> {
+        let how = match &self.auth {
+            TsddAuth::Token(token) => {
+                self.set_token(token.clone());
+                "the configured token"
+            }
+            TsddAuth::Password { .. } => match self.session.as_ref().and_then(SessionFile::load) {
+                Some(session) => {
+                    self.set_token(session.token);
+                    "the kept session"
+                }
+                None if login => {
+                    self.login().await?;
+                    "a new login (its session is kept)"
+                }
+                None => {
+                    let place = self.session.as_ref().map_or_else(
+                        || "no session is kept".to_string(),
+                        |f| format!("no session kept in {}", f.path().display()),
+                    );
+                    return Ok(Probe::LoginNeeded(place));
+                }
+            },
+        };
+        let token = self.token()?;
+        let body = json!({"version": 0, "msg_count": 1, "last_msg_seqs": "", "device_uuid": ""});
+        self.api
+            .post(api::CONVERSATION_SYNC, None, &token, &body)
+            .await?;
+        Ok(Probe::Ok(format!("conversation list read with {how}")))
     }
 
     /// Log in, or take up the kept session. Asked again after the server answered 401, it

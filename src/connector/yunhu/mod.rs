@@ -68,7 +68,8 @@ use self::api::Api;
 use super::cursor;
 use super::http::{raw_body, HttpClient};
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Probe,
 };
 use crate::config::{Secret, SourceConfig, YunhuConfig};
 use crate::model::{
@@ -464,6 +465,15 @@ fn needs_sync(k: &KnownConversation, fingerprint: Option<&String>) -> bool {
 impl Connector for YunhuConnector {
     fn platform(&self) -> Platform {
         Platform::Yunhu
+    }
+
+    /// The conversation list, as every run reads it first.
+    async fn probe(&self, _login: bool) -> Result<Probe, ConnectorError> {
+        let list = self.conversation_list("").await?;
+        Ok(Probe::Ok(format!(
+            "conversation list read ({} chats)",
+            list.data.len()
+        )))
     }
 
     /// The token comes from the configuration; a rejected one is reported by the first call.

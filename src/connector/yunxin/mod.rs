@@ -60,7 +60,8 @@ use self::read::{MsgCursor, Planner, CURSOR_VERSION, DAY_MS, LAG_MS, SWEEP_EVERY
 use super::cursor;
 use super::http::HttpClient;
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Probe,
 };
 use crate::config::{SourceConfig, YunxinConfig};
 use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, SourceName};
@@ -315,6 +316,21 @@ impl YunxinConnector {
 impl Connector for YunxinConnector {
     fn platform(&self) -> Platform {
         Platform::Yunxin
+    }
+
+    /// One page of one conversation of the first account (signed as every request is).
+    async fn probe(&self, _login: bool) -> Result<Probe, ConnectorError> {
+        let Some(account) = self.accounts.first() else {
+            return Err(permanent("no accounts are configured".to_string()));
+        };
+        let what = format!("{} (account {account})", api::LIST);
+        let query = [("account_id", account.clone()), ("limit", "1".to_string())];
+        self.api
+            .call(Method::GET, api::LIST, &query, None, &what)
+            .await?;
+        Ok(Probe::Ok(format!(
+            "conversation list of account {account} read"
+        )))
     }
 
     /// Signed requests need no login.

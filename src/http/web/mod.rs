@@ -10,6 +10,7 @@
 //!
 //! Access is the server's ([`super::access`]); the sign-in page is there too.
 
+mod charts;
 mod pages;
 
 use std::collections::HashMap;
@@ -238,10 +239,19 @@ async fn conversation_page(
         .message_window(&source, &conversation, &window, PAGE_SIZE)
         .await
     {
-        Ok(w) => html(
-            StatusCode::OK,
-            pages::conversation(&summary, &w, highlight.as_deref(), signs_in(&state)),
-        ),
+        Ok(w) => {
+            let activity = conversation_activity(&state, &summary).await;
+            html(
+                StatusCode::OK,
+                pages::conversation(
+                    &summary,
+                    &w,
+                    highlight.as_deref(),
+                    activity,
+                    signs_in(&state),
+                ),
+            )
+        }
         Err(e) => database_error(e),
     }
 }
@@ -260,16 +270,67 @@ async fn status_page(State(state): State<ApiState>) -> Response {
         Ok(q) => q,
         Err(e) => return database_error(e),
     };
+    let mut charts = std::collections::BTreeMap::new();
+    let today = chrono::Utc::now().date_naive();
+    for s in statuses.iter() {
+        let days = store.messages_per_day(&s.source, today, CHART_DAYS).await;
+        let durations = store.run_durations(&s.source, CHART_RUNS).await;
+        let (days, durations) = match (days, durations) {
+            (Ok(d), Ok(r)) => (d, r),
+            (Err(e), _) | (_, Err(e)) => return database_error(e),
+        };
+        charts.insert(
+            s.source.clone(),
+            maud::html! {
+                (charts::messages_per_day(&format!("Messages per day, last {CHART_DAYS} days"), &days))
+                (charts::run_durations(&format!("Run durations, last {CHART_RUNS} runs"), &durations))
+            },
+        );
+    }
     html(
         StatusCode::OK,
         pages::status(
             &statuses,
             &runs,
             &quarantine,
+            &charts,
             chrono::Utc::now(),
             signs_in(&state),
         ),
     )
+}
+
+/// Days in the messages-per-day charts.
+const CHART_DAYS: i64 = 30;
+/// Runs in the run-duration charts.
+const CHART_RUNS: i64 = 100;
+
+/// A conversation's messages per day over the [`CHART_DAYS`] days up to its newest message;
+/// `None` (no chart) when it has none or the query fails (the messages still show).
+async fn conversation_activity(
+    state: &ApiState,
+    summary: &crate::store::browse::ConversationSummary,
+) -> Option<maud::Markup> {
+    let last_day = summary.last_message_at?.date_naive();
+    let days = state
+        .store
+        .conversation_messages_per_day(
+            &summary.source,
+            &summary.conversation_id,
+            last_day,
+            CHART_DAYS,
+        )
+        .await;
+    match days {
+        Ok(days) => Some(charts::messages_per_day(
+            &format!("Messages per day, the {CHART_DAYS} days to the newest message"),
+            &days,
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "conversation page: no activity chart");
+            None
+        }
+    }
 }
 
 /// The search behind the search page: its form as the API's parameters.

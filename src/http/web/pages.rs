@@ -293,6 +293,7 @@ pub fn conversation(
     summary: &ConversationSummary,
     window: &MessageSlice,
     highlight: Option<&str>,
+    activity: Option<Markup>,
     sign_out: bool,
 ) -> Markup {
     let base = conversation_href(&summary.source, &summary.conversation_id);
@@ -324,6 +325,9 @@ pub fn conversation(
                 @if let (Some(a), Some(b)) = (&summary.first_message_at, &summary.last_message_at) {
                     " · " (time(a)) " – " (time(b))
                 }
+            }
+            @if let Some(chart) = activity {
+                figure.chart { (chart) }
             }
             (pager)
             @if window.messages.is_empty() {
@@ -512,6 +516,7 @@ pub fn status(
     sources: &[SourceStatus],
     runs: &[RunView],
     quarantine: &[QuarantineView],
+    charts: &BTreeMap<String, Markup>,
     now: DateTime<Utc>,
     sign_out: bool,
 ) -> Markup {
@@ -547,6 +552,9 @@ pub fn status(
                         }
                         @if let Some(err) = last.and_then(|r| r.error.as_deref()) {
                             p.problem { "Last error: " (err) }
+                        }
+                        @if let Some(chart) = charts.get(&s.source) {
+                            figure.chart { (chart) }
                         }
                     }
                 }
