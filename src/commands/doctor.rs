@@ -268,6 +268,15 @@ async fn check_schema(
             report.print(Check::skip("schema", "needs a valid database.url"));
             return None;
         }
+        (None, None) if !config.storage.data_dir.join("postgres/PG_VERSION").exists() => {
+            // A doctor never creates what a first start would: no cluster yet is no failure.
+            report.print(Check::skip(
+                "schema",
+                "no embedded cluster yet: the first sync or `chatvault run` creates it and \
+                 applies the migrations",
+            ));
+            return None;
+        }
         (None, None) => match EmbeddedPostgres::start(&config.storage.data_dir).await {
             Ok(pg) => (pg.connect_options(), Some(pg)),
             Err(e) => {

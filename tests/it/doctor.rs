@@ -271,3 +271,26 @@ async fn an_unreachable_database_and_an_open_data_dir_fail_with_their_fixes() {
     // the sources are still checked
     assert!(line(&text, "credentials h").starts_with("ok"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctor_before_the_first_start_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatvault"));
+    cmd.current_dir(dir.path())
+        .arg("doctor")
+        .env_remove("CHATVAULT_CONFIG")
+        .env_remove("CHATVAULT_DATABASE_URL")
+        .env("CHATVAULT_LOG", "error");
+    let out = output(cmd).await;
+    let text = stdout(&out);
+    assert!(
+        line(&text, "schema").starts_with("skip"),
+        "the schema is checked once a cluster exists:\n{text}"
+    );
+    assert!(line(&text, "schema").contains("first sync"), "{text}");
+    assert!(
+        !dir.path().join("chatvault-data").exists(),
+        "doctor created the data directory:\n{text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}
