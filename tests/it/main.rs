@@ -5,11 +5,13 @@
 
 mod common;
 
+mod access_log;
 mod api;
 mod browser;
 mod cli;
 mod daemon;
 mod demo;
+mod ediscovery;
 mod files;
 mod pg;
 mod runs;
