@@ -224,6 +224,7 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 let temp = tempfile::Builder::new()
                     .prefix(&format!(".{name}."))
                     .suffix(".partial")
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                     .tempdir_in(&dir)
                     .with_context(|| format!("cannot create a directory in {}", dir.display()))?;
                 Target::Dir(temp)

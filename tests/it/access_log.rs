@@ -90,7 +90,11 @@ async fn the_log_is_append_only_chained_and_verify_catches_a_changed_row() {
 
     // a head saved earlier checks, a wrong one fails
     let saved = ExpectedHead::parse(&format!("access-log={head}")).unwrap();
-    assert!(store.verify(std::slice::from_ref(&saved)).await.unwrap().ok());
+    assert!(store
+        .verify(std::slice::from_ref(&saved))
+        .await
+        .unwrap()
+        .ok());
     let wrong = ExpectedHead::parse(&format!("access-log=2:{}", "ab".repeat(32))).unwrap();
     let report = store.verify(&[wrong]).await.unwrap();
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
