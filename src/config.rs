@@ -94,6 +94,16 @@ pub struct ServerConfig {
     /// The URL browsers reach the web page at, when it is not the listen address (a
     /// reverse proxy with TLS); an `https` URL makes the sign-in cookie `Secure`.
     pub public_url: Option<String>,
+    /// Further tokens with names (`[[server.tokens]]`), for the access log to tell callers
+    /// apart; `token` is named `default`.
+    pub tokens: Vec<NamedToken>,
+}
+
+/// A `[[server.tokens]]` entry.
+#[derive(Clone, Debug)]
+pub struct NamedToken {
+    pub name: String,
+    pub token: Secret,
 }
 
 /// The shortest `server.token` accepted: a token is all that stands between the network
@@ -210,7 +220,9 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_timeout",
     "allowed_hosts",
     "public_url",
+    "tokens",
 ];
+const SERVER_TOKEN_KEYS: &[&str] = &["name", "token", "token_env", "token_file"];
 const SYNC_KEYS: &[&str] = &["max_concurrent_sources", "schedule_jitter", "max_retries"];
 const SOURCE_KEYS: &[&str] = &[
     "name",
@@ -993,7 +1005,10 @@ fn read_server(cx: &mut Cx, root: &Section) -> ServerConfig {
         Ok(default_listen)
     };
 
-    let token_given = section.has_secret("token") || (cx.env)(ENV_SERVER_TOKEN).is_some();
+    let tokens = read_named_tokens(cx, section);
+    let token_given = section.has_secret("token")
+        || (cx.env)(ENV_SERVER_TOKEN).is_some()
+        || section.has("tokens");
     let token = match cx.env_override(ENV_SERVER_TOKEN) {
         Some(token) => Some(Secret::new(token)),
         None => section.secret(cx, "token", |_| true),
@@ -1043,7 +1058,84 @@ fn read_server(cx: &mut Cx, root: &Section) -> ServerConfig {
         shutdown_timeout: section.seconds_or(cx, "shutdown_timeout", 30, 0, MAX_WAIT_SECONDS),
         allowed_hosts: read_allowed_hosts(cx, section),
         public_url: read_public_url(cx, section),
+        tokens,
     }
+}
+
+/// `[[server.tokens]]`: `name` and `token_env`/`token_file` (or `token`) each, names unique
+/// and not `default` (the name of `server.token`), tokens as long as `server.token`'s.
+fn read_named_tokens(cx: &mut Cx, server: &Section) -> Vec<NamedToken> {
+    let Some((item, span)) = server.get("tokens") else {
+        return Vec::new();
+    };
+    let mut tables: Vec<(&dyn TableLike, Option<Range<usize>>)> = Vec::new();
+    match item {
+        Item::ArrayOfTables(array) => {
+            for table in array.iter() {
+                tables.push((table, table.span()));
+            }
+        }
+        Item::Value(Value::Array(array)) => {
+            for (index, value) in array.iter().enumerate() {
+                match value.as_inline_table() {
+                    Some(table) => tables.push((table, table.span())),
+                    None => cx.problem(
+                        value.span(),
+                        format!("{}[{index}]", server.key_path("tokens")),
+                        expected("a table", &Item::Value(value.clone())),
+                    ),
+                }
+            }
+        }
+        other => {
+            cx.problem(
+                span,
+                server.key_path("tokens"),
+                expected("an array of tables ([[server.tokens]])", other),
+            );
+            return Vec::new();
+        }
+    }
+    let mut tokens: Vec<NamedToken> = Vec::new();
+    for (index, (table, span)) in tables.into_iter().enumerate() {
+        let section = Section {
+            table: Some(table),
+            path: format!("{}[{index}]", server.key_path("tokens")),
+            span,
+        };
+        section.check_keys(cx, SERVER_TOKEN_KEYS, None);
+        let name = section.required_string(cx, "name");
+        let token = section.required_secret(cx, "token");
+        let (Some(name), Some(token)) = (name, token) else {
+            continue;
+        };
+        let name_span = section.span_of("name");
+        let problem = if !valid_source_name(name) {
+            Some(format!(
+                "invalid name {name:?}: use 1 to 64 characters of A-Z a-z 0-9 _ . -"
+            ))
+        } else if name == "default" {
+            Some("the name \"default\" is server.token's; choose another".to_string())
+        } else if tokens.iter().any(|t| t.name == name) {
+            Some(format!("duplicate token name {name:?}"))
+        } else if token.expose().chars().count() < MIN_TOKEN_CHARS {
+            Some(format!(
+                "the token is {} characters long; use at least {MIN_TOKEN_CHARS} \
+                 (e.g. `openssl rand -hex 32`)",
+                token.expose().chars().count()
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => cx.problem(name_span, section.key_path("name"), problem),
+            None => tokens.push(NamedToken {
+                name: name.to_string(),
+                token,
+            }),
+        }
+    }
+    tokens
 }
 
 /// `server.allowed_hosts`: host names without scheme or port.
@@ -1192,6 +1284,12 @@ fn read_source<'t>(
                 span,
                 section.key_path("name"),
                 format!("invalid name {name:?}: use 1 to 64 characters of A-Z a-z 0-9 _ . -"),
+            );
+        } else if name == crate::store::ACCESS_LOG_CHAIN {
+            cx.problem(
+                span,
+                section.key_path("name"),
+                format!("the name {name:?} is reserved for the access log's chain; choose another"),
             );
         } else if let Some(first) = first_index_of_name.get(name) {
             cx.problem(
@@ -1811,6 +1909,60 @@ mod tests {
             problems[0].starts_with("chatvault.toml:2: "),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn named_server_tokens_are_read_and_checked() {
+        let text = "[server]\ntoken_env = \"T0\"\n\n[[server.tokens]]\nname = \"legal\"\ntoken_env = \"T1\"\n\n[[server.tokens]]\nname = \"ops\"\ntoken = \"ops-0123456789abcdef\"\n";
+        let vars = [("T0", "t0-0123456789abcdef"), ("T1", "t1-0123456789abcdef")];
+        let loaded = loaded(text, &vars);
+        let names: Vec<&str> = loaded
+            .config
+            .server
+            .tokens
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["legal", "ops"]);
+        assert_eq!(
+            loaded.config.server.tokens[0].token.expose(),
+            "t1-0123456789abcdef"
+        );
+        let inline = "[server]\ntokens = [{ name = \"a\", token_env = \"T1\" }]\n";
+        assert_eq!(loaded_tokens(inline, &vars), ["a"]);
+        let bad = "[server]\ntokens = [{ name = \"default\", token_env = \"T1\" }, { name = \"b\", token = \"short\" }, { token_env = \"T1\" }]\n";
+        let found = problems(bad, &vars);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].contains("server.tokens[0].name") && found[0].contains("\"default\""),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("5 characters long")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("missing required key \"name\"")),
+            "{found:?}"
+        );
+        assert!(problems(
+            "[[source]]\nname = \"access-log\"\nplatform = \"yunhu\"\ntoken_env = \"T1\"\n",
+            &vars
+        )
+        .iter()
+        .any(|p| p.contains("reserved for the access log")));
+    }
+
+    fn loaded_tokens(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+        loaded(text, vars)
+            .config
+            .server
+            .tokens
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod connector;
 pub mod files;
 pub mod http;
 pub mod index;
+pub mod mail;
+pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod pg;

@@ -11,6 +11,7 @@
 //! returns an exit code: 0 when it did what was asked, 1 when it failed; clap answers a
 //! malformed command line with 2, and a second Ctrl-C exits at once with 130.
 
+pub mod audit;
 pub mod common;
 pub mod completions;
 pub mod config;
@@ -75,6 +76,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Export messages with their whole history as JSONL, or as CSV.
     Export(export::ExportArgs),
+    /// The access log: who searched, viewed or exported what, and when.
+    Audit(audit::AuditArgs),
     /// Rebuild the search index from PostgreSQL (search keeps working meanwhile).
     Reindex(reindex::ReindexArgs),
     /// Apply the database migrations (also done automatically at start).
@@ -115,6 +118,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args, config).await,
         Command::Verify(args) => verify::run(args, config).await,
         Command::Export(args) => export::run(args, config).await,
+        Command::Audit(args) => audit::run(args, config).await,
         Command::Reindex(args) => reindex::run(args, config).await,
         Command::Migrate(args) => migrate::run(args, config).await,
         Command::Doctor(args) => doctor::run(args, config).await,

@@ -13,7 +13,8 @@ use clap::Args;
 use super::common::{load_config, with_store};
 use crate::index::search::{fragments, SearchParams};
 use crate::index::{self, SearchIndex, SearchRequest};
-use crate::store::Store;
+use crate::store::access_log::os_user;
+use crate::store::{Store, Via};
 
 #[derive(Debug, Args)]
 #[command(
@@ -93,7 +94,8 @@ impl SearchArgs {
 }
 
 pub async fn run(args: SearchArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let request = args.params().to_request()?;
+    let params = args.params();
+    let request = params.to_request()?;
     // A malformed query is reported before anything is opened.
     index::query::parse(&request.query).map_err(index::SearchError::from)?;
     let config = load_config(config_path, true)?;
@@ -103,15 +105,17 @@ pub async fn run(args: SearchArgs, config_path: Option<&Path>) -> anyhow::Result
         bail!(index::SearchError::NoIndex);
     }
     with_store(&config, true, move |store| {
-        search(store, index_dir, request, args.json)
+        search(store, index_dir, params, request, args.json)
     })
     .await
 }
 
-/// Run the search; the hits on stdout.
+/// Run the search, record it in the access log (no record, no hits), print the hits on
+/// stdout.
 async fn search(
     store: Store,
     index_dir: PathBuf,
+    params: SearchParams,
     request: SearchRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -119,6 +123,9 @@ async fn search(
         bail!(index::SearchError::NoIndex);
     };
     let page = index::search::search(&search_index, &store, request).await?;
+    store
+        .record_access(params.access_record(&os_user(), Via::Cli, &page))
+        .await?;
     let mut out = std::io::stdout().lock();
     if json {
         for hit in &page.hits {

@@ -17,11 +17,13 @@ use crate::store::{ExpectedHead, Store};
 #[derive(Debug, Args)]
 #[command(
     after_help = "Save the chain heads `status` prints somewhere outside the database; \
-`verify --head SOURCE=SEQ:HASH` later proves the chain was not rewritten since.\n\nExamples:\n  \
+`verify --head SOURCE=SEQ:HASH` later proves the chain was not rewritten since. The access \
+log's chain is named access-log (`--head access-log=SEQ:HASH`).\n\nExamples:\n  \
 chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…"
 )]
 pub struct VerifyArgs {
-    /// A chain head saved earlier, as SOURCE=SEQ:HASH (repeatable).
+    /// A chain head saved earlier, as SOURCE=SEQ:HASH (repeatable); `access-log=SEQ:HASH`
+    /// for the access log's chain.
     #[arg(long = "head", value_name = "SOURCE=SEQ:HASH")]
     pub heads: Vec<String>,
 }
@@ -54,6 +56,12 @@ async fn verify(
         writeln!(out, "{source}: {events} events, head {head}")?;
     }
     writeln!(out, "{} message versions checked", report.versions_checked)?;
+    let (entries, head) = &report.access_log;
+    writeln!(
+        out,
+        "{}: {entries} entries, head {head}",
+        crate::store::ACCESS_LOG_CHAIN
+    )?;
     if report.ok() {
         writeln!(out, "ok: every chain is intact")?;
         return Ok(if index_ok {

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -50,13 +50,29 @@ pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 /// Paths open without the token.
 const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/login", "/logout"];
 
+/// The name `server.token` is recorded under in the access log.
+pub const DEFAULT_TOKEN_NAME: &str = "default";
+/// Who the access log names when no token is configured (loopback only).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Who is asking, as the access log records it: the name of the token presented (or the
+/// one the browser signed in with), and the client's address. [`guard`] puts it in the
+/// extensions of every request it lets through to a handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub who: String,
+    pub client: Option<String>,
+}
+
 /// The access rules of one server.
 pub struct Access {
-    token: Option<Secret>,
+    /// The accepted tokens with their names (`server.token` is [`DEFAULT_TOKEN_NAME`]).
+    tokens: Vec<(String, Secret)>,
     allowed_hosts: Vec<String>,
     public_url: Option<String>,
     listen: OnceLock<SocketAddr>,
-    sessions: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Live sessions: expiry and the name of the token they signed in with.
+    sessions: Mutex<HashMap<[u8; 32], (Instant, String)>>,
     failures: Mutex<VecDeque<Instant>>,
 }
 
@@ -72,7 +88,11 @@ impl Access {
         public_url: Option<String>,
     ) -> Access {
         Access {
-            token: token.filter(|t| !t.expose().is_empty()),
+            tokens: token
+                .filter(|t| !t.expose().is_empty())
+                .map(|t| (DEFAULT_TOKEN_NAME.to_string(), t))
+                .into_iter()
+                .collect(),
             allowed_hosts: allowed_hosts
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
@@ -84,8 +104,21 @@ impl Access {
         }
     }
 
-    pub fn token(&self) -> Option<&Secret> {
-        self.token.as_ref()
+    /// Also accept these named tokens (`[[server.tokens]]`); empty ones are ignored.
+    pub fn with_named_tokens(mut self, named: Vec<(String, Secret)>) -> Access {
+        self.tokens
+            .extend(named.into_iter().filter(|(_, t)| !t.expose().is_empty()));
+        self
+    }
+
+    /// The accepted tokens with their names.
+    pub fn tokens(&self) -> &[(String, Secret)] {
+        &self.tokens
+    }
+
+    /// Whether requests need a token (one is configured).
+    pub fn requires_token(&self) -> bool {
+        !self.tokens.is_empty()
     }
 
     pub fn allowed_hosts(&self) -> &[String] {
@@ -101,28 +134,41 @@ impl Access {
         let _ = self.listen.set(address);
     }
 
-    /// Whether `given` is the token, in constant time (digests of equal length compared).
-    pub fn token_matches(&self, given: &[u8]) -> bool {
-        let Some(token) = &self.token else {
-            return false;
-        };
+    /// The name of the token `given` is, comparing with every token in constant time
+    /// (digests of equal length compared).
+    pub fn token_name(&self, given: &[u8]) -> Option<&str> {
         let given = Sha256::digest(given);
-        let expected = Sha256::digest(token.expose().as_bytes());
-        given.ct_eq(&expected).into()
+        let mut found = None;
+        for (name, token) in &self.tokens {
+            let expected = Sha256::digest(token.expose().as_bytes());
+            if bool::from(given.ct_eq(&expected)) && found.is_none() {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    /// Whether `given` is one of the tokens.
+    pub fn token_matches(&self, given: &[u8]) -> bool {
+        self.token_name(given).is_some()
+    }
+
+    /// Who the request is, when the token rule lets it in: [`ANONYMOUS`] without a token
+    /// configured, else the name of its bearer token or of its live session's token.
+    fn caller(&self, headers: &HeaderMap) -> Option<String> {
+        if self.tokens.is_empty() {
+            return Some(ANONYMOUS.to_string());
+        }
+        if let Some(name) = bearer(headers).and_then(|given| self.token_name(given)) {
+            return Some(name.to_string());
+        }
+        session_ids(headers).find_map(|id| self.session_name(id))
     }
 
     /// Whether the request is allowed by the token rule: no token configured, or a right
     /// bearer token, or a live session.
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        if self.token.is_none() {
-            return true;
-        }
-        if let Some(given) = bearer(headers) {
-            if self.token_matches(given) {
-                return true;
-            }
-        }
-        session_ids(headers).any(|id| self.session_live(id))
+        self.caller(headers).is_some()
     }
 
     /// Whether the `Host` header names this server (see the module doc).
@@ -155,29 +201,39 @@ impl Access {
                 return true;
             }
         }
-        self.token.is_some() && self.allowed_hosts.is_empty()
+        self.requires_token() && self.allowed_hosts.is_empty()
     }
 
-    /// A new session; its id goes in the cookie, its digest stays here.
-    fn start_session(&self) -> String {
+    /// A new session for the token named `token_name`; its id goes in the cookie, its
+    /// digest stays here.
+    fn start_session(&self, token_name: &str) -> String {
         let id = hex::encode(rand::random::<[u8; 32]>());
         let now = Instant::now();
         let mut sessions = lock(&self.sessions);
-        sessions.retain(|_, expiry| *expiry > now);
+        sessions.retain(|_, (expiry, _)| *expiry > now);
         if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, (e, _))| *e)
+                .map(|(k, _)| *k)
+            {
                 sessions.remove(&oldest);
             }
         }
-        sessions.insert(Sha256::digest(id.as_bytes()).into(), now + SESSION_LIFETIME);
+        sessions.insert(
+            Sha256::digest(id.as_bytes()).into(),
+            (now + SESSION_LIFETIME, token_name.to_string()),
+        );
         id
     }
 
-    fn session_live(&self, id: &str) -> bool {
+    /// The token name of a live session.
+    fn session_name(&self, id: &str) -> Option<String> {
         let digest: [u8; 32] = Sha256::digest(id.as_bytes()).into();
         lock(&self.sessions)
             .get(&digest)
-            .is_some_and(|expiry| *expiry > Instant::now())
+            .filter(|(expiry, _)| *expiry > Instant::now())
+            .map(|(_, name)| name.clone())
     }
 
     fn end_session(&self, id: &str) {
@@ -330,7 +386,16 @@ pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) 
         )
         .into_response_for(request.headers());
     }
-    if OPEN_PATHS.contains(&path) || access.authorized(request.headers()) {
+    if OPEN_PATHS.contains(&path) {
+        return next.run(request).await;
+    }
+    if let Some(who) = access.caller(request.headers()) {
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.to_string());
+        let mut request = request;
+        request.extensions_mut().insert(Caller { who, client });
         return next.run(request).await;
     }
     if web::wants_html(request.headers()) {
@@ -384,7 +449,7 @@ struct LoginForm {
 async fn login(State(state): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
     let access = &state.access;
     let next = safe_next(form.next.as_deref());
-    if access.token().is_none() {
+    if !access.requires_token() {
         // no token configured: nothing to sign in to
         return Redirect::to(&next).into_response();
     }
@@ -399,7 +464,7 @@ async fn login(State(state): State<ApiState>, Form(form): Form<LoginForm>) -> Re
         }
         return response;
     }
-    if !access.token_matches(form.token.trim().as_bytes()) {
+    let Some(token_name) = access.token_name(form.token.trim().as_bytes()) else {
         access.login_failed();
         warn!("web sign-in with a wrong token");
         return web::login_page(
@@ -407,8 +472,8 @@ async fn login(State(state): State<ApiState>, Form(form): Form<LoginForm>) -> Re
             &next,
             Some("That is not the server token."),
         );
-    }
-    let session = access.start_session();
+    };
+    let session = access.start_session(token_name);
     let mut response = Redirect::to(&next).into_response();
     if let Ok(v) = HeaderValue::from_str(&access.cookie(&session, SESSION_LIFETIME)) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -514,9 +579,10 @@ mod tests {
     #[test]
     fn sessions_live_until_they_end() {
         let a = access(Some("t0ken-0123456789abcdef"), &[]);
-        let id = a.start_session();
+        let id = a.start_session(DEFAULT_TOKEN_NAME);
         let cookie = |id: &str| headers(header::COOKIE, &format!("x=y; {COOKIE}={id}"));
         assert!(a.authorized(&cookie(&id)));
+        assert_eq!(a.caller(&cookie(&id)).as_deref(), Some(DEFAULT_TOKEN_NAME));
         assert!(!a.authorized(&cookie(&id.replace('a', "b"))) || !id.contains('a'));
         assert!(
             !a.authorized(&cookie("t0ken-0123456789abcdef")),
@@ -524,6 +590,35 @@ mod tests {
         );
         a.end_session(&id);
         assert!(!a.authorized(&cookie(&id)));
+    }
+
+    #[test]
+    fn callers_are_named_after_their_token() {
+        let a = access(Some("t0ken-0123456789abcdef"), &[]).with_named_tokens(vec![
+            ("legal".to_string(), Secret::new("legal-0123456789abcdef")),
+            ("ops".to_string(), Secret::new("ops-0123456789abcdefgh")),
+        ]);
+        let bearer = |v: &str| headers(header::AUTHORIZATION, &format!("Bearer {v}"));
+        assert_eq!(
+            a.caller(&bearer("t0ken-0123456789abcdef")).as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            a.caller(&bearer("legal-0123456789abcdef")).as_deref(),
+            Some("legal")
+        );
+        assert_eq!(
+            a.caller(&bearer("ops-0123456789abcdefgh")).as_deref(),
+            Some("ops")
+        );
+        assert_eq!(a.caller(&bearer("nope-0123456789abcdef")), None);
+        let id = a.start_session("legal");
+        let cookie = headers(header::COOKIE, &format!("{COOKIE}={id}"));
+        assert_eq!(a.caller(&cookie).as_deref(), Some("legal"));
+        assert_eq!(
+            access(None, &[]).caller(&HeaderMap::new()).as_deref(),
+            Some(ANONYMOUS)
+        );
     }
 
     #[test]

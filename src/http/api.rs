@@ -7,14 +7,16 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use tracing::warn;
 
+use super::access::Caller;
 use super::{access, web, ApiState, DATABASE_TIMEOUT};
 use crate::index::search::SearchParams;
 use crate::index::SearchError;
 use crate::metrics;
 use crate::store::Store;
+use crate::store::{AccessRecord, Via};
 
 /// An error answer: a status and one line saying what is wrong and what to do.
 #[derive(Debug)]
@@ -196,15 +198,39 @@ pub(super) async fn run_search(
 
 pub(super) async fn search(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     params: Result<axum::extract::Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let params = match params {
         Ok(axum::extract::Query(p)) => p,
         Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
-    match run_search(&state, &params).await {
-        Ok(page) => Json(page).into_response(),
+    let page = match run_search(&state, &params).await {
+        Ok(page) => page,
+        Err(e) => return e.into_response(),
+    };
+    let record = params
+        .access_record(&caller.who, Via::Api, &page)
+        .client(caller.client);
+    match record_access(&state, record).await {
+        Ok(()) => Json(page).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// Record an access in the access log before anything is shown; when that fails the
+/// access is refused with a 503 that says why (fail closed).
+pub(super) async fn record_access(state: &ApiState, record: AccessRecord) -> Result<(), ApiError> {
+    match state.store.record_access(record).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            warn!(error = %e, "access refused: the access log cannot be written");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the access log cannot be written, so nothing is shown; try again when the \
+                 database accepts writes",
+            ))
+        }
     }
 }
 

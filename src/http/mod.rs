@@ -105,19 +105,48 @@ impl ApiState {
         self
     }
 
-    /// The token, allowed host names and public URL of `config` (its token only when
-    /// none was given).
+    /// Also accept these named tokens (`[[server.tokens]]`), recorded under their names in
+    /// the access log.
+    pub fn with_named_tokens(mut self, named: Vec<(String, Secret)>) -> ApiState {
+        let access = access::Access::new(
+            None,
+            self.access.allowed_hosts().to_vec(),
+            self.access.public_url().map(str::to_string),
+        )
+        .with_named_tokens(self.access.tokens().to_vec())
+        .with_named_tokens(named);
+        self.access = Arc::new(access);
+        self
+    }
+
+    /// The tokens, allowed host names and public URL of `config` (its tokens only when
+    /// none were given).
     pub fn with_server(mut self, config: &ServerConfig) -> ApiState {
-        let token = self
-            .access
-            .token()
-            .cloned()
-            .or_else(|| config.token.clone());
-        self.access = Arc::new(access::Access::new(
-            token,
-            config.allowed_hosts.clone(),
-            config.public_url.clone(),
-        ));
+        let tokens = if self.access.requires_token() {
+            self.access.tokens().to_vec()
+        } else {
+            let default = config
+                .token
+                .clone()
+                .map(|t| (access::DEFAULT_TOKEN_NAME.to_string(), t));
+            default
+                .into_iter()
+                .chain(
+                    config
+                        .tokens
+                        .iter()
+                        .map(|t| (t.name.clone(), t.token.clone())),
+                )
+                .collect()
+        };
+        self.access = Arc::new(
+            access::Access::new(
+                None,
+                config.allowed_hosts.clone(),
+                config.public_url.clone(),
+            )
+            .with_named_tokens(tokens),
+        );
         self
     }
 
@@ -184,7 +213,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let state = state.with_server(config);
-    check_exposure(config.listen, state.access.token().is_some())?;
+    check_exposure(config.listen, state.access.requires_token())?;
     let listener = bind(config.listen).await?;
     serve_on(listener, state, shutdown, config.shutdown_timeout).await
 }
@@ -202,11 +231,11 @@ pub async fn serve_on(
     let address = listener
         .local_addr()
         .context("cannot read the HTTP API's listening address")?;
-    check_exposure(address, state.access.token().is_some())?;
+    check_exposure(address, state.access.requires_token())?;
     state.access.set_listen(address);
     info!(
         %address,
-        token_required = state.access.token().is_some(),
+        token_required = state.access.requires_token(),
         "http api listening"
     );
     let refresher = tokio::spawn(state.status.clone().refresh_forever(shutdown.clone()));

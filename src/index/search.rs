@@ -108,6 +108,41 @@ pub struct SearchParams {
 }
 
 impl SearchParams {
+    /// The access-log record of this search and the page it returned (what the CLI, the
+    /// API and the web page record before they show the hits).
+    pub fn access_record(
+        &self,
+        who: &str,
+        via: crate::store::Via,
+        page: &SearchPage,
+    ) -> crate::store::AccessRecord {
+        let ids = page
+            .hits
+            .iter()
+            .map(|h| crate::store::AccessedId {
+                source: h.source.clone(),
+                conversation_id: h.conversation_id.clone(),
+                message_id: Some(h.message_id.clone()),
+            })
+            .collect();
+        crate::store::AccessRecord::new(who, via, "search")
+            .query(self.q.clone().unwrap_or_default())
+            .filter("source", &self.source)
+            .filter("conversation", &self.conversation)
+            .filter("sender", &self.sender)
+            .filter("since", &self.since)
+            .filter("until", &self.until)
+            .filter("kind", &self.kind)
+            .filter("recalled", &self.recalled)
+            .filter("history", self.history.filter(|h| *h))
+            .filter("sort", &self.sort)
+            .filter("limit", self.limit)
+            .filter("next_page", self.cursor.as_ref().map(|_| true))
+            .filter("total", page.total)
+            .ids(ids)
+            .results(page.hits.len() as i64)
+    }
+
     pub fn to_request(&self) -> Result<SearchRequest, SearchError> {
         let query = self.q.clone().unwrap_or_default();
         let recalled = match self.recalled.as_deref() {

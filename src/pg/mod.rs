@@ -56,7 +56,7 @@
 mod binaries;
 mod cluster;
 pub mod testing;
-mod user;
+pub(crate) mod user;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

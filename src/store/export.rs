@@ -74,6 +74,162 @@ macro_rules! utc {
     };
 }
 
+/// One export's view of the archive: a read-only, repeatable-read transaction, so the
+/// count, the chain heads and the rows it reads are one snapshot (a sync committing
+/// meanwhile changes none of them).
+pub struct ExportSnapshot {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+/// How many messages match, and their first and last send times.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExportCounts {
+    pub messages: i64,
+    pub first_sent_at: Option<DateTime<Utc>>,
+    pub last_sent_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Begin an export's snapshot (see [`ExportSnapshot`]).
+    pub async fn export_snapshot(&self) -> Result<ExportSnapshot> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        Ok(ExportSnapshot { tx })
+    }
+}
+
+impl ExportSnapshot {
+    /// The matching messages' count and time range.
+    pub async fn counts(&mut self, filter: &ExportFilter) -> Result<ExportCounts> {
+        let (messages, first_sent_at, last_sent_at) = sqlx::query_as(
+            "SELECT count(*), min(m.sent_at), max(m.sent_at)
+             FROM archive.messages m
+             WHERE ($1::text IS NULL OR m.source = $1)
+               AND ($2::text IS NULL OR m.conversation_id = $2)
+               AND ($3::timestamptz IS NULL OR m.sent_at >= $3)
+               AND ($4::timestamptz IS NULL OR m.sent_at < $4)",
+        )
+        .bind(filter.source.as_deref())
+        .bind(filter.conversation.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(ExportCounts {
+            messages,
+            first_sent_at,
+            last_sent_at,
+        })
+    }
+
+    /// `(source, event_seq, hash hex)` of every source's chain head, or only `source`'s.
+    pub async fn chain_heads(
+        &mut self,
+        source: Option<&str>,
+    ) -> Result<Vec<(String, i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT source, event_seq, encode(hash, 'hex') FROM vault.chain_heads
+             WHERE $1::text IS NULL OR source = $1 ORDER BY source",
+        )
+        .bind(source)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    /// [`Store::export_jsonl`] in this snapshot.
+    pub fn jsonl<'a>(
+        &'a mut self,
+        filter: &'a ExportFilter,
+    ) -> impl Stream<Item = Result<String>> + Send + 'a {
+        rows(&mut self.tx, JSONL_SQL, filter, |row| {
+            Ok(row.try_get::<String, _>(0)?)
+        })
+    }
+
+    /// [`Store::export_csv`] in this snapshot.
+    pub fn csv<'a>(
+        &'a mut self,
+        filter: &'a ExportFilter,
+    ) -> impl Stream<Item = Result<Vec<Option<String>>>> + Send + 'a {
+        rows(&mut self.tx, CSV_SQL, filter, csv_fields)
+    }
+}
+
+fn csv_fields(row: sqlx::postgres::PgRow) -> Result<Vec<Option<String>>> {
+    (0..CSV_COLUMNS.len())
+        .map(|i| {
+            row.try_get::<Option<String>, _>(i)
+                .map_err(StoreError::from)
+        })
+        .collect()
+}
+
+fn rows<'a, T, F>(
+    executor: &'a mut sqlx::PgConnection,
+    sql: &'static str,
+    filter: &'a ExportFilter,
+    map: F,
+) -> impl Stream<Item = Result<T>> + Send + 'a
+where
+    T: Send + 'a,
+    F: Fn(sqlx::postgres::PgRow) -> Result<T> + Send + 'a,
+{
+    sqlx::query(sql)
+        .bind(filter.source.as_deref())
+        .bind(filter.conversation.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .fetch(executor)
+        .map(move |row| row.map_err(StoreError::from).and_then(&map))
+}
+
+/// The JSONL export's query (binds as in [`filtered!`]).
+const JSONL_SQL: &str = filtered!(
+    "SELECT json_build_object(
+        'source', m.source, 'platform', m.platform,
+        'conversation_id', m.conversation_id, 'conversation_type', m.conversation_type,
+        'conversation_name', c.name,
+        'message_id', m.message_id, 'seq', m.seq,
+        'sender_id', m.sender_id, 'sender_name', m.sender_name, 'sent_at', m.sent_at,
+        'kind', m.kind, 'text', m.text, 'content', m.content, 'reply_to', m.reply_to,
+        'edited_at', m.edited_at, 'edit_count', m.edit_count,
+        'recalled_at', m.recalled_at, 'recalled_by', m.recalled_by,
+        'deleted_at', m.deleted_at, 'archived_at', m.archived_at,
+        'versions', COALESCE((
+            SELECT json_agg(json_build_object(
+                'version', v.version, 'text', v.text, 'content', v.content,
+                'edited_at', v.edited_at, 'observed_at', v.observed_at) ORDER BY v.version)
+            FROM archive.message_versions v
+            WHERE v.source = m.source AND v.conversation_id = m.conversation_id
+              AND v.message_id = m.message_id), '[]'::json),
+        'reactions', COALESCE((
+            SELECT json_agg(json_build_object(
+                'user_id', r.user_id, 'user_name', r.user_name, 'emoji', r.emoji,
+                'reacted_at', r.reacted_at, 'removed_at', r.removed_at)
+                ORDER BY r.reacted_at, r.user_id, r.emoji)
+            FROM archive.reactions r
+            WHERE r.source = m.source AND r.conversation_id = m.conversation_id
+              AND r.message_id = m.message_id), '[]'::json),
+        'raw', m.raw)::text"
+);
+
+/// The CSV export's query.
+const CSV_SQL: &str = filtered!(
+    "SELECT m.source, m.platform, m.conversation_id, m.conversation_type, c.name,
+            m.message_id, m.seq::text, m.sender_id, m.sender_name, ",
+    utc!("m.sent_at"),
+    ", m.kind, m.text, m.reply_to, ",
+    utc!("m.edited_at"),
+    ", m.edit_count::text, ",
+    utc!("m.recalled_at"),
+    ", m.recalled_by, ",
+    utc!("m.deleted_at"),
+    ", ",
+    utc!("m.archived_at"),
+);
+
 impl Store {
     /// Every matching message as one JSON object per item: the `archive.messages` columns,
     /// the conversation's name, and its whole history: `versions` (version 1 first) and
@@ -82,35 +238,7 @@ impl Store {
         &'a self,
         filter: &'a ExportFilter,
     ) -> impl Stream<Item = Result<String>> + Send + 'a {
-        let sql = filtered!(
-            "SELECT json_build_object(
-                'source', m.source, 'platform', m.platform,
-                'conversation_id', m.conversation_id, 'conversation_type', m.conversation_type,
-                'conversation_name', c.name,
-                'message_id', m.message_id, 'seq', m.seq,
-                'sender_id', m.sender_id, 'sender_name', m.sender_name, 'sent_at', m.sent_at,
-                'kind', m.kind, 'text', m.text, 'content', m.content, 'reply_to', m.reply_to,
-                'edited_at', m.edited_at, 'edit_count', m.edit_count,
-                'recalled_at', m.recalled_at, 'recalled_by', m.recalled_by,
-                'deleted_at', m.deleted_at, 'archived_at', m.archived_at,
-                'versions', COALESCE((
-                    SELECT json_agg(json_build_object(
-                        'version', v.version, 'text', v.text, 'content', v.content,
-                        'edited_at', v.edited_at, 'observed_at', v.observed_at) ORDER BY v.version)
-                    FROM archive.message_versions v
-                    WHERE v.source = m.source AND v.conversation_id = m.conversation_id
-                      AND v.message_id = m.message_id), '[]'::json),
-                'reactions', COALESCE((
-                    SELECT json_agg(json_build_object(
-                        'user_id', r.user_id, 'user_name', r.user_name, 'emoji', r.emoji,
-                        'reacted_at', r.reacted_at, 'removed_at', r.removed_at)
-                        ORDER BY r.reacted_at, r.user_id, r.emoji)
-                    FROM archive.reactions r
-                    WHERE r.source = m.source AND r.conversation_id = m.conversation_id
-                      AND r.message_id = m.message_id), '[]'::json),
-                'raw', m.raw)::text"
-        );
-        self.export_rows(sql, filter, |row| Ok(row.try_get::<String, _>(0)?))
+        self.export_rows(JSONL_SQL, filter, |row| Ok(row.try_get::<String, _>(0)?))
     }
 
     /// Every matching message as CSV fields, in [`CSV_COLUMNS`] order (`None` = SQL null).
@@ -118,27 +246,7 @@ impl Store {
         &'a self,
         filter: &'a ExportFilter,
     ) -> impl Stream<Item = Result<Vec<Option<String>>>> + Send + 'a {
-        let sql = filtered!(
-            "SELECT m.source, m.platform, m.conversation_id, m.conversation_type, c.name,
-                    m.message_id, m.seq::text, m.sender_id, m.sender_name, ",
-            utc!("m.sent_at"),
-            ", m.kind, m.text, m.reply_to, ",
-            utc!("m.edited_at"),
-            ", m.edit_count::text, ",
-            utc!("m.recalled_at"),
-            ", m.recalled_by, ",
-            utc!("m.deleted_at"),
-            ", ",
-            utc!("m.archived_at"),
-        );
-        self.export_rows(sql, filter, |row| {
-            (0..CSV_COLUMNS.len())
-                .map(|i| {
-                    row.try_get::<Option<String>, _>(i)
-                        .map_err(StoreError::from)
-                })
-                .collect()
-        })
+        self.export_rows(CSV_SQL, filter, csv_fields)
     }
 
     fn export_rows<'a, T, F>(

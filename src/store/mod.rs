@@ -11,6 +11,7 @@
 //!   ([`canonical`]); [`Store::verify`] recomputes it.
 //! - 6 (quarantine): records that cannot be applied are kept raw with the reason.
 
+pub mod access_log;
 mod apply;
 pub mod browse;
 pub mod canonical;
@@ -29,6 +30,9 @@ use std::collections::BTreeMap;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+pub use access_log::{
+    AccessEntry, AccessLogError, AccessRecord, AccessedId, Via, ACCESS_LOG_CHAIN,
+};
 pub use apply::PageOutcome;
 pub use lock::SourceLock;
 pub use runs::{RunCounts, RunStatus, SourceStatus};

@@ -68,6 +68,8 @@ pub struct VerifyReport {
     /// Per source: events checked and the head `seq:hash`.
     pub sources: Vec<(String, i64, String)>,
     pub versions_checked: i64,
+    /// The access log: entries checked and the head `seq:hash`.
+    pub access_log: (i64, String),
     pub failures: Vec<VerifyFailure>,
 }
 
@@ -100,7 +102,9 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         for head in expected {
-            if !sources.iter().any(|(s, _, _)| *s == head.source) {
+            if head.source != super::ACCESS_LOG_CHAIN
+                && !sources.iter().any(|(s, _, _)| *s == head.source)
+            {
                 report.failures.push(VerifyFailure {
                     source: head.source.clone(),
                     event_seq: head.event_seq,
@@ -119,6 +123,12 @@ impl Store {
                 .push((source, count, format!("{}:{}", last.0, hex::encode(last.1))));
         }
         report.versions_checked = self.verify_versions(&mut report).await?;
+        let wanted: Vec<&ExpectedHead> = expected
+            .iter()
+            .filter(|h| h.source == super::ACCESS_LOG_CHAIN)
+            .collect();
+        let (count, last) = self.verify_access_log(&wanted, &mut report).await?;
+        report.access_log = (count, format!("{}:{}", last.0, hex::encode(last.1)));
         Ok(report)
     }
 

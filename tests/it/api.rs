@@ -433,6 +433,7 @@ fn server_config(listen: &str, token: Option<&str>) -> ServerConfig {
         shutdown_timeout: Duration::from_secs(5),
         allowed_hosts: Vec::new(),
         public_url: None,
+        tokens: Vec::new(),
     }
 }
 

@@ -169,12 +169,38 @@ async fn files_are_private_after_sync_reindex_and_export() {
         .await;
         assert_ok(&out, "export");
         assert_eq!(mode(&dir.path().join(&file)), 0o600, "{file}");
+        let manifest = format!("{file}.manifest.json");
+        assert_eq!(mode(&dir.path().join(&manifest)), 0o600, "{manifest}");
     }
-    let left: Vec<_> = std::fs::read_dir(&exports)
+    let out = run(
+        dir.path(),
+        &["export", "--format", "eml", "--output", "exports/mails"],
+        &env,
+    )
+    .await;
+    assert_ok(&out, "export");
+    let mails = dir.path().join("exports/mails");
+    assert_eq!(mode(&mails), 0o700, "the EML directory");
+    for e in std::fs::read_dir(&mails).unwrap() {
+        assert_eq!(mode(&e.unwrap().path()), 0o600);
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&exports)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left.len(), 2, "no temporary file is left behind: {left:?}");
+    left.sort();
+    // each export and its manifest (beside a file, inside a directory), nothing temporary
+    assert_eq!(
+        left,
+        [
+            "all.csv",
+            "all.csv.manifest.json",
+            "all.jsonl",
+            "all.jsonl.manifest.json",
+            "mails"
+        ],
+        "no temporary file is left behind"
+    );
 
     // a data directory someone opened up is made private again at the next start
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();

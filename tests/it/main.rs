@@ -5,6 +5,7 @@
 
 mod common;
 
+mod access_log;
 mod api;
 mod browser;
 mod charts;
@@ -13,6 +14,7 @@ mod completions;
 mod daemon;
 mod demo;
 mod doctor;
+mod ediscovery;
 mod files;
 mod monitoring;
 mod pg;

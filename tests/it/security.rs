@@ -87,6 +87,7 @@ fn config(token: Option<&str>, allowed_hosts: &[&str], public_url: Option<&str>)
         shutdown_timeout: Duration::from_secs(5),
         allowed_hosts: allowed_hosts.iter().map(|h| h.to_string()).collect(),
         public_url: public_url.map(str::to_string),
+        tokens: Vec::new(),
     }
 }
 

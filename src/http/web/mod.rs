@@ -19,12 +19,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use maud::Markup;
 
-use super::api::{run_search, source_status};
+use super::access::Caller;
+use super::api::{record_access, run_search, source_status};
 use super::ApiState;
 use crate::store::browse::{Position, Slice};
+use crate::store::{AccessRecord, AccessedId, Via};
 
 /// Messages per conversation page.
 pub const PAGE_SIZE: i64 = 100;
@@ -72,7 +74,7 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
 
 /// Whether browsers sign in here (a token is configured), so pages offer to sign out.
 fn signs_in(state: &ApiState) -> bool {
-    state.access.token().is_some()
+    state.access.requires_token()
 }
 
 fn html(status: StatusCode, markup: Markup) -> Response {
@@ -134,6 +136,7 @@ pub struct SearchForm {
 
 async fn search_page(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Query(form): Query<HashMap<String, String>>,
 ) -> Response {
     let form = SearchForm {
@@ -158,11 +161,17 @@ async fn search_page(
     let results = if form.q.trim().is_empty() {
         None
     } else {
-        Some(
-            run_search(&state, &search::params(&form))
-                .await
-                .map_err(|e| e.message),
-        )
+        let params = search::params(&form);
+        let result = run_search(&state, &params).await;
+        if let Ok(page) = &result {
+            let record = params
+                .access_record(&caller.who, Via::Web, page)
+                .client(caller.client.clone());
+            if let Err(e) = record_access(&state, record).await {
+                return page_error(e.status, "Access log unavailable", &e.message);
+            }
+        }
+        Some(result.map_err(|e| e.message))
     };
     html(
         StatusCode::OK,
@@ -198,6 +207,7 @@ struct WindowQuery {
 
 async fn conversation_page(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((source, conversation)): Path<(String, String)>,
     Query(q): Query<WindowQuery>,
 ) -> Response {
@@ -240,6 +250,28 @@ async fn conversation_page(
         .await
     {
         Ok(w) => {
+            let mut ids = vec![AccessedId {
+                source: source.clone(),
+                conversation_id: conversation.clone(),
+                message_id: None,
+            }];
+            ids.extend(w.messages.iter().map(|m| AccessedId {
+                source: source.clone(),
+                conversation_id: conversation.clone(),
+                message_id: Some(m.message_id.clone()),
+            }));
+            let record = AccessRecord::new(&caller.who, Via::Web, "conversation")
+                .client(caller.client.clone())
+                .filter("source", &source)
+                .filter("conversation", &conversation)
+                .filter("before", &q.before)
+                .filter("after", &q.after)
+                .filter("around", &q.around)
+                .ids(ids)
+                .results(w.messages.len() as i64);
+            if let Err(e) = record_access(&state, record).await {
+                return page_error(e.status, "Access log unavailable", &e.message);
+            }
             let activity = conversation_activity(&state, &summary).await;
             html(
                 StatusCode::OK,
