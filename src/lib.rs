@@ -8,6 +8,7 @@ pub mod connector;
 pub mod files;
 pub mod http;
 pub mod index;
+pub mod integrity;
 pub mod metrics;
 pub mod model;
 pub mod pg;

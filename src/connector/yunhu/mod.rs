@@ -73,7 +73,7 @@ use super::{
 use crate::config::{Secret, SourceConfig, YunhuConfig};
 use crate::model::{
     ConversationObservation, ConversationType, Cursor, EarlierVersion, Platform, QuarantineRecord,
-    SeqGap, SourceName,
+    GapKind, SeqGap, SourceName,
 };
 
 pub use api::{
