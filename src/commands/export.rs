@@ -21,7 +21,8 @@ use crate::store::Store;
     after_help = "JSONL: one message per line with every archive.messages column, the conversation's \
 name, `versions` (version 1 = the original) and `reactions` (every episode). CSV: one row per message, \
 current text only.\n\nExamples:\n  chatvault export --source acme-tsdd > acme.jsonl\n  \
-chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --format csv -o ops-week.csv"
+chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --format csv -o ops-week.csv\n  \
+chatvault export --as-of 2026-10-31T18:00:00Z --conversation g_ops > ops-as-of.jsonl"
 )]
 pub struct ExportArgs {
     /// Only this source.
@@ -37,6 +38,11 @@ pub struct ExportArgs {
     /// Messages sent before this time; a date includes that whole day.
     #[arg(long, value_parser = parse_until)]
     pub until: Option<DateTime<Utc>>,
+    /// Every message as it stood at this time (RFC 3339, or a UTC date meaning the end of
+    /// that day): only messages sent by then, the version current then, recalls, deletions
+    /// and reactions only as far as they had happened (`archive.messages_as_of`).
+    #[arg(long, value_name = "TIME", value_parser = parse_as_of)]
+    pub as_of: Option<DateTime<Utc>>,
     #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
     pub format: ExportFormat,
     /// CSV: write cells that begin with = + - @, a tab or a carriage return as they are.
@@ -58,6 +64,11 @@ pub enum ExportFormat {
 /// `--since`, read as `chatvault search` and `GET /api/search` read it.
 fn parse_since(s: &str) -> Result<DateTime<Utc>, SearchError> {
     parse_time(s, false)
+}
+
+/// `--as-of`: a time, or a date meaning the last moment of that day.
+pub fn parse_as_of(s: &str) -> Result<DateTime<Utc>, SearchError> {
+    crate::index::search::parse_as_of(s)
 }
 
 /// `--until`: a date means the end of that day.
@@ -83,6 +94,7 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
         conversation: args.conversation.clone(),
         since: args.since,
         until: args.until,
+        as_of: args.as_of,
     };
     if let Some(source) = &filter.source {
         // A typo is an error, not an empty export.

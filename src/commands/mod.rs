@@ -13,6 +13,7 @@
 
 pub mod common;
 pub mod config;
+pub mod coverage;
 pub mod demo;
 pub mod export;
 pub mod migrate;
@@ -73,6 +74,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Export messages with their whole history as JSONL, or as CSV.
     Export(export::ExportArgs),
+    /// Per conversation: what is archived, every known gap with its reason, the last complete read.
+    Coverage(coverage::CoverageArgs),
     /// Rebuild the search index from PostgreSQL (search keeps working meanwhile).
     Reindex(reindex::ReindexArgs),
     /// Apply the database migrations (also done automatically at start).
@@ -107,6 +110,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args, config).await,
         Command::Verify(args) => verify::run(args, config).await,
         Command::Export(args) => export::run(args, config).await,
+        Command::Coverage(args) => coverage::run(args, config).await,
         Command::Reindex(args) => reindex::run(args, config).await,
         Command::Migrate(args) => migrate::run(args, config).await,
         Command::Config(command) => config::run(command, config),

@@ -113,3 +113,83 @@ impl Store {
         .await?)
     }
 }
+
+/// The coverage of one source: its conversations with their gaps, its quarantine, and what
+/// its platform and configuration let the archive know (filled in by
+/// [`crate::connector::limits::describe`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceCoverage {
+    pub source: String,
+    pub platform: String,
+    /// When the last run that ended ok finished.
+    pub last_ok_run_at: Option<DateTime<Utc>>,
+    /// Records kept in quarantine (they could not be archived; they name no conversation).
+    pub quarantined: i64,
+    /// The rescan window in force (`None`: the source is not in this configuration).
+    pub rescan_window: Option<String>,
+    /// What the archive cannot know on this platform.
+    pub cannot_know: Vec<String>,
+    pub conversations: Vec<ConversationReport>,
+}
+
+/// One conversation of a coverage report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConversationReport {
+    #[serde(flatten)]
+    pub coverage: ConversationCoverage,
+    pub gap_list: Vec<GapView>,
+}
+
+impl Store {
+    /// Per source (one, or all), its conversations with every known gap, and its
+    /// quarantine; the platform facts are left empty.
+    pub async fn coverage_report(&self, source: Option<&str>) -> Result<Vec<SourceCoverage>> {
+        let conversations = self.coverage(source).await?;
+        let gaps = self.coverage_gaps(source).await?;
+        let quarantine = self.quarantine_counts(source).await?;
+        let sources: Vec<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT s.source, s.platform,
+                    (SELECT max(r.finished_at) FROM vault.sync_runs r
+                      WHERE r.source = s.source AND r.status = 'ok')
+             FROM vault.sources s WHERE ($1::text IS NULL OR s.source = $1) ORDER BY s.source",
+        )
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await?;
+        // (PostgreSQL's collation need not order text as Rust does: match by key.)
+        let mut by_conversation: std::collections::HashMap<(String, String), Vec<GapView>> =
+            std::collections::HashMap::new();
+        for g in gaps {
+            by_conversation
+                .entry((g.source.clone(), g.conversation_id.clone()))
+                .or_default()
+                .push(g);
+        }
+        let mut out = Vec::with_capacity(sources.len());
+        for (name, platform, last_ok_run_at) in sources {
+            let mut list = Vec::new();
+            for c in conversations.iter().filter(|c| c.source == name) {
+                let gap_list = by_conversation
+                    .remove(&(name.clone(), c.conversation_id.clone()))
+                    .unwrap_or_default();
+                list.push(ConversationReport {
+                    coverage: c.clone(),
+                    gap_list,
+                });
+            }
+            out.push(SourceCoverage {
+                quarantined: quarantine
+                    .iter()
+                    .find(|q| q.source == name)
+                    .map_or(0, |q| q.records),
+                source: name,
+                platform,
+                last_ok_run_at,
+                rescan_window: None,
+                cannot_know: Vec::new(),
+                conversations: list,
+            });
+        }
+        Ok(out)
+    }
+}

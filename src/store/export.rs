@@ -19,6 +19,10 @@ pub struct ExportFilter {
     pub since: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `sent_at`.
     pub until: Option<DateTime<Utc>>,
+    /// Every message as it stood at this moment (`archive.messages_as_of`): only messages
+    /// sent by then, the version current then (and the versions before it), recalls,
+    /// deletions and reactions only as far as they had happened.
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 /// The columns of a CSV export, in order: `archive.messages` without `content` and `raw`
@@ -46,12 +50,16 @@ pub const CSV_COLUMNS: &[&str] = &[
 ];
 
 /// `SELECT ... FROM archive.messages m JOIN archive.conversations c` plus the filter (the
-/// binds are source, conversation, since, until) and the export order.
+/// binds are source, conversation, since, until, as of) and the export order. With an
+/// as-of time, `m` is `archive.messages_as_of` instead (one branch of the `UNION ALL` is
+/// dropped at run time by its one-time filter).
 macro_rules! filtered {
     ($($select:expr),+ $(,)?) => {
         concat!(
             $($select,)+
-            " FROM archive.messages m
+            " FROM (SELECT * FROM archive.messages WHERE $5::timestamptz IS NULL
+                    UNION ALL
+                    SELECT * FROM archive.messages_as_of($5) WHERE $5::timestamptz IS NOT NULL) m
               JOIN archive.conversations c
                 ON c.source = m.source AND c.conversation_id = m.conversation_id
               WHERE ($1::text IS NULL OR m.source = $1)
@@ -99,15 +107,19 @@ impl Store {
                         'edited_at', v.edited_at, 'observed_at', v.observed_at) ORDER BY v.version)
                     FROM archive.message_versions v
                     WHERE v.source = m.source AND v.conversation_id = m.conversation_id
-                      AND v.message_id = m.message_id), '[]'::json),
+                      AND v.message_id = m.message_id
+                      AND v.version <= m.edit_count + 1), '[]'::json),
                 'reactions', COALESCE((
                     SELECT json_agg(json_build_object(
                         'user_id', r.user_id, 'user_name', r.user_name, 'emoji', r.emoji,
-                        'reacted_at', r.reacted_at, 'removed_at', r.removed_at)
+                        'reacted_at', r.reacted_at,
+                        'removed_at', CASE WHEN $5::timestamptz IS NULL OR r.removed_at <= $5
+                                           THEN r.removed_at END)
                         ORDER BY r.reacted_at, r.user_id, r.emoji)
                     FROM archive.reactions r
                     WHERE r.source = m.source AND r.conversation_id = m.conversation_id
-                      AND r.message_id = m.message_id), '[]'::json),
+                      AND r.message_id = m.message_id
+                      AND ($5::timestamptz IS NULL OR r.reacted_at <= $5)), '[]'::json),
                 'raw', m.raw)::text"
         );
         self.export_rows(sql, filter, |row| Ok(row.try_get::<String, _>(0)?))
@@ -156,6 +168,7 @@ impl Store {
             .bind(filter.conversation.as_deref())
             .bind(filter.since)
             .bind(filter.until)
+            .bind(filter.as_of)
             .fetch(&self.pool)
             .map(move |row| row.map_err(StoreError::from).and_then(&map))
     }

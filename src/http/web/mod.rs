@@ -7,9 +7,11 @@
 //! | `GET /conversations` | conversations, most recently active first |
 //! | `GET /c/{source}/{conversation}` | a conversation's messages in order, with versions, marks, reactions |
 //! | `GET /status` | sources, runs, lag, errors, quarantine |
+//! | `GET /coverage` | per conversation: what is archived, known gaps with reasons, last complete read |
 //!
 //! Access is the server's ([`super::access`]); the sign-in page is there too.
 
+mod coverage;
 mod pages;
 
 use std::collections::HashMap;
@@ -35,11 +37,15 @@ pub fn routes() -> Router<ApiState> {
         .route("/conversations", get(conversations_page))
         .route("/c/{source}/{conversation}", get(conversation_page))
         .route("/status", get(status_page))
+        .route("/coverage", get(coverage_page))
 }
 
 /// Whether `path` is one of the pages (which a link from elsewhere may open).
 pub fn is_page(path: &str) -> bool {
-    matches!(path, "/" | "/conversations" | "/status" | "/login") || path.starts_with("/c/")
+    matches!(
+        path,
+        "/" | "/conversations" | "/status" | "/coverage" | "/login"
+    ) || path.starts_with("/c/")
 }
 
 /// Whether a request wants a page rather than JSON (for error answers).
@@ -193,6 +199,8 @@ struct WindowQuery {
     before: Option<String>,
     after: Option<String>,
     around: Option<String>,
+    /// Show the conversation as it stood at this time (RFC 3339 or a date).
+    as_of: Option<String>,
 }
 
 async fn conversation_page(
@@ -213,6 +221,13 @@ async fn conversation_page(
             "Bad link",
             "Use at most one of before=, after= or around=, with a position from a link on these pages.",
         );
+    };
+    let as_of = match q.as_of.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match crate::index::search::parse_as_of(s) {
+            Ok(t) => Some(t),
+            Err(e) => return page_error(StatusCode::BAD_REQUEST, "Bad “as of” time", &e.to_string()),
+        },
     };
     let summary = match state
         .store
@@ -235,12 +250,12 @@ async fn conversation_page(
     };
     match state
         .store
-        .message_window(&source, &conversation, &window, PAGE_SIZE)
+        .message_window_as_of(&source, &conversation, &window, PAGE_SIZE, as_of)
         .await
     {
         Ok(w) => html(
             StatusCode::OK,
-            pages::conversation(&summary, &w, highlight.as_deref(), signs_in(&state)),
+            pages::conversation(&summary, &w, highlight.as_deref(), as_of, signs_in(&state)),
         ),
         Err(e) => database_error(e),
     }
@@ -270,6 +285,23 @@ async fn status_page(State(state): State<ApiState>) -> Response {
             signs_in(&state),
         ),
     )
+}
+
+async fn coverage_page(
+    State(state): State<ApiState>,
+    Query(q): Query<ConversationsQuery>,
+) -> Response {
+    let source = q.source.filter(|s| !s.is_empty());
+    match state.store.coverage_report(source.as_deref()).await {
+        Ok(mut report) => {
+            crate::connector::limits::describe(&mut report, &state.sources);
+            html(
+                StatusCode::OK,
+                coverage::coverage(&report, source.as_deref(), signs_in(&state)),
+            )
+        }
+        Err(e) => database_error(e),
+    }
 }
 
 /// The search behind the search page: its form as the API's parameters.
