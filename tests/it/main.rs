@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod as_of;
 mod browser;
 mod cli;
 mod daemon;
