@@ -147,10 +147,7 @@ mod tests {
         let line = heads_line(at, &[head("a", 3), head("b-2", 10)]);
         assert_eq!(
             line,
-            format!(
-                "2027-01-15T08:00:00Z a=3:{:064x} b-2=10:{:064x}\n",
-                3, 10
-            )
+            format!("2027-01-15T08:00:00Z a=3:{:064x} b-2=10:{:064x}\n", 3, 10)
         );
         for arg in line.split_whitespace().skip(1) {
             crate::store::ExpectedHead::parse(arg).unwrap();

@@ -288,7 +288,10 @@ impl Metrics {
         }
         match result.heads_published {
             Some(true) => self.heads_published.with_label_values(&[source]).inc(),
-            Some(false) => self.heads_publish_failures.with_label_values(&[source]).inc(),
+            Some(false) => self
+                .heads_publish_failures
+                .with_label_values(&[source])
+                .inc(),
             None => {}
         }
         if result.skipped {

@@ -130,11 +130,7 @@ fn write_source(out: &mut impl Write, s: &SourceCoverage) -> std::io::Result<()>
         if c.gap_list.is_empty() {
             writeln!(out, "    gaps: none known")?;
         } else {
-            writeln!(
-                out,
-                "    gaps: {} ({} seqs)",
-                cov.gaps, cov.missing_seqs
-            )?;
+            writeln!(out, "    gaps: {} ({} seqs)", cov.gaps, cov.missing_seqs)?;
         }
         for g in &c.gap_list {
             let since = if g.archived_since > 0 {

@@ -231,7 +231,14 @@ impl Store {
         let (mut messages, has_older, has_newer) = match window {
             Slice::Latest => {
                 let (mut rows, more) = self
-                    .messages_from(source, conversation_id, None, Direction::Before, limit, as_of)
+                    .messages_from(
+                        source,
+                        conversation_id,
+                        None,
+                        Direction::Before,
+                        limit,
+                        as_of,
+                    )
                     .await?;
                 rows.reverse();
                 (rows, more, false)

@@ -56,7 +56,12 @@ async fn seeded() -> (Store, String) {
     store
         .apply_page(
             &src,
-            &page("m/g1", Some(10), 400, vec![message("g1", "later", 400, "after all that")]),
+            &page(
+                "m/g1",
+                Some(10),
+                400,
+                vec![message("g1", "later", 400, "after all that")],
+            ),
         )
         .await
         .unwrap();
@@ -78,16 +83,22 @@ fn expected() -> Vec<(i64, Option<(&'static str, i32, bool)>)> {
 async fn the_sql_function_gives_each_state_at_its_instant() {
     let (store, _) = seeded().await;
     for (at, want) in expected() {
-        let row: Option<(String, i32, Option<chrono::DateTime<chrono::Utc>>, Option<String>)> =
-            sqlx::query_as(
-                "SELECT text, edit_count, recalled_at, recalled_by
+        let row: Option<(
+            String,
+            i32,
+            Option<chrono::DateTime<chrono::Utc>>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT text, edit_count, recalled_at, recalled_by
                  FROM archive.messages_as_of($1) WHERE message_id = 'm'",
-            )
-            .bind(t(at))
-            .fetch_optional(store.pool())
-            .await
-            .unwrap();
-        let got = row.as_ref().map(|(text, n, recalled, _)| (text.as_str(), *n, recalled.is_some()));
+        )
+        .bind(t(at))
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        let got = row
+            .as_ref()
+            .map(|(text, n, recalled, _)| (text.as_str(), *n, recalled.is_some()));
         assert_eq!(got, want, "as of t({at})");
         if let Some((_, _, Some(recalled_at), by)) = &row {
             assert_eq!((*recalled_at, by.as_deref()), (t(300), Some("boss")));
@@ -247,7 +258,10 @@ async fn the_conversation_page_shows_each_state_as_of_its_instant() {
         let as_of = t(at).to_rfc3339();
         let (status, html) = get(format!("?as_of={}", urlencode(&as_of))).await;
         assert_eq!(status, 200, "{html}");
-        assert!(html.contains("name=\"as_of\""), "the page has the as-of form");
+        assert!(
+            html.contains("name=\"as_of\""),
+            "the page has the as-of form"
+        );
         // the message's own text comes before its version history
         let main = html.split("<details").next().unwrap();
         let shown: Vec<&str> = texts
@@ -257,7 +271,10 @@ async fn the_conversation_page_shows_each_state_as_of_its_instant() {
             .collect();
         let recalled = html.contains("class=\"msg recalled\"");
         match want {
-            None => assert!(shown.is_empty() && !html.contains("id=\"m-m\""), "t({at}): {html}"),
+            None => assert!(
+                shown.is_empty() && !html.contains("id=\"m-m\""),
+                "t({at}): {html}"
+            ),
             Some((text, edits, was_recalled)) => {
                 assert_eq!(shown, [text], "t({at}): the text current then");
                 assert_eq!(recalled, was_recalled, "t({at})");
@@ -269,7 +286,10 @@ async fn the_conversation_page_shows_each_state_as_of_its_instant() {
                 }
             }
         }
-        assert!(!html.contains("after all that"), "t({at}) shows a later message");
+        assert!(
+            !html.contains("after all that"),
+            "t({at}) shows a later message"
+        );
     }
     // without as_of: the current state, the later message too
     let (_, html) = get(String::new()).await;

@@ -48,7 +48,7 @@ use super::{
 };
 use crate::config::{Secret, SourceConfig, TsddAuth, TsddConfig};
 use crate::model::{
-    ConversationObservation, ConversationType, Cursor, Platform, QuarantineRecord, SeqGap, GapKind,
+    ConversationObservation, ConversationType, Cursor, GapKind, Platform, QuarantineRecord, SeqGap,
     SourceName,
 };
 

@@ -226,7 +226,9 @@ async fn conversation_page(
         None => None,
         Some(s) => match crate::index::search::parse_as_of(s) {
             Ok(t) => Some(t),
-            Err(e) => return page_error(StatusCode::BAD_REQUEST, "Bad “as of” time", &e.to_string()),
+            Err(e) => {
+                return page_error(StatusCode::BAD_REQUEST, "Bad “as of” time", &e.to_string())
+            }
         },
     };
     let summary = match state
