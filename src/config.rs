@@ -1558,6 +1558,41 @@ mod tests {
         check(text, vars).unwrap_or_else(|errors| panic!("unexpected problems:\n{errors}"))
     }
 
+    #[test]
+    fn integrity_takes_a_file_and_an_argv_and_refuses_a_shell_line() {
+        let config = loaded(
+            "[integrity]\nheads_file = \"/tmp/heads.log\"\nheads_command = [\"ssh\", \"h\", \"cat >> x\"]\nheads_command_timeout = 5\n",
+            &[],
+        )
+        .config;
+        assert_eq!(
+            config.integrity.heads_file.as_deref(),
+            Some(Path::new("/tmp/heads.log"))
+        );
+        assert_eq!(
+            config.integrity.heads_command.as_deref(),
+            Some(&["ssh".to_string(), "h".into(), "cat >> x".into()][..])
+        );
+        assert_eq!(
+            config.integrity.heads_command_timeout,
+            Duration::from_secs(5)
+        );
+        assert!(!loaded("", &[]).config.integrity.is_configured());
+        let found = problems(
+            "[integrity]\nheads_command = \"ssh h 'cat >> x'\"\nheads_command_timeout = 0\nheads_fil = \"x\"\n",
+            &[],
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("an array of strings"), "{found:?}");
+        assert!(found[1].contains("between 1 and 3600"), "{found:?}");
+        assert!(
+            found[2].contains("did you mean \"heads_file\""),
+            "{found:?}"
+        );
+        let found = problems("[integrity]\nheads_command = []\n", &[]);
+        assert!(found[0].contains("must name a program"), "{found:?}");
+    }
+
     /// A valid tangsengdaodao source named "a" with `extra` appended.
     fn tsdd(extra: &str) -> String {
         format!(

@@ -51,6 +51,7 @@ fn every_subcommand_has_help_with_an_example() {
         "status",
         "verify",
         "export",
+        "coverage",
         "search",
         "reindex",
         "migrate",
