@@ -68,8 +68,11 @@ async fn seeded() -> (Store, String) {
     (store, url)
 }
 
-/// (instant, text, edit_count, recalled) at each of the four instants, and before it existed.
-fn expected() -> Vec<(i64, Option<(&'static str, i32, bool)>)> {
+/// What the message shows at an instant: (text, edit_count, recalled); `None`: not yet sent.
+type State = Option<(&'static str, i32, bool)>;
+
+/// The state at each of the four instants, and before the message existed.
+fn expected() -> Vec<(i64, State)> {
     vec![
         (5, None),
         (50, Some(("v1 原文", 0, false))),
@@ -83,12 +86,13 @@ fn expected() -> Vec<(i64, Option<(&'static str, i32, bool)>)> {
 async fn the_sql_function_gives_each_state_at_its_instant() {
     let (store, _) = seeded().await;
     for (at, want) in expected() {
-        let row: Option<(
+        type Row = (
             String,
             i32,
             Option<chrono::DateTime<chrono::Utc>>,
             Option<String>,
-        )> = sqlx::query_as(
+        );
+        let row: Option<Row> = sqlx::query_as(
             "SELECT text, edit_count, recalled_at, recalled_by
                  FROM archive.messages_as_of($1) WHERE message_id = 'm'",
         )
