@@ -69,6 +69,27 @@ pub struct Config {
     pub server: ServerConfig,
     pub sync: SyncConfig,
     pub sources: Vec<SourceConfig>,
+    pub integrity: IntegrityConfig,
+}
+
+/// `[integrity]`: where the chain heads go after each sync run, to be kept outside the
+/// database (README, "Chain heads kept elsewhere").
+#[derive(Clone, Debug, Default)]
+pub struct IntegrityConfig {
+    /// A file each run appends one line of heads to (created 0600).
+    pub heads_file: Option<PathBuf>,
+    /// A program and its arguments (run without a shell) that gets each run's line of heads
+    /// on stdin.
+    pub heads_command: Option<Vec<String>>,
+    /// How long `heads_command` may take before it is killed.
+    pub heads_command_timeout: Duration,
+}
+
+impl IntegrityConfig {
+    /// Whether the heads go anywhere.
+    pub fn is_configured(&self) -> bool {
+        self.heads_file.is_some() || self.heads_command.is_some()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -209,7 +230,16 @@ const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 3600;
 const MAX_WAIT_SECONDS: u64 = 86_400;
 const MAX_RETRIES: u32 = 100;
 
-const TOP_KEYS: &[&str] = &["version", "database", "storage", "server", "sync", "source"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "database",
+    "storage",
+    "server",
+    "sync",
+    "source",
+    "integrity",
+];
+const INTEGRITY_KEYS: &[&str] = &["heads_file", "heads_command", "heads_command_timeout"];
 const DATABASE_KEYS: &[&str] = &["url", "url_env", "url_file", "max_connections"];
 const STORAGE_KEYS: &[&str] = &["data_dir"];
 const SERVER_KEYS: &[&str] = &[
@@ -922,6 +952,7 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
     let server = read_server(cx, root);
     let sync = read_sync(cx, root);
     let sources = read_sources(cx, root);
+    let integrity = read_integrity(cx, root);
     Config {
         path: cx.file.clone(),
         database,
@@ -929,7 +960,59 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
         server,
         sync,
         sources,
+        integrity,
     }
+}
+
+fn read_integrity(cx: &mut Cx, root: &Section) -> IntegrityConfig {
+    let section = &root.child(cx, "integrity");
+    section.check_keys(cx, INTEGRITY_KEYS, None);
+    let heads_file = section
+        .string(cx, "heads_file")
+        .map(|(path, _)| PathBuf::from(path));
+    let heads_command = read_heads_command(cx, section);
+    IntegrityConfig {
+        heads_file,
+        heads_command,
+        heads_command_timeout: section.seconds_or(cx, "heads_command_timeout", 30, 1, 3600),
+    }
+}
+
+/// `integrity.heads_command`: a non-empty array of strings, the program first.
+fn read_heads_command(cx: &mut Cx, section: &Section) -> Option<Vec<String>> {
+    if !section.has("heads_command") {
+        return None;
+    }
+    let (array, span) = section.typed(
+        cx,
+        "heads_command",
+        "an array of strings (the program, then its arguments)",
+        Value::as_array,
+    )?;
+    let mut argv = Vec::new();
+    for (index, value) in array.iter().enumerate() {
+        match value.as_str() {
+            Some(arg) => argv.push(arg.to_string()),
+            None => {
+                let key = format!("{}[{index}]", section.key_path("heads_command"));
+                cx.problem(
+                    value.span().or(span.clone()),
+                    key,
+                    expected("a string", &Item::Value(value.clone())),
+                );
+                return None;
+            }
+        }
+    }
+    if argv.first().is_none_or(|program| program.is_empty()) {
+        cx.problem(
+            span,
+            section.key_path("heads_command"),
+            "must name a program, e.g. [\"ssh\", \"heads@vault.example\", \"cat >> heads.log\"]",
+        );
+        return None;
+    }
+    Some(argv)
 }
 
 fn read_database(cx: &mut Cx, root: &Section) -> DatabaseConfig {
@@ -1571,6 +1654,41 @@ mod tests {
 
     fn loaded(text: &str, vars: &[(&str, &str)]) -> Loaded {
         check(text, vars).unwrap_or_else(|errors| panic!("unexpected problems:\n{errors}"))
+    }
+
+    #[test]
+    fn integrity_takes_a_file_and_an_argv_and_refuses_a_shell_line() {
+        let config = loaded(
+            "[integrity]\nheads_file = \"/tmp/heads.log\"\nheads_command = [\"ssh\", \"h\", \"cat >> x\"]\nheads_command_timeout = 5\n",
+            &[],
+        )
+        .config;
+        assert_eq!(
+            config.integrity.heads_file.as_deref(),
+            Some(Path::new("/tmp/heads.log"))
+        );
+        assert_eq!(
+            config.integrity.heads_command.as_deref(),
+            Some(&["ssh".to_string(), "h".into(), "cat >> x".into()][..])
+        );
+        assert_eq!(
+            config.integrity.heads_command_timeout,
+            Duration::from_secs(5)
+        );
+        assert!(!loaded("", &[]).config.integrity.is_configured());
+        let found = problems(
+            "[integrity]\nheads_command = \"ssh h 'cat >> x'\"\nheads_command_timeout = 0\nheads_fil = \"x\"\n",
+            &[],
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("an array of strings"), "{found:?}");
+        assert!(found[1].contains("between 1 and 3600"), "{found:?}");
+        assert!(
+            found[2].contains("did you mean \"heads_file\""),
+            "{found:?}"
+        );
+        let found = problems("[integrity]\nheads_command = []\n", &[]);
+        assert!(found[0].contains("must name a program"), "{found:?}");
     }
 
     /// A valid tangsengdaodao source named "a" with `extra` appended.

@@ -8,6 +8,7 @@ pub mod connector;
 pub mod files;
 pub mod http;
 pub mod index;
+pub mod integrity;
 pub mod mail;
 pub mod manifest;
 pub mod metrics;

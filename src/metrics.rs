@@ -67,6 +67,10 @@ pub struct Metrics {
     database_up: IntGaugeVec,
     /// Without labels: rendered only in a process that watches an embedded server.
     embedded_postgres_restarts: IntCounterVec,
+    /// Chain heads handed to `[integrity] heads_file`/`heads_command` after a run, and the
+    /// times that failed (by source).
+    heads_published: IntCounterVec,
+    heads_publish_failures: IntCounterVec,
     /// Held while the archive gauges are replaced and while the registry is gathered.
     archive: Mutex<()>,
 }
@@ -287,6 +291,20 @@ impl Metrics {
                     &[],
                 ),
             ),
+            heads_published: register(
+                r,
+                source_counter(
+                    "chatvault_heads_published_total",
+                    "Runs after which the chain heads were handed to every configured [integrity] target.",
+                ),
+            ),
+            heads_publish_failures: register(
+                r,
+                source_counter(
+                    "chatvault_heads_publish_failures_total",
+                    "Runs after which writing the chain heads to heads_file or heads_command failed (the sync itself is not failed).",
+                ),
+            ),
             archive: Mutex::new(()),
             registry,
         };
@@ -315,6 +333,14 @@ impl Metrics {
         ];
         for (counter, n) in counts {
             counter.with_label_values(&[source]).inc_by(n);
+        }
+        match result.heads_published {
+            Some(true) => self.heads_published.with_label_values(&[source]).inc(),
+            Some(false) => self
+                .heads_publish_failures
+                .with_label_values(&[source])
+                .inc(),
+            None => {}
         }
         if result.skipped {
             // nothing ran: its duration would only drag the histogram towards zero
@@ -609,6 +635,7 @@ mod tests {
             rate_limit_waits: 4,
             failed_requests: 5,
             duration: Duration::from_secs_f64(seconds),
+            heads_published: None,
         }
     }
 

@@ -289,6 +289,35 @@ pub struct SeqGap {
     /// Last missing seq, inclusive.
     pub to_seq: i64,
     pub reason: String,
+    /// What kind of gap it is (for `chatvault coverage`).
+    #[serde(default)]
+    pub kind: GapKind,
+}
+
+/// Why seqs are missing, in classes an auditor can count (`archive.coverage_gaps.kind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapKind {
+    /// Upstream did not return them (cleared history, device filters, deleted for the account).
+    #[default]
+    NotReturned,
+    /// Upstream fails when asked for them (a server error on one record).
+    Unreadable,
+    /// Before the oldest message the account can see (e.g. before it joined).
+    BeforeHistory,
+    /// A group the account is no longer a member of.
+    NotMember,
+}
+
+impl GapKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapKind::NotReturned => "not_returned",
+            GapKind::Unreadable => "unreadable",
+            GapKind::BeforeHistory => "before_history",
+            GapKind::NotMember => "not_member",
+        }
+    }
 }
 
 /// A record that could not be decoded or mapped. It is kept, never dropped (invariant 6).

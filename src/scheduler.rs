@@ -147,6 +147,10 @@ impl SchedulerOptions {
             sync: SyncOptions {
                 max_retries: config.sync.max_retries,
                 session_dir: Some(sync::session_dir(&config.storage.data_dir)),
+                heads: config
+                    .integrity
+                    .is_configured()
+                    .then(|| Arc::new(config.integrity.clone())),
                 ..SyncOptions::default()
             },
         }

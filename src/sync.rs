@@ -54,6 +54,8 @@ pub struct SyncOptions {
     /// Called before each page of a feed is written, with the source and the page's cursor
     /// key. Tests use it to fail a run at a chosen moment.
     pub page_hook: Option<PageHook>,
+    /// Where the chain heads go after each run (`[integrity]`); `None`: nowhere.
+    pub heads: Option<std::sync::Arc<crate::config::IntegrityConfig>>,
 }
 
 /// See [`SyncOptions::page_hook`]: called with the source and the page's cursor key.
@@ -82,6 +84,7 @@ impl Default for SyncOptions {
             session_dir: None,
             lock_check_every: Duration::from_secs(5),
             page_hook: None,
+            heads: None,
         }
     }
 }
@@ -111,6 +114,9 @@ pub struct SourceResult {
     pub failed_requests: u64,
     /// How long the run took.
     pub duration: Duration,
+    /// Whether the chain heads were handed to `[integrity]`'s targets after the run
+    /// (`None`: none configured, or the run was skipped).
+    pub heads_published: Option<bool>,
 }
 
 impl SourceResult {
@@ -157,6 +163,7 @@ pub async fn sync_source(
             rate_limit_waits: 0,
             failed_requests: 0,
             duration: Duration::ZERO,
+            heads_published: None,
         };
         let started = Instant::now();
         if let Err(e) = store
@@ -201,6 +208,11 @@ pub async fn sync_source(
             }
         }
         lock.release().await;
+        if let Some(heads) = &options.heads {
+            // Whatever the run wrote (a failed run may have committed pages), the heads it
+            // left are kept elsewhere; a failure is logged and counted, never the run's.
+            result.heads_published = Some(crate::integrity::publish_heads(store, heads).await);
+        }
         result.duration = started.elapsed();
         result
     }
@@ -423,7 +435,18 @@ impl Run<'_> {
                 .await;
             match r {
                 Ok(true) => return Ok(true),
-                Ok(false) => {}
+                Ok(false) => {
+                    // Every feed of it was read to its end in this run (`chatvault coverage`).
+                    if let Some(run_id) = result.run_id {
+                        if let Err(e) = self
+                            .store
+                            .record_complete_read(name, &conversation.conversation_id, run_id)
+                            .await
+                        {
+                            warn!(error = %e, "could not record the complete read of the conversation");
+                        }
+                    }
+                }
                 Err(SourceError::Connector(ConnectorError::Unauthorized(msg))) => {
                     return Err(SourceError::Connector(ConnectorError::Unauthorized(msg)));
                 }

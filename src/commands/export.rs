@@ -34,6 +34,7 @@ DIR/manifest.json): counts, time range, filters, chain heads, and the sha256 of 
 chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --format csv -o ops-week.csv\n  \
 chatvault export --source acme-tsdd --since 2026-01-01 --format eml --output acme-2026/\n  \
 chatvault export --conversation g_ops --format mbox --eml-per conversation-day -o ops.mbox\n  \
+chatvault export --as-of 2026-10-31T18:00:00Z --conversation g_ops > ops-as-of.jsonl\n  \
 chatvault export --check-manifest acme-2026/manifest.json"
 )]
 pub struct ExportArgs {
@@ -50,6 +51,11 @@ pub struct ExportArgs {
     /// Messages sent before this time; a date includes that whole day.
     #[arg(long, value_parser = parse_until)]
     pub until: Option<DateTime<Utc>>,
+    /// Every message as it stood at this time (RFC 3339, or a UTC date meaning the end of
+    /// that day): only messages sent by then, the version current then, recalls, deletions
+    /// and reactions only as far as they had happened (`archive.messages_as_of`).
+    #[arg(long, value_name = "TIME", value_parser = parse_as_of)]
+    pub as_of: Option<DateTime<Utc>>,
     #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
     pub format: ExportFormat,
     /// CSV: write cells that begin with = + - @, a tab or a carriage return as they are.
@@ -109,6 +115,11 @@ impl EmlPer {
 /// `--since`, read as `chatvault search` and `GET /api/search` read it.
 fn parse_since(s: &str) -> Result<DateTime<Utc>, SearchError> {
     parse_time(s, false)
+}
+
+/// `--as-of`: a time, or a date meaning the last moment of that day.
+pub fn parse_as_of(s: &str) -> Result<DateTime<Utc>, SearchError> {
+    crate::index::search::parse_as_of(s)
 }
 
 /// `--until`: a date means the end of that day.
@@ -193,6 +204,7 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
         conversation: args.conversation.clone(),
         since: args.since,
         until: args.until,
+        as_of: args.as_of,
     };
     if let Some(source) = &filter.source {
         // A typo is an error, not an empty export.
@@ -244,6 +256,7 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
         "conversation": filter.conversation,
         "since": filter.since.map(|t| t.to_rfc3339()),
         "until": filter.until.map(|t| t.to_rfc3339()),
+        "as_of": filter.as_of.map(|t| t.to_rfc3339()),
     });
     let eml_per =
         matches!(args.format, ExportFormat::Eml | ExportFormat::Mbox).then(|| args.eml_per.name());
@@ -255,6 +268,7 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 .filter("conversation", &filter.conversation)
                 .filter("since", filter.since.map(|t| t.to_rfc3339()))
                 .filter("until", filter.until.map(|t| t.to_rfc3339()))
+                .filter("as_of", filter.as_of.map(|t| t.to_rfc3339()))
                 .filter("format", args.format.name())
                 .filter("eml_per", eml_per)
                 .filter(

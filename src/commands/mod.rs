@@ -15,6 +15,7 @@ pub mod audit;
 pub mod common;
 pub mod completions;
 pub mod config;
+pub mod coverage;
 pub mod demo;
 pub mod doctor;
 pub mod export;
@@ -78,6 +79,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// The access log: who searched, viewed or exported what, and when.
     Audit(audit::AuditArgs),
+    /// Per conversation: what is archived, every known gap with its reason, the last complete read.
+    Coverage(coverage::CoverageArgs),
     /// Rebuild the search index from PostgreSQL (search keeps working meanwhile).
     Reindex(reindex::ReindexArgs),
     /// Apply the database migrations (also done automatically at start).
@@ -119,6 +122,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args, config).await,
         Command::Export(args) => export::run(args, config).await,
         Command::Audit(args) => audit::run(args, config).await,
+        Command::Coverage(args) => coverage::run(args, config).await,
         Command::Reindex(args) => reindex::run(args, config).await,
         Command::Migrate(args) => migrate::run(args, config).await,
         Command::Doctor(args) => doctor::run(args, config).await,

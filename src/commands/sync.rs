@@ -89,6 +89,10 @@ async fn sync(
         max_retries: config.sync.max_retries,
         progress_bar: std::io::stderr().is_terminal(),
         session_dir: Some(sync::session_dir(&config.storage.data_dir)),
+        heads: config
+            .integrity
+            .is_configured()
+            .then(|| std::sync::Arc::new(config.integrity.clone())),
         ..SyncOptions::default()
     };
     let limit = config.sync.max_concurrent_sources.max(1);

@@ -18,14 +18,24 @@ use crate::store::{ExpectedHead, Store};
 #[command(
     after_help = "Save the chain heads `status` prints somewhere outside the database; \
 `verify --head SOURCE=SEQ:HASH` later proves the chain was not rewritten since. The access \
-log's chain is named access-log (`--head access-log=SEQ:HASH`).\n\nExamples:\n  \
-chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…"
+log's chain is named access-log (`--head access-log=SEQ:HASH`). `--print-heads` prints the heads in that form (one per line) \
+without checking anything.\n\nExamples:\n  \
+chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…\n  \
+chatvault verify --print-heads | ssh heads@vault.example 'cat >> chatvault-heads.log'\n  \
+chatvault verify $(chatvault verify --print-heads | sed 's/^/--head=/')"
 )]
 pub struct VerifyArgs {
     /// A chain head saved earlier, as SOURCE=SEQ:HASH (repeatable); `access-log=SEQ:HASH`
     /// for the access log's chain.
     #[arg(long = "head", value_name = "SOURCE=SEQ:HASH")]
     pub heads: Vec<String>,
+    /// Print each source's stored chain head as SOURCE=SEQ:HASH (what --head takes) and
+    /// exit, without verifying.
+    #[arg(long, conflicts_with = "heads")]
+    pub print_heads: bool,
+    /// With --print-heads: one JSON object per source (source, event_seq, hash, head).
+    #[arg(long, requires = "print_heads")]
+    pub json: bool,
 }
 
 pub async fn run(args: VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -34,6 +44,10 @@ pub async fn run(args: VerifyArgs, config_path: Option<&Path>) -> anyhow::Result
         heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);
     }
     let config = load_config(config_path, true)?;
+    if args.print_heads {
+        let json = args.json;
+        return with_store(&config, true, move |store| print_heads(store, json)).await;
+    }
     let index_dir = index::index_dir(&config.storage.data_dir);
     with_store(&config, true, |store| verify(store, heads, index_dir)).await
 }
@@ -80,6 +94,26 @@ async fn verify(
         }
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// `verify --print-heads`: each source's stored head, as `--head` takes it.
+async fn print_heads(store: Store, json: bool) -> anyhow::Result<ExitCode> {
+    let heads = store.stored_heads().await?;
+    let mut out = std::io::stdout().lock();
+    for head in &heads {
+        if json {
+            let line = serde_json::json!({
+                "source": head.source,
+                "event_seq": head.event_seq,
+                "hash": head.hash,
+                "head": head.to_string(),
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{head}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The index half of `verify`: prints per-source counts and any drift; `false` on drift.

@@ -7,6 +7,7 @@
 
 mod cursor;
 pub mod http;
+pub mod limits;
 pub mod tangsengdaodao;
 pub mod yunhu;
 pub mod yunxin;

@@ -354,6 +354,18 @@ pub fn parse_time(s: &str, until: bool) -> Result<DateTime<Utc>, SearchError> {
     )))
 }
 
+/// An "as of" time: RFC 3339, or a UTC date meaning the last moment of that day (the
+/// archive's times have microseconds). For `export --as-of` and the web page's `as_of`.
+pub fn parse_as_of(s: &str) -> Result<DateTime<Utc>, SearchError> {
+    let t = parse_time(s, true)?;
+    let is_date = DateTime::parse_from_rfc3339(s.trim()).is_err();
+    Ok(if is_date {
+        t - chrono::Duration::microseconds(1)
+    } else {
+        t
+    })
+}
+
 fn term_filter(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
     Box::new(TermQuery::new(
         Term::from_field_text(field, value),

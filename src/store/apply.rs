@@ -1299,9 +1299,11 @@ async fn write_gaps(
     let from: Vec<i64> = page.gaps.iter().map(|g| g.from_seq).collect();
     let to: Vec<i64> = page.gaps.iter().map(|g| g.to_seq).collect();
     let reasons: Vec<&str> = page.gaps.iter().map(|g| g.reason.as_str()).collect();
+    let kinds: Vec<&str> = page.gaps.iter().map(|g| g.kind.as_str()).collect();
     let done = sqlx::query(
-        "INSERT INTO vault.seq_gaps (source, conversation_id, from_seq, to_seq, reason, observed_at)
-         SELECT $1, c, f, t, r, $6 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[]) AS u(c, f, t, r)
+        "INSERT INTO vault.seq_gaps (source, conversation_id, from_seq, to_seq, reason, observed_at, kind)
+         SELECT $1, c, f, t, r, $6, k
+         FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[], $7::text[]) AS u(c, f, t, r, k)
          ON CONFLICT DO NOTHING",
     )
     .bind(src)
@@ -1310,6 +1312,7 @@ async fn write_gaps(
     .bind(&to)
     .bind(&reasons)
     .bind(observed_at)
+    .bind(&kinds)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())

@@ -212,25 +212,61 @@ impl Store {
         window: &Slice,
         limit: i64,
     ) -> Result<MessageSlice> {
+        self.message_window_as_of(source, conversation_id, window, limit, None)
+            .await
+    }
+
+    /// [`Store::message_window`] as the conversation stood at `as_of`
+    /// (`archive.messages_as_of`): versions, reactions and reply targets as of then too.
+    /// `None`: as it stands now.
+    pub async fn message_window_as_of(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        window: &Slice,
+        limit: i64,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<MessageSlice> {
         let limit = limit.clamp(1, 1000);
         let (mut messages, has_older, has_newer) = match window {
             Slice::Latest => {
                 let (mut rows, more) = self
-                    .messages_from(source, conversation_id, None, Direction::Before, limit)
+                    .messages_from(
+                        source,
+                        conversation_id,
+                        None,
+                        Direction::Before,
+                        limit,
+                        as_of,
+                    )
                     .await?;
                 rows.reverse();
                 (rows, more, false)
             }
             Slice::Before(p) => {
                 let (mut rows, more) = self
-                    .messages_from(source, conversation_id, Some(p), Direction::Before, limit)
+                    .messages_from(
+                        source,
+                        conversation_id,
+                        Some(p),
+                        Direction::Before,
+                        limit,
+                        as_of,
+                    )
                     .await?;
                 rows.reverse();
                 (rows, more, true)
             }
             Slice::After(p) => {
                 let (rows, more) = self
-                    .messages_from(source, conversation_id, Some(p), Direction::After, limit)
+                    .messages_from(
+                        source,
+                        conversation_id,
+                        Some(p),
+                        Direction::After,
+                        limit,
+                        as_of,
+                    )
                     .await?;
                 (rows, true, more)
             }
@@ -246,11 +282,12 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some((sent_at, seq)) = anchor else {
-                    return Box::pin(self.message_window(
+                    return Box::pin(self.message_window_as_of(
                         source,
                         conversation_id,
                         &Slice::Latest,
                         limit,
+                        as_of,
                     ))
                     .await;
                 };
@@ -262,7 +299,14 @@ impl Store {
                 let half = (limit / 2).max(1);
                 // Before the anchor, then the anchor and after it.
                 let (mut older, has_older) = self
-                    .messages_from(source, conversation_id, Some(&p), Direction::Before, half)
+                    .messages_from(
+                        source,
+                        conversation_id,
+                        Some(&p),
+                        Direction::Before,
+                        half,
+                        as_of,
+                    )
                     .await?;
                 older.reverse();
                 let (newer, has_newer) = self
@@ -272,13 +316,14 @@ impl Store {
                         Some(&p),
                         Direction::From,
                         limit - half,
+                        as_of,
                     )
                     .await?;
                 older.extend(newer);
                 (older, has_older, has_newer)
             }
         };
-        self.fill_history(source, conversation_id, &mut messages)
+        self.fill_history(source, conversation_id, &mut messages, as_of)
             .await?;
         Ok(MessageSlice {
             messages,
@@ -295,7 +340,13 @@ impl Store {
         from: Option<&Position>,
         direction: Direction,
         limit: i64,
+        as_of: Option<DateTime<Utc>>,
     ) -> Result<(Vec<MessageView>, bool)> {
+        let messages = if as_of.is_some() {
+            "archive.messages_as_of($7)"
+        } else {
+            "archive.messages"
+        };
         let (cmp, bound, dir) = match direction {
             Direction::Before => ("<", "<=", "DESC"),
             Direction::After => (">", ">=", "ASC"),
@@ -304,8 +355,8 @@ impl Store {
         // The plain `sent_at` bound lets the index narrow the scan; the row comparison
         // then orders ties exactly.
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM archive.messages
-             WHERE source = $1 AND conversation_id = $2
+            "SELECT {MESSAGE_COLUMNS} FROM {messages}
+             WHERE source = $1 AND conversation_id = $2 AND ($7::timestamptz IS NULL OR true)
                AND ($3::timestamptz IS NULL OR sent_at {bound} $3)
                AND ($3::timestamptz IS NULL OR {ORDER_KEY} {cmp} ($3, $4, $5))
              ORDER BY sent_at {dir}, COALESCE(seq, 9223372036854775807) {dir}, message_id {dir}
@@ -329,6 +380,7 @@ impl Store {
             .bind(from.map(|p| p.seq))
             .bind(from.map(|p| p.message_id.as_str()))
             .bind(limit + 1)
+            .bind(as_of)
             .fetch_all(&self.pool)
             .await?;
         let more = rows.len() as i64 > limit;
@@ -351,6 +403,7 @@ impl Store {
         source: &str,
         conversation_id: &str,
         messages: &mut [MessageView],
+        as_of: Option<DateTime<Utc>>,
     ) -> Result<()> {
         if messages.is_empty() {
             return Ok(());
@@ -368,23 +421,30 @@ impl Store {
                 "SELECT message_id, version, text, edited_at, observed_at
                  FROM archive.message_versions
                  WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)
+                   AND ($4::timestamptz IS NULL OR version = 1
+                        OR COALESCE(edited_at, observed_at) <= $4)
                  ORDER BY message_id, version",
             )
             .bind(source)
             .bind(conversation_id)
             .bind(&edited)
+            .bind(as_of)
             .fetch_all(&self.pool)
             .await?
         };
         let reactions: Vec<ReactionView> = sqlx::query_as(
-            "SELECT message_id, user_id, user_name, emoji, reacted_at, removed_at
+            "SELECT message_id, user_id, user_name, emoji, reacted_at,
+                    CASE WHEN $4::timestamptz IS NULL OR removed_at <= $4 THEN removed_at END
+                        AS removed_at
              FROM archive.reactions
              WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)
+               AND ($4::timestamptz IS NULL OR reacted_at <= $4)
              ORDER BY reacted_at, user_id, emoji",
         )
         .bind(source)
         .bind(conversation_id)
         .bind(&ids)
+        .bind(as_of)
         .fetch_all(&self.pool)
         .await?;
         let replied: Vec<&str> = messages
@@ -396,13 +456,20 @@ impl Store {
         let replies: Vec<Reply> = if replied.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_as(
-                "SELECT message_id, sender_name, sender_id, text FROM archive.messages
-                     WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)",
-            )
+            let replies = if as_of.is_some() {
+                "archive.messages_as_of($4)"
+            } else {
+                "archive.messages"
+            };
+            sqlx::query_as(&format!(
+                "SELECT message_id, sender_name, sender_id, text FROM {replies}
+                     WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)
+                       AND ($4::timestamptz IS NULL OR true)"
+            ))
             .bind(source)
             .bind(conversation_id)
             .bind(&replied)
+            .bind(as_of)
             .fetch_all(&self.pool)
             .await?
         };

@@ -137,6 +137,7 @@ fn gap(g: &SeqGap) -> SeqGap {
         from_seq: g.from_seq,
         to_seq: g.to_seq,
         reason: text(&g.reason),
+        kind: g.kind,
     }
 }
 
@@ -238,6 +239,7 @@ mod tests {
             from_seq: 2,
             to_seq: 3,
             reason: n("why"),
+            kind: Default::default(),
         });
         page.quarantine.push(QuarantineRecord {
             reason: n("why"),

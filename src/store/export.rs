@@ -19,6 +19,10 @@ pub struct ExportFilter {
     pub since: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `sent_at`.
     pub until: Option<DateTime<Utc>>,
+    /// Every message as it stood at this moment (`archive.messages_as_of`): only messages
+    /// sent by then, the version current then (and the versions before it), recalls,
+    /// deletions and reactions only as far as they had happened.
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 /// The columns of a CSV export, in order: `archive.messages` without `content` and `raw`
@@ -46,12 +50,16 @@ pub const CSV_COLUMNS: &[&str] = &[
 ];
 
 /// `SELECT ... FROM archive.messages m JOIN archive.conversations c` plus the filter (the
-/// binds are source, conversation, since, until) and the export order.
+/// binds are source, conversation, since, until, as of) and the export order. With an
+/// as-of time, `m` is `archive.messages_as_of` instead (one branch of the `UNION ALL` is
+/// dropped at run time by its one-time filter).
 macro_rules! filtered {
     ($($select:expr),+ $(,)?) => {
         concat!(
             $($select,)+
-            " FROM archive.messages m
+            " FROM (SELECT * FROM archive.messages WHERE $5::timestamptz IS NULL
+                    UNION ALL
+                    SELECT * FROM archive.messages_as_of($5) WHERE $5::timestamptz IS NOT NULL) m
               JOIN archive.conversations c
                 ON c.source = m.source AND c.conversation_id = m.conversation_id
               WHERE ($1::text IS NULL OR m.source = $1)
@@ -105,7 +113,9 @@ impl ExportSnapshot {
     pub async fn counts(&mut self, filter: &ExportFilter) -> Result<ExportCounts> {
         let (messages, first_sent_at, last_sent_at) = sqlx::query_as(
             "SELECT count(*), min(m.sent_at), max(m.sent_at)
-             FROM archive.messages m
+             FROM (SELECT * FROM archive.messages WHERE $5::timestamptz IS NULL
+                   UNION ALL
+                   SELECT * FROM archive.messages_as_of($5) WHERE $5::timestamptz IS NOT NULL) m
              WHERE ($1::text IS NULL OR m.source = $1)
                AND ($2::text IS NULL OR m.conversation_id = $2)
                AND ($3::timestamptz IS NULL OR m.sent_at >= $3)
@@ -115,6 +125,7 @@ impl ExportSnapshot {
         .bind(filter.conversation.as_deref())
         .bind(filter.since)
         .bind(filter.until)
+        .bind(filter.as_of)
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(ExportCounts {
@@ -181,6 +192,7 @@ where
         .bind(filter.conversation.as_deref())
         .bind(filter.since)
         .bind(filter.until)
+        .bind(filter.as_of)
         .fetch(executor)
         .map(move |row| row.map_err(StoreError::from).and_then(&map))
 }
@@ -203,15 +215,19 @@ const JSONL_SQL: &str = filtered!(
                 'edited_at', v.edited_at, 'observed_at', v.observed_at) ORDER BY v.version)
             FROM archive.message_versions v
             WHERE v.source = m.source AND v.conversation_id = m.conversation_id
-              AND v.message_id = m.message_id), '[]'::json),
+              AND v.message_id = m.message_id
+              AND v.version <= m.edit_count + 1), '[]'::json),
         'reactions', COALESCE((
             SELECT json_agg(json_build_object(
                 'user_id', r.user_id, 'user_name', r.user_name, 'emoji', r.emoji,
-                'reacted_at', r.reacted_at, 'removed_at', r.removed_at)
+                'reacted_at', r.reacted_at,
+                'removed_at', CASE WHEN $5::timestamptz IS NULL OR r.removed_at <= $5
+                                   THEN r.removed_at END)
                 ORDER BY r.reacted_at, r.user_id, r.emoji)
             FROM archive.reactions r
             WHERE r.source = m.source AND r.conversation_id = m.conversation_id
-              AND r.message_id = m.message_id), '[]'::json),
+              AND r.message_id = m.message_id
+              AND ($5::timestamptz IS NULL OR r.reacted_at <= $5)), '[]'::json),
         'raw', m.raw)::text"
 );
 
@@ -264,6 +280,7 @@ impl Store {
             .bind(filter.conversation.as_deref())
             .bind(filter.since)
             .bind(filter.until)
+            .bind(filter.as_of)
             .fetch(&self.pool)
             .map(move |row| row.map_err(StoreError::from).and_then(&map))
     }

@@ -133,6 +133,7 @@ fn made_up_result(source: &str) -> SourceResult {
         rate_limit_waits: 1,
         failed_requests: 2,
         duration: Duration::from_millis(1500),
+        heads_published: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn every_subcommand_has_help_with_an_example() {
         "verify",
         "export",
         "audit",
+        "coverage",
         "search",
         "reindex",
         "migrate",

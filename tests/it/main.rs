@@ -7,15 +7,18 @@ mod common;
 
 mod access_log;
 mod api;
+mod as_of;
 mod browser;
 mod charts;
 mod cli;
 mod completions;
+mod coverage;
 mod daemon;
 mod demo;
 mod doctor;
 mod ediscovery;
 mod files;
+mod heads;
 mod monitoring;
 mod pg;
 mod runs;

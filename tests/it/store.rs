@@ -780,6 +780,7 @@ async fn nul_characters_anywhere_in_a_page_never_stop_it() {
         from_seq: 3,
         to_seq: 4,
         reason: "gone\0".into(),
+        kind: Default::default(),
     });
     let out = store.apply_page(&src, &p).await.unwrap();
     assert_eq!((out.messages_new, out.quarantined, out.gaps), (2, 0, 1));

@@ -49,7 +49,7 @@ use super::{
 };
 use crate::config::{Secret, SourceConfig, TsddAuth, TsddConfig};
 use crate::model::{
-    ConversationObservation, ConversationType, Cursor, Platform, QuarantineRecord, SeqGap,
+    ConversationObservation, ConversationType, Cursor, GapKind, Platform, QuarantineRecord, SeqGap,
     SourceName,
 };
 
@@ -1051,16 +1051,17 @@ fn window_gaps(
     read: &SeqWindowRead,
     outcome: &SeqWindowOutcome,
 ) -> Vec<SeqGap> {
-    let gap = |(from, to): (u64, u64), reason: &str| SeqGap {
+    let gap = |(from, to): (u64, u64), (reason, kind): (&str, GapKind)| SeqGap {
         conversation_id: conversation_id.to_string(),
         from_seq: from as i64,
         to_seq: to as i64,
         reason: reason.to_string(),
+        kind,
     };
     let missing = if read.not_member {
-        NOT_MEMBER_REASON
+        (NOT_MEMBER_REASON, GapKind::NotMember)
     } else {
-        GAP_REASON
+        (GAP_REASON, GapKind::NotReturned)
     };
     let unreadable: Vec<u64> = read
         .unreadable
@@ -1074,7 +1075,7 @@ fn window_gaps(
         .chain(
             merge_runs(&unreadable)
                 .into_iter()
-                .map(|g| gap(g, PANIC_REASON)),
+                .map(|g| gap(g, (PANIC_REASON, GapKind::Unreadable))),
         )
         .collect()
 }

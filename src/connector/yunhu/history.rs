@@ -797,10 +797,16 @@ fn missing_between(chat_id: &str, above: Option<i64>, messages: &[map::Mapped]) 
 }
 
 fn gap(conversation_id: &str, from: i64, to: i64, reason: &str) -> SeqGap {
+    let kind = if reason == BEFORE_HISTORY_REASON {
+        GapKind::BeforeHistory
+    } else {
+        GapKind::NotReturned
+    };
     SeqGap {
         conversation_id: conversation_id.to_string(),
         from_seq: from,
         to_seq: to,
         reason: reason.to_string(),
+        kind,
     }
 }

@@ -73,8 +73,8 @@ use super::{
 };
 use crate::config::{Secret, SourceConfig, YunhuConfig};
 use crate::model::{
-    ConversationObservation, ConversationType, Cursor, EarlierVersion, Platform, QuarantineRecord,
-    SeqGap, SourceName,
+    ConversationObservation, ConversationType, Cursor, EarlierVersion, GapKind, Platform,
+    QuarantineRecord, SeqGap, SourceName,
 };
 
 pub use api::{

@@ -7,10 +7,12 @@
 //! | `GET /conversations` | conversations, most recently active first |
 //! | `GET /c/{source}/{conversation}` | a conversation's messages in order, with versions, marks, reactions |
 //! | `GET /status` | sources, runs, lag, errors, quarantine |
+//! | `GET /coverage` | per conversation: what is archived, known gaps with reasons, last complete read |
 //!
 //! Access is the server's ([`super::access`]); the sign-in page is there too.
 
 mod charts;
+mod coverage;
 mod pages;
 
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use super::access::Caller;
 use super::api::{record_access, run_search, source_status};
 use super::ApiState;
 use crate::store::browse::{Position, Slice};
+use crate::store::coverage::coverage_rows;
 use crate::store::{AccessRecord, AccessedId, Via};
 
 /// Messages per conversation page.
@@ -38,11 +41,15 @@ pub fn routes() -> Router<ApiState> {
         .route("/conversations", get(conversations_page))
         .route("/c/{source}/{conversation}", get(conversation_page))
         .route("/status", get(status_page))
+        .route("/coverage", get(coverage_page))
 }
 
 /// Whether `path` is one of the pages (which a link from elsewhere may open).
 pub fn is_page(path: &str) -> bool {
-    matches!(path, "/" | "/conversations" | "/status" | "/login") || path.starts_with("/c/")
+    matches!(
+        path,
+        "/" | "/conversations" | "/status" | "/coverage" | "/login"
+    ) || path.starts_with("/c/")
 }
 
 /// Whether a request wants a page rather than JSON (for error answers).
@@ -203,6 +210,8 @@ struct WindowQuery {
     before: Option<String>,
     after: Option<String>,
     around: Option<String>,
+    /// Show the conversation as it stood at this time (RFC 3339 or a date).
+    as_of: Option<String>,
 }
 
 async fn conversation_page(
@@ -225,6 +234,15 @@ async fn conversation_page(
             "Use at most one of before=, after= or around=, with a position from a link on these pages.",
         );
     };
+    let as_of = match q.as_of.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match crate::index::search::parse_as_of(s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                return page_error(StatusCode::BAD_REQUEST, "Bad “as of” time", &e.to_string())
+            }
+        },
+    };
     let summary = match state
         .store
         .conversation_summary(&source, &conversation)
@@ -246,7 +264,7 @@ async fn conversation_page(
     };
     match state
         .store
-        .message_window(&source, &conversation, &window, PAGE_SIZE)
+        .message_window_as_of(&source, &conversation, &window, PAGE_SIZE, as_of)
         .await
     {
         Ok(w) => {
@@ -267,6 +285,7 @@ async fn conversation_page(
                 .filter("before", &q.before)
                 .filter("after", &q.after)
                 .filter("around", &q.around)
+                .filter("as_of", &q.as_of)
                 .ids(ids)
                 .results(w.messages.len() as i64);
             if let Err(e) = record_access(&state, record).await {
@@ -280,6 +299,7 @@ async fn conversation_page(
                     &w,
                     highlight.as_deref(),
                     activity,
+                    as_of,
                     signs_in(&state),
                 ),
             )
@@ -362,6 +382,31 @@ async fn conversation_activity(
             tracing::warn!(error = %e, "conversation page: no activity chart");
             None
         }
+    }
+}
+
+async fn coverage_page(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ConversationsQuery>,
+) -> Response {
+    let source = q.source.filter(|s| !s.is_empty());
+    match state.store.coverage_report(source.as_deref()).await {
+        Ok(mut report) => {
+            let record = AccessRecord::new(&caller.who, Via::Web, "coverage")
+                .client(caller.client.clone())
+                .filter("source", &source)
+                .results(coverage_rows(&report));
+            if let Err(e) = record_access(&state, record).await {
+                return page_error(e.status, "Access log unavailable", &e.message);
+            }
+            crate::connector::limits::describe(&mut report, &state.sources);
+            html(
+                StatusCode::OK,
+                coverage::coverage(&report, source.as_deref(), signs_in(&state)),
+            )
+        }
+        Err(e) => database_error(e),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::store::SourceStatus;
 const STYLE: &str = include_str!("style.css");
 
 /// A page around `body`; `sign_out`: show the sign-out button (a token is configured).
-fn layout(title: &str, active: &str, sign_out: bool, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, active: &str, sign_out: bool, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="zh-Hans" {
@@ -51,7 +51,7 @@ fn layout(title: &str, active: &str, sign_out: bool, body: Markup) -> Markup {
 }
 
 /// `2026-11-23 16:05:03 UTC`, with the exact instant in the tooltip.
-fn time(t: &DateTime<Utc>) -> Markup {
+pub(super) fn time(t: &DateTime<Utc>) -> Markup {
     html! {
         time datetime=(t.to_rfc3339()) title=(t.to_rfc3339()) {
             (t.format("%Y-%m-%d %H:%M:%S").to_string()) " UTC"
@@ -59,7 +59,7 @@ fn time(t: &DateTime<Utc>) -> Markup {
     }
 }
 
-fn opt_time(t: &Option<DateTime<Utc>>) -> Markup {
+pub(super) fn opt_time(t: &Option<DateTime<Utc>>) -> Markup {
     match t {
         Some(t) => time(t),
         None => html! { span.muted { "—" } },
@@ -289,26 +289,53 @@ pub fn conversations(list: &[ConversationSummary], source: Option<&str>, sign_ou
     )
 }
 
+/// A conversation page; with `as_of`, as it stood then (every link keeps it).
 pub fn conversation(
     summary: &ConversationSummary,
     window: &MessageSlice,
     highlight: Option<&str>,
     activity: Option<Markup>,
+    as_of: Option<DateTime<Utc>>,
     sign_out: bool,
 ) -> Markup {
     let base = conversation_href(&summary.source, &summary.conversation_id);
+    let as_of_text = as_of.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    let keep = as_of_text
+        .as_deref()
+        .map(|t| format!("&as_of={}", encode(t)))
+        .unwrap_or_default();
+    let newest = match &as_of_text {
+        Some(t) => format!("{base}?as_of={}", encode(t)),
+        None => base.clone(),
+    };
     let pager = html! {
         nav.pager {
             @if window.has_older {
                 @if let Some(first) = window.messages.first() {
-                    a rel="prev" href={ (base) "?before=" (encode(&first.position.encode())) } { "← Older" }
+                    a rel="prev" href={ (base) "?before=" (encode(&first.position.encode())) (keep) } { "← Older" }
                 }
             }
             @if window.has_newer {
                 @if let Some(last) = window.messages.last() {
-                    a rel="next" href={ (base) "?after=" (encode(&last.position.encode())) } { "Newer →" }
+                    a rel="next" href={ (base) "?after=" (encode(&last.position.encode())) (keep) } { "Newer →" }
                 }
-                a href=(base) { "Newest" }
+                a href=(newest) { "Newest" }
+            }
+        }
+    };
+    let as_of_form = html! {
+        form.asof method="get" action=(base) {
+            label {
+                "As of "
+                input type="text" name="as_of" value=[as_of_text.as_deref()]
+                    placeholder="2026-11-01T12:00:00Z or 2026-11-01" size="24";
+            }
+            " " button type="submit" { "Show" }
+            @if as_of.is_some() { " " a href=(base) { "Current state" } }
+        }
+        @if let Some(t) = &as_of {
+            p.asof-note {
+                "As it stood at " (time(t)) ": messages sent later are left out; each message shows the version current then, and recalls, deletions and reactions only as far as they had happened."
             }
         }
     };
@@ -329,6 +356,7 @@ pub fn conversation(
             @if let Some(chart) = activity {
                 figure.chart { (chart) }
             }
+            (as_of_form)
             (pager)
             @if window.messages.is_empty() {
                 p.muted { "No messages archived in this conversation." }
@@ -526,6 +554,7 @@ pub fn status(
         sign_out,
         html! {
             h1 { "Status" }
+            p { a href="/coverage" { "Coverage" } ": what is archived of each conversation, every known gap with its reason, and what the archive cannot know." }
             @if sources.is_empty() {
                 p.muted { "No source archived yet." }
             }
