@@ -23,6 +23,7 @@ pub mod sim;
 pub mod status;
 pub mod sync;
 pub mod verify;
+pub mod verify_upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

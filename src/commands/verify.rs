@@ -16,15 +16,52 @@ use crate::store::{ExpectedHead, Store};
 #[command(
     after_help = "Save the chain heads `status` prints somewhere outside the database; \
 `verify --head SOURCE=SEQ:HASH` later proves the chain was not rewritten since.\n\nExamples:\n  \
-chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…"
+chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…\n  \
+chatvault verify --upstream --source acme-tsdd --sample 500 --json"
 )]
 pub struct VerifyArgs {
     /// A chain head saved earlier, as SOURCE=SEQ:HASH (repeatable).
     #[arg(long = "head", value_name = "SOURCE=SEQ:HASH")]
     pub heads: Vec<String>,
+
+    #[command(flatten)]
+    pub upstream: UpstreamFlags,
+}
+
+/// `verify --upstream` (the proof against the source, `verify_upstream.rs`).
+#[derive(Debug, Args)]
+pub struct UpstreamFlags {
+    /// Prove the archive against its source instead: re-read, read-only, a random sample
+    /// of archived messages and the newest page of each conversation, report every
+    /// difference, and record the proof in the chain. Exit 0: no drift; 3: drift; 1: error.
+    #[arg(long, conflicts_with = "heads")]
+    pub upstream: bool,
+    /// With --upstream: only this source (repeatable; default: every enabled source).
+    #[arg(long = "source", value_name = "NAME", requires = "upstream")]
+    pub sources: Vec<String>,
+    /// With --upstream: archived messages sampled per source.
+    #[arg(long, value_name = "N", default_value_t = crate::upstream_proof::DEFAULT_SAMPLE, requires = "upstream")]
+    pub sample: i64,
+    /// With --upstream: the sample's seed (the same seed samples the same messages);
+    /// default: a random one, printed and recorded.
+    #[arg(long, value_name = "X", requires = "upstream")]
+    pub seed: Option<String>,
+    /// With --upstream: the report as JSON.
+    #[arg(long, requires = "upstream")]
+    pub json: bool,
 }
 
 pub async fn run(args: VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if args.upstream.upstream {
+        let u = args.upstream;
+        let upstream = super::verify_upstream::UpstreamArgs {
+            sources: u.sources,
+            sample: u.sample,
+            seed: u.seed,
+            json: u.json,
+        };
+        return super::verify_upstream::run(upstream, config_path).await;
+    }
     let mut heads = Vec::new();
     for h in &args.heads {
         heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);

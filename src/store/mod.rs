@@ -20,6 +20,7 @@ pub mod export;
 pub mod index_feed;
 mod lock;
 mod runs;
+pub mod upstream;
 mod verify;
 
 use std::collections::BTreeMap;

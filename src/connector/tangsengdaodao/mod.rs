@@ -25,6 +25,7 @@
 
 mod api;
 mod map;
+mod recheck;
 mod session;
 
 use std::collections::{BTreeSet, HashMap};
@@ -44,7 +45,8 @@ use self::session::{Session, SessionFile};
 use super::cursor;
 use super::http::HttpClient;
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Recheck, RecheckRequest,
 };
 use crate::config::{Secret, SourceConfig, TsddAuth, TsddConfig};
 use crate::model::{
@@ -830,6 +832,11 @@ impl Connector for TsddConnector {
                 self.source
             ))),
         }
+    }
+
+    async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
+        let channel = channel_of(request.conversation, &self.source)?;
+        self.recheck_channel(request, &channel).await
     }
 }
 
