@@ -438,3 +438,201 @@ async fn the_cli_reports_drift_as_json_with_its_own_exit_code_and_status_shows_t
         text(&out.stderr)
     );
 }
+
+// ---- NetEase Yunxin ----------------------------------------------------------------------
+
+mod yunxin {
+    use super::*;
+    use chatvault::config::YunxinConfig;
+    use chatvault::sim::yunxin::{now_ms, SimServer, World, WorldSpec};
+
+    fn world() -> World {
+        let mut w = World::generate(&WorldSpec {
+            seed: 23,
+            accounts: 1,
+            users: 6,
+            teams: 1,
+            super_teams: 0,
+            direct_chats: 2,
+            messages: 300,
+            end_ms: now_ms() - 2 * 3_600_000,
+            days: 5,
+            ..WorldSpec::default()
+        });
+        w.behaviour.rate_limit = None;
+        w
+    }
+
+    fn source(server: &SimServer) -> SourceConfig {
+        let w = server.world();
+        SourceConfig {
+            name: SourceName::new("yx"),
+            schedule: "0 */5 * * * *".into(),
+            requests_per_second: 0.0,
+            request_timeout: Duration::from_secs(5),
+            enabled: true,
+            platform: PlatformConfig::Yunxin(YunxinConfig {
+                base_url: server.base_url(),
+                app_key: w.app_key.clone(),
+                app_secret: Secret::new(w.app_secret.clone()),
+                accounts: w.accounts.clone(),
+                history_start: None,
+                rescan_days: 7,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn yunxin_an_intact_archive_is_no_drift_and_an_edit_and_a_recall_upstream_are() {
+        let server = SimServer::start(world()).await;
+        let (store, _) = common::store().await;
+        let src = source(&server);
+        store
+            .register_source(&src.name, src.platform_key())
+            .await
+            .unwrap();
+        let session = session_dir("yunxin");
+        let result = sync_source(&store, &src, &sync_options(&session), None).await;
+        assert!(result.ok(), "{:?}", result.error);
+
+        let proof = prove_source(&store, &src, &proof_options(&session, 10_000)).await;
+        assert_eq!(proof.error, None);
+        assert!(proof.drift.is_empty(), "{:#?}", proof.drift);
+        assert!(proof.checked > 200, "{}", proof.checked);
+        assert_eq!(proofs_recorded(&store).await.len(), 1);
+
+        // two plain text messages of the last days, apart from the others in time
+        let (edited, recalled) = {
+            let w = server.world();
+            let mut plain: Vec<(String, i64, String)> = w
+                .truth()
+                .into_iter()
+                .flat_map(|c| c.messages)
+                .filter(|m| {
+                    m.removed.is_none()
+                        && !m.no_sense
+                        && m.modify_time.is_none()
+                        && m.message_type == 0
+                        && m.create_time > now_ms() - 4 * 86_400_000
+                })
+                .map(|m| (m.message_id, m.create_time, m.sender))
+                .collect();
+            plain.sort_by_key(|m| m.1);
+            (plain[0].clone(), plain[plain.len() / 2].clone())
+        };
+        {
+            let mut w = server.world();
+            assert!(w.edit(edited.0.parse().unwrap(), &edited.2, "edited upstream"));
+            assert!(w.recall_two_way(recalled.0.parse().unwrap(), &recalled.2));
+        }
+        let proof = prove_source(&store, &src, &proof_options(&session, 10_000)).await;
+        assert_eq!(proof.error, None);
+        let mut want = vec![
+            (edited.0.clone(), "text"),
+            (recalled.0.clone(), "missing_upstream"),
+        ];
+        want.sort();
+        assert_eq!(drift(&proof), want, "{:#?}", proof.drift);
+        let row = proof
+            .drift
+            .iter()
+            .find(|r| r.message_id == edited.0)
+            .unwrap();
+        assert_eq!(row.upstream, "edited upstream");
+        assert_eq!(row.note, "edited upstream since the last sync");
+        assert!(store.verify(&[]).await.unwrap().ok());
+    }
+}
+
+// ---- Yunhu -------------------------------------------------------------------------------
+
+mod yunhu {
+    use super::*;
+    use chatvault::config::YunhuConfig;
+    use chatvault::sim::yunhu::{SimServer, World, WorldSpec, GROUP};
+
+    fn spec() -> WorldSpec {
+        WorldSpec {
+            seed: 29,
+            users: 6,
+            groups: 2,
+            bots: 0,
+            direct_chats: 2,
+            messages: 300,
+            ..WorldSpec::default()
+        }
+    }
+
+    fn source(server: &SimServer) -> SourceConfig {
+        SourceConfig {
+            name: SourceName::new("yh"),
+            schedule: "0 */5 * * * *".into(),
+            requests_per_second: 0.0,
+            request_timeout: Duration::from_secs(5),
+            enabled: true,
+            platform: PlatformConfig::Yunhu(YunhuConfig {
+                base_url: server.base_url(),
+                token: Secret::new(spec().token),
+                rescan_messages: 200,
+                rescan_days: 0,
+                rescan_every_minutes: 0,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn yunhu_an_intact_archive_is_no_drift_and_changes_upstream_are_reported() {
+        let server = SimServer::start(World::generate(&spec())).await;
+        let (store, _) = common::store().await;
+        let src = source(&server);
+        store
+            .register_source(&src.name, src.platform_key())
+            .await
+            .unwrap();
+        let session = session_dir("yunhu");
+        let result = sync_source(&store, &src, &sync_options(&session), None).await;
+        assert!(result.ok(), "{:?}", result.error);
+
+        let proof = prove_source(&store, &src, &proof_options(&session, 10_000)).await;
+        assert_eq!(proof.error, None);
+        assert!(proof.drift.is_empty(), "{:#?}", proof.drift);
+        assert!(proof.checked > 200, "{}", proof.checked);
+
+        let (chat, edited, recalled) = {
+            let w = server.world();
+            let truth = w.truth();
+            let group = truth
+                .iter()
+                .find(|c| c.chat_type == GROUP && c.in_list)
+                .unwrap();
+            let plain: Vec<String> = group
+                .messages
+                .iter()
+                .filter(|m| m.visible && m.recall_time == 0 && m.content_type == 1)
+                .map(|m| m.msg_id.clone())
+                .collect();
+            (
+                group.chat_id.clone(),
+                plain[2].clone(),
+                plain[plain.len() / 2].clone(),
+            )
+        };
+        let new_id = {
+            let mut w = server.world();
+            assert!(w.edit_text(&edited, "edited upstream"));
+            assert!(w.recall(&recalled));
+            let me = w.me.id.clone();
+            w.post_text(&chat, &me, "after the sync").unwrap()
+        };
+        let proof = prove_source(&store, &src, &proof_options(&session, 10_000)).await;
+        assert_eq!(proof.error, None);
+        let mut want = vec![
+            (edited.clone(), "text"),
+            (recalled.clone(), "recalled"),
+            (new_id.clone(), "missing_in_archive"),
+        ];
+        want.sort();
+        assert_eq!(drift(&proof), want, "{:#?}", proof.drift);
+        assert!(store.verify(&[]).await.unwrap().ok());
+    }
+}

@@ -42,6 +42,7 @@ mod history;
 pub mod map;
 mod memo;
 mod read;
+mod recheck;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -60,7 +61,8 @@ use self::read::{MsgCursor, Planner, CURSOR_VERSION, DAY_MS, LAG_MS, SWEEP_EVERY
 use super::cursor;
 use super::http::HttpClient;
 use super::{
-    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched, KnownConversation,
+    Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
+    KnownConversation, Recheck, RecheckRequest,
 };
 use crate::config::{SourceConfig, YunxinConfig};
 use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, SourceName};
@@ -384,6 +386,10 @@ impl Connector for YunxinConnector {
                 self.source
             ))),
         }
+    }
+
+    async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
+        self.recheck_conversation(request).await
     }
 }
 
