@@ -731,8 +731,14 @@ mod tests {
         };
         let mut other = row.clone();
         other.upstream = "c".into();
-        assert_ne!(report_digest(&[row.clone()]), report_digest(&[other]));
-        assert_eq!(report_digest(&[row.clone()]), report_digest(&[row]));
+        assert_ne!(
+            report_digest(std::slice::from_ref(&row)),
+            report_digest(&[other])
+        );
+        assert_eq!(
+            report_digest(std::slice::from_ref(&row)),
+            report_digest(&[row])
+        );
         assert_eq!(report_digest(&[]).len(), 64);
     }
 }

@@ -54,6 +54,16 @@ pub struct LastProof {
     pub detail: Value,
 }
 
+/// `(conversation_id, message_id, seq, sent_at, next message_id, next seq)`.
+type SampleRow = (
+    String,
+    String,
+    Option<i64>,
+    DateTime<Utc>,
+    Option<String>,
+    Option<i64>,
+);
+
 #[derive(sqlx::FromRow)]
 struct Row {
     conversation_id: String,
@@ -99,14 +109,7 @@ impl Store {
         n: i64,
         seed: &str,
     ) -> Result<Vec<SampledMessage>> {
-        let rows: Vec<(
-            String,
-            String,
-            Option<i64>,
-            DateTime<Utc>,
-            Option<String>,
-            Option<i64>,
-        )> = sqlx::query_as(
+        let rows: Vec<SampleRow> = sqlx::query_as(
             "SELECT m.conversation_id, m.message_id, m.seq, m.sent_at, nx.message_id, nx.seq
                  FROM (SELECT * FROM vault.messages WHERE source = $1
                        ORDER BY md5($3 || chr(31) || conversation_id || chr(31) || message_id)

@@ -636,3 +636,69 @@ mod yunhu {
         assert!(store.verify(&[]).await.unwrap().ok());
     }
 }
+
+// ---- the store's part --------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_store_samples_by_seed_finds_neighbours_and_spans_and_chains_the_proof() {
+    let (store, source) = common::store().await;
+    let mut messages: Vec<_> = (1..=40)
+        .map(|seq| common::message("g", &format!("m{seq}"), seq, &format!("text {seq}")))
+        .collect();
+    messages[4].recalled = Some(chatvault::model::Mark::default());
+    let mut page = common::page("messages/g", None, 1, messages);
+    page.conversations.push(common::conversation("g"));
+    store.apply_page(&source, &page).await.unwrap();
+
+    let a = store.sample_for_upstream(&source, 10, "one").await.unwrap();
+    let b = store.sample_for_upstream(&source, 10, "one").await.unwrap();
+    let c = store.sample_for_upstream(&source, 10, "two").await.unwrap();
+    assert_eq!(a, b, "the same seed samples the same messages");
+    assert_eq!(a.len(), 10);
+    assert_ne!(a, c, "another seed samples others");
+    for m in &a {
+        let seq = m.seq.unwrap();
+        let next = (seq < 40).then(|| (format!("m{}", seq + 1), Some(seq + 1)));
+        assert_eq!(m.next, next, "{m:?}");
+    }
+    assert_eq!(
+        store
+            .sample_for_upstream(&source, 1000, "x")
+            .await
+            .unwrap()
+            .len(),
+        40
+    );
+    let newest = store.newest_messages(&source).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].message_id, "m40");
+
+    let held = store
+        .archived_messages(
+            &source,
+            "g",
+            &["m1".to_string()],
+            &[(5, 7)],
+            &[(common::t(20), common::t(21))],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = held.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m5", "m6", "m7", "m20", "m21"]);
+    assert!(held[1].recalled && !held[0].recalled);
+    assert_eq!(held[0].text, "text 1");
+    assert_eq!(held[0].version_hashes.len(), 1);
+
+    let seq = store
+        .record_upstream_verified(&source, &json!({"checked": 3, "drifted": 0}))
+        .await
+        .unwrap();
+    let proofs = store.last_upstream_proofs().await.unwrap();
+    assert_eq!(proofs["s"].event_seq, seq);
+    assert_eq!(proofs["s"].detail["checked"], 3);
+    assert!(store.verify(&[]).await.unwrap().ok());
+    let unknown = store
+        .record_upstream_verified(&SourceName::new("nobody"), &json!({}))
+        .await;
+    assert!(unknown.is_err());
+}
