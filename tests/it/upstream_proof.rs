@@ -702,3 +702,35 @@ async fn the_store_samples_by_seed_finds_neighbours_and_spans_and_chains_the_pro
         .await;
     assert!(unknown.is_err());
 }
+
+#[tokio::test]
+async fn the_status_page_shows_the_last_proof() {
+    use chatvault::http::{self as api, ApiState};
+    use chatvault::metrics::Metrics;
+    let (store, source) = common::store().await;
+    store
+        .record_upstream_verified(&source, &json!({"checked": 321, "drifted": 4}))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(api::serve_on(
+        listener,
+        ApiState::new(&store, Metrics::new()),
+        shutdown,
+        Duration::from_secs(5),
+    ));
+    let html = reqwest::Client::new()
+        .get(format!("http://{address}/status"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Proven against upstream"), "{html}");
+    assert!(html.contains("(event 1: 321 checked, 4 drifted)"), "{html}");
+    stop.send(true).unwrap();
+}

@@ -260,12 +260,17 @@ async fn status_page(State(state): State<ApiState>) -> Response {
         Ok(q) => q,
         Err(e) => return database_error(e),
     };
+    let proofs = match store.last_upstream_proofs().await {
+        Ok(p) => p,
+        Err(e) => return database_error(e),
+    };
     html(
         StatusCode::OK,
         pages::status(
             &statuses,
             &runs,
             &quarantine,
+            &proofs,
             chrono::Utc::now(),
             signs_in(&state),
         ),
