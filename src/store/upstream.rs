@@ -145,9 +145,15 @@ impl Store {
     /// The newest archived message of each conversation of `source` (by seq, then time).
     pub async fn newest_messages(&self, source: &SourceName) -> Result<Vec<SampledMessage>> {
         let rows: Vec<(String, String, Option<i64>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT DISTINCT ON (conversation_id) conversation_id, message_id, seq, sent_at
-             FROM vault.messages WHERE source = $1
-             ORDER BY conversation_id, COALESCE(seq, 0) DESC, sent_at DESC, message_id DESC",
+            "SELECT c.conversation_id, n.message_id, n.seq, n.sent_at
+             FROM vault.conversations c
+             JOIN LATERAL (
+                 SELECT m.message_id, m.seq, m.sent_at FROM vault.messages m
+                 WHERE m.source = c.source AND m.conversation_id = c.conversation_id
+                 ORDER BY COALESCE(m.seq, 0) DESC, m.sent_at DESC, m.message_id DESC
+                 LIMIT 1) n ON true
+             WHERE c.source = $1
+             ORDER BY c.conversation_id",
         )
         .bind(source.as_str())
         .fetch_all(&self.pool)
