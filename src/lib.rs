@@ -20,3 +20,4 @@ pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod terminal;
+pub mod upstream_proof;

@@ -9,7 +9,8 @@
 //!
 //! Stdout carries only a command's output; logs and errors go to stderr. Every command
 //! returns an exit code: 0 when it did what was asked, 1 when it failed; clap answers a
-//! malformed command line with 2, and a second Ctrl-C exits at once with 130.
+//! malformed command line with 2, and a second Ctrl-C exits at once with 130. `verify
+//! --upstream` exits 3 when it finds drift.
 
 pub mod audit;
 pub mod common;
@@ -27,6 +28,7 @@ pub mod sim;
 pub mod status;
 pub mod sync;
 pub mod verify;
+pub mod verify_upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,7 +75,8 @@ pub enum Command {
     Search(search::SearchArgs),
     /// Per source: conversations, messages, versions, events, chain head, quarantine, last run.
     Status(status::StatusArgs),
-    /// Recompute every hash chain and check the stored versions against it.
+    /// Recompute every hash chain and check the stored versions against it (with
+    /// --upstream: prove the archive against its source).
     Verify(verify::VerifyArgs),
     /// Export messages with their whole history as JSONL, or as CSV.
     Export(export::ExportArgs),

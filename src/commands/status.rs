@@ -29,10 +29,19 @@ async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Resul
     let mut statuses = store.status().await?;
     let now = chrono::Utc::now();
     crate::scheduler::fill_next_runs(&mut statuses, &config.sources, now);
+    let proofs = store.last_upstream_proofs().await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &statuses {
-            writeln!(out, "{}", serde_json::to_string(s)?)?;
+            let mut line = serde_json::to_value(s)?;
+            if let Some(p) = proofs.get(s.source.as_str()) {
+                line["upstream_proof"] = serde_json::json!({
+                    "event_seq": p.event_seq,
+                    "at": p.observed_at,
+                    "detail": p.detail,
+                });
+            }
+            writeln!(out, "{line}")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -92,6 +101,17 @@ async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Resul
                 "  newest message {} ({behind}s ago)",
                 t.format("%Y-%m-%d %H:%M:%S UTC")
             )?;
+        }
+        match proofs.get(s.source.as_str()) {
+            Some(p) => writeln!(
+                out,
+                "  proven against upstream {} (event {}: {} checked, {} drifted)",
+                p.observed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                p.event_seq,
+                p.detail["checked"],
+                p.detail["drifted"]
+            )?,
+            None => writeln!(out, "  never proven against upstream (`verify --upstream`)")?,
         }
         if let Some(t) = s.next_run_at {
             writeln!(

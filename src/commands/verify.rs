@@ -22,7 +22,8 @@ log's chain is named access-log (`--head access-log=SEQ:HASH`). `--print-heads` 
 without checking anything.\n\nExamples:\n  \
 chatvault verify\n  chatvault verify --head acme-tsdd=1042:9f86d08…\n  \
 chatvault verify --print-heads | ssh heads@vault.example 'cat >> chatvault-heads.log'\n  \
-chatvault verify $(chatvault verify --print-heads | sed 's/^/--head=/')"
+chatvault verify $(chatvault verify --print-heads | sed 's/^/--head=/')\n  \
+chatvault verify --upstream --source acme-tsdd --sample 500 --json"
 )]
 pub struct VerifyArgs {
     /// A chain head saved earlier, as SOURCE=SEQ:HASH (repeatable); `access-log=SEQ:HASH`
@@ -31,14 +32,53 @@ pub struct VerifyArgs {
     pub heads: Vec<String>,
     /// Print each source's stored chain head as SOURCE=SEQ:HASH (what --head takes) and
     /// exit, without verifying.
-    #[arg(long, conflicts_with = "heads")]
+    #[arg(long, conflicts_with_all = ["heads", "upstream"])]
     pub print_heads: bool,
-    /// With --print-heads: one JSON object per source (source, event_seq, hash, head).
-    #[arg(long, requires = "print_heads")]
+    /// With --print-heads: one JSON object per source (source, event_seq, hash, head); with
+    /// --upstream: the report as one JSON object.
+    #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub upstream: UpstreamFlags,
+}
+
+/// `verify --upstream` (the proof against the source, `verify_upstream.rs`).
+#[derive(Debug, Args)]
+pub struct UpstreamFlags {
+    /// Prove the archive against its source instead: re-read, read-only, a random sample
+    /// of archived messages and the newest page of each conversation, report every
+    /// difference, and record the proof in the chain. Exit 0: no drift; 3: drift; 1: error.
+    #[arg(long, conflicts_with = "heads")]
+    pub upstream: bool,
+    /// With --upstream: only this source (repeatable; default: every enabled source).
+    #[arg(long = "source", value_name = "NAME", requires = "upstream")]
+    pub sources: Vec<String>,
+    /// With --upstream: archived messages sampled per source.
+    #[arg(long, value_name = "N", default_value_t = crate::upstream_proof::DEFAULT_SAMPLE, requires = "upstream")]
+    pub sample: i64,
+    /// With --upstream: the sample's seed (the same seed samples the same messages);
+    /// default: a random one, printed and recorded.
+    #[arg(long, value_name = "X", requires = "upstream")]
+    pub seed: Option<String>,
 }
 
 pub async fn run(args: VerifyArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if args.json && !args.print_heads && !args.upstream.upstream {
+        anyhow::bail!(
+            "--json goes with --print-heads or --upstream (verify prints its report as text)"
+        );
+    }
+    if args.upstream.upstream {
+        let u = args.upstream;
+        let upstream = super::verify_upstream::UpstreamArgs {
+            sources: u.sources,
+            sample: u.sample,
+            seed: u.seed,
+            json: args.json,
+        };
+        return super::verify_upstream::run(upstream, config_path).await;
+    }
     let mut heads = Vec::new();
     for h in &args.heads {
         heads.push(ExpectedHead::parse(h).map_err(anyhow::Error::msg)?);

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::config::{PlatformConfig, SourceConfig};
@@ -151,6 +152,57 @@ pub enum Probe {
     LoginNeeded(String),
 }
 
+/// An archived message `verify --upstream` asks a connector to re-read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecheckTarget {
+    pub message_id: String,
+    pub seq: Option<i64>,
+    pub sent_at: DateTime<Utc>,
+    /// The archived message just after it in the conversation (by seq, else by time), as
+    /// `(message_id, seq)`: the anchor for platforms that page backwards from a message id.
+    /// `None` for the newest archived message.
+    pub next: Option<(String, Option<i64>)>,
+}
+
+/// A read-only re-read of one conversation for `verify --upstream`.
+#[derive(Clone, Debug)]
+pub struct RecheckRequest<'a> {
+    pub conversation: &'a ConversationObservation,
+    /// The sampled archived messages of this conversation, oldest first.
+    pub targets: &'a [RecheckTarget],
+    /// Also read the conversation's newest page.
+    pub newest: bool,
+    /// The newest archived message of the conversation, if any.
+    pub newest_archived: Option<&'a RecheckTarget>,
+}
+
+/// Where a re-read saw everything upstream holds for this account: an archived message
+/// inside a span that the re-read did not return is absent upstream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RecheckSpan {
+    /// Every seq in `[from, to]`.
+    Seqs { from: i64, to: i64 },
+    /// Every message sent in `[from, to]`.
+    Times {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+}
+
+/// What a re-read found: full observations (header and content) of the messages upstream
+/// returned, and the spans it read completely.
+#[derive(Clone, Debug, Default)]
+pub struct Recheck {
+    pub messages: Vec<MessageObservation>,
+    pub spans: Vec<RecheckSpan>,
+    /// Whether the observations show recall and deletion marks as upstream holds them (so
+    /// an archived mark upstream does not show is a difference). `false` where a recalled or
+    /// deleted message is simply left out, or served unmarked.
+    pub marks_shown: bool,
+    /// Records the re-read could not map (the sync quarantines them; they are not compared).
+    pub unmapped: usize,
+}
+
 #[async_trait]
 pub trait Connector: Send + Sync {
     fn platform(&self) -> Platform;
@@ -173,6 +225,19 @@ pub trait Connector: Send + Sync {
     /// a connector that would have to log in first does not, and answers
     /// [`Probe::LoginNeeded`] (a TangSengDaoDao login posts a message to the user's phone).
     async fn probe(&self, login: bool) -> Result<Probe, ConnectorError>;
+    /// Re-read, read-only, the messages `request` names and (with `request.newest`) the
+    /// conversation's newest page, for `chatvault verify --upstream`. Reuses the fetch's
+    /// requests and mapping but moves no cursor, no server-side checkpoint and no state a
+    /// later [`Connector::fetch`] depends on; like a fetch it never retries by itself.
+    /// Requests per call are bounded by each connector (documented in
+    /// `docs/upstreams/<platform>.md`). The default: the platform cannot be re-read.
+    async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
+        let _ = request;
+        Err(ConnectorError::Permanent(format!(
+            "{}: re-reading archived messages from upstream is not supported",
+            self.platform()
+        )))
+    }
 }
 
 /// The one place where platforms are wired. `session_dir` is where a connector may keep a

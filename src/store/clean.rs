@@ -36,6 +36,11 @@ pub(super) fn clean_page(page: &Page) -> Page {
     }
 }
 
+/// A message observation as it would be stored (what comparisons with the archive use).
+pub(super) fn message_as_stored(m: &MessageObservation) -> MessageObservation {
+    message(m)
+}
+
 /// A string as it is stored.
 pub(crate) fn text(s: &str) -> String {
     strip_nul(s).into_owned()

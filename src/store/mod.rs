@@ -24,6 +24,7 @@ pub mod heads;
 pub mod index_feed;
 mod lock;
 mod runs;
+pub mod upstream;
 mod verify;
 mod verify_results;
 

@@ -32,6 +32,7 @@ mod sim_yunxin;
 mod store;
 mod tsdd_failures;
 mod tsdd_sync;
+mod upstream_proof;
 mod web;
 mod yunhu_failures;
 mod yunhu_sync;

@@ -292,6 +292,8 @@ async fn conversations_status_and_errors_render() {
     assert!(html.contains("never run"), "{html}");
     assert!(html.contains("150 in 1 conversations"), "{html}");
     assert!(html.contains("payload type 77 &lt;unknown&gt;"), "{html}");
+    assert!(html.contains("Proven against upstream"), "{html}");
+    assert!(html.contains("<code>verify --upstream</code>"), "{html}");
 
     let (status, html) = server.page("/c/s/nope").await;
     assert_eq!(status, 404);

@@ -25,6 +25,7 @@
 
 mod api;
 mod map;
+mod recheck;
 mod session;
 
 use std::collections::{BTreeSet, HashMap};
@@ -45,7 +46,7 @@ use super::cursor;
 use super::http::HttpClient;
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
-    KnownConversation, Probe,
+    KnownConversation, Probe, Recheck, RecheckRequest,
 };
 use crate::config::{Secret, SourceConfig, TsddAuth, TsddConfig};
 use crate::model::{
@@ -865,6 +866,11 @@ impl Connector for TsddConnector {
                 self.source
             ))),
         }
+    }
+
+    async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
+        let channel = channel_of(request.conversation, &self.source)?;
+        self.recheck_channel(request, &channel).await
     }
 }
 

@@ -170,7 +170,7 @@ impl YunhuConnector {
     }
 
     /// One `list-message` page (decoded record by record) for `chat`.
-    async fn list_page(
+    pub(super) async fn list_page(
         &self,
         chat: &Chat,
         path: &'static str,
@@ -775,9 +775,9 @@ impl fmt::Debug for RawRequest {
 }
 
 #[derive(Default)]
-struct PageRecords {
-    messages: Vec<map::Mapped>,
-    quarantine: Vec<QuarantineRecord>,
+pub(super) struct PageRecords {
+    pub messages: Vec<map::Mapped>,
+    pub quarantine: Vec<QuarantineRecord>,
 }
 
 /// The seqs missing between messages listed newest first, and between `above` (a message

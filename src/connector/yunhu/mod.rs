@@ -51,6 +51,7 @@ mod api;
 mod history;
 mod map;
 pub mod pb;
+mod recheck;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -69,7 +70,7 @@ use super::cursor;
 use super::http::{raw_body, HttpClient};
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
-    KnownConversation, Probe,
+    KnownConversation, Probe, Recheck, RecheckRequest,
 };
 use crate::config::{Secret, SourceConfig, YunhuConfig};
 use crate::model::{
@@ -549,5 +550,9 @@ impl Connector for YunhuConnector {
             Some(c) => Some(parse_cursor(c, &self.source)?),
         };
         self.fetch_history(&self.context(), &chat, cursor).await
+    }
+
+    async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
+        self.recheck_chat(request).await
     }
 }

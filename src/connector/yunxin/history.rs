@@ -108,7 +108,7 @@ impl YunxinConnector {
 
     /// The next page of `read` from upstream, checked: a boolean `has_more`, an `items`
     /// array (absent only on the last page), and a usable `next_token` when there is more.
-    async fn history_page(
+    pub(super) async fn history_page(
         &self,
         conv: &str,
         what: &str,
@@ -402,9 +402,9 @@ fn recall(conv: &str, message_id: String, mark: Mark, raw: Value) -> MessageObse
 
 /// One history page as read: its items, and the token of the next page when upstream has
 /// more.
-struct HistoryPage {
-    items: Vec<Value>,
-    next_token: Option<String>,
+pub(super) struct HistoryPage {
+    pub items: Vec<Value>,
+    pub next_token: Option<String>,
 }
 
 /// A page's items: those with a numeric id and time, and a quarantine record for each of

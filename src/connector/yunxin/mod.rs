@@ -42,6 +42,7 @@ mod history;
 pub mod map;
 mod memo;
 mod read;
+mod recheck;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -61,7 +62,7 @@ use super::cursor;
 use super::http::HttpClient;
 use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
-    KnownConversation, Probe,
+    KnownConversation, Probe, Recheck, RecheckRequest,
 };
 use crate::config::{SourceConfig, YunxinConfig};
 use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, SourceName};
@@ -400,6 +401,10 @@ impl Connector for YunxinConnector {
                 self.source
             ))),
         }
+    }
+
+    async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
+        self.recheck_conversation(request).await
     }
 }
 

@@ -339,6 +339,10 @@ async fn status_page(State(state): State<ApiState>) -> Response {
             },
         );
     }
+    let proofs = match store.last_upstream_proofs().await {
+        Ok(p) => p,
+        Err(e) => return database_error(e),
+    };
     html(
         StatusCode::OK,
         pages::status(
@@ -346,6 +350,7 @@ async fn status_page(State(state): State<ApiState>) -> Response {
             &runs,
             &quarantine,
             &charts,
+            &proofs,
             chrono::Utc::now(),
             signs_in(&state),
         ),

@@ -545,6 +545,7 @@ pub fn status(
     runs: &[RunView],
     quarantine: &[QuarantineView],
     charts: &BTreeMap<String, Markup>,
+    proofs: &std::collections::BTreeMap<String, crate::store::upstream::LastProof>,
     now: DateTime<Utc>,
     sign_out: bool,
 ) -> Markup {
@@ -578,6 +579,15 @@ pub fn status(
                             dt { "Quarantine" } dd class=[(s.quarantine > 0).then_some("problem")] { (s.quarantine) }
                             dt { "Seq gaps" } dd { (s.gaps) }
                             dt { "Chain head" } dd { code.wrap { (s.chain_head) } }
+                            dt { "Proven against upstream" } dd {
+                                @match proofs.get(&s.source) {
+                                    Some(p) => {
+                                        (time(&p.observed_at)) " (event " (p.event_seq) ": "
+                                        (p.detail["checked"]) " checked, " (p.detail["drifted"]) " drifted)"
+                                    }
+                                    None => { span.muted { "never (" code { "verify --upstream" } ")" } }
+                                }
+                            }
                         }
                         @if let Some(err) = last.and_then(|r| r.error.as_deref()) {
                             p.problem { "Last error: " (err) }
