@@ -105,7 +105,7 @@ fn source_config(name: &str, base_url: &str, requests_per_second: f64) -> Source
             password: Secret::new(spec.me_password.clone()),
         },
         device_flag: 1,
-        page_size: 500,
+        page_size: 2000, // the configuration's default
     };
     if let Ok(size) = std::env::var("CHATVAULT_BENCH_PAGE_SIZE") {
         tsdd.page_size = size.parse().expect("CHATVAULT_BENCH_PAGE_SIZE is a number");
