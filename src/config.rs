@@ -1492,7 +1492,7 @@ fn read_tsdd(cx: &mut Cx, section: &Section) -> Option<TsddConfig> {
             1
         }
     };
-    let page_size = section.u32_or(cx, "page_size", 500, 1..=10_000);
+    let page_size = section.u32_or(cx, "page_size", 2000, 1..=10_000);
     Some(TsddConfig {
         base_url: base_url?,
         auth: auth?,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rand::Rng;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::SourceConfig;
@@ -336,6 +336,29 @@ struct Run<'a> {
     progress: Progress,
 }
 
+/// Pages (or conversation outcomes) waiting between the fetching and the writing half.
+const PIPELINE_DEPTH: usize = 2;
+/// A batch is written once it holds this many records (messages and reactions).
+const BATCH_MESSAGES: usize = 5_000;
+
+/// What the fetching half of a run hands to the writing half, in order.
+enum Item {
+    Page(Page),
+    /// Every page of this conversation was handed over (`Ok`), or why it failed.
+    Done {
+        conversation: String,
+        outcome: Result<(), SourceError>,
+    },
+}
+
+/// Why fetching a conversation stopped early.
+enum Stop {
+    /// The conversation failed; the writing half decides whether the run goes on.
+    Failed(SourceError),
+    /// The writing half ended (an error, or shutdown): stop fetching.
+    Closed,
+}
+
 fn cursor_key(feed: &str, conversation_id: &str) -> String {
     format!("{feed}/{conversation_id}")
 }
@@ -424,61 +447,190 @@ impl Run<'_> {
         }
         result.conversations = todo.len();
         self.progress.set_total(todo.len() as u64);
-        for conversation in todo.values() {
-            if self.stopping() {
-                return Ok(true);
-            }
-            let span = info_span!("conversation", conversation = %conversation.conversation_id);
-            let r = self
-                .sync_conversation(conversation, &mut cursors)
-                .instrument(span)
-                .await;
-            match r {
-                Ok(true) => return Ok(true),
-                Ok(false) => {
-                    // Every feed of it was read to its end in this run (`chatvault coverage`).
-                    if let Some(run_id) = result.run_id {
-                        if let Err(e) = self
-                            .store
-                            .record_complete_read(name, &conversation.conversation_id, run_id)
-                            .await
-                        {
-                            warn!(error = %e, "could not record the complete read of the conversation");
-                        }
-                    }
+        // Fetching and writing overlap: one half fetches the pages of every conversation in
+        // turn, the other writes them in transactions of several pages.
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+        let mut counts = std::mem::take(&mut self.counts);
+        let mut progress = std::mem::replace(
+            &mut self.progress,
+            Progress::new(self.source.name.as_str(), false),
+        );
+        let this: &Run = self;
+        let fetching = async move {
+            let mut cursors = cursors;
+            for conversation in todo.values() {
+                if this.stopping() {
+                    return;
                 }
-                Err(SourceError::Connector(ConnectorError::Unauthorized(msg))) => {
-                    return Err(SourceError::Connector(ConnectorError::Unauthorized(msg)));
-                }
-                Err(SourceError::Store(e @ StoreError::CursorConflict { .. })) => {
-                    return Err(SourceError::Store(e));
-                }
-                Err(SourceError::Store(StoreError::Database(e))) => {
-                    return Err(SourceError::Store(StoreError::Database(e)));
-                }
-                Err(e @ SourceError::LockLost) => return Err(e),
-                Err(e) => {
-                    warn!(conversation = %conversation.conversation_id, error = %e, "conversation failed; continuing with the others");
-                    result
-                        .failed_conversations
-                        .push((conversation.conversation_id.clone(), e.to_string()));
+                let span = info_span!("conversation", conversation = %conversation.conversation_id);
+                let outcome = this
+                    .fetch_conversation(conversation, &mut cursors, &tx)
+                    .instrument(span)
+                    .await;
+                let outcome = match outcome {
+                    Ok(()) => Ok(()),
+                    Err(Stop::Failed(e)) => Err(e),
+                    Err(Stop::Closed) => return,
+                };
+                let item = Item::Done {
+                    conversation: conversation.conversation_id.clone(),
+                    outcome,
+                };
+                if tx.send(item).await.is_err() {
+                    return;
                 }
             }
-            self.progress.conversation_done(&self.counts);
-        }
-        Ok(false)
+        };
+        let writing = this.write_pages(rx, &mut counts, &mut progress, result);
+        let ((), written) = tokio::join!(fetching, writing);
+        self.counts = counts;
+        self.progress = progress;
+        written
     }
 
-    /// Page every feed of one conversation to its end. `Ok(true)`: interrupted.
-    ///
-    /// The next page is fetched while the current one is written, so upstream latency and
-    /// the database overlap; pages are still applied strictly in order, each from the cursor
-    /// the previous one left.
-    async fn sync_conversation(
-        &mut self,
+    /// The writing half of a run: pages in order, in transactions of up to
+    /// [`BATCH_MESSAGES`] messages (a batch is written as soon as no further page is ready,
+    /// so a slow upstream never holds written pages back); the conversations' outcomes.
+    /// `Ok(true)`: interrupted.
+    async fn write_pages(
+        &self,
+        mut rx: mpsc::Receiver<Item>,
+        counts: &mut RunCounts,
+        progress: &mut Progress,
+        result: &mut SourceResult,
+    ) -> Result<bool, SourceError> {
+        let mut batch: Vec<Page> = Vec::new();
+        let mut size = 0usize;
+        // Conversations read to their end whose last pages are still in `batch`: their
+        // complete read is recorded once those pages are committed.
+        let mut complete: Vec<String> = Vec::new();
+        loop {
+            let item = if batch.is_empty() {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if self.stopping() {
+                            return Ok(true);
+                        }
+                        self.write_batch(&mut batch, counts, progress).await?;
+                        self.record_complete_reads(&mut complete, result.run_id)
+                            .await;
+                        size = 0;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(item) = item else { break };
+            match item {
+                Item::Page(page) => {
+                    size += page.messages.len() + page.reactions.len() + 1;
+                    batch.push(page);
+                    if size >= BATCH_MESSAGES {
+                        if self.stopping() {
+                            return Ok(true);
+                        }
+                        self.write_batch(&mut batch, counts, progress).await?;
+                        self.record_complete_reads(&mut complete, result.run_id)
+                            .await;
+                        size = 0;
+                    }
+                }
+                Item::Done {
+                    conversation,
+                    outcome,
+                } => {
+                    match outcome {
+                        Ok(()) => {
+                            complete.push(conversation.clone());
+                            if batch.is_empty() {
+                                self.record_complete_reads(&mut complete, result.run_id)
+                                    .await;
+                            }
+                        }
+                        Err(e @ SourceError::Connector(ConnectorError::Unauthorized(_)))
+                        | Err(e @ SourceError::Store(_))
+                        | Err(e @ SourceError::LockLost) => {
+                            // what was fetched before is written first, as it was before
+                            self.write_batch(&mut batch, counts, progress).await?;
+                            self.record_complete_reads(&mut complete, result.run_id)
+                                .await;
+                            return Err(e);
+                        }
+                        Err(e) => {
+                            warn!(conversation = %conversation, error = %e, "conversation failed; continuing with the others");
+                            result
+                                .failed_conversations
+                                .push((conversation, e.to_string()));
+                        }
+                    }
+                    progress.conversation_done(counts);
+                }
+            }
+        }
+        if self.stopping() && !batch.is_empty() {
+            return Ok(true);
+        }
+        self.write_batch(&mut batch, counts, progress).await?;
+        self.record_complete_reads(&mut complete, result.run_id)
+            .await;
+        Ok(self.stopping())
+    }
+
+    /// Record that every conversation of `complete` had each of its feeds read to its end
+    /// in this run (`chatvault coverage`), once its pages are committed (emptying it). A
+    /// failure to record is logged, never the run's: the archive itself is complete.
+    async fn record_complete_reads(&self, complete: &mut Vec<String>, run_id: Option<i64>) {
+        let Some(run_id) = run_id else {
+            complete.clear();
+            return;
+        };
+        for conversation in complete.drain(..) {
+            if let Err(e) = self
+                .store
+                .record_complete_read(&self.source.name, &conversation, run_id)
+                .await
+            {
+                warn!(conversation = %conversation, error = %e, "could not record the complete read of the conversation");
+            }
+        }
+    }
+
+    /// Write the pages of `batch` in one transaction (emptying it).
+    async fn write_batch(
+        &self,
+        batch: &mut Vec<Page>,
+        counts: &mut RunCounts,
+        progress: &mut Progress,
+    ) -> Result<(), SourceError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Some(hook) = &self.options.page_hook {
+            for page in batch.iter() {
+                (hook.0)(&self.source.name, &page.cursor_key);
+            }
+        }
+        self.check_lock()?;
+        let out = self.store.apply_pages(&self.source.name, batch).await?;
+        counts.messages_new += out.messages_new;
+        counts.messages_changed += out.messages_changed;
+        progress.page_applied(out.messages_new);
+        batch.clear();
+        Ok(())
+    }
+
+    /// Fetch every feed of one conversation to its end, handing each page to the writing
+    /// half; `cursors` follows the pages handed over (each is written, or the run stops).
+    async fn fetch_conversation(
+        &self,
         conversation: &ConversationObservation,
         cursors: &mut BTreeMap<String, Cursor>,
-    ) -> Result<bool, SourceError> {
+        tx: &mpsc::Sender<Item>,
+    ) -> Result<(), Stop> {
+        let send = |item: Item| async move { tx.send(item).await.map_err(|_| Stop::Closed) };
         for feed in self.connector.feeds(conversation) {
             let key = cursor_key(feed, &conversation.conversation_id);
             let first_cursor = if self.options.full {
@@ -486,13 +638,17 @@ impl Run<'_> {
             } else {
                 cursors.get(&key).cloned()
             };
-            let mut fetched = self.fetch(conversation, feed, first_cursor.clone()).await;
+            let mut cursor = first_cursor.clone();
             let mut guard =
                 FeedGuard::new(feed, first_cursor.as_ref(), self.options.max_pages_per_feed);
             loop {
                 if self.stopping() {
-                    return Ok(true);
+                    return Err(Stop::Closed);
                 }
+                let fetched = tokio::select! {
+                    f = self.fetch(conversation, feed, cursor.clone()) => f,
+                    () = tx.closed() => return Err(Stop::Closed),
+                };
                 let page_data = match fetched {
                     Ok(f) => f,
                     Err(ConnectorError::Decode { message, raw }) => {
@@ -502,20 +658,25 @@ impl Run<'_> {
                                 "{feed} page of conversation {}: {message}",
                                 conversation.conversation_id
                             );
-                            self.quarantine(cursors, QuarantineRecord { reason, raw })
-                                .await?;
+                            let next = Cursor(json!({"v": 1}));
+                            let mut page = Page::new(
+                                "quarantine",
+                                cursors.get("quarantine").cloned(),
+                                next.clone(),
+                            );
+                            page.quarantine.push(QuarantineRecord { reason, raw });
+                            send(Item::Page(page)).await?;
+                            cursors.insert("quarantine".into(), next);
                         }
-                        return Err(SourceError::Connector(ConnectorError::Decode {
-                            message,
-                            raw: None,
-                        }));
+                        return Err(Stop::Failed(SourceError::Connector(
+                            ConnectorError::Decode { message, raw: None },
+                        )));
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(Stop::Failed(e.into())),
                 };
                 let stored = cursors.get(&key).cloned();
                 let progressed = stored.as_ref() != Some(&page_data.next_cursor);
                 let done = page_data.done;
-                let next_cursor = page_data.next_cursor.clone();
                 let mut page = Page::new(key.clone(), stored, page_data.next_cursor);
                 page.conversations = page_data.conversations;
                 page.messages = page_data.messages;
@@ -529,41 +690,24 @@ impl Run<'_> {
                     && page.reactions.is_empty()
                     && page.gaps.is_empty()
                     && page.quarantine.is_empty();
-                let write = !empty || progressed;
-                if write {
-                    if let Some(hook) = &self.options.page_hook {
-                        (hook.0)(&self.source.name, &page.cursor_key);
+                let next = page.next_cursor.clone();
+                if !empty || progressed {
+                    if let Err(e) = self.check_lock() {
+                        return Err(Stop::Failed(e));
                     }
-                    self.check_lock()?;
+                    cursors.insert(key.clone(), next.clone());
+                    send(Item::Page(page)).await?;
                 }
-                let apply = async {
-                    if write {
-                        Some(self.store.apply_page(&self.source.name, &page).await)
-                    } else {
-                        None
-                    }
-                };
-                let prefetch = async {
-                    if done {
-                        None
-                    } else {
-                        Some(self.fetch(conversation, feed, Some(next_cursor)).await)
-                    }
-                };
-                let (applied, prefetched) = tokio::join!(apply, prefetch);
-                if let Some(applied) = applied {
-                    let out = applied?;
-                    self.counts.messages_new += out.messages_new;
-                    self.counts.messages_changed += out.messages_changed;
-                    cursors.insert(key.clone(), page.next_cursor.clone());
-                    self.progress.page_applied(out.messages_new);
+                if done {
+                    break;
                 }
-                let Some(prefetched) = prefetched else { break };
-                fetched = prefetched;
-                guard.check(&page.next_cursor, progressed || !empty)?;
+                guard
+                    .check(&next, progressed || !empty)
+                    .map_err(Stop::Failed)?;
+                cursor = Some(next);
             }
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Fetch one page of a feed, with the retry policy.
@@ -585,24 +729,6 @@ impl Run<'_> {
             })
         })
         .await
-    }
-
-    /// Keep a record that could not be decoded at all, outside any feed's cursor.
-    async fn quarantine(
-        &self,
-        cursors: &mut BTreeMap<String, Cursor>,
-        record: QuarantineRecord,
-    ) -> Result<(), SourceError> {
-        let next = Cursor(json!({"v": 1}));
-        let mut page = Page::new(
-            "quarantine",
-            cursors.get("quarantine").cloned(),
-            next.clone(),
-        );
-        page.quarantine.push(record);
-        self.store.apply_page(&self.source.name, &page).await?;
-        cursors.insert("quarantine".into(), next);
-        Ok(())
     }
 
     /// Call the connector with the engine's retry policy; `f` is given how many times the

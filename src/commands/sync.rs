@@ -108,10 +108,19 @@ async fn sync(
             sync::sync_source(&store, &source, &options, Some(stop)).await
         }));
     }
+    // The index follows the syncs as they write and catches up once they are done.
+    let (results, indexed) = index_beside(&store, &config, async {
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.context("a sync task panicked"));
+        }
+        results
+    })
+    .await;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
-    for task in tasks {
-        let r = task.await.context("a sync task panicked")?;
+    for r in results {
+        let r = r?;
         let c = &r.counts;
         if r.skipped {
             writeln!(
@@ -138,7 +147,13 @@ async fn sync(
         failed |= !r.ok();
     }
     drop(out);
-    index_after_sync(&store, &config).await;
+    match indexed {
+        Ok(report) => println!(
+            "index: {} events applied, {} messages indexed",
+            report.events, report.documents
+        ),
+        Err(e) => eprintln!("warning: the search index was not updated: {e:#}"),
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -146,21 +161,22 @@ async fn sync(
     })
 }
 
-/// Bring the search index up to date after a `sync`. A failure is reported, not fatal: the
-/// archive is complete, and the next sync, `run` or `reindex` catches the index up.
-async fn index_after_sync(store: &Store, config: &Config) {
+/// Run `work` (the syncs) while the search index follows what they write, then bring it up
+/// to date. An indexing failure is reported, not fatal: the archive is complete, and the next
+/// sync, `run` or `reindex` catches the index up.
+async fn index_beside<T>(
+    store: &Store,
+    config: &Config,
+    work: impl std::future::Future<Output = T>,
+) -> (T, anyhow::Result<index::IndexReport>) {
     let dir = index::index_dir(&config.storage.data_dir);
-    let result = async {
-        prepare_data_dir(config)?;
-        let index = SearchIndex::open_or_create(&dir)?;
-        Indexer::new(index).catch_up(store).await
-    }
-    .await;
-    match result {
-        Ok(report) => println!(
-            "index: {} events applied, {} messages indexed",
-            report.events, report.documents
-        ),
-        Err(e) => eprintln!("warning: the search index was not updated: {e:#}"),
+    let opened = prepare_data_dir(config).and_then(|()| SearchIndex::open_or_create(&dir));
+    match opened {
+        Ok(index) => {
+            Indexer::new(index)
+                .index_while(store, index::indexer::FOLLOW_INTERVAL, work)
+                .await
+        }
+        Err(e) => (work.await, Err(e)),
     }
 }

@@ -40,6 +40,9 @@ const COMMIT_EVERY: usize = 100_000;
 /// Messages read per query during a rebuild.
 const SCAN_BATCH: i64 = 5_000;
 
+/// How often indexing beside a sync ([`Indexer::index_while`]) looks for new events.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The error when another process holds the index's writer lock.
 const WRITER_BUSY: &str =
     "the search index is being written by another chatvault process (only one indexes at a time)";
@@ -290,6 +293,49 @@ impl Indexer {
         }
         report.watermarks = w.payload.watermarks.clone();
         Ok(report)
+    }
+
+    /// Index beside other work (a sync): while `work` runs, catch up again as soon as the
+    /// previous catch-up ended (at most every `interval`), then catch up to the end once it
+    /// is done. A failed catch-up stops following (the work goes on) and is returned.
+    pub async fn index_while<T>(
+        &mut self,
+        store: &Store,
+        interval: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, anyhow::Result<IndexReport>) {
+        let (done_tx, mut done_rx) = watch::channel(false);
+        let work = async move {
+            let out = work.await;
+            let _ = done_tx.send(true);
+            out
+        };
+        let follow = async {
+            let mut total = IndexReport::default();
+            loop {
+                if *done_rx.borrow() {
+                    return Ok(total);
+                }
+                let report = self.catch_up(store).await?;
+                total.events += report.events;
+                total.documents += report.documents;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = done_rx.changed() => {}
+                }
+            }
+        };
+        let (out, followed) = tokio::join!(work, follow);
+        let result = match followed {
+            Ok(mut total) => self.catch_up(store).await.map(|last| {
+                total.events += last.events;
+                total.documents += last.documents;
+                total.watermarks = last.watermarks;
+                total
+            }),
+            Err(e) => Err(e),
+        };
+        (out, result)
     }
 
     /// Rebuild the index from PostgreSQL in a new generation, swap it in, then apply the

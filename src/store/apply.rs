@@ -20,8 +20,8 @@ use super::clean;
 use super::diff::{self, EventDraft, MessageState, ReactionBook};
 use super::{Result, Store, StoreError};
 use crate::model::{
-    Content, ConversationObservation, ConversationType, Mark, MessageHeader, MessageKind, Page,
-    QuarantineRecord, SourceName,
+    Content, ConversationObservation, ConversationType, Cursor, Mark, MessageHeader, MessageKind,
+    Page, QuarantineRecord, SourceName,
 };
 
 /// What a page did to the archive.
@@ -93,6 +93,136 @@ impl Store {
         tx.commit().await?;
         Ok(outcome)
     }
+}
+
+impl Store {
+    /// Apply several pages, in order, in one transaction: the records of the batch are
+    /// written with one set of statements, and each cursor key's last cursor is written with
+    /// them (invariant 2: every cursor committed describes only data committed with it or
+    /// before). The pages of one key must follow each other (each starts where the one
+    /// before ends) and the first must start from the stored cursor, otherwise
+    /// [`StoreError::CursorConflict`] and nothing is written. When PostgreSQL refuses the
+    /// batch for its data, its pages are applied one by one with [`Store::apply_page`], so
+    /// that only the refused records are quarantined.
+    pub async fn apply_pages(&self, source: &SourceName, pages: &[Page]) -> Result<PageOutcome> {
+        match pages {
+            [] => return Ok(PageOutcome::default()),
+            [page] => return self.apply_page(source, page).await,
+            _ => {}
+        }
+        let observed_at = crate::model::to_micros(Utc::now());
+        let cleaned: Vec<Page> = pages.iter().map(clean::clean_page).collect();
+        let refused = {
+            let mut tx = self.pool.begin().await?;
+            match apply_batch(&mut tx, source, cleaned, observed_at).await {
+                Ok(outcome) => {
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
+                Err(StoreError::Database(e)) if is_refused_data(&e) => {
+                    tx.rollback().await?;
+                    e
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        warn!(
+            source = %source,
+            pages = pages.len(),
+            error = %refused,
+            "PostgreSQL refused part of a batch of pages; applying them one by one"
+        );
+        let mut outcome = PageOutcome::default();
+        for page in pages {
+            let part = self.apply_page(source, page).await?;
+            outcome.add(part.clone());
+            outcome.chain_seq = part.chain_seq;
+            outcome.chain_head = part.chain_head;
+        }
+        Ok(outcome)
+    }
+}
+
+/// The cursor keys of a batch: each key's first expected cursor and its last next cursor,
+/// after checking that the pages of each key follow each other.
+fn batch_cursors(src: &str, pages: &[Page]) -> Result<Vec<(String, Option<Cursor>, Cursor)>> {
+    let mut keys: Vec<(String, Option<Cursor>, Cursor)> = Vec::new();
+    for page in pages {
+        match keys.iter_mut().find(|(k, _, _)| *k == page.cursor_key) {
+            None => keys.push((
+                page.cursor_key.clone(),
+                page.expected_cursor.clone(),
+                page.next_cursor.clone(),
+            )),
+            Some((key, _, last)) => {
+                if page.expected_cursor.as_ref() != Some(&*last) {
+                    return Err(StoreError::CursorConflict {
+                        source_name: src.to_string(),
+                        key: key.clone(),
+                        expected: page
+                            .expected_cursor
+                            .as_ref()
+                            .map_or("none".into(), |c| c.0.to_string()),
+                        found: last.0.to_string(),
+                    });
+                }
+                *last = page.next_cursor.clone();
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The pages of a batch (cleaned) in the open transaction: the cursors checked, the records
+/// applied (pages without windows merged into one), the last cursor of each key written.
+async fn apply_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    source: &SourceName,
+    pages: Vec<Page>,
+    observed_at: DateTime<Utc>,
+) -> Result<PageOutcome> {
+    let src = source.as_str();
+    let keys = batch_cursors(src, &pages)?;
+    let mut chain: Option<Chain> = None;
+    for (key, expected, next) in &keys {
+        let check = Page::new(key.clone(), expected.clone(), next.clone());
+        let head = begin_page(tx, src, &check).await?;
+        chain.get_or_insert(head);
+    }
+    let mut chain = chain.expect("a batch has pages");
+    let mut outcome = PageOutcome::default();
+    // Windows are applied page by page (what counts as present in a window is what its own
+    // page observes); the pages between them are merged and applied at once.
+    let mut merged: Option<Page> = None;
+    for page in pages {
+        if page.windows.is_empty() {
+            match &mut merged {
+                None => merged = Some(page),
+                Some(m) => {
+                    m.conversations.extend(page.conversations);
+                    m.messages.extend(page.messages);
+                    m.reactions.extend(page.reactions);
+                    m.gaps.extend(page.gaps);
+                    m.quarantine.extend(page.quarantine);
+                }
+            }
+            continue;
+        }
+        if let Some(m) = merged.take() {
+            outcome.add(apply_records(tx, src, &m, &[], observed_at, &mut chain).await?);
+        }
+        let present = full_keys(&page);
+        outcome.add(apply_records(tx, src, &page, &present, observed_at, &mut chain).await?);
+    }
+    if let Some(m) = merged.take() {
+        outcome.add(apply_records(tx, src, &m, &[], observed_at, &mut chain).await?);
+    }
+    for (key, expected, next) in keys {
+        write_cursor(tx, src, &Page::new(key, expected, next), observed_at).await?;
+    }
+    outcome.chain_seq = chain.seq;
+    outcome.chain_head = chain.head;
+    Ok(outcome)
 }
 
 /// Whether PostgreSQL refused a statement because of the data it carried (SQLSTATE classes

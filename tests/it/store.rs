@@ -1118,3 +1118,66 @@ async fn events_hashed_with_the_earlier_number_spelling_still_verify() {
     let report = store.verify(&[]).await.unwrap();
     assert!(report.ok(), "{:?}", report.failures);
 }
+
+/// A batch of pages lands in one transaction with each key's last cursor, and archives what
+/// the same pages applied one by one archive; a batch that does not start at the stored
+/// cursor, or whose pages of one key do not follow each other, writes nothing.
+#[tokio::test]
+async fn a_batch_of_pages_commits_with_each_keys_last_cursor() {
+    let pages = || {
+        let mut a1 = page(
+            "messages/a",
+            None,
+            2,
+            vec![message("a", "1", 1, "one"), message("a", "2", 2, "two")],
+        );
+        a1.conversations.push(conversation("a"));
+        let a2 = page(
+            "messages/a",
+            Some(2),
+            3,
+            vec![message("a", "3", 3, "three")],
+        );
+        let mut b1 = page("messages/b", None, 1, vec![message("b", "9", 1, "nine")]);
+        b1.conversations.push(conversation("b"));
+        vec![a1, b1, a2]
+    };
+    let (one_by_one, src) = store().await;
+    for p in pages() {
+        one_by_one.apply_page(&src, &p).await.unwrap();
+    }
+    let (batched, src) = store().await;
+
+    // the second page of `a` does not follow the first: refused, nothing written
+    let mut broken = pages();
+    broken[2].expected_cursor = Some(cursor(1));
+    let e = batched.apply_pages(&src, &broken).await.unwrap_err();
+    assert!(matches!(e, StoreError::CursorConflict { .. }), "{e}");
+    // not from the stored cursor: refused, nothing written
+    let mut stale = pages();
+    stale[1].expected_cursor = Some(cursor(7));
+    let e = batched.apply_pages(&src, &stale).await.unwrap_err();
+    assert!(matches!(e, StoreError::CursorConflict { .. }), "{e}");
+    assert_eq!(
+        count(&batched, "SELECT count(*) FROM vault.messages").await,
+        0
+    );
+    assert_eq!(
+        count(&batched, "SELECT count(*) FROM vault.cursors").await,
+        0
+    );
+
+    let out = batched.apply_pages(&src, &pages()).await.unwrap();
+    assert_eq!(out.messages_new, 4);
+    let cursors = batched.cursors(&src).await.unwrap();
+    assert_eq!(cursors.get("messages/a"), Some(&cursor(3)));
+    assert_eq!(cursors.get("messages/b"), Some(&cursor(1)));
+    assert_same_archive(&one_by_one, &batched).await;
+    assert!(batched.verify(&[]).await.unwrap().ok());
+}
+
+async fn assert_same_archive(a: &Store, b: &Store) {
+    let (a, b) = (archive_snapshot(a).await, archive_snapshot(b).await);
+    let diff = snapshot_diff(&a, &b);
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+}

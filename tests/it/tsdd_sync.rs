@@ -735,3 +735,48 @@ async fn nul_characters_from_upstream_never_stop_the_source() {
     assert!(second.ok(), "{:?}", second.error);
     assert_eq!(second.counts.messages_new, 0, "nothing comes back");
 }
+
+/// An unchanged conversation costs two requests (extra and reaction sync), not three: when
+/// conversation sync does not list a channel back whose archived seq it was told, there is
+/// nothing newer and no channel sync is asked for it. A conversation with a new message is
+/// still read.
+#[tokio::test]
+async fn an_unchanged_conversation_costs_two_requests() {
+    const CHANNEL_SYNC: &str = "/v1/message/channel/sync";
+    let (server, store, src) = start().await;
+    assert!(sync(&store, &src).await.ok());
+    let (before, channel_before) = (
+        server.request_count(),
+        server.request_count_for(CHANNEL_SYNC),
+    );
+    let quiet = sync(&store, &src).await;
+    assert!(quiet.ok(), "{:?}", quiet.error);
+    assert!(quiet.conversations >= 10, "{}", quiet.conversations);
+    assert_eq!(server.request_count_for(CHANNEL_SYNC) - channel_before, 0);
+    assert_eq!(
+        server.request_count() - before,
+        1 + 2 * quiet.conversations as u64,
+        "conversation sync, then extra and reaction sync per conversation"
+    );
+
+    // a new message in one channel: that channel alone is read
+    {
+        let mut w = server.world();
+        let me = w.me().uid.clone();
+        let key = w
+            .channels()
+            .iter()
+            .find(|c| {
+                c.key().channel_type == chatvault::sim::tangsengdaodao::GROUP
+                    && w.is_member(c.key(), &me)
+            })
+            .map(|c| c.key().clone())
+            .expect("a group the account is in");
+        w.post_message(&key, &me, json!({"type": 1, "content": "one more"}));
+    }
+    let channel_before = server.request_count_for(CHANNEL_SYNC);
+    let next = sync(&store, &src).await;
+    assert!(next.ok(), "{:?}", next.error);
+    assert_eq!(next.counts.messages_new, 1);
+    assert!(server.request_count_for(CHANNEL_SYNC) - channel_before >= 1);
+}

@@ -58,6 +58,8 @@ pub const FEED_MESSAGES: &str = "messages";
 pub const FEED_EXTRAS: &str = "extras";
 pub const FEED_REACTIONS: &str = "reactions";
 
+/// WuKongIM's `conversation.userMaxCount`: conversation sync lists at most this many.
+const CONVERSATION_CAP: usize = 1000;
 /// Rows per page of extra and reaction sync (the reaction endpoint's cap).
 const CHANGE_PAGE_LIMIT: usize = 1000;
 /// WuKongIM caps channel-sync `limit` at 10000; a wider window would be truncated silently.
@@ -805,6 +807,7 @@ impl Connector for TsddConnector {
         let known = request.known;
         self.state().targets.clear();
         let token = self.token()?;
+        let listed = listed_seqs(known);
         let body = json!({
             "version": 0,
             "msg_count": 1,
@@ -832,6 +835,22 @@ impl Connector for TsddConnector {
         };
         let mut state = self.state();
         state.names.extend(page.user_names);
+        // A channel listed with the seq the archive holds and not listed back has nothing
+        // newer: its paging target is that seq, so no channel sync is asked for it. Only
+        // while the archive lists fewer channels than the server's conversation cap (WuKongIM
+        // keeps at most that many per user): past it, a channel may be missing because it
+        // was cut, and its newest message decides (a probe) as for any unlisted channel.
+        if listed.len() < CONVERSATION_CAP {
+            for (channel, seq) in listed {
+                state.targets.insert(
+                    channel,
+                    Target {
+                        seq,
+                        checked: false,
+                    },
+                );
+            }
+        }
         for channel in page.channels {
             if let Some(seq) = channel.last_msg_seq {
                 let key = Channel {
@@ -907,10 +926,20 @@ fn channel_of(
     })
 }
 
-/// `channelID:channelType:lastMsgSeq` joined by `|` (docs/upstreams/tangsengdaodao.md,
-/// "Conversation sync"), for known person and group
-/// channels that have a messages cursor. Ids that cannot be expressed are left out.
+/// `last_msg_seqs` of conversation sync: see [`listed_seqs`].
 fn last_msg_seqs(known: &[KnownConversation]) -> String {
+    listed_seqs(known)
+        .iter()
+        .map(|(c, seq)| format!("{}:{}:{seq}", c.id, c.channel_type))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// The channels conversation sync is told the archived seq of, in `last_msg_seqs`:
+/// `channelID:channelType:lastMsgSeq` joined by `|` (docs/upstreams/tangsengdaodao.md,
+/// "Conversation sync"), for known person and group channels that have a messages cursor.
+/// Ids that cannot be expressed are left out.
+fn listed_seqs(known: &[KnownConversation]) -> Vec<(Channel, u64)> {
     let mut entries = Vec::new();
     for k in known {
         let Ok(channel) = channel_of(&k.conversation, &SourceName::new("")) else {
@@ -927,9 +956,9 @@ fn last_msg_seqs(known: &[KnownConversation]) -> String {
         else {
             continue;
         };
-        entries.push(format!("{}:{}:{seq}", channel.id, channel.channel_type));
+        entries.push((channel, seq));
     }
-    entries.join("|")
+    entries
 }
 
 fn seq_cursor(seq: u64) -> Cursor {
