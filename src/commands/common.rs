@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pg::EmbeddedPostgres;
 use crate::store::Store;
@@ -133,4 +133,38 @@ where
         }
     }
     result
+}
+
+/// The sources a command works on: the named ones (each must be configured), or every
+/// enabled one. `what` names the work in the error when there is none.
+pub fn select_sources(
+    config: &Config,
+    names: &[String],
+    what: &str,
+) -> anyhow::Result<Vec<SourceConfig>> {
+    for name in names {
+        if !config.sources.iter().any(|s| s.name.as_str() == name) {
+            let known: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "no source named {name:?} in the configuration (configured: {})",
+                list_or(&known, "none")
+            );
+        }
+    }
+    let selected: Vec<SourceConfig> = config
+        .sources
+        .iter()
+        .filter(|s| {
+            if names.is_empty() {
+                s.enabled
+            } else {
+                names.iter().any(|n| n == s.name.as_str())
+            }
+        })
+        .cloned()
+        .collect();
+    if selected.is_empty() {
+        bail!("no sources to {what}: add a [[source]] to the configuration (see deploy/chatvault.example.toml)");
+    }
+    Ok(selected)
 }

@@ -6,11 +6,11 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use tokio::sync::watch;
 
-use super::common::{list_or, load_config, prepare_data_dir, with_store};
+use super::common::{load_config, prepare_data_dir, select_sources, with_store};
 use crate::config::{Config, SourceConfig};
 use crate::index::{self, Indexer, SearchIndex};
 use crate::store::Store;
@@ -29,41 +29,12 @@ pub struct SyncArgs {
 
 pub async fn run(args: SyncArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path, false)?;
-    let selected = select_sources(&config, &args.sources)?;
+    let selected = select_sources(&config, &args.sources, "sync")?;
     let settings = config.clone();
     with_store(&config, true, move |store| {
         sync(store, settings, selected, args.full)
     })
     .await
-}
-
-/// The sources a `sync` runs: the named ones, or every enabled one.
-fn select_sources(config: &Config, names: &[String]) -> anyhow::Result<Vec<SourceConfig>> {
-    for name in names {
-        if !config.sources.iter().any(|s| s.name.as_str() == name) {
-            let known: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "no source named {name:?} in the configuration (configured: {})",
-                list_or(&known, "none")
-            );
-        }
-    }
-    let selected: Vec<SourceConfig> = config
-        .sources
-        .iter()
-        .filter(|s| {
-            if names.is_empty() {
-                s.enabled
-            } else {
-                names.iter().any(|n| n == s.name.as_str())
-            }
-        })
-        .cloned()
-        .collect();
-    if selected.is_empty() {
-        bail!("no sources to sync: add a [[source]] to the configuration (see deploy/chatvault.example.toml)");
-    }
-    Ok(selected)
 }
 
 /// Every selected source at once (up to `sync.max_concurrent_sources`), then a line per

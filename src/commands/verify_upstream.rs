@@ -11,8 +11,8 @@ use anyhow::bail;
 use rand::Rng;
 use serde_json::json;
 
-use super::common::{list_or, load_config, with_store};
-use crate::config::{Config, SourceConfig};
+use super::common::{load_config, select_sources, with_store};
+use crate::config::SourceConfig;
 use crate::store::Store;
 use crate::sync;
 use crate::terminal;
@@ -44,7 +44,7 @@ pub async fn run(args: UpstreamArgs, config_path: Option<&Path>) -> anyhow::Resu
         }
     }
     let config = load_config(config_path, false)?;
-    let selected = select(&config, &args.sources)?;
+    let selected = select_sources(&config, &args.sources, "verify against upstream")?;
     let seed = args
         .seed
         .clone()
@@ -58,35 +58,6 @@ pub async fn run(args: UpstreamArgs, config_path: Option<&Path>) -> anyhow::Resu
         prove(store, selected, options, args.json)
     })
     .await
-}
-
-/// The named sources, or every enabled one.
-fn select(config: &Config, names: &[String]) -> anyhow::Result<Vec<SourceConfig>> {
-    for name in names {
-        if !config.sources.iter().any(|s| s.name.as_str() == name) {
-            let known: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "no source named {name:?} in the configuration (configured: {})",
-                list_or(&known, "none")
-            );
-        }
-    }
-    let selected: Vec<SourceConfig> = config
-        .sources
-        .iter()
-        .filter(|s| {
-            if names.is_empty() {
-                s.enabled
-            } else {
-                names.iter().any(|n| n == s.name.as_str())
-            }
-        })
-        .cloned()
-        .collect();
-    if selected.is_empty() {
-        bail!("no sources to verify against upstream: add a [[source]] to the configuration");
-    }
-    Ok(selected)
 }
 
 /// One source after the other (each within its own rate limit).
