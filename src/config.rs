@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::model::{Platform, SourceName};
+use crate::retention::{self, Retention, RetentionConfig};
 
 /// A secret string. Never printed: `Debug` and `Display` show `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub sync: SyncConfig,
     pub sources: Vec<SourceConfig>,
+    /// `[retention]`: what is purged when, and whether the daemon purges by itself.
+    pub retention: RetentionConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -199,7 +202,16 @@ const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 3600;
 const MAX_WAIT_SECONDS: u64 = 86_400;
 const MAX_RETRIES: u32 = 100;
 
-const TOP_KEYS: &[&str] = &["version", "database", "storage", "server", "sync", "source"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "database",
+    "storage",
+    "server",
+    "sync",
+    "source",
+    "retention",
+];
+const RETENTION_KEYS: &[&str] = &["default", "auto_purge", "conversation_type"];
 const DATABASE_KEYS: &[&str] = &["url", "url_env", "url_file", "max_connections"];
 const STORAGE_KEYS: &[&str] = &["data_dir"];
 const SERVER_KEYS: &[&str] = &[
@@ -219,6 +231,7 @@ const SOURCE_KEYS: &[&str] = &[
     "schedule",
     "requests_per_second",
     "request_timeout",
+    "retention",
 ];
 const TSDD_KEYS: &[&str] = &[
     "base_url",
@@ -395,6 +408,7 @@ fn parse_with_mode(
         problems: Vec::new(),
         warnings: Vec::new(),
         offline,
+        source_retention: std::collections::BTreeMap::new(),
     };
     let document = match ImDocument::parse(text) {
         Ok(document) => document,
@@ -428,6 +442,8 @@ struct Cx<'a> {
     warnings: Vec<String>,
     /// Source secrets that cannot be resolved are warnings (see [`load_offline`]).
     offline: bool,
+    /// Each source's `retention`, read with the source, kept in `[retention]`'s config.
+    source_retention: std::collections::BTreeMap<String, Retention>,
 }
 
 impl Cx<'_> {
@@ -910,6 +926,7 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
     let server = read_server(cx, root);
     let sync = read_sync(cx, root);
     let sources = read_sources(cx, root);
+    let retention = read_retention(cx, root);
     Config {
         path: cx.file.clone(),
         database,
@@ -917,6 +934,55 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
         server,
         sync,
         sources,
+        retention,
+    }
+}
+
+/// A retention period under `key` (`90d`, `18m`, `7y`, `forever`); `None` when absent or
+/// wrong (a problem then).
+fn read_period(cx: &mut Cx, section: &Section, key: &str) -> Option<Retention> {
+    let (text, span) = section.string(cx, key)?;
+    match retention::parse(text) {
+        Ok(period) => Some(period),
+        Err(message) => {
+            cx.problem(span, section.key_path(key), message);
+            None
+        }
+    }
+}
+
+fn read_retention(cx: &mut Cx, root: &Section) -> RetentionConfig {
+    let section = root.child(cx, "retention");
+    section.check_keys(cx, RETENTION_KEYS, None);
+    let default = read_period(cx, &section, "default").flatten();
+    let auto_purge = section.bool_or(cx, "auto_purge", false);
+    let types = section.child(cx, "conversation_type");
+    let names: Vec<&str> = retention::CONVERSATION_TYPES
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    types.check_keys(cx, &names, None);
+    let mut conversation_type = std::collections::BTreeMap::new();
+    for name in names {
+        if let Some(period) = read_period(cx, &types, name) {
+            conversation_type.insert(name.to_string(), period);
+        }
+    }
+    let any_period = default.is_some()
+        || conversation_type.values().any(Option::is_some)
+        || cx.source_retention.values().any(Option::is_some);
+    if auto_purge && !any_period {
+        cx.problem(
+            section.span_of("auto_purge"),
+            section.key_path("auto_purge"),
+            "is true but no retention period is configured (retention.default, [retention.conversation_type] or a source's retention), so nothing would ever be purged",
+        );
+    }
+    RetentionConfig {
+        default,
+        conversation_type,
+        sources: std::mem::take(&mut cx.source_retention),
+        auto_purge,
     }
 }
 
@@ -1273,6 +1339,10 @@ fn read_source<'t>(
     );
     let request_timeout =
         section.seconds_or(cx, "request_timeout", 30, 1, MAX_REQUEST_TIMEOUT_SECONDS);
+    // Kept in `[retention]`'s config (`RetentionConfig::sources`), by source name.
+    if let (Some(period), Some(name)) = (read_period(cx, &section, "retention"), name) {
+        cx.source_retention.insert(name.to_string(), period);
+    }
 
     let platform = match platform? {
         Platform::Tangsengdaodao => PlatformConfig::Tangsengdaodao(read_tsdd(cx, &section)?),
@@ -2087,6 +2157,7 @@ mod tests {
             SERVER_KEYS,
             SYNC_KEYS,
             SOURCE_KEYS,
+            RETENTION_KEYS,
             TSDD_KEYS,
             YUNXIN_KEYS,
             YUNHU_KEYS,

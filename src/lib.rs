@@ -11,6 +11,7 @@ pub mod index;
 pub mod metrics;
 pub mod model;
 pub mod pg;
+pub mod retention;
 pub mod scheduler;
 pub mod sim;
 pub mod store;

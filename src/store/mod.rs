@@ -19,6 +19,7 @@ pub mod diff;
 pub mod export;
 pub mod index_feed;
 mod lock;
+pub mod retention;
 mod runs;
 mod verify;
 

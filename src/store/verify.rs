@@ -69,6 +69,8 @@ pub struct VerifyReport {
     pub sources: Vec<(String, i64, String)>,
     pub versions_checked: i64,
     pub failures: Vec<VerifyFailure>,
+    /// Every purge in the chains, checked against what it lists as removed.
+    pub purges: Vec<super::retention::PurgeSummary>,
 }
 
 impl VerifyReport {
@@ -119,6 +121,7 @@ impl Store {
                 .push((source, count, format!("{}:{}", last.0, hex::encode(last.1))));
         }
         report.versions_checked = self.verify_versions(&mut report).await?;
+        report.purges = self.verify_purges(&mut report.failures).await?;
         Ok(report)
     }
 
