@@ -15,8 +15,10 @@ pub mod common;
 pub mod config;
 pub mod demo;
 pub mod export;
+pub mod hold;
 pub mod migrate;
 pub mod reindex;
+pub mod purge;
 pub mod run;
 pub mod search;
 pub mod sim;
@@ -84,6 +86,11 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run a fake upstream server with a generated world, to point a configuration at.
     Sim(sim::SimArgs),
+    /// Legal holds: place, list and release them; what a hold covers is never purged.
+    #[command(subcommand)]
+    Hold(hold::HoldCommand),
+    /// Remove the messages past retention that no hold covers (each batch an event).
+    Purge(purge::PurgeArgs),
 }
 
 impl Command {
@@ -112,6 +119,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(command) => config::run(command, config),
         Command::Demo(args) => demo::run(args).await,
         Command::Sim(args) => sim::run(args).await,
+        Command::Hold(command) => hold::run(command, config).await,
+        Command::Purge(args) => purge::run(args, config).await,
     }
 }
 

@@ -48,6 +48,20 @@ async fn verify(
         writeln!(out, "{source}: {events} events, head {head}")?;
     }
     writeln!(out, "{} message versions checked", report.versions_checked)?;
+    for p in &report.purges {
+        writeln!(
+            out,
+            "{}: event {} purged {} messages, {} versions, {} reactions sent before {} ({}; {})",
+            p.source,
+            p.event_seq,
+            p.messages,
+            p.versions,
+            p.reactions,
+            p.cutoff,
+            p.rule,
+            p.observed_at.format("%Y-%m-%d %H:%M:%S UTC")
+        )?;
+    }
     if report.ok() {
         writeln!(out, "ok: every chain is intact")?;
         return Ok(if index_ok {

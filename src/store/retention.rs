@@ -110,7 +110,8 @@ pub struct PurgeBatch {
     pub reactions: i64,
     /// sha256 of the canonical listing of what it removed (see [`listing_digest`]).
     pub listing_sha256: String,
-    pub per_conversation: BTreeMap<String, i64>,
+    /// What it removed per conversation.
+    pub per_conversation: Vec<PurgeCount>,
 }
 
 /// One message of a purge's listing.
@@ -476,13 +477,26 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let digest = hex::encode(listing_digest(&mut rows));
-        let mut per_conversation: BTreeMap<String, i64> = BTreeMap::new();
+        let mut per_conversation: BTreeMap<String, PurgeCount> = BTreeMap::new();
         let (mut versions, mut reactions) = (0i64, 0i64);
         for r in &rows {
-            *per_conversation.entry(r.conversation_id.clone()).or_default() += 1;
+            let c = per_conversation
+                .entry(r.conversation_id.clone())
+                .or_insert_with(|| PurgeCount {
+                    source: source.to_string(),
+                    conversation_id: r.conversation_id.clone(),
+                    ..PurgeCount::default()
+                });
+            c.messages += 1;
+            c.versions += i64::from(r.versions);
+            c.reactions += i64::from(r.reactions);
             versions += i64::from(r.versions);
             reactions += i64::from(r.reactions);
         }
+        let conversations: BTreeMap<&str, i64> = per_conversation
+            .iter()
+            .map(|(c, n)| (c.as_str(), n.messages))
+            .collect();
         let messages = rows.len() as i64;
         let detail = json!({
             "reason": "past retention",
@@ -496,7 +510,7 @@ impl Store {
             "reactions": reactions,
             "listing_sha256": digest,
             "holds": holds,
-            "conversations": per_conversation,
+            "conversations": conversations,
         });
         let seq = append_event(&mut tx, source, &mut head, PURGE_EVENT, None, now, &detail)
             .await?;
@@ -545,7 +559,7 @@ impl Store {
             .await?;
         let (count_ids, count_n): (Vec<&str>, Vec<i64>) = per_conversation
             .iter()
-            .map(|(c, n)| (c.as_str(), *n))
+            .map(|(c, n)| (c.as_str(), n.messages))
             .unzip();
         sqlx::query(
             "UPDATE vault.conversations c
@@ -571,7 +585,7 @@ impl Store {
             versions,
             reactions,
             listing_sha256: digest,
-            per_conversation,
+            per_conversation: per_conversation.into_values().collect(),
         }))
     }
 
