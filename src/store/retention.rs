@@ -430,10 +430,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let mut head = lock_head(&mut tx, source).await?;
-        let (after_c, after_t, after_m) = position
-            .0
-            .clone()
-            .unwrap_or((String::new(), DateTime::<Utc>::MIN_UTC, String::new()));
+        let (after_c, after_t, after_m) = match position.0.clone() {
+            Some((c, t, m)) => (Some(c), Some(t), Some(m)),
+            None => (None, None, None),
+        };
         let mut rows: Vec<Listed> = sqlx::query_as(&format!(
             "SELECT m.conversation_id, m.message_id, m.sent_at, m.version_hashes,
                     (SELECT count(*) FROM vault.message_versions v

@@ -12,6 +12,7 @@ mod daemon;
 mod demo;
 mod files;
 mod pg;
+mod retention;
 mod runs;
 mod search;
 mod search_api;
