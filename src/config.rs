@@ -1874,6 +1874,59 @@ mod tests {
     }
 
     #[test]
+    fn retention_values_and_every_problem_with_them() {
+        use crate::retention::Period;
+        let config = loaded(
+            &format!(
+                "{}retention = \"5y\"\n[retention]\ndefault = \"7y\"\nauto_purge = true\n\
+                 [retention.conversation_type]\ngroup = \"18m\"\nbot = \"forever\"\n",
+                tsdd(TSDD_PASSWORD_ENV)
+            ),
+            &[("PW", "p")],
+        )
+        .config;
+        let r = &config.retention;
+        assert_eq!(r.default, Some(Period::Years(7)));
+        assert!(r.auto_purge);
+        assert_eq!(r.conversation_type["group"], Some(Period::Months(18)));
+        assert_eq!(r.conversation_type["bot"], None);
+        assert_eq!(r.sources["a"], Some(Period::Years(5)));
+        assert_eq!(
+            loaded(&tsdd(TSDD_PASSWORD_ENV), &[("PW", "p")])
+                .config
+                .retention,
+            RetentionConfig::default()
+        );
+
+        let found = problems(
+            &format!(
+                "{}retention = \"0d\"\n[retention]\ndefault = \"7 years\"\nauto_purge = \"yes\"\n\
+                 keep = 1\n[retention.conversation_type]\ngrup = \"3y\"\ndirect = 5\n",
+                tsdd(TSDD_PASSWORD_ENV)
+            ),
+            &[("PW", "p")],
+        );
+        let expected = [
+            "source \"a\".retention: retention period \"0d\" would purge everything at once",
+            "retention.default: invalid retention period \"7 years\"",
+            "retention.auto_purge: expected a boolean",
+            "retention: unknown key \"keep\"",
+            "retention.conversation_type: unknown key \"grup\", did you mean \"group\"?",
+            "retention.conversation_type.direct: expected a string",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (line, want) in found.iter().zip(expected) {
+            assert!(line.contains(want), "{line:?} does not contain {want:?}");
+        }
+
+        let found = problems("[retention]\nauto_purge = true\n", &[]);
+        assert!(
+            found[0].contains("nothing would ever be purged"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn toml_syntax_error_has_its_line() {
         let problems = problems("[server]\nlisten = \n", &[]);
         assert_eq!(problems.len(), 1);

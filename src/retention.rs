@@ -145,7 +145,10 @@ impl RetentionConfig {
     ) -> (Retention, String) {
         let show = |r: &Retention| r.map_or("forever".to_string(), |p| p.to_string());
         if let Some(r) = self.sources.get(source).copied() {
-            return (r, format!("source \"{source}\".retention = \"{}\"", show(&r)));
+            return (
+                r,
+                format!("source \"{source}\".retention = \"{}\"", show(&r)),
+            );
         }
         if let Some(r) = self.conversation_type.get(conversation_type.as_str()) {
             return (
@@ -196,7 +199,18 @@ mod tests {
         assert_eq!(parse("18m"), Ok(Some(Period::Months(18))));
         assert_eq!(parse(" 7Y "), Ok(Some(Period::Years(7))));
         assert_eq!(parse("forever"), Ok(None));
-        for bad in ["", "7", "y", "7 years", "-1d", "1.5y", "7x", "0d", "1001y", "99999999999d"] {
+        for bad in [
+            "",
+            "7",
+            "y",
+            "7 years",
+            "-1d",
+            "1.5y",
+            "7x",
+            "0d",
+            "1001y",
+            "99999999999d",
+        ] {
             let err = parse(bad).unwrap_err();
             assert!(
                 err.contains("90d") || err.contains("1000y") || err.contains("positive"),
@@ -210,11 +224,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-03-31T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let at = |s: &str| {
-            DateTime::parse_from_rfc3339(s)
-                .unwrap()
-                .with_timezone(&Utc)
-        };
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         assert_eq!(Period::Days(90).cutoff(now), at("2025-12-31T12:00:00Z"));
         assert_eq!(Period::Weeks(1).cutoff(now), at("2026-03-24T12:00:00Z"));
         // 31 March minus one month is the last day of February
@@ -238,14 +248,31 @@ mod tests {
             auto_purge: false,
         };
         let (r, why) = config.period_for("a", ConversationType::Group);
-        assert_eq!((r, why.as_str()), (Some(Period::Years(3)), "retention.conversation_type.group = \"3y\""));
+        assert_eq!(
+            (r, why.as_str()),
+            (
+                Some(Period::Years(3)),
+                "retention.conversation_type.group = \"3y\""
+            )
+        );
         let (r, why) = config.period_for("a", ConversationType::Direct);
-        assert_eq!((r, why.as_str()), (Some(Period::Years(7)), "retention.default = \"7y\""));
+        assert_eq!(
+            (r, why.as_str()),
+            (Some(Period::Years(7)), "retention.default = \"7y\"")
+        );
         assert_eq!(config.period_for("a", ConversationType::Bot).0, None);
         let (r, why) = config.period_for("b", ConversationType::Group);
-        assert_eq!((r, why.as_str()), (Some(Period::Months(18)), "source \"b\".retention = \"18m\""));
+        assert_eq!(
+            (r, why.as_str()),
+            (Some(Period::Months(18)), "source \"b\".retention = \"18m\"")
+        );
         assert_eq!(config.period_for("c", ConversationType::Direct).0, None);
-        assert_eq!(RetentionConfig::default().period_for("a", ConversationType::Group).0, None);
+        assert_eq!(
+            RetentionConfig::default()
+                .period_for("a", ConversationType::Group)
+                .0,
+            None
+        );
 
         let now = Utc::now();
         assert!(config.rules("c", now).is_empty());
@@ -253,7 +280,10 @@ mod tests {
         let rules = config.rules("a", now);
         assert_eq!(rules.len(), 2, "{rules:?}");
         assert_eq!(rules[0].conversation_types, ["direct", "other"]);
-        assert_eq!(rules[0].cutoff, Period::Years(7).cutoff(now));
+        assert_eq!(
+            rules[0].cutoff,
+            crate::model::to_micros(Period::Years(7).cutoff(now))
+        );
         assert_eq!(rules[1].conversation_types, ["group"]);
         assert!(RetentionConfig::default().rules("a", now).is_empty());
     }

@@ -16,17 +16,23 @@ use crate::terminal::escape_line;
 #[derive(Debug, Subcommand)]
 pub enum HoldCommand {
     /// Place a legal hold: what it covers is never purged until it is released.
-    #[command(after_help = "A hold without --source covers every source, also ones added later; \
+    #[command(
+        after_help = "A hold without --source covers every source, also ones added later; \
 each filter narrows it (a message is held when it matches all of them). --since includes, \
 --until excludes (a date as --until includes that day).\n\nExamples:\n  \
 chatvault hold add --name case-4711 --sender u_1024 --since 2025-01-01 --reason \"litigation 4711\"\n  \
-chatvault hold add --name audit-2026 --source acme-tsdd --conversation g_finance --reason \"tax audit\"")]
+chatvault hold add --name audit-2026 --source acme-tsdd --conversation g_finance --reason \"tax audit\""
+    )]
     Add(AddArgs),
     /// List holds, active first.
-    #[command(after_help = "Examples:\n  chatvault hold list\n  chatvault hold list --json | jq .name")]
+    #[command(
+        after_help = "Examples:\n  chatvault hold list\n  chatvault hold list --json | jq .name"
+    )]
     List(ListArgs),
     /// Release a hold: what only it covered can be purged from then on.
-    #[command(after_help = "Examples:\n  chatvault hold release case-4711 --reason \"case closed\"")]
+    #[command(
+        after_help = "Examples:\n  chatvault hold release case-4711 --reason \"case closed\""
+    )]
     Release(ReleaseArgs),
 }
 

@@ -25,11 +25,13 @@ use crate::terminal::escape_line;
 pub const DEFAULT_BATCH: i64 = 5_000;
 
 #[derive(Debug, Args)]
-#[command(after_help = "A message is past retention when its sent_at is before now minus the \
+#[command(
+    after_help = "A message is past retention when its sent_at is before now minus the \
 period configured for it ([retention] and a source's retention; none configured = kept \
 forever). Nothing under an active hold is removed. Each batch is recorded in the source's \
 hash chain as a messages_purged event; `chatvault verify` checks it.\n\nExamples:\n  \
-chatvault purge --dry-run\n  chatvault purge --source acme-tsdd")]
+chatvault purge --dry-run\n  chatvault purge --source acme-tsdd"
+)]
 pub struct PurgeArgs {
     /// Count what would be removed, per source and conversation; change nothing.
     #[arg(long)]
@@ -154,7 +156,10 @@ pub async fn purge(
     for rule in &rules {
         if dry_run {
             for c in store.purge_preview(rule).await.with_context(|| {
-                format!("cannot count what a purge of source {} would remove", rule.source)
+                format!(
+                    "cannot count what a purge of source {} would remove",
+                    rule.source
+                )
             })? {
                 add(&mut counts, c);
             }
@@ -243,7 +248,17 @@ pub async fn daily(store: Store, config: Config, mut stop: tokio::sync::watch::R
         }
         wait = AUTO_PURGE_EVERY;
         let progress = |line: String| tracing::info!("{line}");
-        match purge(&store, &config, None, false, DEFAULT_BATCH, Utc::now(), &progress).await {
+        match purge(
+            &store,
+            &config,
+            None,
+            false,
+            DEFAULT_BATCH,
+            Utc::now(),
+            &progress,
+        )
+        .await
+        {
             Ok(report) => {
                 let t = report.total();
                 tracing::info!(

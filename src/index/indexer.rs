@@ -280,7 +280,12 @@ impl Indexer {
                 for e in &events {
                     if e.kind == PURGE_EVENT {
                         purged.extend(store.purged_keys(source, e.event_seq).await.with_context(
-                            || format!("cannot read what purge event {} of source {source} removed", e.event_seq),
+                            || {
+                                format!(
+                                    "cannot read what purge event {} of source {source} removed",
+                                    e.event_seq
+                                )
+                            },
                         )?);
                         continue;
                     }

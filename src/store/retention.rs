@@ -251,10 +251,14 @@ impl Store {
     /// removes what it covers.
     pub async fn place_hold(&self, new: &NewHold, now: DateTime<Utc>) -> Result<Hold, HoldError> {
         if new.name.trim().is_empty() {
-            return Err(HoldError::Invalid("the hold's name must not be empty".into()));
+            return Err(HoldError::Invalid(
+                "the hold's name must not be empty".into(),
+            ));
         }
         if new.reason.trim().is_empty() {
-            return Err(HoldError::Invalid("give the hold's reason (--reason)".into()));
+            return Err(HoldError::Invalid(
+                "give the hold's reason (--reason)".into(),
+            ));
         }
         if let (Some(since), Some(until)) = (new.since, new.until) {
             if until <= since {
@@ -271,10 +275,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let sources = self.covered_sources(&mut tx, new.source.as_deref()).await?;
-        let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vault.holds WHERE name = $1)")
-            .bind(&new.name)
-            .fetch_one(&mut *tx)
-            .await?;
+        let taken: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vault.holds WHERE name = $1)")
+                .bind(&new.name)
+                .fetch_one(&mut *tx)
+                .await?;
         if taken {
             return Err(HoldError::NameTaken(new.name.clone()));
         }
@@ -337,7 +342,10 @@ impl Store {
             return Err(HoldError::Unknown(name.to_string()));
         };
         if let Some(at) = held.released_at {
-            return Err(HoldError::AlreadyReleased(name.to_string(), canonical_time(&at)));
+            return Err(HoldError::AlreadyReleased(
+                name.to_string(),
+                canonical_time(&at),
+            ));
         }
         let hold: Hold = sqlx::query_as(&format!(
             "UPDATE vault.holds SET released_at = $2, released_by = $3, release_reason = $4
@@ -349,7 +357,9 @@ impl Store {
         .bind(reason)
         .fetch_one(&mut *tx)
         .await?;
-        let sources = self.covered_sources(&mut tx, hold.source.as_deref()).await?;
+        let sources = self
+            .covered_sources(&mut tx, hold.source.as_deref())
+            .await?;
         let detail = json!({"name": hold.name, "reason": reason, "by": by});
         for source in &sources {
             let mut head = lock_head(&mut tx, source).await?;
@@ -375,15 +385,20 @@ impl Store {
         tx: &mut Transaction<'_, Postgres>,
         source: Option<&str>,
     ) -> Result<Vec<String>, HoldError> {
-        let all: Vec<String> = sqlx::query_scalar("SELECT source FROM vault.sources ORDER BY source")
-            .fetch_all(&mut **tx)
-            .await?;
+        let all: Vec<String> =
+            sqlx::query_scalar("SELECT source FROM vault.sources ORDER BY source")
+                .fetch_all(&mut **tx)
+                .await?;
         match source {
             None => Ok(all),
             Some(s) if all.iter().any(|a| a == s) => Ok(vec![s.to_string()]),
             Some(s) => Err(HoldError::UnknownSource(
                 s.to_string(),
-                if all.is_empty() { "none".into() } else { all.join(", ") },
+                if all.is_empty() {
+                    "none".into()
+                } else {
+                    all.join(", ")
+                },
             )),
         }
     }
@@ -512,8 +527,7 @@ impl Store {
             "holds": holds,
             "conversations": conversations,
         });
-        let seq = append_event(&mut tx, source, &mut head, PURGE_EVENT, None, now, &detail)
-            .await?;
+        let seq = append_event(&mut tx, source, &mut head, PURGE_EVENT, None, now, &detail).await?;
         let convs: Vec<&str> = rows.iter().map(|r| r.conversation_id.as_str()).collect();
         let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
         let sent: Vec<DateTime<Utc>> = rows.iter().map(|r| r.sent_at).collect();
@@ -542,7 +556,11 @@ impl Store {
             .bind(seq.to_string())
             .execute(&mut *tx)
             .await?;
-        for table in ["vault.reactions", "vault.message_versions", "vault.messages"] {
+        for table in [
+            "vault.reactions",
+            "vault.message_versions",
+            "vault.messages",
+        ] {
             sqlx::query(&format!(
                 "DELETE FROM {table} t
                  USING unnest($2::text[], $3::text[]) AS k(c, m)
@@ -627,7 +645,10 @@ impl Store {
         failures: &mut Vec<super::VerifyFailure>,
     ) -> Result<Vec<PurgeSummary>> {
         use futures::TryStreamExt;
-        let fail = |failures: &mut Vec<super::VerifyFailure>, source: &str, seq: Option<i64>, problem: String| {
+        let fail = |failures: &mut Vec<super::VerifyFailure>,
+                    source: &str,
+                    seq: Option<i64>,
+                    problem: String| {
             failures.push(super::VerifyFailure {
                 source: source.to_string(),
                 event_seq: seq,
@@ -651,7 +672,13 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
             let number = |key: &str| detail.get(key).and_then(Value::as_i64).unwrap_or(-1);
-            let text = |key: &str| detail.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+            let text = |key: &str| {
+                detail
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
             let recorded = text("listing_sha256");
             let actual = hex::encode(listing_digest(&mut rows));
             if recorded != actual {
@@ -681,7 +708,12 @@ impl Store {
                         ));
                     }
                 }
-                Err(_) => fail(failures, &source, Some(seq), format!("the purge event's cut-off {cutoff:?} is not a time")),
+                Err(_) => fail(
+                    failures,
+                    &source,
+                    Some(seq),
+                    format!("the purge event's cut-off {cutoff:?} is not a time"),
+                ),
             }
             summaries.push(PurgeSummary {
                 source,
@@ -704,9 +736,14 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         for (source, seq, n) in orphans {
-            fail(failures, &source, Some(seq), format!(
-                "{n} messages are listed as purged by event {seq}, which is not a purge event"
-            ));
+            fail(
+                failures,
+                &source,
+                Some(seq),
+                format!(
+                    "{n} messages are listed as purged by event {seq}, which is not a purge event"
+                ),
+            );
         }
         let mut missing = sqlx::query_as::<_, (String, i64, Option<String>, Option<String>, Option<i32>)>(
             "SELECT e.source, e.event_seq, e.conversation_id, e.message_id, (e.detail->>'version')::int
@@ -727,12 +764,17 @@ impl Store {
         )
         .fetch(&self.pool);
         while let Some((source, seq, conversation, message, version)) = missing.try_next().await? {
-            fail(failures, &source, Some(seq), format!(
-                "version {} of message {} in conversation {} is missing (no purge removed it)",
-                version.unwrap_or(0),
-                message.unwrap_or_default(),
-                conversation.unwrap_or_default()
-            ));
+            fail(
+                failures,
+                &source,
+                Some(seq),
+                format!(
+                    "version {} of message {} in conversation {} is missing (no purge removed it)",
+                    version.unwrap_or(0),
+                    message.unwrap_or_default(),
+                    conversation.unwrap_or_default()
+                ),
+            );
         }
         Ok(summaries)
     }

@@ -117,7 +117,16 @@ async fn purge_removes_exactly_the_expired_messages_outside_holds_and_the_chain_
     .fetch_all(store.pool())
     .await
     .unwrap();
-    store.place_hold(&NewHold { sender_id: Some("u2".into()), ..hold("h-u2") }, Utc::now()).await.unwrap();
+    store
+        .place_hold(
+            &NewHold {
+                sender_id: Some("u2".into()),
+                ..hold("h-u2")
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
 
     // m1..m5 are before the cut-off; m5 is held; m6 is not expired; x1 is a direct chat.
     let events = purge_all(&store, &group_rule(t(6)), 3).await;
@@ -132,14 +141,26 @@ async fn purge_removes_exactly_the_expired_messages_outside_holds_and_the_chain_
         assert_eq!(left, 0, "{table}");
     }
     assert_eq!(
-        count(&store, "SELECT message_count FROM vault.conversations WHERE conversation_id = 'g1'").await,
+        count(
+            &store,
+            "SELECT message_count FROM vault.conversations WHERE conversation_id = 'g1'"
+        )
+        .await,
         2
     );
 
     // The events: counts, rule, cut-off, holds, and the digest of the documented listing.
     let details = purge_events(&store).await;
-    let total = |key: &str| details.iter().map(|d| d[key].as_i64().unwrap()).sum::<i64>();
-    assert_eq!((total("messages"), total("versions"), total("reactions")), (4, 5, 2));
+    let total = |key: &str| {
+        details
+            .iter()
+            .map(|d| d[key].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert_eq!(
+        (total("messages"), total("versions"), total("reactions")),
+        (4, 5, 2)
+    );
     assert_eq!(details[0]["cutoff"], json!(canonical_time(&t(6))));
     assert_eq!(details[0]["holds"], json!(["h-u2"]));
     assert_eq!(details[0]["reason"], json!("past retention"));
@@ -172,7 +193,11 @@ async fn purge_removes_exactly_the_expired_messages_outside_holds_and_the_chain_
             lines.extend(canonical::canonical_bytes(&line));
             lines.push(b'\n');
         }
-        assert_eq!(d["listing_sha256"], json!(hex::encode(canonical::sha256(&lines))), "{d}");
+        assert_eq!(
+            d["listing_sha256"],
+            json!(hex::encode(canonical::sha256(&lines))),
+            "{d}"
+        );
         listed.extend(ids);
     }
     listed.sort();
@@ -210,15 +235,33 @@ async fn a_hold_placed_after_archiving_protects_its_messages_until_released() {
     assert_eq!(placed.released_at, None);
     // A hold on every source is an event in every source's chain.
     assert_eq!(
-        count(&store, "SELECT count(DISTINCT source) FROM vault.events WHERE kind = 'hold_placed'").await,
+        count(
+            &store,
+            "SELECT count(DISTINCT source) FROM vault.events WHERE kind = 'hold_placed'"
+        )
+        .await,
         2
     );
 
     purge_all(&store, &group_rule(t(100)), 100).await;
     // m2 and m3 (sent in [t(2), t(4))) are held; the rest of g1 is gone.
     assert_eq!(message_ids(&store).await, ["m2", "m3", "x1"]);
-    assert_eq!(count(&store, "SELECT count(*) FROM vault.message_versions WHERE message_id = 'm2'").await, 2);
-    assert_eq!(count(&store, "SELECT count(*) FROM vault.reactions WHERE message_id = 'm3'").await, 2);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM vault.message_versions WHERE message_id = 'm2'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM vault.reactions WHERE message_id = 'm3'"
+        )
+        .await,
+        2
+    );
 
     // Even a purge that names them is refused while the hold stands.
     let err = sqlx::query(
@@ -236,7 +279,11 @@ async fn a_hold_placed_after_archiving_protects_its_messages_until_released() {
         .await
         .unwrap();
     assert_eq!(
-        count(&store, "SELECT count(*) FROM vault.events WHERE kind = 'hold_released'").await,
+        count(
+            &store,
+            "SELECT count(*) FROM vault.events WHERE kind = 'hold_released'"
+        )
+        .await,
         2
     );
     purge_all(&store, &group_rule(t(100)), 100).await;
@@ -251,7 +298,16 @@ async fn a_hold_placed_after_archiving_protects_its_messages_until_released() {
 async fn a_dry_run_changes_nothing_and_counts_what_would_go() {
     let (store, src) = store().await;
     archive(&store, &src).await;
-    store.place_hold(&NewHold { sender_id: Some("u2".into()), ..hold("h") }, Utc::now()).await.unwrap();
+    store
+        .place_hold(
+            &NewHold {
+                sender_id: Some("u2".into()),
+                ..hold("h")
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
     let state = |store: Store| async move {
         let mut lines = archive_snapshot(&store).await;
         let events: Vec<String> = sqlx::query_scalar(
@@ -268,7 +324,12 @@ async fn a_dry_run_changes_nothing_and_counts_what_would_go() {
     let counts = store.purge_preview(&group_rule(t(6))).await.unwrap();
     assert_eq!(counts.len(), 1);
     assert_eq!(
-        (counts[0].conversation_id.as_str(), counts[0].messages, counts[0].versions, counts[0].reactions),
+        (
+            counts[0].conversation_id.as_str(),
+            counts[0].messages,
+            counts[0].versions,
+            counts[0].reactions
+        ),
         ("g1", 4, 5, 2)
     );
     assert_eq!(state(store.clone()).await, before);
@@ -295,7 +356,10 @@ async fn a_version_deleted_outside_a_purge_is_refused_and_still_reported() {
     // marker of the purge that listed it, set by hand, does not let anyone delete it: that
     // purge event was not written in this transaction.
     store
-        .apply_page(&src, &page("m/g1", Some(6), 6, vec![message("g1", "m1", 1, "text 1")]))
+        .apply_page(
+            &src,
+            &page("m/g1", Some(6), 6, vec![message("g1", "m1", 1, "text 1")]),
+        )
         .await
         .unwrap();
     assert!(store.verify(&[]).await.unwrap().ok());
@@ -312,11 +376,17 @@ async fn a_version_deleted_outside_a_purge_is_refused_and_still_reported() {
     drop(tx);
 
     // someone bypassing the triggers: the missing version is reported, the purged ones not
-    tamper(&store, "DELETE FROM vault.message_versions WHERE message_id = 'm6'").await;
+    tamper(
+        &store,
+        "DELETE FROM vault.message_versions WHERE message_id = 'm6'",
+    )
+    .await;
     let report = store.verify(&[]).await.unwrap();
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     assert!(
-        report.failures[0].problem.starts_with("version 1 of message m6 in conversation g1 is missing"),
+        report.failures[0]
+            .problem
+            .starts_with("version 1 of message m6 in conversation g1 is missing"),
         "{:?}",
         report.failures
     );
@@ -340,10 +410,17 @@ async fn a_version_deleted_outside_a_purge_is_refused_and_still_reported() {
         .map(|f| f.problem)
         .collect();
     assert!(
-        problems.iter().any(|p| p.contains("does not match the purge event")),
+        problems
+            .iter()
+            .any(|p| p.contains("does not match the purge event")),
         "{problems:?}"
     );
-    assert!(problems.iter().any(|p| p.contains("not before the cut-off")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("not before the cut-off")),
+        "{problems:?}"
+    );
 }
 
 async fn tamper(store: &Store, sql: &str) {
@@ -364,18 +441,44 @@ async fn bad_hold_requests_are_refused_with_a_clear_error() {
     let (store, src) = store().await;
     archive(&store, &src).await;
     let now = Utc::now();
-    let err = store.release_hold("nope", None, None, now).await.unwrap_err();
+    let err = store
+        .release_hold("nope", None, None, now)
+        .await
+        .unwrap_err();
     assert!(matches!(err, HoldError::Unknown(_)));
     assert!(err.to_string().contains("no hold named \"nope\""), "{err}");
-    let backwards = NewHold { since: Some(t(5)), until: Some(t(1)), ..hold("h") };
+    let backwards = NewHold {
+        since: Some(t(5)),
+        until: Some(t(1)),
+        ..hold("h")
+    };
     let err = store.place_hold(&backwards, now).await.unwrap_err();
     assert!(err.to_string().contains("--until"), "{err}");
     let err = store
-        .place_hold(&NewHold { source: Some("nowhere".into()), ..hold("h") }, now)
+        .place_hold(
+            &NewHold {
+                source: Some("nowhere".into()),
+                ..hold("h")
+            },
+            now,
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("not in the archive (archived sources: s)"), "{err}");
-    let err = store.place_hold(&NewHold { reason: " ".into(), ..hold("h") }, now).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not in the archive (archived sources: s)"),
+        "{err}"
+    );
+    let err = store
+        .place_hold(
+            &NewHold {
+                reason: " ".into(),
+                ..hold("h")
+            },
+            now,
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("--reason"), "{err}");
     store.place_hold(&hold("h"), now).await.unwrap();
     let err = store.place_hold(&hold("h"), now).await.unwrap_err();
@@ -385,12 +488,22 @@ async fn bad_hold_requests_are_refused_with_a_clear_error() {
     assert!(err.to_string().contains("already released"), "{err}");
     // nothing of the refused requests reached the chain: one placed, one released
     assert_eq!(
-        count(&store, "SELECT count(*) FROM vault.events WHERE kind LIKE 'hold_%'").await,
+        count(
+            &store,
+            "SELECT count(*) FROM vault.events WHERE kind LIKE 'hold_%'"
+        )
+        .await,
         2
     );
     // holds are placed and released, never rewritten
-    let err = sqlx::query("DELETE FROM vault.holds").execute(store.pool()).await.unwrap_err();
-    assert!(err.to_string().contains("placed once and released once"), "{err}");
+    let err = sqlx::query("DELETE FROM vault.holds")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("placed once and released once"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -398,7 +511,9 @@ async fn bad_hold_requests_are_refused_with_a_clear_error() {
 
 fn chatvault(dir: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatvault"));
-    cmd.current_dir(dir).args(args).env_remove("CHATVAULT_CONFIG");
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("CHATVAULT_CONFIG");
     for var in [
         "CHATVAULT_DATABASE_URL",
         "CHATVAULT_DATA_DIR",
@@ -437,11 +552,17 @@ async fn the_purge_command_removes_expired_messages_from_the_archive_and_from_se
     let store = Store::connect(options, 2).await.unwrap();
     store.migrate().await.unwrap();
     let src = SourceName::new("s");
-    store.register_source(&src, Platform::Tangsengdaodao).await.unwrap();
+    store
+        .register_source(&src, Platform::Tangsengdaodao)
+        .await
+        .unwrap();
     // g1: "zebra" messages from 2025 (past a 30-day retention) and one sent an hour ago.
-    let mut old: Vec<_> = (1..=5).map(|i| message("g1", &format!("m{i}"), i, "zebra crossing")).collect();
+    let mut old: Vec<_> = (1..=5)
+        .map(|i| message("g1", &format!("m{i}"), i, "zebra crossing"))
+        .collect();
     let mut recent = message("g1", "m9", 9, "zebra today");
-    recent.header.as_mut().unwrap().sent_at = chatvault::model::to_micros(Utc::now() - chrono::Duration::hours(1));
+    recent.header.as_mut().unwrap().sent_at =
+        chatvault::model::to_micros(Utc::now() - chrono::Duration::hours(1));
     old.push(recent);
     let mut p = page("m/g1", None, 9, old);
     p.conversations.push(conversation("g1"));
@@ -457,17 +578,62 @@ async fn the_purge_command_removes_expired_messages_from_the_archive_and_from_se
     .unwrap();
     let out = run(dir.path(), &["reindex"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let hits = |out: &Output| text(&out.stdout).lines().filter(|l| l.starts_with('{')).count();
+    let hits = |out: &Output| {
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .count()
+    };
     let out = run(dir.path(), &["search", "zebra", "--json"]).await;
     assert_eq!(hits(&out), 6, "{}", text(&out.stdout));
 
-    let out = run(dir.path(), &["hold", "add", "--name", "bad", "--since", "2026-01-01", "--until", "2025-01-01", "--reason", "x"]).await;
+    let out = run(
+        dir.path(),
+        &[
+            "hold",
+            "add",
+            "--name",
+            "bad",
+            "--since",
+            "2026-01-01",
+            "--until",
+            "2025-01-01",
+            "--reason",
+            "x",
+        ],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--until"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--until"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(dir.path(), &["hold", "release", "nope"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no hold named \"nope\""), "{}", text(&out.stderr));
-    let out = run(dir.path(), &["hold", "add", "--name", "keep-m1", "--source", "s", "--since", "2025-06-15T15:06:41Z", "--until", "2025-06-15T15:06:42Z", "--reason", "case 7"]).await;
+    assert!(
+        text(&out.stderr).contains("no hold named \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "hold",
+            "add",
+            "--name",
+            "keep-m1",
+            "--source",
+            "s",
+            "--since",
+            "2025-06-15T15:06:41Z",
+            "--until",
+            "2025-06-15T15:06:42Z",
+            "--reason",
+            "case 7",
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = run(dir.path(), &["hold", "list", "--json"]).await;
     let listed: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
@@ -485,16 +651,41 @@ async fn the_purge_command_removes_expired_messages_from_the_archive_and_from_se
 
     let out = run(dir.path(), &["purge", "--batch", "3"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("purged 4 messages, 4 versions, 0 reactions in 1 conversations (2 purge events)"), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("purge event"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "purged 4 messages, 4 versions, 0 reactions in 1 conversations (2 purge events)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("purge event"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(dir.path(), &["search", "zebra", "--json"]).await;
-    let found: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let mut ids: Vec<&str> = found.iter().map(|h| h["message_id"].as_str().unwrap()).collect();
+    let found: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ids: Vec<&str> = found
+        .iter()
+        .map(|h| h["message_id"].as_str().unwrap())
+        .collect();
     ids.sort();
-    assert_eq!(ids, ["m1", "m9"], "the held and the recent message remain searchable");
+    assert_eq!(
+        ids,
+        ["m1", "m9"],
+        "the held and the recent message remain searchable"
+    );
 
     let out = run(dir.path(), &["verify"]).await;
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let stdout = text(&out.stdout);
     assert_eq!(stdout.matches("purged").count(), 2, "{stdout}");
     assert!(stdout.contains("2 documents, 2 messages"), "{stdout}");
@@ -513,5 +704,9 @@ async fn the_purge_command_removes_expired_messages_from_the_archive_and_from_se
     .unwrap();
     let out = run(dir.path(), &["purge"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("retention.default: invalid retention period \"7 years\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("retention.default: invalid retention period \"7 years\""),
+        "{}",
+        text(&out.stderr)
+    );
 }
