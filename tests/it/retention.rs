@@ -710,3 +710,24 @@ async fn the_purge_command_removes_expired_messages_from_the_archive_and_from_se
         text(&out.stderr)
     );
 }
+
+#[test]
+fn hold_and_purge_have_help_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["hold", "add", "--help"][..],
+        &["hold", "list", "--help"],
+        &["hold", "release", "--help"],
+        &["purge", "--help"],
+    ] {
+        let out = chatvault(dir.path(), args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            text(&out.stdout).contains("Example"),
+            "{args:?} has no example"
+        );
+    }
+    // a batch size out of bounds is refused by the command line
+    let out = chatvault(dir.path(), &["purge", "--batch", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}
