@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::model::{Platform, SourceName};
+use crate::retention::{self, Retention, RetentionConfig};
 
 /// A secret string. Never printed: `Debug` and `Display` show `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub sync: SyncConfig,
     pub sources: Vec<SourceConfig>,
+    /// `[retention]`: what is purged when, and whether the daemon purges by itself.
+    pub retention: RetentionConfig,
     pub integrity: IntegrityConfig,
 }
 
@@ -238,8 +241,10 @@ const TOP_KEYS: &[&str] = &[
     "sync",
     "source",
     "integrity",
+    "retention",
 ];
 const INTEGRITY_KEYS: &[&str] = &["heads_file", "heads_command", "heads_command_timeout"];
+const RETENTION_KEYS: &[&str] = &["default", "auto_purge", "conversation_type"];
 const DATABASE_KEYS: &[&str] = &["url", "url_env", "url_file", "max_connections"];
 const STORAGE_KEYS: &[&str] = &["data_dir"];
 const SERVER_KEYS: &[&str] = &[
@@ -261,6 +266,7 @@ const SOURCE_KEYS: &[&str] = &[
     "schedule",
     "requests_per_second",
     "request_timeout",
+    "retention",
 ];
 const TSDD_KEYS: &[&str] = &[
     "base_url",
@@ -437,6 +443,7 @@ fn parse_with_mode(
         problems: Vec::new(),
         warnings: Vec::new(),
         offline,
+        source_retention: std::collections::BTreeMap::new(),
     };
     let document = match ImDocument::parse(text) {
         Ok(document) => document,
@@ -470,6 +477,8 @@ struct Cx<'a> {
     warnings: Vec<String>,
     /// Source secrets that cannot be resolved are warnings (see [`load_offline`]).
     offline: bool,
+    /// Each source's `retention`, read with the source, kept in `[retention]`'s config.
+    source_retention: std::collections::BTreeMap<String, Retention>,
 }
 
 impl Cx<'_> {
@@ -953,6 +962,7 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
     let sync = read_sync(cx, root);
     let sources = read_sources(cx, root);
     let integrity = read_integrity(cx, root);
+    let retention = read_retention(cx, root);
     Config {
         path: cx.file.clone(),
         database,
@@ -961,6 +971,55 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
         sync,
         sources,
         integrity,
+        retention,
+    }
+}
+
+/// A retention period under `key` (`90d`, `18m`, `7y`, `forever`); `None` when absent or
+/// wrong (a problem then).
+fn read_period(cx: &mut Cx, section: &Section, key: &str) -> Option<Retention> {
+    let (text, span) = section.string(cx, key)?;
+    match retention::parse(text) {
+        Ok(period) => Some(period),
+        Err(message) => {
+            cx.problem(span, section.key_path(key), message);
+            None
+        }
+    }
+}
+
+fn read_retention(cx: &mut Cx, root: &Section) -> RetentionConfig {
+    let section = root.child(cx, "retention");
+    section.check_keys(cx, RETENTION_KEYS, None);
+    let default = read_period(cx, &section, "default").flatten();
+    let auto_purge = section.bool_or(cx, "auto_purge", false);
+    let types = section.child(cx, "conversation_type");
+    let names: Vec<&str> = retention::CONVERSATION_TYPES
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    types.check_keys(cx, &names, None);
+    let mut conversation_type = std::collections::BTreeMap::new();
+    for name in names {
+        if let Some(period) = read_period(cx, &types, name) {
+            conversation_type.insert(name.to_string(), period);
+        }
+    }
+    let any_period = default.is_some()
+        || conversation_type.values().any(Option::is_some)
+        || cx.source_retention.values().any(Option::is_some);
+    if auto_purge && !any_period {
+        cx.problem(
+            section.span_of("auto_purge"),
+            section.key_path("auto_purge"),
+            "is true but no retention period is configured (retention.default, [retention.conversation_type] or a source's retention), so nothing would ever be purged",
+        );
+    }
+    RetentionConfig {
+        default,
+        conversation_type,
+        sources: std::mem::take(&mut cx.source_retention),
+        auto_purge,
     }
 }
 
@@ -1454,6 +1513,10 @@ fn read_source<'t>(
     );
     let request_timeout =
         section.seconds_or(cx, "request_timeout", 30, 1, MAX_REQUEST_TIMEOUT_SECONDS);
+    // Kept in `[retention]`'s config (`RetentionConfig::sources`), by source name.
+    if let (Some(period), Some(name)) = (read_period(cx, &section, "retention"), name) {
+        cx.source_retention.insert(name.to_string(), period);
+    }
 
     let platform = match platform? {
         Platform::Tangsengdaodao => PlatformConfig::Tangsengdaodao(read_tsdd(cx, &section)?),
@@ -2020,6 +2083,59 @@ mod tests {
     }
 
     #[test]
+    fn retention_values_and_every_problem_with_them() {
+        use crate::retention::Period;
+        let config = loaded(
+            &format!(
+                "{}retention = \"5y\"\n[retention]\ndefault = \"7y\"\nauto_purge = true\n\
+                 [retention.conversation_type]\ngroup = \"18m\"\nbot = \"forever\"\n",
+                tsdd(TSDD_PASSWORD_ENV)
+            ),
+            &[("PW", "p")],
+        )
+        .config;
+        let r = &config.retention;
+        assert_eq!(r.default, Some(Period::Years(7)));
+        assert!(r.auto_purge);
+        assert_eq!(r.conversation_type["group"], Some(Period::Months(18)));
+        assert_eq!(r.conversation_type["bot"], None);
+        assert_eq!(r.sources["a"], Some(Period::Years(5)));
+        assert_eq!(
+            loaded(&tsdd(TSDD_PASSWORD_ENV), &[("PW", "p")])
+                .config
+                .retention,
+            RetentionConfig::default()
+        );
+
+        let found = problems(
+            &format!(
+                "{}retention = \"0d\"\n[retention]\ndefault = \"7 years\"\nauto_purge = \"yes\"\n\
+                 keep = 1\n[retention.conversation_type]\ngrup = \"3y\"\ndirect = 5\n",
+                tsdd(TSDD_PASSWORD_ENV)
+            ),
+            &[("PW", "p")],
+        );
+        let expected = [
+            "source \"a\".retention: retention period \"0d\" would purge everything at once",
+            "retention.default: invalid retention period \"7 years\"",
+            "retention.auto_purge: expected a boolean",
+            "retention: unknown key \"keep\"",
+            "retention.conversation_type: unknown key \"grup\", did you mean \"group\"?",
+            "retention.conversation_type.direct: expected a string",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (line, want) in found.iter().zip(expected) {
+            assert!(line.contains(want), "{line:?} does not contain {want:?}");
+        }
+
+        let found = problems("[retention]\nauto_purge = true\n", &[]);
+        assert!(
+            found[0].contains("nothing would ever be purged"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn toml_syntax_error_has_its_line() {
         let problems = problems("[server]\nlisten = \n", &[]);
         assert_eq!(problems.len(), 1);
@@ -2357,6 +2473,7 @@ mod tests {
             SERVER_KEYS,
             SYNC_KEYS,
             SOURCE_KEYS,
+            RETENTION_KEYS,
             TSDD_KEYS,
             YUNXIN_KEYS,
             YUNHU_KEYS,

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod pg;
+pub mod retention;
 pub mod scheduler;
 pub mod sim;
 pub mod store;

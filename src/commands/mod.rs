@@ -20,7 +20,9 @@ pub mod coverage;
 pub mod demo;
 pub mod doctor;
 pub mod export;
+pub mod hold;
 pub mod migrate;
+pub mod purge;
 pub mod reindex;
 pub mod run;
 pub mod search;
@@ -101,6 +103,11 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run a fake upstream server with a generated world, to point a configuration at.
     Sim(sim::SimArgs),
+    /// Legal holds: place, list and release them; what a hold covers is never purged.
+    #[command(subcommand)]
+    Hold(hold::HoldCommand),
+    /// Remove the messages past retention that no hold covers (each batch an event).
+    Purge(purge::PurgeArgs),
 }
 
 impl Command {
@@ -134,6 +141,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(command) => config::run(command, config),
         Command::Demo(args) => demo::run(args).await,
         Command::Sim(args) => sim::run(args).await,
+        Command::Hold(command) => hold::run(command, config).await,
+        Command::Purge(args) => purge::run(args, config).await,
     }
 }
 

@@ -141,6 +141,13 @@ pub(super) async fn daemon(
             }
         })
     };
+    let purger = config.retention.auto_purge.then(|| {
+        tokio::spawn(super::purge::daily(
+            store.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let mut runs = tokio::spawn(scheduler.run(stop_rx));
 
     let signal_name = tokio::select! {
@@ -175,6 +182,10 @@ pub(super) async fn daemon(
         );
         runs.abort();
         let _ = runs.await;
+    }
+    // A purge batch cut off here rolls back whole; the next purge goes on.
+    if let Some(purger) = purger {
+        purger.abort();
     }
     if tokio::time::timeout(Duration::from_secs(2), api)
         .await

@@ -116,6 +116,20 @@ async fn verify(
         "{}: {entries} entries, head {head}",
         crate::store::ACCESS_LOG_CHAIN
     )?;
+    for p in &report.purges {
+        writeln!(
+            out,
+            "{}: event {} purged {} messages, {} versions, {} reactions sent before {} ({}; {})",
+            p.source,
+            p.event_seq,
+            p.messages,
+            p.versions,
+            p.reactions,
+            p.cutoff,
+            p.rule,
+            p.observed_at.format("%Y-%m-%d %H:%M:%S UTC")
+        )?;
+    }
     if report.ok() {
         writeln!(out, "ok: every chain is intact")?;
         return Ok(if index_ok {

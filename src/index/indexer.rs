@@ -6,7 +6,8 @@
 //!   index and its watermark agree, and the events after it are applied again.
 //! - Applying an event re-reads the message's *current* state from PostgreSQL and replaces
 //!   its document (delete by key, then add), so applying twice changes nothing: no
-//!   duplicates, whatever the crash point.
+//!   duplicates, whatever the crash point. A `messages_purged` event deletes the documents
+//!   of the messages its listing names (`vault.purged_messages`); deleting twice is a no-op.
 //! - Events are read per source in `event_seq` order. A source's events are appended under
 //!   its chain-head lock, each transaction after the previous one committed, so the visible
 //!   events of a source are always a gapless prefix: reading `event_seq > watermark` never
@@ -27,6 +28,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{IndexWriter, TantivyDocument, Term};
 use tokio::sync::watch;
 
+use crate::store::retention::PURGE_EVENT;
 use crate::store::Store;
 
 use super::{
@@ -129,6 +131,29 @@ async fn write_docs(
     })
     .await
     .context("the indexing thread panicked")?
+}
+
+/// Delete the documents of messages a purge removed.
+async fn delete_docs(
+    writer: &Arc<Mutex<IndexWriter>>,
+    fields: Fields,
+    source: &str,
+    keys: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let writer = writer.clone();
+    let source = source.to_string();
+    tokio::task::spawn_blocking(move || {
+        let w = writer.lock().expect("index writer lock poisoned");
+        for (conversation, message) in &keys {
+            let key = doc_key(&source, conversation, message);
+            w.delete_term(Term::from_field_text(fields.key, &key));
+        }
+    })
+    .await
+    .context("the indexing thread panicked")
 }
 
 async fn commit(writer: &Arc<Mutex<IndexWriter>>, payload: &Payload) -> anyhow::Result<()> {
@@ -254,7 +279,19 @@ impl Indexer {
                 };
                 let mut keys = Vec::new();
                 let mut seen = std::collections::HashSet::new();
+                let mut purged = Vec::new();
                 for e in &events {
+                    if e.kind == PURGE_EVENT {
+                        purged.extend(store.purged_keys(source, e.event_seq).await.with_context(
+                            || {
+                                format!(
+                                    "cannot read what purge event {} of source {source} removed",
+                                    e.event_seq
+                                )
+                            },
+                        )?);
+                        continue;
+                    }
                     if !e.kind.starts_with("message_") {
                         continue;
                     }
@@ -273,7 +310,10 @@ impl Indexer {
                 };
                 report.events += events.len() as u64;
                 report.documents += docs.len() as u64;
-                uncommitted += docs.len();
+                uncommitted += docs.len() + purged.len();
+                // Deletes first: a message purged and archived again later in this batch
+                // is added back by its own event.
+                delete_docs(&w.writer, fields, source, purged).await?;
                 write_docs(&w.writer, fields, docs).await?;
                 w.payload.watermarks.insert(source.clone(), last);
                 if uncommitted >= commit_every {

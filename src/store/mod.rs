@@ -23,6 +23,7 @@ pub mod export;
 pub mod heads;
 pub mod index_feed;
 mod lock;
+pub mod retention;
 mod runs;
 pub mod upstream;
 mod verify;

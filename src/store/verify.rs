@@ -71,6 +71,8 @@ pub struct VerifyReport {
     /// The access log: entries checked and the head `seq:hash`.
     pub access_log: (i64, String),
     pub failures: Vec<VerifyFailure>,
+    /// Every purge in the chains, checked against what it lists as removed.
+    pub purges: Vec<super::retention::PurgeSummary>,
 }
 
 impl VerifyReport {
@@ -129,6 +131,7 @@ impl Store {
             .collect();
         let (count, last) = self.verify_access_log(&wanted, &mut report).await?;
         report.access_log = (count, format!("{}:{}", last.0, hex::encode(last.1)));
+        report.purges = self.verify_purges(&mut report.failures).await?;
         Ok(report)
     }
 

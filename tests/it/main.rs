@@ -21,6 +21,7 @@ mod files;
 mod heads;
 mod monitoring;
 mod pg;
+mod retention;
 mod runs;
 mod search;
 mod search_api;
