@@ -26,20 +26,6 @@ async fn entries(store: &Store) -> Vec<chatvault::store::AccessEntry> {
     store.access_log(None, None).try_collect().await.unwrap()
 }
 
-/// As someone with write access to the database could: the triggers off for this session.
-async fn as_superuser_without_triggers(store: &Store, sql: &str) {
-    let mut conn = store.pool().acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query(sql).execute(&mut *conn).await.unwrap();
-    sqlx::query("SET session_replication_role = DEFAULT")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn the_log_is_append_only_chained_and_verify_catches_a_changed_row() {
     let (store, _src) = store().await;
@@ -101,7 +87,7 @@ async fn the_log_is_append_only_chained_and_verify_catches_a_changed_row() {
     assert_eq!(report.failures[0].source, "access-log");
 
     // someone with write access changes a count: verify names the row
-    as_superuser_without_triggers(
+    tamper(
         &store,
         "UPDATE vault.access_log SET results = 99 WHERE seq = 2",
     )
@@ -118,7 +104,7 @@ async fn the_log_is_append_only_chained_and_verify_catches_a_changed_row() {
     );
 
     // and a deleted row is a gap
-    as_superuser_without_triggers(&store, "DELETE FROM vault.access_log WHERE seq = 1").await;
+    tamper(&store, "DELETE FROM vault.access_log WHERE seq = 1").await;
     let problems: Vec<String> = store
         .verify(&[])
         .await
@@ -393,7 +379,7 @@ async fn cli_search_and_export_are_recorded_and_verify_catches_a_changed_row() {
     )
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    as_superuser_without_triggers(
+    tamper(
         &store,
         "UPDATE vault.access_log SET who = 'nobody' WHERE seq = 1",
     )

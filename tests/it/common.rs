@@ -127,3 +127,18 @@ pub fn snapshot_diff(want: &[String], got: &[String]) -> Vec<String> {
     diff.extend(got_set.difference(&want_set).map(|l| format!("+ {l}")));
     diff
 }
+
+/// Run `sql` as someone with write access to the database could: the append-only triggers
+/// off on this connection (an owner can do that; `verify` is what must catch it).
+pub async fn tamper(store: &Store, sql: &str) {
+    let mut conn = store.pool().acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&mut *conn).await.unwrap();
+    sqlx::query("SET session_replication_role = origin")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}

@@ -16,7 +16,7 @@ use chatvault::store::canonical::{self, canonical_time};
 use chatvault::store::retention::{HoldError, NewHold, PurgePosition};
 use chatvault::store::Store;
 
-use crate::common::{archive_snapshot, conversation, count, message, page, store, t};
+use crate::common::{archive_snapshot, conversation, count, message, page, store, t, tamper};
 
 /// Group `g1`: m1..m6 sent at t(1)..t(6), m2 edited once, m3 with two reactions, m5 sent by
 /// `u2`. Direct `d1`: x1 at t(1).
@@ -421,19 +421,6 @@ async fn a_version_deleted_outside_a_purge_is_refused_and_still_reported() {
             .any(|p| p.contains("not before the cut-off")),
         "{problems:?}"
     );
-}
-
-async fn tamper(store: &Store, sql: &str) {
-    let mut conn = store.pool().acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query(sql).execute(&mut *conn).await.unwrap();
-    sqlx::query("SET session_replication_role = origin")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
 }
 
 #[tokio::test]

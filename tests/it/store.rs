@@ -2,6 +2,7 @@
 //! the hash chain and `verify`.
 
 use crate::common;
+use crate::common::tamper;
 
 use chatvault::model::{Mark, Page, ReactionObservation, ReactionState, SourceName};
 use chatvault::store::canonical::{chain_hash, EventFields, GENESIS};
@@ -521,20 +522,6 @@ async fn history(store: &Store, src: &SourceName) {
     recall.recalled = Some(Mark::default());
     store
         .apply_page(src, &page("m/c", Some(3), 3, vec![edit, recall]))
-        .await
-        .unwrap();
-}
-
-async fn tamper(store: &Store, sql: &str) {
-    let mut conn = store.pool().acquire().await.unwrap();
-    // an attacker with owner rights bypasses the append-only triggers
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query(sql).execute(&mut *conn).await.unwrap();
-    sqlx::query("SET session_replication_role = origin")
-        .execute(&mut *conn)
         .await
         .unwrap();
 }
