@@ -4,6 +4,7 @@
 //! last sync are reported message by message; a failing upstream records no proof.
 
 use crate::common;
+use crate::common::tamper;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -179,26 +180,27 @@ async fn tsdd_an_archive_altered_in_its_base_tables_is_reported_with_the_exact_m
     let plain = plain_group_texts(&_server);
     let (forged_conv, forged) = plain[3].clone();
     let (_, removed) = plain[plain.len() - 5].clone();
-    // as the database owner would: around the append-only trigger, and a row deleted
-    let mut tx = store.pool().begin().await.unwrap();
-    for sql in [
-        "ALTER TABLE vault.message_versions DISABLE TRIGGER message_versions_append_only",
-        "UPDATE vault.message_versions SET text = 'forged', content = '{\"text\": \"forged\"}'
-         WHERE conversation_id = $1 AND message_id = $2",
-        "ALTER TABLE vault.message_versions ENABLE TRIGGER message_versions_append_only",
-    ] {
-        let mut q = sqlx::query(sql);
-        if sql.starts_with("UPDATE") {
-            q = q.bind(&forged_conv).bind(&forged);
-        }
-        q.execute(&mut *tx).await.unwrap();
-    }
-    sqlx::query("DELETE FROM vault.messages WHERE message_id = $1")
-        .bind(&removed)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    // as the database owner would: around the append-only triggers, a version rewritten and
+    // a row deleted
+    let quote = |s: &str| s.replace('\'', "''");
+    tamper(
+        &store,
+        &format!(
+            "UPDATE vault.message_versions SET text = 'forged', content = '{{\"text\": \"forged\"}}'
+             WHERE conversation_id = '{}' AND message_id = '{}'",
+            quote(&forged_conv),
+            quote(&forged)
+        ),
+    )
+    .await;
+    tamper(
+        &store,
+        &format!(
+            "DELETE FROM vault.messages WHERE message_id = '{}'",
+            quote(&removed)
+        ),
+    )
+    .await;
 
     let proof = prove_source(&store, &src, &proof_options(&session, 10_000)).await;
     assert_eq!(proof.error, None);
