@@ -73,6 +73,56 @@ pub struct Config {
     /// `[retention]`: what is purged when, and whether the daemon purges by itself.
     pub retention: RetentionConfig,
     pub integrity: IntegrityConfig,
+    /// `[attachments]`: which files messages point to are downloaded, where they go, and
+    /// how fast.
+    pub attachments: AttachmentsConfig,
+}
+
+/// `[attachments]` (README, "Attachments").
+#[derive(Clone, Debug)]
+pub struct AttachmentsConfig {
+    /// Whether attachments are downloaded at all (references are recorded either way).
+    pub enabled: bool,
+    /// The kinds downloaded; the others are recorded as `skipped`.
+    pub kinds: Vec<crate::attachments::AttachmentKind>,
+    /// Where blobs go.
+    pub store: BlobStoreConfig,
+    /// A file larger than this is not kept (`too_large`).
+    pub max_file_bytes: u64,
+    /// At most this much is downloaded per source and run; the rest waits for the next run.
+    pub max_run_bytes: u64,
+    /// Download requests per second, per source (separate from the source's own limit).
+    pub requests_per_second: f64,
+    /// Downloads in flight at once, per source.
+    pub concurrency: u32,
+    /// Attempts before a download that keeps failing is given up (`gone` for 404 and
+    /// expired URLs, `failed` otherwise).
+    pub max_attempts: u32,
+    /// Timeout of one download.
+    pub request_timeout: Duration,
+}
+
+/// `attachments.store`: a directory (the default: `data_dir/attachments`) or an
+/// S3-compatible bucket.
+#[derive(Clone, Debug)]
+pub enum BlobStoreConfig {
+    Directory(PathBuf),
+    S3(S3Config),
+}
+
+/// `store = "s3://bucket/prefix"` with `[attachments.s3]`.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    /// Whether an `http://` endpoint is allowed (a server on the same machine).
+    pub allow_http: bool,
 }
 
 /// `[integrity]`: where the chain heads go after each sync run, to be kept outside the
@@ -242,6 +292,30 @@ const TOP_KEYS: &[&str] = &[
     "source",
     "integrity",
     "retention",
+    "attachments",
+];
+const ATTACHMENTS_KEYS: &[&str] = &[
+    "enabled",
+    "kinds",
+    "store",
+    "max_file_mb",
+    "max_run_mb",
+    "requests_per_second",
+    "concurrency",
+    "max_attempts",
+    "request_timeout",
+    "s3",
+];
+const S3_KEYS: &[&str] = &[
+    "endpoint",
+    "region",
+    "allow_http",
+    "access_key_id",
+    "access_key_id_env",
+    "access_key_id_file",
+    "secret_access_key",
+    "secret_access_key_env",
+    "secret_access_key_file",
 ];
 const INTEGRITY_KEYS: &[&str] = &["heads_file", "heads_command", "heads_command_timeout"];
 const RETENTION_KEYS: &[&str] = &["default", "auto_purge", "conversation_type"];
@@ -963,6 +1037,7 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
     let sources = read_sources(cx, root);
     let integrity = read_integrity(cx, root);
     let retention = read_retention(cx, root);
+    let attachments = read_attachments(cx, root, &storage.data_dir);
     Config {
         path: cx.file.clone(),
         database,
@@ -972,7 +1047,168 @@ fn read_config(cx: &mut Cx, root: &Section) -> Config {
         sources,
         integrity,
         retention,
+        attachments,
     }
+}
+
+fn read_attachments(cx: &mut Cx, root: &Section, data_dir: &Path) -> AttachmentsConfig {
+    use crate::attachments::AttachmentKind;
+    let section = root.child(cx, "attachments");
+    section.check_keys(cx, ATTACHMENTS_KEYS, None);
+    let enabled = section.bool_or(cx, "enabled", true);
+    let kinds = read_kinds(cx, &section).unwrap_or_else(|| AttachmentKind::ALL.to_vec());
+    let store = match section.string(cx, "store") {
+        None => BlobStoreConfig::Directory(data_dir.join("attachments")),
+        Some((text, span)) => match text.strip_prefix("s3://") {
+            Some(rest) => read_s3(cx, &section, rest, span).map_or_else(
+                || BlobStoreConfig::Directory(data_dir.join("attachments")),
+                BlobStoreConfig::S3,
+            ),
+            None if Path::new(text).is_absolute() => {
+                BlobStoreConfig::Directory(PathBuf::from(text))
+            }
+            None => {
+                cx.problem(
+                    span,
+                    section.key_path("store"),
+                    format!("must be an absolute directory or s3://bucket/prefix, got {text:?}"),
+                );
+                BlobStoreConfig::Directory(data_dir.join("attachments"))
+            }
+        },
+    };
+    if !matches!(store, BlobStoreConfig::S3(_)) && section.has("s3") {
+        cx.problem(
+            section.span_of("s3"),
+            section.key_path("s3"),
+            "is given but store is not an s3:// URL, so it would not be used",
+        );
+    }
+    const MB: u64 = 1024 * 1024;
+    let max_file_mb = section
+        .integer(cx, "max_file_mb", 1..=1_000_000)
+        .unwrap_or(200) as u64;
+    let max_run_mb = section
+        .integer(cx, "max_run_mb", 1..=1_000_000_000)
+        .unwrap_or(10_240) as u64;
+    AttachmentsConfig {
+        enabled,
+        kinds,
+        store,
+        max_file_bytes: max_file_mb * MB,
+        max_run_bytes: max_run_mb * MB,
+        requests_per_second: section.f64_in_or(
+            cx,
+            "requests_per_second",
+            10.0,
+            MIN_REQUESTS_PER_SECOND,
+            MAX_REQUESTS_PER_SECOND,
+        ),
+        concurrency: section.u32_or(cx, "concurrency", 4, 1..=64),
+        max_attempts: section.u32_or(cx, "max_attempts", 5, 1..=MAX_RETRIES),
+        request_timeout: section.seconds_or(
+            cx,
+            "request_timeout",
+            300,
+            1,
+            MAX_REQUEST_TIMEOUT_SECONDS,
+        ),
+    }
+}
+
+/// `attachments.kinds`: an array of kind names, each known.
+fn read_kinds(cx: &mut Cx, section: &Section) -> Option<Vec<crate::attachments::AttachmentKind>> {
+    use crate::attachments::AttachmentKind;
+    if !section.has("kinds") {
+        return None;
+    }
+    let (array, span) = section.typed(cx, "kinds", "an array of strings", Value::as_array)?;
+    let mut kinds = Vec::new();
+    for value in array.iter() {
+        match value.as_str().and_then(AttachmentKind::parse) {
+            Some(kind) => {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            None => {
+                let names: Vec<&str> = AttachmentKind::ALL.iter().map(|k| k.as_str()).collect();
+                cx.problem(
+                    value.span().or(span.clone()),
+                    section.key_path("kinds"),
+                    match value.as_str() {
+                        Some(name) => {
+                            format!("{name:?} is not a kind; the kinds are {}", names.join(", "))
+                        }
+                        None => format!("each kind is a string, one of {}", names.join(", ")),
+                    },
+                );
+                return None;
+            }
+        }
+    }
+    Some(kinds)
+}
+
+/// `[attachments.s3]` for `store = "s3://rest"`.
+fn read_s3(
+    cx: &mut Cx,
+    parent: &Section,
+    rest: &str,
+    span: Option<Range<usize>>,
+) -> Option<S3Config> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_matches('/').to_string();
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !bucket_ok {
+        cx.problem(
+            span,
+            parent.key_path("store"),
+            format!("{bucket:?} is not an S3 bucket name (3 to 63 lowercase letters, digits, '-' or '.')"),
+        );
+        return None;
+    }
+    let section = parent.child(cx, "s3");
+    section.check_keys(cx, S3_KEYS, None);
+    let endpoint = section
+        .http_url(cx, "endpoint", None)
+        .filter(|_| section.has("endpoint"));
+    let allow_http = section.bool_or(cx, "allow_http", false);
+    if let Some(endpoint) = &endpoint {
+        if endpoint.starts_with("http://") && !allow_http {
+            cx.problem(
+                section.span_of("endpoint"),
+                section.key_path("endpoint"),
+                "is http://; set allow_http = true to send credentials unencrypted (only for a server on this machine)",
+            );
+        }
+    }
+    let region = section
+        .string(cx, "region")
+        .map_or_else(|| "us-east-1".to_string(), |(r, _)| r.to_string());
+    let access_key_id = section.secret(cx, "access_key_id", |_| true);
+    let secret_access_key = section.secret(cx, "secret_access_key", |_| true);
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        cx.problem(
+            section
+                .span_of("access_key_id")
+                .or(section.span_of("secret_access_key")),
+            &section.path,
+            "give both access_key_id and secret_access_key (as _env or _file), or neither",
+        );
+    }
+    Some(S3Config {
+        bucket: bucket.to_string(),
+        prefix,
+        endpoint,
+        region,
+        access_key_id,
+        secret_access_key,
+        allow_http,
+    })
 }
 
 /// A retention period under `key` (`90d`, `18m`, `7y`, `forever`); `None` when absent or
@@ -1717,6 +1953,57 @@ mod tests {
 
     fn loaded(text: &str, vars: &[(&str, &str)]) -> Loaded {
         check(text, vars).unwrap_or_else(|errors| panic!("unexpected problems:\n{errors}"))
+    }
+
+    #[test]
+    fn attachments_default_to_every_kind_in_the_data_dir_and_check_s3() {
+        use crate::attachments::AttachmentKind;
+        let config = loaded("", &[]).config.attachments;
+        assert!(config.enabled);
+        assert_eq!(config.kinds, AttachmentKind::ALL.to_vec());
+        assert!(
+            matches!(&config.store, BlobStoreConfig::Directory(d) if d.ends_with("attachments"))
+        );
+        assert_eq!(config.max_file_bytes, 200 * 1024 * 1024);
+
+        let config = loaded(
+            "[attachments]\nkinds = [\"image\", \"file\"]\nstore = \"s3://archive-media/chat/\"\nmax_file_mb = 5\n[attachments.s3]\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\naccess_key_id_env = \"K\"\nsecret_access_key_env = \"S\"\n",
+            &[("K", "AKIA"), ("S", "very-secret")],
+        )
+        .config
+        .attachments;
+        assert_eq!(
+            config.kinds,
+            vec![AttachmentKind::Image, AttachmentKind::File]
+        );
+        assert_eq!(config.max_file_bytes, 5 * 1024 * 1024);
+        let BlobStoreConfig::S3(s3) = &config.store else {
+            panic!("{:?}", config.store)
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("archive-media", "chat")
+        );
+        assert!(!format!("{config:?}").contains("very-secret"));
+
+        let found = problems(
+            "[attachments]\nkinds = [\"gif\"]\nstore = \"relative/dir\"\nconcurrency = 0\n",
+            &[],
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("\"gif\" is not a kind"), "{found:?}");
+        assert!(
+            found[1].contains("absolute directory or s3://"),
+            "{found:?}"
+        );
+        let found = problems("[attachments]\nstore = \"s3://B\"\n", &[]);
+        assert!(found[0].contains("not an S3 bucket name"), "{found:?}");
+        let found = problems(
+            "[attachments]\nstore = \"s3://media\"\n[attachments.s3]\nendpoint = \"http://10.0.0.1:9000\"\naccess_key_id_env = \"K\"\n",
+            &[("K", "x")],
+        );
+        assert!(found.iter().any(|p| p.contains("allow_http")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("give both")), "{found:?}");
     }
 
     #[test]

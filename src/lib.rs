@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the data flow and the invariants, and which module keeps each.
 
+pub mod attachments;
 pub mod commands;
 pub mod config;
 pub mod connector;

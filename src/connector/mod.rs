@@ -20,9 +20,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::attachments::{AttachmentRef, MediaRequest};
 use crate::config::{PlatformConfig, SourceConfig};
 use crate::model::{
-    ConversationObservation, Cursor, MessageObservation, Platform, QuarantineRecord,
+    Content, ConversationObservation, Cursor, MessageObservation, Platform, QuarantineRecord,
     ReactionObservation, SeqGap, WindowObservation,
 };
 
@@ -237,6 +238,29 @@ pub trait Connector: Send + Sync {
             "{}: re-reading archived messages from upstream is not supported",
             self.platform()
         )))
+    }
+
+    /// The files a stored version's content references, in the order they appear (an
+    /// attachment's ordinal is its place here). Pure: it reads only `content`, so versions
+    /// archived before attachments were fetched yield theirs too.
+    fn attachments(&self, content: &Content) -> Vec<AttachmentRef> {
+        let _ = content;
+        Vec::new()
+    }
+
+    /// How to download `reference` (its URL made absolute, the headers upstream wants,
+    /// the credentials that may go only to its origin). The fetcher sends it with its own
+    /// client, rate limit and size cap. The default is a plain GET of an absolute URL.
+    async fn media_request(
+        &self,
+        reference: &AttachmentRef,
+    ) -> Result<MediaRequest, ConnectorError> {
+        MediaRequest::get(&reference.url).map_err(|why| {
+            ConnectorError::Permanent(format!(
+                "attachment {}: {why}",
+                crate::attachments::shown_url(&reference.url)
+            ))
+        })
     }
 }
 
