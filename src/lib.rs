@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod pg;
+pub mod push;
 pub mod retention;
 pub mod scheduler;
 pub mod sim;

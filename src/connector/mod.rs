@@ -240,6 +240,18 @@ pub trait Connector: Send + Sync {
         )))
     }
 
+    /// Listen on the platform's push channel until the connection ends, sending a signal
+    /// per change to `sink` and reporting the connection's health there. Returns when the
+    /// connection drops (the engine reconnects with backoff) or fails to open. The default:
+    /// the platform has no push channel this connector opens itself.
+    async fn listen(&self, sink: crate::push::PushSink) -> Result<(), ConnectorError> {
+        let _ = sink;
+        Err(ConnectorError::Permanent(format!(
+            "{}: no push channel",
+            self.platform()
+        )))
+    }
+
     /// The files a stored version's content references, in the order they appear (an
     /// attachment's ordinal is its place here). Pure: it reads only `content`, so versions
     /// archived before attachments were fetched yield theirs too.
