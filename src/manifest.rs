@@ -276,7 +276,9 @@ fn check_attachments(dir: &Path, m: &AttachmentsManifest, report: &mut CheckRepo
             a.ordinal, a.message_id, a.source, a.conversation_id
         );
         if let Some(problem) = &a.problem {
-            report.problems.push(format!("{what}: not copied: {problem}"));
+            report
+                .problems
+                .push(format!("{what}: not copied: {problem}"));
         }
         match (&a.file, &a.sha256) {
             (Some(file), Some(sha)) => match listed.get(file.as_str()) {
@@ -284,9 +286,9 @@ fn check_attachments(dir: &Path, m: &AttachmentsManifest, report: &mut CheckRepo
                 Some(listed_sha) => report.problems.push(format!(
                     "{what}: its sha256 {sha} is not that of its file {file} ({listed_sha})"
                 )),
-                None => report
-                    .problems
-                    .push(format!("{what}: its file {file} is not among the files listed")),
+                None => report.problems.push(format!(
+                    "{what}: its file {file} is not among the files listed"
+                )),
             },
             (Some(file), None) => report
                 .problems

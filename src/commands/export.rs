@@ -187,7 +187,11 @@ fn check_args(args: &ExportArgs) -> anyhow::Result<()> {
         bail!("--eml-per applies to --format eml and mbox only");
     }
     if let Some(files) = &args.attachments {
-        super::export_attachments::check_args(files, args.output.as_deref(), args.format == ExportFormat::Eml)?;
+        super::export_attachments::check_args(
+            files,
+            args.output.as_deref(),
+            args.format == ExportFormat::Eml,
+        )?;
     }
     if args.format == ExportFormat::Eml {
         let Some(dir) = &args.output else {

@@ -129,12 +129,9 @@ fn parse_ordinal(value: &str) -> Result<i32, ApiError> {
              from the conversation page",
         ));
     }
-    value.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad attachment number in the path",
-        )
-    })
+    value
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad attachment number in the path"))
 }
 
 pub(super) async fn attachment_file(
@@ -145,7 +142,14 @@ pub(super) async fn attachment_file(
 ) -> Response {
     match serve(&state, &caller, path).await {
         Ok(response) => response,
-        Err(e) => e.into_response_for(&headers),
+        Err(e) => {
+            let mut response = e.into_response_for(&headers);
+            response.headers_mut().insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            response
+        }
     }
 }
 
@@ -181,9 +185,8 @@ async fn serve(
         ));
     };
     let sha256 = match (&a.sha256, a.status.as_str()) {
-        (Some(sha), "stored") => Sha256Hex::parse(sha).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}"))
-        })?,
+        (Some(sha), "stored") => Sha256Hex::parse(sha)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))?,
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -265,7 +268,10 @@ async fn serve(
         "cross-origin-resource-policy",
         HeaderValue::from_static("same-origin"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{sha256}\"")) {
         h.insert(header::ETAG, v);
     }

@@ -7,11 +7,11 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
+use super::attachments::{attachment_href, download_name, inline_type};
 use super::search::Results;
 use super::SearchForm;
 use crate::index::search::fragments;
 use crate::index::SearchHit;
-use super::attachments::{attachment_href, download_name, inline_type};
 use crate::store::browse::{
     AttachmentView, ConversationSummary, MessageSlice, MessageView, QuarantineView, ReactionView,
     RunView,
