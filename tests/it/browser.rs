@@ -362,7 +362,10 @@ async fn a_browser_shows_an_archived_image_on_the_conversation_page() {
         if !v.is_null() {
             break v;
         }
-        assert!(Instant::now() < deadline, "the image never finished loading");
+        assert!(
+            Instant::now() < deadline,
+            "the image never finished loading"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(natural, json!([3, 2]), "the 3×2 PNG is shown");
