@@ -515,3 +515,66 @@ async fn without_a_blob_store_the_page_still_shows_attachments_and_files_answer_
     assert_eq!(r.status(), 503);
     stop.send(true).unwrap();
 }
+
+#[tokio::test]
+async fn the_store_reads_attachments_by_message_by_key_and_for_an_export() {
+    let (store, source) = store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::in_directory(dir.path()).unwrap();
+    seed(&store, &source, &blobs).await;
+
+    let some = store
+        .message_attachments("s", "g1", &["3", "1", "77"])
+        .await
+        .unwrap();
+    let keys: Vec<(&str, i32, &str)> = some
+        .iter()
+        .map(|a| (a.message_id.as_str(), a.ordinal, a.status.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("1", 0, "stored"),
+            ("1", 1, "pending"),
+            ("3", 0, "failed"),
+            ("3", 1, "gone"),
+            ("3", 2, "too_large"),
+            ("3", 3, "skipped"),
+        ]
+    );
+    // the size is the stored one, or what upstream declares while not stored
+    assert_eq!(some[0].size, Some(PNG.len() as i64));
+    assert_eq!(some[1].size, Some(2048));
+
+    let image = store.attachment("s", "g1", "1", 0).await.unwrap().unwrap();
+    assert_eq!((image.width, image.height), (Some(3), Some(2)));
+    assert_eq!(image.sha256.as_deref(), Some(sha(PNG).as_str()));
+    assert_eq!(
+        image.upstream_url, "https://cdn.example/p/1.png",
+        "no credentials"
+    );
+    assert!(image.is_stored());
+    assert!(!some[1].is_stored());
+    assert!(store.attachment("s", "g1", "1", 5).await.unwrap().is_none());
+    assert!(store.attachment("s", "g2", "1", 0).await.unwrap().is_none());
+    assert!(store.attachment("t", "g1", "1", 0).await.unwrap().is_none());
+
+    let mut snapshot = store.export_snapshot().await.unwrap();
+    let filter = chatvault::store::export::ExportFilter {
+        conversation: Some("g1".into()),
+        as_of: Some(t(2)),
+        ..Default::default()
+    };
+    let rows = snapshot.attachments(&filter).await.unwrap();
+    let keys: Vec<(&str, i32)> = rows
+        .iter()
+        .map(|a| (a.message_id.as_str(), a.ordinal))
+        .collect();
+    assert_eq!(keys, [("1", 0), ("1", 1), ("2", 0), ("2", 1), ("2", 2)]);
+    let all = snapshot
+        .attachments(&chatvault::store::export::ExportFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 11);
+    assert_eq!(all.last().unwrap().message_id, "9");
+}
