@@ -423,6 +423,26 @@ async fn files_are_served_with_types_a_browser_cannot_run_and_are_in_the_access_
         assert_eq!(r.bytes().await.unwrap().as_ref(), body, "{path}");
     }
     assert_eq!(server.attachment_accesses().await, 4);
+    // a browser that has the file is told so (its ETag is the sha256), and that is recorded too
+    let r = server
+        .http
+        .get(format!("{}/attachment/s/g1/1/0", server.base))
+        .header("if-none-match", format!("\"{}\"", sha(PNG)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(header(&r, "etag"), format!("\"{}\"", sha(PNG)));
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = server
+        .http
+        .get(format!("{}/attachment/s/g1/1/0", server.base))
+        .header("if-none-match", "\"0000\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.attachment_accesses().await, 6);
     let logged: serde_json::Value = sqlx::query_scalar(
         "SELECT json_build_object('ids', ids, 'filters', filters, 'via', via)
          FROM archive.access_log WHERE action = 'attachment' ORDER BY seq LIMIT 1",

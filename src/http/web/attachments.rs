@@ -8,7 +8,8 @@
 //! `application/octet-stream` with `Content-Disposition: attachment`. Every answer carries
 //! `X-Content-Type-Options: nosniff` and a Content-Security-Policy that allows no script.
 //! Each file served is recorded in the access log (action `attachment`) before a byte of
-//! it is sent.
+//! it is sent; its ETag is its sha256, and a browser that already has it gets 304
+//! (recorded the same way).
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -140,7 +141,7 @@ pub(super) async fn attachment_file(
     headers: HeaderMap,
     path: Result<Path<(String, String, String, String)>, PathRejection>,
 ) -> Response {
-    match serve(&state, &caller, path).await {
+    match serve(&state, &caller, &headers, path).await {
         Ok(response) => response,
         Err(e) => {
             let mut response = e.into_response_for(&headers);
@@ -156,6 +157,7 @@ pub(super) async fn attachment_file(
 async fn serve(
     state: &ApiState,
     caller: &Caller,
+    request: &HeaderMap,
     path: Result<Path<(String, String, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((source, conversation, message, ordinal)) =
@@ -243,6 +245,30 @@ async fn serve(
         .results(1);
     record_access(state, record).await?;
 
+    // A browser that has this very file (its ETag is the sha256) gets 304.
+    let etag = format!("\"{sha256}\"");
+    let cached = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if cached {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            h.insert(header::ETAG, v);
+        }
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache"),
+        );
+        return Ok(response);
+    }
+
     let inline = inline_type(a.mime.as_deref());
     let content_type = inline
         .as_deref()
@@ -272,7 +298,7 @@ async fn serve(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{sha256}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
     Ok(response)
