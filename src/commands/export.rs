@@ -358,7 +358,10 @@ async fn export(
                 "copied {} attachment files ({} bytes) to {}",
                 c.manifest.files.len(),
                 c.bytes,
-                c.manifest.dir
+                args.attachments
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
             );
             (Some(c.manifest), c.problems)
         }
