@@ -40,6 +40,44 @@ pub struct Manifest {
     /// The access-log entry that recorded this export.
     pub access_log_entry: Option<ChainHead>,
     pub files: Vec<FileDigest>,
+    /// With `export --attachments DIR`: the attachments of the exported messages and the
+    /// files copied for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<AttachmentsManifest>,
+}
+
+/// The attachments part of a manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttachmentsManifest {
+    /// Where the files were copied: relative to the manifest's directory when beneath it,
+    /// else absolute.
+    pub dir: String,
+    /// Every file copied, once each, relative to `dir` (`ab/abcdef…`, named by sha256).
+    pub files: Vec<FileDigest>,
+    /// Every attachment of the exported messages, stored or not.
+    pub attachments: Vec<AttachmentEntry>,
+}
+
+/// One attachment of an exported message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttachmentEntry {
+    pub source: String,
+    pub conversation_id: String,
+    pub message_id: String,
+    pub ordinal: i32,
+    pub kind: String,
+    pub name: Option<String>,
+    pub mime: Option<String>,
+    /// pending, stored, failed, too_large, gone or skipped.
+    pub status: String,
+    /// Bytes stored, or the size upstream declares while not stored.
+    pub size: Option<i64>,
+    pub sha256: Option<String>,
+    /// Its copy, relative to the attachments `dir`; `None` when it is not stored (or could
+    /// not be copied: then `problem` says why).
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -128,8 +166,9 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
-/// Check the files a manifest lists against their sizes and digests; for a directory
-/// export also that the directory holds no file the manifest does not list.
+/// Check the files a manifest lists against their sizes and digests (the copied
+/// attachment files too); for a directory export also that the directory holds no file
+/// the manifest does not list.
 pub fn check(manifest_file: &Path) -> anyhow::Result<(Manifest, CheckReport)> {
     use anyhow::Context as _;
     let text = std::fs::read_to_string(manifest_file)
@@ -150,18 +189,13 @@ pub fn check(manifest_file: &Path) -> anyhow::Result<(Manifest, CheckReport)> {
     let dir = crate::files::parent_dir(manifest_file);
     let mut report = CheckReport::default();
     for f in &manifest.files {
-        let relative = Path::new(&f.path);
-        if relative.is_absolute()
-            || relative
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
+        if !plain_relative(Path::new(&f.path)) {
             report
                 .problems
                 .push(format!("{:?}: not a plain relative path", f.path));
             continue;
         }
-        match digest_file(&dir.join(relative)) {
+        match digest_file(&dir.join(&f.path)) {
             Ok((bytes, sha256)) if bytes == f.bytes && sha256 == f.sha256 => report.files_ok += 1,
             Ok((bytes, sha256)) => report.problems.push(format!(
                 "{}: differs from the manifest ({bytes} bytes, sha256 {sha256}; the manifest says {} bytes, sha256 {})",
@@ -169,6 +203,9 @@ pub fn check(manifest_file: &Path) -> anyhow::Result<(Manifest, CheckReport)> {
             )),
             Err(e) => report.problems.push(format!("{}: {e}", f.path)),
         }
+    }
+    if let Some(attachments) = &manifest.attachments {
+        check_attachments(&dir, attachments, &mut report);
     }
     let directory_export = manifest_file.file_name().and_then(|n| n.to_str()) == Some(DIR_MANIFEST);
     if directory_export {
@@ -188,4 +225,75 @@ pub fn check(manifest_file: &Path) -> anyhow::Result<(Manifest, CheckReport)> {
         }
     }
     Ok((manifest, report))
+}
+
+/// A relative path of plain names only (no `..`, no root).
+fn plain_relative(path: &Path) -> bool {
+    !path.as_os_str().is_empty()
+        && !path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+/// The copied attachment files against their sizes and digests (each named by its
+/// sha256), and every attachment that should have a copy against the files listed.
+fn check_attachments(dir: &Path, m: &AttachmentsManifest, report: &mut CheckReport) {
+    let base = Path::new(&m.dir);
+    let base = if base.is_absolute() {
+        base.to_path_buf()
+    } else if plain_relative(base) {
+        dir.join(base)
+    } else {
+        report.problems.push(format!(
+            "attachments directory {:?}: neither absolute nor a plain relative path",
+            m.dir
+        ));
+        return;
+    };
+    let mut listed = std::collections::HashMap::new();
+    for f in &m.files {
+        let shown = Path::new(&m.dir).join(&f.path).display().to_string();
+        if !plain_relative(Path::new(&f.path)) {
+            report
+                .problems
+                .push(format!("{:?}: not a plain relative path", f.path));
+            continue;
+        }
+        listed.insert(f.path.as_str(), f.sha256.as_str());
+        match digest_file(&base.join(&f.path)) {
+            Ok((bytes, sha256)) if bytes == f.bytes && sha256 == f.sha256 => report.files_ok += 1,
+            Ok((bytes, sha256)) => report.problems.push(format!(
+                "{shown}: differs from the manifest ({bytes} bytes, sha256 {sha256}; the manifest says {} bytes, sha256 {})",
+                f.bytes, f.sha256
+            )),
+            Err(e) => report.problems.push(format!("{shown}: {e}")),
+        }
+    }
+    for a in &m.attachments {
+        let what = format!(
+            "attachment {} of message {:?} in {}/{}",
+            a.ordinal, a.message_id, a.source, a.conversation_id
+        );
+        if let Some(problem) = &a.problem {
+            report
+                .problems
+                .push(format!("{what}: not copied: {problem}"));
+        }
+        match (&a.file, &a.sha256) {
+            (Some(file), Some(sha)) => match listed.get(file.as_str()) {
+                Some(listed_sha) if listed_sha == sha => {}
+                Some(listed_sha) => report.problems.push(format!(
+                    "{what}: its sha256 {sha} is not that of its file {file} ({listed_sha})"
+                )),
+                None => report.problems.push(format!(
+                    "{what}: its file {file} is not among the files listed"
+                )),
+            },
+            (Some(file), None) => report
+                .problems
+                .push(format!("{what}: has a file {file} but no sha256")),
+            (None, _) => {}
+        }
+    }
 }

@@ -30,11 +30,15 @@ current text only. EML (--output DIR): one RFC 5322 message per chat message, or
 conversation and UTC day with --eml-per conversation-day, threaded by reply. mbox: the same \
 messages in one mboxrd file.\n\nA file or directory export gets a manifest (FILE.manifest.json, \
 DIR/manifest.json): counts, time range, filters, chain heads, and the sha256 of each file; \
-`--check-manifest` checks one.\n\nExamples:\n  chatvault export --source acme-tsdd > acme.jsonl\n  \
+`--check-manifest` checks one.\n\nWith --attachments DIR the stored files of the exported messages (images, \
+files, voice, video of every version) are copied into DIR, named by sha256 (DIR/ab/abcdef…, each file \
+once), and the manifest lists every attachment of every exported message with its status, size, sha256 \
+and copy, so --check-manifest checks the copies too.\n\nExamples:\n  chatvault export --source acme-tsdd > acme.jsonl\n  \
 chatvault export --conversation g_ops --since 2026-11-01 --until 2026-11-07 --format csv -o ops-week.csv\n  \
 chatvault export --source acme-tsdd --since 2026-01-01 --format eml --output acme-2026/\n  \
 chatvault export --conversation g_ops --format mbox --eml-per conversation-day -o ops.mbox\n  \
 chatvault export --as-of 2026-10-31T18:00:00Z --conversation g_ops > ops-as-of.jsonl\n  \
+chatvault export --conversation g_ops -o ops.jsonl --attachments ops-files/\n  \
 chatvault export --check-manifest acme-2026/manifest.json"
 )]
 pub struct ExportArgs {
@@ -74,6 +78,11 @@ pub struct ExportArgs {
     /// DIR/manifest.json), and do nothing else. Needs no database.
     #[arg(long, value_name = "MANIFEST")]
     pub check_manifest: Option<PathBuf>,
+    /// Also copy the stored attachment files of the exported messages into this directory
+    /// (created if missing; files already there are kept when their sha256 matches), listed
+    /// in the manifest. Needs --output.
+    #[arg(long, value_name = "DIR")]
+    pub attachments: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -133,7 +142,11 @@ pub async fn run(args: ExportArgs, config_path: Option<&Path>) -> anyhow::Result
     }
     check_args(&args)?;
     let config = load_config(config_path, true)?;
-    with_store(&config, true, |store| export(store, args)).await
+    let blobs = match &args.attachments {
+        Some(_) => Some(super::common::open_blob_store(&config.attachments)?),
+        None => None,
+    };
+    with_store(&config, true, |store| export(store, args, blobs)).await
 }
 
 /// `--check-manifest`: every listed file's size and sha256; the report on stdout, each
@@ -173,6 +186,13 @@ fn check_args(args: &ExportArgs) -> anyhow::Result<()> {
     if args.eml_per != EmlPer::Message && !mail {
         bail!("--eml-per applies to --format eml and mbox only");
     }
+    if let Some(files) = &args.attachments {
+        super::export_attachments::check_args(
+            files,
+            args.output.as_deref(),
+            args.format == ExportFormat::Eml,
+        )?;
+    }
     if args.format == ExportFormat::Eml {
         let Some(dir) = &args.output else {
             bail!("--format eml writes one file per message: give --output DIR (a directory that does not exist yet)");
@@ -198,7 +218,11 @@ enum Target {
 /// `chatvault export`: record the access, then stream matching messages from one snapshot
 /// to stdout or, through a private temporary file or directory renamed at the end, to
 /// `--output`, with its manifest.
-async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
+async fn export(
+    store: Store,
+    args: ExportArgs,
+    blobs: Option<crate::attachments::blob::BlobStore>,
+) -> anyhow::Result<ExitCode> {
     let filter = ExportFilter {
         source: args.source.clone(),
         conversation: args.conversation.clone(),
@@ -275,6 +299,10 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
                     "output",
                     args.output.as_ref().map(|p| p.display().to_string()),
                 )
+                .filter(
+                    "attachments",
+                    args.attachments.as_ref().map(|p| p.display().to_string()),
+                )
                 .results(counts.messages),
         )
         .await?;
@@ -282,6 +310,11 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
     let progress = progress_bar(counts.messages.max(0) as u64);
     let written = write_export(&mut snapshot, &filter, &args, &target, &progress).await;
     progress.finish_and_clear();
+    // The attachments of the same snapshot's messages.
+    let attachment_rows = match (&written, &args.attachments) {
+        (Ok(_), Some(_)) => Some(snapshot.attachments(&filter).await?),
+        _ => None,
+    };
     drop(snapshot);
     let (n, files) = match written {
         Ok(done) => done,
@@ -308,6 +341,32 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
         eprintln!("exported {n} messages");
         return Ok(ExitCode::SUCCESS);
     };
+    let copied = match (attachment_rows, &args.attachments, &blobs) {
+        (Some(rows), Some(dir), Some(blobs)) => {
+            let manifest_dir = if matches!(target, Target::Dir(_)) {
+                out.clone()
+            } else {
+                crate::files::parent_dir(out)
+            };
+            Some(super::export_attachments::copy(blobs, rows, dir, &manifest_dir).await?)
+        }
+        _ => None,
+    };
+    let (attachments, attachment_problems) = match copied {
+        Some(c) => {
+            eprintln!(
+                "copied {} attachment files ({} bytes) to {}",
+                c.manifest.files.len(),
+                c.bytes,
+                args.attachments
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            );
+            (Some(c.manifest), c.problems)
+        }
+        None => (None, 0),
+    };
     let manifest = Manifest {
         manifest_version: manifest::MANIFEST_VERSION,
         chatvault_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -328,6 +387,7 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
             hash: hex::encode(&entry.hash),
         }),
         files,
+        attachments,
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest)?;
     let manifest_path = match target {
@@ -365,6 +425,13 @@ async fn export(store: Store, args: ExportArgs) -> anyhow::Result<ExitCode> {
         out.display(),
         manifest_path.display()
     );
+    if attachment_problems > 0 {
+        eprintln!(
+            "error: {attachment_problems} attachments could not be copied (the warnings above; \
+             the manifest lists each with the reason)"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,7 @@ pub mod coverage;
 pub mod demo;
 pub mod doctor;
 pub mod export;
+pub mod export_attachments;
 pub mod hold;
 pub mod migrate;
 pub mod purge;

@@ -128,6 +128,15 @@ pub(super) async fn daemon(
         .with_sources(config.sources.clone())
         .with_search(search_index)
         .with_scheduler(scheduler.state());
+    // Without its blob store the pages still show every attachment's status; only the
+    // files are not served.
+    let state = match super::common::open_blob_store(&config.attachments) {
+        Ok(blobs) => state.with_blobs(blobs),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "attachment files are not served");
+            state
+        }
+    };
     let listener = http::bind(config.server.listen).await?;
     if let Some(ready) = ready {
         let _ = ready.send(());

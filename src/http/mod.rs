@@ -9,6 +9,7 @@
 //! | `GET /api/status` | the objects of `chatvault status --json`, as a JSON array | token |
 //! | `GET /api/search?q=…` | `{"hits", "next_cursor", "total"}` | token |
 //! | `GET /`, `/conversations`, `/c/{source}/{conversation}`, `/status` | the web pages | token |
+//! | `GET /attachment/{source}/{conversation}/{message}/{ordinal}` | a stored attachment's file, from the blob store | token |
 //! | `GET/POST /login`, `POST /logout` | signing a browser in and out | open |
 //!
 //! What protects the archive, in order ([`access::guard`]): the `Host` header must name
@@ -74,6 +75,9 @@ pub struct ApiState {
     pub(crate) status: status::StatusCache,
     /// The running scheduler's state, for when each source runs next (backoff included).
     pub(crate) scheduler: Option<crate::scheduler::SharedState>,
+    /// Where attachment files are kept (`None`: the pages show them, the file route
+    /// answers 503).
+    pub(crate) blobs: Option<Arc<crate::attachments::blob::BlobStore>>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -90,6 +94,7 @@ impl ApiState {
             sources: Arc::default(),
             search: None,
             scheduler: None,
+            blobs: None,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -163,6 +168,12 @@ impl ApiState {
     /// Read when each source runs next from this running scheduler.
     pub fn with_scheduler(mut self, state: crate::scheduler::SharedState) -> ApiState {
         self.scheduler = Some(state);
+        self
+    }
+
+    /// Serve attachment files from this blob store.
+    pub fn with_blobs(mut self, blobs: crate::attachments::blob::BlobStore) -> ApiState {
+        self.blobs = Some(Arc::new(blobs));
         self
     }
 

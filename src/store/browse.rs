@@ -1,6 +1,7 @@
 //! Read-only queries for browsing the archive (the web pages): conversations, a window of a
 //! conversation's messages with their versions, reactions and reply targets, recent runs and
-//! quarantine. Everything reads the public `archive.*` views.
+//! quarantine. Everything reads the public `archive.*` views, except the attachments'
+//! dimensions and the blob behind one, which only `vault.attachments` holds.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -58,7 +59,44 @@ pub struct MessageView {
     /// The message replied to, where the archive has it: (sender, text).
     #[sqlx(skip)]
     pub reply: Option<(Option<String>, Option<String>)>,
+    /// The files any version of the message points to, by ordinal.
+    #[sqlx(skip)]
+    pub attachments: Vec<AttachmentView>,
 }
+
+/// One attachment of a message as the pages show it and the file route serves it.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct AttachmentView {
+    pub message_id: String,
+    pub ordinal: i32,
+    /// image, file, voice, video, sticker or thumbnail.
+    pub kind: String,
+    pub name: Option<String>,
+    /// As recorded (from upstream or the download); the route decides what it serves as.
+    pub mime: Option<String>,
+    /// Bytes stored, or the size upstream declares while not stored.
+    pub size: Option<i64>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    /// pending, stored, failed, too_large, gone or skipped.
+    pub status: String,
+    /// The stored file's sha256 (lowercase hex), when stored.
+    pub sha256: Option<String>,
+    /// Where upstream keeps it, without credentials or query string (text, never a link).
+    pub upstream_url: String,
+    pub error: Option<String>,
+}
+
+impl AttachmentView {
+    /// Whether its file is in the blob store.
+    pub fn is_stored(&self) -> bool {
+        self.status == "stored" && self.sha256.is_some()
+    }
+}
+
+const ATTACHMENT_COLUMNS: &str = "message_id, ordinal, kind, name, mime,
+     COALESCE(size, declared_size) AS size, width, height, status, sha256,
+     shown_url AS upstream_url, error";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct VersionView {
@@ -473,7 +511,15 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
         };
+        let attachments = self
+            .message_attachments(source, conversation_id, &ids)
+            .await?;
         for m in messages.iter_mut() {
+            m.attachments = attachments
+                .iter()
+                .filter(|a| a.message_id == m.message_id)
+                .cloned()
+                .collect();
             m.versions = versions
                 .iter()
                 .filter(|v| v.message_id == m.message_id)
@@ -492,6 +538,48 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The attachments of these messages of one conversation, by message and ordinal.
+    pub async fn message_attachments(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        message_ids: &[&str],
+    ) -> Result<Vec<AttachmentView>> {
+        if message_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ATTACHMENT_COLUMNS} FROM vault.attachments
+             WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)
+             ORDER BY message_id, ordinal"
+        ))
+        .bind(source)
+        .bind(conversation_id)
+        .bind(message_ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One attachment, by its key; `None` when the archive has no such attachment.
+    pub async fn attachment(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        message_id: &str,
+        ordinal: i32,
+    ) -> Result<Option<AttachmentView>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ATTACHMENT_COLUMNS} FROM vault.attachments
+             WHERE source = $1 AND conversation_id = $2 AND message_id = $3 AND ordinal = $4"
+        ))
+        .bind(source)
+        .bind(conversation_id)
+        .bind(message_id)
+        .bind(ordinal)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// The newest runs of every source.

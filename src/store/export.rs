@@ -89,6 +89,22 @@ pub struct ExportSnapshot {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
 }
 
+/// One attachment of an exported message (`archive.attachments`).
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct ExportAttachment {
+    pub source: String,
+    pub conversation_id: String,
+    pub message_id: String,
+    pub ordinal: i32,
+    pub kind: String,
+    pub name: Option<String>,
+    pub mime: Option<String>,
+    /// Bytes stored, or the size upstream declares while not stored.
+    pub size: Option<i64>,
+    pub status: String,
+    pub sha256: Option<String>,
+}
+
 /// How many messages match, and their first and last send times.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExportCounts {
@@ -145,6 +161,37 @@ impl ExportSnapshot {
              WHERE $1::text IS NULL OR source = $1 ORDER BY source",
         )
         .bind(source)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    /// Every attachment of the matching messages (all that any of their versions point
+    /// to, whatever their status), in export order then by ordinal, from
+    /// `archive.attachments`.
+    pub async fn attachments(&mut self, filter: &ExportFilter) -> Result<Vec<ExportAttachment>> {
+        Ok(sqlx::query_as(
+            "SELECT a.source, a.conversation_id, a.message_id, a.ordinal, a.kind, a.name,
+                    a.mime, a.size, a.status, a.sha256
+             FROM (SELECT source, conversation_id, message_id, sent_at, seq
+                     FROM archive.messages WHERE $5::timestamptz IS NULL
+                   UNION ALL
+                   SELECT source, conversation_id, message_id, sent_at, seq
+                     FROM archive.messages_as_of($5) WHERE $5::timestamptz IS NOT NULL) m
+             JOIN archive.attachments a
+               ON a.source = m.source AND a.conversation_id = m.conversation_id
+              AND a.message_id = m.message_id
+             WHERE ($1::text IS NULL OR m.source = $1)
+               AND ($2::text IS NULL OR m.conversation_id = $2)
+               AND ($3::timestamptz IS NULL OR m.sent_at >= $3)
+               AND ($4::timestamptz IS NULL OR m.sent_at < $4)
+             ORDER BY m.source, m.conversation_id, m.sent_at, m.seq NULLS LAST, m.message_id,
+                      a.ordinal",
+        )
+        .bind(filter.source.as_deref())
+        .bind(filter.conversation.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.as_of)
         .fetch_all(&mut *self.tx)
         .await?)
     }

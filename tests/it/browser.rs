@@ -323,3 +323,55 @@ async fn a_browser_searches_in_chinese_and_follows_a_hit() {
     let _ = browser.call(reqwest::Method::DELETE, "", None).await;
     stop.send(true).unwrap();
 }
+
+#[tokio::test]
+async fn a_browser_shows_an_archived_image_on_the_conversation_page() {
+    use chatvault::attachments::blob::BlobStore;
+
+    let browser = Browser::start().await;
+    let (store, source) = store().await;
+    let blobs_dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::in_directory(blobs_dir.path()).unwrap();
+    crate::attachments_web::seed(&store, &source, &blobs).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, shutdown) = watch::channel(false);
+    let state = ApiState::new(&store, Metrics::new()).with_blobs(blobs);
+    tokio::spawn(api::serve_on(
+        listener,
+        state,
+        shutdown,
+        Duration::from_secs(5),
+    ));
+
+    browser.go(&format!("{base}/c/s/g1")).await;
+    let img = browser.find("#m-1 figure.att img").await;
+    // the page's policy lets the browser load it from this server, and it decodes
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let natural = loop {
+        let v = browser
+            .call(
+                reqwest::Method::POST,
+                "/execute/sync",
+                Some(json!({
+                    "script": "const i = arguments[0]; return i.complete ? [i.naturalWidth, i.naturalHeight] : null;",
+                    "args": [{ELEMENT: img}]
+                })),
+            )
+            .await;
+        if !v.is_null() {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the image never finished loading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(natural, json!([3, 2]), "the 3×2 PNG is shown");
+    // the SVG stays a link, never an image
+    assert!(browser.find_all("#m-2 img").await.is_empty());
+
+    let _ = browser.call(reqwest::Method::DELETE, "", None).await;
+    stop.send(true).unwrap();
+}

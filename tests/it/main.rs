@@ -8,6 +8,8 @@ mod common;
 mod access_log;
 mod api;
 mod as_of;
+mod attachments_export;
+mod attachments_web;
 mod browser;
 mod charts;
 mod cli;

@@ -8,9 +8,11 @@
 //! | `GET /c/{source}/{conversation}` | a conversation's messages in order, with versions, marks, reactions |
 //! | `GET /status` | sources, runs, lag, errors, quarantine |
 //! | `GET /coverage` | per conversation: what is archived, known gaps with reasons, last complete read |
+//! | `GET /attachment/{source}/{conversation}/{message}/{ordinal}` | a stored attachment's file ([`attachments`]) |
 //!
 //! Access is the server's ([`super::access`]); the sign-in page is there too.
 
+pub mod attachments;
 mod charts;
 mod coverage;
 mod pages;
@@ -42,6 +44,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/c/{source}/{conversation}", get(conversation_page))
         .route("/status", get(status_page))
         .route("/coverage", get(coverage_page))
+        .route(
+            "/attachment/{source}/{conversation}/{message}/{ordinal}",
+            get(attachments::attachment_file),
+        )
 }
 
 /// Whether `path` is one of the pages (which a link from elsewhere may open).
@@ -90,11 +96,11 @@ fn html(status: StatusCode, markup: Markup) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    // The pages load nothing from anywhere and run no script.
+    // The pages run no script and load nothing but this server's own images (attachments).
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
         ),
     );
     response.headers_mut().insert(

@@ -7,12 +7,14 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
+use super::attachments::{attachment_href, download_name, inline_type};
 use super::search::Results;
 use super::SearchForm;
 use crate::index::search::fragments;
 use crate::index::SearchHit;
 use crate::store::browse::{
-    ConversationSummary, MessageSlice, MessageView, QuarantineView, ReactionView, RunView,
+    AttachmentView, ConversationSummary, MessageSlice, MessageView, QuarantineView, ReactionView,
+    RunView,
 };
 use crate::store::SourceStatus;
 
@@ -362,14 +364,14 @@ pub fn conversation(
                 p.muted { "No messages archived in this conversation." }
             }
             ol.messages {
-                @for m in &window.messages { (message(m, highlight == Some(m.message_id.as_str()))) }
+                @for m in &window.messages { (message(summary, m, highlight == Some(m.message_id.as_str()))) }
             }
             (pager)
         },
     )
 }
 
-fn message(m: &MessageView, highlighted: bool) -> Markup {
+fn message(summary: &ConversationSummary, m: &MessageView, highlighted: bool) -> Markup {
     let classes = [
         Some("msg"),
         highlighted.then_some("hl"),
@@ -420,7 +422,11 @@ fn message(m: &MessageView, highlighted: bool) -> Markup {
             @if let Some(text) = m.text.as_deref().filter(|t| !t.is_empty()) {
                 p.text { (text) }
             }
-            (attachments(&m.content))
+            @if m.attachments.is_empty() {
+                (attachments(&m.content))
+            } @else {
+                (archived_attachments(summary, &m.attachments))
+            }
             @if !m.reactions.is_empty() { (reactions(&m.reactions)) }
             @if m.versions.len() > 1 {
                 details.versions {
@@ -486,6 +492,65 @@ fn attachments(content: &Value) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// The attachments the archive records for a message: a stored image inline (served by
+/// this server), another stored file as a download link with its name and size, and one
+/// whose file is not stored as its status, with where upstream keeps it as text (never a
+/// link: the page loads and links nothing outside this server for them).
+fn archived_attachments(summary: &ConversationSummary, all: &[AttachmentView]) -> Markup {
+    html! {
+        div.files {
+            @for a in all {
+                @let href = attachment_href(&summary.source, &summary.conversation_id, &a.message_id, a.ordinal);
+                @let name = download_name(a);
+                @let size = a.size.filter(|s| *s >= 0).map(|s| human_size(s as u64));
+                @let image = inline_type(a.mime.as_deref()).is_some_and(|t| t.starts_with("image/"));
+                @if a.is_stored() && image {
+                    figure.att {
+                        a href=(href) {
+                            img src=(href) alt=(a.name.as_deref().unwrap_or(&a.kind)) loading="lazy"
+                                width=[a.width.filter(|w| *w > 0)] height=[a.height.filter(|h| *h > 0)];
+                        }
+                        figcaption.muted {
+                            (a.name.as_deref().unwrap_or(&a.kind))
+                            @if let Some(s) = &size { " · " (s) }
+                        }
+                    }
+                } @else if a.is_stored() {
+                    p.att {
+                        a.download href=(href) download=(name) { "📎 " (name) }
+                        @if let Some(s) = &size { " " span.muted { (s) } }
+                        " " span.muted { (a.kind) }
+                    }
+                } @else {
+                    p.att {
+                        span class={ "att-status " (a.status) } title=(status_meaning(&a.status)) { (a.status) }
+                        " " (a.kind)
+                        @if let Some(n) = &a.name { " " (n) }
+                        @if let Some(s) = &size { " " span.muted { (s) } }
+                        " · " span.muted { "upstream " code { (a.upstream_url) } }
+                        @if let Some(e) = a.error.as_deref().filter(|_| a.status != "stored") {
+                            " " span.muted { "(" (truncate(e, 200)) ")" }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What an attachment's status means, for the tooltip.
+fn status_meaning(status: &str) -> &'static str {
+    match status {
+        "pending" => "not downloaded yet",
+        "failed" => "the download failed; it will be tried again",
+        "too_large" => "larger than the configured size limit, so not kept",
+        "gone" => "upstream no longer has it (not found or expired)",
+        "skipped" => "attachments of this kind are not downloaded (attachments.kinds)",
+        "stored" => "kept, but its file is not recorded",
+        _ => "",
     }
 }
 
