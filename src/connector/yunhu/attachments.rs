@@ -426,8 +426,8 @@ mod tests {
                 prop_assert!(!a.url.is_empty() && a.url.len() <= MAX_URL_LEN);
                 prop_assert!(r[..i].iter().all(|b| b.url != a.url), "one per URL");
                 prop_assert!(a.name.as_ref().map_or(0, |n| n.chars().count()) <= 255);
-                prop_assert!(a.size.map_or(true, |s| s > 0));
-                prop_assert!(a.duration_ms.map_or(true, |d| d > 0));
+                prop_assert!(a.size.is_none_or(|s| s > 0));
+                prop_assert!(a.duration_ms.is_none_or(|d| d > 0));
             }
             prop_assert_eq!(&r, &attachments(content));
             Ok(())
