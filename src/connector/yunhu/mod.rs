@@ -42,12 +42,17 @@
 //! back. Recalls are marks; the store never lets a recalled copy replace archived content
 //! or sender. Yunhu has no reactions.
 //!
+//! Attachments ([`attachments`]): the files a version's content references (images, files,
+//! stickers, video with its cover, voice), and their download: a plain GET with Yunhu's
+//! `Referer`, never the account's token.
+//!
 //! Bounds: one fetch chains at most [`PAGES_PER_FETCH`] list pages; every step of a chat's
 //! reading moves an anchor down, moves on to the next confirmation anchor, or ends; and a
 //! chat reads at most [`MAX_REQUESTS_PER_RUN`] requests a run, then fails for this run with
 //! that reason (what it read is kept; the next run goes on from there).
 
 mod api;
+pub mod attachments;
 mod history;
 mod map;
 pub mod pb;
@@ -550,6 +555,26 @@ impl Connector for YunhuConnector {
             Some(c) => Some(parse_cursor(c, &self.source)?),
         };
         self.fetch_history(&self.context(), &chat, cursor).await
+    }
+
+    fn attachments(
+        &self,
+        content: &crate::model::Content,
+    ) -> Vec<crate::attachments::AttachmentRef> {
+        attachments::attachments(content)
+    }
+
+    async fn media_request(
+        &self,
+        reference: &crate::attachments::AttachmentRef,
+    ) -> Result<crate::attachments::MediaRequest, ConnectorError> {
+        attachments::media_request(&reference.url).map_err(|why| {
+            ConnectorError::Permanent(format!(
+                "{}: attachment {}: {why}",
+                self.source,
+                crate::attachments::shown_url(&reference.url)
+            ))
+        })
     }
 
     async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {

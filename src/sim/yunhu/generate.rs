@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use super::media;
 use super::world::{Chat, Person, World, BOT, GROUP, USER};
 use crate::connector::yunhu::pb;
 use crate::sim::text::{self, Lang};
@@ -82,8 +83,15 @@ pub(super) fn lang_of(id: &str) -> Lang {
     }
 }
 
-/// Random content of a random type, every documented type plus an unknown one.
-fn random_content(rng: &mut StdRng, lang: Lang) -> (i64, pb::MsgContent) {
+/// How long signed file URLs stay valid after the end of the timeline: longer than any
+/// test or demo runs on the world's clock.
+const SIGNED_URL_VALIDITY_SECS: u64 = 10 * 365 * 86_400;
+
+/// Random content of a random type, every documented type plus an unknown one. Media
+/// fields hold what Yunhu's clients see (bare keys, or URLs on Yunhu's hosts, files on
+/// `chat-file` or signed on `chat-storage1` valid until `valid_until`); sizes and
+/// dimensions are those of the bytes the fake serves for them ([`media`]).
+fn random_content(rng: &mut StdRng, lang: Lang, valid_until: u64) -> (i64, pb::MsgContent) {
     let roll = rng.gen_range(0..100);
     let mut c = pb::MsgContent::default();
     let ty = match roll {
@@ -92,10 +100,18 @@ fn random_content(rng: &mut StdRng, lang: Lang) -> (i64, pb::MsgContent) {
             1
         }
         60..=67 => {
-            c.image_url = format!("{:032x}.jpg", rng.gen::<u128>());
-            c.width = rng.gen_range(100..2000);
-            c.height = rng.gen_range(100..2000);
-            c.file_size = rng.gen_range(10_000..3_000_000);
+            c.image_url = format!("{:032x}.png", rng.gen::<u128>());
+            // drawn as before, so the rest of the world stays the same; the served PNG's
+            // own dimensions and size are what the message declares
+            let _declared: (i64, i64, i64) = (
+                rng.gen_range(100..2000),
+                rng.gen_range(100..2000),
+                rng.gen_range(10_000..3_000_000),
+            );
+            let (w, h) = media::png_size(&c.image_url);
+            c.width = i64::from(w);
+            c.height = i64::from(h);
+            c.file_size = media::png_len(w, h) as i64;
             2
         }
         68..=71 => {
@@ -108,11 +124,20 @@ fn random_content(rng: &mut StdRng, lang: Lang) -> (i64, pb::MsgContent) {
         }
         72..=75 => {
             c.file_name = format!("{}.pdf", text::place(rng));
-            c.file_url = format!(
-                "https://chat-storage1.jwznb.com/{:016x}.pdf?sign=ab12&t=1755566778",
-                rng.gen::<u64>()
-            );
-            c.file_size = rng.gen_range(1_000..50_000_000);
+            let key = rng.gen::<u64>();
+            let path = format!("{key:016x}.pdf");
+            let host = if key % 2 == 0 {
+                c.file_url = path.clone();
+                "chat-file"
+            } else {
+                c.file_url = format!(
+                    "https://chat-storage1.jwznb.com/{path}?sign={}&t={valid_until}",
+                    media::sign(&path, valid_until)
+                );
+                media::SIGNED_HOST
+            };
+            let _declared: i64 = rng.gen_range(1_000..50_000_000);
+            c.file_size = media::derived_len(host, &path) as i64;
             4
         }
         76 => {
@@ -128,7 +153,7 @@ fn random_content(rng: &mut StdRng, lang: Lang) -> (i64, pb::MsgContent) {
         }
         78..=81 => {
             c.image = format!(
-                "https://chat-img.jwznb.com/sticker/{:08x}.gif",
+                "https://chat-img.jwznb.com/sticker/{:08x}.png",
                 rng.gen::<u32>()
             );
             c.sticker_item_id = rng.gen_range(1..5000);
@@ -144,7 +169,9 @@ fn random_content(rng: &mut StdRng, lang: Lang) -> (i64, pb::MsgContent) {
             9
         }
         85..=86 => {
-            c.video_url = format!("{:016x}.mp4", rng.gen::<u64>());
+            let key = rng.gen::<u64>();
+            c.video_url = format!("{key:016x}.mp4");
+            c.image_url = format!("{key:016x}-cover.png");
             c.video_time = rng.gen_range(1..600);
             10
         }
@@ -264,6 +291,9 @@ impl World {
             next_edit_id: 1,
             rng: StdRng::seed_from_u64(spec.seed ^ 0x5eed),
             index: HashMap::new(),
+            media: HashMap::new(),
+            media_deleted: Default::default(),
+            media_valid_until: spec.end_time_ms / 1000 + SIGNED_URL_VALIDITY_SECS,
         };
         if world.chats.is_empty() {
             return world;
@@ -289,7 +319,8 @@ impl World {
             world.clock_ms = spec.end_time_ms - span + step * (i as u64 + 1);
             let members = world.chats[ci].members.clone();
             let from = members[rng.gen_range(0..members.len())].clone();
-            let (ty, content) = random_content(&mut rng, lang_of(&from.id));
+            let (ty, content) =
+                random_content(&mut rng, lang_of(&from.id), world.media_valid_until);
             let msg_id = world.post(ci, from, ty, content);
             let roll = rng.gen_range(0..1000);
             if roll < spec.hidden_per_mille {
@@ -321,6 +352,7 @@ impl World {
                 }
             }
         }
+        expire_and_delete_media(&mut world);
         let n = world.chats.len();
         for k in 0..spec.unlisted_chats.min(n) {
             let i = n - 1 - k;
@@ -338,4 +370,29 @@ impl World {
         }
         world
     }
+}
+
+/// What becomes of files upstream: the first signed file in the world has expired by the
+/// end of its timeline (403), the first image was deleted (404). Neither draws from the
+/// world's random numbers.
+fn expire_and_delete_media(world: &mut World) {
+    let expired_at = (world.clock_ms / 1000).saturating_sub(86_400);
+    let mut expired = false;
+    let mut deleted = None;
+    for msg in world.chats.iter_mut().flat_map(|c| c.messages.iter_mut()) {
+        if !expired && msg.content_type == 4 && msg.content.file_url.contains("://") {
+            if let Some(located) = media::locate(&msg.content.file_url, "chat-file") {
+                msg.content.file_url = format!(
+                    "https://chat-storage1.jwznb.com/{}?sign={}&t={expired_at}",
+                    located.path,
+                    media::sign(&located.path, expired_at)
+                );
+                expired = true;
+            }
+        }
+        if deleted.is_none() && msg.content_type == 2 {
+            deleted = media::locate(&msg.content.image_url, "chat-img").map(|l| l.key());
+        }
+    }
+    world.media_deleted.extend(deleted);
 }

@@ -8,24 +8,30 @@
 //! (messages deleted for the account, groups joined late, auto-delete), and fault injection
 //! ([`Faults`]).
 //!
+//! Media: every file a message references is served by the fake too, with the media
+//! hosts' `Referer` rule, signed URLs that expire and a deleted file ([`media`]); the
+//! truth lists each message's files with the sha256 of their bytes.
+//!
 //! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
 //! `/v1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
 
 pub mod faults;
 pub mod generate;
+pub mod media;
 mod server;
 pub mod world;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::serve::{self, RequestCounts};
 
 pub use faults::{Fault, FaultKind, Faults, Malformed};
 pub use server::{BY_SEQ_WINDOW, EDIT_RECORD_PAGE_CAP, MAX_PAGE};
 pub use world::{
-    Activity, BySeq, Chat, ChatTruth, EditRecord, Msg, MsgTruth, Person, World, WorldSpec, BOT,
-    GROUP, USER,
+    Activity, AttachmentTruth, BySeq, Chat, ChatTruth, EditRecord, MediaState, Msg, MsgTruth,
+    Person, World, WorldSpec, BOT, GROUP, USER,
 };
 
 /// A running fake server (the shared handle in [`crate::sim::serve`]).
@@ -50,8 +56,24 @@ impl SimServer {
             world: Arc::new(Mutex::new(world)),
             faults: Faults::default(),
             counts: Arc::new(RequestCounts::default()),
+            media_base: Arc::new(OnceLock::new()),
         };
         let app = server::router(state.clone());
-        SimServer::serve(addr, app, state.world, state.faults, state.counts).await
+        let server = SimServer::serve(addr, app, state.world, state.faults, state.counts).await?;
+        // Media URLs point at the fake itself, known once it listens (before any client
+        // can ask).
+        let _ = state.media_base.set(server.media_base());
+        Ok(server)
+    }
+
+    /// Where the fake serves media: `<base_url>/media`.
+    pub fn media_base(&self) -> String {
+        format!("{}/media", self.base_url())
+    }
+
+    /// Every message's files with the URLs this server serves them under, and the sha256
+    /// of their bytes ([`World::attachments_truth`]).
+    pub fn attachments_truth(&self) -> BTreeMap<String, Vec<AttachmentTruth>> {
+        self.world().attachments_truth(&self.media_base())
     }
 }

@@ -5,20 +5,21 @@
 //!
 //! Handlers lock the world only while computing an answer, never across an `.await`.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use prost::Message;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::faults::{FaultKind, Faults, Malformed};
+use super::media;
 use super::world::{BySeq, World};
 use crate::connector::yunhu::pb;
 use crate::sim::faults::Stage;
@@ -38,11 +39,19 @@ pub(super) struct AppState {
     pub(super) faults: Faults,
     /// Every request, by path, before any fault.
     pub(super) counts: Arc<RequestCounts>,
+    /// Where media is served (`http://127.0.0.1:PORT/media`), known once the server
+    /// listens; it belongs to the server, not the world, so a world swapped in serves the
+    /// same URLs.
+    pub(super) media_base: Arc<OnceLock<String>>,
 }
 
 impl AppState {
     fn world(&self) -> MutexGuard<'_, World> {
         serve::lock(&self.world)
+    }
+
+    fn media_base(&self) -> &str {
+        self.media_base.get().map_or("", String::as_str)
     }
 }
 
@@ -53,6 +62,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/v1/msg/list-message", post(list_message))
         .route("/v1/msg/list-message-by-seq", post(list_message_by_seq))
         .route("/v1/msg/list-message-edit-record", post(edit_record))
+        .route("/media/{host}/{*path}", get(media_file))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -64,6 +74,10 @@ pub(super) fn router(state: AppState) -> Router {
 
 /// The wrong method or path: HTTP 404.
 async fn not_found() -> Response {
+    missing()
+}
+
+fn missing() -> Response {
     (StatusCode::NOT_FOUND, "404 page not found").into_response()
 }
 
@@ -287,7 +301,7 @@ async fn list_message(State(state): State<AppState>, headers: HeaderMap, body: B
             .rev()
             .filter(|m| m.seq < below && chat.visible(m))
             .take(count)
-            .map(|m| world.served(m))
+            .map(|m| world.served(m, state.media_base()))
             .collect::<Vec<_>>()
     };
     let broken = maybe_broken(&state, "/v1/msg/list-message", records.len());
@@ -330,7 +344,7 @@ async fn list_message_by_seq(
         chat.messages
             .iter()
             .filter(|m| m.seq >= from && m.seq <= to && chat.visible(m))
-            .map(|m| world.served(m))
+            .map(|m| world.served(m, state.media_base()))
             .collect::<Vec<_>>()
     };
     let broken = maybe_broken(&state, "/v1/msg/list-message-by-seq", records.len());
@@ -386,10 +400,78 @@ async fn edit_record(State(state): State<AppState>, headers: HeaderMap, body: By
         .into_response()
 }
 
+// ---- media --------------------------------------------------------------------------
+
+/// A media host's refusal: HTTP 403 with the object store's kind of body.
+fn forbidden(why: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": why}).to_string(),
+    )
+        .into_response()
+}
+
+/// A file on one of the media hosts (see [`media`]): 404 unknown or deleted; on the
+/// signed host 403 for a wrong or expired signature; elsewhere 403 without Yunhu's
+/// `Referer`.
+async fn media_file(
+    State(state): State<AppState>,
+    Path((host, path)): Path<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !media::HOSTS.contains(&host.as_str()) {
+        return missing();
+    }
+    let located = {
+        let world = state.world();
+        let Some(located) = world.media_file(&host, &path) else {
+            return missing();
+        };
+        if world.media_is_deleted(&located.key()) {
+            return missing();
+        }
+        if host == media::SIGNED_HOST {
+            let t = query.get("t").and_then(|t| t.parse::<u64>().ok());
+            let sign = query.get("sign").map(String::as_str);
+            match t {
+                Some(t) if sign == Some(media::sign(&path, t).as_str()) => {
+                    if t < world.now_ms() / 1000 {
+                        return forbidden("the signature has expired");
+                    }
+                }
+                _ => return forbidden("bad signature"),
+            }
+        } else if media::checks_referer(&host) {
+            let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok());
+            if !media::referer_ok(referer) {
+                return forbidden("referer not allowed");
+            }
+        }
+        located
+    };
+    let body = media::bytes(&located);
+    (
+        [(header::CONTENT_TYPE, media::content_type(&located))],
+        body,
+    )
+        .into_response()
+}
+
 // ---- middleware ---------------------------------------------------------------------
 
+/// What a request counts under, and what faults are scoped by: its path, or
+/// `/media/<host>` for a file (so counts do not grow with every file).
+fn count_key(path: &str) -> String {
+    match path.strip_prefix("/media/") {
+        Some(rest) => format!("/media/{}", rest.split('/').next().unwrap_or("")),
+        None => path.to_string(),
+    }
+}
+
 async fn count_and_fault(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
+    let path = count_key(request.uri().path());
     if let Some(how) = state.counts.record(&path) {
         return serve::fail_request(how, request, next).await;
     }

@@ -3,15 +3,18 @@
 //! [`truth`](World::truth) snapshot, and what the endpoints serve of it. Generation lives in
 //! `generate`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
+use sha2::Digest;
 
 pub use super::generate::WorldSpec;
 use super::generate::{hex_id, lang_of};
+use super::media::{self, Located};
+use crate::attachments::AttachmentKind;
 
 use crate::connector::yunhu::pb;
 use crate::sim::text;
@@ -112,6 +115,35 @@ pub struct World {
     pub(super) next_edit_id: i64,
     pub(super) rng: StdRng,
     pub(super) index: HashMap<String, (usize, usize)>,
+    /// Every file a message references, by [`Located::key`], and that message's id.
+    pub(super) media: HashMap<String, String>,
+    /// Files deleted upstream (a 404), by [`Located::key`].
+    pub(super) media_deleted: HashSet<String>,
+    /// The expiry (Unix seconds) of signed URLs that do not say.
+    pub(super) media_valid_until: u64,
+}
+
+/// Whether a file can be downloaded, as the fake serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaState {
+    Available,
+    /// A signed URL past its expiry: 403.
+    Expired,
+    /// Deleted upstream: 404.
+    Deleted,
+}
+
+/// One file a message references, as the fake serves it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachmentTruth {
+    pub kind: AttachmentKind,
+    /// The URL as list results serve it (on the fake).
+    pub url: String,
+    /// The sha256 (hex) of the bytes the fake serves for it.
+    pub sha256: String,
+    pub size: u64,
+    pub state: MediaState,
 }
 
 /// One change made by [`World::random_activity`].
@@ -173,6 +205,11 @@ impl World {
         content: pb::MsgContent,
     ) -> String {
         let msg_id = hex_id(&mut self.rng);
+        for (_, value, host) in media_fields(content_type, &content) {
+            if let Some(located) = media::locate(value, host) {
+                self.media.insert(located.key(), msg_id.clone());
+            }
+        }
         let chat = &mut self.chats[ci];
         let seq = chat.last_seq() + 1;
         let quote_msg_id = if seq > 3 && self.rng.gen_range(0..20) == 0 {
@@ -432,7 +469,9 @@ impl World {
     }
 
     /// The message as list results serve it.
-    pub fn served(&self, m: &Msg) -> pb::MsgData {
+    /// Media fields point under `media_base` (`http://127.0.0.1:PORT/media`, where the
+    /// fake serves them; empty: as the world keeps them).
+    pub fn served(&self, m: &Msg, media_base: &str) -> pb::MsgData {
         let blank = m.recall_time > 0 && self.recall_blanks_content;
         pb::MsgData {
             msg_id: m.msg_id.clone(),
@@ -453,7 +492,7 @@ impl World {
             content: Some(if blank {
                 pb::MsgContent::default()
             } else {
-                m.content.clone()
+                self.served_content(&m.content, media_base)
             }),
             send_time: m.send_time,
             cmd: None,
@@ -461,6 +500,116 @@ impl World {
             quote_msg_id: m.quote_msg_id.clone(),
             msg_seq: m.seq,
             edit_time: m.edit_time,
+        }
+    }
+
+    /// `content` with its media fields pointing at the fake ([`media::served_url`]).
+    fn served_content(&self, content: &pb::MsgContent, media_base: &str) -> pb::MsgContent {
+        let mut c = content.clone();
+        if media_base.is_empty() {
+            return c;
+        }
+        let fields = [
+            (&mut c.image_url, "chat-img"),
+            (&mut c.file_url, "chat-file"),
+            (&mut c.image, "chat-img"),
+            (&mut c.video_url, "chat-video1"),
+            (&mut c.audio_url, "chat-audio1"),
+        ];
+        for (value, host) in fields {
+            if let Some(located) = media::locate(value, host) {
+                *value = media::served_url(media_base, &located, self.media_valid_until);
+            }
+        }
+        c
+    }
+
+    /// Every message's files (messages without any left out), by message id, with URLs
+    /// under `media_base` (see [`World::served`]): what [`World::truth`] does not compute,
+    /// as it hashes every file.
+    pub fn attachments_truth(
+        &self,
+        media_base: &str,
+    ) -> std::collections::BTreeMap<String, Vec<AttachmentTruth>> {
+        self.chats
+            .iter()
+            .flat_map(|c| c.messages.iter())
+            .map(|m| (m.msg_id.clone(), self.attachments_of(m, media_base)))
+            .filter(|(_, a)| !a.is_empty())
+            .collect()
+    }
+
+    /// The files a message's current content references (before any recall blanking),
+    /// one per URL, as the fake serves them under `media_base`.
+    pub fn attachments_of(&self, m: &Msg, media_base: &str) -> Vec<AttachmentTruth> {
+        let mut out: Vec<AttachmentTruth> = Vec::new();
+        for (kind, value, host) in media_fields(m.content_type, &m.content) {
+            let Some(located) = media::locate(value, host) else {
+                continue;
+            };
+            let url = media::served_url(media_base, &located, self.media_valid_until);
+            if out.iter().any(|a| a.url == url) {
+                continue;
+            }
+            let bytes = media::bytes(&located);
+            let state = if self.media_deleted.contains(&located.key()) {
+                MediaState::Deleted
+            } else if located.host == media::SIGNED_HOST
+                && located.expires.unwrap_or(self.media_valid_until) < self.clock_ms / 1000
+            {
+                MediaState::Expired
+            } else {
+                MediaState::Available
+            };
+            out.push(AttachmentTruth {
+                kind,
+                url,
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+                size: bytes.len() as u64,
+                state,
+            });
+        }
+        out
+    }
+
+    /// A file the fake serves under `/media/{host}/{path}`, if a message references it.
+    pub fn media_file(&self, host: &str, path: &str) -> Option<Located> {
+        let located = Located {
+            host: host.to_string(),
+            path: path.to_string(),
+            expires: None,
+        };
+        self.media.contains_key(&located.key()).then_some(located)
+    }
+
+    /// Whether a file (by [`Located::key`]) was deleted upstream.
+    pub fn media_is_deleted(&self, key: &str) -> bool {
+        self.media_deleted.contains(key)
+    }
+
+    /// Delete a file upstream (a 404 from now on), by its URL as served (on the fake) or
+    /// as kept (a bare image key, or a URL on a Yunhu host). `false` if no message
+    /// references it.
+    pub fn delete_media(&mut self, url: &str) -> bool {
+        let on_fake = url
+            .contains("://")
+            .then(|| url.split_once("/media/"))
+            .flatten()
+            .and_then(|(_, rest)| {
+                let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+                let (host, path) = rest.split_once('/')?;
+                Some(Located {
+                    host: host.to_string(),
+                    path: path.to_string(),
+                    expires: None,
+                })
+            });
+        match on_fake.or_else(|| media::locate(url, "chat-img")) {
+            Some(l) if self.media.contains_key(&l.key()) => {
+                self.media_deleted.insert(l.key());
+                true
+            }
+            _ => false,
         }
     }
 
@@ -494,4 +643,25 @@ impl World {
             ..Default::default()
         }
     }
+}
+
+/// The media fields of a content, with the kind each file is and the host a bare key is
+/// on (`docs/upstreams/yunhu.md`, "Attachments"): on a video message `image_url` is the
+/// cover.
+pub(super) fn media_fields(
+    content_type: i64,
+    c: &pb::MsgContent,
+) -> [(AttachmentKind, &str, &'static str); 5] {
+    let image = if content_type == 10 {
+        AttachmentKind::Thumbnail
+    } else {
+        AttachmentKind::Image
+    };
+    [
+        (image, &c.image_url, "chat-img"),
+        (AttachmentKind::File, &c.file_url, "chat-file"),
+        (AttachmentKind::Sticker, &c.image, "chat-img"),
+        (AttachmentKind::Video, &c.video_url, "chat-video1"),
+        (AttachmentKind::Voice, &c.audio_url, "chat-audio1"),
+    ]
 }
