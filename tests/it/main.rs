@@ -8,12 +8,9 @@ mod common;
 mod access_log;
 mod api;
 mod as_of;
-<<<<<<< HEAD
 mod attachments_export;
 mod attachments_web;
-=======
 mod attachments_yunhu;
->>>>>>> att-yunhu
 mod browser;
 mod charts;
 mod cli;
