@@ -423,7 +423,9 @@ impl SourceLoop {
         let source = self.source.clone();
         Some(tokio::spawn(async move {
             // fetch_source logs its outcome once
-            let _ = attachments.fetch(&store, &source, None, Some(shutdown)).await;
+            let _ = attachments
+                .fetch(&store, &source, None, Some(shutdown))
+                .await;
         }))
     }
 

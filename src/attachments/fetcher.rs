@@ -118,7 +118,10 @@ pub struct Fetcher {
 
 /// How one download ended.
 enum Outcome {
-    Stored { size: u64, event: bool },
+    Stored {
+        size: u64,
+        event: bool,
+    },
     NotStored(NotStored),
     /// The run's byte budget is spent: not attempted.
     Deferred,
@@ -419,10 +422,7 @@ impl Fetcher {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
-                Failure::Retry(
-                    format!("download interrupted: {}", e.without_url()),
-                    None,
-                )
+                Failure::Retry(format!("download interrupted: {}", e.without_url()), None)
             })?;
             size += chunk.len() as u64;
             spent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -458,7 +458,10 @@ impl Fetcher {
             .map_err(|e| Failure::Retry(format!("cannot keep the staging file: {e}"), None))?;
         if let Err(e) = self.blobs.put(&path, &sha256).await {
             let _ = std::fs::remove_file(&path);
-            return Err(Failure::Retry(format!("cannot store the file: {e:#}"), None));
+            return Err(Failure::Retry(
+                format!("cannot store the file: {e:#}"),
+                None,
+            ));
         }
         Ok((sha256, size))
     }
@@ -533,9 +536,9 @@ fn status_failure(status: StatusCode, url: &reqwest::Url, headers: &HeaderMap) -
         StatusCode::NOT_FOUND | StatusCode::GONE => {
             Failure::Gone(format!("{shown} answered {status}"))
         }
-        StatusCode::FORBIDDEN if signed => {
-            Failure::Gone(format!("{shown} answered {status} (a signed URL that expired)"))
-        }
+        StatusCode::FORBIDDEN if signed => Failure::Gone(format!(
+            "{shown} answered {status} (a signed URL that expired)"
+        )),
         StatusCode::TOO_MANY_REQUESTS => {
             let after = headers
                 .get(RETRY_AFTER)
@@ -585,9 +588,7 @@ impl RateLimit {
 }
 
 /// Open the blob store `[attachments]` configures.
-pub fn open_blob_store(
-    config: &AttachmentsConfig,
-) -> anyhow::Result<Arc<BlobStore>> {
+pub fn open_blob_store(config: &AttachmentsConfig) -> anyhow::Result<Arc<BlobStore>> {
     match &config.store {
         crate::config::BlobStoreConfig::Directory(dir) => Ok(Arc::new(
             BlobStore::in_directory(dir)
@@ -687,7 +688,9 @@ pub async fn fetch_source(
             let fetcher = Fetcher::new(store.clone(), blobs, FetchOptions::from_config(config))?
                 .with_metrics(metrics.clone())
                 .with_progress(progress);
-            fetcher.run(&source.name, connector.as_ref(), shutdown).await
+            fetcher
+                .run(&source.name, connector.as_ref(), shutdown)
+                .await
         }
         .await;
         if let Some(m) = &metrics {
@@ -708,8 +711,12 @@ pub async fn fetch_source(
             gone = r.gone, too_large = r.too_large, deferred = r.deferred,
             "attachments fetched"
         ),
-        Ok(_) => info!(source = %source.name, "attachments skipped: another process is fetching them"),
-        Err(e) => warn!(source = %source.name, error = %format!("{e:#}"), "attachments not fetched"),
+        Ok(_) => {
+            info!(source = %source.name, "attachments skipped: another process is fetching them")
+        }
+        Err(e) => {
+            warn!(source = %source.name, error = %format!("{e:#}"), "attachments not fetched")
+        }
     }
     result
 }
@@ -722,8 +729,14 @@ mod tests {
     fn statuses_are_classified() {
         let url = reqwest::Url::parse("https://cdn.example/a.png?sig=SECRET").unwrap();
         let h = HeaderMap::new();
-        assert!(matches!(status_failure(StatusCode::NOT_FOUND, &url, &h), Failure::Gone(_)));
-        assert!(matches!(status_failure(StatusCode::FORBIDDEN, &url, &h), Failure::Gone(_)));
+        assert!(matches!(
+            status_failure(StatusCode::NOT_FOUND, &url, &h),
+            Failure::Gone(_)
+        ));
+        assert!(matches!(
+            status_failure(StatusCode::FORBIDDEN, &url, &h),
+            Failure::Gone(_)
+        ));
         let plain = reqwest::Url::parse("https://cdn.example/a.png").unwrap();
         assert!(matches!(
             status_failure(StatusCode::FORBIDDEN, &plain, &h),
@@ -748,6 +761,10 @@ mod tests {
             limit.wait().await;
         }
         // 5 requests at 20/s: the 5th goes 200 ms after the 1st.
-        assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

@@ -200,10 +200,7 @@ async fn fetch_attachments(
         });
         let progress: Option<Arc<ProgressFn>> = bar.clone().map(|bar| {
             Arc::new(move |files: u64, bytes: u64| {
-                bar.set_message(format!(
-                    "{files} files, {}",
-                    indicatif::HumanBytes(bytes)
-                ));
+                bar.set_message(format!("{files} files, {}", indicatif::HumanBytes(bytes)));
             }) as Arc<ProgressFn>
         });
         let result = run.fetch(store, source, progress, Some(stop.clone())).await;
@@ -227,7 +224,10 @@ async fn fetch_attachments(
                 r.gone,
                 r.too_large,
                 if r.deferred > 0 {
-                    format!(", {} left for the next run (attachments.max_run_mb)", r.deferred)
+                    format!(
+                        ", {} left for the next run (attachments.max_run_mb)",
+                        r.deferred
+                    )
                 } else {
                     String::new()
                 }

@@ -93,6 +93,8 @@ pub struct StoredEvent {
     pub ordinal: Option<i64>,
     pub sha256: Option<String>,
     pub size: Option<i64>,
+    /// A later purge removed the message (and may have removed the blob with it).
+    pub purged: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -383,8 +385,15 @@ impl Store {
             "url": url,
         });
         let observed_at = crate::model::to_micros(Utc::now());
-        let seq = append_event(&mut tx, source.as_str(), &mut head, key, observed_at, &detail)
-            .await?;
+        let seq = append_event(
+            &mut tx,
+            source.as_str(),
+            &mut head,
+            key,
+            observed_at,
+            &detail,
+        )
+        .await?;
         sqlx::query(
             "UPDATE vault.attachments
              SET status = 'stored', sha256 = $5, size = $6, fetched_at = $7, error = NULL,
@@ -448,8 +457,12 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT source, event_seq, conversation_id, message_id,
                     (detail->>'ordinal')::int8 AS ordinal, detail->>'sha256' AS sha256,
-                    (detail->>'size')::int8 AS size
-             FROM vault.events
+                    (detail->>'size')::int8 AS size,
+                    EXISTS (SELECT 1 FROM vault.purged_messages p
+                            WHERE p.source = e.source AND p.conversation_id = e.conversation_id
+                              AND p.message_id = e.message_id
+                              AND p.purge_seq > e.event_seq) AS purged
+             FROM vault.events e
              WHERE kind = $1 AND ($2::text IS NULL OR source = $2)
                AND (source, event_seq) > ($3, $4)
              ORDER BY source, event_seq
@@ -483,10 +496,8 @@ async fn insert_new_refs(
     kinds: &[AttachmentKind],
     found: BTreeMap<(String, String), Vec<AttachmentRef>>,
 ) -> Result<usize> {
-    let (convs, msgs): (Vec<&str>, Vec<&str>) = found
-        .keys()
-        .map(|(c, m)| (c.as_str(), m.as_str()))
-        .unzip();
+    let (convs, msgs): (Vec<&str>, Vec<&str>) =
+        found.keys().map(|(c, m)| (c.as_str(), m.as_str())).unzip();
     let held: Vec<(String, String, i32, String)> = sqlx::query_as(
         "SELECT a.conversation_id, a.message_id, a.ordinal, a.upstream_url
          FROM vault.attachments a
