@@ -658,6 +658,37 @@ impl AttachmentsRun {
     }
 }
 
+/// After a purge committed: remove the blobs among `sha256` that no attachment names any
+/// more. Returns how many were removed.
+pub async fn remove_unreferenced_blobs(
+    store: &Store,
+    blobs: &BlobStore,
+    sha256: &[String],
+) -> anyhow::Result<u64> {
+    if sha256.is_empty() {
+        return Ok(0);
+    }
+    let still: std::collections::HashSet<String> = store
+        .attachment_blobs_referenced(sha256)
+        .await?
+        .into_iter()
+        .collect();
+    let mut removed = 0;
+    let mut seen = std::collections::HashSet::new();
+    for sha in sha256 {
+        if still.contains(sha) || !seen.insert(sha) {
+            continue;
+        }
+        let Ok(sha) = Sha256Hex::parse(sha) else {
+            continue;
+        };
+        if blobs.remove(&sha).await? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// One run of the fetcher for a configured source: its own lock (so two runs never overlap
 /// for a source, and the sync is never held up), a connector built as the sync builds it,
 /// then [`Fetcher::run`]. Failures are logged once here and returned.

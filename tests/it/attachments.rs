@@ -972,3 +972,102 @@ async fn verify_attachments_catches_a_blob_altered_on_disk_and_plain_verify_stil
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok: every chain is intact"));
 }
+
+#[tokio::test]
+async fn a_purge_takes_the_attachment_records_and_the_files_only_purged_messages_named() {
+    let (options_pg, name) = chatvault::pg::testing::fresh_database().await;
+    let socket = options_pg.get_socket().expect("a socket");
+    let url = format!(
+        "postgres://{}@localhost/{name}?host={}",
+        options_pg.get_username(),
+        socket.display()
+    );
+    let store = Store::connect(options_pg, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let src = SourceName::new("s");
+    store
+        .register_source(&src, Platform::Tangsengdaodao)
+        .await
+        .unwrap();
+    let (_media, base) = media_server(&[
+        (
+            "shared.png",
+            b"kept: a recent message names it too".to_vec(),
+        ),
+        ("old.png", b"only an old message names it".to_vec()),
+    ])
+    .await;
+    let mut recent = with_files(
+        "g1",
+        "m9",
+        9,
+        json!([{"kind": "image", "url": format!("{base}/f/shared.png")}]),
+    );
+    recent.header.as_mut().unwrap().sent_at =
+        chatvault::model::to_micros(chrono::Utc::now() - chrono::Duration::hours(1));
+    archive(
+        &store,
+        &src,
+        None,
+        9,
+        vec![
+            with_files(
+                "g1",
+                "m1",
+                1,
+                json!([{"kind": "image", "url": format!("{base}/f/shared.png")},
+                       {"kind": "image", "url": format!("{base}/f/old.png")}]),
+            ),
+            recent,
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("chatvault.toml"),
+        format!(
+            "[database]\nurl = \"{url}\"\n[storage]\ndata_dir = \"data\"\n[retention]\ndefault = \"7y\"\n[retention.conversation_type]\ngroup = \"30d\"\n"
+        ),
+    )
+    .unwrap();
+    let attachments_dir = dir.path().join("data/attachments");
+    let blobs = Arc::new(BlobStore::in_directory(&attachments_dir).unwrap());
+    let report = Fetcher::new(store.clone(), blobs.clone(), options())
+        .unwrap()
+        .run(&src, &FilesConnector, None)
+        .await
+        .unwrap();
+    assert_eq!(report.stored, 3);
+    assert_eq!(blob_files(&attachments_dir).len(), 2);
+
+    let out = run(dir.path(), &["purge"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = statuses(&store).await;
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["g1/m9/0"],
+        "the purged message's records went with it"
+    );
+    let shared = Sha256Hex::parse(&sha(b"kept: a recent message names it too")).unwrap();
+    let old = Sha256Hex::parse(&sha(b"only an old message names it")).unwrap();
+    assert!(blobs.contains(&shared).await.unwrap());
+    assert!(
+        !blobs.contains(&old).await.unwrap(),
+        "no attachment names it any more"
+    );
+
+    // The events of the purged message's files stay in the chain; verify accounts for them.
+    let out = run(dir.path(), &["verify", "--attachments"]).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("attachments: 1 stored files checked")
+            && text(&out.stdout).contains("2 of purged messages not checked"),
+        "{}",
+        text(&out.stdout)
+    );
+}
