@@ -214,6 +214,8 @@ async fn fetch_attachments(
                 "{}: attachments skipped, another chatvault process is fetching them",
                 source.name
             )?,
+            // nothing was due: nothing to say
+            Ok(r) if r.stored + r.failed + r.gone + r.too_large + r.deferred == 0 => {}
             Ok(r) => writeln!(
                 out,
                 "{}: attachments: {} stored ({}), {} failed, {} gone, {} too large{}",

@@ -1071,3 +1071,143 @@ async fn a_purge_takes_the_attachment_records_and_the_files_only_purged_messages
         text(&out.stdout)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Wiring: `chatvault sync` and the daemon look for attachments after the messages.
+
+#[tokio::test]
+async fn sync_looks_for_attachments_after_the_messages_unless_told_not_to() {
+    use chatvault::sim::tangsengdaodao::{SimServer, World, WorldSpec};
+    let server = SimServer::start(World::generate(&WorldSpec {
+        messages: 60,
+        ..WorldSpec::default()
+    }))
+    .await;
+    let (options_pg, name) = chatvault::pg::testing::fresh_database().await;
+    let socket = options_pg.get_socket().expect("a socket");
+    let url = format!(
+        "postgres://{}@localhost/{name}?host={}",
+        options_pg.get_username(),
+        socket.display()
+    );
+    let store = Store::connect(options_pg, 2).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("chatvault.toml"),
+        format!(
+            "[database]\nurl = \"{url}\"\n[storage]\ndata_dir = \"data\"\n[[source]]\nname = \"acme\"\nplatform = \"tangsengdaodao\"\nbase_url = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\nrequests_per_second = 500\n",
+            server.base_url(),
+            WorldSpec::default().me_username,
+            WorldSpec::default().me_password,
+        ),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["sync", "--no-attachments"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM vault.attachment_scan").await,
+        0,
+        "--no-attachments: not even a scan"
+    );
+    let out = run(dir.path(), &["sync"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let acme = SourceName::new("acme");
+    let head = store.chain_heads().await.unwrap()["acme"];
+    assert!(head > 60);
+    assert_eq!(store.attachment_scan_position(&acme).await.unwrap(), head);
+    assert!(dir.path().join("data/attachments/blobs").is_dir());
+}
+
+#[tokio::test]
+async fn the_daemon_looks_for_attachments_after_each_run() {
+    use chatvault::attachments::fetcher::AttachmentsRun;
+    use chatvault::config::{
+        AttachmentsConfig, BlobStoreConfig, PlatformConfig, Secret, SourceConfig, TsddAuth,
+        TsddConfig,
+    };
+    use chatvault::scheduler::{Scheduler, SchedulerOptions};
+    use chatvault::sim::tangsengdaodao::{SimServer, World, WorldSpec};
+    use chatvault::sync::SyncOptions;
+
+    let server = SimServer::start(World::generate(&WorldSpec {
+        messages: 60,
+        ..WorldSpec::default()
+    }))
+    .await;
+    let (store, _) = store().await;
+    let source = SourceConfig {
+        name: SourceName::new("d"),
+        schedule: "* * * * * *".into(),
+        requests_per_second: 0.0,
+        request_timeout: Duration::from_secs(10),
+        enabled: true,
+        platform: PlatformConfig::Tangsengdaodao(TsddConfig {
+            base_url: server.base_url(),
+            auth: TsddAuth::Password {
+                username: WorldSpec::default().me_username,
+                password: Secret::new(WorldSpec::default().me_password),
+            },
+            device_flag: 1,
+            page_size: 50,
+        }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = AttachmentsConfig {
+        enabled: true,
+        kinds: AttachmentKind::ALL.to_vec(),
+        store: BlobStoreConfig::Directory(dir.path().to_path_buf()),
+        max_file_bytes: 1 << 20,
+        max_run_bytes: 1 << 30,
+        requests_per_second: 100.0,
+        concurrency: 2,
+        max_attempts: 3,
+        request_timeout: Duration::from_secs(10),
+    };
+    let options = SchedulerOptions {
+        max_concurrent_sources: 1,
+        jitter: Duration::ZERO,
+        backoff_base: Duration::from_secs(30),
+        backoff_cap: Duration::from_secs(30),
+        sync: SyncOptions::default(),
+        attachments: Some(AttachmentsRun {
+            blobs: chatvault::attachments::fetcher::open_blob_store(&config).unwrap(),
+            config,
+            session_dir: None,
+            metrics: None,
+        }),
+    };
+    let scheduler = Scheduler::new(
+        store.clone(),
+        chatvault::metrics::Metrics::new(),
+        std::slice::from_ref(&source),
+        options,
+    )
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(scheduler.run(stop_rx));
+    let d = SourceName::new("d");
+    let mut scanned = false;
+    for _ in 0..300 {
+        let head = store
+            .chain_heads()
+            .await
+            .unwrap()
+            .get("d")
+            .copied()
+            .unwrap_or(0);
+        if head > 60 && store.attachment_scan_position(&d).await.unwrap() == head {
+            scanned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the scheduler stops")
+        .unwrap();
+    assert!(
+        scanned,
+        "the archive was scanned for attachments after a run"
+    );
+}
