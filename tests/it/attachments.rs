@@ -1211,3 +1211,51 @@ async fn the_daemon_looks_for_attachments_after_each_run() {
         "the archive was scanned for attachments after a run"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_download_times_out_as_a_failure_and_is_retried() {
+    let (store, src) = store().await;
+    let (media, base) = media_server(&[("slow.bin", vec![1u8; 10_000])]).await;
+    media.stall_once.store(true, Ordering::SeqCst);
+    archive(
+        &store,
+        &src,
+        None,
+        1,
+        vec![with_files(
+            "g1",
+            "m1",
+            1,
+            json!([{"kind": "file", "url": format!("{base}/stall/slow.bin?sig=SECRET")}]),
+        )],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Arc::new(BlobStore::in_directory(dir.path()).unwrap());
+    let fetcher = Fetcher::new(
+        store.clone(),
+        blobs,
+        FetchOptions {
+            request_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let first = fetcher.run(&src, &FilesConnector, None).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "bounded by the timeout"
+    );
+    assert_eq!(first.failed, 1, "{first:?}");
+    let (status, error): (String, String) =
+        sqlx::query_as("SELECT status, error FROM vault.attachments")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.contains("interrupted"), "{error}");
+    assert!(!error.contains("SECRET"), "{error}");
+    let second = fetcher.run(&src, &FilesConnector, None).await.unwrap();
+    assert_eq!(second.stored, 1, "{second:?}");
+}
