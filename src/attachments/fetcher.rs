@@ -369,7 +369,8 @@ impl Fetcher {
                 Some(after.map_or_else(backoff, |a| a.max(backoff()))),
             ),
         };
-        let error = format!("{error} (attempt {attempts})");
+        // Connectors' texts too: no URL in it keeps its query string (signed URLs' secrets).
+        let error = format!("{} (attempt {attempts})", without_queries(&error));
         if retry_in.is_none() {
             warn!(source = %source, conversation = %item.key.conversation_id,
                   message = %item.key.message_id, ordinal = item.key.ordinal,
@@ -522,6 +523,27 @@ impl Fetcher {
             shown_url(request.url.as_str())
         )))
     }
+}
+
+/// `text` with every http(s) URL in it shown without credentials or query string.
+fn without_queries(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest
+        .find("http://")
+        .into_iter()
+        .chain(rest.find("https://"))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | ','))
+            .map_or(rest.len(), |e| at + e);
+        out.push_str(&shown_url(&rest[at..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -782,6 +804,17 @@ mod tests {
             }
             _ => panic!("429 is retried"),
         }
+    }
+
+    #[test]
+    fn error_texts_lose_query_strings() {
+        assert_eq!(
+            without_queries(
+                "GET https://u:p@cdn.example/a.png?sig=SECRET failed (see http://x/y?t=SECRET2), ok"
+            ),
+            "GET https://cdn.example/a.png failed (see http://x/y), ok"
+        );
+        assert_eq!(without_queries("no url here"), "no url here");
     }
 
     #[tokio::test]
