@@ -156,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
         blobs,
         FetchOptions {
+            download: true,
             kinds: AttachmentKind::ALL.to_vec(),
             max_file_bytes: 1 << 20,
             max_run_bytes: u64::MAX,

@@ -49,6 +49,8 @@ pub const MAX_HOPS: usize = 5;
 /// How the fetcher works (from `[attachments]`, plus what tests shorten).
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
+    /// `attachments.enabled`: false records references and downloads nothing.
+    pub download: bool,
     pub kinds: Vec<AttachmentKind>,
     pub max_file_bytes: u64,
     pub max_run_bytes: u64,
@@ -68,6 +70,7 @@ pub struct FetchOptions {
 impl FetchOptions {
     pub fn from_config(config: &AttachmentsConfig) -> Self {
         FetchOptions {
+            download: config.enabled,
             kinds: config.kinds.clone(),
             max_file_bytes: config.max_file_bytes,
             max_run_bytes: config.max_run_bytes,
@@ -200,6 +203,9 @@ impl Fetcher {
             .skip_attachment_kinds(source, &self.options.kinds)
             .await
             .context("cannot mark attachments of kinds not downloaded")?;
+        if !self.options.download {
+            return Ok(report);
+        }
 
         let spent = AtomicU64::new(0);
         let stored = AtomicU64::new(0);
@@ -642,14 +648,12 @@ impl std::fmt::Debug for AttachmentsRun {
 }
 
 impl AttachmentsRun {
-    /// From the configuration: `None` when `attachments.enabled` is false.
+    /// From the configuration. With `attachments.enabled = false` its runs record what
+    /// messages reference and download nothing.
     pub fn from_config(
         config: &crate::config::Config,
         metrics: Option<Arc<Metrics>>,
     ) -> anyhow::Result<Option<Self>> {
-        if !config.attachments.enabled {
-            return Ok(None);
-        }
         Ok(Some(AttachmentsRun {
             config: config.attachments.clone(),
             blobs: open_blob_store(&config.attachments)?,

@@ -268,6 +268,7 @@ async fn archive(
 
 fn options() -> FetchOptions {
     FetchOptions {
+        download: true,
         kinds: AttachmentKind::ALL.to_vec(),
         max_file_bytes: 1 << 20,
         max_run_bytes: 1 << 30,
@@ -1258,4 +1259,40 @@ async fn a_stalled_download_times_out_as_a_failure_and_is_retried() {
     assert!(!error.contains("SECRET"), "{error}");
     let second = fetcher.run(&src, &FilesConnector, None).await.unwrap();
     assert_eq!(second.stored, 1, "{second:?}");
+}
+
+#[tokio::test]
+async fn with_downloads_disabled_references_are_recorded_and_nothing_is_fetched() {
+    let (store, src) = store().await;
+    let (media, base) = media_server(&[("a.png", b"a".to_vec())]).await;
+    archive(
+        &store,
+        &src,
+        None,
+        1,
+        vec![with_files(
+            "g1",
+            "m1",
+            1,
+            json!([{"kind": "image", "url": format!("{base}/f/a.png")}]),
+        )],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Arc::new(BlobStore::in_directory(dir.path()).unwrap());
+    let report = Fetcher::new(
+        store.clone(),
+        blobs,
+        FetchOptions {
+            download: false,
+            ..options()
+        },
+    )
+    .unwrap()
+    .run(&src, &FilesConnector, None)
+    .await
+    .unwrap();
+    assert_eq!((report.found, report.stored), (1, 0), "{report:?}");
+    assert_eq!(statuses(&store).await["g1/m1/0"], "pending");
+    assert!(media.requests.lock().unwrap().is_empty());
 }
