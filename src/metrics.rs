@@ -71,6 +71,12 @@ pub struct Metrics {
     /// times that failed (by source).
     heads_published: IntCounterVec,
     heads_publish_failures: IntCounterVec,
+    /// Attachment downloads by source and outcome, bytes downloaded, attachments by status,
+    /// and the download queue.
+    attachment_downloads: IntCounterVec,
+    attachment_bytes: IntCounterVec,
+    attachments: IntGaugeVec,
+    attachment_queue: IntGaugeVec,
     /// Held while the archive gauges are replaced and while the registry is gathered.
     archive: Mutex<()>,
 }
@@ -305,6 +311,43 @@ impl Metrics {
                     "Runs after which writing the chain heads to heads_file or heads_command failed (the sync itself is not failed).",
                 ),
             ),
+            attachment_downloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "chatvault_attachment_downloads_total",
+                        "Attachment downloads that ended, by source and outcome (stored, failed, gone, too_large).",
+                    ),
+                    &["source", "outcome"],
+                ),
+            ),
+            attachment_bytes: register(
+                r,
+                source_counter(
+                    "chatvault_attachment_bytes_total",
+                    "Bytes of attachments downloaded.",
+                ),
+            ),
+            attachments: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "chatvault_attachments",
+                        "Attachments archived messages reference, by source and status (pending, stored, failed, too_large, gone, skipped).",
+                    ),
+                    &["source", "status"],
+                ),
+            ),
+            attachment_queue: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "chatvault_attachment_queue",
+                        "Attachments due for download, by source.",
+                    ),
+                    &["source"],
+                ),
+            ),
             archive: Mutex::new(()),
             registry,
         };
@@ -353,6 +396,41 @@ impl Metrics {
             self.last_success
                 .with_label_values(&[source])
                 .set(unix_now());
+        }
+    }
+
+    /// One attachment download ended with `outcome` (stored, failed, gone, too_large).
+    pub fn attachment_downloaded(&self, source: &str, outcome: &str) {
+        self.attachment_downloads
+            .with_label_values(&[source, outcome])
+            .inc();
+    }
+
+    /// `bytes` of attachments were downloaded for `source`.
+    pub fn attachment_bytes(&self, source: &str, bytes: u64) {
+        self.attachment_bytes
+            .with_label_values(&[source])
+            .inc_by(bytes);
+    }
+
+    /// Replace the attachment gauges: counts by `(source, status)` and the queue by source.
+    pub fn set_attachment_status(
+        &self,
+        counts: &std::collections::BTreeMap<(String, String), i64>,
+        queue: &std::collections::BTreeMap<String, i64>,
+    ) {
+        let _guard = self.archive_lock();
+        self.attachments.reset();
+        for ((source, status), n) in counts {
+            self.attachments
+                .with_label_values(&[source.as_str(), status.as_str()])
+                .set(*n);
+        }
+        self.attachment_queue.reset();
+        for (source, n) in queue {
+            self.attachment_queue
+                .with_label_values(&[source.as_str()])
+                .set(*n);
         }
     }
 

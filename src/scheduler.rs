@@ -134,6 +134,9 @@ pub struct SchedulerOptions {
     pub backoff_cap: Duration,
     /// What each run is given.
     pub sync: SyncOptions,
+    /// Attachments are fetched after each run of a source, beside its schedule (`None`:
+    /// not fetched).
+    pub attachments: Option<crate::attachments::fetcher::AttachmentsRun>,
 }
 
 impl SchedulerOptions {
@@ -153,6 +156,7 @@ impl SchedulerOptions {
                     .then(|| Arc::new(config.integrity.clone())),
                 ..SyncOptions::default()
             },
+            attachments: None,
         }
     }
 }
@@ -328,6 +332,9 @@ impl SourceLoop {
         let mut next = self.plan(Utc::now(), None);
         let mut running: Option<RunFuture> = None;
         let mut failures: u32 = 0;
+        // The source's attachment fetch: started after a run, never two at once, never in
+        // the way of the next run.
+        let mut fetching: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let wait = next.map(|n| (n.at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
             let due = async {
@@ -368,6 +375,9 @@ impl SourceLoop {
                 Event::Finished(result) => {
                     running = None;
                     let Some(result) = result else { continue };
+                    if !result.skipped && fetching.as_ref().is_none_or(|f| f.is_finished()) {
+                        fetching = self.fetch_attachments(shutdown.clone());
+                    }
                     let finished = Utc::now();
                     failures = self.finished(&result, failures, finished);
                     if failures > 0 {
@@ -391,12 +401,32 @@ impl SourceLoop {
             }
         }
         self.update(|s| s.next_run = None);
+        // a download in flight is dropped with its staged file; the next start cleans up
+        if let Some(fetch) = fetching {
+            fetch.abort();
+        }
         // let the running run stop between pages
         if let Some(run) = running {
             if let Some(result) = run.await {
                 self.finished(&result, failures, Utc::now());
             }
         }
+    }
+
+    /// Start fetching the source's attachments in the background, if configured.
+    fn fetch_attachments(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let attachments = self.options.attachments.clone()?;
+        let store = self.store.clone();
+        let source = self.source.clone();
+        Some(tokio::spawn(async move {
+            // fetch_source logs its outcome once
+            let _ = attachments
+                .fetch(&store, &source, None, Some(shutdown))
+                .await;
+        }))
     }
 
     /// Record a finished run; returns the consecutive failures after it.

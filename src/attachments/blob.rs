@@ -115,6 +115,21 @@ impl BlobStore {
         }
     }
 
+    /// Remove the blob `sha256` (after the last attachment naming it was purged); `false`
+    /// when it was not there.
+    pub async fn remove(&self, sha256: &Sha256Hex) -> anyhow::Result<bool> {
+        match &self.backend {
+            Backend::Directory { root } => {
+                let path = blob_path(root, sha256);
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+                }
+            }
+        }
+    }
+
     /// Whether the blob `sha256` is stored.
     pub async fn contains(&self, sha256: &Sha256Hex) -> anyhow::Result<bool> {
         match &self.backend {

@@ -5,6 +5,8 @@
 //! each file once by its sha256.
 
 pub mod blob;
+pub mod check;
+pub mod fetcher;
 
 use serde::{Deserialize, Serialize};
 

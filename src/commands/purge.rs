@@ -181,6 +181,7 @@ pub async fn purge(
         {
             done += b.messages;
             report.events += 1;
+            remove_purged_blobs(store, config, &b.attachment_blobs).await;
             progress(format!(
                 "source {}: purge event {}: {} messages, {} versions, {} reactions ({done} so far; {}, cut-off {})",
                 rule.source,
@@ -274,5 +275,25 @@ pub async fn daily(store: Store, config: Config, mut stop: tokio::sync::watch::R
                 "automatic purge failed; it is tried again in a day"
             ),
         }
+    }
+}
+
+/// After a purge batch committed: the attachment files only its messages named. A failure
+/// is a warning (the purge stands; the files stay until removed by hand).
+async fn remove_purged_blobs(store: &Store, config: &Config, sha256: &[String]) {
+    if sha256.is_empty() {
+        return;
+    }
+    let removed = async {
+        let blobs = crate::attachments::fetcher::open_blob_store(&config.attachments)?;
+        crate::attachments::fetcher::remove_unreferenced_blobs(store, &blobs, sha256).await
+    }
+    .await;
+    match removed {
+        Ok(n) => tracing::info!(removed = n, "attachment files of purged messages removed"),
+        Err(e) => tracing::warn!(
+            error = %format!("{e:#}"),
+            "attachment files of purged messages were not removed"
+        ),
     }
 }

@@ -94,7 +94,13 @@ pub(super) async fn daemon(
         store.clone(),
         metrics.clone(),
         &config.sources,
-        SchedulerOptions::from_config(&config),
+        SchedulerOptions {
+            attachments: crate::attachments::fetcher::AttachmentsRun::from_config(
+                &config,
+                Some(metrics.clone()),
+            )?,
+            ..SchedulerOptions::from_config(&config)
+        },
     )?;
     for source in config.sources.iter().filter(|s| s.enabled) {
         let period = crate::scheduler::parse_schedule(source.name.as_str(), &source.schedule)

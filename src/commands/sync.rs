@@ -11,13 +11,18 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::common::{load_config, prepare_data_dir, select_sources, with_store};
+use std::sync::Arc;
+
+use crate::attachments::fetcher::{AttachmentsRun, ProgressFn};
 use crate::config::{Config, SourceConfig};
 use crate::index::{self, Indexer, SearchIndex};
 use crate::store::Store;
 use crate::sync::{self, SyncOptions};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  chatvault sync\n  chatvault sync --source acme-tsdd --full")]
+#[command(
+    after_help = "Examples:\n  chatvault sync\n  chatvault sync --source acme-tsdd --full\n  chatvault sync --no-attachments"
+)]
 pub struct SyncArgs {
     /// Sync only this source (repeatable).
     #[arg(long = "source", value_name = "NAME")]
@@ -25,14 +30,19 @@ pub struct SyncArgs {
     /// Re-read everything from the beginning (idempotent: nothing is duplicated).
     #[arg(long)]
     pub full: bool,
+    /// Archive messages only: leave attachment downloads for the next sync or the daemon
+    /// (their references are recorded either way).
+    #[arg(long)]
+    pub no_attachments: bool,
 }
 
 pub async fn run(args: SyncArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path, false)?;
     let selected = select_sources(&config, &args.sources, "sync")?;
     let settings = config.clone();
+    let attachments = !args.no_attachments;
     with_store(&config, true, move |store| {
-        sync(store, settings, selected, args.full)
+        sync(store, settings, selected, args.full, attachments)
     })
     .await
 }
@@ -44,6 +54,7 @@ async fn sync(
     config: Config,
     selected: Vec<SourceConfig>,
     full: bool,
+    attachments: bool,
 ) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -69,6 +80,7 @@ async fn sync(
     let limit = config.sync.max_concurrent_sources.max(1);
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
     let mut tasks = Vec::new();
+    let fetch_from = selected.clone();
     for source in selected {
         let store = store.clone();
         let options = options.clone();
@@ -118,6 +130,9 @@ async fn sync(
         failed |= !r.ok();
     }
     drop(out);
+    if attachments {
+        fetch_attachments(&store, &config, &fetch_from, &stop_rx).await?;
+    }
     match indexed {
         Ok(report) => println!(
             "index: {} events applied, {} messages indexed",
@@ -150,4 +165,77 @@ async fn index_beside<T>(
         }
         Err(e) => (work.await, Err(e)),
     }
+}
+
+/// After the messages: each selected source's attachments, one source after the other, a
+/// line per source. A download that fails never fails the sync: it is recorded and retried
+/// by the next sync or the daemon.
+async fn fetch_attachments(
+    store: &Store,
+    config: &Config,
+    selected: &[SourceConfig],
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let run = match AttachmentsRun::from_config(config, None) {
+        Ok(Some(run)) => run,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            eprintln!("warning: attachments were not fetched: {e:#}");
+            return Ok(());
+        }
+    };
+    for source in selected {
+        if *stop.borrow() {
+            break;
+        }
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(format!("{} attachments", source.name));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        let progress: Option<Arc<ProgressFn>> = bar.clone().map(|bar| {
+            Arc::new(move |files: u64, bytes: u64| {
+                bar.set_message(format!("{files} files, {}", indicatif::HumanBytes(bytes)));
+            }) as Arc<ProgressFn>
+        });
+        let result = run.fetch(store, source, progress, Some(stop.clone())).await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let mut out = std::io::stdout().lock();
+        match result {
+            Ok(r) if r.skipped => writeln!(
+                out,
+                "{}: attachments skipped, another chatvault process is fetching them",
+                source.name
+            )?,
+            // nothing was due: nothing to say
+            Ok(r) if r.stored + r.failed + r.gone + r.too_large + r.deferred == 0 => {}
+            Ok(r) => writeln!(
+                out,
+                "{}: attachments: {} stored ({}), {} failed, {} gone, {} too large{}",
+                source.name,
+                r.stored,
+                indicatif::HumanBytes(r.bytes),
+                r.failed,
+                r.gone,
+                r.too_large,
+                if r.deferred > 0 {
+                    format!(
+                        ", {} left for the next run (attachments.max_run_mb)",
+                        r.deferred
+                    )
+                } else {
+                    String::new()
+                }
+            )?,
+            Err(e) => writeln!(out, "{}: attachments not fetched: {e:#}", source.name)?,
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `chatvault verify`: recompute every hash chain, check every stored version against the
 //! digest its event recorded, compare chain heads saved elsewhere (`--head`), and check the
-//! search index against PostgreSQL. Every failure is a line on stderr, and the exit code is 1.
+//! search index against PostgreSQL, and with `--attachments` every stored attachment against
+//! its event (`attachments::check`). Every failure is a line on stderr, and the exit code is 1.
 //! Each source's outcome is kept in `archive.verify_results`, which the daemon exports as
 //! `chatvault_verify_ok`.
 
@@ -38,6 +39,10 @@ pub struct VerifyArgs {
     /// --upstream: the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also check every stored attachment: its blob is in the attachment store and its
+    /// bytes still hash to the sha256 its `attachment_stored` event recorded.
+    #[arg(long, conflicts_with_all = ["print_heads", "upstream"])]
+    pub attachments: bool,
 
     #[command(flatten)]
     pub upstream: UpstreamFlags,
@@ -89,7 +94,46 @@ pub async fn run(args: VerifyArgs, config_path: Option<&Path>) -> anyhow::Result
         return with_store(&config, true, move |store| print_heads(store, json)).await;
     }
     let index_dir = index::index_dir(&config.storage.data_dir);
+    if args.attachments {
+        let blobs = crate::attachments::fetcher::open_blob_store(&config.attachments)?;
+        return with_store(&config, true, |store| async move {
+            let chains = verify(store.clone(), heads, index_dir).await?;
+            let blobs_ok = verify_attachments(&store, &blobs).await?;
+            Ok(if chains == ExitCode::SUCCESS && blobs_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        })
+        .await;
+    }
     with_store(&config, true, |store| verify(store, heads, index_dir)).await
+}
+
+/// `verify --attachments`: each stored attachment's blob against its event; a line of
+/// counts on stdout, each problem on stderr; `false` when there is any.
+async fn verify_attachments(
+    store: &Store,
+    blobs: &crate::attachments::blob::BlobStore,
+) -> anyhow::Result<bool> {
+    let check = crate::attachments::check::check_blobs(store, blobs, None).await?;
+    println!(
+        "attachments: {} stored files checked ({} bytes){}",
+        check.checked,
+        check.bytes,
+        if check.purged > 0 {
+            format!(", {} of purged messages not checked", check.purged)
+        } else {
+            String::new()
+        }
+    );
+    for p in &check.problems {
+        eprintln!("verify failed: {p}");
+    }
+    if check.ok() {
+        println!("ok: every stored attachment is the file that was fetched");
+    }
+    Ok(check.ok())
 }
 
 /// The chains and versions (the store), then the index; the report on stdout, failures on

@@ -17,6 +17,8 @@ use crate::model::SourceName;
 
 /// The class of source locks: the high 32 bits of their keys ("cv").
 const LOCK_CLASS: i64 = 0x6376;
+/// The class of the locks of sources' attachment downloads ("ca").
+const ATTACHMENTS_LOCK_CLASS: i64 = 0x6361;
 
 /// A held source lock (see the module doc).
 pub struct SourceLock {
@@ -32,8 +34,29 @@ impl Store {
         source: &SourceName,
         check_every: Duration,
     ) -> Result<Option<SourceLock>> {
+        self.try_lock_class(LOCK_CLASS, source, check_every).await
+    }
+
+    /// Take the lock of `source`'s attachment downloads if no one holds it (`Ok(None)` when
+    /// someone does): a lock of its own, so downloads never hold up the source's sync and
+    /// never run twice at once for a source.
+    pub async fn try_lock_attachments(
+        &self,
+        source: &SourceName,
+        check_every: Duration,
+    ) -> Result<Option<SourceLock>> {
+        self.try_lock_class(ATTACHMENTS_LOCK_CLASS, source, check_every)
+            .await
+    }
+
+    async fn try_lock_class(
+        &self,
+        class: i64,
+        source: &SourceName,
+        check_every: Duration,
+    ) -> Result<Option<SourceLock>> {
         let id = self.lock_id(source).await?;
-        let key = (LOCK_CLASS << 32) | i64::from(id as u32);
+        let key = (class << 32) | i64::from(id as u32);
         let mut conn = self.pool.acquire().await?.detach();
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)

@@ -13,6 +13,7 @@
 
 pub mod access_log;
 mod apply;
+pub mod attachments;
 pub mod browse;
 pub mod canonical;
 pub mod charts;

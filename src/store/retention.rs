@@ -112,6 +112,10 @@ pub struct PurgeBatch {
     pub listing_sha256: String,
     /// What it removed per conversation.
     pub per_conversation: Vec<PurgeCount>,
+    /// The sha256 of the stored attachments of the messages it removed (their rows went
+    /// with them): blobs no other attachment names may be removed once it committed.
+    #[serde(skip)]
+    pub attachment_blobs: Vec<String>,
 }
 
 /// One message of a purge's listing.
@@ -552,6 +556,22 @@ impl Store {
         .bind(&nreactions)
         .execute(&mut *tx)
         .await?;
+        // The messages' attachment records go with them (the blobs, if no other attachment
+        // names them, once this commits).
+        let attachment_blobs: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
+            "DELETE FROM vault.attachments t
+             USING unnest($2::text[], $3::text[]) AS k(c, m)
+             WHERE t.source = $1 AND t.conversation_id = k.c AND t.message_id = k.m
+             RETURNING t.sha256",
+        )
+        .bind(source)
+        .bind(&convs)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
         sqlx::query("SELECT set_config('chatvault.purge_seq', $1, true)")
             .bind(seq.to_string())
             .execute(&mut *tx)
@@ -604,6 +624,7 @@ impl Store {
             reactions,
             listing_sha256: digest,
             per_conversation: per_conversation.into_values().collect(),
+            attachment_blobs,
         }))
     }
 

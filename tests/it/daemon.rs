@@ -276,6 +276,7 @@ fn fast_options() -> SchedulerOptions {
             max_backoff: Duration::from_millis(20),
             ..SyncOptions::default()
         },
+        attachments: None,
     }
 }
 

@@ -11,6 +11,7 @@ mod as_of;
 mod attachments_export;
 mod attachments_web;
 mod attachments_yunhu;
+mod attachments;
 mod browser;
 mod charts;
 mod cli;

@@ -199,6 +199,7 @@ async fn a_panic_inside_a_run_is_a_failed_run_and_the_schedule_goes_on() {
         backoff_base: Duration::from_millis(10),
         backoff_cap: Duration::from_millis(10),
         sync: SyncOptions::default(),
+        attachments: None,
     };
     options.sync.page_hook = Some(hook);
     let scheduler = Scheduler::new(
@@ -276,6 +277,7 @@ async fn the_next_run_a_server_shows_includes_the_backoff() {
         backoff_base: Duration::from_secs(3600),
         backoff_cap: Duration::from_secs(3600),
         sync: SyncOptions::default(),
+        attachments: None,
     };
     let scheduler = Scheduler::new(
         store.clone(),
