@@ -8,6 +8,7 @@ mod common;
 mod access_log;
 mod api;
 mod as_of;
+mod blob_s3;
 mod browser;
 mod charts;
 mod cli;
