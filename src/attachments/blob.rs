@@ -665,6 +665,88 @@ mod tests {
         assert!(read_all(&store, &missing).await.is_none());
     }
 
+    fn s3_config(prefix: &str) -> S3Config {
+        S3Config {
+            bucket: "chat-media".to_string(),
+            prefix: prefix.to_string(),
+            endpoint: Some("http://127.0.0.1:9".to_string()),
+            region: "us-east-1".to_string(),
+            access_key_id: Some(Secret::new("AKIAEXAMPLEKEYID1234")),
+            secret_access_key: Some(Secret::new("s3cr3t/EXAMPLE+key")),
+            allow_http: true,
+        }
+    }
+
+    #[test]
+    fn an_s3_store_shows_its_bucket_and_never_its_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::in_s3(
+            &s3_config("chat/2026"),
+            &dir.path().join("staging"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(store.describe(), "s3://chat-media/chat/2026");
+        let debug = format!("{store:?}");
+        assert!(debug.contains("s3://chat-media/chat/2026"), "{debug}");
+        assert!(!debug.contains("AKIAEXAMPLEKEYID1234"), "{debug}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        let staging_mode = std::fs::metadata(store.staging_dir())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(staging_mode, 0o700);
+
+        let Backend::S3(s3) = &store.backend else {
+            panic!("not an S3 store")
+        };
+        let sha = Sha256Hex::parse(&format!("ab{}", "1".repeat(62))).unwrap();
+        assert_eq!(
+            s3.key(&sha).as_ref(),
+            format!("chat/2026/ab/ab{}", "1".repeat(62))
+        );
+        let top = S3Blobs::new(&s3_config(""), Duration::from_secs(5)).unwrap();
+        assert_eq!(top.key(&sha).as_ref(), format!("ab/ab{}", "1".repeat(62)));
+        assert_eq!(top.url(), "s3://chat-media");
+
+        let said = scrub(
+            "Authorization: Credential=AKIAEXAMPLEKEYID1234/…; key s3cr3t/EXAMPLE+key",
+            &s3.secrets,
+        );
+        assert_eq!(said, "Authorization: Credential=***/…; key ***");
+    }
+
+    #[test]
+    fn the_directory_probe_finds_an_open_store_and_one_it_cannot_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("attachments");
+        // missing, under a writable directory: created at the first download
+        let found = probe_directory(&store).unwrap();
+        assert!(found.contains("does not exist yet"), "{found}");
+        assert!(!store.exists(), "the probe created the directory");
+        // a relative path whose parent is the working directory
+        assert!(probe_directory(Path::new("attachments-not-here")).is_ok());
+
+        BlobStore::in_directory(&store).unwrap();
+        let found = probe_directory(&store).unwrap();
+        assert!(found.contains("private"), "{found}");
+
+        std::fs::set_permissions(store.join("blobs"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let (problem, fix) = probe_directory(&store).unwrap_err();
+        assert!(
+            problem.contains("open to other users (mode 0755)"),
+            "{problem}"
+        );
+        assert!(fix.starts_with("chmod -R go-rwx"), "{fix}");
+
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let (problem, _) = probe_directory(&file).unwrap_err();
+        assert!(problem.contains("not a directory"), "{problem}");
+    }
+
     #[test]
     fn digests_are_checked() {
         assert!(Sha256Hex::parse(&"a".repeat(64)).is_ok());
