@@ -116,7 +116,7 @@ impl BlobStore {
         files::create_private_dir_all(staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
         Ok(BlobStore {
-            backend: Backend::S3(S3Blobs::new(config, request_timeout)?),
+            backend: Backend::S3(S3Blobs::new(config, request_timeout, S3_MAX_RETRIES)?),
             staging: staging.to_path_buf(),
         })
     }
@@ -229,7 +229,7 @@ enum S3Trouble {
 }
 
 impl S3Blobs {
-    fn new(config: &S3Config, request_timeout: Duration) -> anyhow::Result<Self> {
+    fn new(config: &S3Config, request_timeout: Duration, retries: usize) -> anyhow::Result<Self> {
         let builder = match (&config.access_key_id, &config.secret_access_key) {
             (Some(id), Some(secret)) => AmazonS3Builder::new()
                 .with_access_key_id(id.expose())
@@ -249,7 +249,7 @@ impl S3Blobs {
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
             .with_retry(RetryConfig {
-                max_retries: S3_MAX_RETRIES,
+                max_retries: retries,
                 retry_timeout: S3_RETRY_TIMEOUT,
                 ..RetryConfig::default()
             });
@@ -293,6 +293,17 @@ impl S3Blobs {
     /// The error of `action` on `key`: which object, what the server said (without the
     /// credentials) and what to do.
     fn error(&self, action: &str, key: &ObjectPath, error: object_store::Error) -> anyhow::Error {
+        let (problem, fix) = self.problem(action, key, error);
+        anyhow!("{problem}; {fix}")
+    }
+
+    /// [`Self::error`] as the problem and its fix.
+    fn problem(
+        &self,
+        action: &str,
+        key: &ObjectPath,
+        error: object_store::Error,
+    ) -> (String, String) {
         let text = error.to_string();
         // some requests (a list, a completed upload) report every status as a generic
         // error: the server's code in the text says what it was
@@ -327,11 +338,12 @@ impl S3Blobs {
                                  reaches it"
                 .to_string(),
         };
-        anyhow!(
-            "cannot {action} s3://{}/{key}: {}; {fix}",
+        let problem = format!(
+            "cannot {action} s3://{}/{key}: {}",
             self.bucket,
             scrub(&text, &self.secrets)
-        )
+        );
+        (problem, fix)
     }
 
     /// The object's size, or `None` if there is none.
@@ -433,7 +445,7 @@ impl S3Blobs {
     /// zeros). Its 404 says the bucket is there and the credentials may read it (S3 answers
     /// 403 for a missing object to those who may not list the bucket, which the store's
     /// lookups need); its body tells a missing bucket from a missing object.
-    async fn probe(&self) -> anyhow::Result<()> {
+    async fn probe(&self) -> Result<(), (String, String)> {
         let never = Sha256Hex("0".repeat(64));
         let key = self.key(&never);
         match self.store.get(&key).await {
@@ -443,7 +455,7 @@ impl S3Blobs {
             {
                 Ok(())
             }
-            Err(e) => Err(self.error("read", &key, e)),
+            Err(e) => Err(self.problem("read", &key, e)),
         }
     }
 }
@@ -480,22 +492,15 @@ pub async fn probe(config: &BlobStoreConfig) -> Result<String, (String, String)>
     match config {
         BlobStoreConfig::Directory(dir) => probe_directory(dir),
         BlobStoreConfig::S3(s3) => {
-            let blobs = S3Blobs::new(s3, S3_CONNECT_TIMEOUT * 3)
+            // one try: a doctor says what is wrong now, without waiting out retries
+            let blobs = S3Blobs::new(s3, S3_CONNECT_TIMEOUT * 3, 0)
                 .map_err(|e| (format!("{e:#}"), "correct [attachments.s3]".to_string()))?;
-            match blobs.probe().await {
-                Ok(()) => Ok(format!(
-                    "{} answers with the configured credentials (the bucket is there and may \
-                     be read)",
-                    blobs.url()
-                )),
-                Err(e) => {
-                    let text = format!("{e:#}");
-                    match text.split_once("; ") {
-                        Some((problem, fix)) => Err((problem.to_string(), fix.to_string())),
-                        None => Err((text, "see the error".to_string())),
-                    }
-                }
-            }
+            blobs.probe().await?;
+            Ok(format!(
+                "{} answers with the configured credentials (the bucket is there and may be \
+                 read)",
+                blobs.url()
+            ))
         }
     }
 }
@@ -706,7 +711,7 @@ mod tests {
             s3.key(&sha).as_ref(),
             format!("chat/2026/ab/ab{}", "1".repeat(62))
         );
-        let top = S3Blobs::new(&s3_config(""), Duration::from_secs(5)).unwrap();
+        let top = S3Blobs::new(&s3_config(""), Duration::from_secs(5), 0).unwrap();
         assert_eq!(top.key(&sha).as_ref(), format!("ab/ab{}", "1".repeat(62)));
         assert_eq!(top.url(), "s3://chat-media");
 
@@ -715,6 +720,46 @@ mod tests {
             &s3.secrets,
         );
         assert_eq!(said, "Authorization: Credential=***/…; key ***");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_a_clear_error_and_the_staged_file_stays() {
+        // a port nothing listens on
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = s3_config("chat");
+        config.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            BlobStore::in_s3(&config, &dir.path().join("staging"), Duration::from_secs(5)).unwrap();
+        let (staged, sha) = stage(&store, b"video").await;
+        let error = format!("{:#}", store.put(&staged, &sha).await.unwrap_err());
+        assert!(
+            error.contains(&format!(
+                "s3://chat-media/chat/{}/{sha}",
+                &sha.as_str()[..2]
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains("check [attachments.s3] endpoint and that this machine reaches it"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("s3cr3t") && !error.contains("AKIAEXAMPLE"),
+            "{error}"
+        );
+        assert!(staged.exists(), "a failed upload lost the staged file");
+
+        let (problem, fix) = probe(&BlobStoreConfig::S3(config)).await.unwrap_err();
+        assert!(
+            problem.contains("cannot read s3://chat-media/chat/00/"),
+            "{problem}"
+        );
+        assert!(fix.contains("endpoint"), "{fix}");
     }
 
     #[test]
