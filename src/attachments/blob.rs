@@ -2,15 +2,40 @@
 //! directory (`data_dir/attachments/blobs`, files 0600 in 0700 directories, written by
 //! rename so a file appears only when complete); the fetcher stages a download in
 //! `staging/` beside it, hashing as it goes, and hands the staged file over with its digest.
+//!
+//! The other backend is an S3-compatible bucket (`store = "s3://bucket/prefix"`, through the
+//! `object_store` crate): blobs are the objects `prefix/ab/<sha256>`, staging stays local
+//! (`data_dir/attachments/staging`). A staged file is uploaded in parts of
+//! [`S3_PART_BYTES`] (a single PUT when smaller), at most [`S3_PARTS_IN_FLIGHT`] at once, so
+//! memory stays bounded whatever the file's size; an object is complete only when its
+//! upload completes. The credentials never appear in `Debug`, a log line or an error text:
+//! error texts from the server are scrubbed of them before they are shown.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, RetryConfig, WriteMultipart};
 
+use crate::config::{AttachmentsConfig, BlobStoreConfig, S3Config, Secret};
 use crate::files;
+
+/// Size of one part of a multipart upload (S3 wants at least 5 MiB but for the last part).
+pub const S3_PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts of one upload in flight at once; with the part being filled, an upload holds at most
+/// `(S3_PARTS_IN_FLIGHT + 1) * S3_PART_BYTES` in memory.
+pub const S3_PARTS_IN_FLIGHT: usize = 2;
+/// Requests to the bucket are retried (on 5xx, 429 and connection errors) this often, and
+/// for at most [`S3_RETRY_TIMEOUT`] after the first try.
+const S3_MAX_RETRIES: usize = 3;
+const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A sha256 as 64 lowercase hex digits, checked on construction.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +73,7 @@ pub struct BlobReader {
 
 enum Backend {
     Directory { root: PathBuf },
+    S3(S3Blobs),
 }
 
 /// Where attachment files are kept.
@@ -56,7 +82,45 @@ pub struct BlobStore {
     staging: PathBuf,
 }
 
+impl std::fmt::Debug for BlobStore {
+    /// The place, never the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("store", &self.describe())
+            .field("staging", &self.staging)
+            .finish()
+    }
+}
+
 impl BlobStore {
+    /// The store `config.store` names: its directory, or its bucket with staging in
+    /// `data_dir/attachments/staging` (created private if missing).
+    pub fn from_config(config: &AttachmentsConfig, data_dir: &Path) -> anyhow::Result<Self> {
+        match &config.store {
+            BlobStoreConfig::Directory(dir) => Self::in_directory(dir),
+            BlobStoreConfig::S3(s3) => Self::in_s3(
+                s3,
+                &data_dir.join("attachments/staging"),
+                config.request_timeout,
+            ),
+        }
+    }
+
+    /// The bucket `config` names, staging in `staging` (created private if missing).
+    /// `request_timeout` bounds each request (an upload part, a download).
+    pub fn in_s3(
+        config: &S3Config,
+        staging: &Path,
+        request_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        files::create_private_dir_all(staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
+        Ok(BlobStore {
+            backend: Backend::S3(S3Blobs::new(config, request_timeout, S3_MAX_RETRIES)?),
+            staging: staging.to_path_buf(),
+        })
+    }
+
     /// The directory store under `dir` (`dir/blobs`, staging in `dir/staging`), created
     /// private if missing.
     pub fn in_directory(dir: &Path) -> anyhow::Result<Self> {
@@ -81,6 +145,7 @@ impl BlobStore {
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Directory { root } => root.display().to_string(),
+            Backend::S3(s3) => s3.url(),
         }
     }
 
@@ -112,6 +177,7 @@ impl BlobStore {
                 .await
                 .context("blob store task failed")?
             }
+            Backend::S3(s3) => s3.put(staged, sha256).await,
         }
     }
 
@@ -127,6 +193,7 @@ impl BlobStore {
                     Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
                 }
             }
+            Backend::S3(s3) => s3.remove(sha256).await,
         }
     }
 
@@ -136,6 +203,7 @@ impl BlobStore {
             Backend::Directory { root } => Ok(tokio::fs::try_exists(blob_path(root, sha256))
                 .await
                 .context("cannot look into the blob store")?),
+            Backend::S3(s3) => Ok(s3.head(sha256).await?.is_some()),
         }
     }
 
@@ -155,8 +223,419 @@ impl BlobStore {
                 let bytes = tokio_util::io::ReaderStream::new(file).boxed();
                 Ok(Some(BlobReader { size, bytes }))
             }
+            Backend::S3(s3) => s3.get(sha256).await,
         }
     }
+}
+
+/// An S3-compatible bucket holding each blob as the object `prefix/ab/<sha256>`.
+struct S3Blobs {
+    store: Arc<AmazonS3>,
+    bucket: String,
+    prefix: String,
+    /// The configured credentials, kept only to scrub them from error texts.
+    secrets: Vec<Secret>,
+}
+
+/// What went wrong talking to the bucket, for the advice that goes with it.
+enum S3Trouble {
+    Refused,
+    Missing,
+    Other,
+}
+
+impl S3Blobs {
+    fn new(config: &S3Config, request_timeout: Duration, retries: usize) -> anyhow::Result<Self> {
+        let builder = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => AmazonS3Builder::new()
+                .with_access_key_id(id.expose())
+                .with_secret_access_key(secret.expose()),
+            // Without keys in the configuration, AWS's usual ones: AWS_ACCESS_KEY_ID and
+            // AWS_SECRET_ACCESS_KEY, a web identity, a container's or the instance's role.
+            _ => AmazonS3Builder::from_env(),
+        };
+        // client options first: they replace what `with_allow_http` sets
+        let mut builder = builder
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(request_timeout)
+                    .with_connect_timeout(S3_CONNECT_TIMEOUT),
+            )
+            .with_allow_http(config.allow_http)
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_retry(RetryConfig {
+                max_retries: retries,
+                retry_timeout: S3_RETRY_TIMEOUT,
+                ..RetryConfig::default()
+            });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let secrets: Vec<Secret> = [&config.access_key_id, &config.secret_access_key]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.expose().is_empty())
+            .cloned()
+            .collect();
+        let url = s3_url(&config.bucket, &config.prefix);
+        let store = builder.build().map_err(|e| {
+            anyhow!(
+                "cannot use {url}: {}; check [attachments.s3] in the configuration",
+                scrub(&e.to_string(), &secrets)
+            )
+        })?;
+        Ok(S3Blobs {
+            store: Arc::new(store),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            secrets,
+        })
+    }
+
+    fn url(&self) -> String {
+        s3_url(&self.bucket, &self.prefix)
+    }
+
+    fn key(&self, sha256: &Sha256Hex) -> ObjectPath {
+        let name = format!("{}/{}", &sha256.as_str()[..2], sha256.as_str());
+        if self.prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// The error of `action` on `key`: which object, what the server said (without the
+    /// credentials) and what to do.
+    fn error(&self, action: &str, key: &ObjectPath, error: object_store::Error) -> anyhow::Error {
+        let (problem, fix) = self.problem(action, key, error);
+        anyhow!("{problem}; {fix}")
+    }
+
+    /// [`Self::error`] as the problem and its fix.
+    fn problem(
+        &self,
+        action: &str,
+        key: &ObjectPath,
+        error: object_store::Error,
+    ) -> (String, String) {
+        let text = error.to_string();
+        // some requests (a list, a completed upload) report every status as a generic
+        // error: the server's code in the text says what it was
+        let refused = [
+            "403 Forbidden",
+            "401 Unauthorized",
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId",
+            "AccessDenied",
+        ];
+        let trouble = match &error {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => S3Trouble::Refused,
+            _ if text.contains("NoSuchBucket") => S3Trouble::Missing,
+            object_store::Error::NotFound { .. } => S3Trouble::Missing,
+            _ if refused.iter().any(|code| text.contains(code)) => S3Trouble::Refused,
+            _ => S3Trouble::Other,
+        };
+        let fix = match trouble {
+            S3Trouble::Refused => format!(
+                "the server refused the credentials: check access_key_id and \
+                 secret_access_key in [attachments.s3], and that they may read and write \
+                 bucket {}",
+                self.bucket
+            ),
+            S3Trouble::Missing => format!(
+                "check that bucket {} exists (chatvault does not create it) and \
+                 [attachments.s3] endpoint and region",
+                self.bucket
+            ),
+            S3Trouble::Other => "check [attachments.s3] endpoint and that this machine \
+                                 reaches it"
+                .to_string(),
+        };
+        let problem = format!(
+            "cannot {action} s3://{}/{key}: {}",
+            self.bucket,
+            scrub(&text, &self.secrets)
+        );
+        (problem, fix)
+    }
+
+    /// The object's size, or `None` if there is none.
+    async fn head(&self, sha256: &Sha256Hex) -> anyhow::Result<Option<u64>> {
+        let key = self.key(sha256);
+        match self.store.head(&key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("look up", &key, e)),
+        }
+    }
+
+    async fn put(&self, staged: &Path, sha256: &Sha256Hex) -> anyhow::Result<()> {
+        let size = tokio::fs::metadata(staged)
+            .await
+            .with_context(|| format!("cannot read {}", staged.display()))?
+            .len();
+        let key = self.key(sha256);
+        match self.head(sha256).await? {
+            Some(stored) if stored == size => {
+                remove_staged(staged).await;
+                return Ok(());
+            }
+            // Only a failed or foreign write leaves another size under a digest: the object
+            // is not this blob, so it is replaced.
+            Some(stored) => tracing::warn!(
+                object = %format!("s3://{}/{key}", self.bucket),
+                stored,
+                staged = size,
+                "an object of another size holds this digest; it is replaced"
+            ),
+            None => {}
+        }
+        let file = tokio::fs::File::open(staged)
+            .await
+            .with_context(|| format!("cannot open {}", staged.display()))?;
+        if size < S3_PART_BYTES as u64 {
+            let mut bytes = Vec::with_capacity(size as usize);
+            tokio::io::AsyncReadExt::read_to_end(
+                &mut tokio::io::AsyncReadExt::take(file, size),
+                &mut bytes,
+            )
+            .await
+            .with_context(|| format!("cannot read {}", staged.display()))?;
+            self.store
+                .put(&key, Bytes::from(bytes).into())
+                .await
+                .map_err(|e| self.error("upload", &key, e))?;
+        } else {
+            let upload = self
+                .store
+                .put_multipart(&key)
+                .await
+                .map_err(|e| self.error("start uploading", &key, e))?;
+            let mut parts = WriteMultipart::new_with_chunk_size(upload, S3_PART_BYTES);
+            let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        parts.abort().await.ok();
+                        return Err(e).with_context(|| format!("cannot read {}", staged.display()));
+                    }
+                };
+                if let Err(e) = parts.wait_for_capacity(S3_PARTS_IN_FLIGHT).await {
+                    parts.abort().await.ok();
+                    return Err(self.error("upload", &key, e));
+                }
+                parts.put(chunk);
+            }
+            parts
+                .finish()
+                .await
+                .map_err(|e| self.error("finish uploading", &key, e))?;
+        }
+        remove_staged(staged).await;
+        Ok(())
+    }
+
+    /// Delete the object; `false` when there was none.
+    async fn remove(&self, sha256: &Sha256Hex) -> anyhow::Result<bool> {
+        if self.head(sha256).await?.is_none() {
+            return Ok(false);
+        }
+        let key = self.key(sha256);
+        match self.store.delete(&key).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error("delete", &key, e)),
+        }
+    }
+
+    async fn get(&self, sha256: &Sha256Hex) -> anyhow::Result<Option<BlobReader>> {
+        let key = self.key(sha256);
+        let result = match self.store.get(&key).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("read", &key, e)),
+        };
+        let size = result.meta.size;
+        let secrets = self.secrets.clone();
+        let bytes = result
+            .into_stream()
+            .map(move |chunk| {
+                chunk.map_err(|e| std::io::Error::other(scrub(&e.to_string(), &secrets)))
+            })
+            .boxed();
+        Ok(Some(BlobReader { size, bytes }))
+    }
+
+    /// `doctor`'s one read-only request: a GET of a blob that is never stored (the digest of
+    /// zeros). Its 404 says the bucket is there and the credentials may read it (S3 answers
+    /// 403 for a missing object to those who may not list the bucket, which the store's
+    /// lookups need); its body tells a missing bucket from a missing object.
+    async fn probe(&self) -> Result<(), (String, String)> {
+        let never = Sha256Hex("0".repeat(64));
+        let key = self.key(&never);
+        match self.store.get(&key).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { source, .. })
+                if !source.to_string().contains("NoSuchBucket") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.problem("read", &key, e)),
+        }
+    }
+}
+
+fn s3_url(bucket: &str, prefix: &str) -> String {
+    if prefix.is_empty() {
+        format!("s3://{bucket}")
+    } else {
+        format!("s3://{bucket}/{prefix}")
+    }
+}
+
+/// `text` with every secret replaced by `***`.
+fn scrub(text: &str, secrets: &[Secret]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets {
+        text = text.replace(secret.expose(), "***");
+    }
+    text
+}
+
+/// The staged copy of a stored blob goes; one left behind is only wasted space, which the
+/// fetcher's staging clean-up takes back.
+async fn remove_staged(staged: &Path) {
+    if let Err(e) = tokio::fs::remove_file(staged).await {
+        tracing::warn!(file = %staged.display(), error = %e, "cannot remove a staged download");
+    }
+}
+
+/// What `chatvault doctor` finds of the blob store, writing nothing: a directory exists (or
+/// can be created) and is private; a bucket answers one read-only request with the
+/// credentials. A line saying it is fine, or the problem and its fix.
+pub async fn probe(config: &BlobStoreConfig) -> Result<String, (String, String)> {
+    match config {
+        BlobStoreConfig::Directory(dir) => probe_directory(dir),
+        BlobStoreConfig::S3(s3) => {
+            // one try: a doctor says what is wrong now, without waiting out retries
+            let blobs = S3Blobs::new(s3, S3_CONNECT_TIMEOUT * 3, 0)
+                .map_err(|e| (format!("{e:#}"), "correct [attachments.s3]".to_string()))?;
+            blobs.probe().await?;
+            Ok(format!(
+                "{} answers with the configured credentials (the bucket is there and may be \
+                 read)",
+                blobs.url()
+            ))
+        }
+    }
+}
+
+fn probe_directory(dir: &Path) -> Result<String, (String, String)> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // the nearest existing ancestor must let us create what is missing
+            let mut ancestor = dir.parent();
+            while let Some(a) = ancestor {
+                if a.as_os_str().is_empty() {
+                    ancestor = Some(Path::new("."));
+                    break;
+                }
+                if a.exists() {
+                    break;
+                }
+                ancestor = a.parent();
+            }
+            let Some(ancestor) = ancestor else {
+                return Err((
+                    format!("{} cannot be created", dir.display()),
+                    "set attachments.store to an absolute directory".to_string(),
+                ));
+            };
+            let c_path =
+                std::ffi::CString::new(ancestor.as_os_str().as_encoded_bytes()).map_err(|_| {
+                    (
+                        format!("{} has a NUL byte", ancestor.display()),
+                        "rename it".to_string(),
+                    )
+                })?;
+            // SAFETY: access reads a NUL-terminated path and changes nothing.
+            let writable = unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+            return if writable {
+                Ok(format!(
+                    "{} does not exist yet; it is created (mode 0700) at the first download",
+                    dir.display()
+                ))
+            } else {
+                Err((
+                    format!(
+                        "{} does not exist and {} is not writable, so it cannot be created",
+                        dir.display(),
+                        ancestor.display()
+                    ),
+                    format!(
+                        "create {} (mode 0700) for the user running chatvault, or choose \
+                         another attachments.store",
+                        dir.display()
+                    ),
+                ))
+            };
+        }
+        Err(e) => {
+            return Err((
+                format!("cannot read {}: {e}", dir.display()),
+                "make it readable by the user running chatvault, or choose another \
+                 attachments.store"
+                    .to_string(),
+            ))
+        }
+    };
+    if !meta.is_dir() {
+        return Err((
+            format!("{} is not a directory", dir.display()),
+            "set attachments.store to a directory".to_string(),
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid && euid != 0 {
+        return Err((
+            format!(
+                "{} belongs to uid {}, but chatvault runs as uid {euid}",
+                dir.display(),
+                meta.uid()
+            ),
+            format!(
+                "chown -R {euid} {} (or run chatvault as its owner)",
+                dir.display()
+            ),
+        ));
+    }
+    for d in [dir.to_path_buf(), dir.join("blobs"), dir.join("staging")] {
+        let Ok(meta) = std::fs::symlink_metadata(&d) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err((
+                format!(
+                    "{} is open to other users (mode {mode:04o}): they can read the attachments",
+                    d.display()
+                ),
+                format!("chmod -R go-rwx {}", d.display()),
+            ));
+        }
+    }
+    Ok(format!(
+        "{}: private, owned by uid {}",
+        dir.display(),
+        meta.uid()
+    ))
 }
 
 /// `root/ab/abcdef…`: 256 directories, so no directory grows past what file systems
@@ -218,6 +697,128 @@ mod tests {
 
         let missing = Sha256Hex::parse(&"0".repeat(64)).unwrap();
         assert!(read_all(&store, &missing).await.is_none());
+    }
+
+    fn s3_config(prefix: &str) -> S3Config {
+        S3Config {
+            bucket: "chat-media".to_string(),
+            prefix: prefix.to_string(),
+            endpoint: Some("http://127.0.0.1:9".to_string()),
+            region: "us-east-1".to_string(),
+            access_key_id: Some(Secret::new("AKIAEXAMPLEKEYID1234")),
+            secret_access_key: Some(Secret::new("s3cr3t/EXAMPLE+key")),
+            allow_http: true,
+        }
+    }
+
+    #[test]
+    fn an_s3_store_shows_its_bucket_and_never_its_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::in_s3(
+            &s3_config("chat/2026"),
+            &dir.path().join("staging"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(store.describe(), "s3://chat-media/chat/2026");
+        let debug = format!("{store:?}");
+        assert!(debug.contains("s3://chat-media/chat/2026"), "{debug}");
+        assert!(!debug.contains("AKIAEXAMPLEKEYID1234"), "{debug}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        let staging_mode = std::fs::metadata(store.staging_dir())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(staging_mode, 0o700);
+
+        let Backend::S3(s3) = &store.backend else {
+            panic!("not an S3 store")
+        };
+        let sha = Sha256Hex::parse(&format!("ab{}", "1".repeat(62))).unwrap();
+        assert_eq!(
+            s3.key(&sha).as_ref(),
+            format!("chat/2026/ab/ab{}", "1".repeat(62))
+        );
+        let top = S3Blobs::new(&s3_config(""), Duration::from_secs(5), 0).unwrap();
+        assert_eq!(top.key(&sha).as_ref(), format!("ab/ab{}", "1".repeat(62)));
+        assert_eq!(top.url(), "s3://chat-media");
+
+        let said = scrub(
+            "Authorization: Credential=AKIAEXAMPLEKEYID1234/…; key s3cr3t/EXAMPLE+key",
+            &s3.secrets,
+        );
+        assert_eq!(said, "Authorization: Credential=***/…; key ***");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_a_clear_error_and_the_staged_file_stays() {
+        // a port nothing listens on
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = s3_config("chat");
+        config.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            BlobStore::in_s3(&config, &dir.path().join("staging"), Duration::from_secs(5)).unwrap();
+        let (staged, sha) = stage(&store, b"video").await;
+        let error = format!("{:#}", store.put(&staged, &sha).await.unwrap_err());
+        assert!(
+            error.contains(&format!(
+                "s3://chat-media/chat/{}/{sha}",
+                &sha.as_str()[..2]
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains("check [attachments.s3] endpoint and that this machine reaches it"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("s3cr3t") && !error.contains("AKIAEXAMPLE"),
+            "{error}"
+        );
+        assert!(staged.exists(), "a failed upload lost the staged file");
+
+        let (problem, fix) = probe(&BlobStoreConfig::S3(config)).await.unwrap_err();
+        assert!(
+            problem.contains("cannot read s3://chat-media/chat/00/"),
+            "{problem}"
+        );
+        assert!(fix.contains("endpoint"), "{fix}");
+    }
+
+    #[test]
+    fn the_directory_probe_finds_an_open_store_and_one_it_cannot_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("attachments");
+        // missing, under a writable directory: created at the first download
+        let found = probe_directory(&store).unwrap();
+        assert!(found.contains("does not exist yet"), "{found}");
+        assert!(!store.exists(), "the probe created the directory");
+        // a relative path whose parent is the working directory
+        assert!(probe_directory(Path::new("attachments-not-here")).is_ok());
+
+        BlobStore::in_directory(&store).unwrap();
+        let found = probe_directory(&store).unwrap();
+        assert!(found.contains("private"), "{found}");
+
+        std::fs::set_permissions(store.join("blobs"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let (problem, fix) = probe_directory(&store).unwrap_err();
+        assert!(
+            problem.contains("open to other users (mode 0755)"),
+            "{problem}"
+        );
+        assert!(fix.starts_with("chmod -R go-rwx"), "{fix}");
+
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let (problem, _) = probe_directory(&file).unwrap_err();
+        assert!(problem.contains("not a directory"), "{problem}");
     }
 
     #[test]

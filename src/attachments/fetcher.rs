@@ -615,17 +615,10 @@ impl RateLimit {
     }
 }
 
-/// Open the blob store `[attachments]` configures.
-pub fn open_blob_store(config: &AttachmentsConfig) -> anyhow::Result<Arc<BlobStore>> {
-    match &config.store {
-        crate::config::BlobStoreConfig::Directory(dir) => Ok(Arc::new(
-            BlobStore::in_directory(dir)
-                .with_context(|| format!("cannot open the attachment store {}", dir.display()))?,
-        )),
-        crate::config::BlobStoreConfig::S3(_) => {
-            anyhow::bail!("the attachment store in object storage cannot be opened by this build")
-        }
-    }
+/// Open the blob store `[attachments]` configures (its directory, or its bucket with
+/// staging under the data directory).
+pub fn open_blob_store(config: &crate::config::Config) -> anyhow::Result<Arc<BlobStore>> {
+    BlobStore::from_config(&config.attachments, &config.storage.data_dir).map(Arc::new)
 }
 
 /// What the daemon and `chatvault sync` need to fetch attachments after a sync: the
@@ -656,7 +649,7 @@ impl AttachmentsRun {
     ) -> anyhow::Result<Option<Self>> {
         Ok(Some(AttachmentsRun {
             config: config.attachments.clone(),
-            blobs: open_blob_store(&config.attachments)?,
+            blobs: open_blob_store(config)?,
             session_dir: Some(crate::sync::session_dir(&config.storage.data_dir)),
             metrics,
         }))

@@ -168,19 +168,3 @@ pub fn select_sources(
     }
     Ok(selected)
 }
-
-/// The blob store `[attachments]` names, for reading stored attachment files (the web
-/// page's file route, `export --attachments`).
-pub fn open_blob_store(
-    config: &config::AttachmentsConfig,
-) -> anyhow::Result<crate::attachments::blob::BlobStore> {
-    match &config.store {
-        config::BlobStoreConfig::Directory(dir) => {
-            crate::attachments::blob::BlobStore::in_directory(dir)
-        }
-        config::BlobStoreConfig::S3(s3) => bail!(
-            "attachments.store names the S3 bucket {:?}, which this chatvault cannot read",
-            s3.bucket
-        ),
-    }
-}

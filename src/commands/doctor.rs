@@ -1,7 +1,8 @@
 //! `chatvault doctor`: checks, in order, what a sync needs and says how to fix what fails, one
 //! line per check: the configuration (as `config check`), the PostgreSQL binaries or
 //! `database.url`, the database reachable and migrated (pending migrations are reported, not
-//! applied), the data directory's owner and modes, each enabled source's credentials with one
+//! applied), the data directory's owner and modes, the attachment store (a private directory,
+//! or a bucket answering one read-only request), each enabled source's credentials with one
 //! read-only request, the clock against each upstream's `Date` header, the search index.
 //!
 //! It archives nothing and writes nothing but what starting the embedded cluster writes. A
@@ -144,6 +145,7 @@ pub async fn run(args: DoctorArgs, config_path: Option<&Path>) -> anyhow::Result
             "database",
             "schema",
             "data_dir",
+            "attachments",
             "credentials",
             "clock",
             "index",
@@ -160,6 +162,7 @@ pub async fn run(args: DoctorArgs, config_path: Option<&Path>) -> anyhow::Result
         Ok(detail) => Check::ok("data_dir", detail),
         Err((problem, fix)) => Check::fail("data_dir", problem, fix),
     });
+    report.print(check_attachments(&config).await);
     check_sources(&config, args.login, &mut report).await;
     report.print(check_index(&config.storage.data_dir).await);
     if let Some(pg) = embedded {
@@ -426,6 +429,21 @@ fn credentials_fix(source: &SourceConfig, session_dir: &Path, error: &ConnectorE
             "check base_url and that this machine reaches it (proxy, firewall, DNS)".to_string()
         }
         _ => "check base_url and the source's credentials".to_string(),
+    }
+}
+
+/// The attachment store: a directory exists or can be created and is private, or a bucket
+/// answers one read-only request with the configured credentials.
+async fn check_attachments(config: &Config) -> Check {
+    if !config.attachments.enabled {
+        return Check::skip(
+            "attachments",
+            "attachments.enabled = false: no file is downloaded",
+        );
+    }
+    match crate::attachments::blob::probe(&config.attachments.store).await {
+        Ok(detail) => Check::ok("attachments", detail),
+        Err((problem, fix)) => Check::fail("attachments", problem, fix),
     }
 }
 

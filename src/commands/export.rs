@@ -143,7 +143,7 @@ pub async fn run(args: ExportArgs, config_path: Option<&Path>) -> anyhow::Result
     check_args(&args)?;
     let config = load_config(config_path, true)?;
     let blobs = match &args.attachments {
-        Some(_) => Some(super::common::open_blob_store(&config.attachments)?),
+        Some(_) => Some(crate::attachments::fetcher::open_blob_store(&config)?),
         None => None,
     };
     with_store(&config, true, |store| export(store, args, blobs)).await
@@ -221,7 +221,7 @@ enum Target {
 async fn export(
     store: Store,
     args: ExportArgs,
-    blobs: Option<crate::attachments::blob::BlobStore>,
+    blobs: Option<std::sync::Arc<crate::attachments::blob::BlobStore>>,
 ) -> anyhow::Result<ExitCode> {
     let filter = ExportFilter {
         source: args.source.clone(),

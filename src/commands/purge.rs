@@ -285,7 +285,7 @@ async fn remove_purged_blobs(store: &Store, config: &Config, sha256: &[String]) 
         return;
     }
     let removed = async {
-        let blobs = crate::attachments::fetcher::open_blob_store(&config.attachments)?;
+        let blobs = crate::attachments::fetcher::open_blob_store(config)?;
         crate::attachments::fetcher::remove_unreferenced_blobs(store, &blobs, sha256).await
     }
     .await;

@@ -136,7 +136,7 @@ pub(super) async fn daemon(
         .with_scheduler(scheduler.state());
     // Without its blob store the pages still show every attachment's status; only the
     // files are not served.
-    let state = match super::common::open_blob_store(&config.attachments) {
+    let state = match crate::attachments::fetcher::open_blob_store(&config) {
         Ok(blobs) => state.with_blobs(blobs),
         Err(e) => {
             warn!(error = %format!("{e:#}"), "attachment files are not served");

@@ -95,7 +95,7 @@ pub async fn run(args: VerifyArgs, config_path: Option<&Path>) -> anyhow::Result
     }
     let index_dir = index::index_dir(&config.storage.data_dir);
     if args.attachments {
-        let blobs = crate::attachments::fetcher::open_blob_store(&config.attachments)?;
+        let blobs = crate::attachments::fetcher::open_blob_store(&config)?;
         return with_store(&config, true, |store| async move {
             let chains = verify(store.clone(), heads, index_dir).await?;
             let blobs_ok = verify_attachments(&store, &blobs).await?;

@@ -172,8 +172,8 @@ impl ApiState {
     }
 
     /// Serve attachment files from this blob store.
-    pub fn with_blobs(mut self, blobs: crate::attachments::blob::BlobStore) -> ApiState {
-        self.blobs = Some(Arc::new(blobs));
+    pub fn with_blobs(mut self, blobs: Arc<crate::attachments::blob::BlobStore>) -> ApiState {
+        self.blobs = Some(blobs);
         self
     }
 

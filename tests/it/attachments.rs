@@ -1171,7 +1171,9 @@ async fn the_daemon_looks_for_attachments_after_each_run() {
         backoff_cap: Duration::from_secs(30),
         sync: SyncOptions::default(),
         attachments: Some(AttachmentsRun {
-            blobs: chatvault::attachments::fetcher::open_blob_store(&config).unwrap(),
+            blobs: std::sync::Arc::new(
+                chatvault::attachments::blob::BlobStore::from_config(&config, dir.path()).unwrap(),
+            ),
             config,
             session_dir: None,
             metrics: None,

@@ -258,7 +258,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let state = ApiState::new(&store, Metrics::new()).with_blobs(blobs);
+        let state = ApiState::new(&store, Metrics::new()).with_blobs(std::sync::Arc::new(blobs));
         tokio::spawn(api::serve_on(
             listener,
             state,

@@ -336,7 +336,7 @@ async fn a_browser_shows_an_archived_image_on_the_conversation_page() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, shutdown) = watch::channel(false);
-    let state = ApiState::new(&store, Metrics::new()).with_blobs(blobs);
+    let state = ApiState::new(&store, Metrics::new()).with_blobs(std::sync::Arc::new(blobs));
     tokio::spawn(api::serve_on(
         listener,
         state,

@@ -158,6 +158,7 @@ async fn a_working_setup_passes_every_check_without_logging_in_again() {
         "database",
         "schema",
         "data_dir",
+        "attachments",
         "credentials t",
         "credentials x",
         "credentials h",
