@@ -290,3 +290,75 @@ fn the_nos_quirks_can_be_switched_off() {
         .count();
     assert_eq!(differ, 3, "the expired URL, the wrong md5, the JSON string");
 }
+
+/// The fake's images are PNGs a browser decodes: headless Chromium loads a few of them from
+/// the fake and reports each one's natural size, which is the size the message declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_renders_the_fakes_images_at_their_declared_size() {
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)"
+    );
+    let server = SimServer::start(World::generate(&spec(false, now_ms() - 3_600_000))).await;
+    let images: Vec<(String, u32, u32)> = {
+        let w = server.world();
+        w.messages
+            .iter()
+            .filter(|m| m.message_type == 1)
+            .filter_map(|m| {
+                let a = m.attachment.as_ref()?;
+                let (dw, dh) = w.media_of(m)?.dimensions()?;
+                assert_eq!(
+                    (a["w"].as_u64(), a["h"].as_u64()),
+                    (Some(dw.into()), Some(dh.into()))
+                );
+                Some((a["url"].as_str()?.to_string(), dw, dh))
+            })
+            .take(5)
+            .collect()
+    };
+    assert_eq!(images.len(), 5);
+    let dir = tempfile::tempdir().unwrap();
+    let imgs: String = images
+        .iter()
+        .enumerate()
+        .map(|(i, (url, _, _))| {
+            format!(
+                "<img id=\"i{i}\" src=\"{url}\" onload=\"document.body.setAttribute('data-i{i}', \
+                 this.naturalWidth + 'x' + this.naturalHeight)\" \
+                 onerror=\"document.body.setAttribute('data-i{i}', 'error')\">"
+            )
+        })
+        .collect();
+    let page = dir.path().join("images.html");
+    std::fs::write(&page, format!("<html><body>{imgs}</body></html>")).unwrap();
+    let profile = dir.path().join("profile");
+    let dom = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--dump-dom")
+            .arg(format!("file://{}", page.display()))
+            .stderr(std::process::Stdio::null())
+            .output()
+            .expect("run chromium")
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for (i, (url, w, h)) in images.iter().enumerate() {
+        assert!(
+            dom.contains(&format!("data-i{i}=\"{w}x{h}\"")),
+            "{url} not rendered at {w}x{h}: {dom}"
+        );
+    }
+}

@@ -61,7 +61,7 @@ impl MediaFile {
     /// (an image's width and height, the other kinds' length).
     pub fn new(message_type: i64, ext: &str, seed: u128, n: u64) -> MediaFile {
         let shape = match message_type {
-            1 => (8 + (n % 33) as u32, 8 + ((n / 33) % 33) as u32),
+            1 => (24 + (n % 65) as u32, 24 + ((n / 65) % 65) as u32),
             2 => (1024 + (seed % 3072) as u32, 0),
             3 => (2048 + (seed % 6144) as u32, 0),
             _ => (1024 + (seed % 5120) as u32, 0),
@@ -296,7 +296,7 @@ mod tests {
             assert_eq!(a.size, a.bytes().len());
             assert_ne!(a.md5, MediaFile::new(ty, "bin", 43, 1234).md5);
         }
-        assert_eq!(MediaFile::new(1, "png", 1, 40).dimensions(), Some((15, 9)));
+        assert_eq!(MediaFile::new(1, "png", 1, 70).dimensions(), Some((29, 25)));
         let mut f = MediaFile::new(6, "pdf", 9, 0);
         assert_eq!(f.outcome(100), MediaOutcome::Served);
         f.expires = Some(99);
