@@ -13,6 +13,7 @@ mod attachments_export;
 mod attachments_web;
 mod attachments_yunhu;
 mod blob_s3;
+mod attachments_yunxin;
 mod browser;
 mod charts;
 mod cli;

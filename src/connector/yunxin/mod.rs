@@ -4,7 +4,7 @@
 //! sure that is: `docs/upstreams/yunxin.md`.
 //!
 //! It only fetches and maps. HTTP, signing and error classification live in [`api`], pure
-//! mapping in [`map`], the cursor and the plan of a run's reads in [`read`], the run's
+//! mapping in [`map`], the files a message points to in [`attachments`], the cursor and the plan of a run's reads in [`read`], the run's
 //! memory of them in [`memo`], paging in [`history`], quick comments in [`comments`].
 //!
 //! Yunxin has no sequence numbers and no change feed. The one feed, `messages`, keeps a
@@ -37,6 +37,7 @@
 //! or more pages than a run allows stop that conversation with an error.
 
 pub mod api;
+pub mod attachments;
 mod comments;
 mod history;
 pub mod map;
@@ -64,6 +65,7 @@ use super::{
     Connector, ConnectorError, DiscoverRequest, Discovery, FetchRequest, Fetched,
     KnownConversation, Probe, Recheck, RecheckRequest,
 };
+use crate::attachments::{AttachmentRef, MediaRequest};
 use crate::config::{SourceConfig, YunxinConfig};
 use crate::model::{ConversationObservation, Cursor, Platform, QuarantineRecord, SourceName};
 
@@ -406,6 +408,30 @@ impl Connector for YunxinConnector {
     async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
         self.recheck_conversation(request).await
     }
+
+    fn attachments(&self, content: &crate::model::Content) -> Vec<AttachmentRef> {
+        attachments::of(content)
+    }
+
+    /// A plain GET of the NOS URL: NOS objects are read without the app's credentials
+    /// (the AppSecret and the CheckSum headers are for the IM API only and never go there).
+    async fn media_request(
+        &self,
+        reference: &AttachmentRef,
+    ) -> Result<MediaRequest, ConnectorError> {
+        media_request(&reference.url)
+    }
+}
+
+/// The request for a NOS URL: a plain GET, no header, no credential; anything but an
+/// absolute http(s) URL is refused (permanent: asking again cannot help).
+pub fn media_request(url: &str) -> Result<MediaRequest, ConnectorError> {
+    MediaRequest::get(url).map_err(|why| {
+        permanent(format!(
+            "yunxin attachment {}: {why}; Yunxin attachments are NOS http(s) URLs",
+            crate::attachments::shown_url(url)
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -439,5 +465,22 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(debug.contains("rescan_ms") && !debug.contains("very-secret-value"));
         assert_ne!(c.next_plan(), c.next_plan());
+    }
+
+    #[test]
+    fn media_requests_are_plain_gets_of_nos_urls() {
+        let r = media_request("https://nim-nosdn.netease.im/MTAxMTAwMg==/bmltYV8x?e=1").unwrap();
+        assert_eq!(r.url.host_str(), Some("nim-nosdn.netease.im"));
+        assert!(r.headers.is_empty() && r.credentials.is_empty());
+        for bad in [
+            "ftp://nos.netease.com/a",
+            "/nos/a/b",
+            "",
+            "javascript:alert(1)",
+        ] {
+            let err = media_request(bad).unwrap_err();
+            assert!(!err.is_retryable(), "{bad}");
+            assert!(err.to_string().contains("http(s)"), "{err}");
+        }
     }
 }

@@ -24,11 +24,18 @@
 //! - conversation lists only for accounts with cloud conversations (403 otherwise);
 //!   advanced-team history for a non-member with `check_team_valid` left true answers
 //!   108403;
-//! - both `last_message` shapes (v2 nested, v2.1 flat).
+//! - both `last_message` shapes (v2 nested, v2.1 flat);
+//! - NOS for the files of image, audio, video and file messages, at
+//!   `/nos/<bucket>/<key>` of the fake itself ([`media`]): deterministic bytes (valid PNGs
+//!   for images) whose md5 the messages declare; a deleted object answers 404, a signed URL
+//!   past its `Expires` 403, one message declares a wrong md5 and one sends its attachment
+//!   as a JSON string ([`WorldSpec::media_quirks`]). NOS requests count and can be failed
+//!   like the API's, under [`NOS_PATH`], and need no CheckSum.
 //!
 //! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
 //! `/im/v2.1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
 
+pub mod media;
 mod server;
 pub mod world;
 
@@ -37,12 +44,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::serve::{self, RequestCounts};
 
+pub use media::{MediaFile, MediaOutcome, NOS_PATH};
 pub use server::{
     checksum, BATCH_PATH, BATCH_V2_PATH, HISTORY_PATH, LIST_PATH, QUICK_COMMENT_PATH, UPDATE_PATH,
 };
 pub use world::{
-    now_ms, Activity, Behaviour, Comment, Conversation, ConversationTruth, Descending, Message,
-    MessageTruth, Removal, Stream, Team, TokenLoop, World, WorldSpec, FIRST_SERVER_ID,
+    now_ms, Activity, AttachmentTruth, Behaviour, Comment, Conversation, ConversationTruth,
+    Descending, Message, MessageTruth, Removal, Stream, Team, TokenLoop, World, WorldSpec,
+    FIRST_SERVER_ID,
 };
 
 /// What a queued fault does.
@@ -187,7 +196,10 @@ impl SimServer {
             limits: Arc::new(server::Limits::default()),
         };
         let app = server::router(state.clone());
-        SimServer::serve(addr, app, state.world, state.faults, state.counts).await
+        let server = SimServer::serve(addr, app, state.world, state.faults, state.counts).await?;
+        let origin = server.base_url();
+        server.world().set_media_origin(&origin);
+        Ok(server)
     }
 
     /// The ground truth now (see [`World::truth`]).

@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
+use super::media::{self, MediaOutcome, BUCKET, NOS_PATH};
 use super::world::{Descending, Message, Stream, TokenLoop, World};
 use super::{FaultKind, Faults};
 use crate::sim::serve::{self, RequestCounts};
@@ -54,6 +55,9 @@ impl AppState {
 }
 
 pub(super) fn router(state: AppState) -> Router {
+    let nos = Router::new()
+        .route(NOS_PATH, get(nos_object))
+        .route_layer(middleware::from_fn_with_state(state.clone(), nos_gate));
     Router::new()
         .route(LIST_PATH, get(list_conversations))
         .route(BATCH_PATH, get(batch_conversations))
@@ -62,6 +66,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route(UPDATE_PATH, axum::routing::patch(update_conversation))
         .route(QUICK_COMMENT_PATH, post(query_quick_comments))
         .route_layer(middleware::from_fn_with_state(state.clone(), gate))
+        .merge(nos)
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 Not Found") })
         .with_state(state)
 }
@@ -137,6 +142,73 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
         }
     }
     next.run(request).await
+}
+
+/// Count and fault NOS requests like the API's (under [`NOS_PATH`]); NOS asks for no
+/// CheckSum and has no API rate limit.
+async fn nos_gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(how) = state.counts.record(NOS_PATH) {
+        return serve::fail_request(how, request, next).await;
+    }
+    if let Some(kind) = state.faults.take(NOS_PATH, None) {
+        let status = match kind {
+            FaultKind::Http(status) => status,
+            FaultKind::Code(code) => u16::try_from(code).unwrap_or(500),
+            FaultKind::MalformedMessage | FaultKind::NoSuccessList => 500,
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return (status, "<html><body>bad gateway</body></html>").into_response();
+    }
+    next.run(request).await
+}
+
+/// `GET /nos/<bucket>/<key>`: the object's bytes, a 404 `NoSuchKey` for one deleted (or
+/// never there), a 403 `AccessDenied` for a signed URL past its `Expires`.
+async fn nos_object(
+    State(state): State<AppState>,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let resource = format!("/{bucket}/{key}");
+    let xml = |status: StatusCode, code: &str, message: &str| {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/xml")],
+            media::error_xml(code, message, &resource),
+        )
+            .into_response()
+    };
+    let file = match state.world().media.get(&key) {
+        Some(f) if bucket == BUCKET => f.clone(),
+        _ => {
+            return xml(
+                StatusCode::NOT_FOUND,
+                "NoSuchKey",
+                "The specified key does not exist.",
+            )
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let asked_expiry = query.get("Expires").map(|e| e.parse::<i64>().unwrap_or(0));
+    if asked_expiry.is_some_and(|at| at < now) {
+        return xml(StatusCode::FORBIDDEN, "AccessDenied", "Request has expired");
+    }
+    match file.outcome(now) {
+        MediaOutcome::Gone => xml(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            "The specified key does not exist.",
+        ),
+        MediaOutcome::Expired => xml(StatusCode::FORBIDDEN, "AccessDenied", "Request has expired"),
+        MediaOutcome::Served => (
+            [
+                (axum::http::header::CONTENT_TYPE, file.mime().to_string()),
+                (axum::http::header::ETAG, format!("\"{}\"", file.md5)),
+            ],
+            file.bytes(),
+        )
+            .into_response(),
+    }
 }
 
 /// The route template a request path belongs to.

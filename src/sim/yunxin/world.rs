@@ -14,7 +14,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
+use sha2::Digest;
 
+use super::media::{MediaFile, MediaOutcome, BUCKET};
 use crate::sim::text::{self, Lang};
 
 /// The first `message_server_id`: above 2^53, as real ones are (`docs/upstreams/yunxin.md`,
@@ -115,6 +117,11 @@ pub struct WorldSpec {
     pub same_ms_run: usize,
     /// Accounts (beyond `accounts`) listed without cloud conversations.
     pub accounts_without_cloud: usize,
+    /// The deliberate faults of the fake's NOS, on the first media messages generated:
+    /// the first file is deleted upstream (404), the first video's URL is signed and
+    /// expired (403), the first audio declares an md5 that is not its bytes', and the
+    /// second audio's attachment is a JSON string holding the object.
+    pub media_quirks: bool,
 }
 
 impl Default for WorldSpec {
@@ -133,6 +140,7 @@ impl Default for WorldSpec {
             days: 30,
             same_ms_run: 0,
             accounts_without_cloud: 0,
+            media_quirks: true,
         }
     }
 }
@@ -262,6 +270,11 @@ pub struct World {
     pub streams: BTreeMap<Stream, Vec<usize>>,
     /// Conversations by id.
     pub conversations: BTreeMap<String, Conversation>,
+    /// The NOS objects media messages point to, by key (see `media.rs`).
+    pub media: BTreeMap<String, MediaFile>,
+    /// Where the NOS objects are served (the fake's own origin once it serves; empty
+    /// before, so attachment URLs are paths).
+    pub media_origin: String,
     next_id: i64,
     last_time: i64,
 }
@@ -340,6 +353,8 @@ impl World {
             by_id: HashMap::new(),
             streams: BTreeMap::new(),
             conversations: BTreeMap::new(),
+            media: BTreeMap::new(),
+            media_origin: String::new(),
             next_id: FIRST_SERVER_ID,
             last_time: 0,
         };
@@ -399,7 +414,8 @@ impl World {
             };
             for _ in 0..n {
                 let sender = world.random_member(&stream, &mut rng);
-                let (mt, text, att) = random_body(&mut rng, &sender);
+                let (mt, text, att, file) = random_body(&mut rng, &sender);
+                let att = world.register_media(att, file);
                 let id = world.insert_message(&stream, &sender, at, mt, text, att, &mut rng);
                 // history of edits, one-way recalls, removals, comments
                 let roll: f64 = rng.gen();
@@ -438,6 +454,9 @@ impl World {
             i += n;
         }
         world.last_time = spec.end_ms;
+        if spec.media_quirks {
+            world.media_quirks(spec.end_ms);
+        }
         let convs: Vec<String> = world.conversations.keys().cloned().collect();
         for id in convs {
             world.refresh_conversation(&id);
@@ -879,7 +898,8 @@ impl World {
                     }
                 }
                 (0..=59, _) | (_, None) => {
-                    let (mt, text, att) = random_body(rng, &member);
+                    let (mt, text, att, file) = random_body(rng, &member);
+                    let att = self.register_media(att, file);
                     let at = self.clock();
                     let id = self.post_at(&stream, &member, at, mt, text, att, rng);
                     done.push(Activity::Message { server_id: id });
@@ -945,6 +965,91 @@ impl World {
         done
     }
 
+    // ---- media ------------------------------------------------------------------------
+
+    /// Keep `file` among the NOS objects and point `attachment`'s `url` at it.
+    fn register_media(
+        &mut self,
+        attachment: Option<Value>,
+        file: Option<MediaFile>,
+    ) -> Option<Value> {
+        let (Some(mut a), Some(file)) = (attachment.clone(), file) else {
+            return attachment;
+        };
+        let url = format!("{}{}", self.media_origin, file.path());
+        edit_attachment(&mut a, |o| {
+            o.insert("url".into(), json!(url));
+        });
+        self.media.insert(file.key.clone(), file);
+        Some(a)
+    }
+
+    /// Serve the NOS objects under `origin` (e.g. `http://127.0.0.1:40123`): every
+    /// attachment URL pointing at the fake's NOS is rewritten to it.
+    pub fn set_media_origin(&mut self, origin: &str) {
+        let origin = origin.trim_end_matches('/').to_string();
+        let old = std::mem::replace(&mut self.media_origin, origin.clone());
+        for m in &mut self.messages {
+            if let Some(a) = &mut m.attachment {
+                edit_attachment(a, |o| {
+                    let rest = o
+                        .get("url")
+                        .and_then(Value::as_str)
+                        .and_then(|u| u.strip_prefix(old.as_str()))
+                        .filter(|r| r.starts_with("/nos/"))
+                        .map(str::to_string);
+                    if let Some(rest) = rest {
+                        o.insert("url".into(), json!(format!("{origin}{rest}")));
+                    }
+                });
+            }
+        }
+    }
+
+    /// The NOS object a message's attachment points to, if it is one of the fake's.
+    pub fn media_of(&self, m: &Message) -> Option<&MediaFile> {
+        self.media.get(&media_key(m.attachment.as_ref()?)?)
+    }
+
+    /// See [`WorldSpec::media_quirks`]. An expired URL's `Expires` is a day after the
+    /// message was sent (NOS's shortest expiry), and never later than an hour before the
+    /// end of the generated timeline.
+    fn media_quirks(&mut self, end_ms: i64) {
+        let mut seen = BTreeMap::<i64, usize>::new();
+        for idx in 0..self.messages.len() {
+            let m = &self.messages[idx];
+            let Some(key) = m.attachment.as_ref().and_then(media_key) else {
+                continue;
+            };
+            let (ty, at) = (m.message_type, m.create_time);
+            let n = seen.entry(ty).or_default();
+            *n += 1;
+            let Some(file) = self.media.get_mut(&key) else {
+                continue;
+            };
+            let a = self.messages[idx].attachment.as_mut().expect("has one");
+            match (ty, *n) {
+                (6, 1) => file.gone = true,
+                (3, 1) => {
+                    file.expires = Some((at / 1000 + 86_400).min(end_ms / 1000 - 3_600));
+                    let url = format!("{}{}", self.media_origin, file.path());
+                    edit_attachment(a, |o| {
+                        o.insert("url".into(), json!(url));
+                    });
+                }
+                (2, 1) => {
+                    file.declared_md5 = format!("{:x}", md5::Md5::digest(file.key.as_bytes()));
+                    let declared = file.declared_md5.clone();
+                    edit_attachment(a, |o| {
+                        o.insert("md5".into(), json!(declared));
+                    });
+                }
+                (2, 2) => *a = Value::String(a.to_string()),
+                _ => {}
+            }
+        }
+    }
+
     // ---- truth --------------------------------------------------------------------------
 
     /// Everything the archived accounts' conversations hold or held, to compare an archive
@@ -980,6 +1085,23 @@ impl World {
                                         .comments
                                         .iter()
                                         .map(|k| (k.operator_id.clone(), k.index))
+                                        .collect(),
+                                    attachments: self
+                                        .media_of(m)
+                                        .map(|f| AttachmentTruth {
+                                            message_type: m.message_type,
+                                            url: format!("{}{}", self.media_origin, f.path()),
+                                            md5: f.md5.clone(),
+                                            declared_md5: f.declared_md5.clone(),
+                                            sha256: f.sha256.clone(),
+                                            size: f.size,
+                                            outcome: f.outcome(now_ms() / 1000),
+                                            json_string: m
+                                                .attachment
+                                                .as_ref()
+                                                .is_some_and(Value::is_string),
+                                        })
+                                        .into_iter()
                                         .collect(),
                                 }
                             })
@@ -1020,6 +1142,54 @@ pub struct MessageTruth {
     pub removed: Option<Removal>,
     /// Standing quick comments `(operator, index)`.
     pub comments: Vec<(String, i64)>,
+    /// The files it points to on the fake's NOS (at most one).
+    pub attachments: Vec<AttachmentTruth>,
+}
+
+/// A file a message points to, as the fake's NOS holds it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttachmentTruth {
+    pub message_type: i64,
+    /// As the message gives it.
+    pub url: String,
+    /// Of the bytes served.
+    pub md5: String,
+    /// As the message declares it (differs from `md5` for the deliberately wrong one).
+    pub declared_md5: String,
+    pub sha256: String,
+    pub size: usize,
+    /// What a request for it gets now.
+    pub outcome: MediaOutcome,
+    /// The message's attachment is a JSON string holding the object.
+    pub json_string: bool,
+}
+
+/// Change an attachment's fields, whether it is an object or a JSON string holding one.
+fn edit_attachment(a: &mut Value, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    match a {
+        Value::Object(o) => f(o),
+        Value::String(s) => {
+            if let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(s) {
+                f(&mut o);
+                *s = Value::Object(o).to_string();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The key of the fake's NOS object an attachment's `url` names.
+fn media_key(a: &Value) -> Option<String> {
+    let url = match a {
+        Value::String(s) => serde_json::from_str::<Value>(s)
+            .ok()?
+            .get("url")?
+            .as_str()?
+            .to_string(),
+        _ => a.get("url")?.as_str()?.to_string(),
+    };
+    let rest = &url[url.find(&format!("/nos/{BUCKET}/"))? + BUCKET.len() + 6..];
+    Some(rest.split(['?', '#']).next().unwrap_or(rest).to_string())
 }
 
 fn p2p(a: &str, b: &str) -> Stream {
@@ -1030,46 +1200,46 @@ fn p2p(a: &str, b: &str) -> Stream {
     }
 }
 
-/// A random message body: `(message_type, text, attachment)` covering every message type
-/// (`docs/upstreams/yunxin.md`, "Identifiers").
-fn random_body<R: Rng + ?Sized>(rng: &mut R, sender: &str) -> (i64, String, Option<Value>) {
+/// A random message body: `(message_type, text, attachment, file)` covering every message
+/// type (`docs/upstreams/yunxin.md`, "Identifiers"); media messages come with the NOS object
+/// their attachment points to (its `url` a path until [`World::register_media`]).
+fn random_body<R: Rng + ?Sized>(
+    rng: &mut R,
+    sender: &str,
+) -> (i64, String, Option<Value>, Option<MediaFile>) {
     let lang = lang_of(sender);
     let roll = rng.gen_range(0..100);
-    let md5 = format!("{:032x}", rng.gen::<u128>());
-    match roll {
+    let seed = rng.gen::<u128>();
+    let media = |ty: i64, ext: &str, n: u64| MediaFile::new(ty, ext, seed, n);
+    let (mt, text, att) = match roll {
         0..=69 => (0, text::message(rng, lang), None),
-        70..=76 => (
-            1,
-            String::new(),
-            Some(
-                json!({"name": "a.jpg", "md5": md5, "url": "https://nos.example/a.jpg", "ext": "jpg", "w": 800, "h": 600, "size": rng.gen_range(1000..900_000)}),
-            ),
-        ),
-        77..=80 => (
-            2,
-            String::new(),
-            Some(
-                json!({"dur": rng.gen_range(1000..60_000), "md5": md5, "url": "https://nos.example/v.aac", "ext": "aac", "size": 20480}),
-            ),
-        ),
-        81..=83 => (
-            3,
-            String::new(),
-            Some(
-                json!({"dur": 12_000, "md5": md5, "url": "https://nos.example/v.mp4", "w": 1280, "h": 720, "ext": "mp4", "size": 1_048_576}),
-            ),
-        ),
+        70..=76 => {
+            let f = media(1, "png", rng.gen_range(1000..900_000));
+            let (w, h) = f.dimensions().unwrap_or((1, 1));
+            let a = json!({"name": "a.png", "md5": f.md5, "url": f.path(), "ext": "png", "w": w, "h": h, "size": f.size});
+            return (1, String::new(), Some(a), Some(f));
+        }
+        77..=80 => {
+            let dur = rng.gen_range(1000..60_000);
+            let f = media(2, "aac", 0);
+            let a =
+                json!({"dur": dur, "md5": f.md5, "url": f.path(), "ext": "aac", "size": f.size});
+            return (2, String::new(), Some(a), Some(f));
+        }
+        81..=83 => {
+            let f = media(3, "mp4", 0);
+            let a = json!({"dur": 12_000, "md5": f.md5, "url": f.path(), "w": 1280, "h": 720, "ext": "mp4", "size": f.size});
+            return (3, String::new(), Some(a), Some(f));
+        }
+        87..=89 => {
+            let f = media(6, "pdf", 0);
+            let a = json!({"name": "报告.pdf", "md5": f.md5, "url": f.path(), "ext": "pdf", "size": f.size});
+            return (6, String::new(), Some(a), Some(f));
+        }
         84..=86 => (
             4,
             String::new(),
             Some(json!({"title": text::place(rng), "lng": 120.15, "lat": 30.28})),
-        ),
-        87..=89 => (
-            6,
-            String::new(),
-            Some(
-                json!({"name": "报告.pdf", "md5": md5, "url": "https://nos.example/r.pdf", "ext": "pdf", "size": 204_800}),
-            ),
         ),
         90..=91 => (10, "对方已加入群聊".to_string(), None),
         92 => (
@@ -1089,5 +1259,6 @@ fn random_body<R: Rng + ?Sized>(rng: &mut R, sender: &str) -> (i64, String, Opti
             text::message(rng, lang),
             Some(json!({"kind": "card", "title": text::message(rng, lang)})),
         ),
-    }
+    };
+    (mt, text, att, None)
 }
