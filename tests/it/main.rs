@@ -8,6 +8,7 @@ mod common;
 mod access_log;
 mod api;
 mod as_of;
+mod attachments_tsdd;
 mod browser;
 mod charts;
 mod cli;

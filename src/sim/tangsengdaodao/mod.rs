@@ -22,6 +22,7 @@
 
 pub mod faults;
 pub mod generate;
+pub mod media;
 mod mutate;
 mod payloads;
 mod render;
@@ -38,6 +39,7 @@ use super::serve::{self, RequestCounts};
 
 pub use faults::{Fault, FaultKind, Faults, Malformed};
 pub use generate::WorldSpec;
+pub use media::{AttachmentTruth, MediaFate, MediaQuirks};
 pub use mutate::Activity;
 pub use sessions::LoginError;
 pub use truth::{ChannelTruth, MessageTruth, ReactionTruth};
@@ -65,10 +67,14 @@ impl SimServer {
     /// Every request counts, by path (e.g. `/v1/message/channel/sync`), 404s and faulted
     /// ones included; clients append `/v1/...` to [`SimServer::base_url`].
     pub async fn start_on(world: World, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let world = Arc::new(Mutex::new(world));
+        let counts = Arc::new(RequestCounts::default());
+        let storage = media::Storage::start(addr.ip(), world.clone(), counts.clone()).await?;
         let state = server::AppState {
-            world: Arc::new(Mutex::new(world)),
+            world,
             faults: Faults::default(),
-            counts: Arc::new(RequestCounts::default()),
+            counts,
+            storage: Arc::new(storage),
         };
         let app = server::router(state.clone());
         SimServer::serve(addr, app, state.world, state.faults, state.counts).await
