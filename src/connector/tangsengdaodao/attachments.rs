@@ -158,13 +158,14 @@ fn seconds_as_ms(value: Option<&Value>) -> Option<i64> {
         .then(|| (seconds * 1000.0).round() as i64)
 }
 
-/// The absolute URL of a payload `url` or `cover`, as the official web client resolves it:
-/// one that starts with `http` is used as it is; any other is a path under the API root,
+/// The absolute URL of a payload `url` or `cover`, as the official web client resolves it
+/// (`getImageURL`, `getFileURL`): one longer than four characters that starts with `http`
+/// is used as it is; any other is a path under the API root,
 /// `{base_url}/v1/` (a leading `/` is dropped, as the server's upload answers never have
 /// one). Only http(s) URLs are accepted.
 pub fn resolve(base_url: &str, url: &str) -> Result<reqwest::Url, String> {
     let url = url.trim();
-    let absolute = if url.starts_with("http") {
+    let absolute = if url.len() > 4 && url.starts_with("http") {
         url.to_string()
     } else {
         format!(
