@@ -14,6 +14,7 @@ mod attachments_web;
 mod attachments_yunhu;
 mod blob_s3;
 mod attachments_yunxin;
+mod attachments_tsdd;
 mod browser;
 mod charts;
 mod cli;

@@ -154,7 +154,7 @@ pub fn render_template(template: &str, extra: Option<&Value>) -> String {
 /// TangSengDaoDao's payload `type` codes: the server's `ContentType` (`common/msg.go` of
 /// TangSengDaoDaoServerLib), plus rich text, which the clients send
 /// (docs/upstreams/tangsengdaodao.md, "Payloads").
-mod content_type {
+pub(super) mod content_type {
     /// Plain text in `content`.
     pub const TEXT: i64 = 1;
     /// A picture: `url`, `width`, `height`.
@@ -415,6 +415,9 @@ fn map_forward(
         );
         if let Some(inner) = inner {
             entry.insert("kind".into(), json!(inner.kind.as_str()));
+            if let Some(media) = forwarded_media(&inner) {
+                entry.insert("media".into(), media);
+            }
             entry.insert("text".into(), Value::String(inner.text));
         }
         msgs.push(Value::Object(entry));
@@ -434,6 +437,54 @@ fn map_forward(
     out.insert("users".into(), Value::Array(users));
     out.insert("msgs".into(), Value::Array(msgs));
     (MessageKind::Forward, lines.join("\n"))
+}
+
+/// Payload types whose content references files: what a forwarded message keeps of them.
+const MEDIA_TYPES: &[i64] = &[
+    content_type::IMAGE,
+    content_type::GIF,
+    content_type::VOICE,
+    content_type::VIDEO,
+    content_type::FILE,
+    content_type::VECTOR_STICKER,
+    content_type::EMOJI_STICKER,
+];
+
+/// At most this many files are kept from one forwarded merged forward.
+pub const MAX_FORWARDED_MEDIA: usize = 100;
+
+/// The files of a forwarded message, so that they can be archived too: for a picture,
+/// sticker, voice clip, video or file its mapped content (the fields kept for its type,
+/// without mention and reply); for a merged forward inside the forward, the files of its
+/// messages, flattened, in order, at most [`MAX_FORWARDED_MEDIA`]. `None` when there are
+/// none, so a forward of text keeps exactly the entries it always had.
+fn forwarded_media(inner: &Content) -> Option<Value> {
+    let content_type = int(&inner.content, "type")?;
+    if MEDIA_TYPES.contains(&content_type) {
+        let mut media = inner.content.as_object()?.clone();
+        media.remove("mention");
+        media.remove("reply");
+        return Some(Value::Object(media));
+    }
+    if content_type != content_type::MULTIPLE_FORWARD {
+        return None;
+    }
+    let mut files = Vec::new();
+    for entry in inner
+        .content
+        .get("msgs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match entry.get("media") {
+            Some(Value::Array(nested)) => files.extend(nested.iter().cloned()),
+            Some(media @ Value::Object(_)) => files.push(media.clone()),
+            _ => {}
+        }
+    }
+    files.truncate(MAX_FORWARDED_MEDIA);
+    (!files.is_empty()).then_some(Value::Array(files))
 }
 
 /// A `content_edit` is an object, or (defensively) the JSON text of one ("Extra sync").

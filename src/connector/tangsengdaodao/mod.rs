@@ -24,6 +24,7 @@
 //! `sender_name`).
 
 mod api;
+pub mod attachments;
 mod map;
 mod recheck;
 mod session;
@@ -890,6 +891,28 @@ impl Connector for TsddConnector {
     async fn recheck(&self, request: RecheckRequest<'_>) -> Result<Recheck, ConnectorError> {
         let channel = channel_of(request.conversation, &self.source)?;
         self.recheck_channel(request, &channel).await
+    }
+
+    fn attachments(
+        &self,
+        content: &crate::model::Content,
+    ) -> Vec<crate::attachments::AttachmentRef> {
+        attachments::attachments(content)
+    }
+
+    /// A payload path resolved under `{base_url}/v1/` (or an absolute URL as it is), asked
+    /// for without the session token: the preview route is public ([`attachments`]).
+    async fn media_request(
+        &self,
+        reference: &crate::attachments::AttachmentRef,
+    ) -> Result<crate::attachments::MediaRequest, ConnectorError> {
+        attachments::media_request(self.api.base_url(), reference).map_err(|why| {
+            ConnectorError::Permanent(format!(
+                "tsdd source {}: attachment {}: {why}",
+                self.source,
+                crate::attachments::shown_url(&reference.url)
+            ))
+        })
     }
 }
 

@@ -14,6 +14,8 @@
 //!   (message bodies in `payloads`, sentences from [`crate::sim::text`]);
 //! - [`truth`]: an owned snapshot of everything, to compare an archive against;
 //! - `server`, `sync_api` and `render`: the HTTP endpoints and their JSON;
+//! - [`media`]: the files messages name: the public preview route's 302 to a storage
+//!   listener on another port, the bytes, and what each message's files are;
 //! - [`faults`]: queued failures (429, 5xx, slow, dropped, malformed, per-channel 400, 400
 //!   server-failure bodies).
 //!
@@ -22,6 +24,7 @@
 
 pub mod faults;
 pub mod generate;
+pub mod media;
 mod mutate;
 mod payloads;
 mod render;
@@ -38,6 +41,7 @@ use super::serve::{self, RequestCounts};
 
 pub use faults::{Fault, FaultKind, Faults, Malformed};
 pub use generate::WorldSpec;
+pub use media::{AttachmentTruth, MediaFate, MediaQuirks};
 pub use mutate::Activity;
 pub use sessions::LoginError;
 pub use truth::{ChannelTruth, MessageTruth, ReactionTruth};
@@ -63,12 +67,17 @@ impl SimServer {
     /// Serve `world` on `addr` (for `chatvault sim`).
     ///
     /// Every request counts, by path (e.g. `/v1/message/channel/sync`), 404s and faulted
-    /// ones included; clients append `/v1/...` to [`SimServer::base_url`].
+    /// ones included, and so do the file storage's (another port of the same address, by
+    /// object path); clients append `/v1/...` to [`SimServer::base_url`].
     pub async fn start_on(world: World, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let world = Arc::new(Mutex::new(world));
+        let counts = Arc::new(RequestCounts::default());
+        let storage = media::Storage::start(addr.ip(), world.clone(), counts.clone()).await?;
         let state = server::AppState {
-            world: Arc::new(Mutex::new(world)),
+            world,
             faults: Faults::default(),
-            counts: Arc::new(RequestCounts::default()),
+            counts,
+            storage: Arc::new(storage),
         };
         let app = server::router(state.clone());
         SimServer::serve(addr, app, state.world, state.faults, state.counts).await

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::faults::{FaultKind, Faults};
+use super::media;
 use super::render;
 use super::sessions::LoginError;
 use super::sync_api;
@@ -34,6 +35,8 @@ pub(super) struct AppState {
     pub(super) faults: Faults,
     /// Every request, by path, before any fault.
     pub(super) counts: Arc<RequestCounts>,
+    /// The file storage the preview route redirects to (running while this state lives).
+    pub(super) storage: Arc<super::media::Storage>,
 }
 
 impl AppState {
@@ -43,7 +46,16 @@ impl AppState {
 }
 
 pub(super) fn router(state: AppState) -> Router {
+    let storage_url = state.storage.base_url();
     Router::new()
+        .route(
+            "/v1/file/preview/{*path}",
+            get(
+                move |path: Path<String>, query: axum::extract::Query<media::PreviewQuery>| {
+                    media::preview(storage_url.clone(), path, query)
+                },
+            ),
+        )
         .route("/v1/user/login", post(login))
         .route("/v1/conversation/sync", post(sync_api::conversation_sync))
         .route(CHANNEL_SYNC_PATH, post(sync_api::channel_sync))

@@ -8,6 +8,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::media::AttachmentTruth;
 use super::world::{Channel, Message, World};
 
 /// One conversation of the archiving user.
@@ -53,6 +54,9 @@ pub struct MessageTruth {
     pub extra_version: Option<i64>,
     /// Every reaction row, removed ones included (one per uid).
     pub reactions: Vec<ReactionTruth>,
+    /// The files the original payload references, in the order the archive lists them,
+    /// with the bytes' sha256 and what the storage answers ([`World::attachments_of`]).
+    pub attachments: Vec<AttachmentTruth>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -97,12 +101,18 @@ fn channel_truth(world: &World, channel: &Channel, me: &str) -> ChannelTruth {
         messages: channel
             .messages()
             .iter()
-            .map(|m| message_truth(channel, m, me, is_member))
+            .map(|m| message_truth(world, channel, m, me, is_member))
             .collect(),
     }
 }
 
-fn message_truth(channel: &Channel, m: &Message, me: &str, is_member: bool) -> MessageTruth {
+fn message_truth(
+    world: &World,
+    channel: &Channel,
+    m: &Message,
+    me: &str,
+    is_member: bool,
+) -> MessageTruth {
     let extra = m.extra.as_ref();
     MessageTruth {
         message_id: m.message_id.to_string(),
@@ -132,5 +142,6 @@ fn message_truth(channel: &Channel, m: &Message, me: &str, is_member: bool) -> M
                 seq: r.seq,
             })
             .collect(),
+        attachments: world.attachments_of(&m.payload),
     }
 }

@@ -355,6 +355,8 @@ pub struct World {
     /// Offset of the server's local time from UTC, for `created_at` strings.
     pub(super) utc_offset_secs: i32,
     pub(super) rng: StdRng,
+    /// The paths the file storage refuses (none unless a test switches them on).
+    pub media_quirks: super::media::MediaQuirks,
 }
 
 impl World {
@@ -378,6 +380,7 @@ impl World {
             welcome_message_on: true,
             utc_offset_secs: 8 * 3600,
             rng: StdRng::seed_from_u64(seed ^ 0x5eed_7d5d),
+            media_quirks: Default::default(),
         };
         world.add_user(me);
         world.add_user(User {
