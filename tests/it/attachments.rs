@@ -1115,7 +1115,25 @@ async fn sync_looks_for_attachments_after_the_messages_unless_told_not_to() {
     let acme = SourceName::new("acme");
     let head = store.chain_heads().await.unwrap()["acme"];
     assert!(head > 60);
-    assert_eq!(store.attachment_scan_position(&acme).await.unwrap(), head);
+    // The scan reached every message event; the files it found were stored after it, each
+    // an attachment_stored event past the scan's position.
+    let last_message_event = count(
+        &store,
+        "SELECT max(event_seq) FROM vault.events WHERE source = 'acme' AND kind LIKE 'message_%'",
+    )
+    .await;
+    let scanned = store.attachment_scan_position(&acme).await.unwrap();
+    assert!(
+        scanned >= last_message_event,
+        "{scanned} < {last_message_event}"
+    );
+    let stored = count(
+        &store,
+        "SELECT count(*) FROM vault.events WHERE source = 'acme' AND kind = 'attachment_stored'",
+    )
+    .await;
+    assert!(stored > 0, "the fake's messages have files");
+    assert_eq!(head, scanned.max(last_message_event) + stored, "{head}");
     assert!(dir.path().join("data/attachments/blobs").is_dir());
 }
 

@@ -56,7 +56,12 @@ fn pause_at_first_page() -> (PageHook, mpsc::Receiver<()>, mpsc::Sender<()>) {
         let taken = once.lock().unwrap().take();
         if let Some((paused_tx, resume_rx)) = taken {
             let _ = paused_tx.send(());
-            let _ = resume_rx.recv_timeout(Duration::from_secs(30));
+            // The hook is called on a runtime worker: say that it blocks, so the tasks
+            // queued on this worker (a pool connection's return among them) move to
+            // another one instead of waiting for the pause to end.
+            tokio::task::block_in_place(|| {
+                let _ = resume_rx.recv_timeout(Duration::from_secs(30));
+            });
         }
     }));
     (hook, paused, resume)
