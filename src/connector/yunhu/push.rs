@@ -203,12 +203,11 @@ impl YunhuConnector {
     pub(super) async fn user_id(&self) -> Result<String, ConnectorError> {
         let body = self.api.get_proto(USER_INFO, &self.token).await?;
         let what = self.api.what_get(USER_INFO);
-        let info = pb::UserInfoResponse::decode(body.as_slice()).map_err(|e| {
-            ConnectorError::Decode {
+        let info =
+            pb::UserInfoResponse::decode(body.as_slice()).map_err(|e| ConnectorError::Decode {
                 message: format!("{what}: not a user info: {e}"),
                 raw: Some(crate::connector::http::raw_body(&body)),
-            }
-        })?;
+            })?;
         super::api::check_status(&what, info.status.as_ref())?;
         match info.data.map(|d| d.id).filter(|id| !id.is_empty()) {
             Some(id) => Ok(id),
@@ -441,7 +440,11 @@ mod tests {
             edit_time: 1_700_000_001_000,
             ..Default::default()
         };
-        let got = decode_frame(&frame("edit_message", Some(edit.clone())), "me", &mut recent);
+        let got = decode_frame(
+            &frame("edit_message", Some(edit.clone())),
+            "me",
+            &mut recent,
+        );
         assert!(
             matches!(got, Ok(Frame::Signal(ref s)) if s.conversation_id == "peer" && s.kind == PushKind::Edit),
             "{got:?}"
