@@ -2723,6 +2723,31 @@ mod tests {
     }
 
     #[test]
+    fn yunhu_push_url() {
+        let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n";
+        let source = loaded(text, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!(yunhu.ws_url, "wss://chat-ws-go.jwzhd.com/ws");
+        let text2 = format!("{text}ws_url = \"ws://127.0.0.1:9/ws\"\n");
+        let source = loaded(&text2, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!(yunhu.ws_url, "ws://127.0.0.1:9/ws");
+        // an http url, and a bad base_url at the same time: both reported
+        let text3 = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n\
+                     base_url = \"ftp://x\"\nws_url = \"https://chat-ws-go.jwzhd.com/ws\"\n";
+        let problems = problems(text3, &[("T", "t")]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[1].contains("ws_url") && problems[1].contains("ws://"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn yunxin_values() {
         let text = "[[source]]\nname = \"x\"\nplatform = \"yunxin\"\napp_key = \"k\"\n\
                     app_secret_env = \"S\"\naccounts = [\"a\", \"b\"]\n\

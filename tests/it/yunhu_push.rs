@@ -320,6 +320,26 @@ async fn a_garbage_frame_is_skipped_and_the_channel_goes_on() {
 }
 
 #[tokio::test]
+async fn a_frame_past_the_bound_ends_the_connection_not_the_process() {
+    let spec = spec();
+    let server = SimServer::start(World::generate(&spec)).await;
+    let conn = connector(&server, &spec.token);
+    let mut l = listen(&conn);
+    until("connected", || l.sink.state().connected).await;
+    server.faults().push.send_oversized();
+    let ended = tokio::time::timeout(WAIT, &mut l.task)
+        .await
+        .expect("listen ends on a frame past its bound")
+        .unwrap();
+    let err = ended.unwrap_err();
+    assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
+    assert!(err.to_string().contains("too long"), "{err}");
+    assert!(!l.sink.state().connected);
+    assert_eq!(l.sink.state().pushes, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_wrong_token_fails_as_unauthorized_without_showing_it() {
     let spec = spec();
     let server = SimServer::start(World::generate(&spec)).await;

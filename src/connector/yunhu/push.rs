@@ -493,6 +493,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_chunk_is_an_edit_of_its_message() {
+        let chunk = pb::StreamMessage {
+            msg_id: "m3".into(),
+            recv_id: "group-2".into(),
+            chat_id: "group-2".into(),
+            content: "more".into(),
+        };
+        let bytes = pb::WsFrame {
+            info: Some(pb::WsInfo {
+                seq: String::new(),
+                cmd: "stream_message".into(),
+            }),
+            data: Some(pb::WsAny {
+                type_url: String::new(),
+                value: chunk.encode_to_vec(),
+            }),
+        }
+        .encode_to_vec();
+        let got = decode_frame(&bytes, "me", &mut Recent::default());
+        assert!(
+            matches!(got, Ok(Frame::Signal(ref s)) if s.conversation_id == "group-2" && s.kind == PushKind::Edit && s.message_id.as_deref() == Some("m3")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn memory_of_pushed_messages_is_bounded() {
+        let mut recent = Recent::default();
+        for i in 0..RECENT_MESSAGES + 10 {
+            recent.remember(&format!("m{i}"), "c");
+        }
+        assert_eq!(recent.by_id.len(), RECENT_MESSAGES);
+        assert!(!recent.by_id.contains_key("m0"));
+        assert!(recent
+            .by_id
+            .contains_key(&format!("m{}", RECENT_MESSAGES + 9)));
+    }
+
+    #[test]
     fn the_device_id_is_stable_per_source_and_account() {
         assert_eq!(device_id("a", "1"), device_id("a", "1"));
         assert_ne!(device_id("a", "1"), device_id("b", "1"));

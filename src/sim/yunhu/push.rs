@@ -10,7 +10,7 @@
 //!
 //! [`PushControl`] (in the fake's [`super::Faults`]) records the logins and heartbeats
 //! seen, and has the switches tests need: drop every connection mid-stream, stop answering
-//! heartbeats, send a frame that is not protobuf.
+//! heartbeats, refuse logins, send a frame that is not protobuf or one far too large.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,8 @@ pub const PLATFORMS: &[&str] = &[
 ];
 /// What Yunhu answers to anything it does not accept.
 pub const INVALID: &str = "数据不合法";
+/// The size of the frame [`PushControl::send_oversized`] sends: past any sane bound.
+pub const OVERSIZED_FRAME: usize = 4 * 1024 * 1024;
 /// The largest frame the fake reads.
 const MAX_FRAME: usize = 64 * 1024;
 
@@ -51,6 +53,7 @@ pub struct Login {
 enum Command {
     Drop,
     Garbage,
+    Oversized,
 }
 
 #[derive(Debug)]
@@ -113,6 +116,11 @@ impl PushControl {
     /// Cut every open connection now, without a closing handshake.
     pub fn drop_connections(&self) {
         let _ = self.inner.commands.send(Command::Drop);
+    }
+
+    /// Send every open, logged-in connection one binary frame of [`OVERSIZED_FRAME`] bytes.
+    pub fn send_oversized(&self) {
+        let _ = self.inner.commands.send(Command::Oversized);
     }
 
     /// Send every open, logged-in connection a binary frame that is not a push frame.
@@ -214,7 +222,13 @@ async fn session(state: AppState, mut socket: WebSocket) {
                         return;
                     }
                 }
-                Ok(Command::Garbage) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(Command::Oversized) if changes.is_some() => {
+                    let big = vec![0u8; OVERSIZED_FRAME];
+                    if socket.send(Message::Binary(big.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Command::Garbage | Command::Oversized) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             }
         }
     }
