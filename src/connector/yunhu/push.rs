@@ -278,7 +278,9 @@ impl YunhuConnector {
         let mut ticker = tokio::time::interval(timing.heartbeat_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
-        loop {
+        // Refusals (text frames) received before the first acknowledgement.
+        let mut refusals: Vec<String> = Vec::new();
+        let end = loop {
             let ack_due = if connected {
                 heartbeat_sent + timing.ack_timeout
             } else {
@@ -287,10 +289,10 @@ impl YunhuConnector {
             tokio::select! {
                 _ = ticker.tick() => {
                     if awaiting_ack && Instant::now() >= heartbeat_sent + timing.ack_timeout {
-                        return self.dead_heartbeat(&what, timing, last_ack);
+                        break self.dead_heartbeat(&what, timing, last_ack);
                     }
                     if let Err(e) = ws.send(WsMessage::text(heartbeat_frame(seq))).await {
-                        return ConnectorError::Transient(format!(
+                        break ConnectorError::Transient(format!(
                             "{what}: heartbeat not sent: {}",
                             short(&e.to_string())
                         ));
@@ -303,17 +305,17 @@ impl YunhuConnector {
                 }
                 _ = tokio::time::sleep_until(ack_due), if awaiting_ack => {
                     if !connected {
-                        return ConnectorError::Transient(format!(
+                        break ConnectorError::Transient(format!(
                             "{what}: login not acknowledged within {:?}",
                             timing.login_timeout
                         ));
                     }
-                    return self.dead_heartbeat(&what, timing, last_ack);
+                    break self.dead_heartbeat(&what, timing, last_ack);
                 }
                 frame = ws.next() => {
                     let frame = match frame {
-                        None => return ConnectorError::Transient(format!("{what}: connection closed")),
-                        Some(Err(e)) => return ConnectorError::Transient(format!(
+                        None => break ConnectorError::Transient(format!("{what}: connection closed")),
+                        Some(Err(e)) => break ConnectorError::Transient(format!(
                             "{what}: connection lost: {}",
                             short(&e.to_string())
                         )),
@@ -349,11 +351,14 @@ impl YunhuConnector {
                         },
                         WsMessage::Text(text) => {
                             if !connected {
-                                // Yunhu answers a refused login with a text ("数据不合法").
-                                return ConnectorError::Unauthorized(format!(
-                                    "{what}: login refused ({}); check the token",
-                                    short(text.as_str())
-                                ));
+                                // Yunhu answers what it does not accept with a text
+                                // ("数据不合法"): a refused login, or a heartbeat that
+                                // overtook the login. The heartbeat after it decides.
+                                refusals.push(short(text.as_str()));
+                                if refusals.len() >= 2 {
+                                    break ConnectorError::Transient(String::new());
+                                }
+                                continue;
                             }
                             undecodable += 1;
                             tracing::warn!(source = %self.source, undecodable, "yunhu push: unexpected text frame skipped");
@@ -362,13 +367,19 @@ impl YunhuConnector {
                             let why = close
                                 .map(|c| format!("{} {}", u16::from(c.code), short(c.reason.as_str())))
                                 .unwrap_or_else(|| "no reason".into());
-                            return ConnectorError::Transient(format!("{what}: closed by upstream ({why})"));
+                            break ConnectorError::Transient(format!("{what}: closed by upstream ({why})"));
                         }
                         // tungstenite answers pings itself
                         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
                     }
                 }
             }
+        };
+        match refusals.first() {
+            Some(text) if !connected => ConnectorError::Unauthorized(format!(
+                "{what}: login refused ({text}); check the token"
+            )),
+            _ => end,
         }
     }
 
