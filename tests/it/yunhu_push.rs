@@ -41,13 +41,17 @@ fn timing() -> PushTiming {
 }
 
 fn connector(server: &SimServer, token: &str) -> Arc<YunhuConnector> {
+    connector_at(server, token, &server.ws_url())
+}
+
+fn connector_at(server: &SimServer, token: &str, ws_url: &str) -> Arc<YunhuConnector> {
     let cfg = YunhuConfig {
         base_url: server.base_url(),
         token: Secret::new(token),
         rescan_messages: 0,
         rescan_days: 0,
         rescan_every_minutes: 0,
-        ws_url: server.ws_url(),
+        ws_url: ws_url.to_string(),
     };
     let source = SourceConfig {
         name: SourceName::new("y"),
@@ -378,5 +382,70 @@ async fn a_login_the_server_refuses_fails_as_unauthorized() {
     let logins = server.faults().push.logins();
     assert_eq!(logins.len(), 1);
     assert!(!logins[0].accepted);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_that_overtook_the_login_is_not_a_refusal() {
+    let spec = spec();
+    let server = SimServer::start(World::generate(&spec)).await;
+    server.faults().push.refuse_heartbeats(1);
+    let conn = connector(&server, &spec.token);
+    let l = listen(&conn);
+    until("connected", || l.sink.state().connected).await;
+    assert!(server.faults().push.heartbeats() >= 2);
+    assert!(!l.task.is_finished());
+    l.task.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_fails_is_a_transient_error() {
+    // a wss:// endpoint that accepts TCP and closes it: the TLS client is set up (no
+    // missing crypto provider) and its failure is an error to retry, not a panic
+    let spec = spec();
+    let server = SimServer::start(World::generate(&spec)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let closer = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    let conn = connector_at(&server, &spec.token, &format!("wss://127.0.0.1:{port}/ws"));
+    let l = listen(&conn);
+    let ended = tokio::time::timeout(WAIT, l.task).await.unwrap().unwrap();
+    let err = ended.unwrap_err();
+    assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    assert!(!l.sink.state().connected);
+    closer.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_change_reaches_the_sink_well_within_two_seconds() {
+    let spec = spec();
+    let server = SimServer::start(World::generate(&spec)).await;
+    let conn = connector(&server, &spec.token);
+    let mut l = listen(&conn);
+    until("connected", || l.sink.state().connected).await;
+    let ((group, member), _) = chats(&server);
+    let mut lags = Vec::new();
+    for i in 0..100 {
+        let posted = tokio::time::Instant::now();
+        let id = server
+            .world()
+            .post_text(&group, &member, &format!("m{i}"))
+            .unwrap();
+        let s = next_signal(&mut l).await;
+        lags.push(posted.elapsed());
+        assert_eq!(s.message_id.as_deref(), Some(id.as_str()));
+    }
+    lags.sort();
+    let (p50, p99) = (lags[49], lags[98]);
+    eprintln!("yunhu push, change to signal: p50 {p50:?}, p99 {p99:?}");
+    assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
+    l.task.abort();
     server.shutdown().await;
 }

@@ -10,7 +10,7 @@
 //!
 //! [`PushControl`] (in the fake's [`super::Faults`]) records the logins and heartbeats
 //! seen, and has the switches tests need: drop every connection mid-stream, stop answering
-//! heartbeats, refuse logins, send a frame that is not protobuf or one far too large.
+//! heartbeats, refuse logins or heartbeats, send a frame that is not protobuf or one far too large.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +62,8 @@ struct Control {
     heartbeats: AtomicU64,
     silent: AtomicBool,
     refuse: AtomicBool,
+    /// Heartbeats still to answer with [`INVALID`] whatever the login.
+    overtaken: AtomicU64,
     open: AtomicU64,
     commands: broadcast::Sender<Command>,
 }
@@ -80,6 +82,7 @@ impl Default for PushControl {
                 heartbeats: AtomicU64::new(0),
                 silent: AtomicBool::new(false),
                 refuse: AtomicBool::new(false),
+                overtaken: AtomicU64::new(0),
                 open: AtomicU64::new(0),
                 commands: broadcast::channel(16).0,
             }),
@@ -111,6 +114,12 @@ impl PushControl {
     /// Refuse (or accept again) every login, whatever it carries (a token revoked since).
     pub fn refuse_logins(&self, on: bool) {
         self.inner.refuse.store(on, Ordering::SeqCst);
+    }
+
+    /// Answer the next `n` heartbeats with [`INVALID`] even after a valid login, as if each
+    /// overtook the login on the server.
+    pub fn refuse_heartbeats(&self, n: u64) {
+        self.inner.overtaken.store(n, Ordering::SeqCst);
     }
 
     /// Cut every open connection now, without a closing handshake.
@@ -188,7 +197,11 @@ async fn session(state: AppState, mut socket: WebSocket) {
                     }
                     Some("heartbeat") => {
                         control.heartbeats.fetch_add(1, Ordering::SeqCst);
-                        if changes.is_none() {
+                        let overtaken = control
+                            .overtaken
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        if changes.is_none() || overtaken {
                             Some(Message::Text(INVALID.into()))
                         } else if control.silent.load(Ordering::SeqCst) {
                             None
