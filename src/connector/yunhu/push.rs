@@ -356,7 +356,10 @@ impl YunhuConnector {
                                 // overtook the login. The heartbeat after it decides.
                                 refusals.push(short(text.as_str()));
                                 if refusals.len() >= 2 {
-                                    break ConnectorError::Transient(String::new());
+                                    break ConnectorError::Unauthorized(format!(
+                                        "{what}: login refused ({}); check the token",
+                                        refusals[0]
+                                    ));
                                 }
                                 continue;
                             }
@@ -375,10 +378,13 @@ impl YunhuConnector {
                 }
             }
         };
+        // a connection that ends after a refusal and before any acknowledgement: refused
         match refusals.first() {
-            Some(text) if !connected => ConnectorError::Unauthorized(format!(
-                "{what}: login refused ({text}); check the token"
-            )),
+            Some(text) if !connected && !matches!(end, ConnectorError::Unauthorized(_)) => {
+                ConnectorError::Unauthorized(format!(
+                    "{what}: login refused ({text}); check the token"
+                ))
+            }
             _ => end,
         }
     }
