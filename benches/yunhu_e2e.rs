@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             rescan_messages: 200,
             rescan_days: 7,
             rescan_every_minutes: 60,
+            ws_url: chatvault::connector::yunhu::push::DEFAULT_WS_URL.into(),
         }),
     };
     let options = SyncOptions::default();

@@ -255,6 +255,8 @@ pub struct YunhuConfig {
     pub rescan_days: u32,
     /// Minutes between re-reads of an active chat's trailing window; 0: every run.
     pub rescan_every_minutes: u32,
+    /// The push channel's WebSocket (`ws://` or `wss://`).
+    pub ws_url: String,
 }
 
 /// The file read when neither a path nor `CHATVAULT_CONFIG` is given, if it exists.
@@ -273,6 +275,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
 const DEFAULT_YUNXIN_BASE_URL: &str = "https://open.yunxinapi.com";
 const DEFAULT_YUNHU_BASE_URL: &str = "https://chat-go.jwzhd.com";
+const DEFAULT_YUNHU_WS_URL: &str = crate::connector::yunhu::push::DEFAULT_WS_URL;
 
 /// Bounds of values that would otherwise overflow a duration or never end: a request every
 /// 1000 s at the slowest, a million a second at the fastest; an hour per request; a day for
@@ -372,6 +375,7 @@ const YUNHU_KEYS: &[&str] = &[
     "rescan_messages",
     "rescan_days",
     "rescan_every_minutes",
+    "ws_url",
 ];
 
 fn platform_keys(platform: Platform) -> &'static [&'static str] {
@@ -789,6 +793,21 @@ impl<'t> Section<'t> {
                 return Some(raw.trim_end_matches('/').to_owned())
             }
             Ok(_) => format!("invalid url {raw:?}: expected an http:// or https:// url"),
+            Err(err) => format!("invalid url {raw:?}: {err}"),
+        };
+        cx.problem(span, self.key_path(key), problem);
+        None
+    }
+
+    /// A WebSocket url (`ws://` or `wss://`), `default` when absent.
+    fn ws_url(&self, cx: &mut Cx, key: &str, default: &str) -> Option<String> {
+        if !self.has(key) {
+            return Some(default.to_owned());
+        }
+        let (raw, span) = self.string(cx, key)?;
+        let problem = match reqwest::Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "ws" | "wss") => return Some(raw.to_owned()),
+            Ok(_) => format!("invalid url {raw:?}: expected a ws:// or wss:// url"),
             Err(err) => format!("invalid url {raw:?}: {err}"),
         };
         cx.problem(span, self.key_path(key), problem);
@@ -1917,12 +1936,14 @@ fn read_history_start(cx: &mut Cx, section: &Section) -> Option<Option<DateTime<
 fn read_yunhu(cx: &mut Cx, section: &Section) -> Option<YunhuConfig> {
     let base_url = section.http_url(cx, "base_url", Some(DEFAULT_YUNHU_BASE_URL));
     let token = section.required_secret(cx, "token");
+    let ws_url = section.ws_url(cx, "ws_url", DEFAULT_YUNHU_WS_URL);
     Some(YunhuConfig {
         base_url: base_url?,
         token: token?,
         rescan_messages: section.u32_or(cx, "rescan_messages", 200, 0..=u32::MAX),
         rescan_days: section.u32_or(cx, "rescan_days", 7, 0..=u32::MAX),
         rescan_every_minutes: section.u32_or(cx, "rescan_every_minutes", 60, 0..=u32::MAX),
+        ws_url: ws_url?,
     })
 }
 
@@ -2699,6 +2720,31 @@ mod tests {
         let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n\
                     rescan_every_minutes = -1\n";
         assert_eq!(problems(text, &[("T", "t")]).len(), 1);
+    }
+
+    #[test]
+    fn yunhu_push_url() {
+        let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n";
+        let source = loaded(text, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!(yunhu.ws_url, "wss://chat-ws-go.jwzhd.com/ws");
+        let text2 = format!("{text}ws_url = \"ws://127.0.0.1:9/ws\"\n");
+        let source = loaded(&text2, &[("T", "t")]).config.sources.remove(0);
+        let PlatformConfig::Yunhu(yunhu) = source.platform else {
+            panic!("not yunhu");
+        };
+        assert_eq!(yunhu.ws_url, "ws://127.0.0.1:9/ws");
+        // an http url, and a bad base_url at the same time: both reported
+        let text3 = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n\
+                     base_url = \"ftp://x\"\nws_url = \"https://chat-ws-go.jwzhd.com/ws\"\n";
+        let problems = problems(text3, &[("T", "t")]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[1].contains("ws_url") && problems[1].contains("ws://"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -147,9 +147,11 @@ async fn yunhu(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
     Ok(Upstream {
         source_toml: format!(
             "[[source]]\nname = \"demo-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{}\"\n\
+             ws_url = \"{}\"\n\
              token_file = \"{}\"\nschedule = \"{SCHEDULE}\"\nrescan_every_minutes = 0\n\
              requests_per_second = 200\n",
             server.base_url(),
+            server.ws_url(),
             toml_path(&secrets.join(&secret)),
         ),
         secret_files: vec![(secret, spec.token.clone())],

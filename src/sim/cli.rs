@@ -149,7 +149,8 @@ pub async fn yunhu(options: &Options) -> anyhow::Result<()> {
             direct_chats + groups + bots,
         ),
         source: format!(
-            "[[source]]\nname = \"sim-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{base_url}\"\ntoken_env = \"SIM_YUNHU_TOKEN\"   # export SIM_YUNHU_TOKEN={}\nrequests_per_second = 200\n",
+            "[[source]]\nname = \"sim-yunhu\"\nplatform = \"yunhu\"\nbase_url = \"{base_url}\"\nws_url = \"{}\"\ntoken_env = \"SIM_YUNHU_TOKEN\"   # export SIM_YUNHU_TOKEN={}\nrequests_per_second = 200\n",
+            server.ws_url(),
             spec.token
         ),
         closing: "Ctrl-C stops the server.",

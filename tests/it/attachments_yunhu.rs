@@ -44,6 +44,7 @@ fn source(server: &SimServer, token: &str) -> SourceConfig {
             rescan_messages: 0,
             rescan_days: 0,
             rescan_every_minutes: 0,
+            ws_url: chatvault::connector::yunhu::push::DEFAULT_WS_URL.into(),
         }),
     }
 }

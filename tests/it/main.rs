@@ -43,6 +43,7 @@ mod tsdd_sync;
 mod upstream_proof;
 mod web;
 mod yunhu_failures;
+mod yunhu_push;
 mod yunhu_sync;
 mod yunxin_failures;
 mod yunxin_sync;

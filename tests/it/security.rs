@@ -556,6 +556,7 @@ async fn credentials_never_follow_a_redirect_to_another_origin() {
                 rescan_messages: 10,
                 rescan_days: 1,
                 rescan_every_minutes: 0,
+                ws_url: chatvault::connector::yunhu::push::DEFAULT_WS_URL.into(),
             }),
             ..tsdd.clone()
         };

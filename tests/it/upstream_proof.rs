@@ -578,6 +578,7 @@ mod yunhu {
                 rescan_messages: 200,
                 rescan_days: 0,
                 rescan_every_minutes: 0,
+                ws_url: chatvault::connector::yunhu::push::DEFAULT_WS_URL.into(),
             }),
         }
     }

@@ -58,6 +58,7 @@ fn source(server: &SimServer, rescan_every_minutes: u32) -> SourceConfig {
             rescan_messages: 60,
             rescan_days: 0,
             rescan_every_minutes,
+            ws_url: chatvault::connector::yunhu::push::DEFAULT_WS_URL.into(),
         }),
     }
 }

@@ -37,6 +37,7 @@ fn source(server: &SimServer, token: &str, rescan_messages: u32) -> SourceConfig
             rescan_messages,
             rescan_days: 0,
             rescan_every_minutes: 0,
+            ws_url: chatvault::connector::yunhu::push::DEFAULT_WS_URL.into(),
         }),
     }
 }

@@ -23,6 +23,8 @@ pub const ADDRESS_BOOK_LIST: &str = "/v1/friend/address-book-list";
 pub const LIST_MESSAGE: &str = "/v1/msg/list-message";
 pub const LIST_MESSAGE_BY_SEQ: &str = "/v1/msg/list-message-by-seq";
 pub const EDIT_RECORD: &str = "/v1/msg/list-message-edit-record";
+/// The account's own profile (a `GET`): its user id, for the push channel's login.
+pub const USER_INFO: &str = "/v1/user/info";
 
 /// Yunhu's "not logged in" code.
 pub const CODE_UNAUTHORIZED: i64 = -101;
@@ -54,6 +56,26 @@ impl Api {
             Some(chat) => format!("yunhu source {}: POST {path} (chat {chat})", self.source),
             None => format!("yunhu source {}: POST {path}", self.source),
         }
+    }
+
+    /// How a `GET` is named in errors.
+    pub fn what_get(&self, path: &str) -> String {
+        format!("yunhu source {}: GET {path}", self.source)
+    }
+
+    /// `GET {base_url}{path}` with the token: the raw body once it is known to be protobuf
+    /// (not a JSON error) on a 2xx.
+    pub async fn get_proto(&self, path: &str, token: &Secret) -> Result<Vec<u8>, ConnectorError> {
+        let what = self.what_get(path);
+        let request = self
+            .http
+            .request(Method::GET, &format!("{}{path}", self.base_url))
+            .header("token", token.expose());
+        let body = self.send(request, &what).await?;
+        if looks_like_json(&body) {
+            return Err(json_error(&what, &body));
+        }
+        Ok(body)
     }
 
     /// `POST {base_url}{path}` with the token.

@@ -56,6 +56,7 @@ pub mod attachments;
 mod history;
 mod map;
 pub mod pb;
+pub mod push;
 mod recheck;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -247,6 +248,9 @@ pub struct YunhuConnector {
     rescan_messages: u32,
     rescan_days: u32,
     rescan_every_minutes: u32,
+    /// The push channel's WebSocket and clock ([`push`]).
+    ws_url: String,
+    push_timing: push::PushTiming,
     /// Set by each discovery; read by fetches.
     context: Mutex<Arc<RunContext>>,
 }
@@ -260,6 +264,7 @@ impl fmt::Debug for YunhuConnector {
             .field("rescan_messages", &self.rescan_messages)
             .field("rescan_days", &self.rescan_days)
             .field("rescan_every_minutes", &self.rescan_every_minutes)
+            .field("ws_url", &self.ws_url)
             .finish()
     }
 }
@@ -279,8 +284,16 @@ impl YunhuConnector {
             rescan_messages: cfg.rescan_messages,
             rescan_days: cfg.rescan_days,
             rescan_every_minutes: cfg.rescan_every_minutes,
+            ws_url: cfg.ws_url.clone(),
+            push_timing: push::PushTiming::default(),
             context: Mutex::new(Arc::new(RunContext::new(Utc::now().timestamp()))),
         })
+    }
+
+    /// The push channel's heartbeat and timeouts (tests and benchmarks shorten them).
+    pub fn with_push_timing(mut self, timing: push::PushTiming) -> Self {
+        self.push_timing = timing;
+        self
     }
 
     fn context(&self) -> Arc<RunContext> {
@@ -471,6 +484,14 @@ fn needs_sync(k: &KnownConversation, fingerprint: Option<&String>) -> bool {
 impl Connector for YunhuConnector {
     fn platform(&self) -> Platform {
         Platform::Yunhu
+    }
+
+    /// The WebSocket push channel ([`push`]): one connection, until it drops; the error
+    /// says why (the engine reconnects with backoff).
+    async fn listen(&self, sink: crate::push::PushSink) -> Result<(), ConnectorError> {
+        let why = self.listen_once(&sink).await;
+        sink.disconnected(&why.to_string());
+        Err(why)
     }
 
     /// The conversation list, as every run reads it first.

@@ -50,6 +50,8 @@ fn stage_of(kind: &FaultKind) -> Option<Stage> {
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     queue: FaultQueue<FaultKind>,
+    /// The push channel's switches and what it saw.
+    pub push: super::push::PushControl,
 }
 
 impl Faults {

@@ -294,6 +294,7 @@ impl World {
             media: HashMap::new(),
             media_deleted: Default::default(),
             media_valid_until: spec.end_time_ms / 1000 + SIGNED_URL_VALIDITY_SECS,
+            changes: tokio::sync::broadcast::channel(super::push::CHANGES_BUFFERED).0,
         };
         if world.chats.is_empty() {
             return world;

@@ -12,12 +12,16 @@
 //! hosts' `Referer` rule, signed URLs that expire and a deleted file ([`media`]); the
 //! truth lists each message's files with the sha256 of their bytes.
 //!
+//! Push: `/ws` speaks Yunhu's WebSocket (JSON login and heartbeats in, protobuf frames
+//! out) and pushes each post, edit and recall of the world as it happens ([`push`]).
+//!
 //! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
 //! `/v1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
 
 pub mod faults;
 pub mod generate;
 pub mod media;
+pub mod push;
 mod server;
 pub mod world;
 
@@ -30,8 +34,8 @@ use super::serve::{self, RequestCounts};
 pub use faults::{Fault, FaultKind, Faults, Malformed};
 pub use server::{BY_SEQ_WINDOW, EDIT_RECORD_PAGE_CAP, MAX_PAGE};
 pub use world::{
-    Activity, AttachmentTruth, BySeq, Chat, ChatTruth, EditRecord, MediaState, Msg, MsgTruth,
-    Person, World, WorldSpec, BOT, GROUP, USER,
+    Activity, AttachmentTruth, BySeq, Change, Chat, ChatTruth, EditRecord, MediaState, Msg,
+    MsgTruth, Person, World, WorldSpec, BOT, GROUP, USER,
 };
 
 /// A running fake server (the shared handle in [`crate::sim::serve`]).
@@ -64,6 +68,11 @@ impl SimServer {
         // can ask).
         let _ = state.media_base.set(server.media_base());
         Ok(server)
+    }
+
+    /// The push channel's WebSocket: `ws://127.0.0.1:PORT/ws` ([`push`]).
+    pub fn ws_url(&self) -> String {
+        format!("{}/ws", self.base_url().replacen("http://", "ws://", 1))
     }
 
     /// Where the fake serves media: `<base_url>/media`.

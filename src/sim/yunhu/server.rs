@@ -46,11 +46,11 @@ pub(super) struct AppState {
 }
 
 impl AppState {
-    fn world(&self) -> MutexGuard<'_, World> {
+    pub(super) fn world(&self) -> MutexGuard<'_, World> {
         serve::lock(&self.world)
     }
 
-    fn media_base(&self) -> &str {
+    pub(super) fn media_base(&self) -> &str {
         self.media_base.get().map_or("", String::as_str)
     }
 }
@@ -63,6 +63,8 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/v1/msg/list-message-by-seq", post(list_message_by_seq))
         .route("/v1/msg/list-message-edit-record", post(edit_record))
         .route("/media/{host}/{*path}", get(media_file))
+        .route("/v1/user/info", get(user_info))
+        .route("/ws", get(super::push::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -70,6 +72,24 @@ pub(super) fn router(state: AppState) -> Router {
             count_and_fault,
         ))
         .with_state(state)
+}
+
+/// `GET /v1/user/info`: the account's own profile.
+async fn user_info(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let world = state.world();
+    if !authorized(&world, &headers) {
+        return unauthorized();
+    }
+    proto(
+        pb::UserInfoResponse {
+            status: Some(ok_status()),
+            data: Some(pb::UserInfoData {
+                id: world.me.id.clone(),
+                name: world.me.name.clone(),
+            }),
+        }
+        .encode_to_vec(),
+    )
 }
 
 /// The wrong method or path: HTTP 404.

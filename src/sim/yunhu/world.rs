@@ -121,6 +121,16 @@ pub struct World {
     pub(super) media_deleted: HashSet<String>,
     /// The expiry (Unix seconds) of signed URLs that do not say.
     pub(super) media_valid_until: u64,
+    /// Every post, edit and recall as it happens, for the push channel ([`super::push`]).
+    pub(super) changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+/// A change the push channel tells logged-in clients about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    New(String),
+    Edit(String),
+    Recall(String),
 }
 
 /// Whether a file can be downloaded, as the fake serves it.
@@ -232,7 +242,13 @@ impl World {
         });
         self.index
             .insert(msg_id.clone(), (ci, chat.messages.len() - 1));
+        let _ = self.changes.send(Change::New(msg_id.clone()));
         msg_id
+    }
+
+    /// Every change from now on (the push channel's feed).
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// Post a text message now in `chat_id` from `from_id` (a member). `None` if either is
@@ -324,6 +340,7 @@ impl World {
         msg.content.buttons = new.buttons;
         msg.content.quote_msg_text = new.quote_msg_text;
         msg.edit_time = now;
+        let _ = self.changes.send(Change::Edit(msg_id.to_string()));
         true
     }
 
@@ -338,6 +355,7 @@ impl World {
             return false;
         }
         msg.recall_time = now;
+        let _ = self.changes.send(Change::Recall(msg_id.to_string()));
         true
     }
 
