@@ -119,11 +119,17 @@ pub struct Fetcher {
     progress: Option<Arc<ProgressFn>>,
 }
 
+/// Downloaded files recorded per transaction: each transaction locks the source's chain
+/// head, so recording file by file would serialise the downloads on it.
+const RECORD_BATCH: usize = 64;
+
 /// How one download ended.
 enum Outcome {
-    Stored {
+    /// In the blob store; recorded with its event in the next batch.
+    Downloaded {
+        key: AttachmentKey,
+        sha256: Sha256Hex,
         size: u64,
-        event: bool,
     },
     NotStored(NotStored),
     /// The run's byte budget is spent: not attempted.
@@ -236,7 +242,7 @@ impl Fetcher {
                         let outcome = self
                             .download(source, connector, &item, staging, spent)
                             .await;
-                        if let Outcome::Stored { .. } = outcome {
+                        if let Outcome::Downloaded { .. } = outcome {
                             let files = stored.fetch_add(1, Ordering::Relaxed) + 1;
                             if let Some(progress) = &self.progress {
                                 progress(files, spent.load(Ordering::Relaxed));
@@ -247,14 +253,16 @@ impl Fetcher {
                 })
                 .buffer_unordered(self.options.concurrency.max(1));
             let mut budget_spent = false;
+            let mut downloaded = Vec::new();
             while let Some(outcome) = results.next().await {
                 let label = match outcome {
-                    Outcome::Stored { size, event } => {
-                        if event {
-                            report.stored += 1;
+                    Outcome::Downloaded { key, sha256, size } => {
+                        downloaded.push((key, sha256, size));
+                        if downloaded.len() >= RECORD_BATCH {
+                            self.record_stored(source, &mut downloaded, &mut report)
+                                .await;
                         }
-                        report.bytes += size;
-                        "stored"
+                        continue;
                     }
                     Outcome::NotStored(NotStored::Failed) => {
                         report.failed += 1;
@@ -278,6 +286,9 @@ impl Fetcher {
                     m.attachment_downloaded(source.as_str(), label);
                 }
             }
+            drop(results);
+            self.record_stored(source, &mut downloaded, &mut report)
+                .await;
             if budget_spent {
                 break 'batches;
             }
@@ -326,28 +337,54 @@ impl Fetcher {
             )),
             Err(e) => Err(Failure::Retry(e.to_string(), None)),
         };
-        let (sha256, size) = match result {
-            Ok(stored) => stored,
-            Err(failure) => return self.record_failure(source, item, failure).await,
-        };
-        match self
-            .store
-            .record_attachment_stored(source, &item.key, &sha256, size)
-            .await
-        {
-            Ok(event) => Outcome::Stored {
+        match result {
+            Ok((sha256, size)) => Outcome::Downloaded {
+                key: item.key.clone(),
+                sha256,
                 size,
-                event: event.is_some(),
             },
-            Err(e) => {
-                warn!(source = %source, conversation = %item.key.conversation_id,
-                      message = %item.key.message_id, ordinal = item.key.ordinal,
-                      error = %e, "could not record a stored attachment; it is retried next run");
-                Outcome::NotStored(NotStored::Failed)
-            }
+            Err(failure) => self.record_failure(source, item, failure).await,
         }
     }
 
+    /// Record downloaded files with their events, one transaction for the lot; a batch the
+    /// store refuses leaves its rows due, and the next run finds the blobs already there.
+    async fn record_stored(
+        &self,
+        source: &SourceName,
+        batch: &mut Vec<(AttachmentKey, Sha256Hex, u64)>,
+        report: &mut FetchReport,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let outcome = match self.store.record_attachments_stored(source, batch).await {
+            Ok(events) => {
+                for ((_, _, size), event) in batch.iter().zip(events) {
+                    if event.is_some() {
+                        report.stored += 1;
+                    }
+                    report.bytes += size;
+                }
+                "stored"
+            }
+            Err(e) => {
+                warn!(source = %source, files = batch.len(), error = %e,
+                      "could not record stored attachments; they are retried next run");
+                report.failed += batch.len() as u64;
+                "failed"
+            }
+        };
+        if let Some(m) = &self.metrics {
+            for _ in batch.iter() {
+                m.attachment_downloaded(source.as_str(), outcome);
+            }
+        }
+        batch.clear();
+    }
+
+    /// Record a download that stored nothing: a retry later, or the end (`gone`,
+    /// `too_large`, `failed`) once its attempts are spent.
     async fn record_failure(
         &self,
         source: &SourceName,

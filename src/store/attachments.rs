@@ -346,71 +346,23 @@ impl Store {
         Ok(rows.into_iter().map(|(s, st, n)| ((s, st), n)).collect())
     }
 
-    /// Record that attachment `key` of `source` is stored as blob `sha256` of `size` bytes:
-    /// the row and its `attachment_stored` event in one transaction. Returns the event's
-    /// `event_seq`, or `None` when the row was already stored (nothing written) or is gone
-    /// (purged).
-    pub async fn record_attachment_stored(
+    /// Record stored files, each with its `attachment_stored` event, all in one
+    /// transaction (one lock of the chain head for the lot): the event's sequence number
+    /// for each, or `None` for one that was already stored or is no longer recorded (a
+    /// purge took it).
+    pub async fn record_attachments_stored(
         &self,
         source: &SourceName,
-        key: &AttachmentKey,
-        sha256: &crate::attachments::blob::Sha256Hex,
-        size: u64,
-    ) -> Result<Option<i64>> {
+        stored: &[(AttachmentKey, crate::attachments::blob::Sha256Hex, u64)],
+    ) -> Result<Vec<Option<i64>>> {
         let mut tx = self.pool.begin().await?;
         let mut head = lock_head(&mut tx, source.as_str()).await?;
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT kind, shown_url, status FROM vault.attachments
-             WHERE source = $1 AND conversation_id = $2 AND message_id = $3 AND ordinal = $4
-             FOR UPDATE",
-        )
-        .bind(source.as_str())
-        .bind(&key.conversation_id)
-        .bind(&key.message_id)
-        .bind(key.ordinal)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((kind, url, status)) = row else {
-            return Ok(None);
-        };
-        if status == "stored" {
-            return Ok(None);
+        let mut seqs = Vec::with_capacity(stored.len());
+        for (key, sha256, size) in stored {
+            seqs.push(record_stored(&mut tx, source, &mut head, key, sha256, *size).await?);
         }
-        let size = i64::try_from(size).unwrap_or(i64::MAX);
-        let detail = json!({
-            "ordinal": key.ordinal,
-            "kind": kind,
-            "sha256": sha256.as_str(),
-            "size": size,
-            "url": url,
-        });
-        let observed_at = crate::model::to_micros(Utc::now());
-        let seq = append_event(
-            &mut tx,
-            source.as_str(),
-            &mut head,
-            key,
-            observed_at,
-            &detail,
-        )
-        .await?;
-        sqlx::query(
-            "UPDATE vault.attachments
-             SET status = 'stored', sha256 = $5, size = $6, fetched_at = $7, error = NULL,
-                 next_attempt_at = NULL, attempts = attempts + 1
-             WHERE source = $1 AND conversation_id = $2 AND message_id = $3 AND ordinal = $4",
-        )
-        .bind(source.as_str())
-        .bind(&key.conversation_id)
-        .bind(&key.message_id)
-        .bind(key.ordinal)
-        .bind(sha256.as_str())
-        .bind(size)
-        .bind(observed_at)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(Some(seq))
+        Ok(seqs)
     }
 
     /// Record a download of attachment `key` that stored nothing: one more attempt, the
@@ -662,6 +614,60 @@ async fn append_event(
         .await?;
     *head = (seq, hash);
     Ok(seq)
+}
+
+/// One stored file of [`Store::record_attachments_stored`], inside its transaction.
+async fn record_stored(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    source: &SourceName,
+    head: &mut (i64, Hash),
+    key: &AttachmentKey,
+    sha256: &crate::attachments::blob::Sha256Hex,
+    size: u64,
+) -> Result<Option<i64>> {
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT kind, shown_url, status FROM vault.attachments
+         WHERE source = $1 AND conversation_id = $2 AND message_id = $3 AND ordinal = $4
+         FOR UPDATE",
+    )
+    .bind(source.as_str())
+    .bind(&key.conversation_id)
+    .bind(&key.message_id)
+    .bind(key.ordinal)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((kind, url, status)) = row else {
+        return Ok(None);
+    };
+    if status == "stored" {
+        return Ok(None);
+    }
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    let detail = json!({
+        "ordinal": key.ordinal,
+        "kind": kind,
+        "sha256": sha256.as_str(),
+        "size": size,
+        "url": url,
+    });
+    let observed_at = crate::model::to_micros(Utc::now());
+    let seq = append_event(tx, source.as_str(), head, key, observed_at, &detail).await?;
+    sqlx::query(
+        "UPDATE vault.attachments
+         SET status = 'stored', sha256 = $5, size = $6, fetched_at = $7, error = NULL,
+             next_attempt_at = NULL, attempts = attempts + 1
+         WHERE source = $1 AND conversation_id = $2 AND message_id = $3 AND ordinal = $4",
+    )
+    .bind(source.as_str())
+    .bind(&key.conversation_id)
+    .bind(&key.message_id)
+    .bind(key.ordinal)
+    .bind(sha256.as_str())
+    .bind(size)
+    .bind(observed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(seq))
 }
 
 #[cfg(test)]
