@@ -20,8 +20,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 
-use super::canonical::{self, chain_hash, EventFields, Hash};
-use super::{Result, Store, StoreError};
+use super::canonical::Hash;
+use super::chain::{append_event, lock_head, NewEvent};
+use super::{Result, Store};
 use crate::attachments::{shown_url, AttachmentKind, AttachmentRef};
 use crate::model::{Content, MessageKind, SourceName};
 
@@ -553,69 +554,6 @@ async fn insert_new_refs(
     Ok(added as usize)
 }
 
-/// Lock `source`'s chain head for this transaction.
-async fn lock_head(tx: &mut Transaction<'_, Postgres>, source: &str) -> Result<(i64, Hash)> {
-    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT event_seq, hash FROM vault.chain_heads WHERE source = $1 FOR UPDATE",
-    )
-    .bind(source)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((seq, hash)) = head else {
-        return Err(StoreError::UnknownSource(source.to_string()));
-    };
-    Ok((seq, hash.try_into().unwrap_or(canonical::GENESIS)))
-}
-
-/// Append an `attachment_stored` event for `key` to `source`'s chain, whose head the
-/// transaction has locked.
-async fn append_event(
-    tx: &mut Transaction<'_, Postgres>,
-    source: &str,
-    head: &mut (i64, Hash),
-    key: &AttachmentKey,
-    observed_at: DateTime<Utc>,
-    detail: &Value,
-) -> Result<i64> {
-    let seq = head.0 + 1;
-    let fields = EventFields {
-        source,
-        event_seq: seq,
-        kind: ATTACHMENT_STORED,
-        conversation_id: Some(&key.conversation_id),
-        message_id: Some(&key.message_id),
-        occurred_at: None,
-        observed_at,
-        detail,
-    };
-    let hash = chain_hash(&head.1, &fields);
-    sqlx::query(
-        "INSERT INTO vault.events
-             (source, event_seq, kind, conversation_id, message_id, occurred_at, observed_at,
-              detail, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7::jsonb, $8, $9)",
-    )
-    .bind(source)
-    .bind(seq)
-    .bind(ATTACHMENT_STORED)
-    .bind(&key.conversation_id)
-    .bind(&key.message_id)
-    .bind(observed_at)
-    .bind(detail.to_string())
-    .bind(&head.1[..])
-    .bind(&hash[..])
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE vault.chain_heads SET event_seq = $2, hash = $3 WHERE source = $1")
-        .bind(source)
-        .bind(seq)
-        .bind(&hash[..])
-        .execute(&mut **tx)
-        .await?;
-    *head = (seq, hash);
-    Ok(seq)
-}
-
 /// One stored file of [`Store::record_attachments_stored`], inside its transaction.
 async fn record_stored(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -651,7 +589,14 @@ async fn record_stored(
         "url": url,
     });
     let observed_at = crate::model::to_micros(Utc::now());
-    let seq = append_event(tx, source.as_str(), head, key, observed_at, &detail).await?;
+    let event = NewEvent {
+        kind: ATTACHMENT_STORED,
+        conversation_id: Some(&key.conversation_id),
+        message_id: Some(&key.message_id),
+        observed_at,
+        detail: &detail,
+    };
+    let seq = append_event(tx, source.as_str(), head, event).await?;
     sqlx::query(
         "UPDATE vault.attachments
          SET status = 'stored', sha256 = $5, size = $6, fetched_at = $7, error = NULL,

@@ -16,6 +16,7 @@ mod apply;
 pub mod attachments;
 pub mod browse;
 pub mod canonical;
+mod chain;
 pub mod charts;
 mod clean;
 pub mod coverage;

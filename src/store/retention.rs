@@ -23,7 +23,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 
-use super::canonical::{self, canonical_time, chain_hash, EventFields, Hash};
+use super::canonical::{self, canonical_time, Hash};
+use super::chain::{append_event, lock_head, NewEvent};
 use super::{Result, Store, StoreError};
 use crate::retention::PurgeRule;
 
@@ -156,69 +157,6 @@ fn listing_digest(rows: &mut [Listed]) -> Hash {
     canonical::sha256(&bytes)
 }
 
-/// Append one event to `source`'s chain, whose head the transaction has locked.
-#[allow(clippy::too_many_arguments)]
-async fn append_event(
-    tx: &mut Transaction<'_, Postgres>,
-    source: &str,
-    head: &mut (i64, Hash),
-    kind: &str,
-    conversation_id: Option<&str>,
-    observed_at: DateTime<Utc>,
-    detail: &Value,
-) -> Result<i64> {
-    let seq = head.0 + 1;
-    let fields = EventFields {
-        source,
-        event_seq: seq,
-        kind,
-        conversation_id,
-        message_id: None,
-        occurred_at: None,
-        observed_at,
-        detail,
-    };
-    let hash = chain_hash(&head.1, &fields);
-    sqlx::query(
-        "INSERT INTO vault.events
-             (source, event_seq, kind, conversation_id, message_id, occurred_at, observed_at,
-              detail, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6::jsonb, $7, $8)",
-    )
-    .bind(source)
-    .bind(seq)
-    .bind(kind)
-    .bind(conversation_id)
-    .bind(observed_at)
-    .bind(detail.to_string())
-    .bind(&head.1[..])
-    .bind(&hash[..])
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE vault.chain_heads SET event_seq = $2, hash = $3 WHERE source = $1")
-        .bind(source)
-        .bind(seq)
-        .bind(&hash[..])
-        .execute(&mut **tx)
-        .await?;
-    *head = (seq, hash);
-    Ok(seq)
-}
-
-/// Lock `source`'s chain head for this transaction.
-async fn lock_head(tx: &mut Transaction<'_, Postgres>, source: &str) -> Result<(i64, Hash)> {
-    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT event_seq, hash FROM vault.chain_heads WHERE source = $1 FOR UPDATE",
-    )
-    .bind(source)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((seq, hash)) = head else {
-        return Err(StoreError::UnknownSource(source.to_string()));
-    };
-    Ok((seq, hash.try_into().unwrap_or(canonical::GENESIS)))
-}
-
 fn hold_detail(h: &Hold) -> Value {
     json!({
         "name": h.name,
@@ -311,10 +249,13 @@ impl Store {
                 &mut tx,
                 source,
                 &mut head,
-                "hold_placed",
-                hold.conversation_id.as_deref(),
-                now,
-                &detail,
+                NewEvent {
+                    kind: "hold_placed",
+                    conversation_id: hold.conversation_id.as_deref(),
+                    message_id: None,
+                    observed_at: now,
+                    detail: &detail,
+                },
             )
             .await?;
         }
@@ -371,10 +312,13 @@ impl Store {
                 &mut tx,
                 source,
                 &mut head,
-                "hold_released",
-                hold.conversation_id.as_deref(),
-                now,
-                &detail,
+                NewEvent {
+                    kind: "hold_released",
+                    conversation_id: hold.conversation_id.as_deref(),
+                    message_id: None,
+                    observed_at: now,
+                    detail: &detail,
+                },
             )
             .await?;
         }
@@ -531,7 +475,14 @@ impl Store {
             "holds": holds,
             "conversations": conversations,
         });
-        let seq = append_event(&mut tx, source, &mut head, PURGE_EVENT, None, now, &detail).await?;
+        let purge = NewEvent {
+            kind: PURGE_EVENT,
+            conversation_id: None,
+            message_id: None,
+            observed_at: now,
+            detail: &detail,
+        };
+        let seq = append_event(&mut tx, source, &mut head, purge).await?;
         let convs: Vec<&str> = rows.iter().map(|r| r.conversation_id.as_str()).collect();
         let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
         let sent: Vec<DateTime<Utc>> = rows.iter().map(|r| r.sent_at).collect();

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::canonical::{self, chain_hash, EventFields, Hash};
-use super::{Result, Store, StoreError};
+use super::canonical::Hash;
+use super::{Result, Store};
 use crate::model::{MessageKind, SourceName};
 
 /// The kind of the event a proof against the source appends.
@@ -240,51 +240,20 @@ impl Store {
     ) -> Result<i64> {
         let observed_at = crate::model::to_micros(Utc::now());
         let mut tx = self.pool.begin().await?;
-        let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT event_seq, hash FROM vault.chain_heads WHERE source = $1 FOR UPDATE",
-        )
-        .bind(source.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((seq, prev)) = head else {
-            return Err(StoreError::UnknownSource(source.to_string()));
-        };
-        let prev: Hash = prev.as_slice().try_into().unwrap_or(canonical::GENESIS);
-        let event_seq = seq + 1;
-        let hash = chain_hash(
-            &prev,
-            &EventFields {
-                source: source.as_str(),
-                event_seq,
+        let mut head = super::chain::lock_head(&mut tx, source.as_str()).await?;
+        let event_seq = super::chain::append_event(
+            &mut tx,
+            source.as_str(),
+            &mut head,
+            super::chain::NewEvent {
                 kind: UPSTREAM_VERIFIED,
                 conversation_id: None,
                 message_id: None,
-                occurred_at: None,
                 observed_at,
                 detail,
             },
-        );
-        sqlx::query(
-            "INSERT INTO vault.events
-                 (source, event_seq, kind, conversation_id, message_id, occurred_at, observed_at,
-                  detail, prev_hash, hash)
-             VALUES ($1, $2, $3, NULL, NULL, NULL, $4, $5, $6, $7)",
         )
-        .bind(source.as_str())
-        .bind(event_seq)
-        .bind(UPSTREAM_VERIFIED)
-        .bind(observed_at)
-        .bind(detail)
-        .bind(&prev[..])
-        .bind(&hash[..])
-        .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE vault.chain_heads SET event_seq = $2, hash = $3 WHERE source = $1")
-            .bind(source.as_str())
-            .bind(event_seq)
-            .bind(&hash[..])
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(event_seq)
     }
