@@ -111,7 +111,9 @@ impl TsddConnector {
         let timing = self.push_timing;
         let mut stream = timeout(timing.connect_within, TcpStream::connect(&addr))
             .await
-            .map_err(|_| ConnectorError::Transient(format!("{what}: connecting to {addr} timed out")))?
+            .map_err(|_| {
+                ConnectorError::Transient(format!("{what}: connecting to {addr} timed out"))
+            })?
             .map_err(|e| ConnectorError::Transient(format!("{what}: connecting to {addr}: {e}")))?;
         let keys = KeyPair::generate();
         let connect = Packet::Connect(Connect {
@@ -123,7 +125,12 @@ impl TsddConnector {
             client_timestamp: Utc::now().timestamp_millis(),
             client_key: keys.public_b64.clone(),
         });
-        write(&mut stream, &wkproto::encode(&connect, wkproto::PROTO_VERSION), &what).await?;
+        write(
+            &mut stream,
+            &wkproto::encode(&connect, wkproto::PROTO_VERSION),
+            &what,
+        )
+        .await?;
 
         let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let connack = timeout(
@@ -166,7 +173,8 @@ impl TsddConnector {
         let mut undecodable: u64 = 0;
         let mut last_ping = Instant::now();
         let mut awaiting_pong: Option<Instant> = None;
-        let tick_every = (timing.ping_every.min(timing.pong_within) / 4).max(Duration::from_millis(5));
+        let tick_every =
+            (timing.ping_every.min(timing.pong_within) / 4).max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut chunk = vec![0u8; READ_CHUNK];
@@ -315,7 +323,12 @@ fn tcp_addr(route: &Value) -> Option<String> {
 /// The conversation id the connector uses for a pushed channel. A person channel is
 /// archived under the other participant's uid: WuKongIM may name it by the peer, by the
 /// account itself (a message the peer sent), or by its internal `a@b` id.
-pub fn conversation_of(channel_id: &str, channel_type: u8, from_uid: &str, own_uid: &str) -> String {
+pub fn conversation_of(
+    channel_id: &str,
+    channel_type: u8,
+    from_uid: &str,
+    own_uid: &str,
+) -> String {
     if channel_type != PERSON {
         return channel_id.to_string();
     }
@@ -391,14 +404,22 @@ mod tests {
             ..Recv::default()
         };
         let kind = |p: Value| signal_of(&recv(&p), None, "me").unwrap().map(|s| s.kind);
-        assert_eq!(kind(json!({"type": 1, "content": "hi"})), Some(PushKind::NewMessage));
-        assert_eq!(kind(json!({"type": 99, "cmd": "syncMessageExtra"})), Some(PushKind::Edit));
+        assert_eq!(
+            kind(json!({"type": 1, "content": "hi"})),
+            Some(PushKind::NewMessage)
+        );
+        assert_eq!(
+            kind(json!({"type": 99, "cmd": "syncMessageExtra"})),
+            Some(PushKind::Edit)
+        );
         assert_eq!(
             kind(json!({"type": 99, "cmd": "syncMessageReaction"})),
             Some(PushKind::Reaction)
         );
         assert_eq!(kind(json!({"type": 99, "cmd": "friendRequest"})), None);
-        let signal = signal_of(&recv(&json!({"type": 1})), None, "me").unwrap().unwrap();
+        let signal = signal_of(&recv(&json!({"type": 1})), None, "me")
+            .unwrap()
+            .unwrap();
         assert_eq!(signal.message_id.as_deref(), Some("5"));
         assert_eq!(signal.upstream_at.unwrap().timestamp(), 1_700_000_000);
         let mut bad = recv(&json!({}));
@@ -408,8 +429,14 @@ mod tests {
 
     #[test]
     fn route_answers_give_a_tcp_address() {
-        assert_eq!(tcp_addr(&json!({"tcp_addr": "im.example:5100"})).as_deref(), Some("im.example:5100"));
-        assert_eq!(tcp_addr(&json!({"tcp_addr": "tcp://10.0.0.1:5100"})).as_deref(), Some("10.0.0.1:5100"));
+        assert_eq!(
+            tcp_addr(&json!({"tcp_addr": "im.example:5100"})).as_deref(),
+            Some("im.example:5100")
+        );
+        assert_eq!(
+            tcp_addr(&json!({"tcp_addr": "tcp://10.0.0.1:5100"})).as_deref(),
+            Some("10.0.0.1:5100")
+        );
         assert_eq!(tcp_addr(&json!({"ws_addr": "ws://x:5200"})), None);
         assert_eq!(tcp_addr(&json!({"tcp_addr": ""})), None);
     }

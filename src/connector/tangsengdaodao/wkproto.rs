@@ -112,12 +112,20 @@ pub enum Packet {
     Connect(Connect),
     Connack(Connack),
     Recv(Recv),
-    Recvack { message_id: i64, message_seq: u64 },
+    Recvack {
+        message_id: i64,
+        message_seq: u64,
+    },
     Ping,
     Pong,
-    Disconnect { reason_code: u8, reason: String },
+    Disconnect {
+        reason_code: u8,
+        reason: String,
+    },
     /// A frame of a type this client does not read (SEND, SUB, EVENT...), skipped whole.
-    Other { frame_type: u8 },
+    Other {
+        frame_type: u8,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,7 +172,9 @@ pub fn decode_length(data: &[u8]) -> Result<Option<(u32, usize)>, CodecError> {
         }
     }
     if data.len() >= 4 {
-        return Err(CodecError::Fatal("remaining length longer than 4 bytes".into()));
+        return Err(CodecError::Fatal(
+            "remaining length longer than 4 bytes".into(),
+        ));
     }
     Ok(None)
 }
@@ -285,10 +295,14 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or([0; 4])))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().unwrap_or([0; 4]),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap_or([0; 8])))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().unwrap_or([0; 8]),
+        ))
     }
     fn str(&mut self) -> Result<String, String> {
         let len = u16::from_be_bytes(self.take(2)?.try_into().unwrap_or([0; 2]));
@@ -723,7 +737,9 @@ mod tests {
         let mut sealed = server_side.seal(recv());
         sealed.from_uid = "someone-else".into();
         assert!(client_side.open(&sealed).is_err());
-        let other = KeyPair::generate().session(&server.public_b64, &salt).unwrap();
+        let other = KeyPair::generate()
+            .session(&server.public_b64, &salt)
+            .unwrap();
         assert!(other.open(&server_side.seal(recv())).is_err());
         assert!(client.session("not base64!", &salt).is_err());
         assert!(client.session(&server.public_b64, "short").is_err());

@@ -16,7 +16,7 @@
 //!
 //! Switches (on [`super::Faults`]): drop every open connection now
 //! ([`ImSwitches::drop_connections`]), stop answering PINGs
-//! ([`ImSwitches::mute_pongs`]).
+//! ([`ImSwitches::mute_pongs`]), refuse every token ([`ImSwitches::refuse_tokens`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -45,6 +45,7 @@ const CMD_TYPE: u8 = 99;
 pub struct ImSwitches {
     generation: AtomicU64,
     mute_pongs: AtomicBool,
+    refuse_tokens: AtomicBool,
     connections: AtomicU64,
     refused: AtomicU64,
     recvacks: AtomicU64,
@@ -60,6 +61,12 @@ impl ImSwitches {
     /// Stop (or resume) answering PINGs.
     pub fn mute_pongs(&self, mute: bool) {
         self.mute_pongs.store(mute, Ordering::SeqCst);
+    }
+
+    /// Refuse (or accept again) every token at CONNECT, as WuKongIM does when its token
+    /// cache no longer holds the session's token.
+    pub fn refuse_tokens(&self, refuse: bool) {
+        self.refuse_tokens.store(refuse, Ordering::SeqCst);
     }
 
     /// Connections that got a successful CONNACK.
@@ -226,7 +233,8 @@ impl Connection {
             node_id: 1,
         };
         let token_ok = serve::lock(&self.world).token_uid(&connect.token) == Some(&connect.uid)
-            && !connect.token.is_empty();
+            && !connect.token.is_empty()
+            && !self.switches.refuse_tokens.load(Ordering::SeqCst);
         let server_keys = KeyPair::generate();
         let salt = wkproto::random_salt();
         let session = if !token_ok {
