@@ -168,12 +168,9 @@ impl Connection {
                         match wkproto::decode(&buf, version) {
                             Ok(Some((packet, used))) => {
                                 buf.drain(..used);
+                                let pong = !self.switches.mute_pongs.load(Ordering::SeqCst);
                                 match packet {
-                                    Packet::Ping if !self.switches.mute_pongs.load(Ordering::SeqCst) => {
-                                        if stream.write_all(&wkproto::encode(&Packet::Pong, version)).await.is_err() {
-                                            return;
-                                        }
-                                    }
+                                    Packet::Ping if pong && stream.write_all(&wkproto::encode(&Packet::Pong, version)).await.is_err() => return,
                                     Packet::Recvack { .. } => {
                                         self.switches.recvacks.fetch_add(1, Ordering::SeqCst);
                                     }
