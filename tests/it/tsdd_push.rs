@@ -327,3 +327,43 @@ async fn a_refused_token_is_unauthorized_and_never_shown() {
 fn connector_with_token(server: &SimServer, token: &str) -> Arc<TsddConnector> {
     connector(server, TsddAuth::Token(Secret::new(token)), quick())
 }
+
+#[tokio::test]
+async fn a_push_that_cannot_be_read_is_acknowledged_skipped_and_the_next_one_arrives() {
+    let server = SimServer::start(World::generate(&spec())).await;
+    let connector = connector(&server, password(), quick());
+    let mut listening = listen(&connector);
+    until_connected(&listening).await;
+    let (person, peer, _) = channels(&server);
+    let me = server.world().me().uid.clone();
+    let person_id = person.id_for(&me);
+    server.faults().im().tamper_next(1);
+    let spoiled =
+        server
+            .world()
+            .post_message(&person, &peer, json!({"type": 1, "content": "spoiled"}));
+    let good = server
+        .world()
+        .post_message(&person, &peer, json!({"type": 1, "content": "good"}));
+    let (signal, _) = next_signal(&mut listening, PushKind::NewMessage, &person_id).await;
+    assert_eq!(signal.message_id, Some(good.message_id.to_string()));
+    assert_ne!(signal.message_id, Some(spoiled.message_id.to_string()));
+    assert!(listening.signals.try_recv().is_err());
+    let im = server.faults();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while im.im().recvacks() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(im.im().pushes(), 2);
+    assert_eq!(
+        im.im().recvacks(),
+        2,
+        "the spoiled RECV is acknowledged too"
+    );
+    assert!(
+        !listening.task.is_finished(),
+        "one bad push never ends the channel"
+    );
+    assert!(listening.sink.state().connected);
+    listening.task.abort();
+}

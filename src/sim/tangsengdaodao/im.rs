@@ -16,7 +16,8 @@
 //!
 //! Switches (on [`super::Faults`]): drop every open connection now
 //! ([`ImSwitches::drop_connections`]), stop answering PINGs
-//! ([`ImSwitches::mute_pongs`]), refuse every token ([`ImSwitches::refuse_tokens`]).
+//! ([`ImSwitches::mute_pongs`]), refuse every token ([`ImSwitches::refuse_tokens`]), spoil the next RECVs'
+//! `msg_key` ([`ImSwitches::tamper_next`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +47,7 @@ pub struct ImSwitches {
     generation: AtomicU64,
     mute_pongs: AtomicBool,
     refuse_tokens: AtomicBool,
+    tamper: AtomicU64,
     connections: AtomicU64,
     refused: AtomicU64,
     recvacks: AtomicU64,
@@ -67,6 +69,11 @@ impl ImSwitches {
     /// cache no longer holds the session's token.
     pub fn refuse_tokens(&self, refuse: bool) {
         self.refuse_tokens.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Send the next `n` RECVs with a wrong `msg_key` (as a tampered or corrupted packet).
+    pub fn tamper_next(&self, n: u64) {
+        self.tamper.store(n, Ordering::SeqCst);
     }
 
     /// Connections that got a successful CONNACK.
@@ -189,7 +196,11 @@ impl Connection {
                     }
                     let pushes = self.changes(&uid, &mut marks, &mut next_cmd_id);
                     for recv in pushes {
-                        let sealed = keys.seal(recv);
+                        let mut sealed = keys.seal(recv);
+                        let tampered = self.switches.tamper.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                        if tampered.is_ok() {
+                            sealed.msg_key = "0".repeat(32);
+                        }
                         self.switches.pushes.fetch_add(1, Ordering::SeqCst);
                         if stream.write_all(&wkproto::encode(&Packet::Recv(sealed), version)).await.is_err() {
                             return;
