@@ -39,6 +39,7 @@ mod sim_yunhu;
 mod sim_yunxin;
 mod store;
 mod tsdd_failures;
+mod tsdd_push;
 mod tsdd_sync;
 mod upstream_proof;
 mod web;

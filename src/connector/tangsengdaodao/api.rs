@@ -145,6 +145,22 @@ impl Api {
         )?)
     }
 
+    /// An authenticated `GET` (the push channel's address); the decoded JSON body on 2xx.
+    pub async fn get(&self, path: &str, token: &Secret) -> Result<Value, ConnectorError> {
+        let what = format!("tsdd source {}: GET {path}", self.source);
+        let request = self
+            .http
+            .request(Method::GET, &format!("{}{path}", self.base_url))
+            .header("token", token.expose());
+        let response = self.http.send(request, &what).await?;
+        classify(
+            &what,
+            response.status,
+            response.retry_after(),
+            &response.body,
+        )
+    }
+
     /// `POST /v1/user/login` (no token). The response carries the token, so a body that
     /// cannot be decoded is never kept.
     pub async fn login(&self, body: &Value) -> Result<Value, ConnectorError> {

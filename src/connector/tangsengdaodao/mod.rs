@@ -26,8 +26,10 @@
 mod api;
 pub mod attachments;
 mod map;
+pub mod push;
 mod recheck;
 mod session;
+pub mod wkproto;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -130,6 +132,11 @@ pub struct TsddConnector {
     /// Seqs per channel-sync window (`page_size`).
     window_width: u64,
     token: RwLock<Option<Secret>>,
+    /// The account's own uid, once a login or the kept session told it (the push channel
+    /// logs in to WuKongIM with it).
+    own_uid: RwLock<Option<String>>,
+    /// Heartbeat timing of the push channel.
+    push_timing: push::Timing,
     /// Where a password login's token is kept between runs; `None`: this process only.
     session: Option<SessionFile>,
     state: Mutex<RunState>,
@@ -217,6 +224,8 @@ impl TsddConnector {
             device_id: device_id(source.name.as_str(), username),
             window_width: u64::from(cfg.page_size).clamp(1, MAX_WINDOW),
             token: RwLock::new(token),
+            own_uid: RwLock::new(None),
+            push_timing: push::Timing::default(),
             session: None,
             state: Mutex::new(RunState::default()),
         })
@@ -250,6 +259,12 @@ impl TsddConnector {
 
     fn set_token(&self, token: Secret) {
         *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+    }
+
+    fn set_own_uid(&self, uid: &str) {
+        if !uid.is_empty() {
+            *self.own_uid.write().unwrap_or_else(|e| e.into_inner()) = Some(uid.to_string());
+        }
     }
 
     fn learn_name(&self, uid: &str, name: &str) {
@@ -718,6 +733,7 @@ impl TsddConnector {
             uid: text("uid"),
             name: text("name"),
         };
+        self.set_own_uid(&session.uid);
         self.learn_name(&session.uid, &session.name);
         self.set_token(session.token.clone());
         if let Some(file) = &self.session {
@@ -750,6 +766,7 @@ impl Connector for TsddConnector {
             }
             TsddAuth::Password { .. } => match self.session.as_ref().and_then(SessionFile::load) {
                 Some(session) => {
+                    self.set_own_uid(&session.uid);
                     self.set_token(session.token);
                     "the kept session"
                 }
@@ -796,6 +813,7 @@ impl Connector for TsddConnector {
                     warn!(path = %file.path().display(), error = %e, "could not remove the refused session token");
                 }
             } else if let Some(session) = file.load() {
+                self.set_own_uid(&session.uid);
                 self.learn_name(&session.uid, &session.name);
                 self.set_token(session.token);
                 return Ok(());
@@ -898,6 +916,12 @@ impl Connector for TsddConnector {
         content: &crate::model::Content,
     ) -> Vec<crate::attachments::AttachmentRef> {
         attachments::attachments(content)
+    }
+
+    /// WuKongIM's push channel ([`push`]): a signal per new message, edit/recall/delete
+    /// command and reaction command, until the connection drops.
+    async fn listen(&self, sink: crate::push::PushSink) -> Result<(), ConnectorError> {
+        self.listen_push(sink).await
     }
 
     /// A payload path resolved under `{base_url}/v1/` (or an absolute URL as it is), asked

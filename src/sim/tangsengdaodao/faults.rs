@@ -59,9 +59,20 @@ fn stage_of(kind: &FaultKind) -> Option<Stage> {
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     queue: FaultQueue<FaultKind>,
+    /// The fake WuKongIM gateway's switches (drop connections, mute PONGs).
+    im: std::sync::Arc<super::im::ImSwitches>,
 }
 
 impl Faults {
+    /// The push gateway's switches and counters.
+    pub fn im(&self) -> &super::im::ImSwitches {
+        &self.im
+    }
+
+    pub(super) fn im_handle(&self) -> std::sync::Arc<super::im::ImSwitches> {
+        self.im.clone()
+    }
+
     pub fn add(&self, fault: Fault) {
         self.queue.add(fault);
     }

@@ -16,6 +16,8 @@
 //! - `server`, `sync_api` and `render`: the HTTP endpoints and their JSON;
 //! - [`media`]: the files messages name: the public preview route's 302 to a storage
 //!   listener on another port, the bytes, and what each message's files are;
+//! - [`im`]: the WuKongIM gateway the push channel connects to (`GET /v1/users/:uid/im`
+//!   names it), pushing new messages and the sync commands as the world changes;
 //! - [`faults`]: queued failures (429, 5xx, slow, dropped, malformed, per-channel 400, 400
 //!   server-failure bodies).
 //!
@@ -24,6 +26,7 @@
 
 pub mod faults;
 pub mod generate;
+pub mod im;
 pub mod media;
 mod mutate;
 mod payloads;
@@ -73,11 +76,14 @@ impl SimServer {
         let world = Arc::new(Mutex::new(world));
         let counts = Arc::new(RequestCounts::default());
         let storage = media::Storage::start(addr.ip(), world.clone(), counts.clone()).await?;
+        let faults = Faults::default();
+        let im = im::Gateway::start(addr.ip(), world.clone(), faults.im_handle()).await?;
         let state = server::AppState {
             world,
-            faults: Faults::default(),
+            faults,
             counts,
             storage: Arc::new(storage),
+            im: Arc::new(im),
         };
         let app = server::router(state.clone());
         SimServer::serve(addr, app, state.world, state.faults, state.counts).await

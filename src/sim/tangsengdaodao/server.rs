@@ -37,6 +37,8 @@ pub(super) struct AppState {
     pub(super) counts: Arc<RequestCounts>,
     /// The file storage the preview route redirects to (running while this state lives).
     pub(super) storage: Arc<super::media::Storage>,
+    /// The WuKongIM gateway `GET /v1/users/:uid/im` names (running while this state lives).
+    pub(super) im: Arc<super::im::Gateway>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/v1/message/extra/sync", post(sync_api::extra_sync))
         .route("/v1/reaction/sync", post(sync_api::reaction_sync))
         .route("/v1/users/{uid}", get(user_get))
+        .route("/v1/users/{uid}/im", get(user_im))
         .route("/v1/groups/{group_no}", get(group_get))
         .route("/v1/group/my", get(my_groups))
         .fallback(not_found)
@@ -221,6 +224,19 @@ async fn login(State(state): State<AppState>, body: Bytes) -> Answer {
 }
 
 // ---- users and groups ---------------------------------------------------------------
+
+/// TangSengDaoDao proxies WuKongIM's `/route?uid=`: where the user's IM connection goes.
+/// The fake gateway speaks the binary protocol on TCP only, so `ws_addr` is empty.
+async fn user_im(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+    let world = state.world();
+    authenticate(&world, &headers)?;
+    Ok(Json(json!({
+        "tcp_addr": state.im.tcp_addr(),
+        "ws_addr": "",
+        "wss_addr": "",
+    }))
+    .into_response())
+}
 
 async fn user_get(
     State(state): State<AppState>,
