@@ -40,7 +40,7 @@ pub use access_log::{
 };
 pub use apply::PageOutcome;
 pub use lock::SourceLock;
-pub use runs::{RunCounts, RunStatus, SourceStatus};
+pub use runs::{RunCounts, RunStatus, RunTrigger, SourceStatus};
 pub use verify::{ExpectedHead, VerifyFailure, VerifyReport};
 pub use verify_results::VerifyResult;
 
@@ -279,6 +279,27 @@ impl Store {
                 name,
                 metadata,
             })
+            .collect())
+    }
+
+    /// Which of `ids` are conversations archived for `source` (in `ids`' order).
+    pub async fn known_conversations(
+        &self,
+        source: &SourceName,
+        ids: &[String],
+    ) -> Result<Vec<String>> {
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT conversation_id FROM vault.conversations
+             WHERE source = $1 AND conversation_id = ANY($2)",
+        )
+        .bind(source.as_str())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids
+            .iter()
+            .filter(|id| found.contains(id))
+            .cloned()
             .collect())
     }
 
