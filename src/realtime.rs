@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::config::SourceConfig;
 use crate::connector::{Connector, ConnectorError};
 use crate::metrics::Metrics;
-use crate::push::{PushSignal, PushSink, PushState, PushStatus};
+use crate::push::{PushKind, PushSignal, PushSink, PushState, PushStatus};
 use crate::store::{RunStatus, Store};
 use crate::sync::{self, SyncOptions};
 
@@ -41,9 +41,11 @@ pub const PASSIVE_HEALTHY_FOR: Duration = Duration::from_secs(30 * 60);
 /// Reconnect backoff: the first wait and the cap.
 pub const RECONNECT_BASE: Duration = Duration::from_secs(1);
 pub const RECONNECT_CAP: Duration = Duration::from_secs(300);
-/// Attempts of a targeted run for the same signals (skipped for the lock, or failed)
-/// before they are left to polling.
-pub const RUN_ATTEMPTS: u32 = 5;
+/// Attempts of a targeted run for the same signals (skipped for the lock, failed, or a
+/// pushed message not served yet) before they are left to polling.
+pub const RUN_ATTEMPTS: u32 = 6;
+/// The first wait before a targeted run is repeated; it doubles per attempt.
+pub const RETRY_BASE: Duration = Duration::from_millis(250);
 
 /// One source's push channel as the daemon keeps it.
 #[derive(Clone, Debug)]
@@ -236,15 +238,22 @@ fn sync_jitter(wait: Duration) -> Duration {
     crate::scheduler::random_jitter(wait / 10)
 }
 
-/// Signals waiting for a targeted run: per conversation, the earliest upstream time.
+/// Signals waiting for a targeted run: per conversation, the earliest upstream time, and
+/// the new messages pushes named (the run is repeated until they are archived: upstream
+/// may serve a message a moment after it pushed it).
 #[derive(Debug, Default)]
 struct Pending {
     conversations: BTreeMap<String, Option<DateTime<Utc>>>,
+    messages: std::collections::BTreeSet<(String, String)>,
     attempts: u32,
 }
 
 impl Pending {
     fn add(&mut self, signal: PushSignal) {
+        if let (PushKind::NewMessage, Some(id)) = (signal.kind, &signal.message_id) {
+            self.messages
+                .insert((signal.conversation_id.clone(), id.clone()));
+        }
         let at = self
             .conversations
             .entry(signal.conversation_id)
@@ -311,7 +320,25 @@ pub async fn apply(
         )
         .await;
         let now = Utc::now();
-        let done = !result.skipped && result.status == RunStatus::Ok;
+        let mut done = !result.skipped && result.status == RunStatus::Ok;
+        if done && !pending.messages.is_empty() {
+            // a pushed message upstream did not serve yet: read its conversation again
+            let wanted: Vec<(String, String)> = pending.messages.iter().cloned().collect();
+            match store.held_messages(&source.name, &wanted).await {
+                Ok(held) => {
+                    let missing: Vec<(String, String)> =
+                        wanted.into_iter().filter(|m| !held.contains(m)).collect();
+                    if !missing.is_empty() {
+                        done = false;
+                        pending
+                            .conversations
+                            .retain(|c, _| missing.iter().any(|(mc, _)| mc == c));
+                        pending.messages = missing.into_iter().collect();
+                    }
+                }
+                Err(e) => warn!(source = %name, error = %e, "cannot check the pushed messages"),
+            }
+        }
         let lags: Vec<Duration> = if done {
             pending
                 .conversations
@@ -349,7 +376,7 @@ pub async fn apply(
                 lag,
             });
         }
-        if done || result.status == RunStatus::Interrupted {
+        if done || result.status == RunStatus::Interrupted || *shutdown.borrow() {
             pending = Pending::default();
             continue;
         }
@@ -360,7 +387,7 @@ pub async fn apply(
             continue;
         }
         // locked by a scheduled run, or failed: again after a while, with what came since
-        let wait = reconnect_delay(pending.attempts, Duration::from_millis(500), RECONNECT_CAP);
+        let wait = reconnect_delay(pending.attempts, RETRY_BASE, RECONNECT_CAP);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|s| *s) => return,

@@ -303,6 +303,27 @@ impl Store {
             .collect())
     }
 
+    /// Which of `messages` (conversation id, message id) are archived for `source`.
+    pub async fn held_messages(
+        &self,
+        source: &SourceName,
+        messages: &[(String, String)],
+    ) -> Result<Vec<(String, String)>> {
+        let (conversations, ids): (Vec<String>, Vec<String>) = messages.iter().cloned().unzip();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.conversation_id, m.message_id FROM vault.messages m
+             JOIN unnest($2::text[], $3::text[]) AS w(conversation_id, message_id)
+               ON m.conversation_id = w.conversation_id AND m.message_id = w.message_id
+             WHERE m.source = $1",
+        )
+        .bind(source.as_str())
+        .bind(&conversations)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// The registered sources with their platforms.
     pub async fn sources(&self) -> Result<Vec<(SourceName, String)>> {
         let rows: Vec<(String, String)> =
