@@ -576,3 +576,54 @@ async fn forged_stale_or_oversized_copies_are_refused_and_nothing_is_applied() {
     assert!(push["pushes"].as_u64().unwrap() >= 1);
     d.stop.send(true).unwrap();
 }
+
+#[tokio::test]
+async fn polling_slows_down_while_the_push_channel_is_healthy() {
+    use chatvault::scheduler::{Scheduler, SchedulerOptions};
+    let server = SimServer::start(world()).await;
+    let (store, _) = common::store().await;
+    let mut src = source(&server);
+    src.schedule = "* * * * * *".into(); // every second
+    let (hub, _receivers) = PushHub::new(std::slice::from_ref(&src));
+    let sink = hub.sink("yx").unwrap();
+    sink.connected();
+    sink.signal(PushSignal {
+        conversation_id: "c".into(),
+        kind: PushKind::Other,
+        message_id: None,
+        upstream_at: None,
+    });
+    assert!(hub.healthy("yx"));
+    let options = SchedulerOptions {
+        max_concurrent_sources: 1,
+        jitter: Duration::ZERO,
+        backoff_base: Duration::from_secs(30),
+        backoff_cap: Duration::from_secs(30),
+        sync: options(),
+        attachments: None,
+    };
+    let scheduler = Scheduler::new(
+        store.clone(),
+        Metrics::new(),
+        std::slice::from_ref(&src),
+        options,
+    )
+    .unwrap()
+    .with_push(hub.clone(), 4);
+    let state = scheduler.state();
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(scheduler.run(stop));
+    tokio::time::sleep(Duration::from_millis(8_500)).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
+    let s = state.read().unwrap()["yx"].clone();
+    // 8 ticks: every 4th polls
+    assert!(s.ticks_left_to_push >= 5, "{s:?}");
+    assert!((1..=3).contains(&s.runs), "{s:?}");
+    let polls = common::count(
+        &store,
+        "SELECT count(*) FROM archive.sync_runs WHERE trigger = 'poll'",
+    )
+    .await;
+    assert_eq!(polls as u64, s.runs);
+}
