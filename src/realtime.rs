@@ -355,6 +355,7 @@ pub async fn apply(
         }
         if let Some(metrics) = &metrics {
             if !result.skipped {
+                metrics.record_run(&result);
                 metrics.push_run(&name, &lags);
             }
         }

@@ -388,6 +388,18 @@ impl SourceLoop {
                         .as_ref()
                         .filter(|p| p.hub.healthy(&name))
                         .is_some_and(|p| quiet_ticks + 1 < p.factor);
+                    if let Some(p) = &self.push {
+                        // what "one schedule period" means to the alerts: longer while
+                        // polling waits for the push channel
+                        let period = schedule_period(&self.schedule, tick).map(|d| {
+                            if quiet {
+                                d * p.factor
+                            } else {
+                                d
+                            }
+                        });
+                        self.metrics.source_scheduled(&name, period);
+                    }
                     if quiet {
                         // the push channel brings changes; poll only every n-th tick
                         quiet_ticks += 1;
