@@ -627,6 +627,73 @@ pub fn safe_next(next: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    fn copy_headers(key: &str, md5: &str, cur_time: &str, sum: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("AppKey", key),
+            ("MD5", md5),
+            ("CurTime", cur_time),
+            ("CheckSum", sum),
+        ] {
+            h.insert(name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn message_copies_are_checked_as_yunxin_signs_them() {
+        use sha1::{Digest as _, Sha1};
+        let secret = Secret::new("s3cret");
+        let body = br#"{"eventType":"1"}"#;
+        let md5 = hex::encode(md5::Md5::digest(body));
+        let now = chrono::DateTime::from_timestamp(1_754_000_000, 0).unwrap();
+        let sign = |t: &str| {
+            let mut h = Sha1::new();
+            h.update(format!("s3cret{md5}{t}").as_bytes());
+            hex::encode(h.finalize())
+        };
+        // milliseconds, as the copies send it, and seconds
+        for t in ["1754000000000", "1754000120"] {
+            let h = copy_headers("key", &md5, t, &sign(t));
+            assert_eq!(
+                verify_yunxin_copy("key", &secret, &h, body, now),
+                Ok(()),
+                "{t}"
+            );
+        }
+        let t = "1754000000000";
+        let h = copy_headers("key", &md5, t, &sign(t));
+        assert_eq!(
+            verify_yunxin_copy("other", &secret, &h, body, now),
+            Err(CopyRefused::WrongAppKey)
+        );
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &h, b"{}", now),
+            Err(CopyRefused::WrongDigest)
+        );
+        assert_eq!(
+            verify_yunxin_copy("key", &Secret::new("x"), &h, body, now),
+            Err(CopyRefused::WrongChecksum)
+        );
+        let late = now + chrono::Duration::seconds(301);
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &h, body, late),
+            Err(CopyRefused::Stale)
+        );
+        let t = "not a time";
+        let h = copy_headers("key", &md5, t, &sign(t));
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &h, body, now),
+            Err(CopyRefused::Stale)
+        );
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &HeaderMap::new(), body, now),
+            Err(CopyRefused::Missing("AppKey"))
+        );
+        assert_eq!(CopyRefused::WrongAppKey.status(), StatusCode::FORBIDDEN);
+        assert_eq!(CopyRefused::Stale.status(), StatusCode::UNAUTHORIZED);
+    }
+
     fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(name, HeaderValue::from_str(value).unwrap());
