@@ -191,6 +191,9 @@ pub struct SyncConfig {
     pub schedule_jitter: Duration,
     /// Attempts per request before a transient failure fails the conversation.
     pub max_retries: u32,
+    /// While a source's push channel is connected and healthy, only every n-th scheduled
+    /// run polls (1: every run, as without push).
+    pub push_poll_factor: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -335,7 +338,12 @@ const SERVER_KEYS: &[&str] = &[
     "tokens",
 ];
 const SERVER_TOKEN_KEYS: &[&str] = &["name", "token", "token_env", "token_file"];
-const SYNC_KEYS: &[&str] = &["max_concurrent_sources", "schedule_jitter", "max_retries"];
+const SYNC_KEYS: &[&str] = &[
+    "max_concurrent_sources",
+    "schedule_jitter",
+    "max_retries",
+    "push_poll_factor",
+];
 const SOURCE_KEYS: &[&str] = &[
     "name",
     "platform",
@@ -1611,6 +1619,7 @@ fn read_sync(cx: &mut Cx, root: &Section) -> SyncConfig {
         max_concurrent_sources: usize::try_from(max_concurrent_sources).unwrap_or(usize::MAX),
         schedule_jitter: section.seconds_or(cx, "schedule_jitter", 5, 0, MAX_WAIT_SECONDS),
         max_retries: section.u32_or(cx, "max_retries", 5, 1..=MAX_RETRIES),
+        push_poll_factor: section.u32_or(cx, "push_poll_factor", 12, 1..=10_000),
     }
 }
 

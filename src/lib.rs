@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod pg;
 pub mod push;
+pub mod realtime;
 pub mod retention;
 pub mod scheduler;
 pub mod sim;

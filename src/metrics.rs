@@ -77,6 +77,13 @@ pub struct Metrics {
     attachment_bytes: IntCounterVec,
     attachments: IntGaugeVec,
     attachment_queue: IntGaugeVec,
+    /// Push channels (`crate::realtime`): connection state, reconnects, signals received,
+    /// targeted runs, and the lag from an upstream change to its archived row.
+    push_connected: IntGaugeVec,
+    push_reconnects: IntCounterVec,
+    push_signals: IntCounterVec,
+    push_runs: IntCounterVec,
+    push_lag: HistogramVec,
     /// Held while the archive gauges are replaced and while the registry is gathered.
     archive: Mutex<()>,
 }
@@ -267,6 +274,45 @@ impl Metrics {
                     &["source"],
                 ),
             ),
+            push_connected: register(
+                r,
+                source_gauge(
+                    "chatvault_push_connected",
+                    "Whether the source's push channel is connected and healthy (1) or not (0).",
+                ),
+            ),
+            push_reconnects: register(
+                r,
+                source_counter(
+                    "chatvault_push_reconnects_total",
+                    "Times the source's push channel connected again after it dropped.",
+                ),
+            ),
+            push_signals: register(
+                r,
+                source_counter(
+                    "chatvault_push_signals_total",
+                    "Pushes received on the source's push channel.",
+                ),
+            ),
+            push_runs: register(
+                r,
+                source_counter(
+                    "chatvault_push_runs_total",
+                    "Targeted runs answering pushes (each reads only the conversations pushed).",
+                ),
+            ),
+            push_lag: register(
+                r,
+                HistogramVec::new(
+                    prometheus::HistogramOpts::new(
+                        "chatvault_push_lag_seconds",
+                        "From the change upstream (as the push dates it) to the end of the targeted run that archived it.",
+                    )
+                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+                    &["source"],
+                ),
+            ),
             schedule_period: register(
                 r,
                 GaugeVec::new(
@@ -437,6 +483,34 @@ impl Metrics {
     /// A scheduled run was skipped because the previous one was still going.
     pub fn run_skipped(&self, source: &str) {
         self.runs_skipped.with_label_values(&[source]).inc();
+    }
+
+    /// Bring the push gauges and counters up to a push channel's `state` (the counts in
+    /// it only grow); `healthy`: connected and recently heard from.
+    pub fn set_push_state(&self, source: &str, state: &crate::push::PushState, healthy: bool) {
+        self.push_connected
+            .with_label_values(&[source])
+            .set(i64::from(healthy));
+        for (counter, value) in [
+            (&self.push_reconnects, state.reconnects),
+            (&self.push_signals, state.pushes),
+        ] {
+            let counter = counter.with_label_values(&[source]);
+            let seen = counter.get();
+            if value > seen {
+                counter.inc_by(value - seen);
+            }
+        }
+    }
+
+    /// A targeted run answering pushes ended; `lags`: how long after each change upstream
+    /// it was archived.
+    pub fn push_run(&self, source: &str, lags: &[std::time::Duration]) {
+        self.push_runs.with_label_values(&[source]).inc();
+        let histogram = self.push_lag.with_label_values(&[source]);
+        for lag in lags {
+            histogram.observe(lag.as_secs_f64());
+        }
     }
 
     /// This process uses an embedded PostgreSQL server: its restarts are counted from 0.
@@ -736,6 +810,7 @@ mod tests {
             newest_message_at: None,
             failures_in_a_row: 0,
             next_run_at: None,
+            push: None,
         }
     }
 

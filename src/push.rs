@@ -100,6 +100,17 @@ impl PushSink {
     }
 }
 
+/// A push channel's state as `/api/status` and the status page show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushStatus {
+    #[serde(flatten)]
+    pub state: PushState,
+    /// Connected and recently heard from: polling is reduced.
+    pub healthy: bool,
+    /// Seconds from the last pushed change upstream to the end of the run that archived it.
+    pub lag_seconds: Option<f64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,6 +188,8 @@ pub struct SourceState {
     pub skipped_ticks: u64,
     /// Runs finished since the daemon started (skipped ones included).
     pub runs: u64,
+    /// Ticks that did not poll because the source's push channel was healthy.
+    pub ticks_left_to_push: u64,
     pub last_run: Option<LastRun>,
 }
 
@@ -201,9 +203,27 @@ pub struct Scheduler {
     options: SchedulerOptions,
     jobs: Vec<(SourceConfig, Schedule)>,
     state: SharedState,
+    push: Option<PushPolling>,
+}
+
+/// See [`Scheduler::with_push`].
+#[derive(Clone, Debug)]
+struct PushPolling {
+    hub: crate::realtime::PushHub,
+    factor: u32,
 }
 
 impl Scheduler {
+    /// Poll less while a source's push channel in `hub` is healthy: only every
+    /// `factor`-th tick runs (`[sync] push_poll_factor`); every tick while it is not.
+    pub fn with_push(mut self, hub: crate::realtime::PushHub, factor: u32) -> Scheduler {
+        self.push = Some(PushPolling {
+            hub,
+            factor: factor.max(1),
+        });
+        self
+    }
+
     /// Schedule every enabled source of `sources`. Fails on the first invalid schedule.
     pub fn new(
         store: Store,
@@ -230,6 +250,7 @@ impl Scheduler {
             options,
             jobs,
             state: Arc::new(RwLock::new(state)),
+            push: None,
         })
     }
 
@@ -257,6 +278,7 @@ impl Scheduler {
                 limit: limit.clone(),
                 source,
                 schedule,
+                push: self.push.clone(),
             };
             loops.spawn(job.run(shutdown.clone()));
         }
@@ -286,6 +308,7 @@ struct SourceLoop {
     limit: Arc<Semaphore>,
     source: SourceConfig,
     schedule: Schedule,
+    push: Option<PushPolling>,
 }
 
 impl SourceLoop {
@@ -332,6 +355,8 @@ impl SourceLoop {
         let mut next = self.plan(Utc::now(), None);
         let mut running: Option<RunFuture> = None;
         let mut failures: u32 = 0;
+        // Ticks since the last poll while the push channel was healthy.
+        let mut quiet_ticks: u32 = 0;
         // The source's attachment fetch: started after a run, never two at once, never in
         // the way of the next run.
         let mut fetching: Option<tokio::task::JoinHandle<()>> = None;
@@ -358,11 +383,33 @@ impl SourceLoop {
                 Event::Shutdown => break,
                 Event::Due => {
                     let tick = next.expect("only a planned run falls due").tick;
-                    if running.is_some() {
+                    let quiet = self
+                        .push
+                        .as_ref()
+                        .filter(|p| p.hub.healthy(&name))
+                        .is_some_and(|p| quiet_ticks + 1 < p.factor);
+                    if let Some(p) = &self.push {
+                        // what "one schedule period" means to the alerts: longer while
+                        // polling waits for the push channel
+                        let period = schedule_period(&self.schedule, tick).map(|d| {
+                            if quiet {
+                                d * p.factor
+                            } else {
+                                d
+                            }
+                        });
+                        self.metrics.source_scheduled(&name, period);
+                    }
+                    if quiet {
+                        // the push channel brings changes; poll only every n-th tick
+                        quiet_ticks += 1;
+                        self.update(|s| s.ticks_left_to_push += 1);
+                    } else if running.is_some() {
                         self.metrics.run_skipped(&name);
                         self.update(|s| s.skipped_ticks += 1);
                         info!(source = %name, %tick, "tick skipped: the previous run is still going");
                     } else {
+                        quiet_ticks = 0;
                         running = Some(self.start(shutdown.clone()));
                         self.update(|s| s.running = true);
                     }

@@ -56,6 +56,11 @@ pub struct SyncOptions {
     pub page_hook: Option<PageHook>,
     /// Where the chain heads go after each run (`[integrity]`); `None`: nowhere.
     pub heads: Option<std::sync::Arc<crate::config::IntegrityConfig>>,
+    /// A targeted run (a push said these conversations changed): read only these
+    /// conversations' feeds, without asking upstream for the conversation list, unless one
+    /// of them is not archived yet (then one discovery first, and only these are read).
+    /// Recorded in `archive.sync_runs` with `trigger = 'push'`. `None`: every conversation.
+    pub only: Option<Vec<String>>,
 }
 
 /// See [`SyncOptions::page_hook`]: called with the source and the page's cursor key.
@@ -85,6 +90,7 @@ impl Default for SyncOptions {
             lock_check_every: Duration::from_secs(5),
             page_hook: None,
             heads: None,
+            only: None,
         }
     }
 }
@@ -228,7 +234,12 @@ async fn run_locked(
     lock_lost: watch::Receiver<bool>,
     result: &mut SourceResult,
 ) {
-    let run_id = match store.start_run(&source.name).await {
+    let trigger = if options.only.is_some() {
+        crate::store::RunTrigger::Push
+    } else {
+        crate::store::RunTrigger::Poll
+    };
+    let run_id = match store.start_run_with_trigger(&source.name, trigger).await {
         Ok(id) => id,
         Err(e) => {
             result.error = Some(e.to_string());
@@ -401,15 +412,29 @@ impl Run<'_> {
             .collect();
         let state = cursors.get("conversations").cloned();
         let full = self.options.full;
-        let discovery = self
-            .call(|_| {
+        let only: Option<HashSet<&str>> = self
+            .options
+            .only
+            .as_ref()
+            .map(|ids| ids.iter().map(String::as_str).collect());
+        // A targeted run asks for the conversation list only for a conversation it does not
+        // hold yet.
+        let discover = only.as_ref().is_none_or(|ids| {
+            ids.iter()
+                .any(|id| !held.iter().any(|c| c.conversation_id == *id))
+        });
+        let discovery = if discover {
+            self.call(|_| {
                 connector.discover(DiscoverRequest {
                     known: &known,
                     state: state.as_ref(),
                     full,
                 })
             })
-            .await?;
+            .await?
+        } else {
+            connector::Discovery::default()
+        };
 
         // Record what discovery saw, in its own page; the connector's source-level state
         // rides on this page's cursor.
@@ -440,7 +465,10 @@ impl Run<'_> {
         for c in discovery.conversations {
             todo.insert(c.conversation_id.clone(), c);
         }
-        if !self.options.full {
+        if let Some(only) = &only {
+            // a push said these changed: read them whatever discovery thinks
+            todo.retain(|id, _| only.contains(id.as_str()));
+        } else if !self.options.full {
             for id in &discovery.unchanged {
                 todo.remove(id);
             }

@@ -98,9 +98,10 @@ async fn tangsengdaodao(messages: usize, secrets: &Path) -> anyhow::Result<Upstr
     })
 }
 
-/// The fake NetEase Yunxin server: two archived accounts, teams, a super team, direct chats.
-async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
-    use crate::sim::yunxin::{now_ms, SimServer, World, WorldSpec};
+/// The fake NetEase Yunxin server: two archived accounts, teams, a super team, direct chats;
+/// it posts its message copies to the demo daemon's hook on `listen`.
+async fn yunxin(messages: usize, secrets: &Path, listen: SocketAddr) -> anyhow::Result<Upstream> {
+    use crate::sim::yunxin::{now_ms, send_copies, CopySigning, SimServer, World, WorldSpec};
     let spec = WorldSpec {
         seed: 12,
         messages,
@@ -108,9 +109,17 @@ async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
         days: 30,
         ..WorldSpec::default()
     };
-    let world = World::generate(&spec);
+    let mut world = World::generate(&spec);
+    world.enable_copies();
     let accounts = world.accounts.clone();
     let server = SimServer::start(world).await;
+    let copier = send_copies(
+        server.world_handle(),
+        format!("http://{listen}/hooks/yunxin/demo-yunxin"),
+        std::sync::Arc::new(std::sync::Mutex::new(CopySigning::Right)),
+        Duration::from_millis(100),
+        std::sync::Arc::default(),
+    );
     let secret = "demo-yunxin-app-secret".to_string();
     Ok(Upstream {
         source_toml: format!(
@@ -128,7 +137,10 @@ async fn yunxin(messages: usize, secrets: &Path) -> anyhow::Result<Upstream> {
         ),
         secret_files: vec![(secret, spec.app_secret.clone())],
         activity: Box::new(crate::sim::activity(server.world_handle(), 6)),
-        stop: Box::pin(server.shutdown()),
+        stop: Box::pin(async move {
+            copier.abort();
+            server.shutdown().await
+        }),
     })
 }
 
@@ -236,7 +248,7 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
     let messages = args.messages as usize;
     let mut upstreams = vec![
         tangsengdaodao(messages, &secrets).await?,
-        yunxin(messages, &secrets).await?,
+        yunxin(messages, &secrets, listen).await?,
         yunhu(messages, &secrets).await?,
     ];
 

@@ -90,6 +90,7 @@ pub(super) async fn daemon(
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let metrics = metrics.unwrap_or_else(Metrics::new);
     prepare_data_dir(&config)?;
+    let (push_stop_tx, push_stop_rx) = watch::channel(false);
     let scheduler = Scheduler::new(
         store.clone(),
         metrics.clone(),
@@ -108,6 +109,20 @@ pub(super) async fn daemon(
             .and_then(|s| crate::scheduler::schedule_period(&s, chrono::Utc::now()));
         metrics.source_scheduled(source.name.as_str(), period);
     }
+    // Push channels: a listener per source whose connector has one, targeted runs for
+    // what they signal (and for Yunxin's message copies posted to the HTTP API).
+    let scheduler_options = SchedulerOptions::from_config(&config);
+    let (push_hub, mut push_tasks) = crate::realtime::start(
+        &store,
+        &config.sources,
+        &scheduler_options.sync,
+        Some(metrics.clone()),
+        crate::realtime::connector_factory(Some(crate::sync::session_dir(
+            &config.storage.data_dir,
+        ))),
+        push_stop_rx.clone(),
+    );
+    let scheduler = scheduler.with_push(push_hub.clone(), config.sync.push_poll_factor);
     let schedules: Vec<String> = config
         .sources
         .iter()
@@ -133,7 +148,8 @@ pub(super) async fn daemon(
         .with_server(&config.server)
         .with_sources(config.sources.clone())
         .with_search(search_index)
-        .with_scheduler(scheduler.state());
+        .with_scheduler(scheduler.state())
+        .with_push(push_hub);
     // Without its blob store the pages still show every attachment's status; only the
     // files are not served.
     let state = match crate::attachments::fetcher::open_blob_store(&config) {
@@ -182,6 +198,7 @@ pub(super) async fn daemon(
         "stopping: no new runs, running ones stop after their current page (a second signal exits at once)"
     );
     let _ = stop_tx.send(true);
+    let _ = push_stop_tx.send(true);
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => {},
@@ -197,6 +214,15 @@ pub(super) async fn daemon(
         );
         runs.abort();
         let _ = runs.await;
+    }
+    if tokio::time::timeout(Duration::from_secs(5), async {
+        while push_tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!("push channels did not stop in time");
+        push_tasks.abort_all();
     }
     // A purge batch cut off here rolls back whole; the next purge goes on.
     if let Some(purger) = purger {

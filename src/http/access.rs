@@ -389,6 +389,11 @@ pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) 
     if OPEN_PATHS.contains(&path) {
         return next.run(request).await;
     }
+    if request.method() == Method::POST && path.starts_with(YUNXIN_HOOK_PREFIX) {
+        // upstream cannot send the token: the handler checks the request's signature
+        // ([`verify_yunxin_copy`]) before anything is applied
+        return next.run(request).await;
+    }
     if let Some(who) = access.caller(request.headers()) {
         let client = request
             .extensions()
@@ -416,6 +421,110 @@ pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) 
         HeaderValue::from_static("Bearer realm=\"chatvault\""),
     );
     response
+}
+
+/// Where Yunxin posts its message copies (`POST /hooks/yunxin/{source}`): open without the
+/// token, checked by signature instead.
+pub const YUNXIN_HOOK_PREFIX: &str = "/hooks/yunxin/";
+
+/// How far a message copy's `CurTime` may be from this server's clock, either way.
+pub const YUNXIN_COPY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Why a message copy was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyRefused {
+    /// A header is missing or not text.
+    Missing(&'static str),
+    /// `AppKey` is not the source's (403).
+    WrongAppKey,
+    /// `MD5` is not the body's digest (401).
+    WrongDigest,
+    /// `CurTime` is not a time within [`YUNXIN_COPY_WINDOW`] of now (401).
+    Stale,
+    /// `CheckSum` is not sha1(AppSecret + MD5 + CurTime) (401).
+    WrongChecksum,
+}
+
+impl CopyRefused {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CopyRefused::WrongAppKey => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            CopyRefused::Missing(h) => format!("message copy refused: header {h} is missing"),
+            CopyRefused::WrongAppKey => {
+                "message copy refused: AppKey is not this source's app".to_string()
+            }
+            CopyRefused::WrongDigest => {
+                "message copy refused: MD5 is not the digest of the body".to_string()
+            }
+            CopyRefused::Stale => format!(
+                "message copy refused: CurTime is not within {} s of this server's clock",
+                YUNXIN_COPY_WINDOW.as_secs()
+            ),
+            CopyRefused::WrongChecksum => "message copy refused: wrong CheckSum".to_string(),
+        }
+    }
+}
+
+/// Check a Yunxin message copy (消息抄送) the way NetEase signs it: `AppKey` is the app's,
+/// `MD5` is the lowercase hex MD5 of the body, `CurTime` is within
+/// [`YUNXIN_COPY_WINDOW`] of `now` (milliseconds or seconds since 1970: both are
+/// accepted), and `CheckSum` = hex(sha1(AppSecret + MD5 + CurTime)). Digests and keys are
+/// compared in constant time.
+pub fn verify_yunxin_copy(
+    app_key: &str,
+    app_secret: &Secret,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), CopyRefused> {
+    use md5::Md5;
+    use sha1::Sha1;
+    let text = |name: &'static str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .ok_or(CopyRefused::Missing(name))
+    };
+    let given_key = text("AppKey")?;
+    let cur_time = text("CurTime")?;
+    let given_md5 = text("MD5")?;
+    let given_sum = text("CheckSum")?;
+    let same = |a: &str, b: &str| {
+        bool::from(Sha256::digest(a.as_bytes()).ct_eq(&Sha256::digest(b.as_bytes())))
+    };
+    if !same(given_key, app_key) {
+        return Err(CopyRefused::WrongAppKey);
+    }
+    let md5 = hex::encode(Md5::digest(body));
+    if !same(&given_md5.to_ascii_lowercase(), &md5) {
+        return Err(CopyRefused::WrongDigest);
+    }
+    let at: i64 = cur_time.parse().map_err(|_| CopyRefused::Stale)?;
+    let at_ms = if at.abs() >= 100_000_000_000 {
+        at
+    } else {
+        at.saturating_mul(1000)
+    };
+    let skew_ms = now.timestamp_millis().saturating_sub(at_ms).unsigned_abs();
+    if u128::from(skew_ms) > YUNXIN_COPY_WINDOW.as_millis() {
+        return Err(CopyRefused::Stale);
+    }
+    let mut h = Sha1::new();
+    h.update(app_secret.expose().as_bytes());
+    h.update(given_md5.as_bytes());
+    h.update(cur_time.as_bytes());
+    let expected = hex::encode(h.finalize());
+    if !same(&given_sum.to_ascii_lowercase(), &expected) {
+        return Err(CopyRefused::WrongChecksum);
+    }
+    Ok(())
 }
 
 /// Whether the request may see details the archive's readers may see (the reason
@@ -517,6 +626,73 @@ pub fn safe_next(next: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn copy_headers(key: &str, md5: &str, cur_time: &str, sum: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("AppKey", key),
+            ("MD5", md5),
+            ("CurTime", cur_time),
+            ("CheckSum", sum),
+        ] {
+            h.insert(name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn message_copies_are_checked_as_yunxin_signs_them() {
+        use sha1::{Digest as _, Sha1};
+        let secret = Secret::new("s3cret");
+        let body = br#"{"eventType":"1"}"#;
+        let md5 = hex::encode(md5::Md5::digest(body));
+        let now = chrono::DateTime::from_timestamp(1_754_000_000, 0).unwrap();
+        let sign = |t: &str| {
+            let mut h = Sha1::new();
+            h.update(format!("s3cret{md5}{t}").as_bytes());
+            hex::encode(h.finalize())
+        };
+        // milliseconds, as the copies send it, and seconds
+        for t in ["1754000000000", "1754000120"] {
+            let h = copy_headers("key", &md5, t, &sign(t));
+            assert_eq!(
+                verify_yunxin_copy("key", &secret, &h, body, now),
+                Ok(()),
+                "{t}"
+            );
+        }
+        let t = "1754000000000";
+        let h = copy_headers("key", &md5, t, &sign(t));
+        assert_eq!(
+            verify_yunxin_copy("other", &secret, &h, body, now),
+            Err(CopyRefused::WrongAppKey)
+        );
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &h, b"{}", now),
+            Err(CopyRefused::WrongDigest)
+        );
+        assert_eq!(
+            verify_yunxin_copy("key", &Secret::new("x"), &h, body, now),
+            Err(CopyRefused::WrongChecksum)
+        );
+        let late = now + chrono::Duration::seconds(301);
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &h, body, late),
+            Err(CopyRefused::Stale)
+        );
+        let t = "not a time";
+        let h = copy_headers("key", &md5, t, &sign(t));
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &h, body, now),
+            Err(CopyRefused::Stale)
+        );
+        assert_eq!(
+            verify_yunxin_copy("key", &secret, &HeaderMap::new(), body, now),
+            Err(CopyRefused::Missing("AppKey"))
+        );
+        assert_eq!(CopyRefused::WrongAppKey.status(), StatusCode::FORBIDDEN);
+        assert_eq!(CopyRefused::Stale.status(), StatusCode::UNAUTHORIZED);
+    }
 
     fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

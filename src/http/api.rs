@@ -120,6 +120,9 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
     state
         .metrics
         .set_verify_results(&state.status.verify_results());
+    if let Some(hub) = &state.push {
+        hub.refresh_metrics(&state.metrics);
+    }
     let registry = Arc::clone(&state.metrics);
     let search = state.search.clone();
     let text = match tokio::task::spawn_blocking(move || {
@@ -169,6 +172,11 @@ pub(super) async fn source_status(
     match &state.scheduler {
         Some(scheduler) => crate::scheduler::fill_next_runs_from(&mut status, scheduler),
         None => crate::scheduler::fill_next_runs(&mut status, &state.sources, chrono::Utc::now()),
+    }
+    if let Some(hub) = &state.push {
+        for s in &mut status {
+            s.push = hub.status(&s.source);
+        }
     }
     Ok(status)
 }

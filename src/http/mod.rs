@@ -11,6 +11,7 @@
 //! | `GET /`, `/conversations`, `/c/{source}/{conversation}`, `/status` | the web pages | token |
 //! | `GET /attachment/{source}/{conversation}/{message}/{ordinal}` | a stored attachment's file, from the blob store | token |
 //! | `GET/POST /login`, `POST /logout` | signing a browser in and out | open |
+//! | `POST /hooks/yunxin/{source}` | Yunxin's message copies ([`hooks`]) | open, checked by signature ([`access::verify_yunxin_copy`]) |
 //!
 //! What protects the archive, in order ([`access::guard`]): the `Host` header must name
 //! this server (loopback names, the listen address, `server.allowed_hosts`), which defeats
@@ -25,6 +26,7 @@
 
 pub mod access;
 pub mod api;
+pub mod hooks;
 mod status;
 pub mod web;
 
@@ -78,6 +80,9 @@ pub struct ApiState {
     /// Where attachment files are kept (`None`: the pages show them, the file route
     /// answers 503).
     pub(crate) blobs: Option<Arc<crate::attachments::blob::BlobStore>>,
+    /// The daemon's push channels: where message copies go, and their state for the
+    /// status (`None`: no pushes are applied here).
+    pub(crate) push: Option<crate::realtime::PushHub>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -95,6 +100,7 @@ impl ApiState {
             search: None,
             scheduler: None,
             blobs: None,
+            push: None,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -177,6 +183,12 @@ impl ApiState {
         self
     }
 
+    /// Hand message copies to these push channels and show their state.
+    pub fn with_push(mut self, hub: crate::realtime::PushHub) -> ApiState {
+        self.push = Some(hub);
+        self
+    }
+
     /// The metrics registry the server renders.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -191,6 +203,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/api/status", get(api::status))
         .route("/api/search", get(api::search))
+        .route("/hooks/yunxin/{source}", axum::routing::post(hooks::yunxin))
         .merge(web::routes())
         .merge(access::routes())
         .fallback(api::not_found)

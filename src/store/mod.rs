@@ -41,7 +41,7 @@ pub use access_log::{
 };
 pub use apply::PageOutcome;
 pub use lock::SourceLock;
-pub use runs::{RunCounts, RunStatus, SourceStatus};
+pub use runs::{RunCounts, RunStatus, RunTrigger, SourceStatus};
 pub use verify::{ExpectedHead, VerifyFailure, VerifyReport};
 pub use verify_results::VerifyResult;
 
@@ -281,6 +281,48 @@ impl Store {
                 metadata,
             })
             .collect())
+    }
+
+    /// Which of `ids` are conversations archived for `source` (in `ids`' order).
+    pub async fn known_conversations(
+        &self,
+        source: &SourceName,
+        ids: &[String],
+    ) -> Result<Vec<String>> {
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT conversation_id FROM vault.conversations
+             WHERE source = $1 AND conversation_id = ANY($2)",
+        )
+        .bind(source.as_str())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids
+            .iter()
+            .filter(|id| found.contains(id))
+            .cloned()
+            .collect())
+    }
+
+    /// Which of `messages` (conversation id, message id) are archived for `source`.
+    pub async fn held_messages(
+        &self,
+        source: &SourceName,
+        messages: &[(String, String)],
+    ) -> Result<Vec<(String, String)>> {
+        let (conversations, ids): (Vec<String>, Vec<String>) = messages.iter().cloned().unzip();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.conversation_id, m.message_id FROM vault.messages m
+             JOIN unnest($2::text[], $3::text[]) AS w(conversation_id, message_id)
+               ON m.conversation_id = w.conversation_id AND m.message_id = w.message_id
+             WHERE m.source = $1",
+        )
+        .bind(source.as_str())
+        .bind(&conversations)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     /// The registered sources with their platforms.

@@ -26,6 +26,25 @@ impl RunStatus {
     }
 }
 
+/// What started a run, as `archive.sync_runs.trigger` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunTrigger {
+    /// A scheduled or manual run over every conversation (`poll`).
+    Poll,
+    /// A targeted run answering a push: only the conversations it named (`push`).
+    Push,
+}
+
+impl RunTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunTrigger::Poll => "poll",
+            RunTrigger::Push => "push",
+        }
+    }
+}
+
 /// Counts a run accumulates.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RunCounts {
@@ -61,6 +80,10 @@ pub struct SourceStatus {
     pub failures_in_a_row: i64,
     /// When the schedule next fires (filled in by callers that know the configuration).
     pub next_run_at: Option<DateTime<Utc>>,
+    /// The source's push channel (filled in by the daemon once it connected or received a
+    /// push; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::push::PushStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -82,6 +105,15 @@ impl Store {
     /// Record the start of a run. Runs of this source left `running` by a process that is
     /// gone are marked `interrupted` first (the caller holds the source's lock).
     pub async fn start_run(&self, source: &SourceName) -> Result<i64> {
+        self.start_run_with_trigger(source, RunTrigger::Poll).await
+    }
+
+    /// [`Store::start_run`], recording what started the run.
+    pub async fn start_run_with_trigger(
+        &self,
+        source: &SourceName,
+        trigger: RunTrigger,
+    ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE vault.sync_runs SET status = 'interrupted', finished_at = now(),
@@ -92,10 +124,12 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let run_id: i64 = sqlx::query_scalar(
-            "INSERT INTO vault.sync_runs (source, started_at, status) VALUES ($1, now(), 'running')
+            "INSERT INTO vault.sync_runs (source, started_at, status, trigger)
+             VALUES ($1, now(), 'running', $2)
              RETURNING run_id",
         )
         .bind(source.as_str())
+        .bind(trigger.as_str())
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -211,6 +245,7 @@ impl Store {
                 newest_message_at: r.newest_message_at,
                 failures_in_a_row: r.failures_in_a_row,
                 next_run_at: None,
+                push: None,
             });
         }
         Ok(out)

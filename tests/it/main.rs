@@ -28,6 +28,7 @@ mod files;
 mod heads;
 mod monitoring;
 mod pg;
+mod realtime;
 mod retention;
 mod runs;
 mod search;

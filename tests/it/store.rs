@@ -466,6 +466,7 @@ async fn views_match_the_sql_contract() {
                 "messages_changed",
                 "requests",
                 "error",
+                "trigger",
             ],
         ),
         ("quarantine", &["source", "observed_at", "reason", "raw"]),

@@ -19,8 +19,10 @@ pub(super) const CURSOR_VERSION: u32 = 2;
 /// before it becomes readable. Also how long after a read its newest messages count as
 /// settled for the no-sense decision.
 pub(super) const OVERLAP_MS: i64 = 5 * 60_000;
-/// Reads end this far before now, so messages still being written are not half seen.
-pub(super) const LAG_MS: i64 = 5_000;
+/// Reads end this far before now, so messages still being written are not half seen (short,
+/// so that a read answering a push finds the message; the overlap of the next read catches
+/// one that became readable later).
+pub(super) const LAG_MS: i64 = 1_000;
 pub(super) const SWEEP_WINDOW_MS: i64 = 30 * 86_400_000;
 pub(super) const SWEEP_EVERY_MS: i64 = 86_400_000;
 pub(super) const DAY_MS: i64 = 86_400_000;

@@ -641,6 +641,17 @@ pub fn status(
                                 @if let Some(lag) = s.lag_seconds { " (" (human_duration(lag)) " ago)" } }
                             dt { "Newest message" } dd { (opt_time(&s.newest_message_at)) }
                             dt { "Next run" } dd { (opt_time(&s.next_run_at)) }
+                            @if let Some(push) = &s.push {
+                                dt { "Push channel" } dd class=[(!push.healthy).then_some("problem")] {
+                                    (if push.state.connected { "connected" } else { "down" })
+                                    " since " (opt_time(&push.state.since))
+                                    " · " (push.state.pushes) " pushes, " (push.state.reconnects) " reconnects"
+                                    @if let Some(lag) = push.lag_seconds { " · lag " (format!("{lag:.1}")) " s" }
+                                    @if let Some(err) = push.state.last_error.as_deref() {
+                                        @if !push.state.connected { " · " (err) }
+                                    }
+                                }
+                            }
                             dt { "Quarantine" } dd class=[(s.quarantine > 0).then_some("problem")] { (s.quarantine) }
                             dt { "Seq gaps" } dd { (s.gaps) }
                             dt { "Chain head" } dd { code.wrap { (s.chain_head) } }

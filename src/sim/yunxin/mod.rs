@@ -35,6 +35,7 @@
 //! [`SimServer::start`] serves a [`World`] on `127.0.0.1:<random port>`; clients append
 //! `/im/v2.1/...` to [`SimServer::base_url`]. The world stays mutable while serving.
 
+mod copies;
 pub mod media;
 mod server;
 pub mod world;
@@ -44,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::serve::{self, RequestCounts};
 
+pub use copies::{copy_headers, send_copies, CopySigning};
 pub use media::{MediaFile, MediaOutcome, NOS_PATH};
 pub use server::{
     checksum, BATCH_PATH, BATCH_V2_PATH, HISTORY_PATH, LIST_PATH, QUICK_COMMENT_PATH, UPDATE_PATH,

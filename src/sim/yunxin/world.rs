@@ -275,6 +275,8 @@ pub struct World {
     /// Where the NOS objects are served (the fake's own origin once it serves; empty
     /// before, so attachment URLs are paths).
     pub media_origin: String,
+    /// Message copies waiting to be posted (`None`: copies are off; see `copies.rs`).
+    pub copies: Option<Vec<Value>>,
     next_id: i64,
     last_time: i64,
 }
@@ -342,6 +344,7 @@ impl World {
             .map(|i| format!("user{i:03}"))
             .collect();
         let mut world = World {
+            copies: None,
             app_key: spec.app_key.clone(),
             app_secret: spec.app_secret.clone(),
             behaviour: Behaviour::default(),
@@ -549,6 +552,7 @@ impl World {
         let idx = self.messages.len();
         self.messages.push(m);
         self.by_id.insert(id, idx);
+        self.copy_message(idx);
         let list = self.streams.entry(stream.clone()).or_default();
         // keep (create_time, id) order; appends are the common case
         let pos = list.partition_point(|&j| {
@@ -729,6 +733,7 @@ impl World {
             return false;
         }
         let at = self.clock();
+        self.copy_recall(server_id, by, at);
         self.remove(
             server_id,
             Removal::TwoWayRecall {

@@ -1,0 +1,482 @@
+//! The daemon's side of push channels (see [`crate::push`]): per source, a listener task
+//! that keeps the connector's push channel open (reconnecting with capped backoff), and an
+//! applier task that turns the signals into targeted runs.
+//!
+//! - **A push is a trigger, never data.** Signals are coalesced (a short debounce per
+//!   source, duplicates merged) into one targeted run reading only the conversations named
+//!   ([`SyncOptions::only`]), through the same fetch, diff, event and index path as a
+//!   scheduled run, under the same source lock, recorded in `archive.sync_runs` with
+//!   `trigger = 'push'`.
+//! - **Nothing is lost.** A signal that arrives during a run waits for the next targeted
+//!   run; a run that finds the source locked (a scheduled run is going) or fails is tried
+//!   again a few times; after that, polling reads the conversation anyway.
+//! - **Polling is the safety net.** The scheduler keeps polling, every
+//!   `[sync] push_poll_factor`-th tick while the channel is healthy ([`PushHub::healthy`]),
+//!   every tick otherwise.
+//! - **Bounded.** Reconnects back off from 1 s doubling to 5 min; one channel failing never
+//!   stops the daemon or another source.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::SourceConfig;
+use crate::connector::{Connector, ConnectorError};
+use crate::metrics::Metrics;
+use crate::push::{PushKind, PushSignal, PushSink, PushState, PushStatus};
+use crate::store::{RunStatus, Store};
+use crate::sync::{self, SyncOptions};
+
+/// Signals waiting per source; beyond this a signal is dropped (polling reads it).
+pub const QUEUE: usize = 4096;
+/// How long the applier waits for more signals before a targeted run.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A channel fed by upstream's own requests (Yunxin's message copies) counts as healthy
+/// while its last verified push is younger than this.
+pub const PASSIVE_HEALTHY_FOR: Duration = Duration::from_secs(30 * 60);
+/// Reconnect backoff: the first wait and the cap.
+pub const RECONNECT_BASE: Duration = Duration::from_secs(1);
+pub const RECONNECT_CAP: Duration = Duration::from_secs(300);
+/// Attempts of a targeted run for the same signals (skipped for the lock, failed, or a
+/// pushed message not served yet) before they are left to polling.
+pub const RUN_ATTEMPTS: u32 = 6;
+/// The first wait before a targeted run is repeated; it doubles per attempt.
+pub const RETRY_BASE: Duration = Duration::from_millis(250);
+
+/// One source's push channel as the daemon keeps it.
+#[derive(Clone, Debug)]
+struct Channel {
+    sink: PushSink,
+    /// Fed by upstream's requests to the daemon, not by a connection the daemon holds.
+    passive: bool,
+    /// The lag of the last targeted run's changes, in seconds.
+    last_lag: Arc<Mutex<Option<f64>>>,
+}
+
+/// Every source's push channel: the sinks connectors and the Yunxin hook send to, the
+/// health the scheduler and the status read. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct PushHub {
+    channels: Arc<BTreeMap<String, Channel>>,
+}
+
+/// What the hub hands to each source's applier.
+pub struct Receivers(pub BTreeMap<String, mpsc::Receiver<PushSignal>>);
+
+impl PushHub {
+    /// A channel for every enabled source in `sources`; Yunxin sources' channels are
+    /// passive (fed by the message-copy hook).
+    pub fn new(sources: &[SourceConfig]) -> (PushHub, Receivers) {
+        let mut channels = BTreeMap::new();
+        let mut receivers = BTreeMap::new();
+        for source in sources.iter().filter(|s| s.enabled) {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let name = source.name.as_str().to_string();
+            channels.insert(
+                name.clone(),
+                Channel {
+                    sink: PushSink::new(tx, Arc::default()),
+                    passive: matches!(source.platform, crate::config::PlatformConfig::Yunxin(_)),
+                    last_lag: Arc::default(),
+                },
+            );
+            receivers.insert(name, rx);
+        }
+        (
+            PushHub {
+                channels: Arc::new(channels),
+            },
+            Receivers(receivers),
+        )
+    }
+
+    /// Where `source`'s pushes go (`None`: not an enabled source).
+    pub fn sink(&self, source: &str) -> Option<PushSink> {
+        self.channels.get(source).map(|c| c.sink.clone())
+    }
+
+    /// Whether `source`'s push channel is connected and healthy, so polling may be reduced.
+    pub fn healthy(&self, source: &str) -> bool {
+        self.channels
+            .get(source)
+            .is_some_and(|c| healthy(c, &c.sink.state()))
+    }
+
+    /// `source`'s channel state, once it ever connected or received a push.
+    pub fn status(&self, source: &str) -> Option<PushStatus> {
+        let channel = self.channels.get(source)?;
+        let state = channel.sink.state();
+        if state.since.is_none() && state.pushes == 0 {
+            return None;
+        }
+        Some(PushStatus {
+            healthy: healthy(channel, &state),
+            lag_seconds: *channel.last_lag.lock().unwrap_or_else(|e| e.into_inner()),
+            state,
+        })
+    }
+
+    /// Bring the `chatvault_push_*` metrics up to date.
+    pub fn refresh_metrics(&self, metrics: &Metrics) {
+        for (name, channel) in self.channels.iter() {
+            let state = channel.sink.state();
+            if state.since.is_none() && state.pushes == 0 {
+                continue;
+            }
+            metrics.set_push_state(name, &state, healthy(channel, &state));
+        }
+    }
+
+    fn record_lag(&self, source: &str, lag: Option<Duration>) {
+        if let (Some(channel), Some(lag)) = (self.channels.get(source), lag) {
+            *channel.last_lag.lock().unwrap_or_else(|e| e.into_inner()) = Some(lag.as_secs_f64());
+        }
+    }
+}
+
+fn healthy(channel: &Channel, state: &PushState) -> bool {
+    if !state.connected {
+        return false;
+    }
+    if !channel.passive {
+        return true;
+    }
+    state.last_push_at.is_some_and(|at| {
+        (Utc::now() - at)
+            .to_std()
+            .map_or(true, |age| age < PASSIVE_HEALTHY_FOR)
+    })
+}
+
+/// Makes the connector whose `listen` a listener drives (a fresh one per connection).
+pub type ListenerFactory =
+    Arc<dyn Fn(&SourceConfig) -> anyhow::Result<Box<dyn Connector>> + Send + Sync>;
+
+/// The daemon's factory: the source's own connector.
+pub fn connector_factory(session_dir: Option<std::path::PathBuf>) -> ListenerFactory {
+    Arc::new(move |source: &SourceConfig| {
+        let http = crate::connector::http::HttpClient::new(
+            source.requests_per_second,
+            source.request_timeout,
+        )?;
+        crate::connector::build(source, http, session_dir.as_deref())
+    })
+}
+
+/// The wait before reconnect number `attempt` (from 1): doubling from
+/// [`RECONNECT_BASE`] up to [`RECONNECT_CAP`].
+pub fn reconnect_delay(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    crate::scheduler::backoff_delay(attempt.max(1), base, cap)
+}
+
+/// Whether `error` is the default answer of a connector without a push channel.
+fn no_push_channel(error: &ConnectorError) -> bool {
+    matches!(error, ConnectorError::Permanent(why) if why.ends_with("no push channel"))
+}
+
+/// Keep `source`'s push channel open until `shutdown`: `listen`, and when it returns,
+/// reconnect after a backoff that resets once a connection came up. Returns at once for a
+/// connector without a push channel.
+pub async fn listen(
+    source: SourceConfig,
+    factory: ListenerFactory,
+    sink: PushSink,
+    base: Duration,
+    cap: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = source.name.as_str().to_string();
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let outcome = match factory(&source) {
+            Ok(connector) => {
+                tokio::select! {
+                    r = connector.listen(sink.clone()) => Some(r),
+                    _ = shutdown.wait_for(|s| *s) => None,
+                }
+            }
+            Err(e) => Some(Err(ConnectorError::Permanent(format!("{e:#}")))),
+        };
+        let Some(outcome) = outcome else {
+            sink.disconnected("the daemon is stopping");
+            return;
+        };
+        let came_up = sink.state().connected;
+        let why = match outcome {
+            Err(e) if no_push_channel(&e) && !came_up => {
+                info!(source = %name, "no push channel: polling only");
+                return;
+            }
+            Ok(()) => "the connection closed".to_string(),
+            Err(e) => e.to_string(),
+        };
+        sink.disconnected(&why);
+        failures = if came_up {
+            1
+        } else {
+            failures.saturating_add(1)
+        };
+        let wait = reconnect_delay(failures, base, cap);
+        let wait = wait + sync_jitter(wait);
+        warn!(source = %name, error = %why, retry_in_ms = wait.as_millis() as u64, "push channel down, reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Up to a tenth of `wait`, so channels of several sources do not reconnect in lockstep.
+fn sync_jitter(wait: Duration) -> Duration {
+    crate::scheduler::random_jitter(wait / 10)
+}
+
+/// Signals waiting for a targeted run: per conversation, the earliest upstream time, and
+/// the new messages pushes named (the run is repeated until they are archived: upstream
+/// may serve a message a moment after it pushed it).
+#[derive(Debug, Default)]
+struct Pending {
+    conversations: BTreeMap<String, Option<DateTime<Utc>>>,
+    messages: std::collections::BTreeSet<(String, String)>,
+    attempts: u32,
+}
+
+impl Pending {
+    fn add(&mut self, signal: PushSignal) {
+        if let (PushKind::NewMessage, Some(id)) = (signal.kind, &signal.message_id) {
+            self.messages
+                .insert((signal.conversation_id.clone(), id.clone()));
+        }
+        let at = self
+            .conversations
+            .entry(signal.conversation_id)
+            .or_insert(signal.upstream_at);
+        *at = match (*at, signal.upstream_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// What a targeted run reports to the daemon.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub conversations: Vec<String>,
+    pub status: RunStatus,
+    pub skipped: bool,
+    /// The largest lag from an upstream change to the end of this run.
+    pub lag: Option<Duration>,
+}
+
+/// Answer `source`'s signals with targeted runs until `shutdown` (or the channel closes).
+/// `applied` (tests) is told about every run.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply(
+    store: Store,
+    source: SourceConfig,
+    options: SyncOptions,
+    hub: PushHub,
+    metrics: Option<Arc<Metrics>>,
+    mut signals: mpsc::Receiver<PushSignal>,
+    mut shutdown: watch::Receiver<bool>,
+    applied: Option<mpsc::UnboundedSender<Applied>>,
+) {
+    let name = source.name.as_str().to_string();
+    let mut pending = Pending::default();
+    loop {
+        if pending.conversations.is_empty() {
+            let signal = tokio::select! {
+                s = signals.recv() => s,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let Some(signal) = signal else { return };
+            pending.add(signal);
+        }
+        // the debounce: what arrives meanwhile joins this run
+        tokio::select! {
+            _ = tokio::time::sleep(DEBOUNCE) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        while let Ok(signal) = signals.try_recv() {
+            pending.add(signal);
+        }
+        let ids: Vec<String> = pending.conversations.keys().cloned().collect();
+        let started = Instant::now();
+        let result = sync::sync_source(
+            &store,
+            &source,
+            &SyncOptions {
+                only: Some(ids.clone()),
+                ..options.clone()
+            },
+            Some(shutdown.clone()),
+        )
+        .await;
+        let now = Utc::now();
+        let mut done = !result.skipped && result.status == RunStatus::Ok;
+        if done && !pending.messages.is_empty() {
+            // a pushed message upstream did not serve yet: read its conversation again
+            let wanted: Vec<(String, String)> = pending.messages.iter().cloned().collect();
+            match store.held_messages(&source.name, &wanted).await {
+                Ok(held) => {
+                    let missing: Vec<(String, String)> =
+                        wanted.into_iter().filter(|m| !held.contains(m)).collect();
+                    if !missing.is_empty() {
+                        done = false;
+                        pending
+                            .conversations
+                            .retain(|c, _| missing.iter().any(|(mc, _)| mc == c));
+                        pending.messages = missing.into_iter().collect();
+                    }
+                }
+                Err(e) => warn!(source = %name, error = %e, "cannot check the pushed messages"),
+            }
+        }
+        let lags: Vec<Duration> = if done {
+            pending
+                .conversations
+                .values()
+                .flatten()
+                .filter_map(|at| (now - *at).to_std().ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let lag = lags.iter().max().copied();
+        if done {
+            hub.record_lag(&name, lag);
+        }
+        if let Some(metrics) = &metrics {
+            if !result.skipped {
+                metrics.record_run(&result);
+                metrics.push_run(&name, &lags);
+            }
+        }
+        info!(
+            source = %name,
+            conversations = ids.len(),
+            status = result.status.as_str(),
+            skipped = result.skipped,
+            new = result.counts.messages_new,
+            changed = result.counts.messages_changed,
+            seconds = started.elapsed().as_secs_f64(),
+            "targeted run for pushes"
+        );
+        if let Some(applied) = &applied {
+            let _ = applied.send(Applied {
+                conversations: ids,
+                status: result.status,
+                skipped: result.skipped,
+                lag,
+            });
+        }
+        if done || result.status == RunStatus::Interrupted || *shutdown.borrow() {
+            pending = Pending::default();
+            continue;
+        }
+        pending.attempts += 1;
+        if pending.attempts >= RUN_ATTEMPTS {
+            warn!(source = %name, error = ?result.error, "targeted runs kept failing: left to polling");
+            pending = Pending::default();
+            continue;
+        }
+        // locked by a scheduled run, or failed: again after a while, with what came since
+        let wait = reconnect_delay(pending.attempts, RETRY_BASE, RECONNECT_CAP);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Start, for every enabled source, its listener and its applier (tasks that end at
+/// `shutdown`). `factory` makes the connectors whose push channels are listened on.
+pub fn start(
+    store: &Store,
+    sources: &[SourceConfig],
+    options: &SyncOptions,
+    metrics: Option<Arc<Metrics>>,
+    factory: ListenerFactory,
+    shutdown: watch::Receiver<bool>,
+) -> (PushHub, tokio::task::JoinSet<()>) {
+    let (hub, Receivers(mut receivers)) = PushHub::new(sources);
+    let mut tasks = tokio::task::JoinSet::new();
+    for source in sources.iter().filter(|s| s.enabled) {
+        let name = source.name.as_str();
+        let (Some(sink), Some(rx)) = (hub.sink(name), receivers.remove(name)) else {
+            continue;
+        };
+        tasks.spawn(listen(
+            source.clone(),
+            factory.clone(),
+            sink,
+            RECONNECT_BASE,
+            RECONNECT_CAP,
+            shutdown.clone(),
+        ));
+        tasks.spawn(apply(
+            store.clone(),
+            source.clone(),
+            options.clone(),
+            hub.clone(),
+            metrics.clone(),
+            rx,
+            shutdown.clone(),
+            None,
+        ));
+    }
+    (hub, tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::PushKind;
+
+    fn signal(id: &str, at: Option<i64>) -> PushSignal {
+        PushSignal {
+            conversation_id: id.into(),
+            kind: PushKind::NewMessage,
+            message_id: None,
+            upstream_at: at.and_then(|s| DateTime::from_timestamp(s, 0)),
+        }
+    }
+
+    #[test]
+    fn pending_signals_merge_per_conversation_keeping_the_earliest_time() {
+        let mut p = Pending::default();
+        p.add(signal("a", Some(20)));
+        p.add(signal("a", Some(10)));
+        p.add(signal("a", None));
+        p.add(signal("b", None));
+        assert_eq!(p.conversations.len(), 2);
+        assert_eq!(p.conversations["a"], DateTime::from_timestamp(10, 0));
+        assert_eq!(p.conversations["b"], None);
+    }
+
+    #[test]
+    fn reconnects_back_off_up_to_the_cap() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(300);
+        assert_eq!(reconnect_delay(1, base, cap), base);
+        assert_eq!(reconnect_delay(3, base, cap), Duration::from_secs(4));
+        assert_eq!(reconnect_delay(40, base, cap), cap);
+    }
+
+    #[test]
+    fn only_the_default_answer_means_no_push_channel() {
+        assert!(no_push_channel(&ConnectorError::Permanent(
+            "yunxin: no push channel".into()
+        )));
+        assert!(!no_push_channel(&ConnectorError::Permanent(
+            "login refused".into()
+        )));
+    }
+}
