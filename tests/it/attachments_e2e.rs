@@ -605,6 +605,35 @@ mod yunhu {
             ..WorldSpec::default()
         };
         let server = SimServer::start(World::generate(&spec)).await;
+        // The world has no file two messages name: send a picture again, as a user re-sends
+        // one, so a second message names the same file.
+        let pictures: Vec<String> = server
+            .attachments_truth()
+            .into_iter()
+            .filter(|(_, files)| {
+                files
+                    .iter()
+                    .any(|a| a.kind == AttachmentKind::Image && a.state == MediaState::Available)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let again = {
+            let mut w = server.world();
+            pictures.iter().find_map(|id| {
+                let (chat, m) = w.message(id)?;
+                if !chat.visible(m) {
+                    return None;
+                }
+                let (chat_id, sender, kind, content) = (
+                    chat.chat_id.clone(),
+                    m.sender.id.clone(),
+                    m.content_type,
+                    m.content.clone(),
+                );
+                w.post_content(&chat_id, &sender, kind, content, "")
+            })
+        };
+        assert!(again.is_some(), "no picture could be sent again");
         // the messages the archive must hold: the visible ones
         let visible: BTreeSet<String> = server
             .world()
@@ -642,7 +671,7 @@ mod yunhu {
             }),
         };
         let (store, url) = database().await;
-        end_to_end(&store, &url, &src, &want, 0, Backend::Directory).await;
+        end_to_end(&store, &url, &src, &want, 1, Backend::Directory).await;
     }
 }
 
