@@ -96,16 +96,19 @@ pub(crate) struct Row {
     pub error: Option<String>,
 }
 
+/// A row as `rows` selects it.
+type RowTuple = (
+    String,
+    String,
+    i32,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
 pub(crate) async fn rows(store: &Store, source: &str) -> Vec<Row> {
-    let rows: Vec<(
-        String,
-        String,
-        i32,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-    )> = sqlx::query_as(
+    let rows: Vec<RowTuple> = sqlx::query_as(
         "SELECT conversation_id, message_id, ordinal, upstream_url, status, sha256, error
          FROM archive.attachments WHERE source = $1
          ORDER BY conversation_id, message_id, ordinal",
