@@ -1115,7 +1115,18 @@ async fn sync_looks_for_attachments_after_the_messages_unless_told_not_to() {
     let acme = SourceName::new("acme");
     let head = store.chain_heads().await.unwrap()["acme"];
     assert!(head > 60);
-    assert_eq!(store.attachment_scan_position(&acme).await.unwrap(), head);
+    // The scan read the whole log the sync wrote; the files stored after it append their
+    // own events (the fake serves files since it has media), which hold no references.
+    let stored = count(
+        &store,
+        "SELECT count(*) FROM vault.events WHERE source = 'acme' AND kind = 'attachment_stored'",
+    )
+    .await;
+    assert!(stored > 0, "the fake's files are stored");
+    assert_eq!(
+        store.attachment_scan_position(&acme).await.unwrap(),
+        head - stored
+    );
     assert!(dir.path().join("data/attachments/blobs").is_dir());
 }
 
