@@ -144,6 +144,42 @@ impl MediaRequest {
     }
 }
 
+/// The media type of a file extension, for the extensions chat clients send (`m4a` is a
+/// video for a video attachment); `None` for others (the blob is then served as
+/// `application/octet-stream`).
+pub fn mime_of(kind: AttachmentKind, ext: &str) -> Option<&'static str> {
+    let ext = ext.trim().trim_start_matches('.').to_ascii_lowercase();
+    Some(match (kind, ext.as_str()) {
+        (_, "jpg" | "jpeg") => "image/jpeg",
+        (_, "png") => "image/png",
+        (_, "gif") => "image/gif",
+        (_, "webp") => "image/webp",
+        (_, "bmp") => "image/bmp",
+        (_, "heic") => "image/heic",
+        (_, "aac") => "audio/aac",
+        (_, "amr") => "audio/amr",
+        (_, "mp3") => "audio/mpeg",
+        (_, "wav") => "audio/wav",
+        (_, "ogg") => "audio/ogg",
+        (AttachmentKind::Video, "m4a" | "mp4") => "video/mp4",
+        (_, "m4a") => "audio/mp4",
+        (_, "mp4") => "video/mp4",
+        (_, "mov") => "video/quicktime",
+        (_, "3gp") => "video/3gpp",
+        (_, "webm") => "video/webm",
+        (_, "pdf") => "application/pdf",
+        (_, "txt") => "text/plain",
+        (_, "zip") => "application/zip",
+        (_, "doc") => "application/msword",
+        (_, "docx") => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        (_, "xls") => "application/vnd.ms-excel",
+        (_, "xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        (_, "ppt") => "application/vnd.ms-powerpoint",
+        (_, "pptx") => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +198,14 @@ mod tests {
             shown_url("http://nos.netease.com/x"),
             "http://nos.netease.com/x"
         );
+    }
+
+    #[test]
+    fn extensions_name_media_types() {
+        assert_eq!(mime_of(AttachmentKind::Image, "PNG"), Some("image/png"));
+        assert_eq!(mime_of(AttachmentKind::Video, "m4a"), Some("video/mp4"));
+        assert_eq!(mime_of(AttachmentKind::Voice, "m4a"), Some("audio/mp4"));
+        assert_eq!(mime_of(AttachmentKind::File, "exe"), None);
     }
 
     #[test]

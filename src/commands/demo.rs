@@ -24,6 +24,7 @@ use rand::SeedableRng;
 
 use super::common::with_store_and_metrics;
 use super::run::{daemon, DaemonExtras};
+use crate::attachments::fetcher::AttachmentsRun;
 use crate::config::Config;
 use crate::store::Store;
 use crate::sync::{self, SyncOptions};
@@ -254,7 +255,9 @@ async fn run_in(dir: &Path, listen: SocketAddr, args: &DemoArgs) -> anyhow::Resu
 
     let mut toml = format!(
         "# Written by `chatvault demo` for its fake upstreams.\n\n[storage]\ndata_dir = \"{}\"\n\n\
-         [server]\nlisten = \"{listen}\"\n\n",
+         [server]\nlisten = \"{listen}\"\n\n\
+         # The fakes run on this machine: their files can be fetched quickly.\n\
+         [attachments]\nrequests_per_second = 500\nconcurrency = 8\n\n",
         toml_path(dir)
     );
     for u in &upstreams {
@@ -340,12 +343,20 @@ fn write_secret(path: &Path, content: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// One pass over every source before serving, so the page shows an archive at once.
+/// One pass over every source before serving, its attachments fetched after it, so the
+/// page shows an archive with its images at once.
 async fn first_sync(store: &Store, config: &Config) {
     let options = SyncOptions {
         max_retries: config.sync.max_retries,
         session_dir: Some(sync::session_dir(&config.storage.data_dir)),
         ..SyncOptions::default()
+    };
+    let attachments = match AttachmentsRun::from_config(config, None) {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("attachments will not be fetched: {e:#}");
+            None
+        }
     };
     for source in &config.sources {
         let t = Instant::now();
@@ -359,6 +370,19 @@ async fn first_sync(store: &Store, config: &Config) {
                 t.elapsed().as_secs_f64()
             ),
             Some(e) => eprintln!("sync of {} failed: {e}", source.name),
+        }
+        let Some(run) = attachments.as_ref() else {
+            continue;
+        };
+        let t = Instant::now();
+        // fetch_source logs a failure once
+        if let Ok(r) = run.fetch(store, source, None, None).await {
+            eprintln!(
+                "fetched {}'s attachments: {} files stored ({:.1} s)",
+                source.name,
+                r.stored,
+                t.elapsed().as_secs_f64()
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod faults;
+pub mod png;
 pub mod serve;
 pub mod tangsengdaodao;
 pub mod text;

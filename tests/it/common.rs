@@ -142,3 +142,208 @@ pub async fn tamper(store: &Store, sql: &str) {
         .await
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// An S3-compatible server for the blob store's tests
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chatvault::config::{S3Config, Secret};
+use object_store::aws::AmazonS3Builder;
+
+/// The bucket [`Moto::start`] makes.
+pub const BUCKET: &str = "chat-media";
+
+/// A moto server on this machine, killed when dropped.
+pub struct Moto {
+    child: std::process::Child,
+    pub port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    /// Starts the server, makes the user, its key and the bucket, then turns authentication
+    /// on.
+    pub async fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("moto.log");
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("moto.err")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "moto_server is needed for the S3 blob store tests ({e}): install it with \
+                     `pip install 'moto[server]'` (.ci/run does)"
+                )
+            });
+        let mut moto = Moto {
+            child,
+            port,
+            log,
+            _dir: dir,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+        };
+        moto.wait_until_up().await;
+        moto.set_up().await;
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_until_up(&mut self) {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "moto_server exited ({status}): {}",
+                    std::fs::read_to_string(self._dir.path().join("moto.err")).unwrap_or_default()
+                );
+            }
+            let up = client
+                .get(format!("{}/moto-api/data.json", self.endpoint()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "moto_server did not answer on port {} within 60 s; its log: {}",
+            self.port,
+            self.log.display()
+        );
+    }
+
+    /// With authentication still off: an IAM user, its access key, a policy allowing
+    /// `s3:*`, the bucket; then every request must be signed by a known key.
+    async fn set_up(&mut self) {
+        let client = reqwest::Client::new();
+        let endpoint = self.endpoint();
+        let unchecked = |service: &str| {
+            format!(
+                "AWS4-HMAC-SHA256 Credential=setup/20260101/us-east-1/{service}/aws4_request, \
+                 SignedHeaders=host, Signature=00"
+            )
+        };
+        let iam = |params: &[(&str, &str)]| {
+            let mut form: Vec<(&str, &str)> = params.to_vec();
+            form.push(("Version", "2010-05-08"));
+            client
+                .post(&endpoint)
+                .header("Authorization", unchecked("iam"))
+                .form(&form)
+                .send()
+        };
+        let answer = |r: reqwest::Response| async move {
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert!(status.is_success(), "moto refused a set-up request: {body}");
+            body
+        };
+        answer(
+            iam(&[("Action", "CreateUser"), ("UserName", "chatvault")])
+                .await
+                .unwrap(),
+        )
+        .await;
+        let key = answer(
+            iam(&[("Action", "CreateAccessKey"), ("UserName", "chatvault")])
+                .await
+                .unwrap(),
+        )
+        .await;
+        self.access_key_id = between(&key, "<AccessKeyId>", "</AccessKeyId>");
+        self.secret_access_key = between(&key, "<SecretAccessKey>", "</SecretAccessKey>");
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
+        answer(
+            iam(&[
+                ("Action", "PutUserPolicy"),
+                ("UserName", "chatvault"),
+                ("PolicyName", "blobs"),
+                ("PolicyDocument", policy),
+            ])
+            .await
+            .unwrap(),
+        )
+        .await;
+        answer(
+            client
+                .put(format!("{endpoint}/{BUCKET}"))
+                .header("Authorization", unchecked("s3"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        answer(
+            client
+                .post(format!("{endpoint}/moto-api/reset-auth"))
+                .header("Content-Type", "text/plain")
+                .body("0")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+
+    /// `[attachments.s3]` for the bucket with the user's key.
+    pub fn config(&self, prefix: &str) -> S3Config {
+        S3Config {
+            bucket: BUCKET.to_string(),
+            prefix: prefix.to_string(),
+            endpoint: Some(self.endpoint()),
+            region: "us-east-1".to_string(),
+            access_key_id: Some(Secret::new(&self.access_key_id)),
+            secret_access_key: Some(Secret::new(&self.secret_access_key)),
+            allow_http: true,
+        }
+    }
+
+    /// A client of its own, to look at the bucket behind the store's back.
+    pub fn raw(&self) -> object_store::aws::AmazonS3 {
+        AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id(&self.access_key_id)
+            .with_secret_access_key(&self.secret_access_key)
+            .build()
+            .unwrap()
+    }
+}
+
+pub fn between(text: &str, open: &str, close: &str) -> String {
+    let start = text
+        .find(open)
+        .unwrap_or_else(|| panic!("no {open} in {text}"))
+        + open.len();
+    let len = text[start..].find(close).unwrap();
+    text[start..start + len].to_string()
+}

@@ -100,6 +100,24 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
     }
     let page = get_text(&http, &format!("{url}/conversations")).await;
     assert!(page.contains("href=\"/c/demo-tangsengdaodao/"), "{page}");
+    // each platform's conversation pages show its images, fetched before the banner
+    for source in ["demo-tangsengdaodao", "demo-yunxin", "demo-yunhu"] {
+        let image = image_on_a_conversation_page(&http, &url, &page, source).await;
+        let response = http.get(format!("{url}{image}")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{image}");
+        // an image type (the TangSengDaoDao fake names its PNGs .jpg too, and the type
+        // recorded comes from the name); the bytes are the fakes' PNGs
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("image/"),
+            "{image}: {content_type}"
+        );
+        let body = response.bytes().await.unwrap();
+        assert!(body.starts_with(b"\x89PNG\r\n\x1a\n"), "{image}");
+    }
     // every source is searchable in Chinese, through the API and on the page
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -159,6 +177,29 @@ async fn the_demo_archives_every_fake_serves_the_page_and_stops_cleanly() {
             "no secret printed"
         );
     }
+}
+
+/// The `src` of the first `<img src="/attachment/SOURCE/…">` on `source`'s conversation
+/// pages listed on `conversations`.
+async fn image_on_a_conversation_page(
+    http: &reqwest::Client,
+    url: &str,
+    conversations: &str,
+    source: &str,
+) -> String {
+    let link = format!("href=\"/c/{source}/");
+    let mut seen = 0;
+    for part in conversations.split(&link).skip(1) {
+        let rest = part.split('"').next().unwrap();
+        let page = get_text(http, &format!("{url}/c/{source}/{rest}")).await;
+        seen += 1;
+        let img = format!("<img src=\"/attachment/{source}/");
+        if let Some(at) = page.find(&img) {
+            let src = &page[at + "<img src=\"".len()..];
+            return src[..src.find('"').unwrap()].replace("&amp;", "&");
+        }
+    }
+    panic!("no image on any of {seen} conversation pages of {source}");
 }
 
 fn mode(path: &Path) -> u32 {

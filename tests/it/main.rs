@@ -9,6 +9,7 @@ mod access_log;
 mod api;
 mod as_of;
 mod attachments;
+mod attachments_e2e;
 mod attachments_export;
 mod attachments_tsdd;
 mod attachments_web;

@@ -114,7 +114,17 @@ fn reference(media: &Value, key: &str, kind: AttachmentKind) -> Option<Attachmen
     if url.is_empty() || url.len() > MAX_URL_BYTES || url.chars().any(char::is_control) {
         return None;
     }
-    Some(AttachmentRef::new(kind, url))
+    let mut reference = AttachmentRef::new(kind, url);
+    // The payload gives no media type; the storage's object names keep the extension the
+    // client uploaded with, so the page can show a picture inline.
+    reference.mime = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|path| path.rsplit('/').next())
+        .and_then(|name| name.rsplit_once('.'))
+        .and_then(|(_, ext)| crate::attachments::mime_of(kind, ext))
+        .map(str::to_string);
+    Some(reference)
 }
 
 /// `r` with the `width` and `height` of `media`, where they are sensible.
@@ -212,6 +222,13 @@ mod tests {
         assert_eq!(r[0].url, "file/preview/chat/2/g1/a.jpg");
         assert_eq!((r[0].width, r[0].height), (Some(1080), Some(1920)));
         assert_eq!(r[0].size, None);
+        assert_eq!(
+            r[0].mime.as_deref(),
+            Some("image/jpeg"),
+            "from the extension"
+        );
+        let bare = refs(json!({"type": 2, "url": "file/preview/chat/2/g1/a?x=y.png"}));
+        assert_eq!(bare[0].mime, None, "no extension, no media type");
     }
 
     #[test]
@@ -247,7 +264,9 @@ mod tests {
         assert_eq!(r[0].size, Some(1024));
         assert_eq!(r[0].duration_ms, Some(12_000));
         assert_eq!((r[0].width, r[0].height), (Some(720), Some(1280)));
-        assert_eq!(r[1], AttachmentRef::new(AttachmentKind::Thumbnail, "c.jpg"));
+        let mut cover = AttachmentRef::new(AttachmentKind::Thumbnail, "c.jpg");
+        cover.mime = Some("image/jpeg".into());
+        assert_eq!(r[1], cover);
         // a cover that is the video itself is listed once
         let same = refs(json!({"type": 5, "url": "v.mp4", "cover": "v.mp4"}));
         assert_eq!(same.len(), 1);

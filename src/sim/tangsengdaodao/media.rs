@@ -68,6 +68,9 @@ pub struct MediaQuirks {
     pub gone: BTreeSet<String>,
     /// Keys answered with 403 `AccessDenied` / "Request has expired".
     pub expired: BTreeSet<String>,
+    /// A slow storage: each file is sent half at once and the rest after this pause (so
+    /// a test can catch downloads in flight).
+    pub trickle: Option<std::time::Duration>,
 }
 
 impl World {
@@ -209,69 +212,14 @@ pub fn file_bytes(key: &str) -> Vec<u8> {
     out
 }
 
-/// A `width`×`height` PNG of one RGB colour: IHDR, one IDAT holding a zlib stream of
-/// stored (uncompressed) deflate blocks, IEND.
+/// A `width`×`height` PNG of one RGB colour.
 pub fn solid_png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
     // each scanline: filter type 0 (none), then the pixels
     let mut line = vec![0u8];
     for _ in 0..width {
         line.extend_from_slice(&rgb);
     }
-    let raw = line.repeat(height as usize);
-    let mut zlib = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
-    for (i, block) in blocks.iter().enumerate() {
-        zlib.push(u8::from(i + 1 == blocks.len()));
-        let len = block.len() as u16;
-        zlib.extend_from_slice(&len.to_le_bytes());
-        zlib.extend_from_slice(&(!len).to_le_bytes());
-        zlib.extend_from_slice(block);
-    }
-    zlib.extend_from_slice(&adler32(&raw).to_be_bytes());
-
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
-
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (kind, data) in [
-        (b"IHDR", &ihdr[..]),
-        (b"IDAT", &zlib[..]),
-        (b"IEND", &[][..]),
-    ] {
-        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = png.len();
-        png.extend_from_slice(kind);
-        png.extend_from_slice(data);
-        let crc = crc32(&png[start..]);
-        png.extend_from_slice(&crc.to_be_bytes());
-    }
-    png
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn adler32(bytes: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in bytes {
-        a = (a + u32::from(byte)) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    (b << 16) | a
+    crate::sim::png::rgb(width, height, &line.repeat(height as usize))
 }
 
 // ---- serving ------------------------------------------------------------------------
@@ -345,7 +293,10 @@ async fn object(
     Path(key): Path<String>,
     Query(query): Query<ObjectQuery>,
 ) -> Response {
-    let fate = serve::lock(&state.world).media_fate(&key);
+    let (fate, trickle) = {
+        let world = serve::lock(&state.world);
+        (world.media_fate(&key), world.media_quirks.trickle)
+    };
     let escaped: String = key
         .chars()
         .filter(|c| !matches!(c, '<' | '>' | '&' | '"'))
@@ -380,10 +331,30 @@ async fn object(
                         .unwrap_or_else(|| "inline".to_string()),
                 ),
             ],
-            file_bytes(&key),
+            trickled(file_bytes(&key), trickle),
         )
             .into_response(),
     }
+}
+
+/// `bytes` as a response body: all at once, or half at once and the rest after `pause`.
+fn trickled(bytes: Vec<u8>, pause: Option<std::time::Duration>) -> axum::body::Body {
+    let Some(pause) = pause else {
+        return axum::body::Body::from(bytes);
+    };
+    let bytes = bytes::Bytes::from(bytes);
+    let half = bytes.len() / 2;
+    let parts = [
+        (bytes.slice(..half), std::time::Duration::ZERO),
+        (bytes.slice(half..), pause),
+    ];
+    axum::body::Body::from_stream(futures::StreamExt::then(
+        futures::stream::iter(parts),
+        |(part, wait)| async move {
+            tokio::time::sleep(wait).await;
+            Ok::<_, std::convert::Infallible>(part)
+        },
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -441,9 +412,7 @@ mod tests {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         // IHDR's CRC, as any PNG decoder checks it
         let ihdr_crc = u32::from_be_bytes(png[29..33].try_into().unwrap());
-        assert_eq!(ihdr_crc, crc32(&png[12..29]));
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-        assert_eq!(adler32(b"Wikipedia"), 0x11e6_0398);
+        assert_eq!(ihdr_crc, crate::sim::png::crc32(&png[12..29]));
         assert!(png.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82]));
     }
 

@@ -116,17 +116,7 @@ pub fn fake_channel_id(a: &str, b: &str) -> String {
 }
 
 /// CRC-32 (IEEE), as Go's `crc32.ChecksumIEEE`.
-pub(super) fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
-}
+pub(super) use crate::sim::png::crc32;
 
 /// The `message_extra` row of a message: full current state.
 #[derive(Clone, Debug, Default)]
