@@ -116,6 +116,7 @@ fn source_config(name: &str, base_url: &str, requests_per_second: f64) -> Source
         requests_per_second,
         request_timeout: Duration::from_secs(60),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(tsdd),
     }
 }

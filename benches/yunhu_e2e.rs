@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(30),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunhu(YunhuConfig {
             base_url: server.base_url(),
             token: Secret::new(spec.token.clone()),

@@ -35,6 +35,7 @@ fn source(server: &SimServer, spec: &WorldSpec, rescan_days: u32, rps: f64) -> S
         requests_per_second: rps,
         request_timeout: Duration::from_secs(30),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunxin(YunxinConfig {
             base_url: server.base_url(),
             app_key: spec.app_key.clone(),

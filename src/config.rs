@@ -203,6 +203,9 @@ pub struct SourceConfig {
     pub requests_per_second: f64,
     pub request_timeout: Duration,
     pub enabled: bool,
+    /// Keep the platform's push channel open for this source (when the platform has one);
+    /// `false` leaves the source to its schedule alone.
+    pub push: bool,
     pub platform: PlatformConfig,
 }
 
@@ -348,6 +351,7 @@ const SOURCE_KEYS: &[&str] = &[
     "name",
     "platform",
     "enabled",
+    "push",
     "schedule",
     "requests_per_second",
     "request_timeout",
@@ -1745,6 +1749,7 @@ fn read_source<'t>(
     section.check_keys(cx, &allowed, platform);
 
     let enabled = section.bool_or(cx, "enabled", true);
+    let push = section.bool_or(cx, "push", true);
     let schedule = match section.string(cx, "schedule") {
         Some((expression, span)) => {
             match cron::Schedule::from_str(expression) {
@@ -1793,6 +1798,7 @@ fn read_source<'t>(
         requests_per_second,
         request_timeout,
         enabled,
+        push,
         platform,
     })
 }
@@ -2729,6 +2735,18 @@ mod tests {
         let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n\
                     rescan_every_minutes = -1\n";
         assert_eq!(problems(text, &[("T", "t")]).len(), 1);
+    }
+
+    #[test]
+    fn push_is_on_unless_a_source_turns_it_off() {
+        let text = "[[source]]\nname = \"y\"\nplatform = \"yunhu\"\ntoken_env = \"T\"\n";
+        assert!(loaded(text, &[("T", "t")]).config.sources[0].push);
+        let off = format!("{text}push = false\n");
+        assert!(!loaded(&off, &[("T", "t")]).config.sources[0].push);
+        let wrong = format!("{text}push = \"no\"\n");
+        let problems = problems(&wrong, &[("T", "t")]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("push"), "{problems:?}");
     }
 
     #[test]

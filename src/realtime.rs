@@ -73,7 +73,7 @@ impl PushHub {
     pub fn new(sources: &[SourceConfig]) -> (PushHub, Receivers) {
         let mut channels = BTreeMap::new();
         let mut receivers = BTreeMap::new();
-        for source in sources.iter().filter(|s| s.enabled) {
+        for source in sources.iter().filter(|s| s.enabled && s.push) {
             let (tx, rx) = mpsc::channel(QUEUE);
             let name = source.name.as_str().to_string();
             channels.insert(

@@ -75,7 +75,7 @@ pub(super) async fn yunxin(
     let Some(sink) = state.push.as_ref().and_then(|hub| hub.sink(name.as_str())) else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "this server does not apply pushes (only `chatvault run` does)",
+            "pushes are not applied for this source (only `chatvault run` applies them, and not for a source with `push = false`)",
         )
         .into_response();
     };

@@ -1160,6 +1160,7 @@ async fn the_daemon_looks_for_attachments_after_each_run() {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(10),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(TsddConfig {
             base_url: server.base_url(),
             auth: TsddAuth::Password {

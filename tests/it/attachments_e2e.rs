@@ -460,6 +460,7 @@ pub(crate) mod tsdd {
             requests_per_second: 0.0,
             request_timeout: Duration::from_secs(5),
             enabled: true,
+            push: true,
             platform: PlatformConfig::Tangsengdaodao(TsddConfig {
                 base_url: server.base_url(),
                 auth: TsddAuth::Password {
@@ -574,6 +575,7 @@ mod yunxin {
                 requests_per_second: 0.0,
                 request_timeout: Duration::from_secs(5),
                 enabled: true,
+                push: true,
                 platform: PlatformConfig::Yunxin(YunxinConfig {
                     base_url: server.base_url(),
                     app_key: w.app_key.clone(),
@@ -665,6 +667,7 @@ mod yunhu {
             requests_per_second: 0.0,
             request_timeout: Duration::from_secs(5),
             enabled: true,
+            push: true,
             platform: PlatformConfig::Yunhu(YunhuConfig {
                 base_url: server.base_url(),
                 token: Secret::new(spec.token.clone()),

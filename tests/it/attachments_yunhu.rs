@@ -38,6 +38,7 @@ fn source(server: &SimServer, token: &str) -> SourceConfig {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunhu(YunhuConfig {
             base_url: server.base_url(),
             token: Secret::new(token),

@@ -252,6 +252,7 @@ fn in_process_source(server: &SimServer, schedule: &str) -> SourceConfig {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(10),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(TsddConfig {
             base_url: server.base_url(),
             auth: TsddAuth::Password {

@@ -53,6 +53,7 @@ fn source(server: &SimServer) -> SourceConfig {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunxin(YunxinConfig {
             base_url: server.base_url(),
             app_key: w.app_key.clone(),

@@ -395,6 +395,7 @@ fn tsdd_source(
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(10),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(TsddConfig {
             base_url: server.base_url(),
             auth: TsddAuth::Password {
@@ -538,6 +539,7 @@ async fn credentials_never_follow_a_redirect_to_another_origin() {
             requests_per_second: 0.0,
             request_timeout: Duration::from_secs(5),
             enabled: true,
+            push: true,
             platform: PlatformConfig::Tangsengdaodao(TsddConfig {
                 base_url: upstream.clone(),
                 auth: TsddAuth::Password {

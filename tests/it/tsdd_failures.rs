@@ -56,6 +56,7 @@ fn source(server: &SimServer, timeout: Duration, page_size: u32) -> SourceConfig
         requests_per_second: 0.0,
         request_timeout: timeout,
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(TsddConfig {
             base_url: server.base_url(),
             auth: TsddAuth::Password {

@@ -43,6 +43,7 @@ fn source(server: &SimServer, auth: TsddAuth) -> (SourceConfig, TsddConfig) {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(cfg.clone()),
     };
     (src, cfg)

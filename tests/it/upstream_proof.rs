@@ -42,6 +42,7 @@ fn tsdd_source(server: &SimServer) -> SourceConfig {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(TsddConfig {
             base_url: server.base_url(),
             auth: TsddAuth::Password {
@@ -473,6 +474,7 @@ mod yunxin {
             requests_per_second: 0.0,
             request_timeout: Duration::from_secs(5),
             enabled: true,
+            push: true,
             platform: PlatformConfig::Yunxin(YunxinConfig {
                 base_url: server.base_url(),
                 app_key: w.app_key.clone(),
@@ -572,6 +574,7 @@ mod yunhu {
             requests_per_second: 0.0,
             request_timeout: Duration::from_secs(5),
             enabled: true,
+            push: true,
             platform: PlatformConfig::Yunhu(YunhuConfig {
                 base_url: server.base_url(),
                 token: Secret::new(spec().token),

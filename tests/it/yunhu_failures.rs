@@ -52,6 +52,7 @@ fn source(server: &SimServer, rescan_every_minutes: u32) -> SourceConfig {
         requests_per_second: 0.0,
         request_timeout: TIMEOUT,
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunhu(YunhuConfig {
             base_url: server.base_url(),
             token: Secret::new(spec().token),

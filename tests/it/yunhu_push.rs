@@ -59,6 +59,7 @@ fn connector_at(server: &SimServer, token: &str, ws_url: &str) -> Arc<YunhuConne
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunhu(cfg.clone()),
     };
     let http = HttpClient::new(0.0, Duration::from_secs(5)).unwrap();

@@ -31,6 +31,7 @@ fn source(server: &SimServer, token: &str, rescan_messages: u32) -> SourceConfig
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunhu(YunhuConfig {
             base_url: server.base_url(),
             token: Secret::new(token),

@@ -55,6 +55,7 @@ fn source(server: &SimServer, rescan_days: u32) -> SourceConfig {
         requests_per_second: 0.0,
         request_timeout: TIMEOUT,
         enabled: true,
+        push: true,
         platform: PlatformConfig::Yunxin(YunxinConfig {
             base_url: server.base_url(),
             app_key: w.app_key.clone(),

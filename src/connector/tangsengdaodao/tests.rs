@@ -221,6 +221,7 @@ fn connector(base_url: &str, auth: TsddAuth, page_size: u32) -> TsddConnector {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(cfg.clone()),
     };
     let http = HttpClient::new(0.0, Duration::from_secs(5)).unwrap();
@@ -787,6 +788,7 @@ fn device_flag_zero_is_refused() {
         requests_per_second: 0.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(cfg.clone()),
     };
     let http = HttpClient::new(0.0, Duration::from_secs(5)).unwrap();

@@ -454,6 +454,7 @@ mod tests {
             requests_per_second: 0.0,
             request_timeout: std::time::Duration::from_secs(5),
             enabled: true,
+            push: true,
             platform: crate::config::PlatformConfig::Yunxin(cfg.clone()),
         };
         let c = YunxinConnector::new(
