@@ -332,6 +332,7 @@ fn source_config(server: &SimServer, spec: &WorldSpec) -> SourceConfig {
         requests_per_second: 20.0,
         request_timeout: Duration::from_secs(5),
         enabled: true,
+        push: true,
         platform: PlatformConfig::Tangsengdaodao(TsddConfig {
             base_url: server.base_url(),
             auth: TsddAuth::Password {
