@@ -18,9 +18,16 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::canonical::{self, canonical_time, strip_nul, strip_nul_value, Hash, GENESIS};
-use super::verify::{ExpectedHead, VerifyFailure, VerifyReport};
+use super::canonical::{self, canonical_time, strip_nul, strip_nul_value, Hash};
+use super::verify::{ChainNouns, ChainWalk, ExpectedHead, VerifyReport};
 use super::{Result, Store, StoreError};
+
+/// How verify failures name the access log's links.
+const ENTRIES: ChainNouns = ChainNouns {
+    one: "entry",
+    many: "entries",
+    whole: "the access log",
+};
 
 /// The name of the access log's chain where heads are given or printed (never a source's
 /// name: the configuration refuses it).
@@ -302,107 +309,25 @@ impl Store {
         wanted: &[&ExpectedHead],
         report: &mut VerifyReport,
     ) -> Result<(i64, (i64, Hash))> {
-        let fail = |report: &mut VerifyReport, seq: Option<i64>, problem: String| {
-            report.failures.push(VerifyFailure {
-                source: ACCESS_LOG_CHAIN.to_string(),
-                event_seq: seq,
-                problem,
-            });
-        };
         let (head_seq, head_hash) = self.access_log_head().await?;
         let mut rows = std::pin::pin!(self.access_log(None, None));
-        let mut prev: Hash = GENESIS;
-        let mut last_seq = 0i64;
-        let mut count = 0i64;
-        let mut seen_wanted: Vec<Option<bool>> = vec![None; wanted.len()];
+        let mut walk = ChainWalk::new(ACCESS_LOG_CHAIN, ENTRIES, wanted);
         while let Some(e) = rows.try_next().await? {
-            count += 1;
-            let expected_seq = last_seq + 1;
-            let after_gap = e.seq != expected_seq;
-            if after_gap {
-                let problem = if e.seq == expected_seq + 1 {
-                    format!("entry {expected_seq} is missing")
-                } else {
-                    format!("entries {expected_seq} to {} are missing", e.seq - 1)
-                };
-                fail(report, Some(expected_seq), problem);
-            }
-            if !after_gap && e.prev_hash != prev {
-                fail(
-                    report,
-                    Some(e.seq),
-                    format!(
-                        "prev_hash {} does not match the hash of entry {} ({})",
-                        hex::encode(&e.prev_hash),
-                        e.seq - 1,
-                        hex::encode(prev)
-                    ),
-                );
-            }
+            walk.link(report, e.seq, &e.prev_hash);
             let recomputed = entry_hash(&e.prev_hash, &e);
             if e.hash != recomputed {
-                fail(
-                    report,
-                    Some(e.seq),
-                    format!(
-                        "{} entry was altered: stored hash {}, recomputed {}",
-                        e.action,
-                        hex::encode(&e.hash),
-                        hex::encode(recomputed)
-                    ),
-                );
+                walk.altered(report, e.seq, &e.action, &e.hash, &recomputed);
             }
-            let stored: Hash = e.hash.as_slice().try_into().unwrap_or([0xff; 32]);
-            for (i, w) in wanted.iter().enumerate() {
-                if w.event_seq == Some(e.seq)
-                    || (w.event_seq.is_none() && hex::encode(stored) == w.hash)
-                {
-                    seen_wanted[i] = Some(hex::encode(stored) == w.hash);
-                }
-            }
-            prev = stored;
-            last_seq = e.seq;
+            walk.advance(e.seq, &e.hash);
         }
-        if last_seq != head_seq || prev != head_hash {
-            fail(
-                report,
-                Some(last_seq),
-                format!(
-                    "the access log ends at {last_seq}:{} but the recorded head is {head_seq}:{}",
-                    hex::encode(prev),
-                    hex::encode(head_hash)
-                ),
-            );
-        }
-        for (w, seen) in wanted.iter().zip(seen_wanted) {
-            match seen {
-                Some(true) => {}
-                Some(false) => fail(
-                    report,
-                    w.event_seq,
-                    format!(
-                        "the saved head {} does not match: the access log was rewritten at or before entry {}",
-                        w.hash,
-                        w.event_seq.unwrap_or(0)
-                    ),
-                ),
-                None => fail(
-                    report,
-                    w.event_seq,
-                    format!(
-                        "the saved head {} is not in the access log (it has {last_seq} entries)",
-                        w.hash
-                    ),
-                ),
-            }
-        }
-        Ok((count, (last_seq, prev)))
+        Ok(walk.finish(report, head_seq, &head_hash))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::canonical::GENESIS;
 
     fn entry() -> AccessEntry {
         AccessEntry {

@@ -8,8 +8,6 @@
 //! consistently; a head saved elsewhere (`--head SOURCE=SEQ:HASH`) catches that, because
 //! the event at SEQ then no longer has HASH.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -148,13 +146,6 @@ impl Store {
         wanted: &[&ExpectedHead],
         report: &mut VerifyReport,
     ) -> Result<(i64, (i64, Hash))> {
-        let fail = |report: &mut VerifyReport, seq: Option<i64>, problem: String| {
-            report.failures.push(VerifyFailure {
-                source: source.to_string(),
-                event_seq: seq,
-                problem,
-            });
-        };
         let mut rows = sqlx::query_as::<_, EventRow>(
             "SELECT event_seq, kind, conversation_id, message_id, occurred_at, observed_at, detail,
                     prev_hash, hash
@@ -162,36 +153,9 @@ impl Store {
         )
         .bind(source)
         .fetch(&self.pool);
-        // The stored hash of the event before (the genesis before the first).
-        let mut prev: Hash = canonical::GENESIS;
-        let mut last_seq = 0i64;
-        let mut count = 0i64;
-        let mut seen_wanted: HashMap<usize, bool> = HashMap::new();
+        let mut walk = ChainWalk::new(source, EVENTS, wanted);
         while let Some(e) = rows.try_next().await? {
-            count += 1;
-            let expected_seq = last_seq + 1;
-            let after_gap = e.event_seq != expected_seq;
-            if after_gap {
-                let problem = if e.event_seq == expected_seq + 1 {
-                    format!("event {expected_seq} is missing")
-                } else {
-                    format!("events {expected_seq} to {} are missing", e.event_seq - 1)
-                };
-                fail(report, Some(expected_seq), problem);
-            }
-            // After a gap the event before is missing: its link cannot be checked.
-            if !after_gap && e.prev_hash != prev {
-                fail(
-                    report,
-                    Some(e.event_seq),
-                    format!(
-                        "prev_hash {} does not match the hash of event {} ({})",
-                        hex::encode(&e.prev_hash),
-                        e.event_seq - 1,
-                        hex::encode(prev)
-                    ),
-                );
-            }
+            walk.link(report, e.event_seq, &e.prev_hash);
             let stored_prev: Hash = e.prev_hash.as_slice().try_into().unwrap_or([0xff; 32]);
             let fields = EventFields {
                 source,
@@ -207,62 +171,11 @@ impl Store {
             if e.hash != recomputed
                 && e.hash != chain_hash_as(&stored_prev, &fields, Numbers::Legacy)
             {
-                fail(
-                    report,
-                    Some(e.event_seq),
-                    format!(
-                        "{} event was altered: stored hash {}, recomputed {}",
-                        e.kind,
-                        hex::encode(&e.hash),
-                        hex::encode(recomputed)
-                    ),
-                );
+                walk.altered(report, e.event_seq, &e.kind, &e.hash, &recomputed);
             }
-            let stored: Hash = e.hash.as_slice().try_into().unwrap_or([0xff; 32]);
-            for (i, w) in wanted.iter().enumerate() {
-                if w.event_seq == Some(e.event_seq)
-                    || (w.event_seq.is_none() && hex::encode(stored) == w.hash)
-                {
-                    seen_wanted.insert(i, hex::encode(stored) == w.hash);
-                }
-            }
-            prev = stored;
-            last_seq = e.event_seq;
+            walk.advance(e.event_seq, &e.hash);
         }
-        if last_seq != head_seq || prev[..] != *head_hash {
-            fail(
-                report,
-                Some(last_seq),
-                format!(
-                    "the chain ends at {last_seq}:{} but the recorded head is {head_seq}:{}",
-                    hex::encode(prev),
-                    hex::encode(head_hash)
-                ),
-            );
-        }
-        for (i, w) in wanted.iter().enumerate() {
-            match seen_wanted.get(&i) {
-                Some(true) => {}
-                Some(false) => fail(
-                    report,
-                    w.event_seq,
-                    format!(
-                        "the saved head {} does not match: the chain was rewritten at or before event {}",
-                        w.hash,
-                        w.event_seq.unwrap_or(0)
-                    ),
-                ),
-                None => fail(
-                    report,
-                    w.event_seq,
-                    format!(
-                        "the saved head {} is not in the chain (it has {last_seq} events)",
-                        w.hash
-                    ),
-                ),
-            }
-        }
-        Ok((count, (last_seq, prev)))
+        Ok(walk.finish(report, head_seq, head_hash))
     }
 
     /// Every stored version must match the digest its event recorded.
@@ -321,6 +234,151 @@ impl Store {
             }
         }
         Ok(n)
+    }
+}
+
+/// How failures name the links of a chain: `event`/`events`/`the chain`.
+pub(super) struct ChainNouns {
+    pub(super) one: &'static str,
+    pub(super) many: &'static str,
+    pub(super) whole: &'static str,
+}
+
+pub(super) const EVENTS: ChainNouns = ChainNouns {
+    one: "event",
+    many: "events",
+    whole: "the chain",
+};
+
+/// One walk along a hash chain in numbering order, shared by the event chains and the
+/// access log: gapless numbering, each `prev_hash` the stored hash of the link before, the
+/// recorded head at the end, and the heads saved elsewhere (`wanted`) found with their
+/// hash. Every break is a failure of its own; the walk never stops at the first.
+pub(super) struct ChainWalk<'a> {
+    chain: &'a str,
+    nouns: ChainNouns,
+    wanted: &'a [&'a ExpectedHead],
+    /// Per wanted head: not reached yet, or reached with a matching hash or not.
+    seen_wanted: Vec<Option<bool>>,
+    /// The stored hash of the link before (the genesis before the first).
+    prev: Hash,
+    last_seq: i64,
+    count: i64,
+}
+
+impl<'a> ChainWalk<'a> {
+    pub(super) fn new(chain: &'a str, nouns: ChainNouns, wanted: &'a [&'a ExpectedHead]) -> Self {
+        ChainWalk {
+            chain,
+            nouns,
+            wanted,
+            seen_wanted: vec![None; wanted.len()],
+            prev: canonical::GENESIS,
+            last_seq: 0,
+            count: 0,
+        }
+    }
+
+    fn fail(&self, report: &mut VerifyReport, seq: Option<i64>, problem: String) {
+        report.failures.push(VerifyFailure {
+            source: self.chain.to_string(),
+            event_seq: seq,
+            problem,
+        });
+    }
+
+    /// The next link `seq`, which names `prev_hash` as the hash before it: its number must
+    /// follow the last one, and its `prev_hash` the last stored hash.
+    pub(super) fn link(&mut self, report: &mut VerifyReport, seq: i64, prev_hash: &[u8]) {
+        self.count += 1;
+        let expected = self.last_seq + 1;
+        let ChainNouns { one, many, .. } = self.nouns;
+        if seq != expected {
+            let problem = if seq == expected + 1 {
+                format!("{one} {expected} is missing")
+            } else {
+                format!("{many} {expected} to {} are missing", seq - 1)
+            };
+            self.fail(report, Some(expected), problem);
+            // After a gap the link before is missing: this link cannot be checked.
+            return;
+        }
+        if prev_hash != self.prev {
+            let problem = format!(
+                "prev_hash {} does not match the hash of {one} {} ({})",
+                hex::encode(prev_hash),
+                seq - 1,
+                hex::encode(self.prev)
+            );
+            self.fail(report, Some(seq), problem);
+        }
+    }
+
+    /// Link `seq` (a `what`) does not hash to what is stored.
+    pub(super) fn altered(
+        &self,
+        report: &mut VerifyReport,
+        seq: i64,
+        what: &str,
+        stored: &[u8],
+        recomputed: &[u8],
+    ) {
+        let problem = format!(
+            "{what} {} was altered: stored hash {}, recomputed {}",
+            self.nouns.one,
+            hex::encode(stored),
+            hex::encode(recomputed)
+        );
+        self.fail(report, Some(seq), problem);
+    }
+
+    /// Move past link `seq` whose stored hash is `stored`.
+    pub(super) fn advance(&mut self, seq: i64, stored: &[u8]) {
+        let stored: Hash = stored.try_into().unwrap_or([0xff; 32]);
+        let stored_hex = hex::encode(stored);
+        for (w, seen) in self.wanted.iter().zip(self.seen_wanted.iter_mut()) {
+            if w.event_seq == Some(seq) || (w.event_seq.is_none() && stored_hex == w.hash) {
+                *seen = Some(stored_hex == w.hash);
+            }
+        }
+        self.prev = stored;
+        self.last_seq = seq;
+    }
+
+    /// The end of the chain: it must be the recorded head, and every wanted head must have
+    /// been found. Returns the links walked and the head reached.
+    pub(super) fn finish(
+        self,
+        report: &mut VerifyReport,
+        head_seq: i64,
+        head_hash: &[u8],
+    ) -> (i64, (i64, Hash)) {
+        let ChainNouns { one, many, whole } = self.nouns;
+        let last_seq = self.last_seq;
+        if last_seq != head_seq || self.prev[..] != *head_hash {
+            let problem = format!(
+                "{whole} ends at {last_seq}:{} but the recorded head is {head_seq}:{}",
+                hex::encode(self.prev),
+                hex::encode(head_hash)
+            );
+            self.fail(report, Some(last_seq), problem);
+        }
+        for (w, seen) in self.wanted.iter().zip(&self.seen_wanted) {
+            let problem = match seen {
+                Some(true) => continue,
+                Some(false) => format!(
+                    "the saved head {} does not match: {whole} was rewritten at or before {one} {}",
+                    w.hash,
+                    w.event_seq.unwrap_or(0)
+                ),
+                None => format!(
+                    "the saved head {} is not in {whole} (it has {last_seq} {many})",
+                    w.hash
+                ),
+            };
+            self.fail(report, w.event_seq, problem);
+        }
+        (self.count, (last_seq, self.prev))
     }
 }
 
