@@ -253,6 +253,23 @@ fn with_files(conv: &str, id: &str, seq: i64, files: Value) -> MessageObservatio
     m
 }
 
+/// Messages `m1`, `m2`, ... in `g1` (seq 1, 2, ...), each naming one file `(kind, url)`.
+fn one_file_each(files: &[(&str, String)]) -> Vec<MessageObservation> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, url))| {
+            let n = i as i64 + 1;
+            with_files(
+                "g1",
+                &format!("m{n}"),
+                n,
+                json!([{"kind": kind, "url": url}]),
+            )
+        })
+        .collect()
+}
+
 /// Archive `messages` in conversation `g1` as one page from cursor `from` to `to`.
 async fn archive(
     store: &Store,
@@ -735,20 +752,10 @@ async fn a_fetch_killed_mid_download_leaves_no_partial_blob_and_the_next_run_sto
         &src,
         None,
         2,
-        vec![
-            with_files(
-                "g1",
-                "m1",
-                1,
-                json!([{"kind": "file", "url": format!("{base}/stall/slow.bin")}]),
-            ),
-            with_files(
-                "g1",
-                "m2",
-                2,
-                json!([{"kind": "file", "url": format!("{base}/f/quick.bin")}]),
-            ),
-        ],
+        one_file_each(&[
+            ("file", format!("{base}/stall/slow.bin")),
+            ("file", format!("{base}/f/quick.bin")),
+        ]),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -897,20 +904,10 @@ async fn verify_attachments_catches_a_blob_altered_on_disk_and_plain_verify_stil
         &src,
         None,
         2,
-        vec![
-            with_files(
-                "g1",
-                "m1",
-                1,
-                json!([{"kind": "image", "url": format!("{base}/f/a.png")}]),
-            ),
-            with_files(
-                "g1",
-                "m2",
-                2,
-                json!([{"kind": "image", "url": format!("{base}/f/b.png")}]),
-            ),
-        ],
+        one_file_each(&[
+            ("image", format!("{base}/f/a.png")),
+            ("image", format!("{base}/f/b.png")),
+        ]),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
