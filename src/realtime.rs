@@ -245,14 +245,29 @@ fn sync_jitter(wait: Duration) -> Duration {
 struct Pending {
     conversations: BTreeMap<String, Option<DateTime<Utc>>>,
     messages: std::collections::BTreeSet<(String, String)>,
+    /// Per conversation, the messages pushes named as edited, recalled, deleted or reacted
+    /// to (read again by connectors without a change feed).
+    changed: BTreeMap<String, std::collections::BTreeSet<String>>,
     attempts: u32,
 }
 
 impl Pending {
     fn add(&mut self, signal: PushSignal) {
-        if let (PushKind::NewMessage, Some(id)) = (signal.kind, &signal.message_id) {
-            self.messages
-                .insert((signal.conversation_id.clone(), id.clone()));
+        match (signal.kind, &signal.message_id) {
+            (PushKind::NewMessage, Some(id)) => {
+                self.messages
+                    .insert((signal.conversation_id.clone(), id.clone()));
+            }
+            (
+                PushKind::Edit | PushKind::Recall | PushKind::Delete | PushKind::Reaction,
+                Some(id),
+            ) => {
+                self.changed
+                    .entry(signal.conversation_id.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            _ => {}
         }
         let at = self
             .conversations
@@ -314,6 +329,11 @@ pub async fn apply(
             &source,
             &SyncOptions {
                 only: Some(ids.clone()),
+                changed: pending
+                    .changed
+                    .iter()
+                    .map(|(c, ids)| (c.clone(), ids.iter().cloned().collect()))
+                    .collect(),
                 ..options.clone()
             },
             Some(shutdown.clone()),
@@ -333,6 +353,7 @@ pub async fn apply(
                         pending
                             .conversations
                             .retain(|c, _| missing.iter().any(|(mc, _)| mc == c));
+                        pending.changed.clear();
                         pending.messages = missing.into_iter().collect();
                     }
                 }
@@ -447,6 +468,45 @@ mod tests {
             message_id: None,
             upstream_at: at.and_then(|s| DateTime::from_timestamp(s, 0)),
         }
+    }
+
+    #[test]
+    fn pending_signals_keep_new_and_changed_messages_apart() {
+        let mut p = Pending::default();
+        for (kind, id) in [
+            (PushKind::NewMessage, "n1"),
+            (PushKind::Edit, "e1"),
+            (PushKind::Recall, "r1"),
+            (PushKind::Reaction, "e1"),
+            (PushKind::Other, "o1"),
+        ] {
+            p.add(PushSignal {
+                message_id: Some(id.into()),
+                kind,
+                ..signal("a", None)
+            });
+        }
+        p.add(PushSignal {
+            kind: PushKind::Edit,
+            ..signal("b", None)
+        });
+        assert_eq!(
+            p.messages.iter().collect::<Vec<_>>(),
+            [&("a".to_string(), "n1".to_string())]
+        );
+        assert_eq!(
+            p.changed.len(),
+            1,
+            "an edit without a message id names none"
+        );
+        assert_eq!(
+            p.changed["a"]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["e1", "r1"]
+        );
+        assert_eq!(p.conversations.len(), 2);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! per-source result recorded in `archive.sync_runs`. One writer per source is ensured by a
 //! PostgreSQL advisory lock held for the run on a dedicated connection.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +23,8 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::config::SourceConfig;
 use crate::connector::http::HttpClient;
 use crate::connector::{
-    self, Connector, ConnectorError, DiscoverRequest, FetchRequest, KnownConversation,
+    self, ChangedMessage, Connector, ConnectorError, DiscoverRequest, FetchRequest,
+    KnownConversation,
 };
 use crate::model::{ConversationObservation, Cursor, Page, QuarantineRecord, SourceName};
 use crate::store::{RunCounts, RunStatus, Store, StoreError};
@@ -61,6 +62,9 @@ pub struct SyncOptions {
     /// of them is not archived yet (then one discovery first, and only these are read).
     /// Recorded in `archive.sync_runs` with `trigger = 'push'`. `None`: every conversation.
     pub only: Option<Vec<String>>,
+    /// With `only`: per conversation, the messages pushes named as edited, recalled,
+    /// deleted or reacted to, handed to the connector ([`FetchRequest::changed`]).
+    pub changed: BTreeMap<String, Vec<String>>,
 }
 
 /// See [`SyncOptions::page_hook`]: called with the source and the page's cursor key.
@@ -91,6 +95,7 @@ impl Default for SyncOptions {
             page_hook: None,
             heads: None,
             only: None,
+            changed: BTreeMap::new(),
         }
     }
 }
@@ -659,6 +664,7 @@ impl Run<'_> {
         tx: &mpsc::Sender<Item>,
     ) -> Result<(), Stop> {
         let send = |item: Item| async move { tx.send(item).await.map_err(|_| Stop::Closed) };
+        let changed = self.changed_messages(&conversation.conversation_id).await;
         for feed in self.connector.feeds(conversation) {
             let key = cursor_key(feed, &conversation.conversation_id);
             let first_cursor = if self.options.full {
@@ -674,7 +680,7 @@ impl Run<'_> {
                     return Err(Stop::Closed);
                 }
                 let fetched = tokio::select! {
-                    f = self.fetch(conversation, feed, cursor.clone()) => f,
+                    f = self.fetch(conversation, feed, cursor.clone(), &changed) => f,
                     () = tx.closed() => return Err(Stop::Closed),
                 };
                 let page_data = match fetched {
@@ -744,6 +750,7 @@ impl Run<'_> {
         conversation: &ConversationObservation,
         feed: &str,
         cursor: Option<Cursor>,
+        changed: &[ChangedMessage],
     ) -> Result<crate::connector::Fetched, ConnectorError> {
         let connector = self.connector;
         let full = self.options.full;
@@ -754,9 +761,35 @@ impl Run<'_> {
                 cursor: cursor.as_ref(),
                 full,
                 attempt,
+                changed,
             })
         })
         .await
+    }
+
+    /// The messages of `conversation_id` pushes named as changed, with their archived seqs
+    /// (a message the archive cannot look up is still named, without a seq).
+    async fn changed_messages(&self, conversation_id: &str) -> Vec<ChangedMessage> {
+        let Some(ids) = self.options.changed.get(conversation_id) else {
+            return Vec::new();
+        };
+        let seqs: HashMap<String, i64> = match self
+            .store
+            .message_seqs(&self.source.name, conversation_id, ids)
+            .await
+        {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot look up the seqs of pushed changes");
+                HashMap::new()
+            }
+        };
+        ids.iter()
+            .map(|id| ChangedMessage {
+                message_id: id.clone(),
+                seq: seqs.get(id).copied(),
+            })
+            .collect()
     }
 
     /// Call the connector with the engine's retry policy; `f` is given how many times the

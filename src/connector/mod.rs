@@ -142,6 +142,17 @@ pub struct FetchRequest<'a> {
     /// windows around a record upstream cannot serve), never to skip anything on a first
     /// failure.
     pub attempt: u32,
+    /// Messages of this conversation a push said were edited, recalled, deleted or reacted
+    /// to, with their archived seqs where known (empty outside targeted runs). A connector
+    /// whose feeds would not see such a change now (no change feed) reads them again.
+    pub changed: &'a [ChangedMessage],
+}
+
+/// A message a push named as changed (see [`FetchRequest::changed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangedMessage {
+    pub message_id: String,
+    pub seq: Option<i64>,
 }
 
 /// What a [`Connector::probe`] found.

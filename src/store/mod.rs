@@ -325,6 +325,27 @@ impl Store {
         Ok(rows)
     }
 
+    /// The archived seqs of `message_ids` in one conversation (ids not archived, or without a
+    /// seq, are left out).
+    pub async fn message_seqs(
+        &self,
+        source: &SourceName,
+        conversation_id: &str,
+        message_ids: &[String],
+    ) -> Result<Vec<(String, i64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT message_id, seq FROM vault.messages
+             WHERE source = $1 AND conversation_id = $2 AND message_id = ANY($3)
+               AND seq IS NOT NULL",
+        )
+        .bind(source.as_str())
+        .bind(conversation_id)
+        .bind(message_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// The registered sources with their platforms.
     pub async fn sources(&self) -> Result<Vec<(SourceName, String)>> {
         let rows: Vec<(String, String)> =

@@ -247,6 +247,7 @@ async fn the_same_cursor_always_gives_the_same_page() {
                     cursor: cursor.as_ref(),
                     full: false,
                     attempt,
+                    changed: &[],
                 })
             };
             let a = fetch(0).await.unwrap();

@@ -1123,3 +1123,74 @@ async fn a_history_that_really_ends_below_a_vanished_anchor_is_complete_with_its
     assert_eq!(server.request_count() - before, 1);
     server.shutdown().await;
 }
+
+/// A push names a chat whose older message was edited and another recalled; the targeted
+/// run that answers it reads the edit records and the recall although the rescan window
+/// (hourly by default) is not due.
+#[tokio::test]
+async fn a_targeted_run_after_an_edit_or_recall_push_archives_them_with_the_window_not_due() {
+    let server = SimServer::start(World::generate(&spec())).await;
+    let mut src = source(&server, &spec().token, 200);
+    if let PlatformConfig::Yunhu(y) = &mut src.platform {
+        y.rescan_every_minutes = 60;
+        y.rescan_days = 7;
+    }
+    let store = store().await;
+    let (chat, me, edited, recalled) = {
+        let mut w = server.world();
+        let chat = w
+            .truth()
+            .iter()
+            .find(|c| c.in_list)
+            .unwrap()
+            .chat_id
+            .clone();
+        let me = w.me.id.clone();
+        let edited = w.post_text(&chat, &me, "v1").unwrap();
+        let recalled = w.post_text(&chat, &me, "to be recalled").unwrap();
+        // far below the newest page
+        for i in 0..120 {
+            w.post_text(&chat, &me, &format!("later {i}")).unwrap();
+        }
+        (chat, me, edited, recalled)
+    };
+    assert!(sync(&store, &src, false).await.ok());
+    assert!(
+        sync(&store, &src, false).await.ok(),
+        "the window was read now"
+    );
+    {
+        let mut w = server.world();
+        assert!(w.edit_text(&edited, "v2"));
+        assert!(w.recall(&recalled));
+    }
+    // what the push named reaches a run that only catches up when the run is told
+    let only = SyncOptions {
+        only: Some(vec![chat.clone()]),
+        ..options(false)
+    };
+    assert!(sync_source(&store, &src, &only, None).await.ok());
+    assert_eq!(
+        versions(&store, &edited).await,
+        ["v1"],
+        "the window is not due"
+    );
+    let targeted = SyncOptions {
+        changed: [(chat.clone(), vec![edited.clone(), recalled.clone()])].into(),
+        ..only.clone()
+    };
+    let result = sync_source(&store, &src, &targeted, None).await;
+    assert!(result.ok(), "{:?}", result.error);
+    assert_eq!(versions(&store, &edited).await, ["v1", "v2"]);
+    assert!(archived(&store).await[&recalled].recalled);
+    // the next run is a plain catch-up again: one by-seq request
+    let before = server.request_count();
+    assert!(sync_source(&store, &src, &only, None).await.ok());
+    assert!(
+        server.request_count() - before <= 2,
+        "{}",
+        server.request_count() - before
+    );
+    let _ = me;
+    server.shutdown().await;
+}

@@ -277,6 +277,7 @@ fn request<'a>(
         cursor,
         full,
         attempt: 0,
+        changed: &[],
     }
 }
 

@@ -8,6 +8,7 @@
 //! nothing behind, and the same cursor always leads to the same requests.
 
 use super::*;
+use crate::connector::ChangedMessage;
 
 /// What one step of reading yields.
 #[derive(Default)]
@@ -79,6 +80,7 @@ impl YunhuConnector {
         ctx: &RunContext,
         chat: &Chat,
         cursor: Option<HistoryCursor>,
+        changed: &[ChangedMessage],
     ) -> Result<Fetched, ConnectorError> {
         let mut c = cursor.unwrap_or(HistoryCursor {
             v: CURSOR_VERSION,
@@ -101,7 +103,9 @@ impl YunhuConnector {
         let mut wanted = Vec::new();
         let mut first = run_start;
         for _ in 0..PAGES_PER_FETCH {
-            let step = self.step(ctx, chat, &mut c, first, &mut wanted).await?;
+            let step = self
+                .step(ctx, chat, &mut c, first, changed, &mut wanted)
+                .await?;
             first = false;
             out.messages
                 .extend(step.messages.into_iter().map(|m| m.observation));
@@ -128,18 +132,25 @@ impl YunhuConnector {
         chat: &Chat,
         c: &mut HistoryCursor,
         run_start: bool,
+        changed: &[ChangedMessage],
         wanted: &mut Vec<Wanted>,
     ) -> Result<Step, ConnectorError> {
         if run_start && c.pass.is_none() {
             c.list_fp = ctx.fingerprints.get(&chat.id).cloned().unwrap_or_default();
-            let window_due = !self.window_disabled()
-                && ctx.now - c.rescanned_at >= i64::from(self.rescan_every_minutes) * 60;
+            // A push named changed messages: Yunhu has no change feed, so the pass goes down
+            // over the window and at least to the lowest of them, whenever the window was
+            // last read.
+            let window_due = !changed.is_empty()
+                || (!self.window_disabled()
+                    && ctx.now - c.rescanned_at >= i64::from(self.rescan_every_minutes) * 60);
             if c.newest_seq > 0 && !window_due {
                 if let Some(step) = self.catch_up_by_seq(ctx, chat, c, wanted).await? {
                     return Ok(step);
                 }
             }
-            c.pass = Some(Pass::from_top(c.newest_seq, window_due));
+            let mut pass = Pass::from_top(c.newest_seq, window_due);
+            pass.down_to = changed.iter().filter_map(|m| m.seq).min().unwrap_or(0);
+            c.pass = Some(pass);
         }
         if c.pass.is_none() {
             if c.complete {
@@ -490,6 +501,7 @@ impl YunhuConnector {
         pass.anchor_id = lowest.observation.message_id.clone();
         pass.caught_up()
             && (!pass.window || self.window_covered(ctx.now, pass.covered, lowest.sent_ms))
+            && (pass.down_to == 0 || pass.anchor_seq <= pass.down_to)
     }
 }
 
@@ -657,6 +669,7 @@ fn restart(chat: &Chat, pass: &mut Pass, step: &mut Step) -> Option<Pass> {
     Some(Pass {
         restarted: true,
         edits: std::mem::take(&mut pass.edits),
+        down_to: pass.down_to,
         ..Pass::from_top(0, pass.window)
     })
 }

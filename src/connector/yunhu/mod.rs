@@ -24,7 +24,9 @@
 //! until it has reached the newest archived seq (catch-up) and, when the window is due
 //! (every `rescan_every_minutes`), covered the trailing rescan window (the newest
 //! `rescan_messages` messages, and those of the last `rescan_days` days), so later edits
-//! and recalls there are observed; Yunhu has no change feed. When the window is not due,
+//! and recalls there are observed; Yunhu has no change feed. A targeted run after a push
+//! that named edited or recalled messages ([`FetchRequest::changed`]) reads the window now
+//! and goes down at least to the lowest of them. When the window is not due,
 //! catch-up first tries one `list-message-by-seq` call and keeps it only when it is
 //! contiguous and reaches the newest message the conversation list announced (past ~30
 //! behind, that endpoint answers with the newest messages only, or, as one client reads
@@ -199,6 +201,10 @@ pub struct Pass {
     /// This pass re-reads the trailing window (else it stops once caught up).
     #[serde(default)]
     pub window: bool,
+    /// The pass goes down at least to this seq (0: no such floor): the lowest archived
+    /// message a push named as changed.
+    #[serde(default)]
+    pub down_to: i64,
     /// `edit_time` of the edited messages seen in this pass.
     pub edits: BTreeMap<String, u64>,
 }
@@ -575,7 +581,8 @@ impl Connector for YunhuConnector {
             None => None,
             Some(c) => Some(parse_cursor(c, &self.source)?),
         };
-        self.fetch_history(&self.context(), &chat, cursor).await
+        self.fetch_history(&self.context(), &chat, cursor, request.changed)
+            .await
     }
 
     fn attachments(
