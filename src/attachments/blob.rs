@@ -71,6 +71,66 @@ pub struct BlobReader {
     pub bytes: BoxStream<'static, std::io::Result<Bytes>>,
 }
 
+/// One range of bytes a client asked for (`Range: bytes=…`), before it is resolved against
+/// the blob's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `first-last`, both included.
+    Bounded(u64, u64),
+    /// `first-`: to the end.
+    From(u64),
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The one range of a `Range` header value (RFC 9110 §14.2). `None` for anything else
+    /// (another unit, several ranges, malformed): the whole file is served then, as the RFC
+    /// allows a server to ignore the header.
+    pub fn parse(value: &str) -> Option<ByteRange> {
+        let spec = value.trim().strip_prefix("bytes=")?.trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (first, last) = spec.split_once('-')?;
+        let number = |s: &str| -> Option<u64> {
+            let s = s.trim();
+            if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        match (first.trim().is_empty(), last.trim().is_empty()) {
+            (true, false) => Some(ByteRange::Suffix(number(last)?)),
+            (false, true) => Some(ByteRange::From(number(first)?)),
+            (false, false) => {
+                let (a, b) = (number(first)?, number(last)?);
+                (a <= b).then_some(ByteRange::Bounded(a, b))
+            }
+            (true, true) => None,
+        }
+    }
+
+    /// The bytes `start..end` of a blob of `size` bytes this range names, or `None` when it
+    /// names none of them (416).
+    pub fn resolve(self, size: u64) -> Option<std::ops::Range<u64>> {
+        let range = match self {
+            ByteRange::Bounded(a, b) => a..b.saturating_add(1).min(size),
+            ByteRange::From(a) => a..size,
+            ByteRange::Suffix(0) => return None,
+            ByteRange::Suffix(n) => size.saturating_sub(n)..size,
+        };
+        (range.start < range.end).then_some(range)
+    }
+}
+
+/// Part of a blob: `range` of its `size` bytes.
+pub struct BlobPart {
+    pub size: u64,
+    pub range: std::ops::Range<u64>,
+    pub bytes: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
 enum Backend {
     Directory { root: PathBuf },
     S3(S3Blobs),
@@ -224,6 +284,43 @@ impl BlobStore {
                 Ok(Some(BlobReader { size, bytes }))
             }
             Backend::S3(s3) => s3.get(sha256).await,
+        }
+    }
+
+    /// The bytes of blob `sha256` that `range` names: `None` if the blob is not stored,
+    /// `Some(Err(size))` if the range names none of its bytes.
+    pub async fn open_range(
+        &self,
+        sha256: &Sha256Hex,
+        range: ByteRange,
+    ) -> anyhow::Result<Option<Result<BlobPart, u64>>> {
+        match &self.backend {
+            Backend::Directory { root } => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let path = blob_path(root, sha256);
+                let mut file = match tokio::fs::File::open(&path).await {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot open {}", path.display()))
+                    }
+                };
+                let size = file.metadata().await?.len();
+                let Some(part) = range.resolve(size) else {
+                    return Ok(Some(Err(size)));
+                };
+                file.seek(std::io::SeekFrom::Start(part.start))
+                    .await
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let bytes =
+                    tokio_util::io::ReaderStream::new(file.take(part.end - part.start)).boxed();
+                Ok(Some(Ok(BlobPart {
+                    size,
+                    range: part,
+                    bytes,
+                })))
+            }
+            Backend::S3(s3) => s3.get_range(sha256, range).await,
         }
     }
 }
@@ -470,6 +567,41 @@ impl S3Blobs {
         Ok(Some(BlobReader { size, bytes }))
     }
 
+    async fn get_range(
+        &self,
+        sha256: &Sha256Hex,
+        range: ByteRange,
+    ) -> anyhow::Result<Option<Result<BlobPart, u64>>> {
+        let Some(size) = self.head(sha256).await? else {
+            return Ok(None);
+        };
+        let Some(part) = range.resolve(size) else {
+            return Ok(Some(Err(size)));
+        };
+        let key = self.key(sha256);
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(part.clone())),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(&key, options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("read", &key, e)),
+        };
+        let secrets = self.secrets.clone();
+        let bytes = result
+            .into_stream()
+            .map(move |chunk| {
+                chunk.map_err(|e| std::io::Error::other(scrub(&e.to_string(), &secrets)))
+            })
+            .boxed();
+        Ok(Some(Ok(BlobPart {
+            size,
+            range: part,
+            bytes,
+        })))
+    }
+
     /// `doctor`'s one read-only request: a GET of a blob that is never stored (the digest of
     /// zeros). Its 404 says the bucket is there and the credentials may read it (S3 answers
     /// 403 for a missing object to those who may not list the bucket, which the store's
@@ -647,6 +779,41 @@ fn blob_path(root: &Path, sha256: &Sha256Hex) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_byte_range_is_read_and_anything_else_is_ignored() {
+        use ByteRange::*;
+        for (value, want) in [
+            ("bytes=0-99", Some(Bounded(0, 99))),
+            ("bytes=100-", Some(From(100))),
+            ("bytes=-500", Some(Suffix(500))),
+            (" bytes= 5 - 9 ", Some(Bounded(5, 9))),
+            ("bytes=9-5", None),
+            ("bytes=0-1,5-6", None),
+            ("bytes=-", None),
+            ("bytes=a-b", None),
+            ("bytes=+1-2", None),
+            ("bytes=99999999999999999999-", None),
+            ("items=0-1", None),
+            ("", None),
+        ] {
+            assert_eq!(ByteRange::parse(value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn ranges_resolve_inside_the_blob_or_not_at_all() {
+        use ByteRange::*;
+        assert_eq!(Bounded(0, 99).resolve(50), Some(0..50));
+        assert_eq!(Bounded(10, 19).resolve(50), Some(10..20));
+        assert_eq!(From(49).resolve(50), Some(49..50));
+        assert_eq!(From(50).resolve(50), None);
+        assert_eq!(Suffix(500).resolve(50), Some(0..50));
+        assert_eq!(Suffix(5).resolve(50), Some(45..50));
+        assert_eq!(Suffix(0).resolve(50), None);
+        assert_eq!(Bounded(0, 0).resolve(0), None);
+        assert_eq!(Bounded(u64::MAX - 1, u64::MAX).resolve(10), None);
+    }
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::PermissionsExt;
 

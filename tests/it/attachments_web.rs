@@ -458,6 +458,79 @@ async fn files_are_served_with_types_a_browser_cannot_run_and_are_in_the_access_
 }
 
 #[tokio::test]
+async fn one_byte_range_is_served_as_partial_content_and_recorded() {
+    let server = Server::start().await;
+    let get = |range: &'static str, if_range: Option<String>| {
+        let mut r = server
+            .http
+            .get(format!("{}/attachment/s/g1/2/0", server.base))
+            .header("range", range);
+        if let Some(v) = if_range {
+            r = r.header("if-range", v);
+        }
+        r.send()
+    };
+    let size = PDF.len();
+    // (Range, status, Content-Range, body)
+    let cases: [(&str, u16, String, &[u8]); 5] = [
+        ("bytes=0-3", 206, format!("bytes 0-3/{size}"), &PDF[..4]),
+        (
+            "bytes=5-",
+            206,
+            format!("bytes 5-{}/{size}", size - 1),
+            &PDF[5..],
+        ),
+        (
+            "bytes=-6",
+            206,
+            format!("bytes {}-{}/{size}", size - 6, size - 1),
+            &PDF[size - 6..],
+        ),
+        (
+            "bytes=4-100000",
+            206,
+            format!("bytes 4-{}/{size}", size - 1),
+            &PDF[4..],
+        ),
+        ("bytes=100000-", 416, format!("bytes */{size}"), b""),
+    ];
+    for (range, status, content_range, body) in cases {
+        let r = get(range, None).await.unwrap();
+        assert_eq!(r.status(), status, "{range}");
+        assert_eq!(header(&r, "content-range"), content_range, "{range}");
+        assert_eq!(header(&r, "accept-ranges"), "bytes", "{range}");
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{range}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), body, "{range}");
+    }
+    // several ranges, or an If-Range naming another file: the whole file
+    for (range, if_range) in [
+        ("bytes=0-1,4-5", None),
+        ("bytes=0-3", Some("\"0000\"".to_string())),
+    ] {
+        let r = get(range, if_range).await.unwrap();
+        assert_eq!(r.status(), 200, "{range}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), PDF, "{range}");
+    }
+    let r = get("bytes=0-3", Some(format!("\"{}\"", sha(PDF))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &PDF[..4]);
+    // every answer, part or not, is in the access log, with the part it was
+    assert_eq!(server.attachment_accesses().await, 8);
+    let ranges: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT filters->>'range' FROM archive.access_log WHERE action = 'attachment' ORDER BY seq",
+    )
+    .fetch_all(server.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(ranges[0].as_deref(), Some("0-3"));
+    assert_eq!(ranges[4].as_deref(), Some("unsatisfiable"));
+    assert_eq!(ranges[5], None);
+    stop(server);
+}
+
+#[tokio::test]
 async fn unknown_unstored_missing_and_malformed_attachments_are_refused() {
     let server = Server::start().await;
     for (path, status) in [

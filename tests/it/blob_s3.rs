@@ -80,10 +80,35 @@ async fn a_bucket_keeps_each_blob_once_under_prefix_ab_sha256() {
         "a blob already stored was uploaded again"
     );
 
+    // Parts of it, as a browser seeking in a video asks.
+    use chatvault::attachments::blob::ByteRange;
+    for (range, want) in [
+        (ByteRange::Bounded(1, 3), &b"ict"[..]),
+        (ByteRange::From(4), b"ure"),
+        (ByteRange::Suffix(2), b"re"),
+    ] {
+        let part = store
+            .open_range(&sha, range)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(part.size, 7);
+        let bytes: Vec<u8> = part.bytes.map(|b| b.unwrap().to_vec()).concat().await;
+        assert_eq!(bytes, want, "{range:?}");
+    }
+    let outside = store.open_range(&sha, ByteRange::From(7)).await.unwrap();
+    assert!(matches!(outside, Some(Err(7))));
+
     // A missing blob: not contained, and open gives None.
     let missing = sha_of(0);
     assert!(!store.contains(&missing).await.unwrap());
     assert!(store.open(&missing).await.unwrap().is_none());
+    assert!(store
+        .open_range(&missing, ByteRange::From(0))
+        .await
+        .unwrap()
+        .is_none());
 
     // An empty prefix puts the blob directories at the top of the bucket.
     let top = BlobStore::in_s3(&moto.config(""), &dir.path().join("staging"), TIMEOUT).unwrap();

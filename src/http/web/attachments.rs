@@ -22,7 +22,7 @@ use super::super::access::Caller;
 use super::super::api::{record_access, ApiError};
 use super::super::ApiState;
 use super::pages::encode;
-use crate::attachments::blob::Sha256Hex;
+use crate::attachments::blob::{BlobPart, BlobReader, ByteRange, Sha256Hex};
 use crate::store::browse::AttachmentView;
 use crate::store::{AccessRecord, AccessedId, Via};
 
@@ -206,9 +206,27 @@ async fn serve(
             "this server has no blob store open, so it serves no attachment files",
         ));
     };
-    let reader = blobs
-        .open(&sha256)
-        .await
+    // One range (video seeking, resumed downloads), unless `If-Range` names another file.
+    let range = request
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ByteRange::parse)
+        .filter(|_| {
+            request.get(header::IF_RANGE).is_none_or(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.trim() == format!("\"{sha256}\""))
+            })
+        });
+    let opened = match range {
+        None => blobs.open(&sha256).await.map(|r| r.map(Opened::Whole)),
+        Some(range) => blobs.open_range(&sha256, range).await.map(|r| {
+            r.map(|part| match part {
+                Ok(part) => Opened::Part(part),
+                Err(size) => Opened::Unsatisfiable(size),
+            })
+        }),
+    };
+    let opened = opened
         .map_err(|e| {
             tracing::warn!(error = %format!("{e:#}"), %sha256, "attachment: cannot open blob");
             ApiError::new(
@@ -237,6 +255,14 @@ async fn serve(
         .filter("message", &message)
         .filter("ordinal", ordinal)
         .filter("sha256", sha256.as_str())
+        .filter(
+            "range",
+            match &opened {
+                Opened::Whole(_) => None,
+                Opened::Part(p) => Some(format!("{}-{}", p.range.start, p.range.end - 1)),
+                Opened::Unsatisfiable(_) => Some("unsatisfiable".to_string()),
+            },
+        )
         .ids(vec![AccessedId {
             source: source.clone(),
             conversation_id: conversation.clone(),
@@ -275,10 +301,44 @@ async fn serve(
         .and_then(|t| HeaderValue::from_str(t).ok())
         .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
     let disposition = content_disposition(inline.is_some(), &download_name(&a));
-    let mut response = Response::new(Body::from_stream(reader.bytes));
+    let mut response = match opened {
+        Opened::Whole(reader) => {
+            let mut r = Response::new(Body::from_stream(reader.bytes));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(reader.size));
+            r
+        }
+        Opened::Part(part) => {
+            let mut r = Response::new(Body::from_stream(part.bytes));
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(part.range.end - part.range.start),
+            );
+            let content_range = format!(
+                "bytes {}-{}/{}",
+                part.range.start,
+                part.range.end - 1,
+                part.size
+            );
+            if let Ok(v) = HeaderValue::from_str(&content_range) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            r
+        }
+        Opened::Unsatisfiable(size) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            r
+        }
+    };
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(reader.size));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -302,6 +362,13 @@ async fn serve(
         h.insert(header::ETAG, v);
     }
     Ok(response)
+}
+
+/// A stored file opened for an answer: whole, in part, or a range outside it.
+enum Opened {
+    Whole(BlobReader),
+    Part(BlobPart),
+    Unsatisfiable(u64),
 }
 
 #[cfg(test)]
