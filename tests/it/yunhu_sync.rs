@@ -121,6 +121,18 @@ async fn versions(store: &Store, msg_id: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// The first chat the conversation list shows, and the account's own id.
+fn listed_chat_and_me(w: &World) -> (String, String) {
+    let chat = w
+        .truth()
+        .iter()
+        .find(|c| c.in_list)
+        .unwrap()
+        .chat_id
+        .clone();
+    (chat, w.me.id.clone())
+}
+
 async fn count(store: &Store, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(store.pool())
@@ -340,14 +352,7 @@ async fn three_edits_yield_four_versions_whether_seen_before_or_after() {
     let (server, store, src) = start(&spec(), 200).await;
     let (chat, me, seen_before, seen_after) = {
         let mut w = server.world();
-        let chat = w
-            .truth()
-            .iter()
-            .find(|c| c.in_list)
-            .unwrap()
-            .chat_id
-            .clone();
-        let me = w.me.id.clone();
+        let (chat, me) = listed_chat_and_me(&w);
         let a = w.post_text(&chat, &me, "v1 after").unwrap();
         let b = w.post_text(&chat, &me, "v1 before").unwrap();
         for i in 2..=4 {
@@ -618,14 +623,7 @@ async fn malformed_records_are_quarantined_and_the_rest_archived() {
 async fn a_chat_that_failed_is_read_again_though_the_list_is_unchanged() {
     let (server, store, src) = start(&spec(), 200).await;
     assert!(sync(&store, &src, false).await.ok());
-    let (chat, me) = {
-        let w = server.world();
-        let t = w.truth();
-        (
-            t.iter().find(|c| c.in_list).unwrap().chat_id.clone(),
-            w.me.id.clone(),
-        )
-    };
+    let (chat, me) = listed_chat_and_me(&server.world());
     let posted = server
         .world()
         .post_text(&chat, &me, "arrives while the chat fails")
@@ -662,14 +660,7 @@ async fn between_window_rereads_a_changed_chat_costs_one_contiguous_by_seq_reque
         cfg.rescan_every_minutes = 60;
     }
     assert!(sync(&store, &src, false).await.ok());
-    let (chat, me) = {
-        let w = server.world();
-        let t = w.truth();
-        (
-            t.iter().find(|c| c.in_list).unwrap().chat_id.clone(),
-            w.me.id.clone(),
-        )
-    };
+    let (chat, me) = listed_chat_and_me(&server.world());
     let posted: Vec<String> = (0..3)
         .map(|i| {
             server
@@ -1138,14 +1129,7 @@ async fn a_targeted_run_after_an_edit_or_recall_push_archives_them_with_the_wind
     let store = store().await;
     let (chat, me, edited, recalled) = {
         let mut w = server.world();
-        let chat = w
-            .truth()
-            .iter()
-            .find(|c| c.in_list)
-            .unwrap()
-            .chat_id
-            .clone();
-        let me = w.me.id.clone();
+        let (chat, me) = listed_chat_and_me(&w);
         let edited = w.post_text(&chat, &me, "v1").unwrap();
         let recalled = w.post_text(&chat, &me, "to be recalled").unwrap();
         // far below the newest page
