@@ -1623,7 +1623,7 @@ fn read_sync(cx: &mut Cx, root: &Section) -> SyncConfig {
         max_concurrent_sources: usize::try_from(max_concurrent_sources).unwrap_or(usize::MAX),
         schedule_jitter: section.seconds_or(cx, "schedule_jitter", 5, 0, MAX_WAIT_SECONDS),
         max_retries: section.u32_or(cx, "max_retries", 5, 1..=MAX_RETRIES),
-        push_poll_factor: section.u32_or(cx, "push_poll_factor", 12, 1..=10_000),
+        push_poll_factor: section.u32_or(cx, "push_poll_factor", 24, 1..=10_000),
     }
 }
 

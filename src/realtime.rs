@@ -11,8 +11,8 @@
 //!   run; a run that finds the source locked (a scheduled run is going) or fails is tried
 //!   again a few times; after that, polling reads the conversation anyway.
 //! - **Polling is the safety net.** The scheduler keeps polling, every
-//!   `[sync] push_poll_factor`-th tick while the channel is healthy ([`PushHub::healthy`]),
-//!   every tick otherwise.
+//!   `[sync] push_poll_factor`-th tick while the channel is healthy and has been up since
+//!   the last poll began ([`PushHub::poll_may_wait`]), every tick otherwise.
 //! - **Bounded.** Reconnects back off from 1 s doubling to 5 min; one channel failing never
 //!   stops the daemon or another source.
 
@@ -36,7 +36,8 @@ pub const QUEUE: usize = 4096;
 /// How long the applier waits for more signals before a targeted run.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A channel fed by upstream's own requests (Yunxin's message copies) counts as healthy
-/// while its last verified push is younger than this.
+/// while its last verified push is younger than this, or while the last poll found
+/// nothing the copies had not brought already.
 pub const PASSIVE_HEALTHY_FOR: Duration = Duration::from_secs(30 * 60);
 /// Reconnect backoff: the first wait and the cap.
 pub const RECONNECT_BASE: Duration = Duration::from_secs(1);
@@ -55,6 +56,16 @@ struct Channel {
     passive: bool,
     /// The lag of the last targeted run's changes, in seconds.
     last_lag: Arc<Mutex<Option<f64>>>,
+    /// The last scheduled poll of the source that succeeded.
+    last_poll: Arc<Mutex<Option<Poll>>>,
+}
+
+/// A scheduled poll as the channel's health sees it.
+#[derive(Clone, Copy, Debug)]
+struct Poll {
+    started_at: DateTime<Utc>,
+    /// It found no new or changed message: pushes had brought everything.
+    found_nothing: bool,
 }
 
 /// Every source's push channel: the sinks connectors and the Yunxin hook send to, the
@@ -82,6 +93,7 @@ impl PushHub {
                     sink: PushSink::new(tx, Arc::default()),
                     passive: matches!(source.platform, crate::config::PlatformConfig::Yunxin(_)),
                     last_lag: Arc::default(),
+                    last_poll: Arc::default(),
                 },
             );
             receivers.insert(name, rx);
@@ -104,6 +116,30 @@ impl PushHub {
         self.channels
             .get(source)
             .is_some_and(|c| healthy(c, &c.sink.state()))
+    }
+
+    /// Whether `source`'s scheduled tick may leave polling to the push channel: it is
+    /// healthy and has been up since before the last poll began, so nothing happened while
+    /// it was down that no poll has read since.
+    pub fn poll_may_wait(&self, source: &str) -> bool {
+        let Some(channel) = self.channels.get(source) else {
+            return false;
+        };
+        let state = channel.sink.state();
+        let poll = *channel.last_poll.lock().unwrap_or_else(|e| e.into_inner());
+        healthy(channel, &state)
+            && matches!((state.since, poll), (Some(since), Some(p)) if since <= p.started_at)
+    }
+
+    /// A scheduled poll of `source` that began at `started_at` succeeded; `found_nothing`:
+    /// it archived no new or changed message.
+    pub fn record_poll(&self, source: &str, started_at: DateTime<Utc>, found_nothing: bool) {
+        if let Some(channel) = self.channels.get(source) {
+            *channel.last_poll.lock().unwrap_or_else(|e| e.into_inner()) = Some(Poll {
+                started_at,
+                found_nothing,
+            });
+        }
     }
 
     /// `source`'s channel state, once it ever connected or received a push.
@@ -145,11 +181,17 @@ fn healthy(channel: &Channel, state: &PushState) -> bool {
     if !channel.passive {
         return true;
     }
-    state.last_push_at.is_some_and(|at| {
-        (Utc::now() - at)
-            .to_std()
-            .map_or(true, |age| age < PASSIVE_HEALTHY_FOR)
-    })
+    // Upstream calls in only when something happens: a quiet app sends nothing, so a copy
+    // received lately, or a poll since that found nothing the copies had not brought,
+    // shows the channel works.
+    let Some(last_push) = state.last_push_at else {
+        return false;
+    };
+    let recent = (Utc::now() - last_push)
+        .to_std()
+        .map_or(true, |age| age < PASSIVE_HEALTHY_FOR);
+    let poll = *channel.last_poll.lock().unwrap_or_else(|e| e.into_inner());
+    recent || poll.is_some_and(|p| p.found_nothing)
 }
 
 /// Makes the connector whose `listen` a listener drives (a fresh one per connection).
@@ -468,6 +510,69 @@ mod tests {
             message_id: None,
             upstream_at: at.and_then(|s| DateTime::from_timestamp(s, 0)),
         }
+    }
+
+    /// A hub with one source `s` whose channel state is `state`.
+    fn hub_with(passive: bool, state: PushState) -> PushHub {
+        let (tx, _rx) = mpsc::channel(1);
+        let channel = Channel {
+            sink: PushSink::new(tx, Arc::new(Mutex::new(state))),
+            passive,
+            last_lag: Arc::default(),
+            last_poll: Arc::default(),
+        };
+        PushHub {
+            channels: Arc::new([("s".to_string(), channel)].into()),
+        }
+    }
+
+    fn ago(minutes: i64) -> DateTime<Utc> {
+        Utc::now() - chrono::Duration::minutes(minutes)
+    }
+
+    #[test]
+    fn polling_waits_only_for_a_channel_up_since_the_last_poll_began() {
+        let hub = hub_with(
+            false,
+            PushState {
+                connected: true,
+                since: Some(ago(10)),
+                ..PushState::default()
+            },
+        );
+        assert!(hub.healthy("s"));
+        assert!(!hub.poll_may_wait("s"), "never polled yet");
+        hub.record_poll("s", ago(20), true);
+        assert!(!hub.poll_may_wait("s"), "came up after that poll began");
+        hub.record_poll("s", ago(5), false);
+        assert!(hub.poll_may_wait("s"), "up since before the last poll");
+        hub.channels["s"].sink.disconnected("dropped");
+        assert!(!hub.poll_may_wait("s"));
+        hub.channels["s"].sink.connected();
+        assert!(!hub.poll_may_wait("s"), "reconnected after the last poll");
+        assert!(!hub.poll_may_wait("other"));
+    }
+
+    #[test]
+    fn a_copy_channel_is_healthy_after_a_recent_copy_or_a_poll_that_found_nothing() {
+        let up = |last_copy: Option<i64>| PushState {
+            connected: true,
+            since: Some(ago(600)),
+            last_push_at: last_copy.map(ago),
+            pushes: u64::from(last_copy.is_some()),
+            ..PushState::default()
+        };
+        assert!(hub_with(true, up(Some(5))).healthy("s"), "a copy 5 minutes ago");
+        let old = hub_with(true, up(Some(120)));
+        assert!(!old.healthy("s"), "the last copy 2 hours ago, never polled");
+        old.record_poll("s", ago(1), false);
+        assert!(!old.healthy("s"), "the poll found what no copy announced");
+        old.record_poll("s", ago(1), true);
+        assert!(old.healthy("s"), "the poll found nothing new");
+        assert!(old.poll_may_wait("s"));
+        let never = hub_with(true, up(None));
+        never.record_poll("s", ago(1), true);
+        assert!(!never.healthy("s"), "no copy was ever accepted");
     }
 
     #[test]

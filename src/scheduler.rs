@@ -357,6 +357,8 @@ impl SourceLoop {
         let mut failures: u32 = 0;
         // Ticks since the last poll while the push channel was healthy.
         let mut quiet_ticks: u32 = 0;
+        // When the running poll was started.
+        let mut poll_started = Utc::now();
         // The source's attachment fetch: started after a run, never two at once, never in
         // the way of the next run.
         let mut fetching: Option<tokio::task::JoinHandle<()>> = None;
@@ -386,7 +388,7 @@ impl SourceLoop {
                     let quiet = self
                         .push
                         .as_ref()
-                        .filter(|p| p.hub.healthy(&name))
+                        .filter(|p| p.hub.poll_may_wait(&name))
                         .is_some_and(|p| quiet_ticks + 1 < p.factor);
                     if let Some(p) = &self.push {
                         // what "one schedule period" means to the alerts: longer while
@@ -410,6 +412,7 @@ impl SourceLoop {
                         info!(source = %name, %tick, "tick skipped: the previous run is still going");
                     } else {
                         quiet_ticks = 0;
+                        poll_started = Utc::now();
                         running = Some(self.start(shutdown.clone()));
                         self.update(|s| s.running = true);
                     }
@@ -422,6 +425,13 @@ impl SourceLoop {
                 Event::Finished(result) => {
                     running = None;
                     let Some(result) = result else { continue };
+                    if let Some(p) = &self.push {
+                        if !result.skipped && result.status == crate::store::RunStatus::Ok {
+                            let c = &result.counts;
+                            let found_nothing = c.messages_new == 0 && c.messages_changed == 0;
+                            p.hub.record_poll(&name, poll_started, found_nothing);
+                        }
+                    }
                     if !result.skipped && fetching.as_ref().is_none_or(|f| f.is_finished()) {
                         fetching = self.fetch_attachments(shutdown.clone());
                     }
