@@ -867,6 +867,7 @@ impl Platform {
         let polls_before = poll_runs(&self.store, source).await;
         let pushed_before = push_runs(&self.store, source).await;
         let requests_before = self.fake.requests();
+        let counts_before = self.fake.request_counts();
         let keepalives_before = self.fake.keepalives();
         let started = Instant::now();
         let mut healthy_throughout = true;
@@ -881,6 +882,7 @@ impl Platform {
             polls: poll_runs(&self.store, source).await - polls_before,
             push_runs: push_runs(&self.store, source).await - pushed_before,
             requests: self.fake.requests() - requests_before,
+            by_path: diff(&self.fake.request_counts(), &counts_before),
             keepalives: self.fake.keepalives() - keepalives_before,
             healthy_throughout,
         };
@@ -975,6 +977,7 @@ struct Idle {
     polls: u64,
     push_runs: u64,
     requests: u64,
+    by_path: BTreeMap<String, u64>,
     keepalives: u64,
     healthy_throughout: bool,
 }
@@ -1198,6 +1201,13 @@ async fn main() -> anyhow::Result<()> {
             i.keepalives,
             p.which().keepalive(),
             i.window
+        );
+    }
+    for (p, i) in platforms.iter().zip(&idle) {
+        println!(
+            "  {:<15} requests in the window by path: {:?}",
+            p.which().name(),
+            i.by_path
         );
     }
     println!(
