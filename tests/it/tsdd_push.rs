@@ -281,6 +281,9 @@ async fn a_server_that_stops_answering_pings_is_a_dropped_connection() {
     // a few heartbeats are answered: the connection stays up
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!listening.task.is_finished());
+    // every 100 ms for 400 ms: the gateway counted them (the benchmark's keepalive count)
+    let pings = server.faults().im().pings();
+    assert!((2..=6).contains(&pings), "{pings} PINGs");
     server.faults().im().mute_pongs(true);
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(5), listening.task)

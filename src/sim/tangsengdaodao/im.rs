@@ -12,7 +12,7 @@
 //!   a `syncMessageReaction` command when its reaction seq moves. Commands are RECVs with
 //!   the no-persist flag and a `{"type":99,"cmd":..}` payload, as TangSengDaoDao's
 //!   `SendCMD` sends them.
-//! - PING is answered with PONG; RECVACKs are counted.
+//! - PING is answered with PONG; PINGs and RECVACKs are counted.
 //!
 //! Switches (on [`super::Faults`]): drop every open connection now
 //! ([`ImSwitches::drop_connections`]), stop answering PINGs
@@ -52,6 +52,7 @@ pub struct ImSwitches {
     refused: AtomicU64,
     recvacks: AtomicU64,
     pushes: AtomicU64,
+    pings: AtomicU64,
 }
 
 impl ImSwitches {
@@ -94,6 +95,11 @@ impl ImSwitches {
     /// RECVs sent.
     pub fn pushes(&self) -> u64 {
         self.pushes.load(Ordering::SeqCst)
+    }
+
+    /// PINGs received (the clients' keepalives), answered or not.
+    pub fn pings(&self) -> u64 {
+        self.pings.load(Ordering::SeqCst)
     }
 }
 
@@ -176,6 +182,9 @@ impl Connection {
                             Ok(Some((packet, used))) => {
                                 buf.drain(..used);
                                 let pong = !self.switches.mute_pongs.load(Ordering::SeqCst);
+                                if matches!(packet, Packet::Ping) {
+                                    self.switches.pings.fetch_add(1, Ordering::SeqCst);
+                                }
                                 match packet {
                                     Packet::Ping if pong && stream.write_all(&wkproto::encode(&Packet::Pong, version)).await.is_err() => return,
                                     Packet::Recvack { .. } => {
