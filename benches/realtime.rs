@@ -52,7 +52,7 @@ use tokio::sync::watch;
 const DEFAULT_TICKS_PER_HOUR: f64 = 12.0;
 const DEFAULT_PERIOD_SECS: f64 = 300.0;
 /// `[sync] push_poll_factor`'s default.
-const DEFAULT_POLL_FACTOR: u32 = 12;
+const DEFAULT_POLL_FACTOR: u32 = 24;
 /// Yunhu's `rescan_every_minutes` default.
 const YUNHU_RESCAN_MINUTES: f64 = 60.0;
 /// How often the archive is looked at while waiting for a row.
@@ -1091,7 +1091,11 @@ async fn main() -> anyhow::Result<()> {
             }
             let s = &on[i][&kind];
             let note = if !which.pushes(kind) {
-                "no push signal for it: arrives with the next poll (with push healthy at the default schedule, hourly: p50 ~30 min)".to_string()
+                format!(
+                    "no push signal for it: arrives with the next poll (with push healthy at the default schedule, every {} min: p50 ~{} min)",
+                    DEFAULT_POLL_FACTOR * 5,
+                    DEFAULT_POLL_FACTOR * 5 / 2
+                )
             } else {
                 let mut n = String::new();
                 if s.missed > 0 {
@@ -1225,16 +1229,9 @@ async fn main() -> anyhow::Result<()> {
         // window shows it: `polls` of `ticks`)
         let poll_share = 1.0 / f64::from(DEFAULT_POLL_FACTOR);
         let keepalives_h = i.keepalives as f64 / i.window * 3600.0;
-        let (polls_h, why) = if which == Which::Yunxin {
-            // copies arrive only when something happens: a channel fed by them counts as
-            // healthy for 30 min after the last one, so a quiet hour polls on every tick
-            (
-                DEFAULT_TICKS_PER_HOUR,
-                " (no copy in the last 30 min: every tick polls)",
-            )
-        } else {
-            (DEFAULT_TICKS_PER_HOUR * poll_share, "")
-        };
+        // (a Yunxin copy channel counts as healthy once a poll found nothing the copies had
+        // not brought, so a quiet app is polled as seldom as the others)
+        let (polls_h, why) = (DEFAULT_TICKS_PER_HOUR * poll_share, "");
         let push = polls_h * per_run + keepalives_h;
         let ratio = if push > 0.0 {
             polling / push
@@ -1251,15 +1248,6 @@ async fn main() -> anyhow::Result<()> {
             ratio,
             if ratio >= 10.0 { "met" } else { "MISSED" }
         );
-        if which == Which::Yunxin {
-            let after_copy = (6.0 / f64::from(DEFAULT_POLL_FACTOR) + 6.0) * per_run;
-            println!(
-                "  {:<15} an idle hour starting with a copy just received: {:.1} polls, {after_copy:.0} requests ({:.1}x)",
-                "",
-                6.0 / f64::from(DEFAULT_POLL_FACTOR) + 6.0,
-                polling / after_copy.max(1.0)
-            );
-        }
     }
     println!("load average after: {}", load_average());
     Ok(())

@@ -84,6 +84,18 @@ impl PushSink {
         }
     }
 
+    /// A channel fed by upstream's requests last pushed at `at`, as the archive recorded it
+    /// before this process started: it counts as set up (connected since then) unless this
+    /// process saw something newer already.
+    pub fn pushed_before(&self, at: DateTime<Utc>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.last_push_at.is_none() {
+            state.connected = true;
+            state.since = Some(state.since.map_or(at, |s| s.min(at)));
+            state.last_push_at = Some(at);
+        }
+    }
+
     /// The channel went down, saying why.
     pub fn disconnected(&self, why: &str) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

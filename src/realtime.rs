@@ -346,6 +346,18 @@ pub async fn apply(
     applied: Option<mpsc::UnboundedSender<Applied>>,
 ) {
     let name = source.name.as_str().to_string();
+    if let Some(channel) = hub.channels.get(&name).filter(|c| c.passive) {
+        // Copies posted before this process started show the copy URL is set up: a quiet
+        // app must not be polled on every tick until its next copy.
+        match store
+            .last_run_started(&source.name, crate::store::RunTrigger::Push)
+            .await
+        {
+            Ok(Some(at)) => channel.sink.pushed_before(at),
+            Ok(None) => {}
+            Err(e) => warn!(source = %name, error = %e, "cannot read when copies last came"),
+        }
+    }
     let mut pending = Pending::default();
     loop {
         if pending.conversations.is_empty() {
@@ -562,7 +574,10 @@ mod tests {
             pushes: u64::from(last_copy.is_some()),
             ..PushState::default()
         };
-        assert!(hub_with(true, up(Some(5))).healthy("s"), "a copy 5 minutes ago");
+        assert!(
+            hub_with(true, up(Some(5))).healthy("s"),
+            "a copy 5 minutes ago"
+        );
         let old = hub_with(true, up(Some(120)));
         assert!(!old.healthy("s"), "the last copy 2 hours ago, never polled");
         old.record_poll("s", ago(1), false);

@@ -136,6 +136,21 @@ impl Store {
         Ok(run_id)
     }
 
+    /// When the last run of `source` that `trigger` started began, if any ran.
+    pub async fn last_run_started(
+        &self,
+        source: &SourceName,
+        trigger: RunTrigger,
+    ) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT max(started_at) FROM vault.sync_runs WHERE source = $1 AND trigger = $2",
+        )
+        .bind(source.as_str())
+        .bind(trigger.as_str())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Record the end of a run with its counts, error and the chain head it ended at.
     pub async fn finish_run(
         &self,

@@ -628,3 +628,66 @@ async fn polling_slows_down_while_the_push_channel_is_healthy() {
     .await;
     assert_eq!(polls as u64, s.runs);
 }
+
+/// Polls of a quiet Yunxin app over `seconds` with a tick every second (`push_poll_factor`
+/// 4), the copy channel started as the daemon starts it: `(ticks left to push, polls)`.
+async fn quiet_copy_channel_polls(store: &Store, src: &SourceConfig, seconds: u64) -> (u64, u64) {
+    use chatvault::scheduler::{Scheduler, SchedulerOptions};
+    let (hub, realtime::Receivers(mut receivers)) = PushHub::new(std::slice::from_ref(src));
+    let (stop_tx, stop) = watch::channel(false);
+    let applier = tokio::spawn(realtime::apply(
+        store.clone(),
+        src.clone(),
+        options(),
+        hub.clone(),
+        None,
+        receivers.remove("yx").unwrap(),
+        stop.clone(),
+        None,
+    ));
+    let options = SchedulerOptions {
+        max_concurrent_sources: 1,
+        jitter: Duration::ZERO,
+        backoff_base: Duration::from_secs(30),
+        backoff_cap: Duration::from_secs(30),
+        sync: options(),
+        attachments: None,
+    };
+    let scheduler = Scheduler::new(
+        store.clone(),
+        Metrics::new(),
+        std::slice::from_ref(src),
+        options,
+    )
+    .unwrap()
+    .with_push(hub.clone(), 4);
+    let state = scheduler.state();
+    let task = tokio::spawn(scheduler.run(stop));
+    tokio::time::sleep(Duration::from_millis(seconds * 1000 + 500)).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
+    applier.await.unwrap();
+    let s = state.read().unwrap()["yx"].clone();
+    (s.ticks_left_to_push, s.runs)
+}
+
+#[tokio::test]
+async fn a_quiet_app_whose_copies_came_before_a_restart_is_polled_less_once_a_poll_finds_nothing() {
+    let server = SimServer::start(world()).await;
+    let (store, _) = common::store().await;
+    let mut src = source(&server);
+    src.schedule = "* * * * * *".into();
+    // never a copy: no sign the copy URL is set up, so every tick polls
+    let (quiet, polls) = quiet_copy_channel_polls(&store, &src, 6).await;
+    assert_eq!(quiet, 0, "{polls} polls");
+    assert!(polls >= 5, "{polls}");
+    // a copy was applied by an earlier process
+    store
+        .start_run_with_trigger(&src.name, chatvault::store::RunTrigger::Push)
+        .await
+        .unwrap();
+    let (quiet, polls) = quiet_copy_channel_polls(&store, &src, 8).await;
+    // the first poll finds nothing new (the app is quiet): then every 4th tick polls
+    assert!(quiet >= 5, "{quiet} quiet ticks, {polls} polls");
+    assert!((1..=3).contains(&polls), "{polls}");
+}
