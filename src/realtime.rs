@@ -39,6 +39,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// while its last verified push is younger than this, or while the last poll found
 /// nothing the copies had not brought already.
 pub const PASSIVE_HEALTHY_FOR: Duration = Duration::from_secs(30 * 60);
+/// How often the daemon records the channels' state for `chatvault status`.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Reconnect backoff: the first wait and the cap.
 pub const RECONNECT_BASE: Duration = Duration::from_secs(1);
 pub const RECONNECT_CAP: Duration = Duration::from_secs(300);
@@ -154,6 +156,14 @@ impl PushHub {
             lag_seconds: *channel.last_lag.lock().unwrap_or_else(|e| e.into_inner()),
             state,
         })
+    }
+
+    /// Every channel that ever connected or received a push, with its state.
+    pub fn statuses(&self) -> Vec<(String, PushStatus)> {
+        self.channels
+            .keys()
+            .filter_map(|name| Some((name.clone(), self.status(name)?)))
+            .collect()
     }
 
     /// Bring the `chatvault_push_*` metrics up to date.
@@ -507,7 +517,43 @@ pub fn start(
             None,
         ));
     }
+    tasks.spawn(report(store.clone(), hub.clone(), REPORT_EVERY, shutdown));
     (hub, tasks)
+}
+
+/// Record the channels' state in the archive every `every` until `shutdown`, then once
+/// more as down (`chatvault status` reads it from another process).
+pub async fn report(
+    store: Store,
+    hub: PushHub,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = store.report_push_states(&hub.statuses(), Utc::now()).await {
+            warn!(error = %e, "cannot record the push channels' state");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    let stopped: Vec<(String, PushStatus)> = hub
+        .statuses()
+        .into_iter()
+        .map(|(name, mut s)| {
+            if s.state.connected {
+                s.state.connected = false;
+                s.state.since = Some(Utc::now());
+                s.state.last_error = Some("the daemon stopped".into());
+            }
+            s.healthy = false;
+            (name, s)
+        })
+        .collect();
+    if let Err(e) = store.report_push_states(&stopped, Utc::now()).await {
+        warn!(error = %e, "cannot record the push channels' state");
+    }
 }
 
 #[cfg(test)]

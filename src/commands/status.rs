@@ -9,7 +9,9 @@ use clap::Args;
 
 use super::common::{load_config, with_store};
 use crate::config::Config;
+use crate::store::push_state::ReportedPush;
 use crate::store::Store;
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  chatvault status\n  chatvault status --json | jq .chain_head")]
@@ -30,10 +32,21 @@ async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Resul
     let now = chrono::Utc::now();
     crate::scheduler::fill_next_runs(&mut statuses, &config.sources, now);
     let proofs = store.last_upstream_proofs().await?;
+    let pushes = store.reported_push_states().await?;
+    let push_off: Vec<&str> = config
+        .sources
+        .iter()
+        .filter(|s| !s.push)
+        .map(|s| s.name.as_str())
+        .collect();
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &statuses {
             let mut line = serde_json::to_value(s)?;
+            line["push"] = match pushes.get(s.source.as_str()) {
+                Some(p) => push_json(p, now),
+                None => serde_json::Value::Null,
+            };
             if let Some(p) = proofs.get(s.source.as_str()) {
                 line["upstream_proof"] = serde_json::json!({
                     "event_seq": p.event_seq,
@@ -65,6 +78,12 @@ async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Resul
             s.quarantine, s.gaps, s.cursors
         )?;
         writeln!(out, "  chain head {}", s.chain_head)?;
+        let off = push_off.contains(&s.source.as_str());
+        writeln!(
+            out,
+            "  push {}",
+            push_line(pushes.get(s.source.as_str()), off, now)
+        )?;
         match &s.last_run {
             Some(r) => {
                 let lag = s.lag_seconds.map_or("never succeeded".to_string(), |l| {
@@ -122,4 +141,62 @@ async fn status(store: Store, config: Config, args: StatusArgs) -> anyhow::Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reported push state as `status --json` shows it: a stale report (no daemon reporting)
+/// never says connected or healthy.
+fn push_json(p: &ReportedPush, now: DateTime<Utc>) -> serde_json::Value {
+    let stale = p.stale(now);
+    let mut v = serde_json::to_value(p).unwrap_or_default();
+    v["stale"] = stale.into();
+    if stale {
+        v["connected"] = false.into();
+        v["healthy"] = false.into();
+    }
+    v
+}
+
+/// The `push` line of a source.
+fn push_line(p: Option<&ReportedPush>, off: bool, now: DateTime<Utc>) -> String {
+    let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    if off {
+        return "off (push = false): every scheduled tick polls".into();
+    }
+    let Some(p) = p else {
+        return "no report: only a running daemon (`chatvault run`) keeps push channels, and a \
+                channel shows once it connected or received a push"
+            .into();
+    };
+    let mut line = if p.stale(now) {
+        format!(
+            "unknown: no daemon has reported since {} (then {})",
+            time(p.reported_at),
+            if p.connected { "connected" } else { "down" }
+        )
+    } else if p.connected {
+        format!(
+            "connected since {}{}",
+            p.since.map_or("?".into(), time),
+            if p.healthy {
+                ", healthy (polling reduced)"
+            } else {
+                ", not trusted yet (polling on every tick)"
+            }
+        )
+    } else {
+        format!(
+            "down since {}: {}",
+            p.since.map_or("?".into(), time),
+            crate::terminal::escape_line(p.last_error.as_deref().unwrap_or("not connected yet"))
+        )
+    };
+    line += &format!("; {} pushes", p.pushes);
+    if let Some(t) = p.last_push_at {
+        line += &format!(", last {}", time(t));
+    }
+    if let Some(lag) = p.lag_seconds {
+        line += &format!(", lag {lag:.1}s");
+    }
+    line += &format!(", {} reconnects", p.reconnects);
+    line
 }

@@ -25,6 +25,7 @@ pub mod export;
 pub mod heads;
 pub mod index_feed;
 mod lock;
+pub mod push_state;
 pub mod retention;
 mod runs;
 pub mod upstream;

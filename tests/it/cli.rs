@@ -383,3 +383,99 @@ fn extreme_config_values_are_config_errors() {
     );
     assert!(!dir.path().join("chatvault-data").exists());
 }
+
+#[tokio::test]
+async fn status_shows_the_push_channel_a_daemon_reported_and_never_a_stale_connection() {
+    use chatvault::model::{Platform, SourceName};
+    use chatvault::push::{PushState, PushStatus};
+    let url = database_url().await;
+    let store = chatvault::store::Store::from_pool(sqlx::PgPool::connect(&url).await.unwrap());
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("chatvault.toml"),
+        "[[source]]\nname = \"yh\"\nplatform = \"yunhu\"\ntoken_env = \"YH_TOKEN\"\n\
+         [[source]]\nname = \"off\"\nplatform = \"yunhu\"\ntoken_env = \"YH_TOKEN\"\npush = false\n",
+    )
+    .unwrap();
+    for name in ["yh", "off"] {
+        store
+            .register_source(&SourceName::new(name), Platform::Yunhu)
+            .await
+            .unwrap();
+    }
+    let since = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let reported = |at| {
+        let status = PushStatus {
+            state: PushState {
+                connected: true,
+                since: Some(since),
+                reconnects: 2,
+                pushes: 17,
+                last_push_at: Some(since),
+                last_error: None,
+            },
+            healthy: true,
+            lag_seconds: Some(0.4),
+        };
+        let store = store.clone();
+        async move {
+            store
+                .report_push_states(&[("yh".to_string(), status)], at)
+                .await
+                .unwrap()
+        }
+    };
+    let status = |json: bool| {
+        let dir = dir.path().to_path_buf();
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: &[&str] = if json {
+                &["status", "--json"]
+            } else {
+                &["status"]
+            };
+            chatvault(
+                &dir,
+                args,
+                &[("CHATVAULT_DATABASE_URL", &url), ("YH_TOKEN", "t")],
+            )
+        })
+    };
+    reported(chrono::Utc::now()).await;
+    let out = status(false).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("push connected since"), "{shown}");
+    assert!(shown.contains("healthy"), "{shown}");
+    assert!(shown.contains("17 pushes"), "{shown}");
+    assert!(shown.contains("2 reconnects"), "{shown}");
+    assert!(shown.contains("push off (push = false)"), "{shown}");
+    let out = status(true).await.unwrap();
+    let line: serde_json::Value = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["source"] == "yh")
+        .unwrap();
+    assert_eq!(line["push"]["connected"], true, "{line}");
+    assert_eq!(line["push"]["stale"], false, "{line}");
+    assert_eq!(line["push"]["pushes"], 17, "{line}");
+
+    // the daemon stopped reporting five minutes ago: nothing is claimed about now
+    reported(chrono::Utc::now() - chrono::Duration::minutes(5)).await;
+    let shown = text(&status(false).await.unwrap().stdout);
+    assert!(
+        shown.contains("push unknown: no daemon has reported since"),
+        "{shown}"
+    );
+    assert!(!shown.contains("push connected"), "{shown}");
+    let out = status(true).await.unwrap();
+    let line: serde_json::Value = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["source"] == "yh")
+        .unwrap();
+    assert_eq!(line["push"]["connected"], false, "{line}");
+    assert_eq!(line["push"]["healthy"], false, "{line}");
+    assert_eq!(line["push"]["stale"], true, "{line}");
+}

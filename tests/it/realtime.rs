@@ -691,3 +691,41 @@ async fn a_quiet_app_whose_copies_came_before_a_restart_is_polled_less_once_a_po
     assert!(quiet >= 5, "{quiet} quiet ticks, {polls} polls");
     assert!((1..=3).contains(&polls), "{polls}");
 }
+
+#[tokio::test]
+async fn the_daemon_reports_its_channels_while_it_runs_and_as_down_when_it_stops() {
+    let server = SimServer::start(world()).await;
+    let (store, _) = common::store().await;
+    let src = source(&server);
+    store
+        .register_source(&src.name, Platform::Yunxin)
+        .await
+        .unwrap();
+    let (hub, _receivers) = PushHub::new(std::slice::from_ref(&src));
+    let sink = hub.sink("yx").unwrap();
+    sink.connected();
+    sink.signal(PushSignal {
+        conversation_id: "c".into(),
+        kind: PushKind::NewMessage,
+        message_id: None,
+        upstream_at: None,
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(realtime::report(
+        store.clone(),
+        hub.clone(),
+        Duration::from_millis(50),
+        stop,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reported = store.reported_push_states().await.unwrap()["yx"].clone();
+    assert!(reported.connected && reported.healthy, "{reported:?}");
+    assert_eq!(reported.pushes, 1);
+    assert!(!reported.stale(chrono::Utc::now()));
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
+    let reported = store.reported_push_states().await.unwrap()["yx"].clone();
+    assert!(!reported.connected && !reported.healthy, "{reported:?}");
+    assert_eq!(reported.last_error.as_deref(), Some("the daemon stopped"));
+    assert_eq!(reported.pushes, 1);
+}
