@@ -134,12 +134,14 @@ fn text(v: &Value, key: &str) -> Option<String> {
 /// not messages or recalls, or conversations of no archived account.
 pub fn signals(copy: &Value, accounts: &[String]) -> Vec<PushSignal> {
     let event = text(copy, "eventType").unwrap_or_default();
+    let conv_type = text(copy, "convType").unwrap_or_default();
     let kind = match event.as_str() {
         "1" => PushKind::NewMessage,
         "7" | "8" => PushKind::Recall,
+        // another event of a conversation (a message updated, say): read the conversation
+        _ if matches!(conv_type.as_str(), "PERSON" | "TEAM" | "SUPER_TEAM") => PushKind::Other,
         _ => return Vec::new(),
     };
-    let conv_type = text(copy, "convType").unwrap_or_default();
     let (Some(from), Some(to)) = (text(copy, "fromAccount"), text(copy, "to")) else {
         return Vec::new();
     };
@@ -187,6 +189,20 @@ mod tests {
             .into_iter()
             .map(|s| s.conversation_id)
             .collect()
+    }
+
+    #[test]
+    fn another_event_of_a_conversation_reads_it_and_the_rest_are_ignored() {
+        let update = json!({"eventType": "36", "convType": "TEAM", "fromAccount": "carol",
+            "to": "77", "msgidServer": "1"});
+        let s = signals(&update, &["alice".into()]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].conversation_id, "alice|2|77");
+        assert_eq!(s[0].kind, PushKind::Other);
+        let login = json!({"eventType": "2", "accid": "alice", "clientType": "WEB"});
+        assert!(ids(login).is_empty());
+        let odd = json!({"eventType": "36", "convType": "ROOM", "fromAccount": "a", "to": "b"});
+        assert!(ids(odd).is_empty());
     }
 
     #[test]
