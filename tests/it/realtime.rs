@@ -729,3 +729,57 @@ async fn the_daemon_reports_its_channels_while_it_runs_and_as_down_when_it_stops
     assert_eq!(reported.last_error.as_deref(), Some("the daemon stopped"));
     assert_eq!(reported.pushes, 1);
 }
+
+#[tokio::test]
+async fn a_copy_for_a_source_with_push_off_is_answered_503_and_applies_nothing() {
+    let server = SimServer::start(world()).await;
+    let (store, _) = common::store().await;
+    let mut src = source(&server);
+    src.push = false;
+    let (hub, realtime::Receivers(receivers)) = PushHub::new(std::slice::from_ref(&src));
+    assert!(receivers.is_empty() && hub.sink("yx").is_none());
+    let (_stop, shutdown) = watch::channel(false);
+    let state = ApiState::new(&store, Metrics::new())
+        .with_token(Some(Secret::new(TOKEN)))
+        .with_sources(vec![src.clone()])
+        .with_push(hub);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(api::serve_on(
+        listener,
+        state,
+        shutdown,
+        Duration::from_secs(5),
+    ));
+    let (key, secret, owner, peer) = {
+        let convs = two_conversations(&server);
+        let a = &convs[0];
+        let w = server.world();
+        (
+            w.app_key.clone(),
+            w.app_secret.clone(),
+            a.0.split('|').next().unwrap().to_string(),
+            a.0.split('|').nth(2).unwrap().to_string(),
+        )
+    };
+    let body = serde_json::json!({"eventType": "1", "convType": "PERSON",
+        "fromAccount": peer, "to": owner, "msgidServer": "1",
+        "msgTimestamp": now_ms().to_string()})
+    .to_string();
+    let headers = chatvault::sim::yunxin::copy_headers(
+        &key,
+        &secret,
+        body.as_bytes(),
+        now_ms(),
+        CopySigning::Right,
+    );
+    let mut request = reqwest::Client::new().post(format!("{base}/hooks/yunxin/yx"));
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    let r = request.body(body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.text().await.unwrap().contains("push = false"));
+    let runs = common::count(&store, "SELECT count(*) FROM archive.sync_runs").await;
+    assert_eq!(runs, 0, "nothing applied");
+}

@@ -450,3 +450,55 @@ async fn a_change_reaches_the_sink_well_within_two_seconds() {
     l.task.abort();
     server.shutdown().await;
 }
+
+/// `push = false`: the daemon's push side opens no channel for the source (the fake sees no
+/// login and no connection), and reports no channel; with `push = true` the same start logs in.
+#[tokio::test]
+async fn a_source_with_push_off_opens_no_channel() {
+    let server = SimServer::start(World::generate(&spec())).await;
+    let store = chatvault::store::Store::from_pool(chatvault::pg::testing::fresh_pool().await);
+    store.migrate().await.unwrap();
+    for push in [false, true] {
+        let source = SourceConfig {
+            name: SourceName::new("y"),
+            schedule: "0 */5 * * * *".into(),
+            requests_per_second: 0.0,
+            request_timeout: Duration::from_secs(5),
+            enabled: true,
+            push,
+            platform: PlatformConfig::Yunhu(YunhuConfig {
+                base_url: server.base_url(),
+                token: Secret::new(&spec().token),
+                rescan_messages: 0,
+                rescan_days: 0,
+                rescan_every_minutes: 0,
+                ws_url: server.ws_url(),
+            }),
+        };
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (hub, mut tasks) = chatvault::realtime::start(
+            &store,
+            std::slice::from_ref(&source),
+            &chatvault::sync::SyncOptions::default(),
+            None,
+            chatvault::realtime::connector_factory(None),
+            stop,
+        );
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) && server.faults().push.logins().is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let logins = server.faults().push.logins().len();
+        if push {
+            assert_eq!(logins, 1, "push on logs in");
+        } else {
+            assert_eq!(logins, 0, "push off must not log in");
+            assert_eq!(server.faults().push.open_connections(), 0);
+            assert!(hub.sink("y").is_none());
+            assert!(hub.statuses().is_empty());
+        }
+        stop_tx.send(true).unwrap();
+        while tasks.join_next().await.is_some() {}
+    }
+}
