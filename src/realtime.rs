@@ -300,6 +300,8 @@ struct Pending {
     /// Per conversation, the messages pushes named as edited, recalled, deleted or reacted
     /// to (read again by connectors without a change feed).
     changed: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// The newest upstream time a signal named.
+    latest: Option<DateTime<Utc>>,
     attempts: u32,
 }
 
@@ -321,6 +323,7 @@ impl Pending {
             }
             _ => {}
         }
+        self.latest = self.latest.max(signal.upstream_at);
         let at = self
             .conversations
             .entry(signal.conversation_id)
@@ -385,6 +388,17 @@ pub async fn apply(
         }
         while let Ok(signal) = signals.try_recv() {
             pending.add(signal);
+        }
+        // a change upstream serves only a moment after it happened: read it then, not
+        // before (a read too early finds nothing and is repeated)
+        if let Some(wait) = read_wait(&source, pending.latest, Utc::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            while let Ok(signal) = signals.try_recv() {
+                pending.add(signal);
+            }
         }
         let ids: Vec<String> = pending.conversations.keys().cloned().collect();
         let started = Instant::now();
@@ -479,6 +493,25 @@ pub async fn apply(
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// The longest a targeted run waits for a change to become readable.
+const MAX_READ_WAIT: Duration = Duration::from_secs(5);
+
+/// How long to wait, at `now`, before reading a change made upstream at `latest`: the
+/// platform's read lag (Yunxin's reads stop a second before now) less the time passed.
+fn read_wait(
+    source: &SourceConfig,
+    latest: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let lag = match source.platform {
+        crate::config::PlatformConfig::Yunxin(_) => crate::connector::yunxin::READ_LAG,
+        _ => return None,
+    };
+    let ready = latest? + chrono::Duration::from_std(lag).ok()?;
+    let wait = (ready - now).to_std().ok()?;
+    Some(wait.min(MAX_READ_WAIT))
 }
 
 /// Start, for every enabled source, its listener and its applier (tasks that end at
@@ -634,6 +667,52 @@ mod tests {
         let never = hub_with(true, up(None));
         never.record_poll("s", ago(1), true);
         assert!(!never.healthy("s"), "no copy was ever accepted");
+    }
+
+    #[test]
+    fn a_yunxin_change_is_read_once_its_reads_can_return_it() {
+        use crate::config::{PlatformConfig, Secret, YunhuConfig, YunxinConfig};
+        let yunxin = SourceConfig {
+            name: crate::model::SourceName::new("yx"),
+            schedule: "0 */5 * * * *".into(),
+            requests_per_second: 1.0,
+            request_timeout: Duration::from_secs(5),
+            enabled: true,
+            push: true,
+            platform: PlatformConfig::Yunxin(YunxinConfig {
+                base_url: "http://127.0.0.1:9".into(),
+                app_key: "k".into(),
+                app_secret: Secret::new("s"),
+                accounts: vec!["a".into()],
+                history_start: None,
+                rescan_days: 7,
+            }),
+        };
+        let now = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        assert_eq!(
+            read_wait(&yunxin, Some(now - ms(300)), now),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(read_wait(&yunxin, Some(now - ms(1500)), now), None);
+        assert_eq!(read_wait(&yunxin, None, now), None);
+        assert_eq!(
+            read_wait(&yunxin, Some(now + ms(3_600_000)), now),
+            Some(MAX_READ_WAIT),
+            "a clock far ahead upstream waits no longer than the cap"
+        );
+        let yunhu = SourceConfig {
+            platform: PlatformConfig::Yunhu(YunhuConfig {
+                base_url: "http://127.0.0.1:9".into(),
+                token: Secret::new("t"),
+                rescan_messages: 0,
+                rescan_days: 0,
+                rescan_every_minutes: 0,
+                ws_url: "ws://127.0.0.1:9".into(),
+            }),
+            ..yunxin.clone()
+        };
+        assert_eq!(read_wait(&yunhu, Some(now), now), None);
     }
 
     #[test]

@@ -423,12 +423,19 @@ async fn a_message_copy_brings_a_new_message_into_the_archive_within_seconds() {
     let convs = two_conversations(&server);
     let (a, _) = (&convs[0], &convs[1]);
     let lists = server.request_count_for(LIST_PATH);
+    let requests = server.request_count();
     let id = server
         .world()
         .post_text(&a.0, &a.1, "copied to us")
         .unwrap();
     let took = wait_archived(&store, "copied to us", Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(3), "took {took:?}");
+    // the targeted run waits until Yunxin's reads can return the message: one read of the
+    // conversation (6 requests here), not reads too early and then again (18 before)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spent = server.request_count() - requests;
+    eprintln!("a copied message: archived in {took:?}, {spent} upstream requests");
+    assert!(spent <= 8, "{spent} requests for one copied message");
     assert_eq!(
         server.request_count_for(LIST_PATH),
         lists,

@@ -59,6 +59,10 @@ use serde_json::Value;
 use self::api::Api;
 use self::memo::ConvMemo;
 use self::read::{MsgCursor, Planner, CURSOR_VERSION, DAY_MS, LAG_MS, SWEEP_EVERY_MS};
+
+/// How long after a message was sent a read can return it: reads stop this far before
+/// now. A targeted run answering a pushed message waits as long.
+pub const READ_LAG: std::time::Duration = std::time::Duration::from_millis(LAG_MS as u64);
 use super::cursor;
 use super::http::HttpClient;
 use super::{
