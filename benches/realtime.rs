@@ -721,8 +721,9 @@ impl Platform {
         while !daemon.hub.healthy(source) {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "{}'s push channel never came up",
-                self.which().name()
+                "{}'s push channel never came up: {:?}",
+                self.which().name(),
+                daemon.hub.status(source)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -262,7 +262,9 @@ pub async fn listen(
         };
         let came_up = sink.state().connected;
         let why = match outcome {
-            Err(e) if no_push_channel(&e) && !came_up => {
+            // A connector without a channel of its own never opened one: whatever state
+            // the sink has (a Yunxin copy may have arrived meanwhile) is not this task's.
+            Err(e) if no_push_channel(&e) => {
                 info!(source = %name, "no push channel: polling only");
                 return;
             }
@@ -528,17 +530,20 @@ pub fn start(
     let mut tasks = tokio::task::JoinSet::new();
     for source in sources.iter().filter(|s| s.enabled) {
         let name = source.name.as_str();
-        let (Some(sink), Some(rx)) = (hub.sink(name), receivers.remove(name)) else {
+        let (Some(channel), Some(rx)) = (hub.channels.get(name), receivers.remove(name)) else {
             continue;
         };
-        tasks.spawn(listen(
-            source.clone(),
-            factory.clone(),
-            sink,
-            RECONNECT_BASE,
-            RECONNECT_CAP,
-            shutdown.clone(),
-        ));
+        // a passive channel is fed by upstream's requests to the daemon: nothing to open
+        if !channel.passive {
+            tasks.spawn(listen(
+                source.clone(),
+                factory.clone(),
+                channel.sink.clone(),
+                RECONNECT_BASE,
+                RECONNECT_CAP,
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(apply(
             store.clone(),
             source.clone(),
@@ -669,10 +674,9 @@ mod tests {
         assert!(!never.healthy("s"), "no copy was ever accepted");
     }
 
-    #[test]
-    fn a_yunxin_change_is_read_once_its_reads_can_return_it() {
-        use crate::config::{PlatformConfig, Secret, YunhuConfig, YunxinConfig};
-        let yunxin = SourceConfig {
+    fn yunxin_source() -> SourceConfig {
+        use crate::config::{PlatformConfig, Secret, YunxinConfig};
+        SourceConfig {
             name: crate::model::SourceName::new("yx"),
             schedule: "0 */5 * * * *".into(),
             requests_per_second: 1.0,
@@ -687,7 +691,35 @@ mod tests {
                 history_start: None,
                 rescan_days: 7,
             }),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connector_without_a_channel_leaves_the_copy_channel_as_copies_made_it() {
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = PushSink::new(tx, Arc::default());
+        // a copy came in before the listener heard its connector has no channel
+        sink.connected();
+        let factory: ListenerFactory =
+            Arc::new(|_: &SourceConfig| Err(anyhow::anyhow!("yunxin: no push channel")));
+        let (_stop, shutdown) = watch::channel(false);
+        let ms = Duration::from_millis(1);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            listen(yunxin_source(), factory, sink.clone(), ms, ms, shutdown),
+        )
+        .await
+        .expect("the listener ends at once");
+        let state = sink.state();
+        assert!(state.connected, "{state:?}");
+        assert_eq!(state.reconnects, 0);
+        assert_eq!(state.last_error, None);
+    }
+
+    #[test]
+    fn a_yunxin_change_is_read_once_its_reads_can_return_it() {
+        use crate::config::{PlatformConfig, Secret, YunhuConfig};
+        let yunxin = yunxin_source();
         let now = Utc::now();
         let ms = chrono::Duration::milliseconds;
         assert_eq!(
