@@ -438,9 +438,9 @@ impl Fake {
     }
 }
 
-/// What "the change is in the archive" means per kind.
-async fn visible(store: &Store, source: &str, kind: Kind, t: &Target, before: i64) -> bool {
-    let sql = match kind {
+/// What "the change is in the archive" means per kind: a number that grows with it.
+fn kind_sql(kind: Kind) -> &'static str {
+    match kind {
         Kind::New => {
             "SELECT count(*) FROM archive.messages WHERE source = $1 AND conversation_id = $2 AND message_id = $3"
         }
@@ -453,44 +453,30 @@ async fn visible(store: &Store, source: &str, kind: Kind, t: &Target, before: i6
         Kind::Reaction => {
             "SELECT count(*) FROM archive.reactions WHERE source = $1 AND conversation_id = $2 AND message_id = $3"
         }
-    };
-    let (n,): (i64,) = sqlx::query_as(sql)
+    }
+}
+
+async fn kind_count(store: &Store, source: &str, kind: Kind, t: &Target) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(kind_sql(kind))
         .bind(source)
         .bind(&t.conversation)
         .bind(&t.message)
         .fetch_one(store.pool())
         .await
         .expect("the archive answers");
-    n > before
+    n
 }
 
+/// Whether the change is in the archive: its number grew past `before`.
+async fn visible(store: &Store, source: &str, kind: Kind, t: &Target, before: i64) -> bool {
+    kind_count(store, source, kind, t).await > before
+}
+
+/// The number before the change (new messages and recalls start from none).
 async fn baseline(store: &Store, source: &str, kind: Kind, t: &Target) -> i64 {
     match kind {
         Kind::New | Kind::Recall => 0,
-        Kind::Edit => {
-            let (n,): (i64,) = sqlx::query_as(
-                "SELECT coalesce(max(version), 0)::bigint FROM archive.message_versions WHERE source = $1 AND conversation_id = $2 AND message_id = $3",
-            )
-            .bind(source)
-            .bind(&t.conversation)
-            .bind(&t.message)
-            .fetch_one(store.pool())
-            .await
-            .expect("the archive answers");
-            n
-        }
-        Kind::Reaction => {
-            let (n,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM archive.reactions WHERE source = $1 AND conversation_id = $2 AND message_id = $3",
-            )
-            .bind(source)
-            .bind(&t.conversation)
-            .bind(&t.message)
-            .fetch_one(store.pool())
-            .await
-            .expect("the archive answers");
-            n
-        }
+        Kind::Edit | Kind::Reaction => kind_count(store, source, kind, t).await,
     }
 }
 

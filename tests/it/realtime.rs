@@ -73,6 +73,18 @@ fn options() -> SyncOptions {
     }
 }
 
+/// A scheduler for one source, without jitter.
+fn one_source_at_a_time() -> chatvault::scheduler::SchedulerOptions {
+    chatvault::scheduler::SchedulerOptions {
+        max_concurrent_sources: 1,
+        jitter: Duration::ZERO,
+        backoff_base: Duration::from_secs(30),
+        backoff_cap: Duration::from_secs(30),
+        sync: options(),
+        attachments: None,
+    }
+}
+
 /// Two conversations of the first account, with their sender's peers.
 fn two_conversations(server: &SimServer) -> Vec<(String, String)> {
     let w = server.world();
@@ -587,7 +599,7 @@ async fn forged_stale_or_oversized_copies_are_refused_and_nothing_is_applied() {
 
 #[tokio::test]
 async fn polling_slows_down_while_the_push_channel_is_healthy() {
-    use chatvault::scheduler::{Scheduler, SchedulerOptions};
+    use chatvault::scheduler::Scheduler;
     let server = SimServer::start(world()).await;
     let (store, _) = common::store().await;
     let mut src = source(&server);
@@ -602,19 +614,11 @@ async fn polling_slows_down_while_the_push_channel_is_healthy() {
         upstream_at: None,
     });
     assert!(hub.healthy("yx"));
-    let options = SchedulerOptions {
-        max_concurrent_sources: 1,
-        jitter: Duration::ZERO,
-        backoff_base: Duration::from_secs(30),
-        backoff_cap: Duration::from_secs(30),
-        sync: options(),
-        attachments: None,
-    };
     let scheduler = Scheduler::new(
         store.clone(),
         Metrics::new(),
         std::slice::from_ref(&src),
-        options,
+        one_source_at_a_time(),
     )
     .unwrap()
     .with_push(hub.clone(), 4);
@@ -639,7 +643,7 @@ async fn polling_slows_down_while_the_push_channel_is_healthy() {
 /// Polls of a quiet Yunxin app over `seconds` with a tick every second (`push_poll_factor`
 /// 4), the copy channel started as the daemon starts it: `(ticks left to push, polls)`.
 async fn quiet_copy_channel_polls(store: &Store, src: &SourceConfig, seconds: u64) -> (u64, u64) {
-    use chatvault::scheduler::{Scheduler, SchedulerOptions};
+    use chatvault::scheduler::Scheduler;
     let (hub, realtime::Receivers(mut receivers)) = PushHub::new(std::slice::from_ref(src));
     let (stop_tx, stop) = watch::channel(false);
     let applier = tokio::spawn(realtime::apply(
@@ -652,19 +656,11 @@ async fn quiet_copy_channel_polls(store: &Store, src: &SourceConfig, seconds: u6
         stop.clone(),
         None,
     ));
-    let options = SchedulerOptions {
-        max_concurrent_sources: 1,
-        jitter: Duration::ZERO,
-        backoff_base: Duration::from_secs(30),
-        backoff_cap: Duration::from_secs(30),
-        sync: options(),
-        attachments: None,
-    };
     let scheduler = Scheduler::new(
         store.clone(),
         Metrics::new(),
         std::slice::from_ref(src),
-        options,
+        one_source_at_a_time(),
     )
     .unwrap()
     .with_push(hub.clone(), 4);
