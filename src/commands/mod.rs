@@ -76,7 +76,7 @@ pub enum Command {
     Sync(sync::SyncArgs),
     /// Search the archive.
     Search(search::SearchArgs),
-    /// Per source: conversations, messages, versions, events, chain head, quarantine, last run.
+    /// Per source: conversations, messages, versions, events, chain head, quarantine, last run, push channel.
     Status(status::StatusArgs),
     /// Recompute every hash chain and check the stored versions against it (with
     /// --upstream: prove the archive against its source).
