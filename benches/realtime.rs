@@ -715,6 +715,31 @@ impl Platform {
         }
     }
 
+    /// Make a change of `kind` to `target` (a new message in conversation `conv` when there
+    /// is none): the target, the archive's count for it before, and when it was made.
+    async fn make(
+        &self,
+        kind: Kind,
+        target: Option<Target>,
+        conv: usize,
+        text: &str,
+    ) -> (Target, i64, Instant) {
+        let source = self.which().source();
+        let before = match &target {
+            Some(t) => baseline(&self.store, source, kind, t).await,
+            None => 0,
+        };
+        let started = Instant::now();
+        let t = match target {
+            Some(t) => {
+                self.fake.change(kind, &t, text);
+                t
+            }
+            None => self.fake.post(conv, text),
+        };
+        (t, before, started)
+    }
+
     /// Push on, default schedule: each change alone, one after the other.
     async fn push_on(&mut self, samples: usize) -> BTreeMap<Kind, Series> {
         let which = self.which();
@@ -742,18 +767,7 @@ impl Platform {
                     (_, Some(t)) => Some(t.clone()),
                     (_, None) => break,
                 };
-                let before = match &t {
-                    Some(t) => baseline(&self.store, source, kind, t).await,
-                    None => 0,
-                };
-                let started = Instant::now();
-                let t = match t {
-                    Some(t) => {
-                        self.fake.change(kind, &t, &text);
-                        t
-                    }
-                    None => self.fake.post(conv, &text),
-                };
+                let (t, before, started) = self.make(kind, t, conv, &text).await;
                 let took =
                     wait_row(&self.store, source, kind, &t, before, started, PUSH_TIMEOUT).await;
                 series.record(took);
@@ -813,20 +827,8 @@ impl Platform {
                     Kind::New => None,
                     _ => Some(targets.pop().expect("enough targets")),
                 };
-                let before = match &t {
-                    Some(t) => baseline(&self.store, source, kind, t).await,
-                    None => 0,
-                };
-                let started = Instant::now();
-                let t = match t {
-                    Some(t) => {
-                        self.fake.change(kind, &t, &text);
-                        t
-                    }
-                    None => self
-                        .fake
-                        .post(2 + round * 13 % (self.fake.conversations() - 2), &text),
-                };
+                let conv = 2 + round * 13 % (self.fake.conversations() - 2);
+                let (t, before, started) = self.make(kind, t, conv, &text).await;
                 pending.push((kind, t, before, started));
             }
             let within = Duration::from_secs(period * 3 + 30);

@@ -550,21 +550,40 @@ impl S3Blobs {
     }
 
     async fn get(&self, sha256: &Sha256Hex) -> anyhow::Result<Option<BlobReader>> {
-        let key = self.key(sha256);
-        let result = match self.store.get(&key).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error("read", &key, e)),
+        let Some(result) = self.read(sha256, Default::default()).await? else {
+            return Ok(None);
         };
         let size = result.meta.size;
+        let bytes = self.scrubbed(result);
+        Ok(Some(BlobReader { size, bytes }))
+    }
+
+    /// The object's read as `options` say; `None` when there is none.
+    async fn read(
+        &self,
+        sha256: &Sha256Hex,
+        options: object_store::GetOptions,
+    ) -> anyhow::Result<Option<object_store::GetResult>> {
+        let key = self.key(sha256);
+        match self.store.get_opts(&key, options).await {
+            Ok(result) => Ok(Some(result)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("read", &key, e)),
+        }
+    }
+
+    /// The body of a read, its errors scrubbed of the credentials.
+    fn scrubbed(
+        &self,
+        result: object_store::GetResult,
+    ) -> BoxStream<'static, std::io::Result<Bytes>> {
         let secrets = self.secrets.clone();
-        let bytes = result
+        result
             .into_stream()
             .map(move |chunk| {
                 chunk.map_err(|e| std::io::Error::other(scrub(&e.to_string(), &secrets)))
             })
-            .boxed();
-        Ok(Some(BlobReader { size, bytes }))
+            .boxed()
     }
 
     async fn get_range(
@@ -578,23 +597,14 @@ impl S3Blobs {
         let Some(part) = range.resolve(size) else {
             return Ok(Some(Err(size)));
         };
-        let key = self.key(sha256);
         let options = object_store::GetOptions {
             range: Some(object_store::GetRange::Bounded(part.clone())),
             ..Default::default()
         };
-        let result = match self.store.get_opts(&key, options).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error("read", &key, e)),
+        let Some(result) = self.read(sha256, options).await? else {
+            return Ok(None);
         };
-        let secrets = self.secrets.clone();
-        let bytes = result
-            .into_stream()
-            .map(move |chunk| {
-                chunk.map_err(|e| std::io::Error::other(scrub(&e.to_string(), &secrets)))
-            })
-            .boxed();
+        let bytes = self.scrubbed(result);
         Ok(Some(Ok(BlobPart {
             size,
             range: part,

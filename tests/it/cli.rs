@@ -384,6 +384,15 @@ fn extreme_config_values_are_config_errors() {
     assert!(!dir.path().join("chatvault-data").exists());
 }
 
+/// The `--json` line of `source` in a command's output.
+fn json_line_of(stdout: &[u8], source: &str) -> serde_json::Value {
+    text(stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["source"] == source)
+        .unwrap_or_else(|| panic!("no line for {source}"))
+}
+
 #[tokio::test]
 async fn status_shows_the_push_channel_a_daemon_reported_and_never_a_stale_connection() {
     use chatvault::model::{Platform, SourceName};
@@ -452,11 +461,7 @@ async fn status_shows_the_push_channel_a_daemon_reported_and_never_a_stale_conne
     assert!(shown.contains("2 reconnects"), "{shown}");
     assert!(shown.contains("push off (push = false)"), "{shown}");
     let out = status(true).await.unwrap();
-    let line: serde_json::Value = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["source"] == "yh")
-        .unwrap();
+    let line = json_line_of(&out.stdout, "yh");
     assert_eq!(line["push"]["connected"], true, "{line}");
     assert_eq!(line["push"]["stale"], false, "{line}");
     assert_eq!(line["push"]["pushes"], 17, "{line}");
@@ -470,11 +475,7 @@ async fn status_shows_the_push_channel_a_daemon_reported_and_never_a_stale_conne
     );
     assert!(!shown.contains("push connected"), "{shown}");
     let out = status(true).await.unwrap();
-    let line: serde_json::Value = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["source"] == "yh")
-        .unwrap();
+    let line = json_line_of(&out.stdout, "yh");
     assert_eq!(line["push"]["connected"], false, "{line}");
     assert_eq!(line["push"]["healthy"], false, "{line}");
     assert_eq!(line["push"]["stale"], true, "{line}");
